@@ -1,0 +1,31 @@
+# The README's commands. Each sets up what it needs on a fresh machine: a
+# virtual environment in .venv with the pinned requirements, and the compiled
+# extension (rebuilt whenever csrc/ or setup.py change).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CUDA toolkit's real root; torch's own guess is wrong where nvcc is linked into /usr/local/bin.
+export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export MAX_JOBS ?= 2
+
+.PHONY: demo test bench setup
+demo: setup
+	$(BIN)/nst-ext demo
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/latest.json
+	$(BIN)/python benchmarks/report.py benchmarks/results/latest.json
+
+setup: $(VENV)/.built
+
+$(VENV)/.requirements: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.requirements setup.py $(shell find csrc -type f)
+	$(BIN)/python -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@

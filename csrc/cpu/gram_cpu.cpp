@@ -1,0 +1,348 @@
+// CPU kernels of nst_ext: Gram matrix and fused style loss, forward and
+// backward.
+//
+// The Gram matrix G = F F^T / n of F (C x n, rows contiguous) is symmetric, so
+// only its upper triangle is computed and then mirrored: half the arithmetic of
+// a general matrix product. The work is cut into
+//   * row blocks of kRowBlock channels: a pair of blocks (bi <= bj) is one
+//     tile of the upper triangle;
+//   * splits of the long n axis when there are too few tiles to keep every
+//     thread busy (shallow VGG layers have C = 64 and n in the hundreds of
+//     thousands); each split accumulates into its own partial buffer and the
+//     partials are summed in a fixed order, so results are deterministic;
+//   * chunks of kChunkBytes per row inside a tile, so that the rows being
+//     multiplied stay in L1/L2 while every pair of them is formed.
+// The innermost register tile (MR x NR rows, W-wide vectors) is written with
+// GCC vector types and compiled once per instruction set (AVX-512, AVX2+FMA,
+// baseline); the widest one the CPU supports is picked at run time.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "../checks.h"
+
+namespace nst_ext {
+namespace {
+
+#define NST_ALWAYS_INLINE inline __attribute__((always_inline))
+
+constexpr int64_t kRowBlock = 64;
+constexpr int64_t kChunkBytes = 4096;
+
+template <typename T, int W>
+struct VectorOf {
+  typedef T type __attribute__((vector_size(W * sizeof(T))));
+};
+
+template <typename V, typename T>
+NST_ALWAYS_INLINE V load_unaligned(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+// out[r * ldo + c] += sum_k rows_i[r * ld + k] * rows_j[c * ld + k] for
+// r < MR, c < NR, k < len: one register tile of dot products.
+template <typename T, int W, int MR, int NR>
+NST_ALWAYS_INLINE void dot_tile(const T* rows_i, const T* rows_j, int64_t ld,
+                                int64_t len, T* out, int64_t ldo) {
+  using V = typename VectorOf<T, W>::type;
+  V acc[MR][NR];
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NR; ++c) acc[r][c] = V{};
+  int64_t k = 0;
+  for (; k + W <= len; k += W) {
+    V a[MR];
+    for (int r = 0; r < MR; ++r) a[r] = load_unaligned<V>(rows_i + r * ld + k);
+    for (int c = 0; c < NR; ++c) {
+      const V b = load_unaligned<V>(rows_j + c * ld + k);
+      for (int r = 0; r < MR; ++r) acc[r][c] += a[r] * b;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int c = 0; c < NR; ++c) {
+      T sum = 0;
+      for (int lane = 0; lane < W; ++lane) sum += acc[r][c][lane];
+      for (int64_t t = k; t < len; ++t)
+        sum += rows_i[r * ld + t] * rows_j[c * ld + t];
+      out[r * ldo + c] += sum;
+    }
+  }
+}
+
+// Accumulates F F^T over columns [kb, ke) for rows [ib, ie) x [jb, je) into
+// out (C x C, row-major). Every entry with j >= i in that range is produced;
+// register tiles straddling the diagonal also produce a few entries below it,
+// which the caller overwrites when it mirrors the upper triangle.
+template <typename T, int W, int MR, int NR>
+NST_ALWAYS_INLINE void gram_block(const T* F, int64_t n, int64_t C, int64_t ib,
+                                  int64_t ie, int64_t jb, int64_t je,
+                                  int64_t kb, int64_t ke, T* out) {
+  constexpr int64_t chunk = kChunkBytes / static_cast<int64_t>(sizeof(T));
+  for (int64_t k0 = kb; k0 < ke; k0 += chunk) {
+    const int64_t len = std::min(chunk, ke - k0);
+    for (int64_t i = ib; i < ie; i += MR) {
+      const int64_t mr = std::min<int64_t>(MR, ie - i);
+      // First register tile whose last column reaches the diagonal.
+      const int64_t j_first = i <= jb ? jb : jb + (i - jb) / NR * NR;
+      for (int64_t j = j_first; j < je; j += NR) {
+        const int64_t nr = std::min<int64_t>(NR, je - j);
+        const T* rows_i = F + i * n + k0;
+        const T* rows_j = F + j * n + k0;
+        T* tile_out = out + i * C + j;
+        if (mr == MR && nr == NR) {
+          dot_tile<T, W, MR, NR>(rows_i, rows_j, n, len, tile_out, C);
+        } else {
+          for (int64_t r = 0; r < mr; ++r)
+            for (int64_t c = 0; c < nr; ++c)
+              dot_tile<T, W, 1, 1>(rows_i + r * n, rows_j + c * n, n, len,
+                                   tile_out + r * C + c, C);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+using BlockKernel = void (*)(const T*, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, T*);
+
+#define NST_BLOCK_KERNEL(NAME, ATTRIBUTE, T, W, MR, NR)                       \
+  ATTRIBUTE void NAME(const T* F, int64_t n, int64_t C, int64_t ib,           \
+                      int64_t ie, int64_t jb, int64_t je, int64_t kb,         \
+                      int64_t ke, T* out) {                                   \
+    gram_block<T, W, MR, NR>(F, n, C, ib, ie, jb, je, kb, ke, out);           \
+  }
+
+// Register tiles sized to the register file: AVX-512 has 32 vector
+// registers (16 accumulators + 5 operands), AVX2 and SSE have 16.
+NST_BLOCK_KERNEL(gram_block_baseline_f32, , float, 4, 2, 4)
+NST_BLOCK_KERNEL(gram_block_baseline_f64, , double, 2, 2, 4)
+#if defined(__x86_64__) || defined(__i386__)
+#define NST_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define NST_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+NST_BLOCK_KERNEL(gram_block_avx2_f32, NST_TARGET_AVX2, float, 8, 3, 4)
+NST_BLOCK_KERNEL(gram_block_avx2_f64, NST_TARGET_AVX2, double, 4, 3, 4)
+NST_BLOCK_KERNEL(gram_block_avx512_f32, NST_TARGET_AVX512, float, 16, 4, 4)
+NST_BLOCK_KERNEL(gram_block_avx512_f64, NST_TARGET_AVX512, double, 8, 4, 4)
+#endif
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+Isa detect_isa() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return Isa::kAvx2;
+#endif
+  return Isa::kBaseline;
+}
+
+template <typename T>
+BlockKernel<T> block_kernel_for(Isa isa);
+
+template <>
+BlockKernel<float> block_kernel_for<float>(Isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::kAvx512) return gram_block_avx512_f32;
+  if (isa == Isa::kAvx2) return gram_block_avx2_f32;
+#endif
+  return gram_block_baseline_f32;
+}
+
+template <>
+BlockKernel<double> block_kernel_for<double>(Isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::kAvx512) return gram_block_avx512_f64;
+  if (isa == Isa::kAvx2) return gram_block_avx2_f64;
+#endif
+  return gram_block_baseline_f64;
+}
+
+template <typename T>
+BlockKernel<T> block_kernel() {
+  static const BlockKernel<T> kernel = block_kernel_for<T>(detect_isa());
+  return kernel;
+}
+
+// Number of splits of the n axis: enough tiles for every thread, but no
+// split shorter than a few row chunks.
+int64_t choose_splits(int64_t tiles, int64_t n, int64_t chunk) {
+  const int64_t wanted_items = 8 * static_cast<int64_t>(at::get_num_threads());
+  if (tiles >= wanted_items) return 1;
+  const int64_t by_threads = (wanted_items + tiles - 1) / tiles;
+  const int64_t by_length = std::max<int64_t>(1, n / (4 * chunk));
+  return std::min(by_threads, by_length);
+}
+
+// gram[b] = F[b] F[b]^T / n for F of shape (B, C, n), contiguous, T = float
+// or double; gram is (B, C, C), contiguous, same dtype.
+template <typename T>
+void gram_into(const T* F, int64_t B, int64_t C, int64_t n, T* gram) {
+  const int64_t blocks = (C + kRowBlock - 1) / kRowBlock;
+  const int64_t block_pairs = blocks * (blocks + 1) / 2;
+  constexpr int64_t chunk = kChunkBytes / static_cast<int64_t>(sizeof(T));
+  const int64_t splits = choose_splits(B * block_pairs, n, chunk);
+
+  at::Tensor partial_storage;
+  T* partial = gram;
+  if (splits > 1) {
+    partial_storage = at::empty({splits * B * C * C},
+                                at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    partial = partial_storage.data_ptr<T>();
+  }
+  std::fill(partial, partial + splits * B * C * C, T(0));
+
+  const BlockKernel<T> kernel = block_kernel<T>();
+  at::parallel_for(0, splits * B * block_pairs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t split = item % splits;
+      const int64_t pair = (item / splits) % block_pairs;
+      const int64_t b = item / (splits * block_pairs);
+      int64_t bi = 0, first_of_row = 0;
+      while (first_of_row + (blocks - bi) <= pair) {
+        first_of_row += blocks - bi;
+        ++bi;
+      }
+      const int64_t bj = bi + (pair - first_of_row);
+      // Split boundaries on multiples of 64 elements keep vector loads aligned.
+      const int64_t kb = (n * split / splits) / 64 * 64;
+      const int64_t ke = split + 1 == splits ? n : (n * (split + 1) / splits) / 64 * 64;
+      kernel(F + b * C * n, n, C, bi * kRowBlock, std::min(C, (bi + 1) * kRowBlock),
+             bj * kRowBlock, std::min(C, (bj + 1) * kRowBlock), kb, ke,
+             partial + (split * B + b) * C * C);
+    }
+  });
+
+  // Sum the splits in a fixed order, scale by 1/n, mirror the upper triangle.
+  const T inv_n = T(1) / static_cast<T>(n);
+  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / C, i = row % C;
+      for (int64_t j = i; j < C; ++j) {
+        T sum = 0;
+        for (int64_t s = 0; s < splits; ++s) sum += partial[((s * B + b) * C + i) * C + j];
+        gram[(b * C + i) * C + j] = sum * inv_n;
+      }
+    }
+  });
+  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / C, i = row % C;
+      for (int64_t j = 0; j < i; ++j) gram[(b * C + i) * C + j] = gram[(b * C + j) * C + i];
+    }
+  });
+}
+
+// Features as a contiguous (B, C, n) tensor of the accumulation dtype; half
+// and bfloat16 are widened once here so the kernel accumulates in float32.
+at::Tensor features_for_accumulation(const at::Tensor& features) {
+  const auto acc = accumulation_dtype(features.scalar_type());
+  return features.to(acc).contiguous().view(
+      {features.size(0), features.size(1), features.size(2) * features.size(3)});
+}
+
+at::Tensor gram_cpu(const at::Tensor& features) {
+  check_features(features);
+  const at::Tensor F = features_for_accumulation(features);
+  const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
+  at::Tensor gram = at::empty({B, C, C}, F.options());
+  AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "nst_ext::gram", [&] {
+    gram_into<scalar_t>(F.data_ptr<scalar_t>(), B, C, n, gram.data_ptr<scalar_t>());
+  });
+  return gram;
+}
+
+// grad_features = (scale * (X + X^T)) @ F, reshaped like features and cast to
+// their dtype. One matrix product: (X + X^T) is formed first, so F is read
+// once instead of twice as autograd of F @ F^T would.
+at::Tensor symmetric_times_features(const at::Tensor& X, double scale,
+                                    const at::Tensor& features) {
+  const at::Tensor Xc = X.contiguous();
+  const int64_t B = Xc.size(0), C = Xc.size(1);
+  at::Tensor S = at::empty_like(Xc);
+  AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "nst_ext::symmetrize", [&] {
+    const scalar_t* x = Xc.data_ptr<scalar_t>();
+    scalar_t* s = S.data_ptr<scalar_t>();
+    const auto k = static_cast<scalar_t>(scale);
+    at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / C, i = row % C;
+        for (int64_t j = 0; j < C; ++j)
+          s[(b * C + i) * C + j] = k * (x[(b * C + i) * C + j] + x[(b * C + j) * C + i]);
+      }
+    });
+  });
+  const at::Tensor F = features_for_accumulation(features);
+  return at::bmm(S, F).view(features.sizes()).to(features.scalar_type());
+}
+
+at::Tensor gram_backward_cpu(const at::Tensor& grad_gram, const at::Tensor& features) {
+  check_features(features);
+  check_square(grad_gram, features, "grad_gram", /*allow_broadcast=*/false);
+  const int64_t n = features.size(2) * features.size(3);
+  return symmetric_times_features(grad_gram, 1.0 / static_cast<double>(n), features);
+}
+
+std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& features,
+                                                  const at::Tensor& target) {
+  check_features(features);
+  check_square(target, features, "target", /*allow_broadcast=*/true);
+  const at::Tensor F = features_for_accumulation(features);
+  const at::Tensor A = target_as_batched(target);
+  const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
+  // The Gram is built in the residual's storage and turned into the residual
+  // in place: no separate Gram tensor exists.
+  at::Tensor residual = at::empty({B, C, C}, F.options());
+  at::Tensor loss = at::empty({}, F.options());
+  AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "nst_ext::style_loss", [&] {
+    scalar_t* r = residual.data_ptr<scalar_t>();
+    gram_into<scalar_t>(F.data_ptr<scalar_t>(), B, C, n, r);
+    const scalar_t* a = A.data_ptr<scalar_t>();
+    const int64_t target_batch_stride = A.size(0) == 1 ? 0 : C * C;
+    const double sum_sq = at::parallel_reduce(
+        0, B * C * C, 4096, 0.0,
+        [&](int64_t begin, int64_t end, double partial_sum) {
+          for (int64_t e = begin; e < end; ++e) {
+            const int64_t b = e / (C * C);
+            const scalar_t d = r[e] - a[b * target_batch_stride + e % (C * C)];
+            r[e] = d;
+            partial_sum += static_cast<double>(d) * static_cast<double>(d);
+          }
+          return partial_sum;
+        },
+        std::plus<double>());
+    loss.fill_(sum_sq / static_cast<double>(B * C * C));
+  });
+  return {loss, residual};
+}
+
+at::Tensor style_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& features,
+                                   const at::Tensor& residual) {
+  check_features(features);
+  check_square(residual, features, "residual", /*allow_broadcast=*/false);
+  TORCH_CHECK(grad_loss.numel() == 1, "nst_ext: grad_loss must be a scalar");
+  const int64_t B = features.size(0), C = features.size(1);
+  const int64_t n = features.size(2) * features.size(3);
+  // L = mean((G - A)^2) over B*C*C entries, G = F F^T / n:
+  // dL/dF = 2 / (B C^2 n) * (R + R^T) F.
+  const double scale = grad_loss.item<double>() * 2.0 /
+                       (static_cast<double>(B * C * C) * static_cast<double>(n));
+  return symmetric_times_features(residual, scale, features);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(nst_ext, CPU, m) {
+  m.impl("gram", &gram_cpu);
+  m.impl("gram_backward", &gram_backward_cpu);
+  m.impl("style_loss", &style_loss_cpu);
+  m.impl("style_loss_backward", &style_loss_backward_cpu);
+}
+
+}  // namespace nst_ext

@@ -1,0 +1,56 @@
+"""Input validation shared by the compiled and the reference ops.
+
+Every public entry point checks its arguments here, so a bad call gets a
+``TypeError``/``ValueError`` that names the argument, what was expected and
+what was given, instead of a traceback from deep inside a kernel.
+"""
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; float16, bfloat16 and float32 accumulate in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_float_tensor(tensor, name: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}; "
+            f"convert it first, e.g. {name}.float()"
+        )
+
+
+def check_features(features, name: str = "features") -> None:
+    """features: (B, C, H, W) or (C, H, W), floating point, non-empty."""
+    _check_float_tensor(features, name)
+    if features.dim() not in (3, 4):
+        raise ValueError(
+            f"{name} must have shape (B, C, H, W) or (C, H, W), got a {features.dim()}-D tensor "
+            f"of shape {tuple(features.shape)}"
+        )
+    if features.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(features.shape)}")
+
+
+def check_target_gram(target, features, name: str = "target_gram") -> None:
+    """target: (C, C), or (B, C, C) / (1, C, C) for batched features; same device as features."""
+    _check_float_tensor(target, name)
+    channels = features.shape[-3]
+    batch = features.shape[0] if features.dim() == 4 else 1
+    allowed = [(channels, channels), (1, channels, channels)]
+    if batch != 1:
+        allowed.append((batch, channels, channels))
+    if tuple(target.shape) not in allowed:
+        expected = " or ".join(str(shape) for shape in allowed)
+        raise ValueError(f"{name} must have shape {expected} to match features of shape "
+                         f"{tuple(features.shape)}, got {tuple(target.shape)}")
+    if target.device != features.device:
+        raise ValueError(
+            f"{name} is on {target.device} but features are on {features.device}; "
+            f"move them to one device, e.g. {name}.to(features.device)"
+        )

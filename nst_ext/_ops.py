@@ -1,0 +1,198 @@
+"""The compiled ops: loading ``nst_ext._C``, fake kernels, autograd, and the
+public functions that pick the compiled kernel or the reference.
+
+The op schemas are declared once, in ``csrc/ops.cpp``; this module registers
+what torch.compile and autograd need on top of them (as pytorch/extension-cpp
+does), so ``torch.compile(fullgraph=True)`` traces through the ops.
+"""
+
+import contextlib
+import os
+import warnings
+
+import torch
+
+from nst_ext import reference
+from nst_ext._checks import accumulation_dtype, check_features, check_target_gram
+
+FORCE_REFERENCE_ENV = "NST_EXT_FORCE_REFERENCE"
+
+try:
+    from nst_ext import _C  # noqa: F401  (registers the ops)
+
+    LOAD_ERROR = None
+except (ImportError, OSError) as error:  # a missing or unloadable build
+    LOAD_ERROR = f"{type(error).__name__}: {error}"
+
+_force_reference = os.environ.get(FORCE_REFERENCE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+_warned_devices = set()
+
+
+# Which device types the build has kernels for; fixed once the library is loaded.
+_COMPILED_DEVICE_TYPES = frozenset(
+    device_type
+    for device_type in ("cpu", "cuda")
+    if LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("nst_ext::gram", device_type.upper())
+)
+
+
+def _has_kernel(device_type: str) -> bool:
+    return device_type in _COMPILED_DEVICE_TYPES
+
+
+def _uses_compiled(device: torch.device) -> bool:
+    if _force_reference:
+        return False
+    if _has_kernel(device.type):
+        return True
+    if device.type not in _warned_devices:
+        _warned_devices.add(device.type)
+        why = LOAD_ERROR or f"nst_ext._C was built without {device.type.upper()} kernels"
+        warnings.warn(
+            f"nst_ext: using the slow pure-PyTorch reference for {device.type} tensors because the "
+            f"compiled kernels are unavailable ({why}). Rebuild with `pip install --no-build-isolation .`; "
+            "`nst-ext info` shows the backends.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
+
+
+@contextlib.contextmanager
+def reference_backend(enabled: bool = True):
+    """Within this block the public ops use the pure-PyTorch reference
+    (``enabled=True``) or the compiled kernels where available (``False``).
+    Setting the environment variable ``NST_EXT_FORCE_REFERENCE=1`` does the
+    former for a whole process."""
+    global _force_reference
+    previous = _force_reference
+    _force_reference = enabled
+    try:
+        yield
+    finally:
+        _force_reference = previous
+
+
+def backend_info() -> dict:
+    """Which implementation serves tensors on each device type.
+
+    Returns a dict with keys ``cpu`` and ``cuda`` (``"compiled C++"``,
+    ``"compiled CUDA"`` or ``"reference"``), ``cuda_available`` (a GPU is
+    visible), ``forced_reference`` (the reference was forced) and
+    ``load_error`` (why ``nst_ext._C`` failed to load, or ``None``).
+    """
+    def describe(device_type, compiled_name):
+        if _force_reference or not _has_kernel(device_type):
+            return "reference"
+        return compiled_name
+
+    return {
+        "cpu": describe("cpu", "compiled C++"),
+        "cuda": describe("cuda", "compiled CUDA"),
+        "cuda_available": torch.cuda.is_available(),
+        "forced_reference": _force_reference,
+        "load_error": LOAD_ERROR,
+    }
+
+
+if LOAD_ERROR is None:
+
+    @torch.library.register_fake("nst_ext::gram")
+    def _gram_fake(features):
+        batch, channels = features.shape[0], features.shape[1]
+        return features.new_empty((batch, channels, channels), dtype=accumulation_dtype(features.dtype))
+
+    @torch.library.register_fake("nst_ext::gram_backward")
+    def _gram_backward_fake(grad_gram, features):
+        return features.new_empty(features.shape)
+
+    @torch.library.register_fake("nst_ext::style_loss")
+    def _style_loss_fake(features, target):
+        batch, channels = features.shape[0], features.shape[1]
+        dtype = accumulation_dtype(features.dtype)
+        return features.new_empty((), dtype=dtype), features.new_empty((batch, channels, channels), dtype=dtype)
+
+    @torch.library.register_fake("nst_ext::style_loss_backward")
+    def _style_loss_backward_fake(grad_loss, features, residual):
+        return features.new_empty(features.shape)
+
+    def _gram_setup_context(ctx, inputs, output):
+        (features,) = inputs
+        ctx.save_for_backward(features)
+
+    def _gram_backward(ctx, grad_gram):
+        (features,) = ctx.saved_tensors
+        return torch.ops.nst_ext.gram_backward(grad_gram, features)
+
+    torch.library.register_autograd("nst_ext::gram", _gram_backward, setup_context=_gram_setup_context)
+
+    def _style_loss_setup_context(ctx, inputs, output):
+        features, target = inputs
+        _, residual = output
+        ctx.save_for_backward(features, residual)
+        ctx.target_shape = target.shape
+        # An unused residual gets None, not a zero tensor that would cost a
+        # whole extra matrix product in the backward.
+        ctx.set_materialize_grads(False)
+
+    def _style_loss_backward(ctx, grad_loss, grad_residual):
+        features, residual = ctx.saved_tensors
+        grad_features = grad_target = None
+        if ctx.needs_input_grad[0]:
+            if grad_loss is None:
+                grad_loss = residual.new_zeros(())
+            grad_features = torch.ops.nst_ext.style_loss_backward(grad_loss, features, residual)
+            if grad_residual is not None:
+                grad_features = grad_features + torch.ops.nst_ext.gram_backward(grad_residual, features)
+        if ctx.needs_input_grad[1]:
+            # L = mean((G - A)^2)  =>  dL/dA = -2 (G - A) / numel, summed where A was broadcast.
+            grad_target = residual.new_zeros(residual.shape)
+            if grad_loss is not None:
+                grad_target = grad_target - residual * (2.0 / residual.numel()) * grad_loss
+            if grad_residual is not None:
+                grad_target = grad_target - grad_residual
+            if len(ctx.target_shape) == 2:
+                grad_target = grad_target.sum(0)
+            elif ctx.target_shape[0] == 1:
+                grad_target = grad_target.sum(0, keepdim=True)
+        return grad_features, grad_target
+
+    torch.library.register_autograd(
+        "nst_ext::style_loss", _style_loss_backward, setup_context=_style_loss_setup_context
+    )
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrix ``G = F Fᵀ / (H·W)``, ``F`` the features flattened to ``(C, H·W)``.
+
+    features: ``(B, C, H, W)`` or ``(C, H, W)``; float16, bfloat16, float32 or
+    float64; any strides; CPU or CUDA.
+    Returns ``(B, C, C)`` or ``(C, C)``. float16 and bfloat16 accumulate and
+    return float32 (a Gram of VGG activations overflows half precision);
+    float32 and float64 return their own dtype. Differentiable.
+    """
+    check_features(features)
+    if not _uses_compiled(features.device):
+        return reference.gram_matrix(features)
+    if features.dim() == 3:
+        return torch.ops.nst_ext.gram(features.unsqueeze(0)).squeeze(0)
+    return torch.ops.nst_ext.gram(features)
+
+
+def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """Mean over all elements of ``(gram_matrix(features) − target_gram)²``.
+
+    features: as for :func:`gram_matrix`. target_gram: ``(C, C)``, broadcast
+    over the batch, or ``(1, C, C)`` / ``(B, C, C)``, on the features' device.
+    Returns a 0-d tensor of the accumulation dtype (float32, or float64 for
+    float64 features). Differentiable with respect to both inputs; the compiled
+    kernel never materialises the Gram as a tensor of its own.
+    """
+    check_features(features)
+    check_target_gram(target_gram, features)
+    if not _uses_compiled(features.device):
+        return reference.style_loss(features, target_gram)
+    batched = features if features.dim() == 4 else features.unsqueeze(0)
+    target = target_gram.to(accumulation_dtype(features.dtype))
+    loss, _ = torch.ops.nst_ext.style_loss(batched, target)
+    return loss

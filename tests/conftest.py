@@ -1,0 +1,30 @@
+import os
+
+import pytest
+import torch
+
+import nst_ext
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.fixture
+def seed():
+    """A fresh seed per test (printed in the test's report), so every run draws new inputs."""
+    value = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(value)
+    print(f"torch seed {value}")
+    return value
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture
+def compiled(device):
+    """Skips where the compiled kernels do not serve this device."""
+    if nst_ext.backend_info()[device] == "reference":
+        pytest.skip(f"no compiled kernels for {device}: {nst_ext.backend_info()['load_error']}")
+    return device

@@ -1,0 +1,314 @@
+"""The compiled Gram and style-loss ops against the pure-PyTorch reference."""
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import nst_ext
+from nst_ext import reference
+
+# (B, C, H, W): C = 1 and 3, H*W = 1, H*W prime (97, 127), C across the 64-channel
+# block boundary, and shapes long enough in H*W for the kernels to split that axis.
+SHAPES = [
+    (1, 1, 1, 1),
+    (1, 1, 5, 7),
+    (3, 3, 1, 1),
+    (2, 3, 1, 97),
+    (1, 5, 127, 1),
+    (2, 65, 3, 5),
+    (1, 130, 7, 11),
+    (3, 64, 61, 67),
+    (1, 200, 37, 41),
+]
+CLAIMED_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+# Relative tolerance of each dtype against a float64 reference computed on the same values.
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-4, torch.bfloat16: 1e-4}
+
+
+def features_like_vgg(shape, device, dtype=torch.float64):
+    """Non-negative activations with a spread like VGG's relu outputs."""
+    return (torch.randn(shape, dtype=torch.float64) * 3).relu_().add_(torch.rand(shape, dtype=torch.float64)).to(device, dtype)
+
+
+def assert_close(actual, expected, seed, rtol=1e-10, atol=None):
+    scale = expected.abs().max().item() if expected.numel() else 1.0
+    torch.testing.assert_close(
+        actual, expected, rtol=rtol, atol=(atol if atol is not None else rtol * max(scale, 1e-12)),
+        msg=lambda m: f"{m}\n(torch seed {seed})",
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gram_matches_reference_float64(compiled, seed, shape):
+    x = features_like_vgg(shape, compiled)
+    assert_close(nst_ext.gram_matrix(x), reference.gram_matrix(x), seed)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 5), (7, 9, 11), (64, 13, 13)])
+def test_gram_of_3d_features_is_2d(compiled, seed, shape):
+    x = features_like_vgg(shape, compiled)
+    out = nst_ext.gram_matrix(x)
+    assert out.shape == (shape[0], shape[0])
+    assert_close(out, reference.gram_matrix(x.unsqueeze(0))[0], seed)
+    target = torch.rand(shape[0], shape[0], dtype=x.dtype, device=compiled)
+    assert_close(nst_ext.style_loss(x, target), reference.style_loss(x.unsqueeze(0), target), seed)
+
+
+@pytest.mark.parametrize(
+    "make_view",
+    [
+        lambda x: x.transpose(2, 3),
+        lambda x: x[:, ::2, 1:, ::3],
+        lambda x: x.contiguous(memory_format=torch.channels_last),
+        lambda x: x.expand(3, -1, -1, -1),
+        lambda x: torch.cat([x, x + 1]).permute(1, 0, 2, 3),
+    ],
+    ids=["transposed", "sliced", "channels_last", "expanded", "permuted"],
+)
+def test_non_contiguous_inputs(compiled, seed, make_view):
+    base = features_like_vgg((1, 70, 19, 23), compiled)
+    view = make_view(base)
+    assert not view.is_contiguous()
+    target = reference.gram_matrix(features_like_vgg(view.shape, compiled))
+    assert_close(nst_ext.gram_matrix(view), reference.gram_matrix(view), seed)
+    assert_close(nst_ext.style_loss(view, target[0]), reference.style_loss(view, target[0]), seed)
+
+
+@pytest.mark.parametrize("dtype", CLAIMED_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 64, 40, 40), (2, 130, 9, 13)])
+def test_every_claimed_dtype(compiled, seed, dtype, shape):
+    x = features_like_vgg(shape, compiled, dtype)
+    exact = x.double()  # the same values, in float64
+    gram = nst_ext.gram_matrix(x)
+    assert gram.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close(gram.double(), reference.gram_matrix(exact), seed, rtol=RTOL[dtype])
+
+    target = reference.gram_matrix(features_like_vgg(shape, compiled)).to(gram.dtype)
+    x.requires_grad_(True)
+    loss = nst_ext.style_loss(x, target)
+    assert loss.dtype == gram.dtype and loss.dim() == 0
+    (grad,) = torch.autograd.grad(loss, x)
+    assert grad.dtype == dtype and grad.shape == x.shape
+
+    exact.requires_grad_(True)
+    expected_loss = reference.style_loss(exact, target.double())
+    (expected_grad,) = torch.autograd.grad(expected_loss, exact)
+    assert_close(loss.double(), expected_loss, seed, rtol=RTOL[dtype] * 10)
+    # A reduced-precision gradient is rounded once to its dtype.
+    grad_rtol = {torch.float16: 2e-3, torch.bfloat16: 1e-2}.get(dtype, RTOL[dtype] * 10)
+    assert_close(grad.double(), expected_grad, seed, rtol=grad_rtol)
+
+
+def test_half_precision_gram_does_not_overflow(compiled, seed):
+    x = torch.full((1, 8, 32, 32), 300.0, device=compiled, dtype=torch.float16)
+    gram = nst_ext.gram_matrix(x)
+    assert gram.dtype == torch.float32
+    assert torch.isfinite(gram).all() and torch.allclose(gram, torch.full_like(gram, 90000.0))
+
+
+@pytest.mark.parametrize("target_shape", ["CC", "1CC", "BCC"])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (3, 65, 9, 10), (2, 64, 120, 130)])
+def test_style_loss_and_gradients_match_reference(compiled, seed, shape, target_shape):
+    B, C = shape[0], shape[1]
+    target_dims = {"CC": (C, C), "1CC": (1, C, C), "BCC": (B, C, C)}[target_shape]
+    x = features_like_vgg(shape, compiled).requires_grad_(True)
+    target = (reference.gram_matrix(features_like_vgg((target_dims[0] if len(target_dims) == 3 else 1, C, 6, 5), compiled))
+              .reshape(target_dims).clone().requires_grad_(True))
+
+    loss = nst_ext.style_loss(x, target)
+    grads = torch.autograd.grad(loss, (x, target))
+    expected_loss = reference.style_loss(x, target)
+    expected_grads = torch.autograd.grad(expected_loss, (x, target))
+    assert_close(loss, expected_loss, seed)
+    assert_close(grads[0], expected_grads[0], seed)
+    assert_close(grads[1], expected_grads[1], seed)
+
+
+def test_gram_gradient_matches_reference(compiled, seed):
+    x = features_like_vgg((2, 70, 11, 13), compiled).requires_grad_(True)
+    weights = torch.randn(2, 70, 70, dtype=torch.float64, device=compiled)  # not symmetric
+    (grad,) = torch.autograd.grad((nst_ext.gram_matrix(x) * weights).sum(), x)
+    (expected,) = torch.autograd.grad((reference.gram_matrix(x) * weights).sum(), x)
+    assert_close(grad, expected, seed)
+
+
+def test_gradcheck(compiled, seed):
+    x = torch.rand(2, 3, 4, 5, dtype=torch.float64, device=compiled, requires_grad=True)
+    target = torch.rand(3, 3, dtype=torch.float64, device=compiled, requires_grad=True)
+    batched_target = torch.rand(2, 3, 3, dtype=torch.float64, device=compiled, requires_grad=True)
+    assert torch.autograd.gradcheck(nst_ext.gram_matrix, (x,))
+    assert torch.autograd.gradcheck(nst_ext.style_loss, (x, target))
+    assert torch.autograd.gradcheck(nst_ext.style_loss, (x, batched_target))
+    assert torch.autograd.gradcheck(nst_ext.gram_matrix, (x[0],))
+
+
+def test_gradcheck_through_residual_output(compiled, seed):
+    """The op's second output (the residual G - A) is differentiable too."""
+    x = torch.rand(2, 3, 4, 5, dtype=torch.float64, device=compiled, requires_grad=True)
+    target = torch.rand(1, 3, 3, dtype=torch.float64, device=compiled, requires_grad=True)
+    weights = torch.randn(2, 3, 3, dtype=torch.float64, device=compiled)
+
+    def loss_and_weighted_residual(features, target_gram):
+        loss, residual = torch.ops.nst_ext.style_loss(features, target_gram)
+        return loss + (residual * weights).sum()
+
+    assert torch.autograd.gradcheck(loss_and_weighted_residual, (x, target))
+
+
+OPCHECK_SAMPLES = [((2, 3, 5, 7), torch.float64), ((1, 65, 9, 8), torch.float32), ((1, 4, 6, 6), torch.float16)]
+
+
+@pytest.mark.parametrize("shape,dtype", OPCHECK_SAMPLES)
+def test_opcheck_every_op(compiled, seed, shape, dtype):
+    B, C = shape[0], shape[1]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = features_like_vgg(shape, compiled, dtype)
+    grad_gram = torch.randn(B, C, C, device=compiled, dtype=acc)
+    residual = torch.randn(B, C, C, device=compiled, dtype=acc)
+    grad_loss = torch.rand((), device=compiled, dtype=acc)
+    ops = torch.ops.nst_ext
+    torch.library.opcheck(ops.gram.default, (x.clone().requires_grad_(dtype != torch.float16),))
+    torch.library.opcheck(ops.gram_backward.default, (grad_gram, x))
+    for target in (torch.rand(C, C, device=compiled, dtype=acc), torch.rand(B, C, C, device=compiled, dtype=acc)):
+        torch.library.opcheck(ops.style_loss.default, (x.clone().requires_grad_(dtype != torch.float16), target))
+    torch.library.opcheck(ops.style_loss_backward.default, (grad_loss, x, residual))
+
+
+def test_torch_compile_fullgraph(compiled, seed):
+    x = features_like_vgg((1, 16, 12, 10), compiled, torch.float32)
+    target = reference.gram_matrix(features_like_vgg((1, 16, 8, 8), compiled, torch.float32))
+
+    def objective(features):
+        return nst_ext.style_loss(features, target) + nst_ext.gram_matrix(features).mean()
+
+    compiled_objective = torch.compile(objective, fullgraph=True)
+    eager_x = x.clone().requires_grad_(True)
+    compiled_x = x.clone().requires_grad_(True)
+    eager = objective(eager_x)
+    eager.backward()
+    result = compiled_objective(compiled_x)
+    result.backward()
+    assert_close(result, eager, seed, rtol=1e-5)
+    assert_close(compiled_x.grad, eager_x.grad, seed, rtol=1e-5)
+
+
+def test_deterministic(compiled, seed):
+    x = features_like_vgg((2, 64, 150, 150), compiled, torch.float32)
+    target = reference.gram_matrix(features_like_vgg((1, 64, 20, 20), compiled, torch.float32))[0]
+    assert torch.equal(nst_ext.gram_matrix(x), nst_ext.gram_matrix(x))
+    assert torch.equal(nst_ext.style_loss(x, target), nst_ext.style_loss(x, target))
+
+
+def test_nan_in_nan_out(device, seed):
+    x = features_like_vgg((1, 4, 6, 6), device)
+    x[0, 2, 3, 1] = float("nan")
+    gram = nst_ext.gram_matrix(x)
+    assert torch.isnan(gram[0, 2]).all() and torch.isnan(gram[0, :, 2]).all()
+    assert torch.isfinite(gram[0, :2, :2]).all()
+    assert torch.isnan(nst_ext.style_loss(x, torch.zeros(4, 4, dtype=x.dtype, device=device)))
+
+
+def test_forced_reference_path(device, seed):
+    x = features_like_vgg((2, 5, 6, 7), device).requires_grad_(True)
+    target = torch.rand(5, 5, dtype=torch.float64, device=device)
+    with nst_ext.reference_backend():
+        assert nst_ext.backend_info()[device] == "reference"
+        assert nst_ext.backend_info()["forced_reference"] is True
+        loss = nst_ext.style_loss(x, target)
+        assert loss.grad_fn is not None and "nst_ext" not in type(loss.grad_fn).__name__
+        gram = nst_ext.gram_matrix(x)
+    assert torch.equal(gram, reference.gram_matrix(x))
+    assert torch.equal(loss, reference.style_loss(x, target))
+
+
+def run_python(code, **env):
+    import os
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_environment_variable_forces_reference():
+    result = run_python("import nst_ext; print(nst_ext.backend_info()['cpu'])", NST_EXT_FORCE_REFERENCE="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "reference"
+
+
+def test_compiled_cpu_backend_is_built():
+    """The README's install builds the C++ kernels; this fails if it silently did not."""
+    info = nst_ext.backend_info()
+    assert info["load_error"] is None, info["load_error"]
+    assert info["cpu"] == "compiled C++"
+
+
+def test_missing_extension_falls_back_with_one_warning():
+    code = """
+import sys, warnings
+sys.modules['nst_ext._C'] = None  # makes `from nst_ext import _C` fail like a missing build
+import torch, nst_ext
+info = nst_ext.backend_info()
+assert info['cpu'] == 'reference' and 'nst_ext._C' in info['load_error'], info
+x = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    first = nst_ext.gram_matrix(x)
+    nst_ext.style_loss(x, first[0])
+messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+assert len(messages) == 1 and 'reference' in messages[0] and 'nst_ext._C' in messages[0], messages
+assert torch.equal(first, nst_ext.reference.gram_matrix(x))
+print('ok')
+"""
+    result = run_python(code)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+GOOD = torch.rand(2, 3, 4, 5)
+BAD_CALLS = [
+    ("gram_matrix", (torch.rand(3, 4),), ValueError, r"features must have shape \(B, C, H, W\) or \(C, H, W\), got a 2-D"),
+    ("gram_matrix", (torch.rand(1, 2, 3, 4, 5),), ValueError, r"got a 5-D"),
+    ("gram_matrix", (torch.ones(1, 3, 4, 4, dtype=torch.int64),), TypeError, r"features must be float16, bfloat16, float32 or float64, got torch.int64"),
+    ("gram_matrix", (torch.ones(1, 3, 4, 4, dtype=torch.bool),), TypeError, r"got torch.bool"),
+    ("gram_matrix", (torch.ones(1, 3, 4, 4, dtype=torch.complex64),), TypeError, r"got torch.complex64"),
+    ("gram_matrix", ([[1.0]],), TypeError, r"features must be a torch.Tensor, got list"),
+    ("gram_matrix", (torch.rand(0, 3, 4, 4),), ValueError, r"features must not be empty"),
+    ("gram_matrix", (torch.rand(1, 3, 0, 4),), ValueError, r"features must not be empty"),
+    ("style_loss", (GOOD, torch.rand(4, 4)), ValueError, r"target_gram must have shape \(3, 3\) or \(1, 3, 3\) or \(2, 3, 3\).*got \(4, 4\)"),
+    ("style_loss", (GOOD, torch.rand(3, 3, 3)), ValueError, r"got \(3, 3, 3\)"),
+    ("style_loss", (GOOD, torch.rand(3)), ValueError, r"target_gram must have shape"),
+    ("style_loss", (GOOD, torch.ones(3, 3, dtype=torch.int32)), TypeError, r"target_gram must be float16"),
+    ("style_loss", (GOOD, "gram"), TypeError, r"target_gram must be a torch.Tensor, got str"),
+    ("style_loss", (torch.ones(2, 3, 4, 5, dtype=torch.uint8), torch.rand(3, 3)), TypeError, r"features must be"),
+]
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("name,args,error,message", BAD_CALLS, ids=[f"{c[0]}-{i}" for i, c in enumerate(BAD_CALLS)])
+def test_bad_input_gets_a_clear_error(backend, name, args, error, message):
+    for function in (getattr(nst_ext, name), getattr(reference, name)):
+        with nst_ext.reference_backend(backend == "reference"):
+            with pytest.raises(error, match=message):
+                function(*args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_tensors_on_different_devices():
+    with pytest.raises(ValueError, match=r"target_gram is on cpu but features are on cuda"):
+        nst_ext.style_loss(GOOD.cuda(), torch.rand(3, 3))
+
+
+def test_tensors_on_different_devices_message_without_gpu():
+    meta_target = torch.rand(3, 3, device="meta")
+    with pytest.raises(ValueError, match=r"target_gram is on meta but features are on cpu"):
+        nst_ext.style_loss(GOOD, meta_target)
+
+
+def test_direct_op_calls_are_checked_in_cpp(compiled):
+    with pytest.raises(RuntimeError, match="features must be 4-D"):
+        torch.ops.nst_ext.gram(torch.rand(3, 4, 5, device=compiled))
+    with pytest.raises(RuntimeError, match="target must have shape"):
+        torch.ops.nst_ext.style_loss(torch.rand(1, 3, 4, 5, device=compiled), torch.rand(2, 2, device=compiled))
+    with pytest.raises(RuntimeError, match="target must have dtype"):
+        torch.ops.nst_ext.style_loss(torch.rand(1, 3, 4, 5, device=compiled), torch.rand(3, 3, device=compiled, dtype=torch.float64))
