@@ -1,0 +1,12 @@
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--sizes", default="256,512,1024", help="image sizes in pixels, comma-separated")
+    parser.addoption("--batches", default="1,4", help="batch sizes, comma-separated")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["torch"] = torch.__version__
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None

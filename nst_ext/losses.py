@@ -1,0 +1,66 @@
+"""Loss modules of the stylizer. Style work runs in the compiled kernels
+(:func:`nst_ext.style_loss`, :func:`nst_ext.gram_matrix`); targets are
+computed once, when a module is built, not at every step.
+
+Each content and style loss is divided by the mean square of its own target,
+so every layer starts near the same scale whatever its depth, the pooling or
+the weights' input normalisation (raw VGG19 Gram losses span four orders of
+magnitude from relu1_1 to relu4_1). Layer and loss weights are then relative.
+"""
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from nst_ext._ops import gram_matrix, style_loss
+
+
+def _relative_scale(target: torch.Tensor) -> float:
+    return 1.0 / max(target.detach().double().square().mean().item(), 1e-12)
+
+
+class ContentLoss(nn.Module):
+    """Mean squared difference to the target features, relative to their mean square.
+
+    target: ``(1, C, H, W)`` features of the content image; forward takes the
+    output's features of the same shape and returns a 0-d tensor.
+    """
+
+    def __init__(self, target: torch.Tensor):
+        super().__init__()
+        self.register_buffer("target", target.detach().float())
+        self.scale = _relative_scale(target)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.float() - self.target).square().mean() * self.scale
+
+
+class StyleLoss(nn.Module):
+    """Gatys' style loss against a blend of style images' Gram matrices.
+
+    targets: features ``(1, C, H_i, W_i)`` of each style image (sizes may
+    differ); blend_weights: one non-negative weight per style image, summing
+    to 1. The target Gram is ``Σ wᵢ G(targetᵢ)``, float32 ``(C, C)``. forward
+    takes features ``(1, C, H, W)`` of any float dtype and returns the fused
+    kernel's mean squared Gram difference, relative to the target's mean
+    square, as a 0-d float32 tensor.
+    """
+
+    def __init__(self, targets: Sequence[torch.Tensor], blend_weights: Sequence[float]):
+        super().__init__()
+        gram = sum(weight * gram_matrix(target.detach().float())[0] for target, weight in zip(targets, blend_weights))
+        self.register_buffer("target_gram", gram)
+        self.scale = _relative_scale(gram)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return style_loss(features, self.target_gram) * self.scale
+
+
+class TotalVariationLoss(nn.Module):
+    """Mean squared difference of neighbouring pixels of an image ``(B, 3, H, W)``; smooths high-frequency noise."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        dx = image[..., :, 1:] - image[..., :, :-1]
+        dy = image[..., 1:, :] - image[..., :-1, :]
+        return dx.square().mean() + dy.square().mean()

@@ -1,0 +1,179 @@
+"""End-to-end style transfer on small images (CPU, a few steps)."""
+
+import pytest
+import torch
+
+import nst_ext
+from nst_ext import reference
+from nst_ext.images import ImageError, load_image, resize_to_long_side
+from nst_ext.stylizer import OptionError, Stylizer
+from nst_ext.vgg import UnknownLayerError
+
+SIZE = 64
+CONTENT = "nst_ext/data/astronaut.jpg"
+STYLE = "nst_ext/data/swirls.jpg"
+
+
+@pytest.fixture(scope="module")
+def content():
+    return load_image(CONTENT)
+
+
+@pytest.fixture(scope="module")
+def style():
+    return load_image(STYLE)
+
+
+@pytest.fixture(scope="module")
+def measuring_vgg():
+    stylizer = Stylizer(size=SIZE)
+    return stylizer.vgg
+
+
+def distances(vgg, image, content_image, style_image):
+    """(content distance at relu4_2, style distance over the default style layers), both
+    relative to the target's mean square, measured with the reference ops."""
+    layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    with torch.no_grad():
+        out = vgg(image.unsqueeze(0), layers + ["relu4_2"])
+        target_content = vgg(resize_to_long_side(content_image, image.shape[-1]).unsqueeze(0), ["relu4_2"])["relu4_2"]
+        target_style = vgg(resize_to_long_side(style_image, image.shape[-1]).unsqueeze(0), layers)
+    content_distance = (out["relu4_2"] - target_content).square().mean() / target_content.square().mean()
+    style_distance = 0.0
+    for name in layers:
+        target_gram = reference.gram_matrix(target_style[name])
+        style_distance += reference.style_loss(out[name], target_gram) / target_gram.square().mean()
+    return content_distance.item(), style_distance.item() / len(layers)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_stylization_moves_towards_the_style_and_keeps_the_content(backend, content, style, measuring_vgg):
+    with nst_ext.reference_backend(backend == "reference"):
+        result = Stylizer(size=SIZE, steps=40).run(content, style)
+    assert result.tensor.shape == (3, SIZE, SIZE) and not result.interrupted
+    assert 0 <= result.tensor.min() and result.tensor.max() <= 1
+    totals = [entry["total"] for entry in result.history]
+    assert totals[-1] < 0.2 * totals[0]
+    start = resize_to_long_side(content, SIZE)
+    content_before, style_before = distances(measuring_vgg, start, content, style)
+    content_after, style_after = distances(measuring_vgg, result.tensor, content, style)
+    assert style_after < style_before / 10, (style_before, style_after)
+    assert content_before == 0.0 and content_after < 0.5, content_after
+
+
+def test_compiled_and_reference_backends_agree(content, style):
+    runs = []
+    for use_reference in (False, True):
+        with nst_ext.reference_backend(use_reference):
+            runs.append(Stylizer(size=SIZE, steps=3).run(content, style).history)
+    for compiled, ref in zip(*runs):
+        assert compiled["total"] == pytest.approx(ref["total"], rel=1e-3)
+
+
+def test_adam_optimizer_lowers_the_loss(content, style):
+    result = Stylizer(size=SIZE, steps=30, optimizer="adam", learning_rate=0.03).run(content, style)
+    assert result.history[-1]["total"] < 0.5 * result.history[0]["total"]
+
+
+def test_seed_makes_noise_runs_reproducible(content, style):
+    def run(seed):
+        return Stylizer(size=SIZE, steps=4, init="noise", seed=seed).run(content, style).tensor
+
+    first, again, other = run(3), run(3), run(4)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_init_from_a_given_image(content, style):
+    gray = torch.full((3, 30, 40), 0.5)
+    result = Stylizer(size=SIZE, steps=1, init=gray).run(content, style)
+    first_image = result.history[0]
+    plain = Stylizer(size=SIZE, steps=1).run(content, style).history[0]
+    assert first_image["content"] > 0 and plain["content"] == 0  # started from the gray image, not the content
+
+
+def test_multiple_styles_blend(content, style):
+    blue = torch.zeros(3, 64, 64)
+    blue[2] = 1.0
+    only_first = Stylizer(size=SIZE, steps=5, style_blend_weights=[1, 0]).run(content, [style, blue]).tensor
+    single = Stylizer(size=SIZE, steps=5).run(content, style).tensor
+    mixed = Stylizer(size=SIZE, steps=5, style_blend_weights=[1, 1]).run(content, [style, blue]).tensor
+    assert torch.allclose(only_first, single, atol=1e-5)
+    assert (mixed - single).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["luminance", "histogram"])
+def test_colour_preservation_follows_the_content(mode, content):
+    red_content = content.clone()
+    red_content[0] = red_content[0] * 0.5 + 0.5
+    red_content[2] *= 0.3
+    blue_style = torch.rand(3, 64, 64) * 0.3
+    blue_style[2] += 0.7
+    plain = Stylizer(size=SIZE, steps=15, style_weight=50).run(red_content, blue_style).tensor
+    kept = Stylizer(size=SIZE, steps=15, style_weight=50, preserve_color=mode).run(red_content, blue_style).tensor
+    target_means = resize_to_long_side(red_content, SIZE).mean((1, 2))
+    plain_error = (plain.mean((1, 2)) - target_means).abs().max()
+    kept_error = (kept.mean((1, 2)) - target_means).abs().max()
+    assert kept_error < 0.06 and kept_error < plain_error / 2, (kept_error, plain_error)
+
+
+def test_multiscale_runs_coarse_to_fine(content, style):
+    result = Stylizer(scales=[32, 64], steps=[4, 3]).run(content, style)
+    assert result.tensor.shape == (3, 64, 64)
+    assert [entry["stage"] for entry in result.history] == [0] * 4 + [1] * 3
+    # The fine stage starts from the upscaled coarse result, not from the content: its content loss is not 0.
+    assert result.history[4]["content"] > 0
+
+
+def test_interrupt_keeps_the_best_image(content, style):
+    def stop_at_step_three(progress):
+        if progress.step == 3:
+            raise KeyboardInterrupt
+
+    result = Stylizer(size=SIZE, steps=50).run(content, style, callback=stop_at_step_three)
+    assert result.interrupted and len(result.history) == 3
+    assert torch.isfinite(result.tensor).all() and result.tensor.shape == (3, SIZE, SIZE)
+
+
+def test_stylize_returns_pil_for_paths_and_tensor_for_tensors(content):
+    image = nst_ext.stylize(CONTENT, STYLE, size=32, steps=1, style_layers=["relu1_1", "relu2_1"])
+    assert image.size == (32, 32) and image.mode == "RGB"
+    tensor = nst_ext.stylize(content, STYLE, size=32, steps=1, style_layers=["relu1_1", "relu2_1"])
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == (3, 32, 32)
+
+
+def test_image_too_small_for_the_layers(style):
+    with pytest.raises(ImageError, match=r"too small for layer relu5_1, which needs at least 16 pixels"):
+        Stylizer(size=8, steps=1).run(torch.rand(3, 8, 8), style)
+
+
+@pytest.mark.parametrize(
+    "options,error,message",
+    [
+        (dict(style_layers=["relu9_1"]), UnknownLayerError, r"unknown style layer 'relu9_1'.*nst-ext layers"),
+        (dict(content_layers=["conv4_9"]), UnknownLayerError, r"unknown content layer 'conv4_9'"),
+        (dict(style_layer_weights=[1, 2]), OptionError, r"2 style layer weights given for 5 style layers"),
+        (dict(optimizer="sgd"), OptionError, r"optimizer must be 'lbfgs' or 'adam'"),
+        (dict(steps=0), OptionError, r"steps must be a positive whole number"),
+        (dict(scales=[64, 32]), OptionError, r"scales must grow from coarse to fine"),
+        (dict(scales=[32, 64], steps=[1, 2, 3]), OptionError, r"steps lists 3 values but there are 2 scales"),
+        (dict(style_weight=-1), OptionError, r"style_weight must be a non-negative number"),
+        (dict(preserve_color="sepia"), OptionError, r"preserve_color must be"),
+        (dict(device="tpu"), OptionError, r"device must be 'auto', 'cpu' or 'cuda"),
+        (dict(colour=1), OptionError, r"unknown option\(s\) colour"),
+    ],
+)
+def test_bad_options(options, error, message):
+    with pytest.raises(error, match=message):
+        Stylizer(**options)
+
+
+def test_style_blend_weights_must_match_the_styles(content, style):
+    with pytest.raises(OptionError, match=r"3 style blend weights given for 2 style images"):
+        Stylizer(size=SIZE, steps=1, style_blend_weights=[1, 1, 1]).run(content, [style, style])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_asked_for_without_a_gpu():
+    with pytest.raises(OptionError, match=r"no CUDA GPU is available here; use --device cpu"):
+        Stylizer(device="cuda")
