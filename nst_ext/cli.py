@@ -24,8 +24,6 @@ from nst_ext.weights import WeightsError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-DEMO_SCALES = (256, 512)
-DEMO_STEPS = (150, 50)
 
 
 class CommandError(Exception):
@@ -49,9 +47,11 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     group = parser.add_argument_group("style transfer")
     group.add_argument("--size", type=int, default=defaults.size, help="long side of the output in pixels (default %(default)s)")
     group.add_argument("--steps", type=_numbers(int), default=None,
-                       help=f"optimiser iterations, one value or one per scale (default {defaults.steps})")
+                       help="optimiser iterations, one value for every scale or one per scale "
+                            "(default 150 for the first scale, 50 for each finer one)")
     group.add_argument("--scales", type=_numbers(int), default=None,
-                       help="coarse-to-fine sizes, e.g. 256,512,1024; the last is the output size")
+                       help="coarse-to-fine sizes, e.g. 256,512,1024; the last is the output size "
+                            "(default: halving from --size down to 256, e.g. 256,512 for 512)")
     group.add_argument("--content-layers", type=_names, default=list(DEFAULT_CONTENT_LAYERS), metavar="LAYERS",
                        help="comma-separated (default %(default)s)")
     group.add_argument("--style-layers", type=_names, default=list(DEFAULT_STYLE_LAYERS), metavar="LAYERS",
@@ -100,16 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="stylize the sample photo with the sample painting shipped in the package")
     demo.add_argument("-o", "--output", default=None, help="output image (default: a new nst-ext-demo*.png here)")
     _add_style_options(demo, defaults)
-    demo.set_defaults(scales=list(DEMO_SCALES), steps=list(DEMO_STEPS))
     commands.add_parser("layers", help="list VGG19's layer names")
     commands.add_parser("info", help="show the kernel backends, device and weights")
     return parser
 
 
 def _options_from(args) -> StyleOptions:
-    steps = args.steps if args.steps is not None else StyleOptions().steps
-    if isinstance(steps, list) and len(steps) == 1:
-        steps = steps[0]
+    steps = args.steps[0] if args.steps is not None and len(args.steps) == 1 else args.steps
     return StyleOptions(
         size=args.scales[-1] if args.scales else args.size, steps=steps, scales=args.scales,
         content_layers=args.content_layers, style_layers=args.style_layers,

@@ -24,6 +24,9 @@ from nst_ext.weights import resolve_weights
 
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
+COARSEST_AUTOMATIC_SCALE = 256
+FIRST_STAGE_STEPS = 150
+FINER_STAGE_STEPS = 50
 
 
 class OptionError(ValueError):
@@ -36,12 +39,17 @@ class StyleOptions:
 
     Weights are relative: each layer's loss is normalised by its target (see
     nst_ext.losses), so ``style_weight / content_weight`` sets the balance.
-    ``steps`` is the optimiser's iterations per stage: one int for all stages
-    or one per stage of ``scales``.
+    ``scales`` are the coarse-to-fine stage sizes (Gatys et al. 2017), each
+    stage starting from the previous one's result. By default (None) they
+    halve from ``size`` down to no less than 256 pixels: 512 runs 256 → 512,
+    1024 runs 256 → 512 → 1024, 256 and smaller run one stage.
+    ``steps`` is the optimiser's iterations per stage: one int for every
+    stage, or one per stage. By default (None) 150 for the first stage, which
+    forms the picture, and 50 for each finer stage, which refines it.
     """
 
     size: int = 512
-    steps: Union[int, Sequence[int]] = 300
+    steps: Optional[Union[int, Sequence[int]]] = None
     content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS
     style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS
     content_layer_weights: Optional[Sequence[float]] = None
@@ -65,10 +73,17 @@ class StyleOptions:
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
 
     def stage_sizes(self) -> List[int]:
-        return list(self.scales) if self.scales else [self.size]
+        if self.scales:
+            return list(self.scales)
+        sizes = [self.size]
+        while sizes[0] // 2 >= COARSEST_AUTOMATIC_SCALE:
+            sizes.insert(0, sizes[0] // 2)
+        return sizes
 
     def stage_steps(self) -> List[int]:
         stages = len(self.stage_sizes())
+        if self.steps is None:
+            return [FIRST_STAGE_STEPS] + [FINER_STAGE_STEPS] * (stages - 1)
         if isinstance(self.steps, int):
             return [self.steps] * stages
         return list(self.steps)
