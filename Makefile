@@ -27,5 +27,5 @@ $(VENV)/.requirements: requirements.txt
 	touch $@
 
 $(VENV)/.built: $(VENV)/.requirements setup.py $(shell find csrc -type f)
-	$(BIN)/python -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
+	$(BIN)/python -m pip install --disable-pip-version-check --no-build-isolation --use-pep517 --no-deps -e .
 	touch $@

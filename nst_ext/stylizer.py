@@ -290,29 +290,25 @@ class Stylizer:
             start = resize(load_image(self.options.init, "init image", self.options.max_input_pixels), (height, width))
         return start.unsqueeze(0).to(self.device).contiguous()
 
-    def _build_losses(self, stage_content, stage_styles, blend):
-        options = self.options
-        content_layers, style_layers = list(options.content_layers), list(options.style_layers)
-        with torch.no_grad(), self._autocast():
-            content_features = self.vgg(stage_content.unsqueeze(0).to(self.device), content_layers)
-            style_features = [self.vgg(style.unsqueeze(0).to(self.device), style_layers) for style in stage_styles]
-        content_weights = options.content_layer_weights or [1.0 / len(content_layers)] * len(content_layers)
-        style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
-        content_terms = [(name, weight, ContentLoss(content_features[name]))
-                         for name, weight in zip(content_layers, content_weights)]
-        style_terms = [(name, weight, StyleLoss([features[name] for features in style_features], blend))
-                       for name, weight in zip(style_layers, style_weights)]
-        return content_terms, style_terms
-
     def _autocast(self):
         enabled = self.options.mixed_precision and self.device.type == "cuda"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
+    def objective(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
+                  size: Optional[int] = None) -> Tuple[torch.Tensor, "Objective"]:
+        """The loss of one stage at `size` (default: the output size), for
+        custom optimisers and benchmarks: returns the content image as the
+        starting point, ``(1, 3, H, W)`` on the device, and the Objective."""
+        content_image, style_images, blend = self._prepare_inputs(content, styles)
+        stage_content = resize_to_long_side(content_image, size or self.options.size)
+        stage_styles = [resize_to_long_side(s, max(1, round((size or self.options.size) * self.options.style_scale)))
+                        for s in style_images]
+        self._check_size(stage_content, "the content image")
+        return stage_content.unsqueeze(0).to(self.device), Objective(self, stage_content, stage_styles, blend)
+
     def _optimize(self, stage, stages, steps, image, stage_content, stage_styles, blend, history, callback):
         options = self.options
-        content_terms, style_terms = self._build_losses(stage_content, stage_styles, blend)
-        layers = sorted({name for name, _, _ in content_terms + style_terms}, key=LAYER_INDEX.__getitem__)
-        tv_loss = TotalVariationLoss()
+        objective = Objective(self, stage_content, stage_styles, blend)
         image = image.clone().requires_grad_(True)
         best = {"loss": math.inf, "image": image.detach().clone()}
         evaluations = 0
@@ -320,17 +316,10 @@ class Stylizer:
         def closure():
             nonlocal evaluations
             optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
-                features = self.vgg(image, layers)
-            content = sum(w * term(features[name]) for name, w, term in content_terms) if content_terms else image.new_zeros(())
-            style = sum(w * term(features[name]) for name, w, term in style_terms)
-            tv = tv_loss(image)
-            total = options.content_weight * content + options.style_weight * style + options.tv_weight * tv
-            total.backward()
+            terms = objective(image)
+            terms["total"].backward()
             evaluations += 1
-            values = {"stage": stage, "step": evaluations, "content": options.content_weight * float(content.detach()),
-                      "style": options.style_weight * float(style.detach()), "tv": options.tv_weight * float(tv.detach()),
-                      "total": float(total.detach())}
+            values = {"stage": stage, "step": evaluations, **{key: float(value.detach()) for key, value in terms.items()}}
             history.append(values)
             if values["total"] < best["loss"]:
                 best["loss"] = values["total"]
@@ -340,7 +329,7 @@ class Stylizer:
                                   size=tuple(image.shape[-2:]), content_loss=values["content"],
                                   style_loss=values["style"], tv_loss=values["tv"], total_loss=values["total"],
                                   image=lambda: image.detach()[0].float().cpu().clamp(0, 1)))
-            return total
+            return terms["total"]
 
         interrupted = False
         try:
@@ -357,6 +346,43 @@ class Stylizer:
         except KeyboardInterrupt:
             interrupted = True
         return best["image"], interrupted
+
+
+class Objective:
+    """The weighted loss of one stage, its targets computed once at construction.
+
+    Calling it with an image ``(1, 3, H, W)`` in [0, 1] on the stylizer's
+    device returns 0-d tensors ``content``, ``style``, ``tv`` (each already
+    multiplied by its weight) and ``total``; the caller runs backward.
+    """
+
+    def __init__(self, stylizer: Stylizer, stage_content: torch.Tensor, stage_styles: Sequence[torch.Tensor],
+                 blend: Sequence[float]):
+        options = stylizer.options
+        self.stylizer = stylizer
+        content_layers, style_layers = list(options.content_layers), list(options.style_layers)
+        with torch.no_grad(), stylizer._autocast():
+            content_features = stylizer.vgg(stage_content.unsqueeze(0).to(stylizer.device), content_layers)
+            style_features = [stylizer.vgg(style.unsqueeze(0).to(stylizer.device), style_layers) for style in stage_styles]
+        content_weights = options.content_layer_weights or [1.0 / len(content_layers)] * len(content_layers)
+        style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
+        self.content_terms = [(name, weight, ContentLoss(content_features[name]))
+                              for name, weight in zip(content_layers, content_weights)]
+        self.style_terms = [(name, weight, StyleLoss([features[name] for features in style_features], blend))
+                            for name, weight in zip(style_layers, style_weights)]
+        self.layers = sorted({name for name, _, _ in self.content_terms + self.style_terms}, key=LAYER_INDEX.__getitem__)
+        self.tv_loss = TotalVariationLoss()
+
+    def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        options = self.stylizer.options
+        with self.stylizer._autocast():
+            features = self.stylizer.vgg(image, self.layers)
+        content = sum((w * term(features[name]) for name, w, term in self.content_terms), image.new_zeros(()))
+        style = sum(w * term(features[name]) for name, w, term in self.style_terms)
+        terms = {"content": options.content_weight * content, "style": options.style_weight * style,
+                 "tv": options.tv_weight * self.tv_loss(image)}
+        terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+        return terms
 
 
 def stylize(content: ImageSource, style: Union[ImageSource, Sequence[ImageSource]],

