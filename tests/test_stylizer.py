@@ -177,3 +177,16 @@ def test_style_blend_weights_must_match_the_styles(content, style):
 def test_cuda_asked_for_without_a_gpu():
     with pytest.raises(OptionError, match=r"no CUDA GPU is available here; use --device cpu"):
         Stylizer(device="cuda")
+
+
+def test_mixed_precision_keeps_the_picture(content, style):
+    from nst_ext.stylizer import cpu_has_native_bfloat16
+
+    if not cpu_has_native_bfloat16():
+        with pytest.raises(OptionError, match=r"needs native bfloat16"):
+            Stylizer(size=SIZE, steps=1, mixed_precision=True, device="cpu")
+        return
+    full = Stylizer(size=SIZE, steps=20, device="cpu").run(content, style)
+    mixed = Stylizer(size=SIZE, steps=20, device="cpu", mixed_precision=True).run(content, style)
+    assert mixed.history[-1]["total"] == pytest.approx(full.history[-1]["total"], rel=0.15)
+    assert (mixed.tensor - full.tensor).abs().mean() < 0.05
