@@ -22,8 +22,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
-#include "../checks.h"
+#include "../common.h"
 
 namespace nst_ext {
 namespace {
@@ -143,25 +144,23 @@ Isa detect_isa() {
   return Isa::kBaseline;
 }
 
+// The float or the double variant, by T.
 template <typename T>
-BlockKernel<T> block_kernel_for(Isa isa);
-
-template <>
-BlockKernel<float> block_kernel_for<float>(Isa isa) {
-#if defined(__x86_64__) || defined(__i386__)
-  if (isa == Isa::kAvx512) return gram_block_avx512_f32;
-  if (isa == Isa::kAvx2) return gram_block_avx2_f32;
-#endif
-  return gram_block_baseline_f32;
+BlockKernel<T> by_dtype(BlockKernel<float> for_float, BlockKernel<double> for_double) {
+  if constexpr (std::is_same_v<T, float>) {
+    return for_float;
+  } else {
+    return for_double;
+  }
 }
 
-template <>
-BlockKernel<double> block_kernel_for<double>(Isa isa) {
+template <typename T>
+BlockKernel<T> block_kernel_for(Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa == Isa::kAvx512) return gram_block_avx512_f64;
-  if (isa == Isa::kAvx2) return gram_block_avx2_f64;
+  if (isa == Isa::kAvx512) return by_dtype<T>(gram_block_avx512_f32, gram_block_avx512_f64);
+  if (isa == Isa::kAvx2) return by_dtype<T>(gram_block_avx2_f32, gram_block_avx2_f64);
 #endif
-  return gram_block_baseline_f64;
+  return by_dtype<T>(gram_block_baseline_f32, gram_block_baseline_f64);
 }
 
 template <typename T>
@@ -285,8 +284,7 @@ at::Tensor symmetric_times_features(const at::Tensor& X, double scale,
 at::Tensor gram_backward_cpu(const at::Tensor& grad_gram, const at::Tensor& features) {
   check_features(features);
   check_square(grad_gram, features, "grad_gram", /*allow_broadcast=*/false);
-  const int64_t n = features.size(2) * features.size(3);
-  return symmetric_times_features(grad_gram, 1.0 / static_cast<double>(n), features);
+  return symmetric_times_features(grad_gram, gram_gradient_scale(features), features);
 }
 
 std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& features,
@@ -327,12 +325,7 @@ at::Tensor style_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
   check_features(features);
   check_square(residual, features, "residual", /*allow_broadcast=*/false);
   TORCH_CHECK(grad_loss.numel() == 1, "nst_ext: grad_loss must be a scalar");
-  const int64_t B = features.size(0), C = features.size(1);
-  const int64_t n = features.size(2) * features.size(3);
-  // L = mean((G - A)^2) over B*C*C entries, G = F F^T / n:
-  // dL/dF = 2 / (B C^2 n) * (R + R^T) F.
-  const double scale = grad_loss.item<double>() * 2.0 /
-                       (static_cast<double>(B * C * C) * static_cast<double>(n));
+  const double scale = grad_loss.item<double>() * style_loss_gradient_scale(features);
   return symmetric_times_features(residual, scale, features);
 }
 

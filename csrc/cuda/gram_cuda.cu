@@ -25,7 +25,7 @@
 
 #include <algorithm>
 
-#include "../checks.h"
+#include "../common.h"
 
 namespace nst_ext {
 namespace {
@@ -352,8 +352,7 @@ at::Tensor gram_backward_cuda(const at::Tensor& grad_gram, const at::Tensor& fea
   check_features(features);
   check_square(grad_gram, features, "grad_gram", /*allow_broadcast=*/false);
   const c10::cuda::OptionalCUDAGuard guard(features.device());
-  const int64_t n = features.size(2) * features.size(3);
-  return symmetric_times_features(grad_gram, 1.0 / static_cast<double>(n), nullptr, features);
+  return symmetric_times_features(grad_gram, gram_gradient_scale(features), nullptr, features);
 }
 
 at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& features,
@@ -362,12 +361,9 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
   check_square(residual, features, "residual", /*allow_broadcast=*/false);
   TORCH_CHECK(grad_loss.numel() == 1, "nst_ext: grad_loss must be a scalar");
   const c10::cuda::OptionalCUDAGuard guard(features.device());
-  const int64_t B = features.size(0), C = features.size(1);
-  const int64_t n = features.size(2) * features.size(3);
   // The incoming gradient stays on the device: no host synchronisation.
   const at::Tensor grad = grad_loss.reshape({}).to(residual.options()).contiguous();
-  const double scale = 2.0 / (static_cast<double>(B * C * C) * static_cast<double>(n));
-  return symmetric_times_features(residual, scale, &grad, features);
+  return symmetric_times_features(residual, style_loss_gradient_scale(features), &grad, features);
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
-// Argument checks shared by the CPU and CUDA kernels. The Python wrappers
-// already reject bad input with a readable ValueError/TypeError; these checks
-// guard direct calls of torch.ops.nst_ext.* so a kernel never reads out of
-// bounds.
+// What the CPU and CUDA kernels share: argument checks, the accumulation
+// dtype, and the gradient formulas' constants. The Python wrappers already
+// reject bad input with a readable ValueError/TypeError; these checks guard
+// direct calls of torch.ops.nst_ext.* so a kernel never reads out of bounds.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -48,6 +48,22 @@ inline void check_square(const at::Tensor& matrix, const at::Tensor& features,
 // when it is broadcast over the batch.
 inline at::Tensor target_as_batched(const at::Tensor& target) {
   return (target.dim() == 2 ? target.unsqueeze(0) : target).contiguous();
+}
+
+inline int64_t spatial_size(const at::Tensor& features) {
+  return features.size(2) * features.size(3);
+}
+
+// G = F F^T / n  =>  dL/dF = (dL/dG + dL/dG^T) F / n.
+inline double gram_gradient_scale(const at::Tensor& features) {
+  return 1.0 / static_cast<double>(spatial_size(features));
+}
+
+// L = mean((G - A)^2) over B*C*C entries, G = F F^T / n, R = G - A
+//   =>  dL/dF = 2 / (B C^2 n) * (R + R^T) F.
+inline double style_loss_gradient_scale(const at::Tensor& features) {
+  const double entries = static_cast<double>(features.size(0) * features.size(1) * features.size(1));
+  return 2.0 / (entries * static_cast<double>(spatial_size(features)));
 }
 
 }  // namespace nst_ext
