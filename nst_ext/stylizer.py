@@ -262,18 +262,11 @@ class Stylizer:
         content_image, style_images, blend = self._prepare_inputs(content, styles)
         generator = torch.Generator().manual_seed(options.seed if options.seed is not None else torch.seed())
         sizes, stage_steps = options.stage_sizes(), options.stage_steps()
-        for stage_size in sizes:  # every stage's sizes are checked before any work starts
-            self._check_size(resize_to_long_side(content_image, stage_size), "the content image")
-            for i, style in enumerate(style_images):
-                self._check_size(resize_to_long_side(style, max(1, round(stage_size * options.style_scale))),
-                                 f"style image {i + 1}")
+        # Every stage's images are made, and their sizes checked, before any work starts.
+        stages = [self._stage_inputs(content_image, style_images, stage_size) for stage_size in sizes]
         result = StylizeResult(tensor=resize_to_long_side(content_image, sizes[-1]))
         image = None
-        for stage, (stage_size, steps) in enumerate(zip(sizes, stage_steps)):
-            stage_content = resize_to_long_side(content_image, stage_size)
-            if options.preserve_color == "luminance":
-                stage_content = color.as_gray_rgb(color.luminance(stage_content))
-            stage_styles = [resize_to_long_side(s, max(1, round(stage_size * options.style_scale))) for s in style_images]
+        for stage, ((stage_content, stage_styles), steps) in enumerate(zip(stages, stage_steps)):
             image = self._initial_image(stage_content, image, generator)
             image, interrupted = self._optimize(stage, len(sizes), steps, image, stage_content, stage_styles, blend,
                                                 result.history, callback)
@@ -308,11 +301,21 @@ class Stylizer:
         custom optimisers and benchmarks: returns the content image as the
         starting point, ``(1, 3, H, W)`` on the device, and the Objective."""
         content_image, style_images, blend = self._prepare_inputs(content, styles)
-        stage_content = resize_to_long_side(content_image, size or self.options.size)
-        stage_styles = [resize_to_long_side(s, max(1, round((size or self.options.size) * self.options.style_scale)))
-                        for s in style_images]
-        self._check_size(stage_content, "the content image")
+        stage_content, stage_styles = self._stage_inputs(content_image, style_images, size or self.options.size)
         return stage_content.unsqueeze(0).to(self.device), Objective(self, stage_content, stage_styles, blend)
+
+    def _stage_inputs(self, content_image, style_images, stage_size):
+        """The content and style images resized for a stage whose output's long side is
+        stage_size (styles by style_scale), sizes checked against the layers."""
+        stage_content = resize_to_long_side(content_image, stage_size)
+        if self.options.preserve_color == "luminance":
+            stage_content = color.as_gray_rgb(color.luminance(stage_content))
+        self._check_size(stage_content, "the content image")
+        style_side = max(1, round(stage_size * self.options.style_scale))
+        stage_styles = [resize_to_long_side(style, style_side) for style in style_images]
+        for i, style in enumerate(stage_styles):
+            self._check_size(style, f"style image {i + 1}")
+        return stage_content, stage_styles
 
     def _optimize(self, stage, stages, steps, image, stage_content, stage_styles, blend, history, callback):
         options = self.options
