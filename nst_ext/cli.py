@@ -145,8 +145,8 @@ def _check_outputs(args, output: Path) -> None:
     if args.save_every < 0:
         raise CommandError(f"--save-every must be 0 (off) or a positive number of steps, got {args.save_every}")
     if args.save_every and not args.overwrite:
-        pattern = str(_intermediate_path(output, 0, 0)).replace("stage0.step0000", "stage*.step*")
-        clashes = glob.glob(glob.escape(pattern).replace(r"[*]", "*"))
+        # The names _intermediate_path gives, for any stage and step.
+        clashes = glob.glob(glob.escape(str(output.with_name(output.stem))) + ".stage*.step*.png")
         if clashes:
             raise CommandError(f"intermediate images like {clashes[0]!r} already exist; remove them or pass --overwrite")
 

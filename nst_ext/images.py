@@ -28,7 +28,7 @@ class ImageError(ValueError):
     """A problem with an input or output image, stated in one line."""
 
 
-def _pil_to_tensor(image: Image.Image, name: str) -> torch.Tensor:
+def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
     image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -79,7 +79,7 @@ def load_image(source: ImageSource, name: str = "image", max_pixels: int = DEFAU
         image = _tensor_to_image(source, name)
     elif isinstance(source, Image.Image):
         _check_pixels(source.size, name, max_pixels)
-        image = _pil_to_tensor(source, name)
+        image = _pil_to_tensor(source)
     elif isinstance(source, (str, os.PathLike)):
         image = _read_file(Path(source), name, max_pixels)
     else:
@@ -111,7 +111,7 @@ def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
         with Image.open(path) as image:
             _check_pixels(image.size, f"{name} {str(path)!r}", max_pixels)
             image.load()
-            return _pil_to_tensor(image, name)
+            return _pil_to_tensor(image)
     except UnidentifiedImageError:
         raise ImageError(f"{name} {str(path)!r} is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, GIF …)") from None
     except (OSError, SyntaxError, ValueError) as error:

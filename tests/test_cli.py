@@ -65,6 +65,14 @@ def test_plot_intermediates_and_several_styles(tmp_path):
     assert "%|" not in result.stderr  # --quiet: no progress bar
 
 
+def test_existing_intermediate_images_are_kept(tmp_path):
+    earlier = tmp_path / "mix[1].stage1.step0050.png"
+    earlier.write_bytes(b"from an earlier run")
+    result = nst_ext_cli("stylize", CONTENT, STYLE, "-o", tmp_path / "mix[1].png", *FAST, "--save-every", "1")
+    assert_one_line_error(result, r"intermediate images like .*mix\[1\]\.stage1\.step0050\.png.* already exist")
+    assert earlier.read_bytes() == b"from an earlier run" and not (tmp_path / "mix[1].png").exists()
+
+
 def test_options_reach_the_stylizer(tmp_path):
     out = tmp_path / "o.png"
     result = nst_ext_cli("stylize", CONTENT, STYLE, "-o", out, "--scales", "32,48", "--steps", "2,2", "--optimizer",
