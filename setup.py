@@ -4,7 +4,9 @@ Environment switches:
   NST_EXT_CPU_ONLY=1    build the C++ CPU kernels only, even where nvcc is found.
   NST_EXT_FORCE_CUDA=1  build the CUDA kernels or fail (no silent CPU-only build).
   TORCH_CUDA_ARCH_LIST  GPU architectures, e.g. "9.0" or "8.0;9.0+PTX". When it is
-                        unset and no GPU is visible, "9.0" (H100/H200) is built.
+                        unset: the visible GPUs' own; with no GPU visible,
+                        DEFAULT_CUDA_ARCHS (Turing, Ampere and Hopper machine code,
+                        plus Hopper PTX that the driver compiles for newer GPUs).
   CUDA_HOME             CUDA toolkit root. When unset it is found from the real path
                         of nvcc (torch's own guess takes the parent of a symlinked
                         /usr/local/bin/nvcc, which is wrong), then /usr/local/cuda.
@@ -86,10 +88,15 @@ def _cuda_decision():
     return True, "nvcc found and torch is a CUDA build"
 
 
+# sm_75 code runs on every Turing GPU, sm_80 on every Ampere and Ada one (8.x),
+# sm_90 on Hopper; the PTX of 9.0 is compiled by the driver for Blackwell and
+# later. Without +PTX any GPU outside the list fails with "no kernel image".
+DEFAULT_CUDA_ARCHS = "7.5;8.0;9.0+PTX"
+
 BUILD_CUDA, CUDA_REASON = _cuda_decision()
 if BUILD_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
     # With no GPU to ask, torch would build for every architecture it knows (slow).
-    os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
 
 cxx_flags = ["-O3", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi"]
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
@@ -98,7 +105,9 @@ if BUILD_CUDA:
     extension = CUDAExtension(
         "nst_ext._C",
         sources,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+        # No --use_fast_math: it flushes denormals to zero, which the CPU kernels
+        # and the reference do not.
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
         extra_link_args=["-fopenmp"],
         define_macros=[("NST_EXT_WITH_CUDA", "1")],
     )

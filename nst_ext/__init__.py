@@ -8,14 +8,18 @@ The ops ``gram_matrix`` and ``style_loss`` run the compiled kernels when
 """
 
 from nst_ext import reference
-from nst_ext._ops import backend_info, gram_matrix, reference_backend, style_loss
+from nst_ext._ops import (
+    backend_info, clear_gram_algorithm_choices, get_gram_algorithm, gram_algorithm, gram_algorithm_choices,
+    gram_matrix, reference_backend, set_gram_algorithm, style_loss,
+)
 from nst_ext.images import ImageError, load_image, save_image
 from nst_ext.stylizer import OptionError, Progress, StyleOptions, Stylizer, StylizeResult, stylize
 from nst_ext.weights import WeightsError, resolve_weights
 
 __all__ = [
     "ImageError", "OptionError", "Progress", "StyleOptions", "Stylizer", "StylizeResult", "WeightsError",
-    "backend_info", "gram_matrix", "load_image", "reference", "reference_backend", "resolve_weights",
-    "save_image", "style_loss", "stylize",
+    "backend_info", "clear_gram_algorithm_choices", "get_gram_algorithm", "gram_algorithm",
+    "gram_algorithm_choices", "gram_matrix", "load_image", "reference", "reference_backend", "resolve_weights",
+    "save_image", "set_gram_algorithm", "style_loss", "stylize",
 ]
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from nst_ext._checks import accumulation_dtype, check_features, check_target_gra
 FORCE_REFERENCE_ENV = "NST_EXT_FORCE_REFERENCE"
 
 try:
-    from nst_ext import _C  # noqa: F401  (registers the ops)
+    from nst_ext import _C  # registers the ops
 
     LOAD_ERROR = None
 except (ImportError, OSError) as error:  # a missing or unloadable build
@@ -45,6 +45,8 @@ def _uses_compiled(device: torch.device) -> bool:
         return False
     if _has_kernel(device.type):
         return True
+    if device.type == "meta":  # shapes only: the reference computes them, nothing to warn about
+        return False
     if device.type not in _warned_devices:
         _warned_devices.add(device.type)
         why = LOAD_ERROR or f"nst_ext._C was built without {device.type.upper()} kernels"
@@ -73,13 +75,65 @@ def reference_backend(enabled: bool = True):
         _force_reference = previous
 
 
+GRAM_ALGORITHMS = ("auto", "own", "blas")
+
+
+def set_gram_algorithm(algorithm: str) -> None:
+    """How the compiled forward (Gram and style loss) computes ``F Fᵀ``.
+
+    ``"auto"`` (the default): on the first call for a device, op, dtype, shape
+    and layout, our own kernel and the BLAS library's product (cuBLAS on tensor
+    cores, MKL/oneDNN on the CPU) are both timed and the faster is kept, like
+    cuDNN's benchmark mode; results stay bit-identical from then on within a
+    process. ``"own"`` or ``"blas"`` forces one (also reproducible across
+    processes). The environment variable ``NST_EXT_GRAM_ALGORITHM`` sets the
+    starting value.
+    """
+    if algorithm not in GRAM_ALGORITHMS:
+        raise ValueError(f"gram algorithm must be one of {', '.join(GRAM_ALGORITHMS)}, got {algorithm!r}")
+    if LOAD_ERROR is None:
+        _C.set_gram_algorithm(algorithm)
+
+
+def get_gram_algorithm() -> str:
+    """The mode set by :func:`set_gram_algorithm` ("auto" without the compiled kernels)."""
+    return _C.get_gram_algorithm() if LOAD_ERROR is None else "auto"
+
+
+@contextlib.contextmanager
+def gram_algorithm(algorithm: str):
+    """Within this block the compiled forward uses `algorithm` (see :func:`set_gram_algorithm`)."""
+    previous = get_gram_algorithm()
+    set_gram_algorithm(algorithm)
+    try:
+        yield
+    finally:
+        set_gram_algorithm(previous)
+
+
+def gram_algorithm_choices() -> list:
+    """The choices ``"auto"`` has made so far: one dict per device, op, dtype, shape and layout,
+    with the key ``algorithm`` ("own" or "blas")."""
+    if LOAD_ERROR is not None:
+        return []
+    fields = ("device", "device_index", "op", "dtype", "batch", "channels", "spatial", "layout", "algorithm")
+    return [dict(zip(fields, choice)) for choice in _C.gram_algorithm_choices()]
+
+
+def clear_gram_algorithm_choices() -> None:
+    """Forget the choices of ``"auto"``, so the next call of each shape times both again."""
+    if LOAD_ERROR is None:
+        _C.clear_gram_algorithm_choices()
+
+
 def backend_info() -> dict:
     """Which implementation serves tensors on each device type.
 
     Returns a dict with keys ``cpu`` and ``cuda`` (``"compiled C++"``,
     ``"compiled CUDA"`` or ``"reference"``), ``cuda_available`` (a GPU is
     visible), ``forced_reference`` (the reference was forced) and
-    ``load_error`` (why ``nst_ext._C`` failed to load, or ``None``).
+    ``load_error`` (why ``nst_ext._C`` failed to load, or ``None``) and
+    ``gram_algorithm`` (see :func:`set_gram_algorithm`).
     """
     def describe(device_type, compiled_name):
         if _force_reference or not _has_kernel(device_type):
@@ -92,6 +146,7 @@ def backend_info() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "forced_reference": _force_reference,
         "load_error": LOAD_ERROR,
+        "gram_algorithm": get_gram_algorithm(),
     }
 
 
@@ -102,9 +157,16 @@ if LOAD_ERROR is None:
         batch, channels = features.shape[0], features.shape[1]
         return features.new_empty((batch, channels, channels), dtype=accumulation_dtype(features.dtype))
 
+    def _gradient_like(features):
+        # The kernels return channels-last gradients for channels-last features
+        # (no copy of them), NCHW-contiguous ones otherwise (common.h).
+        channels_last = not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return torch.empty(features.shape, dtype=features.dtype, device=features.device, memory_format=layout)
+
     @torch.library.register_fake("nst_ext::gram_backward")
     def _gram_backward_fake(grad_gram, features):
-        return features.new_empty(features.shape)
+        return _gradient_like(features)
 
     @torch.library.register_fake("nst_ext::style_loss")
     def _style_loss_fake(features, target):
@@ -114,7 +176,7 @@ if LOAD_ERROR is None:
 
     @torch.library.register_fake("nst_ext::style_loss_backward")
     def _style_loss_backward_fake(grad_loss, features, residual):
-        return features.new_empty(features.shape)
+        return _gradient_like(features)
 
     def _gram_setup_context(ctx, inputs, output):
         (features,) = inputs
@@ -139,11 +201,12 @@ if LOAD_ERROR is None:
         features, residual = ctx.saved_tensors
         grad_features = grad_target = None
         if ctx.needs_input_grad[0]:
-            if grad_loss is None:
-                grad_loss = residual.new_zeros(())
-            grad_features = torch.ops.nst_ext.style_loss_backward(grad_loss, features, residual)
+            # Each product runs only for an output that has a gradient.
+            if grad_loss is not None:
+                grad_features = torch.ops.nst_ext.style_loss_backward(grad_loss, features, residual)
             if grad_residual is not None:
-                grad_features = grad_features + torch.ops.nst_ext.gram_backward(grad_residual, features)
+                from_residual = torch.ops.nst_ext.gram_backward(grad_residual, features)
+                grad_features = from_residual if grad_features is None else grad_features + from_residual
         if ctx.needs_input_grad[1]:
             # L = mean((G - A)^2)  =>  dL/dA = -2 (G - A) / numel, summed where A was broadcast.
             grad_target = residual.new_zeros(residual.shape)

@@ -22,9 +22,11 @@ def device(request):
     return request.param
 
 
-@pytest.fixture
-def compiled(device):
-    """Skips where the compiled kernels do not serve this device."""
+@pytest.fixture(params=["own", "blas"])
+def compiled(device, request):
+    """The device, for a test run once with each forward algorithm forced (our own kernel,
+    then the BLAS path); skips where the compiled kernels do not serve the device."""
     if nst_ext.backend_info()[device] == "reference":
         pytest.skip(f"no compiled kernels for {device}: {nst_ext.backend_info()['load_error']}")
-    return device
+    with nst_ext.gram_algorithm(request.param):
+        yield device

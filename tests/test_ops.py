@@ -76,10 +76,14 @@ def test_non_contiguous_inputs(compiled, seed, make_view):
     assert_close(nst_ext.style_loss(view, target[0]), reference.style_loss(view, target[0]), seed)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", CLAIMED_DTYPES)
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 64, 40, 40), (2, 130, 9, 13)])
-def test_every_claimed_dtype(compiled, seed, dtype, shape):
+def test_every_claimed_dtype(compiled, seed, dtype, shape, layout):
     x = features_like_vgg(shape, compiled, dtype)
+    if layout == "channels_last":  # what cuDNN's channels-last convolutions hand the losses
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert not x.is_contiguous()
     exact = x.double()  # the same values, in float64
     gram = nst_ext.gram_matrix(x)
     assert gram.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
@@ -91,6 +95,8 @@ def test_every_claimed_dtype(compiled, seed, dtype, shape):
     assert loss.dtype == gram.dtype and loss.dim() == 0
     (grad,) = torch.autograd.grad(loss, x)
     assert grad.dtype == dtype and grad.shape == x.shape
+    # The gradient keeps the channels-last layout: the kernels never copied the features to NCHW.
+    assert grad.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
     exact.requires_grad_(True)
     expected_loss = reference.style_loss(exact, target.double())
@@ -142,6 +148,17 @@ def test_gradcheck(compiled, seed):
     assert torch.autograd.gradcheck(nst_ext.style_loss, (x, target))
     assert torch.autograd.gradcheck(nst_ext.style_loss, (x, batched_target))
     assert torch.autograd.gradcheck(nst_ext.gram_matrix, (x[0],))
+
+
+def test_gradient_through_residual_alone(compiled, seed):
+    """When only the residual is used, the loss's product is skipped and the gradient still matches."""
+    x = features_like_vgg((2, 9, 5, 6), compiled).requires_grad_(True)
+    target = torch.rand(9, 9, dtype=torch.float64, device=compiled)
+    weights = torch.randn(2, 9, 9, dtype=torch.float64, device=compiled)
+    _, residual = torch.ops.nst_ext.style_loss(x, target)
+    (grad,) = torch.autograd.grad((residual * weights).sum(), x)
+    (expected,) = torch.autograd.grad(((reference.gram_matrix(x) - target) * weights).sum(), x)
+    assert_close(grad, expected, seed)
 
 
 def test_gradcheck_through_residual_output(compiled, seed):
@@ -243,6 +260,50 @@ def test_compiled_cpu_backend_is_built():
     assert info["cpu"] == "compiled C++"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_compiled_cuda_backend_is_built():
+    """On a GPU machine every CUDA test would skip if the build had left the CUDA kernels out; this
+    fails instead (rebuild with NST_EXT_FORCE_CUDA=1 to see why they were left out)."""
+    info = nst_ext.backend_info()
+    assert info["load_error"] is None, info["load_error"]
+    assert info["cuda"] == "compiled CUDA"
+
+
+def test_automatic_algorithm_choice_is_recorded_and_kept(device, seed):
+    """In "auto" mode the first call of a shape times our kernel against the BLAS path and keeps
+    the faster: the choice is recorded for exactly that shape, dtype and layout, later calls give
+    bit-identical results, and they equal the chosen algorithm forced."""
+    if nst_ext.backend_info()[device] == "reference":
+        pytest.skip(f"no compiled kernels for {device}")
+    shape = (1, 24, 19, 17)
+    x = features_like_vgg(shape, device, torch.float32).contiguous(memory_format=torch.channels_last)
+    target = reference.gram_matrix(features_like_vgg(shape, device, torch.float32))[0]
+    nst_ext.clear_gram_algorithm_choices()
+    with nst_ext.gram_algorithm("auto"):
+        gram, loss = nst_ext.gram_matrix(x), nst_ext.style_loss(x, target)
+        choices = [c for c in nst_ext.gram_algorithm_choices() if c["channels"] == 24]
+        assert [(c["device"], c["op"], c["dtype"], c["batch"], c["spatial"], c["layout"]) for c in choices] == [
+            (device, "gram", "Float", 1, 19 * 17, "channels_last"), (device, "style_loss", "Float", 1, 19 * 17, "channels_last")]
+        assert torch.equal(nst_ext.gram_matrix(x), gram) and torch.equal(nst_ext.style_loss(x, target), loss)
+    chosen = {c["op"]: c["algorithm"] for c in choices}
+    with nst_ext.gram_algorithm(chosen["gram"]):
+        assert torch.equal(nst_ext.gram_matrix(x), gram)
+    with nst_ext.gram_algorithm(chosen["style_loss"]):
+        assert torch.equal(nst_ext.style_loss(x, target), loss)
+    assert_close(gram.double(), reference.gram_matrix(x.double()).to(gram.dtype).double(), seed, rtol=1e-5)
+
+
+def test_gram_algorithm_controls():
+    assert nst_ext.get_gram_algorithm() == "auto"
+    with nst_ext.gram_algorithm("own"):
+        assert nst_ext.backend_info()["gram_algorithm"] == "own"
+    assert nst_ext.get_gram_algorithm() == "auto"
+    with pytest.raises(ValueError, match="gram algorithm must be one of auto, own, blas, got 'fast'"):
+        nst_ext.set_gram_algorithm("fast")
+    result = run_python("import nst_ext; print(nst_ext.get_gram_algorithm())", NST_EXT_GRAM_ALGORITHM="blas")
+    assert result.returncode == 0 and result.stdout.strip() == "blas", result.stderr
+
+
 def test_missing_extension_falls_back_with_one_warning():
     code = """
 import sys, warnings
@@ -309,5 +370,7 @@ def test_direct_op_calls_are_checked_in_cpp(compiled):
         torch.ops.nst_ext.gram(torch.rand(3, 4, 5, device=compiled))
     with pytest.raises(RuntimeError, match="target must have shape"):
         torch.ops.nst_ext.style_loss(torch.rand(1, 3, 4, 5, device=compiled), torch.rand(2, 2, device=compiled))
+    with pytest.raises(RuntimeError, match="features must be float16, bfloat16, float32 or float64, got Float8_e4m3fn"):
+        torch.ops.nst_ext.gram(torch.rand(1, 3, 4, 5, device=compiled).to(torch.float8_e4m3fn))
     with pytest.raises(RuntimeError, match="target must have dtype"):
         torch.ops.nst_ext.style_loss(torch.rand(1, 3, 4, 5, device=compiled), torch.rand(3, 3, device=compiled, dtype=torch.float64))

@@ -21,7 +21,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <cstring>
 #include <type_traits>
 
@@ -284,30 +286,50 @@ void gram_into(const T* F, int64_t B, int64_t C, int64_t n, T* gram) {
   });
 }
 
-// Features as a contiguous (B, C, n) tensor of the accumulation dtype; half
-// and bfloat16 are widened once here so the kernel accumulates in float32.
+// Features as a contiguous (B, C, n) tensor of the accumulation dtype, for
+// our own kernel; half and bfloat16 are widened once here so the kernel
+// accumulates in float32.
 at::Tensor features_for_accumulation(const at::Tensor& features) {
   const auto acc = accumulation_dtype(features.scalar_type());
   return features.to(acc).contiguous().view(
       {features.size(0), features.size(1), features.size(2) * features.size(3)});
 }
 
-at::Tensor gram_cpu(const at::Tensor& features) {
-  check_features(features);
-  const at::Tensor F = features_for_accumulation(features);
-  const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
-  at::Tensor gram = at::empty({B, C, C}, F.options());
-  AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "nst_ext::gram", [&] {
-    gram_into<scalar_t>(F.data_ptr<scalar_t>(), B, C, n, gram.data_ptr<scalar_t>());
-  });
-  return gram;
+double seconds_of(const std::function<void()>& run) {
+  const auto start = std::chrono::steady_clock::now();
+  run();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// grad_features = (scale * (X + X^T)) @ F, reshaped like features and cast to
-// their dtype. One matrix product: (X + X^T) is formed first, so F is read
-// once instead of twice as autograd of F @ F^T would.
-at::Tensor symmetric_times_features(const at::Tensor& X, double scale,
-                                    const at::Tensor& features) {
+// gram (B, C, C), the accumulation dtype, = F F^T / n by the algorithm chosen
+// for this shape (op 0: gram, 1: style_loss, timed separately).
+at::Tensor gram_by_chosen_algorithm(const at::Tensor& features, int op) {
+  auto compute = [&](Algorithm algorithm) {
+    if (algorithm == Algorithm::kBlas)
+      return blas_gram_product(features).mul_(1.0 / static_cast<double>(spatial_size(features)));
+    const at::Tensor F = features_for_accumulation(features);
+    const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
+    at::Tensor gram = at::empty({B, C, C}, F.options());
+    AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "nst_ext::gram", [&] {
+      gram_into<scalar_t>(F.data_ptr<scalar_t>(), B, C, n, gram.data_ptr<scalar_t>());
+    });
+    return gram;
+  };
+  const Algorithm algorithm = choose_forward_algorithm(
+      forward_key(features, op), [&](Algorithm candidate) { compute(candidate); }, seconds_of,
+      /*can_time=*/true);
+  return compute(algorithm);
+}
+
+at::Tensor gram_cpu(const at::Tensor& features) {
+  check_features(features);
+  return gram_by_chosen_algorithm(features, /*op=*/0);
+}
+
+// grad_features = (scale * (X + X^T)) @ F, shaped like features and of their
+// dtype. One matrix product: (X + X^T) is formed first, so F is read once
+// instead of twice as autograd of F @ F^T would.
+at::Tensor symmetrized_times_features(const at::Tensor& X, double scale, const at::Tensor& features) {
   const at::Tensor Xc = X.contiguous();
   const int64_t B = Xc.size(0), C = Xc.size(1);
   at::Tensor S = at::empty_like(Xc);
@@ -323,30 +345,26 @@ at::Tensor symmetric_times_features(const at::Tensor& X, double scale,
       }
     });
   });
-  const at::Tensor F = features_for_accumulation(features);
-  return at::bmm(S, F).view(features.sizes()).to(features.scalar_type());
+  return multiply_symmetric(S, features);
 }
 
 at::Tensor gram_backward_cpu(const at::Tensor& grad_gram, const at::Tensor& features) {
   check_features(features);
   check_square(grad_gram, features, "grad_gram", /*allow_broadcast=*/false);
-  return symmetric_times_features(grad_gram, gram_gradient_scale(features), features);
+  return symmetrized_times_features(grad_gram, gram_gradient_scale(features), features);
 }
 
 std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& features,
                                                   const at::Tensor& target) {
   check_features(features);
   check_square(target, features, "target", /*allow_broadcast=*/true);
-  const at::Tensor F = features_for_accumulation(features);
   const at::Tensor A = target_as_batched(target);
-  const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
-  // The Gram is built in the residual's storage and turned into the residual
-  // in place: no separate Gram tensor exists.
-  at::Tensor residual = at::empty({B, C, C}, F.options());
-  at::Tensor loss = at::empty({}, F.options());
-  AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "nst_ext::style_loss", [&] {
+  // The Gram is turned into the residual in place: no separate Gram tensor.
+  at::Tensor residual = gram_by_chosen_algorithm(features, /*op=*/1);
+  const int64_t B = residual.size(0), C = residual.size(1);
+  at::Tensor loss = at::empty({}, residual.options());
+  AT_DISPATCH_FLOATING_TYPES(residual.scalar_type(), "nst_ext::style_loss", [&] {
     scalar_t* r = residual.data_ptr<scalar_t>();
-    gram_into<scalar_t>(F.data_ptr<scalar_t>(), B, C, n, r);
     const scalar_t* a = A.data_ptr<scalar_t>();
     const int64_t target_batch_stride = A.size(0) == 1 ? 0 : C * C;
     const double sum_sq = at::parallel_reduce(
@@ -372,7 +390,7 @@ at::Tensor style_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
   check_square(residual, features, "residual", /*allow_broadcast=*/false);
   TORCH_CHECK(grad_loss.numel() == 1, "nst_ext: grad_loss must be a scalar");
   const double scale = grad_loss.item<double>() * style_loss_gradient_scale(features);
-  return symmetric_times_features(residual, scale, features);
+  return symmetrized_times_features(residual, scale, features);
 }
 
 }  // namespace

@@ -1,19 +1,24 @@
 // CUDA kernels of nst_ext: Gram matrix and fused style loss, forward and
 // backward.
 //
-// Forward: one thread block per 64 x 64 tile of the upper triangle of
-// G = F F^T / n (the lower triangle is its mirror, so half the arithmetic of
-// a general product). Rows of F are staged through shared memory 32 columns
-// at a time, converted to the accumulation type (float for half/bfloat16),
-// and every thread accumulates a 4 x 4 block of outputs in registers. Where
-// there are too few tiles to fill the GPU (shallow layers: C = 64, n large)
-// the n axis is split across blocks; the splits' partial sums are added in a
-// fixed order by a second kernel, so results are deterministic.
-// The fused style loss computes residual = G - target and the per-block sums
-// of residual^2 in the epilogue of whichever kernel produces G, so the Gram
-// never exists as a tensor of its own.
+// Forward, two algorithms, the faster kept per shape (common.h, ops.cpp):
+//  * our own: one thread block per 64 x 64 tile of the upper triangle of
+//    G = F F^T / n (the lower triangle is its mirror, so half the arithmetic of
+//    a general product). Rows of F are staged through shared memory 32 columns
+//    at a time, converted to the accumulation type (float for half/bfloat16),
+//    and every thread accumulates a 4 x 4 block of outputs in registers. Where
+//    there are too few tiles to fill the GPU (shallow layers: C = 64, n large)
+//    the n axis is split across blocks; the splits' partial sums are added in
+//    a fixed order by a second kernel, so results are deterministic. It reads
+//    NCHW rows, so channels-last features are copied first.
+//  * cuBLAS: the full product on the features as they lie (X^T X for
+//    channels-last), half/bfloat16 on tensor cores with float32 accumulation,
+//    then one epilogue kernel.
+// The fused style loss computes residual = G - target and per-block sums of
+// residual^2 in the epilogue of whichever kernel produces G; one small kernel
+// then sums those in a fixed order into the loss.
 // Backward: (X + X^T) is formed with the loss scale read on the device (no
-// host synchronisation), then one batched GEMM with F.
+// host synchronisation), then one batched GEMM with the features as they lie.
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -21,9 +26,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
+#include <functional>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 
 #include "../common.h"
 
@@ -135,10 +143,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int q = 0; q < kPerThread; ++q) {
         const int64_t i = i0 + ty + p * kThreadsPerDim, j = j0 + tx + q * kThreadsPerDim;
-        if (i < C && j < C) {
+        // In a diagonal tile the pair (i, j), i > j, is the thread (j, i)'s.
+        if (i < C && j < C && i <= j) {
           const acc_t value = acc[p][q] * scale;
           dst[i * C + j] = value;
-          dst[j * C + i] = value;
+          if (i != j) dst[j * C + i] = value;
         }
       }
   } else {
@@ -197,6 +206,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// loss[0] = inv_entries * sum of partials[0 .. count), summed in a fixed
+// order by one block: the loss in one launch, deterministic.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    finish_loss_kernel(const acc_t* __restrict__ partials, int64_t count, acc_t inv_entries,
+                       acc_t* __restrict__ loss) {
+  acc_t sum = 0;
+  for (int64_t e = threadIdx.x; e < count; e += kThreads) sum += partials[e];
+  const acc_t total = block_sum(sum);
+  if (threadIdx.x == 0) *loss = total * inv_entries;
+}
+
 // S[b][i][j] = scale * (*device_scale if given) * (X[b][i][j] + X[b][j][i]).
 template <typename acc_t>
 __global__ void symmetrize_kernel(const acc_t* __restrict__ X, int64_t B, int64_t C, acc_t scale,
@@ -221,16 +242,25 @@ struct Launch {
   int64_t split_length;  // columns per split, a multiple of kDepth
 };
 
-Launch plan_launch(int64_t B, int64_t C, int64_t n) {
+// Multiprocessors of a device, asked once per device. (ATen/cuda/CUDAContext.h
+// would also pull in cuBLAS/cuSPARSE headers, which a bare CUDA toolkit may
+// lack; the runtime API is all that is needed.)
+int multiprocessor_count(int device) {
+  static std::array<std::atomic<int>, 64> counts{};
+  if (device < 0 || device >= static_cast<int>(counts.size())) device = 0;
+  int count = counts[device].load(std::memory_order_relaxed);
+  if (count == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    counts[device].store(count, std::memory_order_relaxed);
+  }
+  return count;
+}
+
+Launch plan_launch(int64_t B, int64_t C, int64_t n, int device) {
   Launch plan{};
   plan.tiles = static_cast<int>((C + kTile - 1) / kTile);
   plan.upper_tiles = plan.tiles * (plan.tiles + 1) / 2;
-  // ATen/cuda/CUDAContext.h would also pull in cuBLAS/cuSPARSE headers, which
-  // a bare CUDA toolkit may lack; the runtime API is all that is needed.
-  int device = 0, multiprocessors = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
-  const int64_t sms = multiprocessors;
+  const int64_t sms = multiprocessor_count(device);
   const int64_t blocks = B * plan.upper_tiles;
   int64_t splits = 1;
   if (blocks < 2 * sms) {
@@ -244,13 +274,24 @@ Launch plan_launch(int64_t B, int64_t C, int64_t n) {
   return plan;
 }
 
-// Runs the forward for F (B, C, n) contiguous. Without a target, writes the
+// The loss of a fused forward from its per-block partial sums, one launch.
+template <typename acc_t>
+at::Tensor finish_loss(const at::Tensor& partials, int64_t entries, cudaStream_t stream) {
+  at::Tensor loss = at::empty({}, partials.options());
+  finish_loss_kernel<acc_t><<<1, kThreads, 0, stream>>>(partials.data_ptr<acc_t>(), partials.numel(),
+                                                        acc_t(1) / static_cast<acc_t>(entries),
+                                                        loss.data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return loss;
+}
+
+// Our own kernel for F (B, C, n) contiguous. Without a target, writes the
 // Gram into out. With a target (B_t, C, C), writes the residual into out and
 // returns the loss.
-at::Tensor gram_forward(const at::Tensor& F, at::Tensor& out, const at::Tensor* target) {
+at::Tensor own_forward(const at::Tensor& F, at::Tensor& out, const at::Tensor* target) {
   const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
   TORCH_CHECK(B <= 65535, "nst_ext: batch size ", B, " exceeds the CUDA kernel's limit of 65535");
-  const Launch plan = plan_launch(B, C, n);
+  const Launch plan = plan_launch(B, C, n, F.device().index());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const bool fused = target != nullptr;
   at::Tensor loss;
@@ -263,19 +304,19 @@ at::Tensor gram_forward(const at::Tensor& F, at::Tensor& out, const at::Tensor* 
     const dim3 grid(plan.upper_tiles, static_cast<unsigned>(plan.splits), static_cast<unsigned>(B));
 
     if (plan.splits == 1) {
-      at::Tensor partial_loss;
-      if (fused) partial_loss = at::empty({B * plan.upper_tiles}, out.options());
       if (fused) {
+        at::Tensor partial_loss = at::empty({B * plan.upper_tiles}, out.options());
         gram_tiles_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
             F.data_ptr<scalar_t>(), C, n, plan.tiles, plan.split_length, inv_n,
             out.data_ptr<acc_t>(), target_ptr, target_batch_stride, partial_loss.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        loss = finish_loss<acc_t>(partial_loss, B * C * C, stream);
       } else {
         gram_tiles_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
             F.data_ptr<scalar_t>(), C, n, plan.tiles, plan.split_length, inv_n,
             out.data_ptr<acc_t>(), nullptr, 0, nullptr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (fused) loss = partial_loss.sum().div_(static_cast<double>(B * C * C));
       return;
     }
 
@@ -292,7 +333,7 @@ at::Tensor gram_forward(const at::Tensor& F, at::Tensor& out, const at::Tensor* 
           partials.data_ptr<acc_t>(), plan.splits, total, C * C, inv_n, out.data_ptr<acc_t>(),
           target_ptr, target_batch_stride, partial_loss.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      loss = partial_loss.sum().div_(static_cast<double>(B * C * C));
+      loss = finish_loss<acc_t>(partial_loss, total, stream);
     } else {
       reduce_splits_kernel<acc_t, false><<<reduce_blocks, kThreads, 0, stream>>>(
           partials.data_ptr<acc_t>(), plan.splits, total, C * C, inv_n, out.data_ptr<acc_t>(),
@@ -303,18 +344,80 @@ at::Tensor gram_forward(const at::Tensor& F, at::Tensor& out, const at::Tensor* 
   return loss;
 }
 
-at::Tensor flattened(const at::Tensor& features) {
-  return features.contiguous().view(
-      {features.size(0), features.size(1), features.size(2) * features.size(3)});
+// The cuBLAS path: the product on the features as they lie, then one
+// epilogue kernel (the Gram scaled by 1/n, or the residual and the block sums
+// of its squares) and, fused, the loss. Same outputs as own_forward.
+at::Tensor blas_forward(const at::Tensor& features, at::Tensor& out, const at::Tensor* target) {
+  const int64_t B = features.size(0), C = features.size(1), n = spatial_size(features);
+  const at::Tensor product = blas_gram_product(features);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t total = B * C * C;
+  const int blocks = grid_for(total);
+  at::Tensor loss;
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "nst_ext::gram_epilogue_cuda", [&] {
+    const scalar_t inv_n = scalar_t(1) / static_cast<scalar_t>(n);
+    if (target == nullptr) {
+      reduce_splits_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(
+          product.data_ptr<scalar_t>(), 1, total, C * C, inv_n, out.data_ptr<scalar_t>(), nullptr, 0, nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const int64_t target_batch_stride = target->size(0) != 1 ? C * C : 0;
+    at::Tensor partial_loss = at::empty({blocks}, out.options());
+    reduce_splits_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(
+        product.data_ptr<scalar_t>(), 1, total, C * C, inv_n, out.data_ptr<scalar_t>(),
+        target->data_ptr<scalar_t>(), target_batch_stride, partial_loss.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    loss = finish_loss<scalar_t>(partial_loss, total, stream);
+  });
+  return loss;
+}
+
+double seconds_on_stream(const std::function<void()>& run) {
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  cudaEvent_t start, stop;
+  C10_CUDA_CHECK(cudaEventCreate(&start));
+  C10_CUDA_CHECK(cudaEventCreate(&stop));
+  C10_CUDA_CHECK(cudaEventRecord(start, stream));
+  run();
+  C10_CUDA_CHECK(cudaEventRecord(stop, stream));
+  C10_CUDA_CHECK(cudaEventSynchronize(stop));
+  float milliseconds = 0;
+  C10_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
+  C10_CUDA_CHECK(cudaEventDestroy(start));
+  C10_CUDA_CHECK(cudaEventDestroy(stop));
+  return milliseconds * 1e-3;
+}
+
+bool stream_is_capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// The forward (op 0: gram into out; op 1: residual into out, returns the
+// loss) by the algorithm chosen for this shape, dtype and layout. Timing
+// needs a synchronisation, so it never happens while a CUDA graph is
+// captured: then an uncached shape takes cuBLAS.
+at::Tensor forward_by_chosen_algorithm(const at::Tensor& features, at::Tensor& out, const at::Tensor* target,
+                                       int op) {
+  auto compute = [&](Algorithm algorithm) {
+    if (algorithm == Algorithm::kBlas) return blas_forward(features, out, target);
+    const at::Tensor F = features.contiguous().view({features.size(0), features.size(1), spatial_size(features)});
+    return own_forward(F, out, target);
+  };
+  const Algorithm algorithm = choose_forward_algorithm(
+      forward_key(features, op), [&](Algorithm candidate) { compute(candidate); }, seconds_on_stream,
+      /*can_time=*/!stream_is_capturing());
+  return compute(algorithm);
 }
 
 at::Tensor gram_cuda(const at::Tensor& features) {
   check_features(features);
   const c10::cuda::OptionalCUDAGuard guard(features.device());
-  const at::Tensor F = flattened(features);
-  at::Tensor gram = at::empty({F.size(0), F.size(1), F.size(1)},
-                              F.options().dtype(accumulation_dtype(F.scalar_type())));
-  gram_forward(F, gram, nullptr);
+  const int64_t B = features.size(0), C = features.size(1);
+  at::Tensor gram = at::empty({B, C, C}, features.options().dtype(accumulation_dtype(features.scalar_type())));
+  forward_by_chosen_algorithm(features, gram, nullptr, /*op=*/0);
   return gram;
 }
 
@@ -322,17 +425,17 @@ std::tuple<at::Tensor, at::Tensor> style_loss_cuda(const at::Tensor& features, c
   check_features(features);
   check_square(target, features, "target", /*allow_broadcast=*/true);
   const c10::cuda::OptionalCUDAGuard guard(features.device());
-  const at::Tensor F = flattened(features);
   const at::Tensor A = target_as_batched(target);
-  at::Tensor residual = at::empty({F.size(0), F.size(1), F.size(1)},
-                                  F.options().dtype(accumulation_dtype(F.scalar_type())));
-  at::Tensor loss = gram_forward(F, residual, &A);
+  const int64_t B = features.size(0), C = features.size(1);
+  at::Tensor residual =
+      at::empty({B, C, C}, features.options().dtype(accumulation_dtype(features.scalar_type())));
+  at::Tensor loss = forward_by_chosen_algorithm(features, residual, &A, /*op=*/1);
   return {loss, residual};
 }
 
 // (scale * device_scale * (X + X^T)) @ F, shaped and typed like features.
-at::Tensor symmetric_times_features(const at::Tensor& X, double scale, const at::Tensor* device_scale,
-                                    const at::Tensor& features) {
+at::Tensor symmetrized_times_features(const at::Tensor& X, double scale, const at::Tensor* device_scale,
+                                      const at::Tensor& features) {
   const at::Tensor Xc = X.contiguous();
   const int64_t B = Xc.size(0), C = Xc.size(1);
   at::Tensor S = at::empty_like(Xc);
@@ -344,15 +447,14 @@ at::Tensor symmetric_times_features(const at::Tensor& X, double scale, const at:
         S.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  const at::Tensor F = flattened(features).to(Xc.scalar_type());
-  return at::bmm(S, F).view(features.sizes()).to(features.scalar_type());
+  return multiply_symmetric(S, features);
 }
 
 at::Tensor gram_backward_cuda(const at::Tensor& grad_gram, const at::Tensor& features) {
   check_features(features);
   check_square(grad_gram, features, "grad_gram", /*allow_broadcast=*/false);
   const c10::cuda::OptionalCUDAGuard guard(features.device());
-  return symmetric_times_features(grad_gram, gram_gradient_scale(features), nullptr, features);
+  return symmetrized_times_features(grad_gram, gram_gradient_scale(features), nullptr, features);
 }
 
 at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& features,
@@ -363,7 +465,7 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
   const c10::cuda::OptionalCUDAGuard guard(features.device());
   // The incoming gradient stays on the device: no host synchronisation.
   const at::Tensor grad = grad_loss.reshape({}).to(residual.options()).contiguous();
-  return symmetric_times_features(residual, style_loss_gradient_scale(features), &grad, features);
+  return symmetrized_times_features(residual, style_loss_gradient_scale(features), &grad, features);
 }
 
 }  // namespace
