@@ -13,7 +13,8 @@ from nst_ext._ops import (
     gram_matrix, reference_backend, set_gram_algorithm, style_loss,
 )
 from nst_ext.images import ImageError, load_image, save_image
-from nst_ext.stylizer import OptionError, Progress, StyleOptions, Stylizer, StylizeResult, stylize
+from nst_ext.options import OptionError, StyleOptions
+from nst_ext.stylizer import Progress, Stylizer, StylizeResult, stylize
 from nst_ext.weights import WeightsError, resolve_weights
 
 __all__ = [

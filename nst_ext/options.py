@@ -1,0 +1,167 @@
+"""The options of a style transfer run (:class:`StyleOptions`), their
+validation, and the device they resolve to. Every check of an option's value
+lives here; the stylizer and the CLI only read the validated result."""
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from nst_ext.images import DEFAULT_MAX_INPUT_PIXELS, ImageSource
+from nst_ext.vgg import check_layer_names
+
+DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+DEFAULT_CONTENT_LAYERS = ("relu4_2",)
+COARSEST_AUTOMATIC_SCALE = 256
+FIRST_STAGE_STEPS = 150
+FINER_STAGE_STEPS = 50
+
+
+class OptionError(ValueError):
+    """An option with a value that cannot work, stated in one line."""
+
+
+@dataclass
+class StyleOptions:
+    """Every knob of a run, with defaults that make a good picture.
+
+    Weights are relative: each layer's loss is normalised by its target (see
+    nst_ext.losses), so ``style_weight / content_weight`` sets the balance.
+    ``scales`` are the coarse-to-fine stage sizes (Gatys et al. 2017), each
+    stage starting from the previous one's result. By default (None) they
+    halve from ``size`` down to no less than 256 pixels: 512 runs 256 → 512,
+    1024 runs 256 → 512 → 1024, 256 and smaller run one stage.
+    ``steps`` is the optimiser's iterations per stage: one int for every
+    stage, or one per stage. By default (None) 150 for the first stage, which
+    forms the picture, and 50 for each finer stage, which refines it.
+    ``mixed_precision`` runs VGG's convolutions in bfloat16: None (the default)
+    turns it on for GPUs with bfloat16 and off on CPUs (turn it on there only
+    with native bfloat16, e.g. AVX512-BF16). ``cuda_graph`` replays each
+    stage's loss and gradient as one CUDA graph (no per-kernel launch cost);
+    it falls back to ordinary execution, with a warning, where capture fails.
+    """
+
+    size: int = 512
+    steps: Optional[Union[int, Sequence[int]]] = None
+    content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS
+    style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS
+    content_layer_weights: Optional[Sequence[float]] = None
+    style_layer_weights: Optional[Sequence[float]] = None
+    content_weight: float = 1.0
+    style_weight: float = 5.0
+    tv_weight: float = 1.0
+    style_blend_weights: Optional[Sequence[float]] = None
+    style_scale: float = 1.0
+    optimizer: str = "lbfgs"
+    learning_rate: float = 0.02
+    init: Union[str, ImageSource] = "content"
+    scales: Optional[Sequence[int]] = None
+    preserve_color: Optional[str] = None
+    seed: Optional[int] = 0
+    device: str = "auto"
+    mixed_precision: Optional[bool] = None  # bfloat16 convolutions; None: on for GPUs with bfloat16, off on CPUs
+    cuda_graph: bool = True  # replay each stage's loss and gradient as one CUDA graph (CUDA only)
+    pooling: str = "avg"
+    weights: Optional[str] = None
+    weights_normalization: Optional[str] = None
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+
+    def stage_sizes(self) -> List[int]:
+        if self.scales:
+            return list(self.scales)
+        sizes = [self.size]
+        while sizes[0] // 2 >= COARSEST_AUTOMATIC_SCALE:
+            sizes.insert(0, sizes[0] // 2)
+        return sizes
+
+    def stage_steps(self) -> List[int]:
+        stages = len(self.stage_sizes())
+        if self.steps is None:
+            return [FIRST_STAGE_STEPS] + [FINER_STAGE_STEPS] * (stages - 1)
+        if isinstance(self.steps, int):
+            return [self.steps] * stages
+        return list(self.steps)
+
+    def validate(self) -> None:
+        def positive_int(name, value):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError(f"{name} must be a positive whole number, got {value!r}")
+
+        def non_negative(name, value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise OptionError(f"{name} must be a non-negative number, got {value!r}")
+
+        positive_int("size", self.size)
+        for stage_size in self.scales or ():
+            positive_int("scales", stage_size)
+        if self.scales and list(self.scales) != sorted(self.scales):
+            raise OptionError(f"scales must grow from coarse to fine, got {list(self.scales)}")
+        steps = self.stage_steps()
+        if len(steps) != len(self.stage_sizes()):
+            raise OptionError(f"steps lists {len(steps)} values but there are {len(self.stage_sizes())} scales")
+        for count in steps:
+            positive_int("steps", count)
+        for name in ("content_weight", "style_weight", "tv_weight", "style_scale", "learning_rate"):
+            non_negative(name, getattr(self, name))
+        if self.style_scale <= 0:
+            raise OptionError(f"style_scale must be above 0, got {self.style_scale}")
+        if not self.style_layers:
+            raise OptionError("style_layers must name at least one layer")
+        check_layer_names(self.content_layers, "content layer")
+        check_layer_names(self.style_layers, "style layer")
+        for layers, weights, what in ((self.content_layers, self.content_layer_weights, "content"),
+                                      (self.style_layers, self.style_layer_weights, "style")):
+            if weights is not None:
+                if len(weights) != len(layers):
+                    raise OptionError(f"{len(weights)} {what} layer weights given for {len(layers)} {what} layers "
+                                      f"({', '.join(layers)}); give one weight per layer")
+                for weight in weights:
+                    non_negative(f"{what} layer weight", weight)
+        if self.optimizer not in ("lbfgs", "adam"):
+            raise OptionError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
+        if self.preserve_color not in (None, "luminance", "histogram"):
+            raise OptionError(f"preserve_color must be 'luminance', 'histogram' or None, got {self.preserve_color!r}")
+        if self.mixed_precision not in (None, True, False):
+            raise OptionError(f"mixed_precision must be True, False or None (automatic), got {self.mixed_precision!r}")
+        if self.pooling not in ("avg", "max"):
+            raise OptionError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
+        if isinstance(self.init, str) and self.init not in ("content", "noise") and not self.init.strip():
+            raise OptionError("init must be 'content', 'noise' or an image")
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise OptionError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError("device 'cuda' was asked for but no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise OptionError(f"device {requested!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    elif device.type != "cpu":
+        raise OptionError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}")
+    return device
+
+
+def uses_mixed_precision(requested: Optional[bool], device: torch.device) -> bool:
+    """Whether a run on `device` computes its convolutions in bfloat16: as asked, or by default
+    (None) on GPUs that have bfloat16 and never on CPUs. Asking for it on a CPU without native
+    bfloat16 is refused: it would be slower."""
+    if requested is None:
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if requested and device.type == "cpu" and not cpu_has_native_bfloat16():
+        raise OptionError("mixed precision on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU has "
+                          "none, so it would be slower: drop --mixed-precision")
+    return requested
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

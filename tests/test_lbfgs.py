@@ -1,0 +1,101 @@
+"""nst_ext's device-side L-BFGS against torch.optim.LBFGS (no line search), in float64."""
+
+import pytest
+import torch
+
+from nst_ext.lbfgs import LBFGS
+
+
+def make_problem(seed, size=(3, 7, 5)):
+    """A smooth, non-quadratic function of a tensor, with a fresh random instance per seed."""
+    generator = torch.Generator().manual_seed(seed)
+    n = torch.Size(size).numel()
+    matrix = torch.randn(n, n, generator=generator, dtype=torch.float64) / n ** 0.5
+    target = torch.randn(n, generator=generator, dtype=torch.float64)
+    start = torch.randn(size, generator=generator, dtype=torch.float64)
+
+    def loss_of(x):
+        flat = x.reshape(-1)
+        return (matrix @ flat - target).square().sum() + 0.1 * flat.pow(4).sum() + flat.sin().sum()
+
+    return start, loss_of
+
+
+def run_ours(start, loss_of, evaluations, history_size, lr=1.0):
+    x = start.clone().requires_grad_(True)
+    losses, points = [], []
+
+    def closure():
+        x.grad = None
+        loss = loss_of(x)
+        loss.backward()
+        losses.append(loss.detach().clone())
+        points.append(x.detach().clone())
+        return loss
+
+    LBFGS(x, lr=lr, history_size=history_size).run(closure, evaluations)
+    return torch.stack(losses), torch.stack(points)
+
+
+def run_torch(start, loss_of, evaluations, history_size, lr=1.0):
+    x = start.clone().requires_grad_(True)
+    losses, points = [], []
+    optimizer = torch.optim.LBFGS([x], lr=lr, max_iter=evaluations, max_eval=evaluations, history_size=history_size,
+                                  tolerance_grad=-1.0, tolerance_change=-1.0)
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_of(x)
+        loss.backward()
+        losses.append(loss.detach().clone())
+        points.append(x.detach().clone())
+        return loss
+
+    optimizer.step(closure)
+    return torch.stack(losses), torch.stack(points)
+
+
+@pytest.mark.parametrize("history_size,evaluations,lr", [(5, 30, 1.0), (100, 25, 1.0), (3, 40, 0.5)])
+def test_same_iterates_as_torch_lbfgs(seed, history_size, evaluations, lr):
+    start, loss_of = make_problem(seed)
+    ours = run_ours(start, loss_of, evaluations, history_size, lr)
+    theirs = run_torch(start, loss_of, evaluations, history_size, lr)
+    assert len(ours[0]) == len(theirs[0]) == evaluations
+    torch.testing.assert_close(ours[1], theirs[1], rtol=1e-9, atol=1e-9, msg=lambda m: f"{m} (seed {seed})")
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-9, atol=1e-9, msg=lambda m: f"{m} (seed {seed})")
+    assert ours[0][-1] < ours[0][0]
+
+
+def test_one_evaluation_changes_nothing(seed):
+    start, loss_of = make_problem(seed)
+    losses, points = run_ours(start, loss_of, 1, 5)
+    assert len(losses) == 1 and torch.equal(points[0], start)
+
+
+def test_a_pair_without_curvature_is_skipped(seed):
+    """On a linear function yᵀs = 0: no pair may enter the history (torch skips them too),
+    so every direction stays the steepest descent -g."""
+    x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    slope = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    points = []
+
+    def closure():
+        x.grad = None
+        loss = (slope * x).sum()
+        loss.backward()
+        points.append(x.detach().clone())
+        return loss
+
+    optimizer = LBFGS(x, lr=0.1, history_size=3)
+    optimizer.run(closure, 6)
+    assert torch.all(optimizer.rho == 0)
+    steps = torch.diff(torch.stack(points), dim=0)
+    torch.testing.assert_close(steps[1:], (-0.1 * slope).expand(4, 4))
+
+
+def test_needs_a_gradient():
+    with pytest.raises(ValueError, match="requires_grad"):
+        LBFGS(torch.zeros(3))
+    x = torch.zeros(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="must compute the gradient"):
+        LBFGS(x).run(lambda: x.sum(), 2)
