@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench setup
+.PHONY: demo test bench setup gpu-check
 demo: setup
 	$(BIN)/nst-ext demo
 
@@ -18,6 +18,12 @@ test: setup
 bench: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/latest.json
 	$(BIN)/python benchmarks/report.py benchmarks/results/latest.json
+
+# The one-shot GPU check, on a GPU machine's own torch (no venv, no network): builds there,
+# runs the tests, benchmarks and sanitizer, writes $(RESULTS)/summary.md. Exit status 3: no GPU.
+RESULTS ?= gpu-check-results
+gpu-check:
+	bash scripts/gpu_check.sh $(RESULTS)
 
 setup: $(VENV)/.built
 

