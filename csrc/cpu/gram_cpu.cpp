@@ -301,29 +301,61 @@ double seconds_of(const std::function<void()>& run) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// gram (B, C, C), the accumulation dtype, = F F^T / n by the algorithm chosen
-// for this shape (op 0: gram, 1: style_loss, timed separately).
-at::Tensor gram_by_chosen_algorithm(const at::Tensor& features, int op) {
-  auto compute = [&](Algorithm algorithm) {
+// F F^T by the algorithm chosen for this shape (op 0: gram, 1: style_loss,
+// timed separately), (B, C, C) in the accumulation dtype, and the factor that
+// still has to be applied to make it the Gram: our kernel scales by 1/n
+// itself, the BLAS product leaves that to the caller's next pass.
+std::pair<at::Tensor, double> product_by_chosen_algorithm(const at::Tensor& features, int op) {
+  auto compute = [&](Algorithm algorithm) -> std::pair<at::Tensor, double> {
     if (algorithm == Algorithm::kBlas)
-      return blas_gram_product(features).mul_(1.0 / static_cast<double>(spatial_size(features)));
+      return {blas_gram_product(features), 1.0 / static_cast<double>(spatial_size(features))};
     const at::Tensor F = features_for_accumulation(features);
     const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
     at::Tensor gram = at::empty({B, C, C}, F.options());
     AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "nst_ext::gram", [&] {
       gram_into<scalar_t>(F.data_ptr<scalar_t>(), B, C, n, gram.data_ptr<scalar_t>());
     });
-    return gram;
+    return {gram, 1.0};
   };
-  const Algorithm algorithm = choose_forward_algorithm(
-      forward_key(features, op), [&](Algorithm candidate) { compute(candidate); }, seconds_of,
-      /*can_time=*/true);
+  auto run_op = [&](Algorithm algorithm) {
+    auto [product, scale] = compute(algorithm);
+    if (op == 0 && scale != 1.0) product.mul_(scale);
+  };
+  const Algorithm algorithm = choose_forward_algorithm(forward_key(features, op), run_op, seconds_of,
+                                                       /*can_time=*/true);
   return compute(algorithm);
+}
+
+// r = scale * r - a over [begin, end) of one batch's contiguous C*C entries,
+// returning the sum of the new r^2. Sixteen independent lanes let the
+// compiler vectorise the sum without reassociating it; lanes are then summed
+// in double.
+template <typename scalar_t>
+double residual_and_squares(scalar_t* r, const scalar_t* a, int64_t count, scalar_t scale) {
+  constexpr int kLanes = 16;
+  scalar_t lanes[kLanes] = {};
+  int64_t e = 0;
+  for (; e + kLanes <= count; e += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const scalar_t d = scale * r[e + l] - a[e + l];
+      r[e + l] = d;
+      lanes[l] += d * d;
+    }
+  }
+  double sum = 0;
+  for (; e < count; ++e) {
+    const scalar_t d = scale * r[e] - a[e];
+    r[e] = d;
+    sum += static_cast<double>(d) * static_cast<double>(d);
+  }
+  for (int l = 0; l < kLanes; ++l) sum += static_cast<double>(lanes[l]);
+  return sum;
 }
 
 at::Tensor gram_cpu(const at::Tensor& features) {
   check_features(features);
-  return gram_by_chosen_algorithm(features, /*op=*/0);
+  auto [product, scale] = product_by_chosen_algorithm(features, /*op=*/0);
+  return scale == 1.0 ? product : product.mul_(scale);
 }
 
 // grad_features = (scale * (X + X^T)) @ F, shaped like features and of their
@@ -360,26 +392,26 @@ std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& features,
   check_square(target, features, "target", /*allow_broadcast=*/true);
   const at::Tensor A = target_as_batched(target);
   // The Gram is turned into the residual in place: no separate Gram tensor.
-  at::Tensor residual = gram_by_chosen_algorithm(features, /*op=*/1);
-  const int64_t B = residual.size(0), C = residual.size(1);
+  auto [residual, scale] = product_by_chosen_algorithm(features, /*op=*/1);
+  const int64_t B = residual.size(0), C = residual.size(1), CC = C * C;
   at::Tensor loss = at::empty({}, residual.options());
   AT_DISPATCH_FLOATING_TYPES(residual.scalar_type(), "nst_ext::style_loss", [&] {
     scalar_t* r = residual.data_ptr<scalar_t>();
     const scalar_t* a = A.data_ptr<scalar_t>();
-    const int64_t target_batch_stride = A.size(0) == 1 ? 0 : C * C;
+    const int64_t target_batch_stride = A.size(0) == 1 ? 0 : CC;
     const double sum_sq = at::parallel_reduce(
-        0, B * C * C, 4096, 0.0,
+        0, B * CC, 4096, 0.0,
         [&](int64_t begin, int64_t end, double partial_sum) {
-          for (int64_t e = begin; e < end; ++e) {
-            const int64_t b = e / (C * C);
-            const scalar_t d = r[e] - a[b * target_batch_stride + e % (C * C)];
-            r[e] = d;
-            partial_sum += static_cast<double>(d) * static_cast<double>(d);
+          while (begin < end) {  // piecewise within one batch entry: r and a both contiguous
+            const int64_t b = begin / CC, stop = std::min(end, (b + 1) * CC);
+            partial_sum += residual_and_squares<scalar_t>(r + begin, a + b * target_batch_stride + begin % CC,
+                                                          stop - begin, static_cast<scalar_t>(scale));
+            begin = stop;
           }
           return partial_sum;
         },
         std::plus<double>());
-    loss.fill_(sum_sq / static_cast<double>(B * C * C));
+    loss.fill_(sum_sq / static_cast<double>(B * CC));
   });
   return {loss, residual};
 }
