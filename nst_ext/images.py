@@ -17,15 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_INPUT_PIXELS = 50_000_000
-SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
-                ".tiff": "TIFF", ".bmp": "BMP"}
+from nst_ext.errors import ImageError
+from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS
+from nst_ext.outputs import SAVE_FORMATS, check_outputs, deferred_signals
 
 ImageSource = Union[str, os.PathLike, Image.Image, torch.Tensor]
-
-
-class ImageError(ValueError):
-    """A problem with an input or output image, stated in one line."""
 
 
 def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -99,6 +95,8 @@ def _check_pixels(size, name, max_pixels):
 
 
 def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
+    if str(path) == "-":
+        raise ImageError(f"{name}: reading an image from standard input ('-') is not supported; give a file path")
     if not path.exists():
         raise ImageError(f"{name} {str(path)!r} does not exist")
     if path.is_dir():
@@ -114,6 +112,9 @@ def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
             return _pil_to_tensor(image)
     except UnidentifiedImageError:
         raise ImageError(f"{name} {str(path)!r} is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, GIF …)") from None
+    except MemoryError:
+        raise ImageError(f"{name} {str(path)!r} is too large to decode in this machine's memory; use a smaller "
+                         "image, or keep --max-input-pixels at a value the memory can hold") from None
     except (OSError, SyntaxError, ValueError) as error:
         if isinstance(error, ImageError):
             raise
@@ -147,35 +148,33 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.PathLike], overwrite: bool = False) -> Path:
     """Write an image atomically: to a temporary file beside `path`, then moved
     into place. An existing file is kept unless `overwrite`; the format follows
-    the extension."""
+    the extension. A tensor may be ``(3, H, W)``, ``(1, 3, H, W)`` or ``(1, H, W)``
+    in [0, 1] (NaN or infinite values are refused). Ctrl-C and SIGTERM wait until
+    the file is in place (:func:`nst_ext.outputs.deferred_signals`), so no
+    temporary file is ever left behind."""
     path = Path(path)
-    image_format = SAVE_FORMATS.get(path.suffix.lower())
-    if image_format is None:
-        raise ImageError(f"cannot write {str(path)!r}: unknown extension; use one of {', '.join(sorted(SAVE_FORMATS))}")
-    if path.exists() and not overwrite:
-        raise ImageError(f"{str(path)!r} already exists; choose another name or pass --overwrite")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ImageError(f"cannot write {str(path)!r}: the folder {str(directory)!r} does not exist")
-    pil = image if isinstance(image, Image.Image) else to_pil(image)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            pil.save(stream, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
-        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        if overwrite:
-            os.replace(temporary, path)
-        else:
-            os.link(temporary, path)  # fails if a file appeared meanwhile: never clobbers
+    check_outputs([(path, "output image")], inputs=(), overwrite=overwrite)
+    pil = image if isinstance(image, Image.Image) else to_pil(_tensor_to_image(image, f"image for {str(path)!r}"))
+    image_format = SAVE_FORMATS[path.suffix.lower()]
+    with deferred_signals():
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                pil.save(stream, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
+            # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
+            if overwrite:
+                os.replace(temporary, path)
+            else:
+                os.link(temporary, path)  # fails if a file appeared meanwhile: never clobbers
+                os.unlink(temporary)
+        except FileExistsError:
             os.unlink(temporary)
-    except FileExistsError:
-        os.unlink(temporary)
-        raise ImageError(f"{str(path)!r} already exists; choose another name or pass --overwrite") from None
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+            raise ImageError(f"{str(path)!r} already exists; choose another name or pass --overwrite") from None
+        except BaseException:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
     return path

@@ -58,9 +58,13 @@ class StyleLoss(nn.Module):
 
 
 class TotalVariationLoss(nn.Module):
-    """Mean squared difference of neighbouring pixels of an image ``(B, 3, H, W)``; smooths high-frequency noise."""
+    """Mean squared difference of neighbouring pixels of an image ``(B, 3, H, W)``; smooths high-frequency noise.
+    A picture one pixel wide (or high) has no horizontal (vertical) neighbours: that direction adds 0."""
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        dx = image[..., :, 1:] - image[..., :, :-1]
-        dy = image[..., 1:, :] - image[..., :-1, :]
-        return dx.square().mean() + dy.square().mean()
+        total = image.new_zeros(())
+        if image.shape[-1] > 1:
+            total = total + (image[..., :, 1:] - image[..., :, :-1]).square().mean()
+        if image.shape[-2] > 1:
+            total = total + (image[..., 1:, :] - image[..., :-1, :]).square().mean()
+        return total

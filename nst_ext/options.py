@@ -2,24 +2,27 @@
 validation, and the device they resolve to. Every check of an option's value
 lives here; the stylizer and the CLI only read the validated result."""
 
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
-import torch
+from nst_ext.errors import OptionError
+from nst_ext.layers import check_layer_names
 
-from nst_ext.images import DEFAULT_MAX_INPUT_PIXELS, ImageSource
-from nst_ext.vgg import check_layer_names
+if TYPE_CHECKING:  # torch is imported only when a device is resolved: `nst-ext --help` stays instant
+    import torch
+
+    from nst_ext.images import ImageSource
+
+DEFAULT_MAX_INPUT_PIXELS = 50_000_000
 
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 COARSEST_AUTOMATIC_SCALE = 256
 FIRST_STAGE_STEPS = 150
 FINER_STAGE_STEPS = 50
-
-
-class OptionError(ValueError):
-    """An option with a value that cannot work, stated in one line."""
 
 
 @dataclass
@@ -93,6 +96,7 @@ class StyleOptions:
                 raise OptionError(f"{name} must be a non-negative number, got {value!r}")
 
         positive_int("size", self.size)
+        positive_int("max_input_pixels", self.max_input_pixels)
         for stage_size in self.scales or ():
             positive_int("scales", stage_size)
         if self.scales and list(self.scales) != sorted(self.scales):
@@ -131,6 +135,8 @@ class StyleOptions:
 
 
 def resolve_device(requested: str) -> torch.device:
+    import torch
+
     if requested in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -139,7 +145,7 @@ def resolve_device(requested: str) -> torch.device:
         raise OptionError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError("device 'cuda' was asked for but no CUDA GPU is available here; use --device cpu")
+            raise OptionError(f"device {requested!r} was asked for but no CUDA GPU is available here; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise OptionError(f"device {requested!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
     elif device.type != "cpu":
@@ -151,6 +157,8 @@ def uses_mixed_precision(requested: Optional[bool], device: torch.device) -> boo
     """Whether a run on `device` computes its convolutions in bfloat16: as asked, or by default
     (None) on GPUs that have bfloat16 and never on CPUs. Asking for it on a CPU without native
     bfloat16 is refused: it would be slower."""
+    import torch
+
     if requested is None:
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
     if requested and device.type == "cpu" and not cpu_has_native_bfloat16():
@@ -161,6 +169,8 @@ def uses_mixed_precision(requested: Optional[bool], device: torch.device) -> boo
 
 def cpu_has_native_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 or AMX)."""
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

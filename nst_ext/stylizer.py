@@ -10,6 +10,7 @@ or, to reuse the loaded network for several runs, ``nst_ext.Stylizer(...)``.
 
 import dataclasses
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +32,17 @@ from nst_ext.weights import resolve_weights
 # The loss terms of one evaluation, in the order of the (4,) tensors that hold them.
 TERMS = ("content", "style", "tv", "total")
 LBFGS_HISTORY = 50
+# Memory a stage needs per pixel of its picture, measured: a default 1024 px run (1 Mpixel) peaks
+# at about 5 GiB of RSS on the CPU (BENCHMARKS.md): VGG activations kept for the backward pass,
+# their gradients and the L-BFGS history. Used only to refuse sizes that cannot fit at all.
+BYTES_PER_PIXEL = 4096
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """The total memory of `device` (a GPU's, or this machine's RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class Progress:
@@ -124,6 +136,19 @@ class Stylizer:
             style_images = [color.match_luminance(style, content_image) for style in style_images]
         return content_image, style_images, blend
 
+    def _check_memory(self, content_image: torch.Tensor, long_side: int) -> None:
+        """Refuses, before any stage's images are made, a size whose largest stage cannot fit in
+        the device's memory at all."""
+        height, width = content_image.shape[-2:]
+        scale = long_side / max(height, width)
+        pixels = max(1, round(height * scale)) * max(1, round(width * scale))
+        needed, available = pixels * BYTES_PER_PIXEL, device_memory_bytes(self.device)
+        if needed > available:
+            raise OptionError(
+                f"size {long_side} makes a {max(1, round(width * scale))}x{max(1, round(height * scale))} picture "
+                f"that needs about {needed / 2**30:,.0f} GiB, more than the {available / 2**30:,.0f} GiB of "
+                f"{self.device.type.upper() if self.device.type == 'cpu' else 'this GPU'} memory; use a smaller --size")
+
     def _check_size(self, image: torch.Tensor, what: str) -> None:
         layers = list(self.options.content_layers) + list(self.options.style_layers)
         needed = min_image_side(layers)
@@ -147,6 +172,7 @@ class Stylizer:
         content_image, style_images, blend = self._prepare_inputs(content, styles)
         generator = torch.Generator().manual_seed(options.seed if options.seed is not None else torch.seed())
         sizes, stage_steps = options.stage_sizes(), options.stage_steps()
+        self._check_memory(content_image, max(sizes))
         # Every stage's images are made, and their sizes checked, before any work starts.
         stages = [self._stage_inputs(content_image, style_images, stage_size) for stage_size in sizes]
         result = StylizeResult(tensor=resize_to_long_side(content_image, sizes[-1]))
@@ -209,9 +235,7 @@ class Stylizer:
         device (read into `history` once, at the end of the stage), the best image is kept there
         by a masked copy, and the L-BFGS keeps its scalars there."""
         options = self.options
-        objective = Objective(self, stage_content, stage_styles, blend)
         image = image.clone().requires_grad_(True)
-        evaluate = objective.evaluator(image, graph=options.cuda_graph)
         best = BestImage(image)
         records = []
 
@@ -226,7 +250,8 @@ class Stylizer:
             return terms[-1]
 
         interrupted = False
-        try:
+        try:  # a stop while the targets are computed keeps the stage's starting image
+            evaluate = Objective(self, stage_content, stage_styles, blend).evaluator(image, graph=options.cuda_graph)
             if options.optimizer == "lbfgs":
                 LBFGS(image, lr=1.0, history_size=LBFGS_HISTORY).run(closure, steps)
             else:

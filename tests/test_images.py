@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from nst_ext.errors import OutputError
 from nst_ext.images import ImageError, load_image, save_image
 
 
@@ -109,7 +110,7 @@ def test_pixel_limit_names_the_flag(tmp_path):
 def test_save_never_overwrites_silently(tmp_path):
     path = tmp_path / "out.png"
     path.write_bytes(b"precious")
-    with pytest.raises(ImageError, match=r"already exists; choose another name or pass --overwrite"):
+    with pytest.raises(OutputError, match=r"already exists; choose another name or pass --overwrite"):
         save_image(torch.rand(3, 4, 4), path)
     assert path.read_bytes() == b"precious"
     save_image(torch.zeros(3, 4, 4), path, overwrite=True)
@@ -118,9 +119,9 @@ def test_save_never_overwrites_silently(tmp_path):
 
 
 def test_save_rejects_unknown_extensions_and_missing_folders(tmp_path):
-    with pytest.raises(ImageError, match=r"unknown extension"):
+    with pytest.raises(OutputError, match=r"unknown extension"):
         save_image(torch.rand(3, 4, 4), tmp_path / "out.xyz")
-    with pytest.raises(ImageError, match=r"folder .* does not exist"):
+    with pytest.raises(OutputError, match=r"folder .* does not exist"):
         save_image(torch.rand(3, 4, 4), tmp_path / "missing" / "out.png")
 
 

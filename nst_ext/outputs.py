@@ -1,0 +1,114 @@
+"""Everything about writing a run's outputs safely, in one place: the formats, the checks made
+before any work starts, and the deferral of Ctrl-C / SIGTERM while a file is being written.
+Torch-free, so the CLI can check its outputs before torch is imported.
+
+The guarantees: an output is refused before the work when its folder is missing or not
+writable (tested with a real write), when it is a folder, when it would replace one of the
+run's inputs (even with ``overwrite``), when two outputs of the run are the same file, or when
+it exists and ``overwrite`` is not given.
+"""
+
+import contextlib
+import os
+import re
+import signal
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence, Set, Tuple
+
+from nst_ext.errors import OutputError
+
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
+                ".tiff": "TIFF", ".bmp": "BMP"}
+# The signals that stop a run: Ctrl-C, and what `kill`, `timeout`, schedulers and container stops send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_folder_writable(folder: Path, for_path: str) -> None:
+    """Raises OutputError unless `folder` exists and a file can really be created in it (root
+    passes os.access checks that a real write would fail, e.g. on a read-only mount)."""
+    shown = str(folder) if str(folder) else "."
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise OutputError(f"cannot write {for_path!r}: the folder {shown!r} {what}")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".nst-ext-write-test-")
+    except OSError as error:
+        reason = "permission denied" if isinstance(error, PermissionError) else error.strerror or str(error)
+        raise OutputError(f"cannot write {for_path!r}: the folder {shown!r} is not writable ({reason})") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def check_outputs(outputs: Sequence[Tuple[Optional[os.PathLike], str]], inputs: Iterable[os.PathLike],
+                  overwrite: bool, patterns: Sequence[Tuple[os.PathLike, str, str]] = ()) -> None:
+    """Checks every output of a run before any work: raises OutputError with one line for the first problem.
+
+    outputs: (path or None, what it is, e.g. "-o") pairs; None entries are skipped.
+    inputs: the run's input files (content, styles, init image, weights), never to be replaced.
+    patterns: (folder, regular expression, what) for outputs whose names are made during the run
+    (e.g. ``--save-every``'s); existing files matching one are refused without `overwrite`, and
+    an input matching one is always refused.
+    """
+    inputs = [Path(p) for p in inputs if p is not None]
+    seen = []
+    for path, what in outputs:
+        if path is None:
+            continue
+        path = Path(path)
+        shown = str(path)
+        if path.suffix.lower() not in SAVE_FORMATS:
+            raise OutputError(f"cannot write {shown!r} ({what}): unknown extension; use one of "
+                              f"{', '.join(sorted(SAVE_FORMATS))}")
+        if path.is_dir():
+            raise OutputError(f"cannot write {shown!r} ({what}): it is a folder; give a file name inside it")
+        for source in inputs:
+            if _same_file(path, source):
+                raise OutputError(f"{what} {shown!r} is one of this run's inputs; it is never replaced, even with "
+                                  "--overwrite: choose another output name")
+        for earlier, earlier_what in seen:
+            if _same_file(path, earlier):
+                raise OutputError(f"{what} and {earlier_what} are the same file {shown!r}; give them different names")
+        if path.exists() and not overwrite:
+            raise OutputError(f"{shown!r} ({what}) already exists; choose another name or pass --overwrite")
+        check_folder_writable(path.parent, shown)
+        seen.append((path, what))
+    for folder, pattern, what in patterns:
+        matcher = re.compile(pattern)
+        for source in inputs:
+            if _same_file(Path(folder), source.parent) and matcher.fullmatch(source.name):
+                raise OutputError(f"{what} would be named like the input {str(source)!r}; choose another output name")
+        if not overwrite:
+            folder = Path(folder)
+            clashes = sorted(name for name in os.listdir(folder) if matcher.fullmatch(name)) if folder.is_dir() else []
+            if clashes:
+                raise OutputError(f"{what} like {str(folder / clashes[0])!r} already exist; remove them or pass "
+                                  "--overwrite")
+
+
+@contextlib.contextmanager
+def deferred_signals(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[Set[int]]:
+    """Within this block Ctrl-C and SIGTERM wait: a file being written is finished (or its
+    temporary removed) before the process stops. Yields a set that, after the block, holds the
+    signals that arrived during it; they are then delivered to their handlers as usual.
+    Outside the main thread (where signals cannot be blocked) it defers nothing."""
+    arrived: Set[int] = set()
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no POSIX signals
+        yield arrived
+        return
+    try:
+        yield arrived
+    finally:
+        arrived.update(set(signal.sigpending()) & set(signals))
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
