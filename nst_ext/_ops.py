@@ -249,7 +249,10 @@ def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tenso
     over the batch, or ``(1, C, C)`` / ``(B, C, C)``, on the features' device.
     Returns a 0-d tensor of the accumulation dtype (float32, or float64 for
     float64 features). Differentiable with respect to both inputs; the compiled
-    kernel never materialises the Gram as a tensor of its own.
+    kernel never materialises the Gram as a tensor of its own. The gradient has
+    the features' dtype (and layout, when channels-last): float16 gradients past
+    65504 overflow to inf like any float16 value, so use bfloat16 or float32
+    features where they can be that large.
     """
     check_features(features)
     check_target_gram(target_gram, features)

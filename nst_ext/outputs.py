@@ -98,17 +98,34 @@ def check_outputs(outputs: Sequence[Tuple[Optional[os.PathLike], str]], inputs: 
 @contextlib.contextmanager
 def deferred_signals(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[Set[int]]:
     """Within this block Ctrl-C and SIGTERM wait: a file being written is finished (or its
-    temporary removed) before the process stops. Yields a set that, after the block, holds the
-    signals that arrived during it; they are then delivered to their handlers as usual.
-    Outside the main thread (where signals cannot be blocked) it defers nothing."""
+    temporary removed) before the process stops. Yields a set that holds the signals that
+    arrived during the block; after it, each is raised again for the handler that was in place
+    (so a KeyboardInterrupt, or the default termination, happens there).
+
+    Handlers are swapped rather than the signals masked: a process-directed signal masked in
+    the main thread is still taken by torch's worker threads, and Python runs its handlers in
+    the main thread whichever thread took it. Outside the main thread it defers nothing."""
     arrived: Set[int] = set()
+    order: list = []
+
+    def record(signum, frame):
+        if signum not in arrived:
+            order.append(signum)
+        arrived.add(signum)
+
+    previous = {}
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    except (ValueError, OSError, AttributeError):  # not the main thread, or no POSIX signals
+        for signum in signals:
+            previous[signum] = signal.signal(signum, record)
+    except ValueError:  # not the main thread
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         yield arrived
         return
     try:
         yield arrived
     finally:
-        arrived.update(set(signal.sigpending()) & set(signals))
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in order:
+            signal.raise_signal(signum)

@@ -299,7 +299,7 @@ class Objective:
         with torch.no_grad(), stylizer._autocast():
             content_features = stylizer.vgg(stage_content.unsqueeze(0).to(stylizer.device), content_layers)
             style_features = [stylizer.vgg(style.unsqueeze(0).to(stylizer.device), style_layers) for style in stage_styles]
-        content_weights = options.content_layer_weights or [1.0 / len(content_layers)] * len(content_layers)
+        content_weights = options.content_layer_weights or [1.0 / max(1, len(content_layers))] * len(content_layers)
         style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
         self.content_terms = [(name, weight, ContentLoss(content_features[name]))
                               for name, weight in zip(content_layers, content_weights)]
