@@ -75,10 +75,10 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                             "whose last value is the output size)")
     group.add_argument("--steps", type=_numbers(int), default=None,
                        help="optimiser iterations, one value for every scale or one per scale "
-                            "(default 150 for the first scale, 50 for each finer one)")
+                            "(default 100 for the first scale, then 40, then 20 for each finer one)")
     group.add_argument("--scales", type=_numbers(int), default=None,
                        help="coarse-to-fine sizes, e.g. 256,512,1024; the last is the output size "
-                            "(default: halving from --size down to 256, e.g. 256,512 for 512)")
+                            "(default: halving from --size down to 128, e.g. 128,256,512 for 512)")
     group.add_argument("--content-layers", type=_names, default=list(DEFAULT_CONTENT_LAYERS), metavar="LAYERS",
                        help=f"comma-separated VGG19 layers (`nst-ext layers`); empty for texture synthesis "
                             f"(default {','.join(DEFAULT_CONTENT_LAYERS)})")
@@ -104,8 +104,11 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     group.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
     group.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
     group.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
-                       help="bfloat16 convolutions: faster, nearly the same picture (default: on for GPUs with "
-                            "bfloat16, off on CPUs; on a CPU only with native bfloat16, e.g. AVX512-BF16)")
+                       help="bfloat16 convolutions: faster, nearly the same picture (default: on where they run "
+                            "natively: GPUs with bfloat16, CPUs with AVX512-BF16 or AMX)")
+    group.add_argument("--normalize-style", action=argparse.BooleanOptionalAction, default=defaults.normalize_style,
+                       help="divide the style term by its value at the content image, so a style far from the "
+                            "content does not bury the subject (default on)")
     group.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=defaults.cuda_graph,
                        help="replay each stage's loss and gradient as one CUDA graph (GPU only; default on)")
     group.add_argument("--pooling", choices=["avg", "max"], default=defaults.pooling,
@@ -152,7 +155,8 @@ def _options_from(args) -> StyleOptions:
         size=size, steps=steps, scales=args.scales,
         content_layers=args.content_layers, style_layers=args.style_layers,
         content_layer_weights=args.content_layer_weights, style_layer_weights=args.style_layer_weights,
-        content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
+        content_weight=args.content_weight, style_weight=args.style_weight, normalize_style=args.normalize_style,
+        tv_weight=args.tv_weight,
         style_blend_weights=args.style_blend_weights, style_scale=args.style_scale, optimizer=args.optimizer,
         learning_rate=args.learning_rate, init=args.init, preserve_color=args.preserve_color, seed=args.seed,
         device=args.device, mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, pooling=args.pooling, weights=args.weights,

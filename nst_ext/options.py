@@ -20,9 +20,12 @@ DEFAULT_MAX_INPUT_PIXELS = 50_000_000
 
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
-COARSEST_AUTOMATIC_SCALE = 256
-FIRST_STAGE_STEPS = 150
-FINER_STAGE_STEPS = 50
+# The default schedule (BENCHMARKS.md, "A good picture, fast"): the coarse stages, cheap per step,
+# form the picture; each finer stage refines it with fewer steps.
+COARSEST_AUTOMATIC_SCALE = 128
+FIRST_STAGE_STEPS = 100
+STEPS_DECAY_PER_STAGE = 2.5
+MIN_STAGE_STEPS = 20
 
 
 @dataclass
@@ -30,17 +33,21 @@ class StyleOptions:
     """Every knob of a run, with defaults that make a good picture.
 
     Weights are relative: each layer's loss is normalised by its target (see
-    nst_ext.losses), so ``style_weight / content_weight`` sets the balance.
+    nst_ext.losses), and with ``normalize_style`` (the default) the whole
+    style term is divided by its value at the content image, so that a style
+    far from the content (a photographic texture) pulls no harder than a near
+    one and the subject stays recognisable on any pair; ``style_weight /
+    content_weight`` then sets the balance, the same for every pair.
     ``scales`` are the coarse-to-fine stage sizes (Gatys et al. 2017), each
     stage starting from the previous one's result. By default (None) they
-    halve from ``size`` down to no less than 256 pixels: 512 runs 256 → 512,
-    1024 runs 256 → 512 → 1024, 256 and smaller run one stage.
+    halve from ``size`` down to no less than 128 pixels: 512 runs
+    128 → 256 → 512, 200 and smaller run one stage.
     ``steps`` is the optimiser's iterations per stage: one int for every
-    stage, or one per stage. By default (None) 150 for the first stage, which
-    forms the picture, and 50 for each finer stage, which refines it.
+    stage, or one per stage. By default (None) 100 for the first stage, which
+    forms the picture, then 40, then 20 for each finer stage, which refine it.
     ``mixed_precision`` runs VGG's convolutions in bfloat16: None (the default)
-    turns it on for GPUs with bfloat16 and off on CPUs (turn it on there only
-    with native bfloat16, e.g. AVX512-BF16). ``cuda_graph`` replays each
+    turns it on where they run natively (GPUs with bfloat16, CPUs with
+    AVX512-BF16 or AMX) and off elsewhere. ``cuda_graph`` replays each
     stage's loss and gradient as one CUDA graph (no per-kernel launch cost);
     it falls back to ordinary execution, with a warning, where capture fails.
     """
@@ -53,6 +60,7 @@ class StyleOptions:
     style_layer_weights: Optional[Sequence[float]] = None
     content_weight: float = 1.0
     style_weight: float = 5.0
+    normalize_style: bool = True  # the style term relative to its value at the content image
     tv_weight: float = 1.0
     style_blend_weights: Optional[Sequence[float]] = None
     style_scale: float = 1.0
@@ -63,7 +71,7 @@ class StyleOptions:
     preserve_color: Optional[str] = None
     seed: Optional[int] = 0
     device: str = "auto"
-    mixed_precision: Optional[bool] = None  # bfloat16 convolutions; None: on for GPUs with bfloat16, off on CPUs
+    mixed_precision: Optional[bool] = None  # bfloat16 convolutions; None: on where they run natively
     cuda_graph: bool = True  # replay each stage's loss and gradient as one CUDA graph (CUDA only)
     pooling: str = "avg"
     weights: Optional[str] = None
@@ -81,7 +89,7 @@ class StyleOptions:
     def stage_steps(self) -> List[int]:
         stages = len(self.stage_sizes())
         if self.steps is None:
-            return [FIRST_STAGE_STEPS] + [FINER_STAGE_STEPS] * (stages - 1)
+            return [max(MIN_STAGE_STEPS, round(FIRST_STAGE_STEPS / STEPS_DECAY_PER_STAGE ** k)) for k in range(stages)]
         if isinstance(self.steps, int):
             return [self.steps] * stages
         return list(self.steps)
@@ -155,12 +163,15 @@ def resolve_device(requested: str) -> torch.device:
 
 def uses_mixed_precision(requested: Optional[bool], device: torch.device) -> bool:
     """Whether a run on `device` computes its convolutions in bfloat16: as asked, or by default
-    (None) on GPUs that have bfloat16 and never on CPUs. Asking for it on a CPU without native
+    (None) where they run natively: GPUs with bfloat16, CPUs with AVX512-BF16 or AMX (1.6× per
+    step on the CPU of BENCHMARKS.md, the same picture). Asking for it on a CPU without native
     bfloat16 is refused: it would be slower."""
     import torch
 
     if requested is None:
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return cpu_has_native_bfloat16()
     if requested and device.type == "cpu" and not cpu_has_native_bfloat16():
         raise OptionError("mixed precision on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU has "
                           "none, so it would be slower: drop --mixed-precision")

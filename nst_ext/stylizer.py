@@ -307,6 +307,15 @@ class Objective:
                             for name, weight in zip(style_layers, style_weights)]
         self.layers = sorted({name for name, _, _ in self.content_terms + self.style_terms}, key=LAYER_INDEX.__getitem__)
         self.tv_loss = TotalVariationLoss()
+        # The style term relative to its value at the content image: how far the style is from the
+        # content in Gram terms varies by two orders of magnitude between pairs (a photographic
+        # texture against a portrait is far), and unscaled, a far style buries the subject.
+        self.style_normalizer = 1.0
+        if options.normalize_style:
+            with torch.no_grad(), stylizer._autocast():
+                at_content = stylizer.vgg(stage_content.unsqueeze(0).to(stylizer.device), style_layers)
+            start = sum(w * term(at_content[name]) for name, w, term in self.style_terms).item()
+            self.style_normalizer = 1.0 / max(start, 1e-6)
 
     def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         options = self.stylizer.options
@@ -315,7 +324,7 @@ class Objective:
             vgg_input = image.contiguous(memory_format=torch.channels_last) if image.is_cuda else image
             features = self.stylizer.vgg(vgg_input, self.layers)
         content = sum((w * term(features[name]) for name, w, term in self.content_terms), image.new_zeros(()))
-        style = sum(w * term(features[name]) for name, w, term in self.style_terms)
+        style = sum(w * term(features[name]) for name, w, term in self.style_terms) * self.style_normalizer
         terms = {"content": options.content_weight * content, "style": options.style_weight * style,
                  "tv": options.tv_weight * self.tv_loss(image)}
         terms["total"] = terms["content"] + terms["style"] + terms["tv"]

@@ -1,0 +1,132 @@
+"""The quality panel: content/style pairs chosen to differ (portrait, animal, object, outdoor and
+night scenes; strong textures, photographs, flat graphics, a grayscale style, a tiny style), run
+at one size and one set of options, judged by eye and by numbers.
+
+Writes OUT/sheet.png (one row per pair: content, style, result, with the figures) and
+OUT/quality.json (per pair: the figures and the run's seconds). The figures, per pair
+(nst_ext.metrics.subject_and_style):
+    subject   content distance of the result ÷ content distance of the style image itself
+              (0: the content unchanged; 1: as far from the content as the style is)
+    style     style distance of the result ÷ style distance of the content image itself
+              (1: no style taken on; 0: the style's own statistics)
+
+    python benchmarks/quality.py --size 256 --out docs/panel [--set style_weight=1 --set steps=100]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from PIL import Image, ImageDraw
+
+import nst_ext
+from nst_ext.images import load_image, resize_to_long_side, to_pil
+from nst_ext.metrics import subject_and_style
+from nst_ext.stylizer import Stylizer
+
+PANEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "panel")
+# (content, style, what the pair tests)
+PAIRS = [
+    ("hopper", "gravel", "portrait / strong texture"),
+    ("chelsea", "ihc", "animal / colourful texture"),
+    ("coffee", "rocket", "object / photograph"),
+    ("rocket", "blocks", "outdoor scene / flat graphic"),
+    ("hubble", "brick", "night sky / texture"),
+    ("camera", "retina", "grayscale portrait / colour photograph"),
+    ("hopper", "camera", "portrait / grayscale style"),
+    ("coffee", "horse", "object / tiny flat graphic"),
+    ("chelsea", "grass", "animal / texture"),
+]
+CELL = 200  # pixels of a contact-sheet cell's long side
+
+
+def panel_image(name):
+    return load_image(os.path.join(PANEL, f"{name}.jpg"), name)
+
+
+def run_panel(options: dict, pairs=PAIRS, log=print):
+    """Runs every pair with `options` (StyleOptions fields); returns one dict per pair with the
+    result tensor under "image"."""
+    stylizer = Stylizer(**options)
+    judge_vgg = Stylizer(**{**options, "device": options.get("device", "auto"), "mixed_precision": False})
+    rows = []
+    for content_name, style_name, what in pairs:
+        content, style = panel_image(content_name), panel_image(style_name)
+        started = time.perf_counter()
+        result = stylizer.run(content, style)
+        seconds = time.perf_counter() - started
+        subject, style_left = subject_and_style(judge_vgg.vgg, result.tensor, content, style)
+        rows.append(dict(content=content_name, style=style_name, what=what, subject=subject, style_left=style_left,
+                         seconds=seconds, steps=len(result.history), image=result.tensor))
+        log(f"{content_name:>8} / {style_name:<7} subject {subject:.3f}  style {style_left:.3f}  "
+            f"{seconds:6.1f} s  {len(result.history)} steps", flush=True)
+    return rows
+
+
+def contact_sheet(rows, title, images_of=None):
+    """One row per result: content, style, result, with the figures. `images_of(row)` gives the
+    row's (content, style) tensors (default: the panel images named in the row)."""
+    images_of = images_of or (lambda row: (panel_image(row["content"]), panel_image(row["style"])))
+
+    def cell(image):
+        picture = to_pil(resize_to_long_side(image, CELL))
+        canvas = Image.new("RGB", (CELL, CELL), (255, 255, 255))
+        canvas.paste(picture, ((CELL - picture.width) // 2, (CELL - picture.height) // 2))
+        return canvas
+
+    label_width, header = 230, 28
+    sheet = Image.new("RGB", (label_width + 3 * CELL + 8, header + len(rows) * (CELL + 4)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((6, 8), title, fill=(0, 0, 0))
+    for i, name in enumerate(("content", "style", "result")):
+        draw.text((label_width + i * CELL + CELL // 2 - 20, header - 14), name, fill=(80, 80, 80))
+    for r, row in enumerate(rows):
+        top = header + r * (CELL + 4)
+        lines = [row["what"], f"{row['content']} / {row['style']}", f"subject {row['subject']:.2f}",
+                 f"style {row['style_left']:.2f}", f"{row['seconds']:.0f} s, {row['steps']} steps"]
+        for k, line in enumerate(lines):
+            draw.text((6, top + 40 + 16 * k), line, fill=(0, 0, 0))
+        for c, image in enumerate((*images_of(row), row["image"])):
+            sheet.paste(cell(image), (label_width + c * CELL, top))
+    return sheet
+
+
+def parse_value(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--out", required=True, help="folder for sheet.png and quality.json")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="a StyleOptions field (JSON value), e.g. style_weight=1 or steps=[100,30]")
+    parser.add_argument("--pairs", default=None, help="comma-separated indices into the panel (default: all)")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args()
+    options = {"size": args.size, "device": "cpu"}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        options[key] = parse_value(value)
+    pairs = PAIRS if args.pairs is None else [PAIRS[int(i)] for i in args.pairs.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    rows = run_panel(options, pairs)
+    title = args.title or ("nst_ext quality panel, " + ", ".join(f"{k}={v}" for k, v in options.items())
+                           + f", torch {torch.__version__}, nst_ext {nst_ext.__version__}")
+    contact_sheet(rows, title).save(os.path.join(args.out, "sheet.png"))
+    with open(os.path.join(args.out, "quality.json"), "w") as out:
+        json.dump({"options": options, "rows": [{k: v for k, v in row.items() if k != "image"} for row in rows]},
+                  out, indent=1)
+    total = sum(row["seconds"] for row in rows)
+    print(f"total {total:.0f} s; worst subject {max(r['subject'] for r in rows):.3f}; "
+          f"worst style {max(r['style_left'] for r in rows):.3f}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
