@@ -13,7 +13,6 @@ import os
 import time
 
 import torch
-from PIL import Image
 
 import nst_ext
 from nst_ext.metrics import subject_and_style

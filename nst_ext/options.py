@@ -24,7 +24,7 @@ DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 # form the picture; each finer stage refines it with fewer steps.
 COARSEST_AUTOMATIC_SCALE = 128
 FIRST_STAGE_STEPS = 100
-STEPS_DECAY_PER_STAGE = 2.5
+STEPS_DECAY_PER_STAGE = 2
 MIN_STAGE_STEPS = 20
 
 
@@ -44,7 +44,8 @@ class StyleOptions:
     128 → 256 → 512, 200 and smaller run one stage.
     ``steps`` is the optimiser's iterations per stage: one int for every
     stage, or one per stage. By default (None) 100 for the first stage, which
-    forms the picture, then 40, then 20 for each finer stage, which refine it.
+    forms the picture, then half as many for each finer stage (50, 25), but
+    no fewer than 20: the finer stages refine it.
     ``mixed_precision`` runs VGG's convolutions in bfloat16: None (the default)
     turns it on where they run natively (GPUs with bfloat16, CPUs with
     AVX512-BF16 or AMX) and off elsewhere. ``cuda_graph`` replays each
@@ -59,7 +60,7 @@ class StyleOptions:
     content_layer_weights: Optional[Sequence[float]] = None
     style_layer_weights: Optional[Sequence[float]] = None
     content_weight: float = 1.0
-    style_weight: float = 5.0
+    style_weight: float = 2.5
     normalize_style: bool = True  # the style term relative to its value at the content image
     tv_weight: float = 1.0
     style_blend_weights: Optional[Sequence[float]] = None

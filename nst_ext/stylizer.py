@@ -19,14 +19,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from nst_ext import color
-from nst_ext.images import ImageError, ImageSource, load_image, resize, resize_to_long_side, to_pil
+from nst_ext.errors import ImageError
+from nst_ext.images import ImageSource, load_image, resize, resize_to_long_side, to_pil
 from nst_ext.lbfgs import LBFGS
 from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss
-from nst_ext.options import (  # noqa: F401  (DEFAULT_* and cpu_has_native_bfloat16 are part of this module's API)
-    DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, OptionError, StyleOptions, cpu_has_native_bfloat16,
-    resolve_device, uses_mixed_precision,
-)
-from nst_ext.vgg import LAYER_INDEX, LAYERS, VGG19Features, min_image_side
+from nst_ext.options import OptionError, StyleOptions, resolve_device, uses_mixed_precision
+from nst_ext.layers import LAYER_INDEX, LAYERS, min_image_side
+from nst_ext.vgg import VGG19Features
 from nst_ext.weights import resolve_weights
 
 # The loss terms of one evaluation, in the order of the (4,) tensors that hold them.

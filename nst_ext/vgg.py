@@ -8,10 +8,7 @@ from typing import Dict, Iterable
 import torch
 from torch import nn
 
-from nst_ext.errors import UnknownLayerError  # noqa: F401  (part of this module's API)
-from nst_ext.layers import (  # noqa: F401  (LAYERS … min_image_side are part of this module's API)
-    CONV_INDICES, LAYER_INDEX, LAYERS, Layer, check_layer_names, layer_shape, min_image_side,
-)
+from nst_ext.layers import CONV_INDICES, LAYER_INDEX, LAYERS, check_layer_names
 from nst_ext.weights import VGGWeights
 
 class VGG19Features(nn.Module):

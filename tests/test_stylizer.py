@@ -6,12 +6,11 @@ import pytest
 import torch
 
 import nst_ext
-from nst_ext import reference
 from nst_ext.images import ImageError, load_image, resize_to_long_side
 from nst_ext.metrics import distances, subject_and_style
 from nst_ext.options import OptionError
 from nst_ext.stylizer import Stylizer
-from nst_ext.vgg import UnknownLayerError
+from nst_ext.errors import UnknownLayerError
 
 SIZE = 64
 CONTENT = "nst_ext/data/astronaut.jpg"
@@ -231,8 +230,10 @@ def test_cuda_graph_gives_the_eager_loss_and_gradient(content, style):
         for _ in range(2):  # a replay after the first gives the same again
             terms = evaluate()
         results[graph] = (terms.cpu(), image.grad.detach().cpu().clone())
-    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-3, atol=1e-7)
+    # The same kernels replayed: equal up to cuDNN's choice of algorithms (bfloat16 convolutions).
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-3, atol=1e-6)
+    grad_scale = results[False][1].abs().max().item()
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-2, atol=1e-2 * grad_scale)
     lbfgs = Stylizer(size=SIZE, steps=5, device="cuda", cuda_graph=True).run(content, style).history
     eager = Stylizer(size=SIZE, steps=5, device="cuda", cuda_graph=False).run(content, style).history
     assert [e["total"] for e in lbfgs] == pytest.approx([e["total"] for e in eager], rel=1e-3)
@@ -242,8 +243,8 @@ def test_default_schedule():
     from nst_ext.options import StyleOptions
 
     assert StyleOptions(size=512).stage_sizes() == [128, 256, 512]
-    assert StyleOptions(size=512).stage_steps() == [100, 40, 20]
-    assert StyleOptions(size=1024).stage_steps() == [100, 40, 20, 20]
+    assert StyleOptions(size=512).stage_steps() == [100, 50, 25]
+    assert StyleOptions(size=1024).stage_steps() == [100, 50, 25, 20]
     assert StyleOptions(size=200).stage_sizes() == [200] and StyleOptions(size=200).stage_steps() == [100]
 
 

@@ -5,7 +5,8 @@ import torch
 import torchvision
 
 from nst_ext import weights as weights_module
-from nst_ext.vgg import CONV_INDICES, LAYERS, VGG19Features, layer_shape, min_image_side
+from nst_ext.layers import CONV_INDICES, LAYERS, layer_shape, min_image_side
+from nst_ext.vgg import VGG19Features
 from nst_ext.weights import TORCHVISION_CONV_INDICES, WeightsError, resolve_weights
 
 
