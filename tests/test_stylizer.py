@@ -35,8 +35,9 @@ def measuring_vgg():
 
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
 def test_stylization_moves_towards_the_style_and_keeps_the_content(backend, content, style, measuring_vgg):
+    # The balance these bounds were set for (the defaults' own are tested on the quality panel below).
     with nst_ext.reference_backend(backend == "reference"):
-        result = Stylizer(size=SIZE, steps=40).run(content, style)
+        result = Stylizer(size=SIZE, steps=40, style_weight=5.0).run(content, style)
     assert result.tensor.shape == (3, SIZE, SIZE) and not result.interrupted
     assert 0 <= result.tensor.min() and result.tensor.max() <= 1
     totals = [entry["total"] for entry in result.history]
