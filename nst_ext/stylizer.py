@@ -295,8 +295,11 @@ class Objective:
         options = stylizer.options
         self.stylizer = stylizer
         content_layers, style_layers = list(options.content_layers), list(options.style_layers)
+        # One pass over the content image gives the content targets and, for the normalisation
+        # below, the style layers' features there.
+        at_content_layers = content_layers + (style_layers if options.normalize_style else [])
         with torch.no_grad(), stylizer._autocast():
-            content_features = stylizer.vgg(stage_content.unsqueeze(0).to(stylizer.device), content_layers)
+            content_features = stylizer.vgg(stage_content.unsqueeze(0).to(stylizer.device), at_content_layers)
             style_features = [stylizer.vgg(style.unsqueeze(0).to(stylizer.device), style_layers) for style in stage_styles]
         content_weights = options.content_layer_weights or [1.0 / max(1, len(content_layers))] * len(content_layers)
         style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
@@ -311,9 +314,7 @@ class Objective:
         # texture against a portrait is far), and unscaled, a far style buries the subject.
         self.style_normalizer = 1.0
         if options.normalize_style:
-            with torch.no_grad(), stylizer._autocast():
-                at_content = stylizer.vgg(stage_content.unsqueeze(0).to(stylizer.device), style_layers)
-            start = sum(w * term(at_content[name]) for name, w, term in self.style_terms).item()
+            start = sum(w * term(content_features[name]) for name, w, term in self.style_terms).item()
             self.style_normalizer = 1.0 / max(start, 1e-6)
 
     def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
