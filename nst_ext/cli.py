@@ -55,6 +55,10 @@ def _stop_exit_status() -> int:
     return EXIT_FOR_SIGNAL.get(_received[0] if _received else signal.SIGINT, 130)
 
 
+def _stop_verb() -> str:
+    return "terminated" if _received and _received[0] == signal.SIGTERM else "interrupted"
+
+
 def _numbers(kind):
     def parse(text):
         try:
@@ -239,9 +243,8 @@ def _run_stylize(args, content, styles, output: Path) -> int:
     finally:
         if bar is not None:
             bar.close()
-    verb = "terminated" if _received and _received[0] == signal.SIGTERM else "interrupted"
     if result.interrupted and not result.history:
-        print(f"nst-ext: {verb} before the first step finished; nothing written", file=sys.stderr)
+        print(f"nst-ext: {_stop_verb()} before the first step finished; nothing written", file=sys.stderr)
         return _stop_exit_status()
     stopped_while_saving = False
     try:
@@ -254,8 +257,7 @@ def _run_stylize(args, content, styles, output: Path) -> int:
     except KeyboardInterrupt:  # delivered once the files were written
         stopped_while_saving = True
     if result.interrupted or stopped_while_saving:
-        verb = "terminated" if _received and _received[0] == signal.SIGTERM else "interrupted"
-        print(f"nst-ext: {verb} after {done[0]} steps; saved the best image so far to {output}", file=sys.stderr)
+        print(f"nst-ext: {_stop_verb()} after {done[0]} steps; saved the best image so far to {output}", file=sys.stderr)
         return _stop_exit_status()
     print(f"nst-ext: wrote {output} ({result.tensor.shape[2]}x{result.tensor.shape[1]}) in {result.seconds:.1f} s",
           file=sys.stderr)
@@ -318,8 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"nst-ext: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        verb = "terminated" if _received and _received[0] == signal.SIGTERM else "interrupted"
-        print(f"nst-ext: {verb} before an image was made; nothing written", file=sys.stderr)
+        print(f"nst-ext: {_stop_verb()} before an image was made; nothing written", file=sys.stderr)
         return _stop_exit_status()
     except BrokenPipeError:  # e.g. `nst-ext layers | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
