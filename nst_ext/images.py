@@ -123,12 +123,15 @@ def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
         Image.MAX_IMAGE_PIXELS = previous_limit
 
 
+def long_side_shape(height: int, width: int, long_side: int):
+    """(H', W') of a height x width picture scaled so that max(H', W') == long_side, aspect kept."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_to_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     """Resize ``(3, H, W)`` so that max(H, W) == long_side, keeping the aspect ratio (antialiased)."""
-    height, width = image.shape[-2:]
-    scale = long_side / max(height, width)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return resize(image, size)
+    return resize(image, long_side_shape(*image.shape[-2:], long_side))
 
 
 def resize(image: torch.Tensor, size) -> torch.Tensor:

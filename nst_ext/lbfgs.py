@@ -50,10 +50,10 @@ class LBFGS:
             raise RuntimeError("the closure must compute the gradient (call backward) before returning")
         return self.param.grad.reshape(-1)
 
-    def _direction(self, grad, previous_grad, direction, step_size, h_diag):
+    def _direction(self, grad):
         """The two-loop recursion over the stored pairs, newest first; also stores the newest pair."""
-        change = grad - previous_grad
-        step = direction * step_size
+        change = grad - self.previous_grad
+        step = self.direction * self.step_size
         curvature = change.dot(step)
         accepted = curvature > CURVATURE_THRESHOLD
         slot = self.pairs_pushed % self.history_size
@@ -61,7 +61,7 @@ class LBFGS:
         self.steps[slot].copy_(step)
         self.grad_changes[slot].copy_(change)
         self.rho[slot] = torch.where(accepted, 1.0 / curvature, torch.zeros_like(curvature))
-        h_diag = torch.where(accepted, curvature / change.dot(change), h_diag)
+        h_diag = torch.where(accepted, curvature / change.dot(change), self.h_diag)
 
         stored = min(self.pairs_pushed, self.history_size)
         newest_first = [(self.pairs_pushed - 1 - i) % self.history_size for i in range(stored)]
@@ -101,8 +101,7 @@ class LBFGS:
             self.step_size = (1.0 / grad.abs().sum()).clamp(max=1.0) * self.lr
             self.previous_grad = grad.clone()
         else:
-            self.direction, self.h_diag = self._direction(grad, self.previous_grad, self.direction, self.step_size,
-                                                          self.h_diag)
+            self.direction, self.h_diag = self._direction(grad)
             self.previous_grad.copy_(grad)
             self.step_size = torch.full((), self.lr, dtype=grad.dtype, device=grad.device)
         with torch.no_grad():

@@ -20,7 +20,7 @@ import torch
 
 from nst_ext import color
 from nst_ext.errors import ImageError
-from nst_ext.images import ImageSource, load_image, resize, resize_to_long_side, to_pil
+from nst_ext.images import ImageSource, load_image, long_side_shape, resize, resize_to_long_side, to_pil
 from nst_ext.lbfgs import LBFGS
 from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss
 from nst_ext.options import OptionError, StyleOptions, resolve_device, uses_mixed_precision
@@ -138,13 +138,11 @@ class Stylizer:
     def _check_memory(self, content_image: torch.Tensor, long_side: int) -> None:
         """Refuses, before any stage's images are made, a size whose largest stage cannot fit in
         the device's memory at all."""
-        height, width = content_image.shape[-2:]
-        scale = long_side / max(height, width)
-        pixels = max(1, round(height * scale)) * max(1, round(width * scale))
-        needed, available = pixels * BYTES_PER_PIXEL, device_memory_bytes(self.device)
+        height, width = long_side_shape(*content_image.shape[-2:], long_side)
+        needed, available = height * width * BYTES_PER_PIXEL, device_memory_bytes(self.device)
         if needed > available:
             raise OptionError(
-                f"size {long_side} makes a {max(1, round(width * scale))}x{max(1, round(height * scale))} picture "
+                f"size {long_side} makes a {width}x{height} picture "
                 f"that needs about {needed / 2**30:,.0f} GiB, more than the {available / 2**30:,.0f} GiB of "
                 f"{self.device.type.upper() if self.device.type == 'cpu' else 'this GPU'} memory; use a smaller --size")
 
@@ -277,8 +275,9 @@ class BestImage:
         self.loss = torch.full((), math.inf, device=image.device)
 
     def offer(self, loss: torch.Tensor, image: torch.Tensor) -> None:
-        better = loss.detach().float() < self.loss
-        self.loss = torch.where(better, loss.detach().float(), self.loss)
+        loss = loss.detach().float()
+        better = loss < self.loss
+        self.loss = torch.where(better, loss, self.loss)
         self.image = torch.where(better, image.detach(), self.image)
 
 
