@@ -1,4 +1,5 @@
-"""Peak memory and time of a full default stylization at 512 and 1024 pixels.
+"""Peak memory and time of a full default stylization at 512 and 1024 pixels; with --breakdown,
+where the bytes of one stage go, with and without each technique of nst_ext.memory.
 
 CPU: the peak resident set size of a fresh `nst-ext stylize` process, and its
 wall time. GPU (when present): torch.cuda.max_memory_allocated of an in-process
@@ -8,6 +9,19 @@ nst_ext's per-shape algorithm choices and graph capture, so each size is run
 twice and both are reported.
 
     python benchmarks/memory.py [--sizes 512,1024] [--steps N] [--device cpu|cuda|all] [--json F]
+                                [--options "--max-memory 2.5GiB"]
+    python benchmarks/memory.py --breakdown [--sizes 512,1024,2048] [--json F]
+
+--breakdown runs one stage at each size (the finest stage of a default run: 20 L-BFGS steps, so
+a history of 20 pairs) in a fresh process per technique, on the CPU: resident memory after
+start-up and the weights ("runtime"), what the targets add, the bytes autograd saves for the
+backward pass in one forward (VGG activations: counted by a saved-tensor hook, each storage once),
+the L-BFGS history (allocated and zeroed, so resident: as after a stage), and the peak of three
+steps. Techniques: "before" (a 50-pair history, as before nst_ext.memory), "history capped" (no
+more pairs than steps: the default), "checkpointing" (VGG segments recomputed, and freed memory
+released promptly, as when a budget needs it); "transient" is the peak less all that
+(gradients in flight, convolution work space, the allocator's slack). Then nst_ext.memory's
+estimate of the same stage, and the median seconds per step.
 """
 
 import argparse
@@ -26,11 +40,98 @@ import nst_ext
 DATA = os.path.join(os.path.dirname(nst_ext.__file__), "data")
 
 
-def cpu_peak(size, steps):
+def _status_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as clear:  # Linux: VmHWM starts again from VmRSS
+        clear.write("5")
+
+
+def one_stage(size, technique):
+    """Runs in a fresh process: the breakdown of one stage (module docstring), as a dict of MiB."""
+    from nst_ext.lbfgs import LBFGS
+    from nst_ext.memory import LBFGS_HISTORY
+    from nst_ext.stylizer import Stylizer
+
+    from nst_ext.memory import release_freed_memory_promptly
+
+    mib = lambda kib: kib / 1024
+    if technique == "checkpointing":
+        release_freed_memory_promptly()  # as the stylizer does when a budget needs checkpointing
+    content, style = os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls.jpg")
+    stylizer = Stylizer(scales=[size], steps=20, device="cpu", checkpointing=technique == "checkpointing",
+                        lbfgs_history=LBFGS_HISTORY if technique == "before" else None)
+    images = [nst_ext.load_image(path) for path in (content, style)]
+    plan = stylizer.memory_plans(tuple(images[0].shape[-2:]), [tuple(images[1].shape[-2:])])[-1]
+    runtime = _status_kib("VmRSS")
+    image, objective = stylizer.objective(content, style, size=size, plan=plan)
+    targets = _status_kib("VmRSS") - runtime
+    image = image.clone().requires_grad_(True)
+    before_history = _status_kib("VmRSS")
+    optimizer = LBFGS(image, lr=1.0, history_size=plan.history_size)  # allocated and zeroed: resident
+    history = _status_kib("VmRSS") - before_history
+    evaluate = objective.evaluator(image)
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    _reset_peak()
+    base = _status_kib("VmRSS")
+    seconds = []
+    for step in range(3):
+        started = time.perf_counter()
+        if step == 0:  # the bytes autograd keeps for the backward pass, counted once per storage
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                optimizer.step(evaluate)
+        else:
+            optimizer.step(evaluate)
+        seconds.append(time.perf_counter() - started)
+    saved = sum(storages.values()) / 2**20
+    peak = _status_kib("VmHWM")
+    return dict(size=size, technique=technique, pixels=f"{image.shape[-1]}x{image.shape[-2]}",
+                history_pairs=plan.history_size, segments=len(plan.segments), runtime_mib=mib(runtime),
+                targets_mib=mib(targets), saved_activations_mib=saved, history_mib=mib(history),
+                peak_mib=mib(peak), transient_mib=mib(peak - base) - saved,
+                estimate_mib=plan.total / 2**20, seconds_per_step=sorted(seconds)[1])
+
+
+BREAKDOWN_TECHNIQUES = ("before", "history capped", "checkpointing")
+
+
+def breakdown(sizes, json_path):
+    rows = []
+    print("| size | technique | L-BFGS pairs | runtime | targets | saved activations | history | transient | "
+          "peak RSS | estimate | s/step |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size in sizes:
+        for technique in BREAKDOWN_TECHNIQUES:
+            output = subprocess.run([sys.executable, __file__, "--one-stage", str(size), technique],
+                                    check=True, capture_output=True, text=True).stdout
+            row = json.loads(output.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"| {size} ({row['pixels']}) | {technique} | {row['history_pairs']} | {row['runtime_mib']:.0f} | "
+                  f"{row['targets_mib']:.0f} | {row['saved_activations_mib']:.0f} | {row['history_mib']:.0f} | "
+                  f"{row['transient_mib']:.0f} | **{row['peak_mib']:.0f}** | {row['estimate_mib']:.0f} | "
+                  f"{row['seconds_per_step']:.2f} |", flush=True)
+    if json_path:
+        with open(json_path, "w") as out:
+            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, out, indent=1)
+
+
+def cpu_peak(size, steps, extra=()):
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", "nst_ext", "stylize", os.path.join(DATA, "astronaut.jpg"),
                    os.path.join(DATA, "swirls.jpg"), "-o", os.path.join(folder, "out.png"), "--size", str(size),
-                   "--device", "cpu", "--quiet"] + (["--steps", str(steps)] if steps else [])
+                   "--device", "cpu", "--quiet"] + (["--steps", str(steps)] if steps else []) + list(extra)
         started = time.perf_counter()
         subprocess.run(command, check=True)
         seconds = time.perf_counter() - started
@@ -55,7 +156,16 @@ def main():
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="all: the CPU, and the GPU when one is visible")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--options", default="", help="more nst-ext stylize options for the CPU runs, one string")
+    parser.add_argument("--breakdown", action="store_true", help="where one stage's bytes go (module docstring)")
+    parser.add_argument("--one-stage", nargs=2, metavar=("SIZE", "TECHNIQUE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_stage:
+        print(json.dumps(one_stage(int(args.one_stage[0]), args.one_stage[1])))
+        return
+    if args.breakdown:
+        breakdown(sorted(int(s) for s in args.sizes.split(",")), args.json)
+        return
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible")
     rows = []
@@ -64,8 +174,9 @@ def main():
     for size in sorted(int(s) for s in args.sizes.split(",")):
         stages = nst_ext.StyleOptions(size=size, steps=args.steps).stage_steps()
         if args.device in ("cpu", "all"):
-            peak, seconds = cpu_peak(size, args.steps)
-            rows.append(dict(size=size, device="cpu", steps=stages, peak_mib=peak, wall_seconds=seconds))
+            peak, seconds = cpu_peak(size, args.steps, args.options.split())
+            rows.append(dict(size=size, device="cpu", steps=stages, options=args.options, peak_mib=peak,
+                             wall_seconds=seconds))
             print(f"| {size} | cpu (RSS) | {stages} | {peak:.0f} | | {seconds:.0f} |", flush=True)
         if args.device in ("cuda", "all") and torch.cuda.is_available():
             for run in ("first", "second"):

@@ -124,6 +124,25 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                        help="input normalisation of --weights when its format does not imply it")
     group.add_argument("--max-input-pixels", type=int, default=DEFAULT_MAX_INPUT_PIXELS,
                        help="refuse input images with more pixels (default %(default)s)")
+    memory = parser.add_argument_group("memory and devices (large pictures)")
+    memory.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="the most memory a run may use on each device, e.g. 2.5GiB, 8G, 500MiB (default: 80%% "
+                             "of the memory free at the start). To fit, each stage keeps at most as many L-BFGS "
+                             "pairs as it has steps, then checkpoints VGG's activations (the same picture, about a "
+                             "third more time per step), then keeps fewer L-BFGS pairs (down to 5: slower "
+                             "convergence); a size that cannot fit is refused before any work")
+    memory.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="recompute VGG's activations in the backward pass instead of keeping them "
+                             "(default: only when --max-memory needs it)")
+    memory.add_argument("--lbfgs-history", type=int, default=None, metavar="N",
+                        help="L-BFGS pairs kept (default: up to 50, no more than a stage's steps, fewer when "
+                             "--max-memory needs it)")
+    memory.add_argument("--devices", type=_names, default=None, metavar="DEV,DEV,...",
+                        help="spread VGG's layers over these devices, e.g. cuda:0,cuda:1 or cuda:0,cpu; the picture "
+                             "and the optimiser live on the first (instead of --device)")
+    memory.add_argument("--device-split", type=_names, default=None, metavar="LAYER,...",
+                        help="with --devices: the layer where each device after the first begins, e.g. relu3_1 "
+                             "(default: in proportion to each device's free memory)")
     output = parser.add_argument_group("output")
     output.add_argument("--overwrite", action="store_true", help="replace existing output files")
     output.add_argument("--save-every", type=int, default=0, metavar="N",
@@ -166,6 +185,8 @@ def _options_from(args) -> StyleOptions:
         learning_rate=args.learning_rate, init=args.init, preserve_color=args.preserve_color, seed=args.seed,
         device=args.device, mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, pooling=args.pooling, weights=args.weights,
         weights_normalization=args.weights_normalization, max_input_pixels=args.max_input_pixels,
+        max_memory=args.max_memory, checkpointing=args.checkpointing, lbfgs_history=args.lbfgs_history,
+        devices=args.devices, device_split=args.device_split,
     )
 
 
@@ -228,6 +249,9 @@ def _run_stylize(args, content, styles, output: Path) -> int:
 
             bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
                        desc=f"stylizing on {stylizer.device}")
+        plan = progress.memory_plan
+        if bar is not None and progress.step == 1 and plan is not None and plan.budget_limited:
+            bar.write(f"nst-ext: stage {progress.stage + 1} of {progress.stages}: {plan.describe()}", file=sys.stderr)
         if bar is not None:
             now = time.monotonic()
             if now - shown_at[0] >= LOSS_DISPLAY_SECONDS or progress.step == progress.steps:

@@ -8,7 +8,7 @@ the weights' input normalisation (raw VGG19 Gram losses span four orders of
 magnitude from relu1_1 to relu4_1). Layer and loss weights are then relative.
 """
 
-from typing import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -36,22 +36,27 @@ class ContentLoss(nn.Module):
         return (features.float() - self.target).square().mean() * self.scale
 
 
-class StyleLoss(nn.Module):
-    """Gatys' style loss against a blend of style images' Gram matrices.
+def blended_gram(accumulated: Optional[torch.Tensor], features: torch.Tensor, weight: float) -> torch.Tensor:
+    """``accumulated + weight · G(features)``: one style image's share of a blended target Gram.
+    features ``(1, C, H, W)``, any float dtype; returns float32 ``(C, C)`` on their device
+    (accumulated None: the first image)."""
+    gram = weight * gram_matrix(features.detach().float())[0]
+    return gram if accumulated is None else accumulated + gram
 
-    targets: features ``(1, C, H_i, W_i)`` of each style image (sizes may
-    differ); blend_weights: one non-negative weight per style image, summing
-    to 1. The target Gram is ``Σ wᵢ G(targetᵢ)``, float32 ``(C, C)``. forward
-    takes features ``(1, C, H, W)`` of any float dtype and returns the fused
-    kernel's mean squared Gram difference, relative to the target's mean
-    square, as a 0-d float32 tensor.
+
+class StyleLoss(nn.Module):
+    """Gatys' style loss against a target Gram matrix.
+
+    target_gram: float32 ``(C, C)``, e.g. a blend of style images' Grams
+    (:func:`blended_gram`). forward takes features ``(1, C, H, W)`` of any
+    float dtype and returns the fused kernel's mean squared Gram difference,
+    relative to the target's mean square, as a 0-d float32 tensor.
     """
 
-    def __init__(self, targets: Sequence[torch.Tensor], blend_weights: Sequence[float]):
+    def __init__(self, target_gram: torch.Tensor):
         super().__init__()
-        gram = sum(weight * gram_matrix(target.detach().float())[0] for target, weight in zip(targets, blend_weights))
-        self.register_buffer("target_gram", gram)
-        self.scale = _relative_scale(gram)
+        self.register_buffer("target_gram", target_gram.detach().float())
+        self.scale = _relative_scale(target_gram)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return style_loss(features, self.target_gram) * self.scale

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 from nst_ext.errors import OptionError
-from nst_ext.layers import check_layer_names
+from nst_ext.layers import LAYER_INDEX, check_layer_names
+from nst_ext.memory import parse_size
 
 if TYPE_CHECKING:  # torch is imported only when a device is resolved: `nst-ext --help` stays instant
     import torch
@@ -51,6 +52,17 @@ class StyleOptions:
     AVX512-BF16 or AMX) and off elsewhere. ``cuda_graph`` replays each
     stage's loss and gradient as one CUDA graph (no per-kernel launch cost);
     it falls back to ordinary execution, with a warning, where capture fails.
+    ``max_memory`` bounds the memory a stage plans to use on each device
+    (bytes, or a size such as ``"2.5GiB"``; default: 80% of the memory free
+    at the start); to fit, a stage keeps no more L-BFGS pairs than it has
+    steps, then checkpoints VGG's activations (``checkpointing``: None
+    chooses, True/False forces; the same picture, about a third more time
+    per step), then keeps fewer L-BFGS pairs (``lbfgs_history``, down to 5:
+    slower convergence), and a stage that cannot fit is refused before any
+    work (nst_ext.memory). ``devices`` spreads VGG's layers over several
+    devices (``cpu``, ``cuda:N``), the picture and optimiser on the first;
+    ``device_split`` names the layer where each further device begins
+    (default: in proportion to each device's free memory).
     """
 
     size: int = 512
@@ -78,6 +90,11 @@ class StyleOptions:
     weights: Optional[str] = None
     weights_normalization: Optional[str] = None
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    max_memory: Optional[Union[int, str]] = None  # bytes or "2.5GiB", per device; None: a share of the free memory
+    checkpointing: Optional[bool] = None  # VGG activation checkpointing; None: when the budget needs it
+    lbfgs_history: Optional[int] = None  # L-BFGS pairs kept; None: up to 50, fewer when the budget needs it
+    devices: Optional[Sequence[str]] = None  # VGG split over these devices, e.g. ["cuda:0", "cuda:1"]
+    device_split: Optional[Sequence[str]] = None  # the layer where each device after the first begins
 
     def stage_sizes(self) -> List[int]:
         if self.scales:
@@ -141,6 +158,29 @@ class StyleOptions:
             raise OptionError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
         if isinstance(self.init, str) and self.init not in ("content", "noise") and not self.init.strip():
             raise OptionError("init must be 'content', 'noise' or an image")
+        if self.max_memory is not None:
+            parse_size(self.max_memory)
+        if self.checkpointing not in (None, True, False):
+            raise OptionError(f"checkpointing must be True, False or None (automatic), got {self.checkpointing!r}")
+        if self.lbfgs_history is not None:
+            positive_int("lbfgs_history", self.lbfgs_history)
+        if self.devices is not None:
+            if isinstance(self.devices, str) or not self.devices:
+                raise OptionError(f"devices must be a list of one or more devices such as ['cuda:0', 'cuda:1'], "
+                                  f"got {self.devices!r}")
+            if self.device not in ("auto", self.devices[0]):
+                raise OptionError(f"device {self.device!r} and devices {list(self.devices)} disagree; give one "
+                                  "(the first of devices holds the picture)")
+        if self.device_split is not None:
+            check_layer_names(self.device_split, "device split layer")
+            count = len(self.devices or [self.device])
+            if len(self.device_split) != count - 1:
+                raise OptionError(f"device split names {len(self.device_split)} layer(s) for {count} device(s); "
+                                  f"give {count - 1}: the layer where each device after the first begins")
+            starts = [LAYER_INDEX[name] for name in self.device_split]
+            if starts != sorted(set(starts)) or starts[0] == 0:
+                raise OptionError(f"device split layers must come after conv1_1 and in network order, "
+                                  f"got {list(self.device_split)}")
 
 
 def resolve_device(requested: str) -> torch.device:

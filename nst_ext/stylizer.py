@@ -12,7 +12,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -22,26 +21,30 @@ from nst_ext import color
 from nst_ext.errors import ImageError
 from nst_ext.images import ImageSource, load_image, long_side_shape, resize, resize_to_long_side, to_pil
 from nst_ext.lbfgs import LBFGS
-from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss
+from nst_ext.memory import (DEFAULT_BUDGET_SHARE, MemoryPlan, parse_size, plan_stage, release_freed_memory_promptly,
+                            saved_bytes_per_layer, split_layers)
+from nst_ext.objective import TERMS, Objective
 from nst_ext.options import OptionError, StyleOptions, resolve_device, uses_mixed_precision
 from nst_ext.layers import LAYER_INDEX, LAYERS, min_image_side
 from nst_ext.vgg import VGG19Features
 from nst_ext.weights import resolve_weights
 
-# The loss terms of one evaluation, in the order of the (4,) tensors that hold them.
-TERMS = ("content", "style", "tv", "total")
-LBFGS_HISTORY = 50
-# Memory a stage needs per pixel of its picture, measured: a default 1024 px run (1 Mpixel) peaks
-# at about 5 GiB of RSS on the CPU (BENCHMARKS.md): VGG activations kept for the backward pass,
-# their gradients and the L-BFGS history. Used only to refuse sizes that cannot fit at all.
-BYTES_PER_PIXEL = 4096
+__all__ = ["Objective", "Progress", "StylizeResult", "Stylizer", "TERMS", "free_memory_bytes", "stylize"]
 
 
-def device_memory_bytes(device: torch.device) -> int:
-    """The total memory of `device` (a GPU's, or this machine's RAM)."""
+def free_memory_bytes(device: torch.device) -> int:
+    """The memory free on `device` now: a GPU's (cudaMemGetInfo), or the RAM the kernel reports
+    as available (MemAvailable: free plus reclaimable caches)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 class Progress:
@@ -51,12 +54,14 @@ class Progress:
     ``content_loss``, ``style_loss``, ``tv_loss``, ``total_loss`` (floats;
     the first read copies all four to the host, a GPU synchronisation), so a
     callback that reads them only now and then does not slow a GPU run.
-    ``image()`` returns the current image, ``(3, H, W)`` in [0, 1], on the CPU.
+    ``image()`` returns the current image, ``(3, H, W)`` in [0, 1], on the CPU;
+    ``memory_plan`` says how the stage fits in memory (checkpointing, history).
     """
 
     def __init__(self, stage: int, stages: int, step: int, steps: int, size: Tuple[int, int],
-                 terms: torch.Tensor, image: Callable[[], torch.Tensor]):
+                 terms: torch.Tensor, image: Callable[[], torch.Tensor], memory_plan: Optional[MemoryPlan] = None):
         self.stage, self.stages, self.step, self.steps, self.size = stage, stages, step, steps, size
+        self.memory_plan = memory_plan  # how this stage fits in memory (nst_ext.memory)
         self.image = image
         self._terms = terms
         self._values = None
@@ -99,15 +104,35 @@ class Stylizer:
             raise OptionError(f"unknown option(s) {', '.join(sorted(unknown))}; see help(nst_ext.StyleOptions)")
         self.options = dataclasses.replace(options, **overrides)
         self.options.validate()
-        self.device = resolve_device(self.options.device)
+        self.devices = [resolve_device(name) for name in (self.options.devices or [self.options.device])]
+        self.device = self.devices[0]  # the image's, the optimiser's and VGG's first layers'
         self.mixed_precision = uses_mixed_precision(self.options.mixed_precision, self.device)
+        self._mixed_precision_on = {device: uses_mixed_precision(self.options.mixed_precision, device)
+                                    for device in self.devices}
         self.weights = resolve_weights(self.options.weights, self.options.weights_normalization)
         layers = list(self.options.content_layers) + list(self.options.style_layers)
         deepest = max(layers, key=LAYER_INDEX.__getitem__)
         self.vgg = VGG19Features(self.weights, deepest, self.options.pooling).to(self.device)
-        if self.device.type == "cuda":
+        if any(device.type == "cuda" for device in self.devices):
             torch.backends.cudnn.benchmark = True
-            self.vgg = self.vgg.to(memory_format=torch.channels_last)
+        # Channels-last on every device: cuDNN's tensor-core convolutions and oneDNN's native NHWC ones
+        # (on the CPU no layout conversion around each convolution: 5.4 vs 6.8 s per 1024 px step,
+        # BENCHMARKS.md "Large pictures").
+        self.vgg = self.vgg.to(memory_format=torch.channels_last)
+        # Where each further device's layers begin (VGG layer indices), by the user's split or in
+        # proportion to each device's free memory.
+        self.device_starts: List[int] = []
+        if len(self.devices) > 1:
+            if self.options.device_split:
+                self.device_starts = [LAYER_INDEX[name] for name in self.options.device_split]
+            else:
+                saved = saved_bytes_per_layer(self.options.size, self.options.size, deepest, layers, 2)
+                self.device_starts = split_layers(saved, [free_memory_bytes(d) for d in self.devices])
+            if self.device_starts and self.device_starts[-1] > LAYER_INDEX[deepest]:
+                raise OptionError(f"device split at {LAYERS[self.device_starts[-1]].name} is past the deepest layer "
+                                  f"used, {deepest}; split at shallower layers")
+            cuts = [0, *self.device_starts, len(self.vgg.layers)]
+            self.vgg.place([self.devices[d] for d in range(len(self.devices)) for _ in range(cuts[d], cuts[d + 1])])
 
     # -- inputs -----------------------------------------------------------------------------------
     def _prepare_inputs(self, content: ImageSource, styles: Sequence[ImageSource]):
@@ -135,16 +160,35 @@ class Stylizer:
             style_images = [color.match_luminance(style, content_image) for style in style_images]
         return content_image, style_images, blend
 
-    def _check_memory(self, content_image: torch.Tensor, long_side: int) -> None:
-        """Refuses, before any stage's images are made, a size whose largest stage cannot fit in
-        the device's memory at all."""
-        height, width = long_side_shape(*content_image.shape[-2:], long_side)
-        needed, available = height * width * BYTES_PER_PIXEL, device_memory_bytes(self.device)
-        if needed > available:
-            raise OptionError(
-                f"size {long_side} makes a {width}x{height} picture "
-                f"that needs about {needed / 2**30:,.0f} GiB, more than the {available / 2**30:,.0f} GiB of "
-                f"{self.device.type.upper() if self.device.type == 'cpu' else 'this GPU'} memory; use a smaller --size")
+    def device_segments(self, layer_count: int) -> Tuple[Tuple[int, int], ...]:
+        """Layers ``0 … layer_count - 1`` cut where each device's layers begin."""
+        cuts = sorted({0, *(start for start in self.device_starts if start < layer_count), layer_count})
+        return tuple(zip(cuts[:-1], cuts[1:]))
+
+    def memory_budget(self) -> int:
+        """Bytes a stage may use: --max-memory on each device, or by default a safe share of the
+        memory free on the devices now."""
+        if self.options.max_memory is not None:
+            return parse_size(self.options.max_memory) * len(self.devices)
+        return int(DEFAULT_BUDGET_SHARE * sum(free_memory_bytes(device) for device in self.devices))
+
+    def memory_plans(self, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]]) -> List[MemoryPlan]:
+        """Each stage's plan (nst_ext.memory) for a content image of `content_shape` (height,
+        width) and style images of `style_shapes`, from their shapes alone: a size that cannot fit
+        is refused (OptionError) before any stage's images are made."""
+        options = self.options
+        budget, plans = self.memory_budget(), []
+        # The finest stage first: when nothing fits, the refusal names the picture asked for.
+        for stage_size, steps in reversed(list(zip(options.stage_sizes(), options.stage_steps()))):
+            height, width = long_side_shape(*content_shape, stage_size)
+            style_side = max(1, round(stage_size * options.style_scale))
+            plans.append(plan_stage(
+                height, width, options.content_layers, options.style_layers, steps,
+                [long_side_shape(*shape, style_side) for shape in style_shapes], budget, self.device.type,
+                activation_bytes=2 if self.mixed_precision else 4, optimizer=options.optimizer,
+                checkpointing=options.checkpointing, history_size=options.lbfgs_history,
+                breaks=self.device_starts))
+        return plans[::-1]
 
     def _check_size(self, image: torch.Tensor, what: str) -> None:
         layers = list(self.options.content_layers) + list(self.options.style_layers)
@@ -169,15 +213,17 @@ class Stylizer:
         content_image, style_images, blend = self._prepare_inputs(content, styles)
         generator = torch.Generator().manual_seed(options.seed if options.seed is not None else torch.seed())
         sizes, stage_steps = options.stage_sizes(), options.stage_steps()
-        self._check_memory(content_image, max(sizes))
+        plans = self.memory_plans(tuple(content_image.shape[-2:]), [tuple(s.shape[-2:]) for s in style_images])
+        if any(plan.budget_limited for plan in plans) and any(device.type == "cpu" for device in self.devices):
+            release_freed_memory_promptly()  # else the allocator's slack eats what checkpointing saves
         # Every stage's images are made, and their sizes checked, before any work starts.
         stages = [self._stage_inputs(content_image, style_images, stage_size) for stage_size in sizes]
         result = StylizeResult(tensor=resize_to_long_side(content_image, sizes[-1]))
         image = None
-        for stage, ((stage_content, stage_styles), steps) in enumerate(zip(stages, stage_steps)):
+        for stage, ((stage_content, stage_styles), steps, plan) in enumerate(zip(stages, stage_steps, plans)):
             image = self._initial_image(stage_content, image, generator)
             image, interrupted = self._optimize(stage, len(sizes), steps, image, stage_content, stage_styles, blend,
-                                                result.history, callback)
+                                                result.history, callback, plan)
             result.tensor = image[0].detach().float().cpu().clamp(0, 1)
             if interrupted:
                 result.interrupted = True
@@ -200,19 +246,23 @@ class Stylizer:
             start = resize(load_image(self.options.init, "init image", self.options.max_input_pixels), (height, width))
         return start.unsqueeze(0).to(self.device).contiguous()
 
-    def _autocast(self):
+    def autocast(self, device: Optional[torch.device] = None):
+        """bfloat16 autocast for VGG's layers on `device` (default: the first device), where mixed
+        precision is on for it."""
+        device = device or self.device
         # No cast cache: a CUDA graph must not capture casts cached outside it (and they are cheap).
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision,
-                              cache_enabled=False)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              enabled=self._mixed_precision_on.get(device, self.mixed_precision), cache_enabled=False)
 
     def objective(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
-                  size: Optional[int] = None) -> Tuple[torch.Tensor, "Objective"]:
+                  size: Optional[int] = None, plan: Optional[MemoryPlan] = None) -> Tuple[torch.Tensor, Objective]:
         """The loss of one stage at `size` (default: the output size), for
         custom optimisers and benchmarks: returns the content image as the
-        starting point, ``(1, 3, H, W)`` on the device, and the Objective."""
+        starting point, ``(1, 3, H, W)`` on the device, and the Objective
+        (`plan`: its segments and checkpointing; default one segment per device)."""
         content_image, style_images, blend = self._prepare_inputs(content, styles)
         stage_content, stage_styles = self._stage_inputs(content_image, style_images, size or self.options.size)
-        return stage_content.unsqueeze(0).to(self.device), Objective(self, stage_content, stage_styles, blend)
+        return stage_content.unsqueeze(0).to(self.device), Objective(self, stage_content, stage_styles, blend, plan)
 
     def _stage_inputs(self, content_image, style_images, stage_size):
         """The content and style images resized for a stage whose output's long side is
@@ -227,7 +277,7 @@ class Stylizer:
             self._check_size(style, f"style image {i + 1}")
         return stage_content, stage_styles
 
-    def _optimize(self, stage, stages, steps, image, stage_content, stage_styles, blend, history, callback):
+    def _optimize(self, stage, stages, steps, image, stage_content, stage_styles, blend, history, callback, plan):
         """One stage. Nothing here waits for the GPU: the loss terms of each evaluation stay on the
         device (read into `history` once, at the end of the stage), the best image is kept there
         by a masked copy, and the L-BFGS keeps its scalars there."""
@@ -243,14 +293,14 @@ class Stylizer:
             if callback is not None:
                 callback(Progress(stage=stage, stages=stages, step=len(records), steps=steps,
                                   size=tuple(image.shape[-2:]), terms=terms,
-                                  image=lambda: image.detach()[0].float().cpu().clamp(0, 1)))
+                                  image=lambda: image.detach()[0].float().cpu().clamp(0, 1), memory_plan=plan))
             return terms[-1]
 
         interrupted = False
         try:  # a stop while the targets are computed keeps the stage's starting image
-            evaluate = Objective(self, stage_content, stage_styles, blend).evaluator(image, graph=options.cuda_graph)
+            evaluate = Objective(self, stage_content, stage_styles, blend, plan).evaluator(image, graph=options.cuda_graph)
             if options.optimizer == "lbfgs":
-                LBFGS(image, lr=1.0, history_size=LBFGS_HISTORY).run(closure, steps)
+                LBFGS(image, lr=1.0, history_size=plan.history_size).run(closure, steps)
             else:
                 optimizer = torch.optim.Adam([image], lr=options.learning_rate)
                 for _ in range(steps):
@@ -279,103 +329,6 @@ class BestImage:
         better = loss < self.loss
         self.loss = torch.where(better, loss, self.loss)
         self.image = torch.where(better, image.detach(), self.image)
-
-
-class Objective:
-    """The weighted loss of one stage, its targets computed once at construction.
-
-    Calling it with an image ``(1, 3, H, W)`` in [0, 1] on the stylizer's
-    device returns 0-d tensors ``content``, ``style``, ``tv`` (each already
-    multiplied by its weight) and ``total``; the caller runs backward.
-    """
-
-    def __init__(self, stylizer: Stylizer, stage_content: torch.Tensor, stage_styles: Sequence[torch.Tensor],
-                 blend: Sequence[float]):
-        options = stylizer.options
-        self.stylizer = stylizer
-        content_layers, style_layers = list(options.content_layers), list(options.style_layers)
-        # One pass over the content image gives the content targets and, for the normalisation
-        # below, the style layers' features there.
-        at_content_layers = content_layers + (style_layers if options.normalize_style else [])
-        with torch.no_grad(), stylizer._autocast():
-            content_features = stylizer.vgg(stage_content.unsqueeze(0).to(stylizer.device), at_content_layers)
-            style_features = [stylizer.vgg(style.unsqueeze(0).to(stylizer.device), style_layers) for style in stage_styles]
-        content_weights = options.content_layer_weights or [1.0 / max(1, len(content_layers))] * len(content_layers)
-        style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
-        self.content_terms = [(name, weight, ContentLoss(content_features[name]))
-                              for name, weight in zip(content_layers, content_weights)]
-        self.style_terms = [(name, weight, StyleLoss([features[name] for features in style_features], blend))
-                            for name, weight in zip(style_layers, style_weights)]
-        self.layers = sorted({name for name, _, _ in self.content_terms + self.style_terms}, key=LAYER_INDEX.__getitem__)
-        self.tv_loss = TotalVariationLoss()
-        # The style term relative to its value at the content image: how far the style is from the
-        # content in Gram terms varies by two orders of magnitude between pairs (a photographic
-        # texture against a portrait is far), and unscaled, a far style buries the subject.
-        self.style_normalizer = 1.0
-        if options.normalize_style:
-            start = sum(w * term(content_features[name]) for name, w, term in self.style_terms).item()
-            self.style_normalizer = 1.0 / max(start, 1e-6)
-
-    def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
-        options = self.stylizer.options
-        with self.stylizer._autocast():
-            # cuDNN follows the input's layout: channels-last pairs with the channels-last weights.
-            vgg_input = image.contiguous(memory_format=torch.channels_last) if image.is_cuda else image
-            features = self.stylizer.vgg(vgg_input, self.layers)
-        content = sum((w * term(features[name]) for name, w, term in self.content_terms), image.new_zeros(()))
-        style = sum(w * term(features[name]) for name, w, term in self.style_terms) * self.style_normalizer
-        terms = {"content": options.content_weight * content, "style": options.style_weight * style,
-                 "tv": options.tv_weight * self.tv_loss(image)}
-        terms["total"] = terms["content"] + terms["style"] + terms["tv"]
-        return terms
-
-    def evaluator(self, image: torch.Tensor, graph: bool = True) -> Callable[[], torch.Tensor]:
-        """A function that computes the loss at `image` (a leaf with requires_grad), fills
-        ``image.grad`` and returns the terms as a new (4,) float32 tensor in the order of
-        :data:`TERMS`. On CUDA with `graph`, the forward and backward are captured once as a CUDA
-        graph and replayed (shapes are fixed within a stage); where capture fails, it warns and
-        evaluates eagerly."""
-
-        def eager() -> torch.Tensor:
-            image.grad = None
-            terms = self(image)
-            terms["total"].backward()
-            return torch.stack([terms[name].detach().float() for name in TERMS])
-
-        if not (graph and image.is_cuda):
-            return eager
-        try:
-            return _graphed(eager, image)
-        except RuntimeError as error:  # e.g. an op that synchronises, from a user's custom weights
-            warnings.warn(f"nst_ext: CUDA graph capture failed ({error}); evaluating without a graph",
-                          RuntimeWarning, stacklevel=2)
-            torch.cuda.synchronize(image.device)
-            return eager
-
-
-def _graphed(evaluate: Callable[[], torch.Tensor], image: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """`evaluate` captured as a CUDA graph: the replay writes the same tensors (the terms and
-    ``image.grad``) in place, so each call returns a copy of the terms."""
-    side = torch.cuda.Stream(image.device)
-    side.wait_stream(torch.cuda.current_stream(image.device))
-    with torch.cuda.stream(side):
-        # Warm-up outside the graph: cuDNN's and nst_ext's algorithm choices time their
-        # candidates (a synchronisation, not allowed while capturing), libraries make handles.
-        for _ in range(2):
-            evaluate()
-    torch.cuda.current_stream(image.device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    image.grad = None
-    with torch.cuda.graph(graph):
-        static_terms = evaluate()
-    static_grad = image.grad
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        image.grad = static_grad
-        return static_terms.clone()
-
-    return replay
 
 
 def stylize(content: ImageSource, style: Union[ImageSource, Sequence[ImageSource]],

@@ -3,7 +3,7 @@ the deepest layer a run needs, with frozen weights. Layer names come from the on
 :mod:`nst_ext.layers`.
 """
 
-from typing import Dict, Iterable
+from typing import Collection, Dict, Iterable, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -51,11 +51,43 @@ class VGG19Features(nn.Module):
         self.register_buffer("input_mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", std.view(1, 3, 1, 1), persistent=False)
         self.input_channel_order = weights.channel_order
+        self.layer_devices = []  # empty: every layer where the module is (.to); see place()
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         if self.input_channel_order == "BGR":
             image = image.flip(1)
         return (image - self.input_mean.to(image.dtype)) / self.input_std.to(image.dtype)
+
+    def place(self, layer_devices: Sequence[torch.device]) -> "VGG19Features":
+        """Puts layer i on ``layer_devices[i]`` (one per layer; the input normalisation goes with
+        layer 0): VGG split over several devices for pictures that fit on none alone."""
+        if len(layer_devices) != len(self.layers):
+            raise ValueError(f"{len(layer_devices)} devices given for {len(self.layers)} layers")
+        self.layer_devices = [torch.device(device) for device in layer_devices]
+        for layer, device in zip(self.layers, self.layer_devices):
+            layer.to(device)
+        self.input_mean = self.input_mean.to(self.layer_devices[0])
+        self.input_std = self.input_std.to(self.layer_devices[0])
+        return self
+
+    def run_layers(self, x: torch.Tensor, start: int, stop: int, wanted: Collection[str]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Layers ``start … stop - 1`` on `x` (the output of layer ``start - 1``, or the
+        normalised image); returns the last output and those of the `wanted` layers. Each
+        layer runs on its device (``place``). A ReLU overwrites its input when no one else reads
+        it (a convolution's output made here and not wanted), which saves a tensor of the
+        layer's size in flight and changes no value."""
+        outputs = {}
+        for index in range(start, stop):
+            layer = self.layers[index]
+            if self.layer_devices and x.device != self.layer_devices[index]:
+                x = x.to(self.layer_devices[index])
+            if isinstance(layer, nn.ReLU) and index > start and self.names[index - 1] not in wanted:
+                x = torch.relu_(x)
+            else:
+                x = layer(x)
+            if self.names[index] in wanted:
+                outputs[self.names[index]] = x
+        return x, outputs
 
     def forward(self, image: torch.Tensor, layers: Iterable[str]) -> Dict[str, torch.Tensor]:
         wanted = set(layers)
@@ -65,10 +97,4 @@ class VGG19Features(nn.Module):
         last = max(LAYER_INDEX[name] for name in wanted)
         if last >= len(self.layers):
             raise ValueError(f"layer {LAYERS[last].name} is deeper than this extractor's last layer {self.names[-1]}")
-        outputs = {}
-        x = self.normalize(image)
-        for index in range(last + 1):
-            x = self.layers[index](x)
-            if self.names[index] in wanted:
-                outputs[self.names[index]] = x
-        return outputs
+        return self.run_layers(self.normalize(image), 0, last + 1, wanted)[1]

@@ -184,7 +184,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
 # -- bad input: one line, never a traceback --------------------------------------------------------
 
 BAD = [
-    (["--size", "100000"], r"size 100000 makes a 100000x100000 picture that needs about .* GiB, more than the .* GiB"),
+    (["--size", "100000"], r"a 100000x100000 stage needs at least .* GiB .* more than the .* GiB budget; use a smaller --size"),
     (["--max-input-pixels", "0"], r"max_input_pixels must be a positive whole number, got 0"),
     (["--max-input-pixels", "-1"], r"max_input_pixels must be a positive whole number, got -1"),
     (["--size", "64", "--scales", "32,64"], r"--size 64 and --scales 32,64 both set the output size; give one"),

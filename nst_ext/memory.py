@@ -1,0 +1,241 @@
+"""How much memory one stage of a run needs, and the plan that keeps it within a budget.
+
+Torch-free (the CLI parses ``--max-memory`` before torch is imported). The estimate counts, from
+the layer registry, the bytes of what a step keeps: VGG activations saved for the backward pass,
+the L-BFGS history, the targets, the weights, transient buffers of the backward pass and, on the
+CPU, the runtime itself (resident set size is what a user sees). Its coefficients were measured
+with ``benchmarks/memory.py --breakdown`` (BENCHMARKS.md, "Large pictures").
+
+The plan, cheapest lever first, for a budget:
+
+1. the L-BFGS history never holds more pairs than the stage has steps (free: the same picture);
+2. activation checkpointing over VGG segments (the same picture, about a third more time per step):
+   only the segments' inputs are kept and each segment is recomputed in the backward pass;
+3. a shorter L-BFGS history, down to :data:`MIN_LBFGS_HISTORY` pairs (slower convergence).
+
+A stage that does not fit even then is refused before any work, in one line.
+"""
+
+import ctypes
+import ctypes.util
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from nst_ext.errors import OptionError
+from nst_ext.layers import LAYER_INDEX, LAYERS
+
+LBFGS_HISTORY = 50  # pairs, when memory allows
+MIN_LBFGS_HISTORY = 5
+# The share of the memory free at the start that a run plans to use when no --max-memory is given:
+# the rest is headroom for the allocator's fragmentation and for other programs.
+DEFAULT_BUDGET_SHARE = 0.8
+
+# Measured coefficients (benchmarks/memory.py --breakdown, BENCHMARKS.md "Large pictures").
+# Resident memory of the process before any stage (python, torch's libraries, VGG's weights).
+CPU_RUNTIME_BYTES = 600 * 2**20
+# Not counted by torch.cuda.max_memory_allocated; the CUDA context is outside any budget we check.
+CUDA_RUNTIME_BYTES = 0
+# Transient buffers of the backward pass (gradients of the largest activations, convolution work
+# space), as a multiple of the largest activation saved in a segment.
+TRANSIENT_PER_LARGEST_ACTIVATION = 3.0
+# Vectors L-BFGS keeps besides its history (gradient, previous gradient, direction, two-loop work).
+LBFGS_WORK_VECTORS = 5
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
+          "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size such as ``2.5GiB``, ``8G``, ``512MiB``, ``8GB`` or ``1000000``
+    (K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB powers of 1000)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    if not match or match.group(2) not in _UNITS:
+        raise OptionError(f"memory size must be a number with an optional unit such as 2.5GiB, 8G or 512MiB, "
+                          f"got {text!r}")
+    size = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(size) or size < 1:
+        raise OptionError(f"memory size must be positive, got {text!r}")
+    return int(size)
+
+
+def format_size(size: float) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+
+
+def _layer_elements(index: int, height: int, width: int) -> int:
+    layer = LAYERS[index]
+    for _ in range(layer.pools_before):
+        height, width = height // 2, width // 2
+    return layer.channels * height * width
+
+
+def saved_bytes_per_layer(height: int, width: int, last_layer: str, tapped: Sequence[str],
+                          activation_bytes: int) -> List[int]:
+    """Bytes each layer's output keeps alive for the backward pass, for layers 0 … `last_layer`,
+    with in-place ReLU (nst_ext.vgg): a ReLU's output (its own backward and the next layer read
+    it), a pooling's output (the next convolution reads it), a convolution's output only when a
+    loss reads it (`tapped`); the first convolution's input is counted with the first layer."""
+    last, tapped = LAYER_INDEX[last_layer], set(tapped)
+    saved = []
+    for index in range(last + 1):
+        layer = LAYERS[index]
+        keeps = layer.kind == "relu" or (layer.kind == "pool" and index < last) or layer.name in tapped
+        saved.append(_layer_elements(index, height, width) * activation_bytes if keeps else 0)
+    saved[0] += 3 * height * width * activation_bytes
+    return saved
+
+
+def choose_segments(saved: Sequence[int], output_bytes: Sequence[int],
+                    breaks: Sequence[int] = ()) -> Tuple[List[Tuple[int, int]], int]:
+    """Splits layers ``0 … len(saved) - 1`` into contiguous segments ``(start, stop)`` for
+    activation checkpointing: what stays is each segment's input (``output_bytes`` of the layer
+    before it) plus, during the backward pass, the largest segment's saved activations. Returns
+    the segments minimising that peak, and the peak in bytes. ``breaks``: layer indices at which a
+    segment must start (a change of device)."""
+    count = len(saved)
+    best = None
+    # Every contiguous run's total is a candidate for the largest segment's size.
+    thresholds = {sum(saved[a:b]) for a in range(count) for b in range(a + 1, count + 1)}
+    for threshold in sorted(t for t in thresholds if t > 0):
+        segments, start, interior = [], 0, 0
+        for index in range(count):
+            if index > start and (index in breaks or interior + saved[index] > threshold):
+                segments.append((start, index))
+                start, interior = index, 0
+            interior += saved[index]
+        segments.append((start, count))
+        peak = (sum(output_bytes[stop - 1] for _, stop in segments[:-1])
+                + max(sum(saved[a:b]) for a, b in segments))
+        if best is None or peak < best[1]:
+            best = (segments, peak)
+    return best
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How one stage runs, and the bytes it is estimated to need at its peak.
+
+    segments: ``(start, stop)`` layer ranges, each checkpointed when ``checkpointing``; one
+    segment per device otherwise. history_size: L-BFGS pairs kept.
+    """
+
+    height: int
+    width: int
+    checkpointing: bool
+    history_size: int
+    segments: Tuple[Tuple[int, int], ...]
+    activations: int
+    history: int
+    targets: int
+    transient: int
+    runtime: int
+    budget_limited: bool = False  # checkpointing or a shorter history because of the budget
+
+    @property
+    def total(self) -> int:
+        return self.activations + self.history + self.targets + self.transient + self.runtime
+
+    def describe(self) -> str:
+        parts = [f"{self.width}x{self.height} needs about {format_size(self.total)}"]
+        if self.checkpointing:
+            parts.append(f"VGG activations checkpointed over {len(self.segments)} segments")
+        if self.history_size < LBFGS_HISTORY:
+            parts.append(f"L-BFGS history {self.history_size} pairs")
+        return ", ".join(parts)
+
+
+def plan_stage(height: int, width: int, content_layers: Sequence[str], style_layers: Sequence[str], steps: int,
+               style_shapes: Sequence[Tuple[int, int]], budget: Optional[int], device_type: str,
+               activation_bytes: int, optimizer: str = "lbfgs", checkpointing: Optional[bool] = None,
+               history_size: Optional[int] = None, breaks: Sequence[int] = ()) -> MemoryPlan:
+    """The plan for one stage of a `height` x `width` picture with these loss layers, `steps`
+    optimiser steps and style images of `style_shapes` ((height, width) at this stage). `budget`:
+    bytes, or None for no limit. `activation_bytes`: 2 with bfloat16 convolutions, else 4.
+    `checkpointing` / `history_size`: forced when given, else chosen (module docstring). `breaks`:
+    layer indices where a new device begins. Raises OptionError when nothing fits the budget."""
+    layers = list(content_layers) + list(style_layers)
+    last = max(layers, key=LAYER_INDEX.__getitem__)
+    saved = saved_bytes_per_layer(height, width, last, layers, activation_bytes)
+    outputs = [_layer_elements(i, height, width) * activation_bytes for i in range(len(saved))]
+    pixels = 3 * height * width
+    # Targets: each content layer's float32 features (and the loss's float32 difference in a step),
+    # one float32 Gram per style layer. Making them takes one pass without gradients over each
+    # style image: the tapped outputs plus two layers in flight, at the style image's size.
+    targets = (sum(2 * 4 * _layer_elements(LAYER_INDEX[name], height, width) for name in content_layers)
+               + sum(4 * LAYERS[LAYER_INDEX[name]].channels ** 2 for name in style_layers))
+    making_targets = max((activation_bytes * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers)
+                                              + 2 * _layer_elements(0, h, w)) for h, w in [(height, width), *style_shapes]))
+    runtime = CPU_RUNTIME_BYTES if device_type == "cpu" else CUDA_RUNTIME_BYTES
+
+    def plan(checkpoint: bool, pairs: int) -> MemoryPlan:
+        if checkpoint:
+            segments, activations = choose_segments(saved, outputs, breaks)
+        else:
+            cuts = sorted({0, *breaks, len(saved)})
+            segments, activations = list(zip(cuts[:-1], cuts[1:])), sum(saved)
+        largest = max(max(saved[a:b]) for a, b in segments)
+        history = (2 * pairs + LBFGS_WORK_VECTORS) * pixels * 4 if optimizer == "lbfgs" else 4 * pixels * 4
+        # The peak is that of a step or, when larger, that of making the targets (before the
+        # history exists): counted as transient so that `total` is the larger of the two.
+        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION * largest), making_targets - activations - history)
+        return MemoryPlan(height, width, checkpoint, pairs, tuple(segments), activations, history, targets,
+                          transient, runtime)
+
+    most_pairs = history_size or min(LBFGS_HISTORY, max(1, steps))
+    candidates = [(False, most_pairs), (True, most_pairs)]
+    if history_size is None:
+        candidates += [(True, pairs) for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1)]
+    if checkpointing is not None:
+        candidates = [(c, p) for c, p in candidates if c == checkpointing]
+    plans = [plan(c, p) for c, p in candidates]
+    if budget is None:
+        return plans[0]
+    for index, candidate in enumerate(plans):
+        if candidate.total <= budget:
+            return dataclasses.replace(candidate, budget_limited=index > 0)
+    smallest = min(plans, key=lambda p: p.total)
+    raise OptionError(f"a {width}x{height} stage needs at least {format_size(smallest.total)} "
+                      f"(with {'checkpointing and ' if smallest.checkpointing else ''}an L-BFGS history of "
+                      f"{smallest.history_size}), more than the {format_size(budget)} budget; use a smaller --size, "
+                      "a larger --max-memory, or --devices to spread VGG over several devices")
+
+
+def split_layers(saved: Sequence[int], free: Sequence[int]) -> List[int]:
+    """The layer indices at which each device after the first begins, so that the bytes each
+    device's layers keep (`saved`, per layer) are in proportion to its `free` bytes. Each device
+    gets at least one layer."""
+    devices, total, capacity = len(free), sum(saved), sum(free)
+    starts, running, device = [], 0, 0
+    for index, size in enumerate(saved):
+        remaining_layers, remaining_devices = len(saved) - index, devices - 1 - device
+        share = total * sum(free[: device + 1]) / capacity
+        if device < devices - 1 and index > (starts[-1] if starts else 0) and (
+                running + size / 2 > share or remaining_layers <= remaining_devices):
+            starts.append(index)
+            device += 1
+        running += size
+    while len(starts) < devices - 1:  # fewer layers than devices cannot happen for VGG; keep it total
+        starts.append(len(saved) - (devices - 1 - len(starts)))
+    return starts
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+PROMPT_RELEASE_BYTES = 2**20
+
+
+def release_freed_memory_promptly() -> bool:
+    """Makes glibc's malloc serve every allocation of 1 MiB or more with its own mapping, returned
+    to the operating system as soon as it is freed. By default glibc keeps freed blocks of up to
+    32 MiB for reuse, and the resident memory of a step then stays near the sum of everything it
+    ever allocated: measured at 512 px with checkpointing, 465 MiB above the base where the live
+    tensors peak at 170 MiB (BENCHMARKS.md, "Large pictures"). The price is fresh pages for each
+    large tensor (page faults), so it is done only when a budget needs it. Process-wide; returns
+    whether it took effect (False off glibc)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, PROMPT_RELEASE_BYTES))
+    except (OSError, AttributeError):
+        return False

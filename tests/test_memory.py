@@ -1,0 +1,152 @@
+"""Large pictures: the memory plan (nst_ext.memory), activation checkpointing, the L-BFGS history
+within a budget, and VGG spread over several devices (two CPU "devices" here)."""
+
+import os
+
+import pytest
+import torch
+
+import nst_ext
+from nst_ext.errors import InputError, OptionError
+from nst_ext.layers import LAYER_INDEX
+from nst_ext.memory import (LBFGS_HISTORY, MIN_LBFGS_HISTORY, choose_segments, parse_size, plan_stage,
+                            saved_bytes_per_layer, split_layers)
+from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from nst_ext.stylizer import Stylizer
+
+DATA = os.path.join(os.path.dirname(nst_ext.__file__), "data")
+CONTENT, STYLE = os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls.jpg")
+
+
+def default_plan(size, budget=None, steps=20, **overrides):
+    return plan_stage(size, size, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, steps, [(size, size)], budget, "cpu",
+                      activation_bytes=2, **overrides)
+
+
+@pytest.mark.parametrize("text, expected", [("2.5GiB", int(2.5 * 2**30)), ("8G", 8 * 2**30), ("512MiB", 512 * 2**20),
+                                            ("8GB", 8 * 10**9), ("1000", 1000), (" 3 gib ", 3 * 2**30), ("1.5k", 1536)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "2.5 parsecs", "-1G", "0", "1e999G", "two gigs"])
+def test_parse_size_refuses_nonsense(text):
+    with pytest.raises(OptionError, match="memory size"):
+        parse_size(text)
+
+
+def test_saved_bytes_follow_the_layers():
+    saved = saved_bytes_per_layer(64, 48, "relu2_1", ["relu1_1", "relu2_1"], 2)
+    # conv1_1 (the input, 3 channels), relu1_1, conv1_2 (not kept: the ReLU overwrites it), relu1_2,
+    # pool1 (kept: conv2_1 reads it), conv2_1, relu2_1
+    assert saved == [3 * 64 * 48 * 2, 64 * 64 * 48 * 2, 0, 64 * 64 * 48 * 2, 64 * 32 * 24 * 2, 0, 128 * 32 * 24 * 2]
+    tapped_conv = saved_bytes_per_layer(64, 48, "relu2_1", ["conv1_2", "relu2_1"], 2)
+    assert tapped_conv[2] == 64 * 64 * 48 * 2  # a loss reads conv1_2: its output stays
+
+
+def test_checkpoint_segments_cover_the_layers_and_keep_less():
+    saved = saved_bytes_per_layer(1024, 1024, "relu5_1", list(DEFAULT_STYLE_LAYERS), 2)
+    outputs = [1] * len(saved)
+    segments, peak = choose_segments(saved, outputs)
+    assert segments[0][0] == 0 and segments[-1][1] == len(saved)
+    assert all(a[1] == b[0] for a, b in zip(segments, segments[1:]))
+    assert len(segments) > 1 and peak < sum(saved) * 0.7
+    forced, _ = choose_segments(saved, outputs, breaks=[LAYER_INDEX["relu3_1"]])
+    assert LAYER_INDEX["relu3_1"] in [start for start, _ in forced]
+
+
+def test_plan_chooses_the_cheapest_lever_that_fits():
+    free = default_plan(1024)
+    assert not free.checkpointing and free.history_size == 20 and not free.budget_limited  # capped at the steps
+    assert default_plan(1024, steps=500).history_size == LBFGS_HISTORY
+    checkpointed = default_plan(1024, checkpointing=True)
+    assert checkpointed.activations < free.activations and checkpointed.total < free.total
+    between = default_plan(1024, budget=(free.total + checkpointed.total) // 2)
+    assert between.checkpointing and between.history_size == 20 and between.budget_limited
+    shorter = default_plan(1024, budget=checkpointed.total - 4 * 3 * 1024 * 1024 * 4)
+    assert shorter.checkpointing and MIN_LBFGS_HISTORY <= shorter.history_size < 20
+    assert default_plan(1024, budget=free.total) == free  # fits: nothing changes
+    with pytest.raises(OptionError, match=r"1024x1024 stage needs at least .* more than the 100 MiB budget"):
+        default_plan(1024, budget=100 * 2**20)
+
+
+def test_split_layers_in_proportion_to_free_memory():
+    saved = saved_bytes_per_layer(512, 512, "relu5_1", list(DEFAULT_STYLE_LAYERS), 2)
+    (start,) = split_layers(saved, [1, 1])
+    assert 0 < start < len(saved)
+    assert abs(sum(saved[:start]) - sum(saved[start:])) <= max(saved)
+    (early,) = split_layers(saved, [1, 9])  # the second device has nine times the room
+    assert early < start and sum(saved[:early]) <= 0.1 * sum(saved) + max(saved)
+    three = split_layers(saved, [1, 1, 1])
+    assert len(three) == 2 and 0 < three[0] < three[1] < len(saved)
+
+
+def loss_and_gradient(stylizer, plan=None):
+    image, objective = stylizer.objective(CONTENT, STYLE, plan=plan)
+    image = image.clone().requires_grad_(True)
+    terms = objective.evaluator(image)()
+    return terms, image.grad.clone(), objective
+
+
+@pytest.mark.parametrize("mixed_precision", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not nst_ext.options.cpu_has_native_bfloat16(), reason="this CPU has no native bfloat16"))])
+def test_checkpointed_step_gives_the_same_loss_and_gradient(mixed_precision):
+    stylizer = Stylizer(size=80, device="cpu", mixed_precision=mixed_precision)
+    plain_terms, plain_grad, plain = loss_and_gradient(stylizer)
+    plan = plan_stage(80, 80, stylizer.options.content_layers, stylizer.options.style_layers, 10, [(80, 80)], None,
+                      "cpu", 2, checkpointing=True)
+    terms, grad, checkpointed = loss_and_gradient(stylizer, plan)
+    assert checkpointed.checkpointing and len(checkpointed.segments) > 1 and not plain.checkpointing
+    torch.testing.assert_close(terms, plain_terms, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, plain_grad, rtol=1e-5, atol=1e-9)
+    assert grad.abs().sum() > 0
+
+
+def test_two_cpu_devices_give_the_same_loss_gradient_and_picture():
+    one = Stylizer(size=72, steps=6, device="cpu", mixed_precision=False)
+    two = Stylizer(size=72, steps=6, devices=["cpu", "cpu"], device_split=["relu2_1"], mixed_precision=False)
+    assert two.device_starts == [LAYER_INDEX["relu2_1"]]
+    terms_one, grad_one, _ = loss_and_gradient(one)
+    terms_two, grad_two, objective = loss_and_gradient(two)
+    assert objective.segments[1][0] == LAYER_INDEX["relu2_1"]
+    torch.testing.assert_close(terms_two, terms_one, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_two, grad_one, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(two.run(CONTENT, STYLE).tensor, one.run(CONTENT, STYLE).tensor, rtol=0, atol=1e-5)
+    automatic = Stylizer(size=72, devices=["cpu", "cpu"], mixed_precision=False)
+    assert len(automatic.device_starts) == 1 and 0 < automatic.device_starts[0] <= LAYER_INDEX["relu5_1"]
+
+
+def test_a_budget_that_needs_checkpointing_gives_the_same_picture():
+    settings = dict(size=64, steps=5, device="cpu", mixed_precision=False)
+    stylizer = Stylizer(**settings)
+    content_shape, style_shape = (64, 64), (64, 64)  # both sample images are square
+    free, = Stylizer(**settings, scales=[64]).memory_plans(content_shape, [style_shape])
+    checkpointed, = Stylizer(**settings, scales=[64], checkpointing=True).memory_plans(content_shape, [style_shape])
+    budget = (free.total + checkpointed.total) // 2
+    limited = Stylizer(**settings, max_memory=budget)
+    plans = []
+    result = limited.run(CONTENT, STYLE, callback=lambda p: plans.append(p.memory_plan))
+    assert plans and all(plan.checkpointing and plan.budget_limited for plan in plans)
+    torch.testing.assert_close(result.tensor, stylizer.run(CONTENT, STYLE).tensor, rtol=0, atol=1e-5)
+
+
+def test_a_size_that_cannot_fit_is_refused_before_work():
+    with pytest.raises(OptionError, match=r"needs at least .* more than the 1 MiB budget; use a smaller --size"):
+        Stylizer(size=64, device="cpu", max_memory="1MiB").run(CONTENT, STYLE,
+                                                               callback=lambda p: pytest.fail("work started"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(max_memory="lots"), "memory size must be a number"),
+    (dict(checkpointing="yes"), "checkpointing must be True, False or None"),
+    (dict(lbfgs_history=0), "lbfgs_history must be a positive whole number"),
+    (dict(devices="cpu"), "devices must be a list"),
+    (dict(devices=["cpu", "cpu"], device="cuda"), "disagree"),
+    (dict(devices=["cpu", "cpu"], device_split=["relu2_1", "relu3_1"]), "give 1"),
+    (dict(devices=["cpu", "cpu", "cpu"], device_split=["relu3_1", "relu2_1"]), "in network order"),
+    (dict(devices=["cpu", "cpu"], device_split=["relu9_9"]), "unknown device split layer"),
+    (dict(devices=["cpu", "cpu"], device_split=["relu5_2"]), "past the deepest layer used"),
+])
+def test_memory_and_device_options_are_checked(overrides, message):
+    with pytest.raises(InputError, match=message):
+        Stylizer(size=64, **overrides)
