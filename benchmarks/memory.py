@@ -11,6 +11,7 @@ twice and both are reported.
     python benchmarks/memory.py [--sizes 512,1024] [--steps N] [--device cpu|cuda|all] [--json F]
                                 [--options "--max-memory 2.5GiB"]
     python benchmarks/memory.py --breakdown [--sizes 512,1024,2048] [--json F]
+    python benchmarks/memory.py --fits 8GiB,24GiB,80GiB [--device cpu|cuda]
 
 --breakdown runs one stage at each size (the finest stage of a default run: 20 L-BFGS steps, so
 a history of 20 pairs) in a fresh process per technique, on the CPU: resident memory after
@@ -107,6 +108,31 @@ def one_stage(size, technique):
 BREAKDOWN_TECHNIQUES = ("before", "history capped", "checkpointing")
 
 
+def largest_fitting(budgets, device_type):
+    """For each budget, the largest square picture (in steps of 256 px) whose default run the memory
+    plan fits, as planned by nst_ext.memory: without checkpointing, and with every lever."""
+    from nst_ext.memory import parse_size, plan_stage
+    from nst_ext.options import StyleOptions
+
+    options = StyleOptions()
+
+    def fits(size, **forced):
+        try:
+            plan_stage(size, size, options.content_layers, options.style_layers, 20, [(size, size)],
+                       parse_size(budget), device_type, activation_bytes=2, **forced)
+            return True
+        except nst_ext.InputError:
+            return False
+
+    print(f"| budget | {device_type}: largest square picture without checkpointing | with checkpointing "
+          "and a shorter history when needed |")
+    print("|---|---:|---:|")
+    for budget in budgets:
+        sizes = [max((s for s in range(256, 16385, 256) if fits(s, **forced)), default=0)
+                 for forced in ({"checkpointing": False}, {})]
+        print(f"| {budget} | {sizes[0]} px | {sizes[1]} px |")
+
+
 def breakdown(sizes, json_path):
     rows = []
     print("| size | technique | L-BFGS pairs | runtime | targets | saved activations | history | transient | "
@@ -158,10 +184,15 @@ def main():
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--options", default="", help="more nst-ext stylize options for the CPU runs, one string")
     parser.add_argument("--breakdown", action="store_true", help="where one stage's bytes go (module docstring)")
+    parser.add_argument("--fits", default=None, metavar="SIZES",
+                        help="e.g. 8GiB,24GiB,80GiB: the largest picture the memory plan fits in each")
     parser.add_argument("--one-stage", nargs=2, metavar=("SIZE", "TECHNIQUE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_stage:
         print(json.dumps(one_stage(int(args.one_stage[0]), args.one_stage[1])))
+        return
+    if args.fits:
+        largest_fitting(args.fits.split(","), "cuda" if args.device == "cuda" else "cpu")
         return
     if args.breakdown:
         breakdown(sorted(int(s) for s in args.sizes.split(",")), args.json)

@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -105,20 +106,36 @@ inline std::pair<at::Tensor, at::Tensor> gram_operands(const at::Tensor& feature
   return {F, F.transpose(1, 2)};
 }
 
+// On the CPU, float16/bfloat16 features are widened to float32 for the BLAS
+// (it has no mixed-dtype batched GEMM). Widening all of them at once would
+// cost, for relu1_1 of a 2048 px picture, a 1 GiB copy and, in the backward,
+// a 1 GiB float32 product besides the result: so they are widened a slab of
+// spatial positions at a time, each slab about this many bytes.
+constexpr int64_t kWideningSlabBytes = int64_t{16} << 20;
+
+inline int64_t widening_slab(int64_t channels) {
+  return std::max<int64_t>(1024, kWideningSlabBytes / (channels * 4));
+}
+
 // The unscaled product F F^T, (B, C, C) in the accumulation dtype, by the BLAS
 // library: cuBLAS on CUDA (float16/bfloat16 on tensor cores with float32
 // accumulation and output), MKL/oneDNN on the CPU (float16/bfloat16 widened to
-// float32 first: the CPU has no mixed-dtype batched GEMM).
+// float32 a slab at a time, the products summed).
 inline at::Tensor blas_gram_product(const at::Tensor& features) {
   const at::ScalarType acc = accumulation_dtype(features.scalar_type());
   const bool reduced = features.scalar_type() != acc;
-  if (reduced && features.is_cuda()) {
-    const auto [a, b] = gram_operands(features);
-    return at::bmm(a, b, acc);
+  const auto [a, b] = gram_operands(features);
+  if (!reduced) return at::bmm(a, b);
+  if (features.is_cuda()) return at::bmm(a, b, acc);
+  const int64_t C = features.size(1), n = spatial_size(features), slab = widening_slab(C);
+  // a is (B, C, n) and b (B, n, C), either as views of the same features.
+  at::Tensor product = at::zeros({features.size(0), C, C}, features.options().dtype(acc));
+  for (int64_t start = 0; start < n; start += slab) {
+    const int64_t length = std::min(slab, n - start);
+    const at::Tensor rows = b.narrow(1, start, length).to(acc);  // (B, length, C)
+    product.baddbmm_(rows.transpose(1, 2), rows);
   }
-  // to() keeps the layout (memory_format=preserve), so channels-last stays a view.
-  const auto [a, b] = gram_operands(reduced ? features.to(acc) : features);
-  return at::bmm(a, b);
+  return product;
 }
 
 // grad_features = S @ F for a symmetric S (B, C, C) in the accumulation dtype,
@@ -127,13 +144,35 @@ inline at::Tensor blas_gram_product(const at::Tensor& features) {
 // of the features. On CUDA, float16/bfloat16 features multiply on tensor
 // cores with float32 accumulation: S is rounded to bfloat16 as it is, and to
 // float16 after division by max|S| (its range would under- or overflow),
-// the product then taken in float32 and scaled back.
+// the product then taken in float32 and scaled back. On the CPU they are
+// widened a slab at a time, each slab's product written into the result.
 inline at::Tensor multiply_symmetric(const at::Tensor& S, const at::Tensor& features) {
   const int64_t B = features.size(0), C = features.size(1), n = spatial_size(features);
   const at::ScalarType dtype = features.scalar_type(), acc = S.scalar_type();
   const bool channels_last = layout_of(features) == Layout::kChannelsLast;
+  if (!features.is_cuda() && dtype != acc) {
+    at::Tensor result = at::empty_like(features, channels_last ? at::MemoryFormat::ChannelsLast
+                                                               : at::MemoryFormat::Contiguous);
+    const int64_t slab = widening_slab(C);
+    if (channels_last) {
+      const at::Tensor X = features.permute({0, 2, 3, 1}).reshape({B, n, C});
+      const at::Tensor out = result.permute({0, 2, 3, 1}).view({B, n, C});
+      for (int64_t start = 0; start < n; start += slab) {
+        const int64_t length = std::min(slab, n - start);
+        out.narrow(1, start, length).copy_(at::bmm(X.narrow(1, start, length).to(acc), S));
+      }
+    } else {
+      const at::Tensor F = features.contiguous().view({B, C, n});
+      const at::Tensor out = result.view({B, C, n});
+      for (int64_t start = 0; start < n; start += slab) {
+        const int64_t length = std::min(slab, n - start);
+        out.narrow(2, start, length).copy_(at::bmm(S, F.narrow(2, start, length).to(acc)));
+      }
+    }
+    return result;
+  }
   const bool tensor_cores = features.is_cuda() && dtype != acc;
-  const at::Tensor x = tensor_cores || dtype == acc ? features : features.to(acc);
+  const at::Tensor x = features;
   at::Tensor product;
   auto multiply = [&](const at::Tensor& s, std::optional<at::ScalarType> out_dtype) {
     if (channels_last) {

@@ -374,3 +374,29 @@ def test_direct_op_calls_are_checked_in_cpp(compiled):
         torch.ops.nst_ext.gram(torch.rand(1, 3, 4, 5, device=compiled).to(torch.float8_e4m3fn))
     with pytest.raises(RuntimeError, match="target must have dtype"):
         torch.ops.nst_ext.style_loss(torch.rand(1, 3, 4, 5, device=compiled), torch.rand(3, 3, device=compiled, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 300, 301), (2, 512, 97, 103), (1, 64, 512, 520)])  # the last: past 64 MiB widened, our kernel gives way to the slabs
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_large_reduced_features_in_slabs_match_reference(compiled, seed, shape, layout, dtype):
+    """Half and bfloat16 features larger than a widening slab (common.h: 16 MiB of float32) are
+    widened and multiplied a slab at a time on the CPU: several slabs, both layouts, the Gram,
+    the style loss and its gradient against the float64 reference on the same values."""
+    x = features_like_vgg(shape, compiled, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    exact = x.double().detach().requires_grad_(True)
+    target = reference.gram_matrix(features_like_vgg(shape, compiled).double())
+    assert_close(nst_ext.gram_matrix(x), reference.gram_matrix(exact).float(), seed, rtol=1e-4)
+    x.requires_grad_(True)
+    loss = nst_ext.style_loss(x, target.float())
+    expected = reference.style_loss(exact, target)
+    assert_close(loss, expected.float(), seed, rtol=1e-4)
+    # Scaled as mixed-precision training scales its loss: unscaled, these gradients (~1e-8) are
+    # below float16's smallest normal number.
+    (loss * 2**20).backward()
+    (expected * 2**20).backward()
+    assert_close(x.grad.double(), exact.grad, seed, rtol=1e-2)
+    assert x.grad.dtype == dtype and x.grad.is_contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)

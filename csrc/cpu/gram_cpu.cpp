@@ -306,8 +306,14 @@ double seconds_of(const std::function<void()>& run) {
 // still has to be applied to make it the Gram: our kernel scales by 1/n
 // itself, the BLAS product leaves that to the caller's next pass.
 std::pair<at::Tensor, double> product_by_chosen_algorithm(const at::Tensor& features, int op) {
+  // Our kernel reads contiguous (B, C, n) values of the accumulation dtype: for other features
+  // that is a whole widened copy, which for large ones costs more memory than the slabs of the
+  // BLAS path (common.h), so they take that path.
+  const bool needs_copy = features.scalar_type() != accumulation_dtype(features.scalar_type()) ||
+                          layout_of(features) != Layout::kNCHW;
+  const bool copy_too_large = needs_copy && features.numel() * 4 > 4 * kWideningSlabBytes;
   auto compute = [&](Algorithm algorithm) -> std::pair<at::Tensor, double> {
-    if (algorithm == Algorithm::kBlas)
+    if (algorithm == Algorithm::kBlas || copy_too_large)
       return {blas_gram_product(features), 1.0 / static_cast<double>(spatial_size(features))};
     const at::Tensor F = features_for_accumulation(features);
     const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
