@@ -34,13 +34,16 @@ MIN_LBFGS_HISTORY = 5
 DEFAULT_BUDGET_SHARE = 0.8
 
 # Measured coefficients (benchmarks/memory.py --breakdown, BENCHMARKS.md "Large pictures").
-# Resident memory of the process before any stage (python, torch's libraries, VGG's weights).
-CPU_RUNTIME_BYTES = 600 * 2**20
+# Resident memory of the process before any stage (python, torch's libraries, VGG's weights: 650-670
+# MiB measured) and what the allocator keeps of making the targets (30-150 MiB).
+CPU_RUNTIME_BYTES = 750 * 2**20
 # Not counted by torch.cuda.max_memory_allocated; the CUDA context is outside any budget we check.
 CUDA_RUNTIME_BYTES = 0
-# Transient buffers of the backward pass (gradients of the largest activations, convolution work
-# space), as a multiple of the largest activation saved in a segment.
-TRANSIENT_PER_LARGEST_ACTIVATION = 3.0
+# Transient buffers of a step (gradients of the largest activations, the style losses' float32 slabs,
+# what the allocator keeps), as a multiple of the largest activation saved in a segment; without and
+# with checkpointing (which releases freed memory promptly). Fitted to the measured peaks at 512 and
+# 1024 px: the estimates land within -4% to +5% of them (BENCHMARKS.md, "Large pictures").
+TRANSIENT_PER_LARGEST_ACTIVATION = {False: 6.0, True: 3.0}
 # Vectors L-BFGS keeps besides its history (gradient, previous gradient, direction, two-loop work).
 LBFGS_WORK_VECTORS = 5
 
@@ -180,7 +183,8 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
         history = (2 * pairs + LBFGS_WORK_VECTORS) * pixels * 4 if optimizer == "lbfgs" else 4 * pixels * 4
         # The peak is that of a step or, when larger, that of making the targets (before the
         # history exists): counted as transient so that `total` is the larger of the two.
-        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION * largest), making_targets - activations - history)
+        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpoint] * largest),
+                        making_targets - activations - history)
         return MemoryPlan(height, width, checkpoint, pairs, tuple(segments), activations, history, targets,
                           transient, runtime)
 
