@@ -143,6 +143,9 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     memory.add_argument("--device-split", type=_names, default=None, metavar="LAYER,...",
                         help="with --devices: the layer where each device after the first begins, e.g. relu3_1 "
                              "(default: in proportion to each device's free memory)")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--overwrite", action="store_true", help="replace existing output files")
     output.add_argument("--save-every", type=int, default=0, metavar="N",
@@ -161,9 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("styles", nargs="+", metavar="style", help="style image(s)")
     stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .webp, .tif, .bmp)")
     _add_style_options(stylize, defaults)
+    _add_output_options(stylize)
     demo = commands.add_parser("demo", help="stylize the sample photo with the sample painting shipped in the package")
     demo.add_argument("-o", "--output", default=None, help="output image (default: a new nst-ext-demo*.png here)")
     _add_style_options(demo, defaults)
+    _add_output_options(demo)
+    batch = commands.add_parser(
+        "batch", help="stylize a folder (or a list) of images with one look; resumable; runs under torchrun",
+        description="Stylize every image of INPUT (a folder, searched recursively, its layout kept under OUT_DIR; "
+                    "or a text file listing image paths, one a line) into OUT_DIR/<relative path>.<format>. "
+                    "OUT_DIR/nst-ext-manifest.jsonl records each finished item: running the same command again "
+                    "does only what is missing (an output that was deleted is redone); with other settings it is "
+                    "refused unless --overwrite, which redoes everything. A bad item is reported on one line and "
+                    "skipped. Exit status: 0 all done, 1 some items failed, 2 bad usage, 130/143 stopped "
+                    "(finished items are kept). Under `torchrun --nproc-per-node N -m nst_ext batch ...` the "
+                    "items are split over the processes (each on its local GPU when there are GPUs).")
+    batch.add_argument("input", help="a folder of images, or a text file listing image paths")
+    batch.add_argument("styles", nargs="+", metavar="style", help="style image(s)")
+    batch.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (made if missing)")
+    batch.add_argument("--format", choices=["png", "jpg", "webp"], default="png", help="(default %(default)s)")
+    batch.add_argument("--overwrite", action="store_true",
+                       help="redo items made with other settings, and replace outputs this job did not make")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_style_options(batch, defaults)
     commands.add_parser("layers", help="list VGG19's layer names, their size and the smallest picture each needs")
     commands.add_parser("info", help="show the kernel backends, device and weights")
     return parser
@@ -288,6 +311,64 @@ def _run_stylize(args, content, styles, output: Path) -> int:
     return 0
 
 
+def _run_batch(args) -> int:
+    options = _options_from(args)
+    options.validate()
+    from nst_ext.jobs import MANIFEST_NAME, Distributed, run_batch  # torch is imported from here on
+
+    distributed = Distributed()
+    try:
+        state = {"bar": None, "shown_at": 0.0}
+        manifest = Path(args.output) / MANIFEST_NAME
+        start_size = [0]
+
+        def on_start(total, already):
+            start_size[0] = manifest.stat().st_size if manifest.exists() else 0
+            if distributed.rank == 0 and not args.quiet:
+                from tqdm import tqdm
+
+                state["bar"] = tqdm(total=total - already, unit="image", dynamic_ncols=True, file=sys.stderr,
+                                    desc=f"batch ({already} already done)" if already else "batch")
+
+        def refresh(force=False):
+            # Rank 0 shows every rank's progress: the manifest's lines since this run began.
+            bar, now = state["bar"], time.monotonic()
+            if bar is None or (not force and now - state["shown_at"] < LOSS_DISPLAY_SECONDS):
+                return
+            state["shown_at"] = now
+            with open(manifest, "rb") as records:
+                records.seek(start_size[0])
+                finished = records.read().count(b"\n")
+            bar.update(finished - bar.n)
+
+        def on_item(item, status, error):
+            if status == "failed":
+                print(f"nst-ext: skipped {item.name}: {error}", file=sys.stderr)
+            refresh(force=True)
+
+        def on_progress(progress):
+            if state["bar"] is not None:
+                state["bar"].set_postfix_str(f"stage {progress.stage + 1}/{progress.stages} step "
+                                             f"{progress.step}/{progress.steps}", refresh=False)
+                refresh()
+
+        summary = run_batch(args.input, args.styles, args.output, options, output_format=args.format,
+                            overwrite=args.overwrite, on_item=on_item, on_progress=on_progress,
+                            distributed=distributed, on_start=on_start)
+        if state["bar"] is not None:
+            refresh(force=True)
+            state["bar"].close()
+    finally:
+        distributed.close()
+    if summary.interrupted:
+        print(f"nst-ext: {_stop_verb()}; finished items are kept, run the same command again to do the rest",
+              file=sys.stderr)
+        return _stop_exit_status()
+    if distributed.rank == 0:
+        print(f"nst-ext: batch: {summary.line()}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
 def _layers() -> int:
     print("VGG19's layers. 'size': the layer's output size relative to the picture; 'min px': the smallest\n"
           "picture side (at every stage, for content and style images alike) that leaves it at least 1x1.\n")
@@ -339,6 +420,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 args.plot = str(output.with_name(output.stem + "-loss.png"))
             with resources.as_file(data / "astronaut.jpg") as content, resources.as_file(data / "swirls.jpg") as style:
                 return _run_stylize(args, content, [style], output)
+        if args.command == "batch":
+            return _run_batch(args)
         return _run_stylize(args, args.content, args.styles, Path(args.output))
     except InputError as error:
         print(f"nst-ext: error: {error}", file=sys.stderr)

@@ -29,10 +29,14 @@ class Objective:
     already multiplied by its weight) and ``total`` on that device; the caller
     runs backward. `plan` (nst_ext.memory) gives VGG's segments and whether
     each is checkpointed; without one, VGG runs as one segment per device.
+    `style_grams`: the style layers' target Grams when already made for these
+    style images at this size (a batch job makes them once); ``self.style_grams``
+    holds them for reuse.
     """
 
     def __init__(self, stylizer: "Stylizer", stage_content: torch.Tensor, stage_styles: Sequence[torch.Tensor],
-                 blend: Sequence[float], plan: Optional["MemoryPlan"] = None):
+                 blend: Sequence[float], plan: Optional["MemoryPlan"] = None,
+                 style_grams: Optional[Dict[str, torch.Tensor]] = None):
         options = stylizer.options
         self.stylizer = stylizer
         vgg = stylizer.vgg
@@ -44,13 +48,16 @@ class Objective:
         with torch.no_grad():
             with stylizer.autocast():
                 content_features = vgg(stage_content.unsqueeze(0).to(stylizer.device), at_content_layers)
-            grams = {name: None for name in style_layers}
-            for style, weight in zip(stage_styles, blend):
-                with stylizer.autocast():
-                    features = vgg(style.unsqueeze(0).to(stylizer.device), style_layers)
-                for name in style_layers:
-                    grams[name] = blended_gram(grams[name], features[name], weight)
-                del features
+            grams = style_grams
+            if grams is None:
+                grams = {name: None for name in style_layers}
+                for style, weight in zip(stage_styles, blend):
+                    with stylizer.autocast():
+                        features = vgg(style.unsqueeze(0).to(stylizer.device), style_layers)
+                    for name in style_layers:
+                        grams[name] = blended_gram(grams[name], features[name], weight)
+                    del features
+        self.style_grams = grams
         content_weights = options.content_layer_weights or [1.0 / max(1, len(content_layers))] * len(content_layers)
         style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
         self.content_terms = [(name, weight, ContentLoss(content_features[name]))

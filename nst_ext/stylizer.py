@@ -121,6 +121,9 @@ class Stylizer:
         self.vgg = self.vgg.to(memory_format=torch.channels_last)
         # Where each further device's layers begin (VGG layer indices), by the user's split or in
         # proportion to each device's free memory.
+        # The target Grams of the last style images run, per stage size: a batch job makes them once.
+        self._style_grams: Dict[Tuple, Dict[str, torch.Tensor]] = {}
+        self._style_sources: Tuple = ()
         self.device_starts: List[int] = []
         if len(self.devices) > 1:
             if self.options.device_split:
@@ -211,6 +214,7 @@ class Stylizer:
         options = self.options
         started = time.perf_counter()
         content_image, style_images, blend = self._prepare_inputs(content, styles)
+        self._remember_styles(styles)
         generator = torch.Generator().manual_seed(options.seed if options.seed is not None else torch.seed())
         sizes, stage_steps = options.stage_sizes(), options.stage_steps()
         plans = self.memory_plans(tuple(content_image.shape[-2:]), [tuple(s.shape[-2:]) for s in style_images])
@@ -233,6 +237,16 @@ class Stylizer:
             result.tensor = color.combine_luminance(result.tensor, final_content)
         result.seconds = time.perf_counter() - started
         return result
+
+    def _remember_styles(self, styles) -> None:
+        """Keeps the style Grams made by a run for the next run with the very same style objects
+        (paths or tensors, as a batch job passes them), unless their colours follow each content."""
+        sources = tuple(styles) if isinstance(styles, (list, tuple)) else (styles,)
+        same = (len(sources) == len(self._style_sources)
+                and all(a is b for a, b in zip(sources, self._style_sources)))
+        if not same or self.options.preserve_color is not None:
+            self._style_grams.clear()
+        self._style_sources = sources  # referenced, so that `is` above cannot match a new object
 
     def _initial_image(self, stage_content, previous, generator) -> torch.Tensor:
         height, width = stage_content.shape[-2:]
@@ -298,7 +312,11 @@ class Stylizer:
 
         interrupted = False
         try:  # a stop while the targets are computed keeps the stage's starting image
-            evaluate = Objective(self, stage_content, stage_styles, blend, plan).evaluator(image, graph=options.cuda_graph)
+            key = tuple(tuple(style.shape[-2:]) for style in stage_styles)  # one per stage size
+            objective = Objective(self, stage_content, stage_styles, blend, plan, self._style_grams.get(key))
+            if options.preserve_color is None:
+                self._style_grams[key] = objective.style_grams
+            evaluate = objective.evaluator(image, graph=options.cuda_graph)
             if options.optimizer == "lbfgs":
                 LBFGS(image, lr=1.0, history_size=plan.history_size).run(closure, steps)
             else:

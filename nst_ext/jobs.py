@@ -1,0 +1,270 @@
+"""Many pictures with one look (``nst-ext batch``): the items of a job, its manifest, resumption,
+and the split of the items over the processes of a ``torchrun`` launch (torch.distributed).
+
+A job is a folder of images (searched recursively; the layout is kept under the output folder) or a
+text file listing image paths, one a line. Each result is ``OUT_DIR/<relative path>.<format>``. The
+manifest, ``OUT_DIR/nst-ext-manifest.jsonl``, gets one JSON line per finished item (item, output,
+status ``done`` or ``failed``, the settings' hash, seconds, rank), appended with one ``write`` to a
+file opened for appending, so lines from several processes never interleave. Running the same job
+again does only what is missing: an item is done when the manifest says so with the same settings
+and its output still exists. Ctrl-C or a crash loses at most the items in flight.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from nst_ext.errors import InputError, OptionError, OutputError
+from nst_ext.options import StyleOptions
+from nst_ext.outputs import check_folder_writable, deferred_signals
+
+MANIFEST_NAME = "nst-ext-manifest.jsonl"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+OUTPUT_FORMATS = ("png", "jpg", "webp")
+# Options that change how a picture is computed, not what it is: they do not make a new job.
+SAME_PICTURE_OPTIONS = ("device", "devices", "device_split", "cuda_graph", "max_memory", "checkpointing")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    source: Path  # the input image
+    name: str  # its path relative to the job's folder (or as listed): the manifest's key
+    output: Path
+
+
+@dataclass
+class BatchSummary:
+    done: int = 0
+    skipped: int = 0  # already done by an earlier run of the job
+    failed: List[str] = dataclasses.field(default_factory=list)
+    interrupted: bool = False
+
+    def line(self) -> str:
+        failed = f"{len(self.failed)} failed" + (f" ({', '.join(self.failed[:5])}"
+                                                 f"{', …' if len(self.failed) > 5 else ''})" if self.failed else "")
+        return f"{self.done} done, {self.skipped} skipped as already done, {failed}"
+
+
+def list_items(job_input: Path, out_dir: Path, output_format: str) -> List[BatchItem]:
+    """The job's items, sorted by name. Raises InputError for a missing input, an empty job, or
+    two inputs that would write the same output (``a.jpg`` and ``a.png``)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise OptionError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if job_input.is_dir():
+        out_resolved = out_dir.resolve()
+        sources = []
+        for path in sorted(job_input.rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and out_resolved not in path.resolve().parents:
+                sources.append((path, path.relative_to(job_input).as_posix()))
+        what = f"folder {str(job_input)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+    elif job_input.is_file():
+        try:
+            lines = job_input.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"cannot read the list of images {str(job_input)!r}: {error}") from None
+        sources = []
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                path = Path(line) if Path(line).is_absolute() else job_input.parent / line
+                sources.append((path, Path(line).as_posix().lstrip("/")))
+        what = f"list {str(job_input)!r} names no images"
+    else:
+        raise InputError(f"batch input {str(job_input)!r} does not exist; give a folder of images or a text file "
+                         "listing image paths")
+    if not sources:
+        raise InputError(what)
+    items, by_output = [], {}
+    for source, name in sources:
+        output = out_dir / Path(name).with_suffix("." + output_format)
+        if output in by_output:
+            raise InputError(f"{by_output[output]!r} and {name!r} would both be written to {str(output)!r}; "
+                             "rename one of them")
+        by_output[output] = name
+        items.append(BatchItem(source, name, output))
+    return items
+
+
+def settings_hash(options: StyleOptions, styles: Sequence[Path], output_format: str) -> str:
+    """A hash of everything that decides the pictures: the options (less SAME_PICTURE_OPTIONS),
+    the style images' bytes and the output format."""
+    fields = {k: v for k, v in dataclasses.asdict(options).items() if k not in SAME_PICTURE_OPTIONS}
+    digest = hashlib.sha256(json.dumps([fields, output_format], sort_keys=True, default=str).encode())
+    for style in styles:
+        with open(style, "rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def read_manifest(path: Path) -> List[dict]:
+    """The manifest's records; a line cut short by a crash is ignored."""
+    records = []
+    if path.exists():
+        with open(path) as manifest:
+            for line in manifest:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return records
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One line, one write, to a file opened for appending: atomic against other processes doing
+    the same, and flushed to disk before the next item starts."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(handle, line)
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def pending_items(items: Sequence[BatchItem], records: Sequence[dict], settings: str,
+                  overwrite: bool) -> List[BatchItem]:
+    """The items still to do. Refuses (OutputError), unless `overwrite`, a job folder holding results
+    of other settings, or an output file that the manifest does not account for."""
+    done = {r["item"] for r in records if r.get("status") == "done" and r.get("settings") == settings}
+    other = [r["item"] for r in records if r.get("status") == "done" and r.get("settings") != settings]
+    if other and not overwrite:
+        raise OutputError(f"the output folder holds {len(other)} result(s) made with other settings (e.g. "
+                          f"{other[0]!r}); give --overwrite to redo them with these settings, or another -o folder")
+    pending = []
+    for item in items:
+        if item.name in done and item.output.exists() and not overwrite:
+            continue
+        if item.output.exists() and item.name not in done and not overwrite:
+            raise OutputError(f"{str(item.output)!r} exists but this job did not make it; give --overwrite to "
+                              "replace it, or another -o folder")
+        pending.append(item)
+    return pending
+
+
+class Distributed:
+    """This process's place in a torchrun launch (``WORLD_SIZE`` > 1 in the environment): rank,
+    world size, and the device of its local rank; one process alone otherwise."""
+
+    def __init__(self):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.group = None
+        if self.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(self.local_rank)
+            dist.init_process_group(backend)
+            # Objects are gathered over gloo, which runs on every machine.
+            self.group = dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
+
+    def device(self, requested: str) -> str:
+        if requested == "auto" and self.world_size > 1:
+            import torch
+
+            return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        return requested
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.group)
+
+    def gather(self, value) -> List:
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value, group=self.group)
+        return values
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os.PathLike,
+              options: Optional[StyleOptions] = None, output_format: str = "png", overwrite: bool = False,
+              on_item: Optional[Callable[[BatchItem, str, Optional[str]], None]] = None,
+              on_progress: Optional[Callable] = None, distributed: Optional[Distributed] = None,
+              on_start: Optional[Callable[[int, int], None]] = None) -> BatchSummary:
+    """Stylizes every image of `job_input` (a folder or a list file) with `styles` into `out_dir`,
+    doing only what an earlier run of the same job left undone (module docstring).
+
+    on_start(total, already_done) is called once the items are known; on_item(item, status,
+    error) after each item this process finishes (status ``done`` or ``failed``, error: the
+    one-line reason); on_progress: the stylizer's per-step callback. Under torchrun (`distributed`)
+    the pending items are dealt round-robin to the ranks and the returned summary is the whole
+    job's. Raises InputError for a job that cannot start (before any work).
+    """
+    from nst_ext.images import load_image, save_image
+    from nst_ext.stylizer import Stylizer
+
+    options = options or StyleOptions()
+    distributed = distributed or Distributed()
+    job_input, out_dir, styles = Path(job_input), Path(out_dir), [Path(style) for style in styles]
+    for style in styles:
+        if not style.is_file():
+            raise InputError(f"style image {str(style)!r} does not exist")
+    items = list_items(job_input, out_dir, output_format)
+    if distributed.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    check_folder_writable(out_dir, str(out_dir))
+    manifest = out_dir / MANIFEST_NAME
+    settings = settings_hash(options, styles, output_format)
+    pending = pending_items(items, read_manifest(manifest), settings, overwrite)
+    # Every rank has read the same manifest before any rank appends to it.
+    distributed.barrier()
+    mine = pending[distributed.rank::distributed.world_size]
+    summary = BatchSummary(skipped=len(items) - len(pending))
+    if on_start is not None:
+        on_start(len(items), summary.skipped)
+    try:
+        stylizer = Stylizer(dataclasses.replace(options, device=distributed.device(options.device)))
+        style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
+        for item in mine:
+            started = time.perf_counter()
+            try:
+                content = load_image(item.source, f"{item.name}", options.max_input_pixels)
+                result = stylizer.run(content, style_images, callback=on_progress)
+            except InputError as error:
+                summary.failed.append(item.name)
+                append_record(manifest, dict(item=item.name, output=str(item.output), status="failed",
+                                             settings=settings, error=str(error), rank=distributed.rank))
+                if on_item is not None:
+                    on_item(item, "failed", str(error))
+                continue
+            if result.interrupted:
+                raise KeyboardInterrupt
+            item.output.parent.mkdir(parents=True, exist_ok=True)
+            with deferred_signals():  # the picture and its manifest line land together
+                save_image(result.tensor, item.output, overwrite=True)
+                append_record(manifest, dict(item=item.name, output=str(item.output), status="done",
+                                             settings=settings, seconds=round(time.perf_counter() - started, 3),
+                                             rank=distributed.rank))
+            summary.done += 1
+            if on_item is not None:
+                on_item(item, "done", None)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the item in flight is lost, every finished one stays
+        summary.interrupted = True
+    if summary.interrupted:
+        return summary
+    everyone = distributed.gather((summary.done, summary.failed))
+    summary.done = sum(done for done, _ in everyone)
+    summary.failed = sorted(name for _, failed in everyone for name in failed)
+    return summary
+

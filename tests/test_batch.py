@@ -1,0 +1,157 @@
+"""`nst-ext batch`: items from a folder or a list, the manifest, resumption after a stop, bad items
+skipped, changed settings refused, and two processes under torchrun doing every item exactly once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import nst_ext
+from nst_ext.cli import main
+from nst_ext.jobs import MANIFEST_NAME, read_manifest, run_batch
+
+DATA = Path(nst_ext.__file__).parent / "data"
+STYLE = DATA / "swirls.jpg"
+FAST = ["--size", "48", "--steps", "2", "--device", "cpu", "--quiet"]
+
+
+def make_job(folder: Path, count: int = 3) -> Path:
+    """`count` small pictures in nested folders, plus a file that only looks like an image."""
+    source = Image.open(DATA / "astronaut.jpg").convert("RGB")
+    for index in range(count):
+        path = folder / ("deep/er" if index % 2 else "") / f"photo{index}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        source.crop((index * 20, 0, index * 20 + 300, 260)).resize((60, 52)).save(path)
+    (folder / "broken.png").write_bytes(b"not a picture")
+    return folder
+
+
+def done_counts(out_dir: Path) -> Counter:
+    return Counter(r["item"] for r in read_manifest(out_dir / MANIFEST_NAME) if r["status"] == "done")
+
+
+def test_batch_does_a_folder_keeps_its_layout_and_skips_a_bad_item(tmp_path, capsys):
+    job, out = make_job(tmp_path / "in"), tmp_path / "out"
+    assert main(["batch", str(job), str(STYLE), "-o", str(out), *FAST]) == 1  # one item failed
+    err = capsys.readouterr().err
+    assert "nst-ext: skipped broken.png: " in err and "Traceback" not in err
+    assert "nst-ext: batch: 3 done, 0 skipped as already done, 1 failed (broken.png)" in err
+    outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert outputs == ["deep/er/photo1.png", "photo0.png", "photo2.png"]
+    assert nst_ext.load_image(out / "photo0.png").shape == (3, 42, 48)  # --size 48 on the 60x52 photo: 41.6 rounds to 42
+    records = read_manifest(out / MANIFEST_NAME)
+    assert {r["status"] for r in records} == {"done", "failed"} and all(r["settings"] for r in records)
+
+    # Again: nothing redone; the failed item is tried again (and fails again).
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert main(["batch", str(job), str(STYLE), "-o", str(out), *FAST]) == 1
+    assert "3 skipped as already done, 1 failed" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
+    # A deleted output is redone, and only it.
+    (job / "broken.png").unlink()
+    (out / "photo2.png").unlink()
+    assert main(["batch", str(job), str(STYLE), "-o", str(out), *FAST]) == 0
+    assert "1 done, 2 skipped as already done, 0 failed" in capsys.readouterr().err
+    assert done_counts(out) == Counter({"photo0.jpg": 1, "deep/er/photo1.jpg": 1, "photo2.jpg": 2})
+
+
+def test_batch_refuses_other_settings_without_overwrite(tmp_path, capsys):
+    job, out = make_job(tmp_path / "in", count=1), tmp_path / "out"
+    (job / "broken.png").unlink()
+    assert main(["batch", str(job), str(STYLE), "-o", str(out), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["batch", str(job), str(STYLE), "-o", str(out), *FAST, "--style-weight", "9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "made with other settings" in err[0] and "--overwrite" in err[0]
+    assert main(["batch", str(job), str(STYLE), "-o", str(out), *FAST, "--style-weight", "9", "--overwrite"]) == 0
+    assert done_counts(out)["photo0.jpg"] == 2
+    # A file this job did not make is never replaced without --overwrite.
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (8, 8)).save(other / "photo0.png")
+    assert main(["batch", str(job), str(STYLE), "-o", str(other), *FAST]) == 2
+    assert "exists but this job did not make it" in capsys.readouterr().err
+
+
+def test_batch_from_a_list_file(tmp_path):
+    job = make_job(tmp_path / "in", count=2)
+    listing = tmp_path / "in" / "list.txt"
+    listing.write_text("# my pictures\nphoto0.jpg\n\ndeep/er/photo1.jpg\n")
+    out = tmp_path / "out"
+    summary = run_batch(listing, [STYLE], out, nst_ext.StyleOptions(size=48, steps=2, device="cpu"))
+    assert (summary.done, summary.skipped, summary.failed) == (2, 0, [])
+    assert (out / "photo0.png").exists() and (out / "deep" / "er" / "photo1.png").exists()
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "does not exist"),
+    (lambda d: d.mkdir(), "holds no images"),
+])
+def test_batch_bad_input_is_one_line(tmp_path, capsys, setup, message):
+    setup(tmp_path / "in")
+    assert main(["batch", str(tmp_path / "in"), str(STYLE), "-o", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_style_targets_are_made_once_per_stage_size(tmp_path, monkeypatch):
+    """The style images' Grams are made by the first item and reused by the others."""
+    from nst_ext import objective
+
+    made = []
+    original = objective.blended_gram
+    monkeypatch.setattr(objective, "blended_gram", lambda *a: made.append(1) or original(*a))
+    job = make_job(tmp_path / "in", count=3)
+    (job / "broken.png").unlink()
+    run_batch(job, [STYLE], tmp_path / "out", nst_ext.StyleOptions(scales=[32, 48], steps=2, device="cpu"))
+    assert len(made) == 2 * len(nst_ext.StyleOptions().style_layers)  # two stage sizes, once each
+
+
+def test_batch_resumes_after_a_stop_without_redoing_anything(tmp_path):
+    job, out = make_job(tmp_path / "in", count=6), tmp_path / "out"
+    (job / "broken.png").unlink()
+    command = [sys.executable, "-m", "nst_ext", "batch", str(job), str(STYLE), "-o", str(out),
+               "--size", "64", "--steps", "8", "--device", "cpu", "--quiet"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    manifest = out / MANIFEST_NAME
+    deadline = time.monotonic() + 120
+    while not (manifest.exists() and manifest.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    first = done_counts(out)
+    assert 2 <= sum(first.values()) < 6 and "run the same command again" in err
+    assert not list(out.rglob("*.tmp"))
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert f"{6 - sum(first.values())} done, {sum(first.values())} skipped as already done, 0 failed" in finished.stderr
+    assert done_counts(out) == Counter({f"{'deep/er/' if i % 2 else ''}photo{i}.jpg": 1 for i in range(6)})
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_torchrun_two_processes_do_every_item_exactly_once(tmp_path):
+    job, out = make_job(tmp_path / "in", count=5), tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "nst_ext", "batch", str(job), str(STYLE), "-o", str(out), *FAST]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode != 0  # broken.png failed: exit status 1 on every rank
+    assert result.stderr.count("nst-ext: batch: 5 done, 0 skipped as already done, 1 failed (broken.png)") == 1
+    records = read_manifest(out / MANIFEST_NAME)
+    assert Counter(r["item"] for r in records) == Counter(
+        {**{f"{'deep/er/' if i % 2 else ''}photo{i}.jpg": 1 for i in range(5)}, "broken.png": 1})
+    assert {r["rank"] for r in records} == {0, 1}
+    (job / "broken.png").unlink()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "0 done, 5 skipped as already done, 0 failed" in again.stderr
+    assert len(read_manifest(out / MANIFEST_NAME)) == len(records)
