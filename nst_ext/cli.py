@@ -187,6 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="redo items made with other settings, and replace outputs this job did not make")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_style_options(batch, defaults)
+    video = commands.add_parser(
+        "video", help="stylize a video with temporal coherence; resumable; runs under torchrun",
+        description="Stylize every frame of INPUT (any video FFmpeg reads, or a GIF) into OUTPUT (.mp4 H.264, "
+                    ".webm VP9 or .gif), keeping the frame count, frame rate and audio; the size follows --size "
+                    "(sides made even for .mp4/.webm). The first frame gets the full coarse-to-fine run; each "
+                    "later frame starts from the previous stylized frame and a temporal term keeps pixels that "
+                    "did not move in the input where they were (Ruder et al. 2016), which removes flicker. "
+                    "Finished frames are kept in .OUTPUT.frames beside the output until the video is written, so "
+                    "a stopped run continues where it stopped. Under `torchrun --nproc-per-node N -m nst_ext "
+                    "video ...` each process takes a contiguous part of the clip.")
+    video.add_argument("input", help="input video")
+    video.add_argument("styles", nargs="+", metavar="style", help="style image(s)")
+    video.add_argument("-o", "--output", required=True, help="output video (.mp4, .webm or .gif)")
+    video.add_argument("--frame-steps", type=int, default=None, metavar="N",
+                       help="L-BFGS steps for each frame after the first (default 30)")
+    video.add_argument("--temporal-weight", type=float, default=None,
+                       help="how strongly static pixels keep their stylized colour from frame to frame (default "
+                            "200; 0: every frame on its own, which flickers)")
+    video.add_argument("--overwrite", action="store_true", help="replace OUTPUT; start over a stopped run made "
+                                                                "with other settings")
+    video.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_style_options(video, defaults)
     commands.add_parser("layers", help="list VGG19's layer names, their size and the smallest picture each needs")
     commands.add_parser("info", help="show the kernel backends, device and weights")
     return parser
@@ -369,6 +391,43 @@ def _run_batch(args) -> int:
     return 1 if summary.failed else 0
 
 
+def _run_video(args) -> int:
+    options = _options_from(args)
+    options.validate()
+    from nst_ext.jobs import FRAME_STEPS, TEMPORAL_WEIGHT, Distributed, run_video  # torch from here on
+
+    distributed = Distributed()
+    bar = None
+
+    def on_frame(done, total):
+        nonlocal bar
+        if distributed.rank == 0 and not args.quiet:
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr, desc="video")
+            bar.update(done - bar.n)
+
+    try:
+        summary = run_video(args.input, args.styles, args.output, options,
+                            temporal_weight=TEMPORAL_WEIGHT if args.temporal_weight is None else args.temporal_weight,
+                            frame_steps=FRAME_STEPS if args.frame_steps is None else args.frame_steps,
+                            overwrite=args.overwrite, on_frame=on_frame, distributed=distributed)
+    finally:
+        if bar is not None:
+            bar.close()
+        distributed.close()
+    if summary.interrupted:
+        print(f"nst-ext: {_stop_verb()}; the finished frames are kept, run the same command again to continue",
+              file=sys.stderr)
+        return _stop_exit_status()
+    if distributed.rank == 0:
+        kept = f" ({summary.kept} kept from a stopped run)" if summary.kept else ""
+        print(f"nst-ext: wrote {args.output}: {summary.frames} frames, {summary.stylized} stylized now{kept}",
+              file=sys.stderr)
+    return 0
+
+
 def _layers() -> int:
     print("VGG19's layers. 'size': the layer's output size relative to the picture; 'min px': the smallest\n"
           "picture side (at every stage, for content and style images alike) that leaves it at least 1x1.\n")
@@ -422,6 +481,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return _run_stylize(args, content, [style], output)
         if args.command == "batch":
             return _run_batch(args)
+        if args.command == "video":
+            return _run_video(args)
         return _run_stylize(args, args.content, args.styles, Path(args.output))
     except InputError as error:
         print(f"nst-ext: error: {error}", file=sys.stderr)

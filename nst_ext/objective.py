@@ -5,6 +5,7 @@ evaluator that replays it as a CUDA graph.
 """
 
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -17,8 +18,19 @@ if TYPE_CHECKING:
     from nst_ext.memory import MemoryPlan
     from nst_ext.stylizer import Stylizer
 
-# The loss terms of one evaluation, in the order of the (4,) tensors that hold them.
-TERMS = ("content", "style", "tv", "total")
+# The loss terms of one evaluation, in the order of the (5,) tensors that hold them.
+TERMS = ("content", "style", "tv", "temporal", "total")
+
+
+@dataclass(frozen=True)
+class TemporalTarget:
+    """For a video frame (Ruder, Dosovitskiy & Brox 2016): the previous stylized frame
+    ``previous`` (3, H, W) and a ``mask`` (H, W) in [0, 1], 1 where the input did not change; the
+    temporal term is ``weight`` times the mean over pixels of mask · (image - previous)²."""
+
+    previous: torch.Tensor
+    mask: torch.Tensor
+    weight: float
 
 
 class Objective:
@@ -31,12 +43,13 @@ class Objective:
     each is checkpointed; without one, VGG runs as one segment per device.
     `style_grams`: the style layers' target Grams when already made for these
     style images at this size (a batch job makes them once); ``self.style_grams``
-    holds them for reuse.
+    holds them for reuse. `temporal`: a video frame's temporal term, its
+    tensors at this stage's size.
     """
 
     def __init__(self, stylizer: "Stylizer", stage_content: torch.Tensor, stage_styles: Sequence[torch.Tensor],
                  blend: Sequence[float], plan: Optional["MemoryPlan"] = None,
-                 style_grams: Optional[Dict[str, torch.Tensor]] = None):
+                 style_grams: Optional[Dict[str, torch.Tensor]] = None, temporal: Optional[TemporalTarget] = None):
         options = stylizer.options
         self.stylizer = stylizer
         vgg = stylizer.vgg
@@ -68,6 +81,11 @@ class Objective:
         self.segments: Tuple[Tuple[int, int], ...] = plan.segments if plan else stylizer.device_segments(deepest + 1)
         self.checkpointing = bool(plan and plan.checkpointing)
         self.tv_loss = TotalVariationLoss()
+        self.temporal = None
+        if temporal is not None:
+            self.temporal = (temporal.previous.to(stylizer.device).reshape(1, 3, *temporal.previous.shape[-2:]),
+                             temporal.mask.to(stylizer.device).reshape(1, 1, *temporal.mask.shape[-2:]),
+                             float(temporal.weight))
         # The style term relative to its value at the content image: how far the style is from the
         # content in Gram terms varies by two orders of magnitude between pairs (a photographic
         # texture against a portrait is far), and unscaled, a far style buries the subject.
@@ -107,13 +125,17 @@ class Objective:
             style = style + segment_style.to(image.device)
         terms = {"content": options.content_weight * content,
                  "style": options.style_weight * style * self.style_normalizer,
-                 "tv": options.tv_weight * self.tv_loss(image)}
-        terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+                 "tv": options.tv_weight * self.tv_loss(image),
+                 "temporal": image.new_zeros((), dtype=torch.float32)}
+        if self.temporal is not None:
+            previous, mask, weight = self.temporal
+            terms["temporal"] = weight * (mask * (image - previous).square()).mean()
+        terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
         return terms
 
     def evaluator(self, image: torch.Tensor, graph: bool = True) -> Callable[[], torch.Tensor]:
         """A function that computes the loss at `image` (a leaf with requires_grad), fills
-        ``image.grad`` and returns the terms as a new (4,) float32 tensor in the order of
+        ``image.grad`` and returns the terms as a new (5,) float32 tensor in the order of
         :data:`TERMS`. On CUDA with `graph` and VGG on one device, the forward and backward are
         captured once as a CUDA graph and replayed (shapes are fixed within a stage); where capture
         fails, it warns and evaluates eagerly."""

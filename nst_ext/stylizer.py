@@ -23,13 +23,14 @@ from nst_ext.images import ImageSource, load_image, long_side_shape, resize, res
 from nst_ext.lbfgs import LBFGS
 from nst_ext.memory import (DEFAULT_BUDGET_SHARE, MemoryPlan, parse_size, plan_stage, release_freed_memory_promptly,
                             saved_bytes_per_layer, split_layers)
-from nst_ext.objective import TERMS, Objective
+from nst_ext.objective import TERMS, Objective, TemporalTarget
 from nst_ext.options import OptionError, StyleOptions, resolve_device, uses_mixed_precision
 from nst_ext.layers import LAYER_INDEX, LAYERS, min_image_side
 from nst_ext.vgg import VGG19Features
 from nst_ext.weights import resolve_weights
 
-__all__ = ["Objective", "Progress", "StylizeResult", "Stylizer", "TERMS", "free_memory_bytes", "stylize"]
+__all__ = ["Objective", "Progress", "StylizeResult", "Stylizer", "TERMS", "TemporalTarget", "free_memory_bytes",
+           "stylize"]
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -74,6 +75,7 @@ class Progress:
     content_loss = property(lambda self: self._value("content"))
     style_loss = property(lambda self: self._value("style"))
     tv_loss = property(lambda self: self._value("tv"))
+    temporal_loss = property(lambda self: self._value("temporal"))
     total_loss = property(lambda self: self._value("total"))
 
 
@@ -205,8 +207,11 @@ class Stylizer:
 
     # -- the optimisation -------------------------------------------------------------------------
     def run(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
-            callback: Optional[Callable[[Progress], None]] = None) -> StylizeResult:
-        """Stylize `content` with `styles`; returns the image with its loss history.
+            callback: Optional[Callable[[Progress], None]] = None, init: Optional[ImageSource] = None,
+            temporal: Optional[TemporalTarget] = None) -> StylizeResult:
+        """Stylize `content` with `styles`; returns the image with its loss history. `init`
+        overrides the ``init`` option for this run; `temporal` adds a video frame's temporal term
+        (resized to each stage).
 
         Ctrl-C (KeyboardInterrupt) stops the run cleanly: the result holds the
         best image found so far and ``interrupted=True``.
@@ -225,9 +230,12 @@ class Stylizer:
         result = StylizeResult(tensor=resize_to_long_side(content_image, sizes[-1]))
         image = None
         for stage, ((stage_content, stage_styles), steps, plan) in enumerate(zip(stages, stage_steps, plans)):
-            image = self._initial_image(stage_content, image, generator)
+            image = self._initial_image(stage_content, image, generator, init)
+            stage_temporal = temporal and TemporalTarget(
+                resize(temporal.previous, tuple(stage_content.shape[-2:])),
+                resize(temporal.mask.expand(3, -1, -1), tuple(stage_content.shape[-2:]))[0], temporal.weight)
             image, interrupted = self._optimize(stage, len(sizes), steps, image, stage_content, stage_styles, blend,
-                                                result.history, callback, plan)
+                                                result.history, callback, plan, stage_temporal)
             result.tensor = image[0].detach().float().cpu().clamp(0, 1)
             if interrupted:
                 result.interrupted = True
@@ -248,16 +256,17 @@ class Stylizer:
             self._style_grams.clear()
         self._style_sources = sources  # referenced, so that `is` above cannot match a new object
 
-    def _initial_image(self, stage_content, previous, generator) -> torch.Tensor:
+    def _initial_image(self, stage_content, previous, generator, init=None) -> torch.Tensor:
         height, width = stage_content.shape[-2:]
+        init = self.options.init if init is None else init
         if previous is not None:  # coarse-to-fine: start from the last stage's result
             start = resize(previous[0].detach().float().cpu().clamp(0, 1), (height, width))
-        elif isinstance(self.options.init, str) and self.options.init == "content":
+        elif isinstance(init, str) and init == "content":
             start = stage_content
-        elif isinstance(self.options.init, str) and self.options.init == "noise":
+        elif isinstance(init, str) and init == "noise":
             start = torch.rand((3, height, width), generator=generator)
         else:
-            start = resize(load_image(self.options.init, "init image", self.options.max_input_pixels), (height, width))
+            start = resize(load_image(init, "init image", self.options.max_input_pixels), (height, width))
         return start.unsqueeze(0).to(self.device).contiguous()
 
     def autocast(self, device: Optional[torch.device] = None):
@@ -291,7 +300,8 @@ class Stylizer:
             self._check_size(style, f"style image {i + 1}")
         return stage_content, stage_styles
 
-    def _optimize(self, stage, stages, steps, image, stage_content, stage_styles, blend, history, callback, plan):
+    def _optimize(self, stage, stages, steps, image, stage_content, stage_styles, blend, history, callback, plan,
+                  temporal=None):
         """One stage. Nothing here waits for the GPU: the loss terms of each evaluation stay on the
         device (read into `history` once, at the end of the stage), the best image is kept there
         by a masked copy, and the L-BFGS keeps its scalars there."""
@@ -313,7 +323,7 @@ class Stylizer:
         interrupted = False
         try:  # a stop while the targets are computed keeps the stage's starting image
             key = tuple(tuple(style.shape[-2:]) for style in stage_styles)  # one per stage size
-            objective = Objective(self, stage_content, stage_styles, blend, plan, self._style_grams.get(key))
+            objective = Objective(self, stage_content, stage_styles, blend, plan, self._style_grams.get(key), temporal)
             if options.preserve_color is None:
                 self._style_grams[key] = objective.style_grams
             evaluate = objective.evaluator(image, graph=options.cuda_graph)

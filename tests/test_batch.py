@@ -1,7 +1,6 @@
 """`nst-ext batch`: items from a folder or a list, the manifest, resumption after a stop, bad items
 skipped, changed settings refused, and two processes under torchrun doing every item exactly once."""
 
-import json
 import os
 import signal
 import subprocess
@@ -82,7 +81,7 @@ def test_batch_refuses_other_settings_without_overwrite(tmp_path, capsys):
 
 
 def test_batch_from_a_list_file(tmp_path):
-    job = make_job(tmp_path / "in", count=2)
+    make_job(tmp_path / "in", count=2)
     listing = tmp_path / "in" / "list.txt"
     listing.write_text("# my pictures\nphoto0.jpg\n\ndeep/er/photo1.jpg\n")
     out = tmp_path / "out"

@@ -1,0 +1,268 @@
+"""Reading and writing video through PyAV (FFmpeg's bindings, as torchvision's video I/O uses).
+
+Frames inside nst_ext are float32 tensors ``(3, H, W)``, RGB, in [0, 1], like images. Written
+videos keep the input's frame count and frame rate; ``.mp4`` is H.264 and ``.webm`` VP9 (both
+4:2:0, so their sides are made even), ``.gif`` a palette GIF. The audio of the input is carried
+over: copied as it is where the container takes its codec, else re-encoded (AAC in MP4, Opus in
+WebM; a GIF has none). A video is written to a temporary file beside its name and renamed, and
+Ctrl-C or SIGTERM wait until it is in place. Every problem with an input is one VideoError line.
+"""
+
+import itertools
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+
+from nst_ext.errors import InputError, OutputError
+from nst_ext.outputs import deferred_signals
+
+# suffix: (container format, video codec, pixel format, audio codec when re-encoded)
+VIDEO_FORMATS = {".mp4": ("mp4", "libx264", "yuv420p", "aac"), ".webm": ("webm", "libvpx-vp9", "yuv420p", "libopus"),
+                 ".gif": ("gif", "gif", "rgb8", None)}
+
+
+class VideoError(InputError):
+    """A video that cannot be read or written."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: Fraction
+    width: int
+    height: int
+    has_audio: bool
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise VideoError("video needs PyAV: pip install av (or pip install 'nst_ext[video]')") from None
+    return av
+
+
+def _open(path: Path):
+    av = _av()
+
+    if not path.is_file():
+        raise VideoError(f"video {str(path)!r} does not exist" if not path.exists() else
+                         f"video {str(path)!r} is not a file")
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as error:
+        raise VideoError(f"{str(path)!r} is not a video FFmpeg can read ({error.strerror or error})") from None
+
+
+def probe(path: os.PathLike) -> VideoInfo:
+    """Frame count (by decoding: containers' own counts can be missing or wrong), frame rate, size
+    and whether there is audio. Raises VideoError for a file with no decodable video stream."""
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise VideoError(f"{str(path)!r} has no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        try:
+            frames = sum(1 for _ in container.decode(stream))
+        except av.FFmpegError as error:
+            raise VideoError(f"cannot decode the video of {str(path)!r} ({error.strerror or error})") from None
+        if frames == 0 or not rate:
+            raise VideoError(f"{str(path)!r} has no decodable video frames")
+        return VideoInfo(frames, Fraction(rate), stream.codec_context.width, stream.codec_context.height,
+                         bool(container.streams.audio))
+
+
+def read_frames(path: os.PathLike, shape: Optional[Tuple[int, int]] = None, start: int = 0) -> Iterator[torch.Tensor]:
+    """The frames from index `start`, each ``(3, H, W)`` float32 in [0, 1], resized to `shape`
+    ((height, width)) when given."""
+    import av
+
+    from nst_ext.images import resize
+
+    path = Path(path)
+    with _open(path) as container:
+        try:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index < start:
+                    continue
+                array = frame.to_ndarray(format="rgb24")
+                tensor = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+                yield resize(tensor, shape) if shape and tuple(tensor.shape[-2:]) != tuple(shape) else tensor
+        except av.FFmpegError as error:
+            raise VideoError(f"cannot decode the video of {str(path)!r} ({error.strerror or error})") from None
+
+
+def even_shape(shape: Tuple[int, int], suffix: str) -> Tuple[int, int]:
+    """4:2:0 video needs even sides: each odd one loses a pixel (GIFs keep theirs)."""
+    if VIDEO_FORMATS[suffix][2] != "yuv420p":
+        return shape
+    return tuple(max(2, side - side % 2) for side in shape)
+
+
+def check_video_output(path: Path, overwrite: bool, source: Optional[Path] = None) -> None:
+    """Refuses, before any work, an output that cannot or must not be written (OutputError): an
+    unknown extension, a folder, an existing file without `overwrite`, the input video `source`."""
+    from nst_ext.outputs import check_folder_writable
+
+    if source is not None and path.exists() and os.path.samefile(path, source):
+        raise OutputError(f"{str(path)!r} is this run's input video; it is never replaced, even with --overwrite: "
+                          "choose another output name")
+    if path.suffix.lower() not in VIDEO_FORMATS:
+        raise OutputError(f"cannot write {str(path)!r}: unknown video extension; use one of "
+                          f"{', '.join(VIDEO_FORMATS)}")
+    if path.is_dir():
+        raise OutputError(f"cannot write {str(path)!r}: it is a folder; give a file name inside it")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{str(path)!r} already exists; choose another name or pass --overwrite")
+    check_folder_writable(path.parent, str(path))
+
+
+def write_video(frames: Iterable[torch.Tensor], path: os.PathLike, fps: Fraction,
+                audio_from: Optional[os.PathLike] = None, overwrite: bool = False) -> Path:
+    """Encodes `frames` (``(3, H, W)`` in [0, 1], all one size) at `fps` into `path` by its suffix,
+    with the audio of `audio_from` when it has some; atomically (module docstring)."""
+    import av
+
+    path = Path(path)
+    check_video_output(path, overwrite)
+    container_format, codec, pixel_format, audio_codec = VIDEO_FORMATS[path.suffix.lower()]
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise VideoError("no frames to write")
+    with deferred_signals():
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            with av.open(temporary, mode="w", format=container_format) as output:
+                # Every stream exists before the first packet is written (the header).
+                stream = output.add_stream(codec, rate=fps)
+                stream.height, stream.width = first.shape[-2:]
+                stream.pix_fmt = pixel_format
+                if codec == "libx264":
+                    stream.options = {"crf": "17"}
+                elif codec == "libvpx-vp9":
+                    stream.options = {"crf": "24", "b": "0"}
+                audio = None
+                if audio_from is not None and audio_codec is not None:
+                    audio = _AudioCarrier(Path(audio_from), output, audio_codec)
+                for frame in itertools.chain([first], frames):
+                    array = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                        output.mux(packet)
+                for packet in stream.encode():
+                    output.mux(packet)
+                if audio is not None:
+                    audio.carry()
+            os.chmod(temporary, 0o666 & ~_umask())
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    return path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+class _AudioCarrier:
+    """The first audio stream of `source` into `output`: its packets copied when the container
+    takes the codec, else decoded and re-encoded with `audio_codec`. The stream is added when
+    made (before any packet is written); ``carry()`` writes the audio."""
+
+    COPIED = {"mp4": ("aac", "mp3", "alac", "opus"), "webm": ("opus", "vorbis")}
+
+    def __init__(self, source: Path, output, audio_codec: str):
+        import av
+
+        self.input = av.open(str(source))
+        self.output, self.stream, self.source = output, None, None
+        if not self.input.streams.audio:
+            return
+        self.source = self.input.streams.audio[0]
+        self.copy = self.source.codec_context.name in self.COPIED.get(output.format.name.split(",")[0], ())
+        if self.copy:
+            self.stream = output.add_stream_from_template(self.source)
+        else:
+            self.stream = output.add_stream(audio_codec, rate=self.source.codec_context.sample_rate or 48000)
+
+    def carry(self) -> None:
+        try:
+            if self.stream is None:
+                return
+            if self.copy:
+                for packet in self.input.demux(self.source):
+                    if packet.dts is None:
+                        continue
+                    packet.stream = self.stream
+                    self.output.mux(packet)
+                return
+            for frame in self.input.decode(self.source):
+                frame.pts = None
+                for packet in self.stream.encode(frame):
+                    self.output.mux(packet)
+            for packet in self.stream.encode():
+                self.output.mux(packet)
+        finally:
+            self.input.close()
+
+
+def synthetic_clip(path: os.PathLike, frames: int = 24, size: Tuple[int, int] = (96, 128), fps: int = 12,
+                   audio: bool = True) -> Path:
+    """A short clip for tests, benchmarks and trying things out: the sample photo as a still
+    background with a patch of the sample painting moving across it, and (for .mp4 and .webm) a
+    quiet tone. `size` is (height, width)."""
+    import av
+
+    from nst_ext.images import load_image, resize
+
+    data = Path(__file__).parent / "data"
+    height, width = size
+    background = resize(load_image(data / "astronaut.jpg"), (height, width))
+    side = max(8, height // 3)
+    patch = resize(load_image(data / "swirls.jpg"), (side, side))
+    path = Path(path)
+    container_format, codec, pixel_format, audio_codec = VIDEO_FORMATS[path.suffix.lower()]
+    with av.open(str(path), mode="w", format=container_format) as output:
+        stream = output.add_stream(codec, rate=fps)
+        stream.height, stream.width, stream.pix_fmt = height, width, pixel_format
+        sound = None
+        if audio and audio_codec is not None:
+            sound = output.add_stream(audio_codec, rate=48000)
+            sound.layout = "mono"
+        for index in range(frames):
+            frame = background.clone()
+            left = round((width - side) * index / max(1, frames - 1))
+            top = (height - side) // 2
+            frame[:, top:top + side, left:left + side] = patch
+            array = (frame * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+        if sound is not None:
+            samples = int(48000 * frames / fps)
+            tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(samples) / 48000)).astype(np.float32)
+            frame_size = sound.codec_context.frame_size or 1024
+            for offset in range(0, samples, frame_size):
+                chunk = tone[offset:offset + frame_size]
+                audio_frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+                audio_frame.sample_rate = 48000
+                audio_frame.pts = offset
+                for packet in sound.encode(audio_frame):
+                    output.mux(packet)
+            for packet in sound.encode():
+                output.mux(packet)
+    return path
