@@ -247,11 +247,12 @@ class Stylizer:
         return result
 
     def _remember_styles(self, styles) -> None:
-        """Keeps the style Grams made by a run for the next run with the very same style objects
-        (paths or tensors, as a batch job passes them), unless their colours follow each content."""
+        """Keeps the style Grams made by a run for the next run with the very same style tensors (as
+        a batch job or a video passes them; not paths, whose files may change between runs), unless
+        their colours follow each content. A tensor changed in place between runs is not noticed."""
         sources = tuple(styles) if isinstance(styles, (list, tuple)) else (styles,)
         same = (len(sources) == len(self._style_sources)
-                and all(a is b for a, b in zip(sources, self._style_sources)))
+                and all(isinstance(a, torch.Tensor) and a is b for a, b in zip(sources, self._style_sources)))
         if not same or self.options.preserve_color is not None:
             self._style_grams.clear()
         self._style_sources = sources  # referenced, so that `is` above cannot match a new object
