@@ -155,6 +155,15 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_job_arguments(parser: argparse.ArgumentParser, input_help: str, output: dict, overwrite_help: str) -> None:
+    """The positional arguments and output switches of `batch` and `video`."""
+    parser.add_argument("input", help=input_help)
+    parser.add_argument("styles", nargs="+", metavar="style", help="style image(s)")
+    parser.add_argument("-o", "--output", required=True, **output)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = StyleOptions()
     parser = argparse.ArgumentParser(prog="nst-ext", description="Neural style transfer (Gatys et al.) with compiled kernels.")
@@ -179,13 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "skipped. Exit status: 0 all done, 1 some items failed, 2 bad usage, 130/143 stopped "
                     "(finished items are kept). Under `torchrun --nproc-per-node N -m nst_ext batch ...` the "
                     "items are split over the processes (each on its local GPU when there are GPUs).")
-    batch.add_argument("input", help="a folder of images, or a text file listing image paths")
-    batch.add_argument("styles", nargs="+", metavar="style", help="style image(s)")
-    batch.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (made if missing)")
+    _add_job_arguments(batch, "a folder of images, or a text file listing image paths",
+                       dict(metavar="OUT_DIR", help="output folder (made if missing)"),
+                       "redo items made with other settings, and replace outputs this job did not make")
     batch.add_argument("--format", choices=["png", "jpg", "webp"], default="png", help="(default %(default)s)")
-    batch.add_argument("--overwrite", action="store_true",
-                       help="redo items made with other settings, and replace outputs this job did not make")
-    batch.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_style_options(batch, defaults)
     video = commands.add_parser(
         "video", help="stylize a video with temporal coherence; resumable; runs under torchrun",
@@ -197,17 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "Finished frames are kept in .OUTPUT.frames beside the output until the video is written, so "
                     "a stopped run continues where it stopped. Under `torchrun --nproc-per-node N -m nst_ext "
                     "video ...` each process takes a contiguous part of the clip.")
-    video.add_argument("input", help="input video")
-    video.add_argument("styles", nargs="+", metavar="style", help="style image(s)")
-    video.add_argument("-o", "--output", required=True, help="output video (.mp4, .webm or .gif)")
+    _add_job_arguments(video, "input video", dict(help="output video (.mp4, .webm or .gif)"),
+                       "replace OUTPUT; start over a stopped run made with other settings")
     video.add_argument("--frame-steps", type=int, default=None, metavar="N",
                        help="L-BFGS steps for each frame after the first (default 30)")
     video.add_argument("--temporal-weight", type=float, default=None,
                        help="how strongly static pixels keep their stylized colour from frame to frame (default "
                             "200; 0: every frame on its own, which flickers)")
-    video.add_argument("--overwrite", action="store_true", help="replace OUTPUT; start over a stopped run made "
-                                                                "with other settings")
-    video.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_style_options(video, defaults)
     commands.add_parser("layers", help="list VGG19's layer names, their size and the smallest picture each needs")
     commands.add_parser("info", help="show the kernel backends, device and weights")

@@ -147,6 +147,15 @@ def pending_items(items: Sequence[BatchItem], records: Sequence[dict], settings:
     return pending
 
 
+def _existing_styles(styles: Sequence[os.PathLike]) -> List[Path]:
+    """The style image paths of a job, each checked to exist before any work."""
+    paths = [Path(style) for style in styles]
+    for style in paths:
+        if not style.is_file():
+            raise InputError(f"style image {str(style)!r} does not exist")
+    return paths
+
+
 class Distributed:
     """This process's place in a torchrun launch (``WORLD_SIZE`` > 1 in the environment): rank,
     world size, and the device of its local rank; one process alone otherwise."""
@@ -215,10 +224,7 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
 
     options = options or StyleOptions()
     distributed = distributed or Distributed()
-    job_input, out_dir, styles = Path(job_input), Path(out_dir), [Path(style) for style in styles]
-    for style in styles:
-        if not style.is_file():
-            raise InputError(f"style image {str(style)!r} does not exist")
+    job_input, out_dir, styles = Path(job_input), Path(out_dir), _existing_styles(styles)
     items = list_items(job_input, out_dir, output_format)
     if distributed.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -337,10 +343,7 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
 
     options = options or StyleOptions()
     distributed = distributed or Distributed()
-    video, output, styles = Path(video), Path(output), [Path(style) for style in styles]
-    for style in styles:
-        if not style.is_file():
-            raise InputError(f"style image {str(style)!r} does not exist")
+    video, output, styles = Path(video), Path(output), _existing_styles(styles)
     if not (isinstance(frame_steps, int) and frame_steps >= 1):
         raise OptionError(f"frame steps must be a positive whole number, got {frame_steps!r}")
     if not temporal_weight >= 0:

