@@ -2,7 +2,7 @@
 process per picture (what a shell loop does), and with one process against two under torchrun
 (gloo, one thread each), in one run, on this machine.
 
-    python benchmarks/batch_throughput.py [--images 8] [--size 128] [--json F]
+    python benchmarks/batch_throughput.py [--images 8] [--size 128] [--device cpu|auto] [--json F]
 """
 
 import argparse
@@ -38,10 +38,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--device", default="cpu", help="cpu, or auto: each process on its own GPU where there are GPUs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     style = os.path.join(DATA, "swirls.jpg")
-    common = ["--size", str(args.size), "--device", "cpu", "--quiet"]
+    common = ["--size", str(args.size), "--device", args.device, "--quiet"]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         source = os.path.join(folder, "in")

@@ -158,36 +158,33 @@ def _existing_styles(styles: Sequence[os.PathLike]) -> List[Path]:
 
 class Distributed:
     """This process's place in a torchrun launch (``WORLD_SIZE`` > 1 in the environment): rank,
-    world size, and the device of its local rank; one process alone otherwise."""
+    world size, and the device of its local rank (GPU ``local_rank % count``, or the CPU); one
+    process alone otherwise."""
 
     def __init__(self):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.group = None
         if self.world_size > 1:
-            import torch
             import torch.distributed as dist
 
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            if backend == "nccl":
-                torch.cuda.set_device(self.local_rank)
-            dist.init_process_group(backend)
-            # Objects are gathered over gloo, which runs on every machine.
-            self.group = dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
+            # Only small Python objects cross processes (barriers, the summary), never tensors: gloo
+            # carries them on every machine, and several processes may share one GPU (NCCL refuses).
+            dist.init_process_group("gloo")
 
     def device(self, requested: str) -> str:
         if requested == "auto" and self.world_size > 1:
             import torch
 
-            return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            return f"cuda:{self.local_rank % count}" if count else "cpu"
         return requested
 
     def barrier(self) -> None:
         if self.world_size > 1:
             import torch.distributed as dist
 
-            dist.barrier(group=self.group)
+            dist.barrier()
 
     def gather(self, value) -> List:
         if self.world_size == 1:
@@ -195,7 +192,7 @@ class Distributed:
         import torch.distributed as dist
 
         values = [None] * self.world_size
-        dist.all_gather_object(values, value, group=self.group)
+        dist.all_gather_object(values, value)
         return values
 
     def close(self) -> None:

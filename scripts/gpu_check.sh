@@ -119,6 +119,9 @@ part ops 90 30 "$PYTHON" benchmarks/ops_compare.py --device cuda --sizes 512,102
 part e2e 90 30 "$PYTHON" benchmarks/memory.py --device cuda --sizes 512,1024 --json "$RESULTS/e2e.json"
 part step 90 30 "$PYTHON" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py -k cuda \
     --benchmark-only --step-sizes 512,1024 --benchmark-json="$RESULTS/step.json"
+# Large pictures, batch and video on the GPU (issues 10, 11); last, so they run only with time left.
+part large 75 30 "$PYTHON" benchmarks/memory.py --device cuda --sizes 2048,4096 --steps 3 \
+    --json "$RESULTS/e2e-large.json"
 sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
 if [ -n "$sanitizer" ]; then
     part memcheck 60 20 "$sanitizer" --tool memcheck --error-exitcode 1 "$PYTHON" scripts/sanitizer_case.py
@@ -126,6 +129,10 @@ if [ -n "$sanitizer" ]; then
 else
     printf 'sanitizer\tnot run\t0\tcompute-sanitizer not found\n' >> "$RESULTS/parts.tsv"
 fi
+
+part video 60 30 "$PYTHON" benchmarks/video_flicker.py --frames 24 --size 256 --json "$RESULTS/video.json"
+part batch 60 30 "$PYTHON" benchmarks/batch_throughput.py --images 8 --size 512 --device auto \
+    --json "$RESULTS/batch.json"
 
 # -- summary ---------------------------------------------------------------------------------------
 "$PYTHON" scripts/gpu_check_summary.py "$RESULTS" $(( $(date +%s) - started ))
