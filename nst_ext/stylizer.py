@@ -173,9 +173,10 @@ class Stylizer:
     def memory_budget(self) -> int:
         """Bytes a stage may use: --max-memory on each device, or by default a safe share of the
         memory free on the devices now."""
+        distinct = set(self.devices)  # "cpu,cpu" is one memory, counted once
         if self.options.max_memory is not None:
-            return parse_size(self.options.max_memory) * len(self.devices)
-        return int(DEFAULT_BUDGET_SHARE * sum(free_memory_bytes(device) for device in self.devices))
+            return parse_size(self.options.max_memory) * len(distinct)
+        return int(DEFAULT_BUDGET_SHARE * sum(free_memory_bytes(device) for device in distinct))
 
     def memory_plans(self, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]]) -> List[MemoryPlan]:
         """Each stage's plan (nst_ext.memory) for a content image of `content_shape` (height,

@@ -150,3 +150,8 @@ def test_a_size_that_cannot_fit_is_refused_before_work():
 def test_memory_and_device_options_are_checked(overrides, message):
     with pytest.raises(InputError, match=message):
         Stylizer(size=64, **overrides)
+
+
+def test_one_memory_named_twice_is_budgeted_once():
+    assert Stylizer(size=64, devices=["cpu", "cpu"], max_memory="1GiB").memory_budget() == 2**30
+    assert Stylizer(size=64, device="cpu", max_memory="1GiB").memory_budget() == 2**30
