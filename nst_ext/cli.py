@@ -335,6 +335,12 @@ def _run_stylize(args, content, styles, output: Path) -> int:
     return 0
 
 
+def _job_stopped(kept: str) -> int:
+    """A batch or video job stopped by Ctrl-C or SIGTERM: what it kept, and the exit status."""
+    print(f"nst-ext: {_stop_verb()}; {kept} are kept, run the same command again to continue", file=sys.stderr)
+    return _stop_exit_status()
+
+
 def _run_batch(args) -> int:
     options = _options_from(args)
     options.validate()
@@ -385,9 +391,7 @@ def _run_batch(args) -> int:
     finally:
         distributed.close()
     if summary.interrupted:
-        print(f"nst-ext: {_stop_verb()}; finished items are kept, run the same command again to do the rest",
-              file=sys.stderr)
-        return _stop_exit_status()
+        return _job_stopped("finished items")
     if distributed.rank == 0:
         print(f"nst-ext: batch: {summary.line()}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -420,9 +424,7 @@ def _run_video(args) -> int:
             bar.close()
         distributed.close()
     if summary.interrupted:
-        print(f"nst-ext: {_stop_verb()}; the finished frames are kept, run the same command again to continue",
-              file=sys.stderr)
-        return _stop_exit_status()
+        return _job_stopped("the finished frames")
     if distributed.rank == 0:
         kept = f" ({summary.kept} kept from a stopped run)" if summary.kept else ""
         print(f"nst-ext: wrote {args.output}: {summary.frames} frames, {summary.stylized} stylized now{kept}",

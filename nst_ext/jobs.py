@@ -90,11 +90,12 @@ def list_items(job_input: Path, out_dir: Path, output_format: str) -> List[Batch
     return items
 
 
-def settings_hash(options: StyleOptions, styles: Sequence[Path], output_format: str) -> str:
+def settings_hash(options: StyleOptions, styles: Sequence[Path], extra: str) -> str:
     """A hash of everything that decides the pictures: the options (less SAME_PICTURE_OPTIONS),
-    the style images' bytes and the output format."""
+    the style images' bytes and `extra`, the job's own settings (a batch's output format, a video's
+    temporal settings)."""
     fields = {k: v for k, v in dataclasses.asdict(options).items() if k not in SAME_PICTURE_OPTIONS}
-    digest = hashlib.sha256(json.dumps([fields, output_format], sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps([fields, extra], sort_keys=True, default=str).encode())
     for style in styles:
         with open(style, "rb") as data:
             for block in iter(lambda: data.read(1 << 20), b""):

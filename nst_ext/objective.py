@@ -37,8 +37,8 @@ class Objective:
     """The weighted loss of one stage, its targets computed once at construction.
 
     Calling it with an image ``(1, 3, H, W)`` in [0, 1] on the stylizer's
-    device returns 0-d float32 tensors ``content``, ``style``, ``tv`` (each
-    already multiplied by its weight) and ``total`` on that device; the caller
+    device returns 0-d float32 tensors ``content``, ``style``, ``tv``, ``temporal``
+    (each already multiplied by its weight) and ``total`` on that device; the caller
     runs backward. `plan` (nst_ext.memory) gives VGG's segments and whether
     each is checkpointed; without one, VGG runs as one segment per device.
     `style_grams`: the style layers' target Grams when already made for these

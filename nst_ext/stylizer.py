@@ -234,7 +234,7 @@ class Stylizer:
             image = self._initial_image(stage_content, image, generator, init)
             stage_temporal = temporal and TemporalTarget(
                 resize(temporal.previous, tuple(stage_content.shape[-2:])),
-                resize(temporal.mask.expand(3, -1, -1), tuple(stage_content.shape[-2:]))[0], temporal.weight)
+                resize(temporal.mask[None], tuple(stage_content.shape[-2:]))[0], temporal.weight)
             image, interrupted = self._optimize(stage, len(sizes), steps, image, stage_content, stage_styles, blend,
                                                 result.history, callback, plan, stage_temporal)
             result.tensor = image[0].detach().float().cpu().clamp(0, 1)
