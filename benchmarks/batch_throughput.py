@@ -1,8 +1,10 @@
 """Images per minute of `nst-ext batch` on a folder of pictures, against one `nst-ext stylize`
-process per picture (what a shell loop does), and with one process against two under torchrun
-(gloo, one thread each), in one run, on this machine.
+process per picture (what a shell loop does); one picture at a time against several optimised
+together in one VGG batch (`--batch-size N`); and one process against two under torchrun (gloo,
+one thread each); in one run, on this machine.
 
-    python benchmarks/batch_throughput.py [--images 8] [--size 128] [--device cpu|auto] [--json F]
+    python benchmarks/batch_throughput.py [--images 8] [--size 128] [--device cpu|auto]
+        [--batch-sizes 4,8] [--json F]
 """
 
 import argparse
@@ -39,6 +41,7 @@ def main():
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--device", default="cpu", help="cpu, or auto: each process on its own GPU where there are GPUs")
+    parser.add_argument("--batch-sizes", default="4,8", help="the --batch-size values to measure besides 1")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     style = os.path.join(DATA, "swirls.jpg")
@@ -52,13 +55,16 @@ def main():
         seconds = sum(timed([sys.executable, "-m", "nst_ext", "stylize", os.path.join(source, name), style, "-o",
                              os.path.join(folder, f"single-{name}.png"), *common]) for name in names)
         rows.append(dict(method="one `nst-ext stylize` process per picture", seconds=seconds))
-        seconds = timed([sys.executable, "-m", "nst_ext", "batch", source, style, "-o", os.path.join(folder, "one"),
-                         *common])
-        rows.append(dict(method="`nst-ext batch`, one process", seconds=seconds))
+        for batch_size in [1] + [int(n) for n in args.batch_sizes.split(",") if n]:
+            seconds = timed([sys.executable, "-m", "nst_ext", "batch", source, style, "-o",
+                             os.path.join(folder, f"one-{batch_size}"), "--batch-size", str(batch_size), *common])
+            rows.append(dict(method=f"`nst-ext batch --batch-size {batch_size}`, one process", seconds=seconds,
+                             batch_size=batch_size))
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, torch.get_num_threads() // 2)))
         seconds = timed([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                         "-m", "nst_ext", "batch", source, style, "-o", os.path.join(folder, "two"), *common], env=env)
-        rows.append(dict(method="`nst-ext batch` under torchrun, 2 processes", seconds=seconds))
+                         "-m", "nst_ext", "batch", source, style, "-o", os.path.join(folder, "two"),
+                         "--batch-size", "1", *common], env=env)
+        rows.append(dict(method="`nst-ext batch --batch-size 1` under torchrun, 2 processes", seconds=seconds))
     print(f"{args.images} pictures at {args.size} px (default settings), CPU {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print("| method | wall time (s) | pictures per minute |")

@@ -4,8 +4,9 @@ and the split of the items over the processes of a ``torchrun`` launch (torch.di
 A job is a folder of images (searched recursively; the layout is kept under the output folder) or a
 text file listing image paths, one a line. Each result is ``OUT_DIR/<relative path>.<format>``. The
 manifest, ``OUT_DIR/nst-ext-manifest.jsonl``, gets one JSON line per finished item (item, output,
-status ``done`` or ``failed``, the settings' hash, seconds, rank), appended with one ``write`` to a
-file opened for appending, so lines from several processes never interleave. Running the same job
+status ``done`` or ``failed``, the settings' hash, seconds, how many pictures were optimised
+together, rank), appended with one ``write`` to a file opened for appending, so lines from several
+processes never interleave. Running the same job
 again does only what is missing: an item is done when the manifest says so with the same settings
 and its output still exists. Ctrl-C or a crash loses at most the items in flight.
 """
@@ -203,24 +204,48 @@ class Distributed:
             dist.destroy_process_group()
 
 
+# At most this many pictures optimised together when the batch size is left to the job (GPUs).
+AUTO_BATCH_LIMIT = 8
+
+
+def fitting_batch_size(stylizer, content_shape, style_shapes, most: int) -> int:
+    """The largest number of pictures of `content_shape`, up to `most`, that `stylizer` can optimise
+    together within its memory budget without checkpointing or a shorter L-BFGS history (their
+    price per step would eat what the batch gains); at least 1."""
+    for pictures in range(most, 1, -1):
+        try:
+            plans = stylizer.memory_plans(content_shape, style_shapes, pictures=pictures)
+        except OptionError:  # does not fit at all
+            continue
+        if not any(plan.budget_limited for plan in plans):
+            return pictures
+    return 1
+
+
 def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os.PathLike,
               options: Optional[StyleOptions] = None, output_format: str = "png", overwrite: bool = False,
               on_item: Optional[Callable[[BatchItem, str, Optional[str]], None]] = None,
               on_progress: Optional[Callable] = None, distributed: Optional[Distributed] = None,
-              on_start: Optional[Callable[[int, int], None]] = None) -> BatchSummary:
+              on_start: Optional[Callable[[int, int], None]] = None, batch_size: Optional[int] = None) -> BatchSummary:
     """Stylizes every image of `job_input` (a folder or a list file) with `styles` into `out_dir`,
     doing only what an earlier run of the same job left undone (module docstring).
 
-    on_start(total, already_done) is called once the items are known; on_item(item, status,
-    error) after each item this process finishes (status ``done`` or ``failed``, error: the
-    one-line reason); on_progress: the stylizer's per-step callback. Under torchrun (`distributed`)
-    the pending items are dealt round-robin to the ranks and the returned summary is the whole
-    job's. Raises InputError for a job that cannot start (before any work).
+    batch_size: up to this many pictures of the same shape are optimised together, one VGG batch
+    per step (``Stylizer.run_many``; each picture's result is the one it gets alone); fewer where
+    that many would not fit the memory budget without checkpointing. None: 1 on a CPU (where
+    a batch gains nothing at the default 512 px: BENCHMARKS.md, "Many pictures"), as many as fit
+    up to AUTO_BATCH_LIMIT on a GPU. on_start(total, already_done) is called once the items are known;
+    on_item(item, status, error) after each item this process finishes (status ``done`` or
+    ``failed``, error: the one-line reason); on_progress: the stylizer's per-step callback. Under
+    torchrun (`distributed`) the pending items are dealt round-robin to the ranks and the returned
+    summary is the whole job's. Raises InputError for a job that cannot start (before any work).
     """
     from nst_ext.images import load_image, save_image
     from nst_ext.stylizer import Stylizer
 
     options = options or StyleOptions()
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise OptionError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     distributed = distributed or Distributed()
     job_input, out_dir, styles = Path(job_input), Path(out_dir), _existing_styles(styles)
     items = list_items(job_input, out_dir, output_format)
@@ -237,33 +262,70 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
     summary = BatchSummary(skipped=len(items) - len(pending))
     if on_start is not None:
         on_start(len(items), summary.skipped)
+
+    def finish(item, status, started, error=None, pictures=1):
+        record = dict(item=item.name, output=str(item.output), status=status, settings=settings,
+                      rank=distributed.rank)
+        if error is not None:
+            record["error"] = error
+        else:
+            record.update(seconds=round(time.perf_counter() - started, 3), batch=pictures)
+        append_record(manifest, record)
+        if status == "done":
+            summary.done += 1
+        else:
+            summary.failed.append(item.name)
+        if on_item is not None:
+            on_item(item, status, error)
+
     try:
         stylizer = Stylizer(dataclasses.replace(options, device=distributed.device(options.device)))
         style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
+        most = batch_size or (AUTO_BATCH_LIMIT if stylizer.device.type == "cuda" else 1)
+        if options.preserve_color is not None:
+            most = 1  # each picture's style targets follow its own colours: nothing to share
+        limits = {}  # stage shapes -> how many pictures of them fit together
+        waiting = {}  # stage shapes -> [(item, content, loaded at)] not yet run
+
+        def run(group):
+            started = group[0][2]
+            try:
+                results = stylizer.run_many([content for _, content, _ in group], style_images, callback=on_progress)
+            except InputError as error:  # e.g. too small for the layers at a stage: each alone says which
+                if len(group) > 1:
+                    for member in group:
+                        run([member])
+                    return
+                finish(group[0][0], "failed", started, str(error))
+                return
+            if any(result.interrupted for result in results):
+                raise KeyboardInterrupt
+            for (item, _, _), result in zip(group, results):
+                item.output.parent.mkdir(parents=True, exist_ok=True)
+                with deferred_signals():  # the picture and its manifest line land together
+                    save_image(result.tensor, item.output, overwrite=True)
+                    finish(item, "done", started, pictures=len(group))
+
         for item in mine:
             started = time.perf_counter()
             try:
                 content = load_image(item.source, f"{item.name}", options.max_input_pixels)
-                result = stylizer.run(content, style_images, callback=on_progress)
             except InputError as error:
-                summary.failed.append(item.name)
-                append_record(manifest, dict(item=item.name, output=str(item.output), status="failed",
-                                             settings=settings, error=str(error), rank=distributed.rank))
-                if on_item is not None:
-                    on_item(item, "failed", str(error))
+                finish(item, "failed", started, str(error))
                 continue
-            if result.interrupted:
-                raise KeyboardInterrupt
-            item.output.parent.mkdir(parents=True, exist_ok=True)
-            with deferred_signals():  # the picture and its manifest line land together
-                save_image(result.tensor, item.output, overwrite=True)
-                append_record(manifest, dict(item=item.name, output=str(item.output), status="done",
-                                             settings=settings, seconds=round(time.perf_counter() - started, 3),
-                                             rank=distributed.rank))
-            summary.done += 1
-            if on_item is not None:
-                on_item(item, "done", None)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the item in flight is lost, every finished one stays
+            shapes = stylizer.stage_shapes(tuple(content.shape[-2:]))
+            if shapes not in limits:
+                limits[shapes] = 1 if most == 1 else fitting_batch_size(
+                    stylizer, tuple(content.shape[-2:]), [tuple(style.shape[-2:]) for style in style_images], most)
+            group = waiting.setdefault(shapes, [])
+            group.append((item, content, started))
+            if len(group) >= limits[shapes]:
+                run(waiting.pop(shapes))
+            elif sum(len(g) for g in waiting.values()) >= 2 * most:  # bound the pictures held in memory
+                run(waiting.pop(max(waiting, key=lambda key: len(waiting[key]))))
+        for shapes in list(waiting):  # the last, partial batches
+            run(waiting.pop(shapes))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the items in flight are lost, every finished one stays
         summary.interrupted = True
     if summary.interrupted:
         return summary
@@ -271,7 +333,6 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
     summary.done = sum(done for done, _ in everyone)
     summary.failed = sorted(name for _, failed in everyone for name in failed)
     return summary
-
 
 
 # -- video -------------------------------------------------------------------------------------------

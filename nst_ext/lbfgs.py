@@ -16,7 +16,7 @@ full, pushes out the oldest pair one iteration early. Such pairs do not occur
 on a smooth objective like style transfer's.
 """
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -80,17 +80,12 @@ class LBFGS:
         """One evaluation of `closure`, preceded by an update of the parameter from the last
         evaluation's gradient (none before the first evaluation). The closure computes the loss at
         the current parameter, fills ``param.grad`` and returns the loss."""
-        if self.evaluations > 0:
-            self._update()
-        with torch.enable_grad():
-            closure()
-        self.evaluations += 1
+        step_together([self], closure)
 
     def run(self, closure: Callable[[], torch.Tensor], evaluations: int) -> None:
         """`evaluations` steps: ``evaluations - 1`` updates, the last evaluation at the final
         parameter, as torch.optim.LBFGS with ``max_iter = max_eval = evaluations``."""
-        for _ in range(evaluations):
-            self.step(closure)
+        run_together([self], closure, evaluations)
 
     def _update(self) -> None:
         grad = self._gradient()
@@ -106,3 +101,23 @@ class LBFGS:
             self.step_size = torch.full((), self.lr, dtype=grad.dtype, device=grad.device)
         with torch.no_grad():
             self.param.view(-1).add_(self.direction * self.step_size)
+
+
+def step_together(optimizers: Sequence[LBFGS], closure: Callable[[], torch.Tensor]) -> None:
+    """One step of several L-BFGS, each over its own tensor, with one `closure` that evaluates
+    them all and fills every parameter's ``grad`` (a batch of pictures through VGG at once). Each
+    keeps its own history and step sizes and never reads the loss, so each follows the iterates it
+    would follow alone, given the same gradients."""
+    for optimizer in optimizers:
+        if optimizer.evaluations > 0:
+            optimizer._update()
+    with torch.enable_grad():
+        closure()
+    for optimizer in optimizers:
+        optimizer.evaluations += 1
+
+
+def run_together(optimizers: Sequence[LBFGS], closure: Callable[[], torch.Tensor], evaluations: int) -> None:
+    """`evaluations` steps of :func:`step_together`."""
+    for _ in range(evaluations):
+        step_together(optimizers, closure)

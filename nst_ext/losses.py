@@ -2,6 +2,10 @@
 (:func:`nst_ext.style_loss`, :func:`nst_ext.gram_matrix`); targets are
 computed once, when a module is built, not at every step.
 
+Every loss returns one value per picture of the batch, shape ``(B,)``: the
+pictures of a batch are optimised together but each against its own targets,
+so summing the values gives every picture its own gradient.
+
 Each content and style loss is divided by the mean square of its own target,
 so every layer starts near the same scale whatever its depth, the pooling or
 the weights' input normalisation (raw VGG19 Gram losses span four orders of
@@ -16,24 +20,31 @@ from torch import nn
 from nst_ext._ops import gram_matrix, style_loss
 
 
-def _relative_scale(target: torch.Tensor) -> float:
-    return 1.0 / max(target.detach().double().square().mean().item(), 1e-12)
+def _relative_scale(target: torch.Tensor) -> torch.Tensor:
+    """1 / the mean square of each picture's target, ``(B,)`` float32 (from ``(B, ...)``)."""
+    mean_square = target.detach().double().square().flatten(1).mean(1)
+    return (1.0 / mean_square.clamp(min=1e-12)).float()
+
+
+def per_picture_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``(B, ...)`` values over all but the first dimension: ``(B,)``."""
+    return values.flatten(1).mean(1)
 
 
 class ContentLoss(nn.Module):
-    """Mean squared difference to the target features, relative to their mean square.
+    """Mean squared difference to the target features, relative to their mean square, per picture.
 
-    target: ``(1, C, H, W)`` features of the content image; forward takes the
-    output's features of the same shape and returns a 0-d tensor.
+    target: ``(B, C, H, W)`` features of the content images; forward takes the
+    output's features of the same shape and returns ``(B,)`` float32.
     """
 
     def __init__(self, target: torch.Tensor):
         super().__init__()
         self.register_buffer("target", target.detach().float())
-        self.scale = _relative_scale(target)
+        self.register_buffer("scale", _relative_scale(target))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (features.float() - self.target).square().mean() * self.scale
+        return per_picture_mean((features.float() - self.target).square()) * self.scale
 
 
 def blended_gram(accumulated: Optional[torch.Tensor], features: torch.Tensor, weight: float) -> torch.Tensor:
@@ -45,31 +56,37 @@ def blended_gram(accumulated: Optional[torch.Tensor], features: torch.Tensor, we
 
 
 class StyleLoss(nn.Module):
-    """Gatys' style loss against a target Gram matrix.
+    """Gatys' style loss against a target Gram matrix, per picture.
 
     target_gram: float32 ``(C, C)``, e.g. a blend of style images' Grams
-    (:func:`blended_gram`). forward takes features ``(1, C, H, W)`` of any
-    float dtype and returns the fused kernel's mean squared Gram difference,
-    relative to the target's mean square, as a 0-d float32 tensor.
+    (:func:`blended_gram`), shared by the pictures of a batch. forward takes
+    features ``(B, C, H, W)`` of any float dtype and returns the fused kernel's
+    mean squared Gram difference of each picture, relative to the target's
+    mean square: ``(B,)`` float32.
     """
 
     def __init__(self, target_gram: torch.Tensor):
         super().__init__()
         self.register_buffer("target_gram", target_gram.detach().float())
-        self.scale = _relative_scale(target_gram)
+        self.scale = float(_relative_scale(target_gram[None]))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return style_loss(features, self.target_gram) * self.scale
+        # One fused call per picture: the op's batch mean would mix the pictures' losses, and each
+        # picture's loss is scaled by its own normaliser later (a channels-last slice of one
+        # picture is still dense).
+        return torch.stack([style_loss(features[b:b + 1], self.target_gram) for b in range(features.shape[0])]) \
+            * self.scale
 
 
 class TotalVariationLoss(nn.Module):
-    """Mean squared difference of neighbouring pixels of an image ``(B, 3, H, W)``; smooths high-frequency noise.
-    A picture one pixel wide (or high) has no horizontal (vertical) neighbours: that direction adds 0."""
+    """Mean squared difference of neighbouring pixels of each image of ``(B, 3, H, W)``: ``(B,)``;
+    smooths high-frequency noise. A picture one pixel wide (or high) has no horizontal (vertical)
+    neighbours: that direction adds 0."""
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        total = image.new_zeros(())
+        total = image.new_zeros(image.shape[0])
         if image.shape[-1] > 1:
-            total = total + (image[..., :, 1:] - image[..., :, :-1]).square().mean()
+            total = total + per_picture_mean((image[..., :, 1:] - image[..., :, :-1]).square())
         if image.shape[-2] > 1:
-            total = total + (image[..., 1:, :] - image[..., :-1, :]).square().mean()
+            total = total + per_picture_mean((image[..., 1:, :] - image[..., :-1, :]).square())
         return total

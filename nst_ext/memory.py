@@ -153,24 +153,28 @@ class MemoryPlan:
 def plan_stage(height: int, width: int, content_layers: Sequence[str], style_layers: Sequence[str], steps: int,
                style_shapes: Sequence[Tuple[int, int]], budget: Optional[int], device_type: str,
                activation_bytes: int, optimizer: str = "lbfgs", checkpointing: Optional[bool] = None,
-               history_size: Optional[int] = None, breaks: Sequence[int] = ()) -> MemoryPlan:
+               history_size: Optional[int] = None, breaks: Sequence[int] = (), pictures: int = 1) -> MemoryPlan:
     """The plan for one stage of a `height` x `width` picture with these loss layers, `steps`
     optimiser steps and style images of `style_shapes` ((height, width) at this stage). `budget`:
     bytes, or None for no limit. `activation_bytes`: 2 with bfloat16 convolutions, else 4.
     `checkpointing` / `history_size`: forced when given, else chosen (module docstring). `breaks`:
-    layer indices where a new device begins. Raises OptionError when nothing fits the budget."""
+    layer indices where a new device begins. `pictures`: how many pictures of this size are
+    optimised together as one batch (activations, histories and content targets scale with it; the
+    style targets are shared). Raises OptionError when nothing fits the budget."""
     layers = list(content_layers) + list(style_layers)
     last = max(layers, key=LAYER_INDEX.__getitem__)
-    saved = saved_bytes_per_layer(height, width, last, layers, activation_bytes)
-    outputs = [_layer_elements(i, height, width) * activation_bytes for i in range(len(saved))]
-    pixels = 3 * height * width
+    saved = [pictures * size for size in saved_bytes_per_layer(height, width, last, layers, activation_bytes)]
+    outputs = [pictures * _layer_elements(i, height, width) * activation_bytes for i in range(len(saved))]
+    pixels = 3 * height * width * pictures
     # Targets: each content layer's float32 features (and the loss's float32 difference in a step),
-    # one float32 Gram per style layer. Making them takes one pass without gradients over each
-    # style image: the tapped outputs plus two layers in flight, at the style image's size.
-    targets = (sum(2 * 4 * _layer_elements(LAYER_INDEX[name], height, width) for name in content_layers)
+    # one float32 Gram per style layer. Making them takes one pass without gradients over the
+    # content images together and over each style image: the tapped outputs plus two layers in
+    # flight.
+    targets = (pictures * sum(2 * 4 * _layer_elements(LAYER_INDEX[name], height, width) for name in content_layers)
                + sum(4 * LAYERS[LAYER_INDEX[name]].channels ** 2 for name in style_layers))
-    making_targets = max((activation_bytes * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers)
-                                              + 2 * _layer_elements(0, h, w)) for h, w in [(height, width), *style_shapes]))
+    making_targets = max((count * activation_bytes * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers)
+                                                      + 2 * _layer_elements(0, h, w))
+                          for count, (h, w) in [(pictures, (height, width)), *((1, shape) for shape in style_shapes)]))
     runtime = CPU_RUNTIME_BYTES if device_type == "cpu" else CUDA_RUNTIME_BYTES
 
     def plan(checkpoint: bool, pairs: int) -> MemoryPlan:

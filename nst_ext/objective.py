@@ -6,13 +6,13 @@ evaluator that replays it as a CUDA graph.
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from nst_ext.layers import LAYER_INDEX
-from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss, blended_gram
+from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss, blended_gram, per_picture_mean
 
 if TYPE_CHECKING:
     from nst_ext.memory import MemoryPlan
@@ -36,15 +36,20 @@ class TemporalTarget:
 class Objective:
     """The weighted loss of one stage, its targets computed once at construction.
 
-    Calling it with an image ``(1, 3, H, W)`` in [0, 1] on the stylizer's
-    device returns 0-d float32 tensors ``content``, ``style``, ``tv``, ``temporal``
-    (each already multiplied by its weight) and ``total`` on that device; the caller
-    runs backward. `plan` (nst_ext.memory) gives VGG's segments and whether
-    each is checkpointed; without one, VGG runs as one segment per device.
-    `style_grams`: the style layers' target Grams when already made for these
-    style images at this size (a batch job makes them once); ``self.style_grams``
-    holds them for reuse. `temporal`: a video frame's temporal term, its
-    tensors at this stage's size.
+    `stage_content`: the content image ``(3, H, W)``, or a batch of them
+    ``(B, 3, H, W)`` (same size) optimised together, each picture against its
+    own content target and its own style normaliser (VGG works on each
+    picture of a batch on its own, so a picture's loss and gradient do not
+    depend on the others). Calling it with images ``(B, 3, H, W)`` in [0, 1]
+    on the stylizer's device returns float32 tensors ``content``, ``style``,
+    ``tv``, ``temporal`` (each already multiplied by its weight) and ``total``
+    on that device: 0-d for one content image, ``(B,)`` for a batch; the
+    caller runs backward (of the sum, for a batch). `plan` (nst_ext.memory)
+    gives VGG's segments and whether each is checkpointed; without one, VGG
+    runs as one segment per device. `style_grams`: the style layers' target
+    Grams when already made for these style images at this size (a batch job
+    makes them once); ``self.style_grams`` holds them for reuse. `temporal`:
+    a video frame's temporal term, its tensors at this stage's size.
     """
 
     def __init__(self, stylizer: "Stylizer", stage_content: torch.Tensor, stage_styles: Sequence[torch.Tensor],
@@ -58,9 +63,11 @@ class Objective:
         # below, the style layers' features there. The style images go through one at a time,
         # each dropped once its Grams are added in.
         at_content_layers = content_layers + (style_layers if options.normalize_style else [])
+        self.batched = stage_content.dim() == 4
+        contents = stage_content if self.batched else stage_content.unsqueeze(0)
         with torch.no_grad():
             with stylizer.autocast():
-                content_features = vgg(stage_content.unsqueeze(0).to(stylizer.device), at_content_layers)
+                content_features = vgg(contents.to(stylizer.device), at_content_layers)
             grams = style_grams
             if grams is None:
                 grams = {name: None for name in style_layers}
@@ -89,20 +96,21 @@ class Objective:
         # The style term relative to its value at the content image: how far the style is from the
         # content in Gram terms varies by two orders of magnitude between pairs (a photographic
         # texture against a portrait is far), and unscaled, a far style buries the subject.
-        self.style_normalizer = 1.0
+        # One normaliser per picture, (B,).
+        self.style_normalizer = torch.ones(contents.shape[0], device=stylizer.device)
         if options.normalize_style:
-            start = sum(w * term(content_features[name]).to(stylizer.device) for name, w, term in self.style_terms).item()
-            self.style_normalizer = 1.0 / max(start, 1e-6)
+            start = sum(w * term(content_features[name]).to(stylizer.device) for name, w, term in self.style_terms)
+            self.style_normalizer = 1.0 / start.clamp(min=1e-6)
 
     def _segment(self, start: int, stop: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """VGG layers ``start … stop - 1`` on `x`, and the weighted content and style losses of
-        the layers among them: (last output, content, style), the losses 0-d float32 on the
+        the layers among them: (last output, content, style), the losses ``(B,)`` float32 on the
         device of those layers."""
         vgg = self.stylizer.vgg
         device = vgg.layer_devices[start] if vgg.layer_devices else x.device
         with self.stylizer.autocast(device):
             x, features = vgg.run_layers(x, start, stop, self.layers)
-        zero = torch.zeros((), device=device)
+        zero = torch.zeros(x.shape[0], device=device)
         content = sum((w * term(features[name]) for name, w, term in self.content_terms if name in features), zero)
         style = sum((w * term(features[name]) for name, w, term in self.style_terms if name in features), zero)
         return x, content, style
@@ -112,7 +120,7 @@ class Objective:
         # cuDNN and oneDNN follow the input's layout: channels-last pairs with the channels-last weights.
         x = image.contiguous(memory_format=torch.channels_last)
         x = self.stylizer.vgg.normalize(x)
-        content = style = image.new_zeros((), dtype=torch.float32)
+        content = style = image.new_zeros(image.shape[0], dtype=torch.float32)
         for start, stop in self.segments:
             if self.checkpointing:
                 # Non-reentrant: only the segment's input is kept, the rest recomputed in the
@@ -125,58 +133,65 @@ class Objective:
             style = style + segment_style.to(image.device)
         terms = {"content": options.content_weight * content,
                  "style": options.style_weight * style * self.style_normalizer,
-                 "tv": options.tv_weight * self.tv_loss(image),
-                 "temporal": image.new_zeros((), dtype=torch.float32)}
+                 "tv": options.tv_weight * self.tv_loss(image).float(),
+                 "temporal": image.new_zeros(image.shape[0], dtype=torch.float32)}
         if self.temporal is not None:
             previous, mask, weight = self.temporal
-            terms["temporal"] = weight * (mask * (image - previous).square()).mean()
+            terms["temporal"] = weight * per_picture_mean(mask * (image - previous).square()).float()
         terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
-        return terms
+        return terms if self.batched else {name: value[0] for name, value in terms.items()}
 
-    def evaluator(self, image: torch.Tensor, graph: bool = True) -> Callable[[], torch.Tensor]:
-        """A function that computes the loss at `image` (a leaf with requires_grad), fills
-        ``image.grad`` and returns the terms as a new (5,) float32 tensor in the order of
-        :data:`TERMS`. On CUDA with `graph` and VGG on one device, the forward and backward are
-        captured once as a CUDA graph and replayed (shapes are fixed within a stage); where capture
-        fails, it warns and evaluates eagerly."""
+    def evaluator(self, image: Union[torch.Tensor, Sequence[torch.Tensor]],
+                  graph: bool = True) -> Callable[[], torch.Tensor]:
+        """A function that computes the loss at `image`, fills its ``grad`` and returns the terms
+        as a new float32 tensor in the order of :data:`TERMS`: (5,) for one image, a leaf
+        ``(1, 3, H, W)`` with requires_grad; (B, 5) for a batch objective, given a list of B such
+        leaves (one per picture, so that each has its own optimiser). On CUDA with `graph` and VGG
+        on one device, the forward and backward are captured once as a CUDA graph and replayed
+        (shapes are fixed within a stage); where capture fails, it warns and evaluates eagerly."""
+        leaves = list(image) if isinstance(image, (list, tuple)) else [image]
 
         def eager() -> torch.Tensor:
-            image.grad = None
-            terms = self(image)
-            terms["total"].backward()
-            return torch.stack([terms[name].detach().float() for name in TERMS])
+            for leaf in leaves:
+                leaf.grad = None
+            terms = self(leaves[0] if len(leaves) == 1 else torch.cat(leaves))
+            terms["total"].sum().backward()
+            return torch.stack([terms[name].detach().float() for name in TERMS], dim=-1)
 
-        if not (graph and image.is_cuda and len(self.stylizer.devices) == 1):
+        if not (graph and leaves[0].is_cuda and len(self.stylizer.devices) == 1):
             return eager
         try:
-            return _graphed(eager, image)
+            return _graphed(eager, leaves)
         except RuntimeError as error:  # e.g. an op that synchronises, from a user's custom weights
             warnings.warn(f"nst_ext: CUDA graph capture failed ({error}); evaluating without a graph",
                           RuntimeWarning, stacklevel=2)
-            torch.cuda.synchronize(image.device)
+            torch.cuda.synchronize(leaves[0].device)
             return eager
 
 
-def _graphed(evaluate: Callable[[], torch.Tensor], image: torch.Tensor) -> Callable[[], torch.Tensor]:
+def _graphed(evaluate: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor]) -> Callable[[], torch.Tensor]:
     """`evaluate` captured as a CUDA graph: the replay writes the same tensors (the terms and
-    ``image.grad``) in place, so each call returns a copy of the terms."""
-    side = torch.cuda.Stream(image.device)
-    side.wait_stream(torch.cuda.current_stream(image.device))
+    each leaf's ``grad``) in place, so each call returns a copy of the terms."""
+    device = leaves[0].device
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         # Warm-up outside the graph: cuDNN's and nst_ext's algorithm choices time their
         # candidates (a synchronisation, not allowed while capturing), libraries make handles.
         for _ in range(2):
             evaluate()
-    torch.cuda.current_stream(image.device).wait_stream(side)
+    torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    image.grad = None
+    for leaf in leaves:
+        leaf.grad = None
     with torch.cuda.graph(graph):
         static_terms = evaluate()
-    static_grad = image.grad
+    static_grads = [leaf.grad for leaf in leaves]
 
     def replay() -> torch.Tensor:
         graph.replay()
-        image.grad = static_grad
+        for leaf, grad in zip(leaves, static_grads):
+            leaf.grad = grad
         return static_terms.clone()
 
     return replay

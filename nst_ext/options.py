@@ -40,7 +40,12 @@ class StyleOptions:
     one and the subject stays recognisable on any pair; ``style_weight /
     content_weight`` then sets the balance, the same for every pair.
     ``scales`` are the coarse-to-fine stage sizes (Gatys et al. 2017), each
-    stage starting from the previous one's result. By default (None) they
+    stage starting from the previous one's result, enlarged; with
+    ``content_detail`` (the default) and ``init="content"`` the content's own
+    detail that the enlargement cannot restore (the content at the stage's
+    size minus the content enlarged from the previous stage's size) is added
+    back, so the finer stage spends its steps on style rather than on
+    recovering the subject's edges. By default (None) they
     halve from ``size`` down to no less than 128 pixels: 512 runs
     128 → 256 → 512, 200 and smaller run one stage.
     ``steps`` is the optimiser's iterations per stage: one int for every
@@ -74,6 +79,7 @@ class StyleOptions:
     content_weight: float = 1.0
     style_weight: float = 2.5
     normalize_style: bool = True  # the style term relative to its value at the content image
+    content_detail: bool = True  # a finer stage starts with the content's detail added back (init "content")
     tv_weight: float = 1.0
     style_blend_weights: Optional[Sequence[float]] = None
     style_scale: float = 1.0

@@ -20,7 +20,7 @@ import torch
 from nst_ext import color
 from nst_ext.errors import ImageError
 from nst_ext.images import ImageSource, load_image, long_side_shape, resize, resize_to_long_side, to_pil
-from nst_ext.lbfgs import LBFGS
+from nst_ext.lbfgs import LBFGS, run_together
 from nst_ext.memory import (DEFAULT_BUDGET_SHARE, MemoryPlan, parse_size, plan_stage, release_freed_memory_promptly,
                             saved_bytes_per_layer, split_layers)
 from nst_ext.objective import TERMS, Objective, TemporalTarget
@@ -57,6 +57,8 @@ class Progress:
     callback that reads them only now and then does not slow a GPU run.
     ``image()`` returns the current image, ``(3, H, W)`` in [0, 1], on the CPU;
     ``memory_plan`` says how the stage fits in memory (checkpointing, history).
+    For pictures optimised together (:meth:`Stylizer.run_many`) the losses are
+    the batch's sums and ``image()`` is the first picture.
     """
 
     def __init__(self, stage: int, stages: int, step: int, steps: int, size: Tuple[int, int],
@@ -140,7 +142,9 @@ class Stylizer:
             self.vgg.place([self.devices[d] for d in range(len(self.devices)) for _ in range(cuts[d], cuts[d + 1])])
 
     # -- inputs -----------------------------------------------------------------------------------
-    def _prepare_inputs(self, content: ImageSource, styles: Sequence[ImageSource]):
+    def _prepare_inputs(self, contents: Sequence[ImageSource], styles: Sequence[ImageSource]):
+        """The content images (a list), the style images and the normalised blend weights. Style
+        colours follow the content under preserve_color, so that needs one content image."""
         options = self.options
         if isinstance(styles, (str, bytes)) or not isinstance(styles, Sequence):
             styles = [styles]
@@ -156,14 +160,15 @@ class Stylizer:
             raise OptionError(f"style blend weights must be non-negative with a positive sum, got {list(blend)}")
         blend = [w / sum(blend) for w in blend]
         limit = options.max_input_pixels
-        content_image = load_image(content, "content image", limit)
+        content_images = [load_image(content, "content image", limit) for content in contents]
         style_images = [load_image(style, f"style image {i + 1}" if len(styles) > 1 else "style image", limit)
                         for i, style in enumerate(styles)]
+        assert options.preserve_color is None or len(content_images) == 1
         if options.preserve_color == "histogram":
-            style_images = [color.match_color_histogram(style, content_image) for style in style_images]
+            style_images = [color.match_color_histogram(style, content_images[0]) for style in style_images]
         elif options.preserve_color == "luminance":
-            style_images = [color.match_luminance(style, content_image) for style in style_images]
-        return content_image, style_images, blend
+            style_images = [color.match_luminance(style, content_images[0]) for style in style_images]
+        return content_images, style_images, blend
 
     def device_segments(self, layer_count: int) -> Tuple[Tuple[int, int], ...]:
         """Layers ``0 … layer_count - 1`` cut where each device's layers begin."""
@@ -178,10 +183,11 @@ class Stylizer:
             return parse_size(self.options.max_memory) * len(distinct)
         return int(DEFAULT_BUDGET_SHARE * sum(free_memory_bytes(device) for device in distinct))
 
-    def memory_plans(self, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]]) -> List[MemoryPlan]:
-        """Each stage's plan (nst_ext.memory) for a content image of `content_shape` (height,
-        width) and style images of `style_shapes`, from their shapes alone: a size that cannot fit
-        is refused (OptionError) before any stage's images are made."""
+    def memory_plans(self, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
+                     pictures: int = 1) -> List[MemoryPlan]:
+        """Each stage's plan (nst_ext.memory) for `pictures` content images of `content_shape`
+        (height, width) optimised together and style images of `style_shapes`, from their shapes
+        alone: a size that cannot fit is refused (OptionError) before any stage's images are made."""
         options = self.options
         budget, plans = self.memory_budget(), []
         # The finest stage first: when nothing fits, the refusal names the picture asked for.
@@ -193,7 +199,7 @@ class Stylizer:
                 [long_side_shape(*shape, style_side) for shape in style_shapes], budget, self.device.type,
                 activation_bytes=2 if self.mixed_precision else 4, optimizer=options.optimizer,
                 checkpointing=options.checkpointing, history_size=options.lbfgs_history,
-                breaks=self.device_starts))
+                breaks=self.device_starts, pictures=pictures))
         return plans[::-1]
 
     def _check_size(self, image: torch.Tensor, what: str) -> None:
@@ -217,35 +223,78 @@ class Stylizer:
         Ctrl-C (KeyboardInterrupt) stops the run cleanly: the result holds the
         best image found so far and ``interrupted=True``.
         """
+        return self._run([content], styles, callback, init, temporal)[0]
+
+    def run_many(self, contents: Sequence[ImageSource], styles: Union[ImageSource, Sequence[ImageSource]],
+                 callback: Optional[Callable[[Progress], None]] = None) -> List[StylizeResult]:
+        """Stylize several content images with the same `styles`, optimised together: each step
+        runs them through VGG as one batch, which keeps a GPU busier than one picture does. Each
+        picture has its own content target, style normaliser and L-BFGS, so its result is the one
+        ``run`` gives it alone (up to the rounding of batched convolutions; tested). The contents
+        must have the same shape at every stage (:meth:`stage_shapes`; ``nst_ext.jobs`` groups
+        a folder's images so). Under preserve_color each picture's style targets follow its own
+        colours, so the pictures are then run one after another. The callback sees the batch's
+        summed losses and the first picture. Ctrl-C stops all of them: each result holds its
+        best image so far and ``interrupted=True``.
+        """
+        contents = list(contents)
+        if self.options.preserve_color is not None or len(contents) <= 1:
+            results = []
+            for content in contents:
+                results.append(self.run(content, styles, callback))
+                if results[-1].interrupted:
+                    break
+            return results
+        return self._run(contents, styles, callback)
+
+    def stage_shapes(self, content_shape: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
+        """(height, width) of each stage for a content image of `content_shape`: pictures with the
+        same stage shapes can be optimised together (:meth:`run_many`)."""
+        return tuple(long_side_shape(*content_shape, size) for size in self.options.stage_sizes())
+
+    def _run(self, contents, styles, callback, init=None, temporal=None) -> List[StylizeResult]:
         options = self.options
         started = time.perf_counter()
-        content_image, style_images, blend = self._prepare_inputs(content, styles)
+        content_images, style_images, blend = self._prepare_inputs(contents, styles)
+        shapes = {self.stage_shapes(tuple(image.shape[-2:])) for image in content_images}
+        if len(shapes) > 1:
+            raise OptionError("the content images of one batch must have the same shape at every stage; "
+                              "run pictures of other shapes in another batch")
         self._remember_styles(styles)
-        generator = torch.Generator().manual_seed(options.seed if options.seed is not None else torch.seed())
+        # One generator per picture, seeded alike: a picture's noise does not depend on its batch.
+        seed = options.seed if options.seed is not None else torch.seed()
+        generators = [torch.Generator().manual_seed(seed) for _ in content_images]
         sizes, stage_steps = options.stage_sizes(), options.stage_steps()
-        plans = self.memory_plans(tuple(content_image.shape[-2:]), [tuple(s.shape[-2:]) for s in style_images])
+        plans = self.memory_plans(tuple(content_images[0].shape[-2:]), [tuple(s.shape[-2:]) for s in style_images],
+                                  pictures=len(content_images))
         if any(plan.budget_limited for plan in plans) and any(device.type == "cpu" for device in self.devices):
             release_freed_memory_promptly()  # else the allocator's slack eats what checkpointing saves
         # Every stage's images are made, and their sizes checked, before any work starts.
-        stages = [self._stage_inputs(content_image, style_images, stage_size) for stage_size in sizes]
-        result = StylizeResult(tensor=resize_to_long_side(content_image, sizes[-1]))
-        image = None
-        for stage, ((stage_content, stage_styles), steps, plan) in enumerate(zip(stages, stage_steps, plans)):
-            image = self._initial_image(stage_content, image, generator, init)
+        stages = [([self._stage_content(image, stage_size) for image in content_images],
+                   self._stage_styles(style_images, stage_size)) for stage_size in sizes]
+        results = [StylizeResult(tensor=resize_to_long_side(image, sizes[-1])) for image in content_images]
+        images = previous_contents = [None] * len(content_images)  # before the first stage: none
+        for stage, ((stage_contents, stage_styles), steps, plan) in enumerate(zip(stages, stage_steps, plans)):
+            images = [self._initial_image(stage_content, image, previous_content, generator, init)
+                      for stage_content, image, previous_content, generator
+                      in zip(stage_contents, images, previous_contents, generators)]
+            previous_contents = stage_contents
             stage_temporal = temporal and TemporalTarget(
-                resize(temporal.previous, tuple(stage_content.shape[-2:])),
-                resize(temporal.mask[None], tuple(stage_content.shape[-2:]))[0], temporal.weight)
-            image, interrupted = self._optimize(stage, len(sizes), steps, image, stage_content, stage_styles, blend,
-                                                result.history, callback, plan, stage_temporal)
-            result.tensor = image[0].detach().float().cpu().clamp(0, 1)
+                resize(temporal.previous, tuple(stage_contents[0].shape[-2:])),
+                resize(temporal.mask[None], tuple(stage_contents[0].shape[-2:]))[0], temporal.weight)
+            images, interrupted = self._optimize(stage, len(sizes), steps, images, stage_contents, stage_styles, blend,
+                                                 [result.history for result in results], callback, plan, stage_temporal)
+            for result, image in zip(results, images):
+                result.tensor = image[0].detach().float().cpu().clamp(0, 1)
+                result.interrupted = interrupted
             if interrupted:
-                result.interrupted = True
                 break
         if options.preserve_color == "luminance":
-            final_content = resize(content_image, tuple(result.tensor.shape[-2:]))
-            result.tensor = color.combine_luminance(result.tensor, final_content)
-        result.seconds = time.perf_counter() - started
-        return result
+            final_content = resize(content_images[0], tuple(results[0].tensor.shape[-2:]))
+            results[0].tensor = color.combine_luminance(results[0].tensor, final_content)
+        for result in results:
+            result.seconds = time.perf_counter() - started
+        return results
 
     def _remember_styles(self, styles) -> None:
         """Keeps the style Grams made by a run for the next run with the very same style tensors (as
@@ -258,12 +307,19 @@ class Stylizer:
             self._style_grams.clear()
         self._style_sources = sources  # referenced, so that `is` above cannot match a new object
 
-    def _initial_image(self, stage_content, previous, generator, init=None) -> torch.Tensor:
+    def _initial_image(self, stage_content, previous, previous_content, generator, init=None) -> torch.Tensor:
+        """The image a stage starts from, ``(1, 3, H, W)`` on the device: the last stage's result
+        (`previous`, made at the size of `previous_content`) enlarged when there is one, with the
+        content's detail added back (``content_detail``), else the ``init``."""
         height, width = stage_content.shape[-2:]
         init = self.options.init if init is None else init
+        starts_from_content = isinstance(init, str) and init == "content"
         if previous is not None:  # coarse-to-fine: start from the last stage's result
             start = resize(previous[0].detach().float().cpu().clamp(0, 1), (height, width))
-        elif isinstance(init, str) and init == "content":
+            if self.options.content_detail and starts_from_content:
+                # What the enlargement of the content itself loses: the picture's edges at this size.
+                start = (start + stage_content - resize(previous_content, (height, width))).clamp(0, 1)
+        elif starts_from_content:
             start = stage_content
         elif isinstance(init, str) and init == "noise":
             start = torch.rand((3, height, width), generator=generator)
@@ -285,65 +341,82 @@ class Stylizer:
         custom optimisers and benchmarks: returns the content image as the
         starting point, ``(1, 3, H, W)`` on the device, and the Objective
         (`plan`: its segments and checkpointing; default one segment per device)."""
-        content_image, style_images, blend = self._prepare_inputs(content, styles)
-        stage_content, stage_styles = self._stage_inputs(content_image, style_images, size or self.options.size)
+        content_images, style_images, blend = self._prepare_inputs([content], styles)
+        stage_size = size or self.options.size
+        stage_content = self._stage_content(content_images[0], stage_size)
+        stage_styles = self._stage_styles(style_images, stage_size)
         return stage_content.unsqueeze(0).to(self.device), Objective(self, stage_content, stage_styles, blend, plan)
 
-    def _stage_inputs(self, content_image, style_images, stage_size):
-        """The content and style images resized for a stage whose output's long side is
-        stage_size (styles by style_scale), sizes checked against the layers."""
+    def _stage_content(self, content_image, stage_size):
+        """The content image resized for a stage whose output's long side is stage_size, its size
+        checked against the layers."""
         stage_content = resize_to_long_side(content_image, stage_size)
         if self.options.preserve_color == "luminance":
             stage_content = color.as_gray_rgb(color.luminance(stage_content))
         self._check_size(stage_content, "the content image")
+        return stage_content
+
+    def _stage_styles(self, style_images, stage_size):
+        """The style images resized for a stage whose output's long side is stage_size (by
+        style_scale), their sizes checked against the layers."""
         style_side = max(1, round(stage_size * self.options.style_scale))
         stage_styles = [resize_to_long_side(style, style_side) for style in style_images]
         for i, style in enumerate(stage_styles):
             self._check_size(style, f"style image {i + 1}")
-        return stage_content, stage_styles
+        return stage_styles
 
-    def _optimize(self, stage, stages, steps, image, stage_content, stage_styles, blend, history, callback, plan,
+    def _optimize(self, stage, stages, steps, images, stage_contents, stage_styles, blend, histories, callback, plan,
                   temporal=None):
-        """One stage. Nothing here waits for the GPU: the loss terms of each evaluation stay on the
-        device (read into `history` once, at the end of the stage), the best image is kept there
-        by a masked copy, and the L-BFGS keeps its scalars there."""
+        """One stage for one picture or a batch (`images`: a list of ``(1, 3, H, W)``, one per
+        picture, with their stage contents and histories). Nothing here waits for the GPU: the
+        loss terms of each evaluation stay on the device (read into the histories once, at the end
+        of the stage), the best images are kept there by masked copies, and the L-BFGS keeps its
+        scalars there."""
         options = self.options
-        image = image.clone().requires_grad_(True)
-        best = BestImage(image)
+        batched = len(images) > 1
+        images = [image.clone().requires_grad_(True) for image in images]
+        bests = [BestImage(image) for image in images]
         records = []
 
         def closure():
             terms = evaluate()
             records.append(terms)
-            best.offer(terms[-1], image)
+            rows = terms if batched else terms[None]
+            for best, row, image in zip(bests, rows, images):
+                best.offer(row[-1], image)
             if callback is not None:
                 callback(Progress(stage=stage, stages=stages, step=len(records), steps=steps,
-                                  size=tuple(image.shape[-2:]), terms=terms,
-                                  image=lambda: image.detach()[0].float().cpu().clamp(0, 1), memory_plan=plan))
-            return terms[-1]
+                                  size=tuple(images[0].shape[-2:]), terms=rows.sum(0),
+                                  image=lambda: images[0].detach()[0].float().cpu().clamp(0, 1), memory_plan=plan))
+            return rows[:, -1].sum()
 
         interrupted = False
-        try:  # a stop while the targets are computed keeps the stage's starting image
+        try:  # a stop while the targets are computed keeps the stage's starting images
             key = tuple(tuple(style.shape[-2:]) for style in stage_styles)  # one per stage size
-            objective = Objective(self, stage_content, stage_styles, blend, plan, self._style_grams.get(key), temporal)
+            contents = torch.stack(stage_contents) if batched else stage_contents[0]
+            objective = Objective(self, contents, stage_styles, blend, plan, self._style_grams.get(key), temporal)
             if options.preserve_color is None:
                 self._style_grams[key] = objective.style_grams
-            evaluate = objective.evaluator(image, graph=options.cuda_graph)
+            evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)
             if options.optimizer == "lbfgs":
-                LBFGS(image, lr=1.0, history_size=plan.history_size).run(closure, steps)
-            else:
-                optimizer = torch.optim.Adam([image], lr=options.learning_rate)
+                run_together([LBFGS(image, lr=1.0, history_size=plan.history_size) for image in images], closure, steps)
+            else:  # Adam works element by element: one over all the pictures is one per picture
+                optimizer = torch.optim.Adam(images, lr=options.learning_rate)
                 for _ in range(steps):
                     optimizer.step(closure)
                     with torch.no_grad():
-                        image.clamp_(0, 1)
+                        for image in images:
+                            image.clamp_(0, 1)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             if records:  # one transfer for the whole stage
-                for step, values in enumerate(torch.stack(records).tolist(), start=1):
-                    history.append({"stage": stage, "step": step, **dict(zip(TERMS, values))})
-        return best.image, interrupted
+                values = torch.stack(records)
+                values = (values if batched else values[:, None]).transpose(0, 1).tolist()
+                for history, rows in zip(histories, values):
+                    for step, row in enumerate(rows, start=1):
+                        history.append({"stage": stage, "step": step, **dict(zip(TERMS, row))})
+        return [best.image for best in bests], interrupted
 
 
 class BestImage:

@@ -131,7 +131,7 @@ else
 fi
 
 part video 60 30 "$PYTHON" benchmarks/video_flicker.py --frames 24 --size 256 --json "$RESULTS/video.json"
-part batch 60 30 "$PYTHON" benchmarks/batch_throughput.py --images 8 --size 512 --device auto \
+part batch 60 30 "$PYTHON" benchmarks/batch_throughput.py --images 8 --size 512 --device auto --batch-sizes 8 \
     --json "$RESULTS/batch.json"
 
 # -- summary ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from PIL import Image
 import nst_ext
 from nst_ext.cli import main
 from nst_ext.jobs import MANIFEST_NAME, read_manifest, run_batch
+from nst_ext.stylizer import Stylizer
 
 DATA = Path(nst_ext.__file__).parent / "data"
 STYLE = DATA / "swirls.jpg"
@@ -154,3 +155,110 @@ def test_torchrun_two_processes_do_every_item_exactly_once(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "0 done, 5 skipped as already done, 0 failed" in again.stderr
     assert len(read_manifest(out / MANIFEST_NAME)) == len(records)
+
+
+# -- several pictures optimised together (--batch-size) -----------------------------------------------
+def three_contents(seed, height=40, width=52):
+    generator = torch.Generator().manual_seed(seed)
+    photo = nst_ext.load_image(DATA / "astronaut.jpg")
+    crops = [photo[:, 20 * i:20 * i + 200, 30 * i:30 * i + 260] for i in range(3)]
+    # Real pictures with fresh noise on each, so that every run sees new inputs.
+    return [(torch.nn.functional.interpolate(crop[None], size=(height, width), mode="area")[0]
+             + 0.05 * torch.randn(3, height, width, generator=generator)).clamp(0, 1) for crop in crops]
+
+
+def float32_tolerance(device):
+    # cuDNN may run float32 convolutions in TF32 and pick other algorithms for other batch sizes.
+    return 5e-3 if device == "cuda" else 1e-4
+
+
+def test_each_picture_of_a_batch_gets_its_own_loss_and_gradient(device, seed):
+    from nst_ext.objective import Objective
+
+    stylizer = Stylizer(size=52, scales=[52], steps=1, device=device, mixed_precision=False, cuda_graph=False)
+    contents, style = three_contents(seed), nst_ext.load_image(STYLE)
+    style = stylizer._stage_styles([style], 52)
+    leaves = [content[None].to(device).flip(-1).contiguous().requires_grad_(True) for content in contents]
+    batched = Objective(stylizer, torch.stack(contents), style, [1.0]).evaluator(leaves)()
+    assert batched.shape == (3, 5)
+    tolerance = float32_tolerance(device)
+    for content, leaf, row in zip(contents, leaves, batched):
+        alone_leaf = leaf.detach().clone().requires_grad_(True)
+        alone = Objective(stylizer, content, style, [1.0]).evaluator(alone_leaf)()
+        assert alone.shape == (5,)
+        torch.testing.assert_close(row, alone, rtol=tolerance, atol=1e-7)
+        scale = alone_leaf.grad.abs().max().item()
+        torch.testing.assert_close(leaf.grad, alone_leaf.grad, rtol=tolerance, atol=tolerance * scale)
+    # The pictures differ, and so do their losses: a mix-up of targets could not pass the above.
+    assert len({round(value, 5) for value in batched[:, -1].tolist()}) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_a_batch_replayed_as_a_cuda_graph_gives_the_eager_losses_and_gradients(seed):
+    from nst_ext.objective import Objective
+
+    stylizer = Stylizer(size=52, scales=[52], steps=1, device="cuda", mixed_precision=False)
+    contents = three_contents(seed)
+    objective = Objective(stylizer, torch.stack(contents), stylizer._stage_styles([nst_ext.load_image(STYLE)], 52),
+                          [1.0])
+    results = {}
+    for graph in (False, True):
+        leaves = [content[None].cuda().requires_grad_(True) for content in contents]
+        evaluate = objective.evaluator(leaves, graph=graph)
+        for _ in range(2):  # a replay after the first gives the same again
+            terms = evaluate()
+        results[graph] = (terms.cpu(), [leaf.grad.detach().cpu().clone() for leaf in leaves])
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=5e-3, atol=1e-6)
+    for graphed, eager in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(graphed, eager, rtol=5e-3, atol=5e-3 * eager.abs().max().item())
+
+
+def test_run_many_gives_each_picture_the_picture_run_gives(device, seed):
+    """Each evaluation agrees to float32 rounding (above); L-BFGS without a line search can grow
+    such differences by orders of magnitude where it takes a wild step, as on tiny noisy pictures
+    after a few steps, so this compares over few steps on two stages: stated tolerance 0.01 (of
+    1) per pixel, against differences of about 0.3 between the pictures."""
+    stylizer = Stylizer(scales=[36, 52], steps=[3, 2], device=device, mixed_precision=False, seed=seed,
+                        cuda_graph=False)
+    contents, style = three_contents(seed), nst_ext.load_image(STYLE)
+    together = stylizer.run_many(contents, style)
+    assert len(together) == 3 and not any(result.interrupted for result in together)
+    for content, result in zip(contents, together):
+        alone = stylizer.run(content, style)
+        assert result.tensor.shape == alone.tensor.shape == (3, 40, 52)
+        assert (result.tensor - alone.tensor).abs().max().item() < 0.01
+        assert len(result.history) == len(alone.history) == 5
+        assert result.history[-1]["total"] == pytest.approx(alone.history[-1]["total"], rel=1e-2)
+    assert (together[0].tensor - together[1].tensor).abs().mean().item() > 0.05
+
+
+def test_run_many_needs_one_shape_at_every_stage():
+    from nst_ext.errors import OptionError
+
+    stylizer = Stylizer(size=48, scales=[48], steps=1, device="cpu")
+    with pytest.raises(OptionError, match="same shape at every stage"):
+        stylizer.run_many([torch.rand(3, 40, 48), torch.rand(3, 48, 40)], torch.rand(3, 48, 48))
+
+
+def test_batch_size_groups_pictures_of_one_shape_and_gives_the_same_pictures(tmp_path):
+    job = make_job(tmp_path / "in", count=4)
+    (job / "broken.png").unlink()
+    Image.open(DATA / "astronaut.jpg").convert("RGB").resize((40, 60)).save(job / "tall.jpg")  # a shape alone
+    one, together = tmp_path / "one", tmp_path / "together"
+    options = ["--size", "48", "--steps", "3", "--device", "cpu", "--quiet", "--no-mixed-precision"]
+    assert main(["batch", str(job), str(STYLE), "-o", str(one), *options]) == 0
+    assert main(["batch", str(job), str(STYLE), "-o", str(together), "--batch-size", "3", *options]) == 0
+    records = {r["item"]: r for r in read_manifest(together / MANIFEST_NAME)}
+    assert sorted(r["batch"] for r in records.values()) == [1, 1, 3, 3, 3]  # 4 of one shape: 3 + 1
+    assert records["tall.jpg"]["batch"] == 1
+    for name in records:
+        output = Path(name).with_suffix(".png")
+        a, b = nst_ext.load_image(one / output), nst_ext.load_image(together / output)
+        assert (a - b).abs().max().item() <= 3 / 255, name
+
+
+def test_bad_batch_size_is_one_line(tmp_path, capsys):
+    job = make_job(tmp_path / "in", count=1)
+    assert main(["batch", str(job), str(STYLE), "-o", str(tmp_path / "out"), "--batch-size", "0", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["nst-ext: error: --batch-size must be at least 1, got 0"]

@@ -153,3 +153,13 @@ def test_cuda_without_a_gpu(tmp_path):
 
 
 # Ctrl-C and SIGTERM during a run: tests/test_safety.py::test_stop_signal_saves_the_best_image.
+
+
+def test_switches_reach_the_options():
+    from nst_ext.cli import _options_from, build_parser
+
+    def parsed(*switches):
+        return _options_from(build_parser().parse_args(["stylize", CONTENT, STYLE, "-o", "x.png", *switches]))
+
+    assert parsed().content_detail and not parsed("--no-content-detail").content_detail
+    assert parsed().normalize_style and not parsed("--no-normalize-style").normalize_style

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nst_ext.lbfgs import LBFGS
+from nst_ext.lbfgs import LBFGS, run_together
 
 
 def make_problem(seed, size=(3, 7, 5)):
@@ -99,3 +99,24 @@ def test_needs_a_gradient():
     x = torch.zeros(3, requires_grad=True)
     with pytest.raises(RuntimeError, match="must compute the gradient"):
         LBFGS(x).run(lambda: x.sum(), 2)
+
+
+def test_several_driven_together_follow_their_own_iterates(seed):
+    """Two optimisers stepped by one closure (a batch of pictures) take the iterates each takes alone."""
+    problems = [make_problem(seed), make_problem(seed + 1000, size=(2, 9))]
+    alone = [run_ours(start, loss_of, 20, 5)[1] for start, loss_of in problems]
+    xs = [start.clone().requires_grad_(True) for start, _ in problems]
+    points = [[], []]
+
+    def closure():
+        total = 0
+        for x, (_, loss_of), trace in zip(xs, problems, points):
+            x.grad = None
+            trace.append(x.detach().clone())
+            total = total + loss_of(x)
+        total.backward()  # one backward fills both gradients
+        return total
+
+    run_together([LBFGS(x, lr=1.0, history_size=5) for x in xs], closure, 20)
+    for trace, expected in zip(points, alone):
+        torch.testing.assert_close(torch.stack(trace), expected, rtol=1e-12, atol=1e-12)

@@ -155,3 +155,22 @@ def test_memory_and_device_options_are_checked(overrides, message):
 def test_one_memory_named_twice_is_budgeted_once():
     assert Stylizer(size=64, devices=["cpu", "cpu"], max_memory="1GiB").memory_budget() == 2**30
     assert Stylizer(size=64, device="cpu", max_memory="1GiB").memory_budget() == 2**30
+
+
+def test_a_batch_of_pictures_scales_what_each_picture_keeps_but_shares_the_style_targets():
+    one, three = default_plan(512), default_plan(512, pictures=3)
+    assert three.activations == 3 * one.activations and three.history == 3 * one.history
+    grams = sum(4 * channels ** 2 for channels in (64, 128, 256, 512, 512))  # relu1_1 … relu5_1, float32
+    assert three.targets - grams == 3 * (one.targets - grams) > 0  # a content target each, one set of Grams
+
+
+def test_the_batch_size_that_fits_a_budget():
+    from nst_ext.jobs import fitting_batch_size
+
+    stylizer = Stylizer(size=256, device="cpu", max_memory="64GiB")
+    shape, styles = (192, 256), [(256, 256)]
+    assert fitting_batch_size(stylizer, shape, styles, 8) == 8
+    needs = [stylizer.memory_plans(shape, styles, pictures=n)[-1].total for n in (2, 3)]
+    between = Stylizer(size=256, device="cpu", max_memory=str((needs[0] + needs[1]) // 2))
+    assert fitting_batch_size(between, shape, styles, 8) == 2  # three would need checkpointing
+    assert fitting_batch_size(between, shape, styles, 1) == 1

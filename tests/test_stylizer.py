@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import nst_ext
-from nst_ext.images import ImageError, load_image, resize_to_long_side
+from nst_ext.images import ImageError, load_image, resize, resize_to_long_side
 from nst_ext.metrics import distances, subject_and_style
 from nst_ext.options import OptionError
 from nst_ext.stylizer import Stylizer
@@ -272,3 +272,19 @@ def test_without_style_normalization_a_far_texture_buries_the_subject():
     result = Stylizer(size=96, steps=50, device="cpu", mixed_precision=False, normalize_style=False).run(content, style)
     subject, _ = subject_and_style(judge, result.tensor, content, style)
     assert subject > 0.7, subject
+
+
+def test_a_finer_stage_starts_with_the_contents_detail():
+    """A coarse result equal to the coarse content starts the finer stage at the content itself
+    (its detail added back), not at a blurred enlargement; off, or from noise, it is the enlargement."""
+    torch.manual_seed(0)
+    fine = torch.rand(3, 40, 56)
+    coarse = resize_to_long_side(fine, 28)
+    generator = torch.Generator().manual_seed(0)
+    start = Stylizer(size=56, device="cpu")._initial_image(fine, coarse[None], coarse, generator)
+    torch.testing.assert_close(start[0], fine, atol=1e-6, rtol=0)
+    enlarged = resize(coarse, (40, 56))
+    assert (enlarged - fine).abs().mean() > 0.05  # the enlargement alone is far from the content
+    for options in (dict(content_detail=False), dict(init="noise")):
+        start = Stylizer(size=56, device="cpu", **options)._initial_image(fine, coarse[None], coarse, generator)
+        torch.testing.assert_close(start[0], enlarged)
