@@ -7,7 +7,7 @@ import torch
 
 import nst_ext
 from nst_ext.lbfgs import LBFGS
-from nst_ext.stylizer import LBFGS_HISTORY
+from nst_ext.memory import LBFGS_HISTORY
 from nst_ext.layers import layer_shape
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")

@@ -254,7 +254,13 @@ def _free_demo_name() -> Path:
 
 
 def _intermediate_path(output: Path, stage: int, step: int) -> Path:
+    """--save-every's file for a stage and step, beside `output`."""
     return output.with_name(f"{output.stem}.stage{stage}.step{step:04d}.png")
+
+
+def _intermediate_pattern(output: Path) -> str:
+    """A regular expression for every name :func:`_intermediate_path` can give (kept beside it)."""
+    return re.escape(output.stem) + r"\.stage\d+\.step\d+\.png"
 
 
 def _input_files(args, content, styles) -> List[Path]:
@@ -273,9 +279,7 @@ def _check_outputs(args, output: Path, inputs: List[Path]) -> None:
         raise CommandError(f"--save-every must be 0 (off) or a positive number of steps, got {args.save_every}")
     patterns = []
     if args.save_every:
-        # The names _intermediate_path gives, for any stage and step.
-        patterns.append((output.parent, re.escape(output.stem) + r"\.stage\d+\.step\d+\.png",
-                         "intermediate images"))
+        patterns.append((output.parent, _intermediate_pattern(output), "intermediate images"))
     check_outputs([(output, "-o"), (Path(args.plot) if args.plot else None, "--plot")], inputs,
                   overwrite=args.overwrite, patterns=patterns)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from nst_ext.errors import ImageError
+from nst_ext.errors import ImageError, OutputError
 from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS
 from nst_ext.outputs import SAVE_FORMATS, check_outputs, deferred_signals
 
@@ -175,7 +175,7 @@ def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.Path
                 os.unlink(temporary)
         except FileExistsError:
             os.unlink(temporary)
-            raise ImageError(f"{str(path)!r} already exists; choose another name or pass --overwrite") from None
+            raise OutputError(f"{str(path)!r} already exists; choose another name or pass --overwrite") from None
         except BaseException:
             if os.path.exists(temporary):
                 os.unlink(temporary)

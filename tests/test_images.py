@@ -118,6 +118,21 @@ def test_save_never_overwrites_silently(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.png"]  # no temporary files left behind
 
 
+def test_a_file_that_appears_after_the_check_is_not_replaced(tmp_path, monkeypatch):
+    """Another process writes the output between save_image's check and its write: the same one line."""
+    import nst_ext.images
+
+    path = tmp_path / "out.png"
+
+    def another_process_writes(*args, **kwargs):
+        path.write_bytes(b"theirs")
+
+    monkeypatch.setattr(nst_ext.images, "check_outputs", another_process_writes)
+    with pytest.raises(OutputError, match=r"already exists; choose another name or pass --overwrite"):
+        save_image(torch.rand(3, 4, 4), path)
+    assert path.read_bytes() == b"theirs" and sorted(os.listdir(tmp_path)) == ["out.png"]
+
+
 def test_save_rejects_unknown_extensions_and_missing_folders(tmp_path):
     with pytest.raises(OutputError, match=r"unknown extension"):
         save_image(torch.rand(3, 4, 4), tmp_path / "out.xyz")
