@@ -115,11 +115,12 @@ def test_style_targets_are_made_once_per_stage_size(tmp_path, monkeypatch):
     assert len(made) == 2 * len(nst_ext.StyleOptions().style_layers)  # two stage sizes, once each
 
 
-def test_batch_resumes_after_a_stop_without_redoing_anything(tmp_path):
+@pytest.mark.parametrize("batch_size", ["1", "3"])  # one picture at a time, and batches of three
+def test_batch_resumes_after_a_stop_without_redoing_anything(tmp_path, batch_size):
     job, out = make_job(tmp_path / "in", count=6), tmp_path / "out"
     (job / "broken.png").unlink()
     command = [sys.executable, "-m", "nst_ext", "batch", str(job), str(STYLE), "-o", str(out),
-               "--size", "64", "--steps", "8", "--device", "cpu", "--quiet"]
+               "--size", "64", "--steps", "8", "--device", "cpu", "--quiet", "--batch-size", batch_size]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     manifest = out / MANIFEST_NAME
     deadline = time.monotonic() + 120
