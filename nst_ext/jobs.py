@@ -263,18 +263,18 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
     if on_start is not None:
         on_start(len(items), summary.skipped)
 
-    def finish(item, status, started, error=None, pictures=1):
+    def finish(item, started, error=None, pictures=1):
+        """The item's manifest line and count: done, or failed with the one-line `error`."""
+        status = "done" if error is None else "failed"
         record = dict(item=item.name, output=str(item.output), status=status, settings=settings,
                       rank=distributed.rank)
         if error is not None:
             record["error"] = error
+            summary.failed.append(item.name)
         else:
             record.update(seconds=round(time.perf_counter() - started, 3), batch=pictures)
-        append_record(manifest, record)
-        if status == "done":
             summary.done += 1
-        else:
-            summary.failed.append(item.name)
+        append_record(manifest, record)
         if on_item is not None:
             on_item(item, status, error)
 
@@ -282,8 +282,8 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
         stylizer = Stylizer(dataclasses.replace(options, device=distributed.device(options.device)))
         style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
         most = batch_size or (AUTO_BATCH_LIMIT if stylizer.device.type == "cuda" else 1)
-        if options.preserve_color is not None:
-            most = 1  # each picture's style targets follow its own colours: nothing to share
+        if not stylizer.shares_style_targets:  # nothing to batch: each picture's own targets
+            most = 1
         limits = {}  # stage shapes -> how many pictures of them fit together
         waiting = {}  # stage shapes -> [(item, content, loaded at)] not yet run
 
@@ -296,7 +296,7 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
                     for member in group:
                         run([member])
                     return
-                finish(group[0][0], "failed", started, str(error))
+                finish(group[0][0], started, str(error))
                 return
             if any(result.interrupted for result in results):
                 raise KeyboardInterrupt
@@ -304,14 +304,14 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
                 item.output.parent.mkdir(parents=True, exist_ok=True)
                 with deferred_signals():  # the picture and its manifest line land together
                     save_image(result.tensor, item.output, overwrite=True)
-                    finish(item, "done", started, pictures=len(group))
+                    finish(item, started, pictures=len(group))
 
         for item in mine:
             started = time.perf_counter()
             try:
                 content = load_image(item.source, f"{item.name}", options.max_input_pixels)
             except InputError as error:
-                finish(item, "failed", started, str(error))
+                finish(item, started, str(error))
                 continue
             shapes = stylizer.stage_shapes(tuple(content.shape[-2:]))
             if shapes not in limits:

@@ -163,7 +163,7 @@ class Stylizer:
         content_images = [load_image(content, "content image", limit) for content in contents]
         style_images = [load_image(style, f"style image {i + 1}" if len(styles) > 1 else "style image", limit)
                         for i, style in enumerate(styles)]
-        assert options.preserve_color is None or len(content_images) == 1
+        assert self.shares_style_targets or len(content_images) == 1
         if options.preserve_color == "histogram":
             style_images = [color.match_color_histogram(style, content_images[0]) for style in style_images]
         elif options.preserve_color == "luminance":
@@ -238,7 +238,7 @@ class Stylizer:
         best image so far and ``interrupted=True``.
         """
         contents = list(contents)
-        if self.options.preserve_color is not None or len(contents) <= 1:
+        if not self.shares_style_targets or len(contents) <= 1:
             results = []
             for content in contents:
                 results.append(self.run(content, styles, callback))
@@ -246,6 +246,13 @@ class Stylizer:
                     break
             return results
         return self._run(contents, styles, callback)
+
+    @property
+    def shares_style_targets(self) -> bool:
+        """Whether the style targets are the same for every content image: then they are kept for
+        the next run with the same style tensors, and :meth:`run_many` optimises its pictures
+        together. Not under preserve_color, where they follow each content's colours."""
+        return self.options.preserve_color is None
 
     def stage_shapes(self, content_shape: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
         """(height, width) of each stage for a content image of `content_shape`: pictures with the
@@ -303,7 +310,7 @@ class Stylizer:
         sources = tuple(styles) if isinstance(styles, (list, tuple)) else (styles,)
         same = (len(sources) == len(self._style_sources)
                 and all(isinstance(a, torch.Tensor) and a is b for a, b in zip(sources, self._style_sources)))
-        if not same or self.options.preserve_color is not None:
+        if not same or not self.shares_style_targets:
             self._style_grams.clear()
         self._style_sources = sources  # referenced, so that `is` above cannot match a new object
 
@@ -395,7 +402,7 @@ class Stylizer:
             key = tuple(tuple(style.shape[-2:]) for style in stage_styles)  # one per stage size
             contents = torch.stack(stage_contents) if batched else stage_contents[0]
             objective = Objective(self, contents, stage_styles, blend, plan, self._style_grams.get(key), temporal)
-            if options.preserve_color is None:
+            if self.shares_style_targets:
                 self._style_grams[key] = objective.style_grams
             evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)
             if options.optimizer == "lbfgs":
