@@ -21,6 +21,8 @@ KINDS = [
     # torch.library books a custom op's forward kernel as self time of its autograd wrapper.
     ("Gram / style loss forward (nst_ext kernels)", ("nst_ext::", "GeneratedBackwardFor_nst_ext")),
     ("style-loss backward GEMM (inside nst_ext)", ("aten::bmm",)),
+    # The BLAS forward Gram of reduced-precision features on the CPU: float32 slabs summed.
+    ("Gram forward, BLAS path (inside nst_ext)", ("aten::baddbmm",)),
     ("pooling", ("aten::avg_pool2d", "aten::max_pool2d")),
     ("ReLU", ("aten::relu", "aten::clamp_min", "aten::threshold_backward")),
     ("data movement (copies, casts, layout)", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone",

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -138,19 +139,33 @@ inline at::Tensor blas_gram_product(const at::Tensor& features) {
   return product;
 }
 
+// Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): oneDNN's
+// own answer, the one nst_ext.options.cpu_has_native_bfloat16 reads.
+inline bool cpu_has_native_bfloat16() {
+  static const bool native = [] {
+    const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_is_mkldnn_bf16_supported", ""});
+    return handle.has_value() && handle->typed<bool()>().call();
+  }();
+  return native;
+}
+
 // grad_features = S @ F for a symmetric S (B, C, C) in the accumulation dtype,
 // shaped and typed like features. For channels-last features it is computed
 // as X @ S (= (S F)^T since S = S^T) and returned channels-last, with no copy
 // of the features. On CUDA, float16/bfloat16 features multiply on tensor
 // cores with float32 accumulation: S is rounded to bfloat16 as it is, and to
 // float16 after division by max|S| (its range would under- or overflow),
-// the product then taken in float32 and scaled back. On the CPU they are
-// widened a slab at a time, each slab's product written into the result.
+// the product then taken in float32 and scaled back. On a CPU with native
+// bfloat16, bfloat16 features multiply the same way as on CUDA (oneDNN,
+// float32 accumulation; 3-6x faster than widening on VGG19's 512 px shapes,
+// BENCHMARKS.md); elsewhere float16/bfloat16 features are widened a slab at
+// a time, each slab's product written into the result.
 inline at::Tensor multiply_symmetric(const at::Tensor& S, const at::Tensor& features) {
   const int64_t B = features.size(0), C = features.size(1), n = spatial_size(features);
   const at::ScalarType dtype = features.scalar_type(), acc = S.scalar_type();
   const bool channels_last = layout_of(features) == Layout::kChannelsLast;
-  if (!features.is_cuda() && dtype != acc) {
+  const bool native_bfloat16 = dtype == at::kBFloat16 && (features.is_cuda() || cpu_has_native_bfloat16());
+  if (!features.is_cuda() && dtype != acc && !native_bfloat16) {
     at::Tensor result = at::empty_like(features, channels_last ? at::MemoryFormat::ChannelsLast
                                                                : at::MemoryFormat::Contiguous);
     const int64_t slab = widening_slab(C);
@@ -171,7 +186,8 @@ inline at::Tensor multiply_symmetric(const at::Tensor& S, const at::Tensor& feat
     }
     return result;
   }
-  const bool tensor_cores = features.is_cuda() && dtype != acc;
+  // The product in the features' own dtype, float32 accumulation (tensor cores, oneDNN bfloat16).
+  const bool reduced_product = (features.is_cuda() && dtype != acc) || native_bfloat16;
   const at::Tensor x = features;
   at::Tensor product;
   auto multiply = [&](const at::Tensor& s, std::optional<at::ScalarType> out_dtype) {
@@ -182,10 +198,10 @@ inline at::Tensor multiply_symmetric(const at::Tensor& S, const at::Tensor& feat
     const at::Tensor F = x.contiguous().view({B, C, n});
     return out_dtype ? at::bmm(s, F, *out_dtype) : at::bmm(s, F);
   };
-  if (tensor_cores && dtype == at::kHalf) {
+  if (reduced_product && dtype == at::kHalf) {
     const at::Tensor range = S.abs().amax().clamp_min_(1e-30);
     product = multiply(S.div(range).to(dtype), acc).mul_(range);
-  } else if (tensor_cores) {
+  } else if (reduced_product) {
     product = multiply(S.to(dtype), std::nullopt);
   } else {
     product = multiply(S, std::nullopt);

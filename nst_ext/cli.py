@@ -79,8 +79,8 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                             "whose last value is the output size)")
     group.add_argument("--steps", type=_numbers(int), default=None,
                        help="optimiser iterations, one value for every scale or one per scale "
-                            "(default 100 for the first scale, then half as many for each finer one, at least 20: "
-                            "100,50,25 for 512)")
+                            "(default 60 for the first scale, 35 for each between, 40 for the finest: 60,35,40 for "
+                            "512; 100 for a single scale)")
     group.add_argument("--scales", type=_numbers(int), default=None,
                        help="coarse-to-fine sizes, e.g. 256,512,1024; the last is the output size "
                             "(default: halving from --size down to 128, e.g. 128,256,512 for 512)")

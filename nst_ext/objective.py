@@ -117,9 +117,7 @@ class Objective:
 
     def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         options = self.stylizer.options
-        # cuDNN and oneDNN follow the input's layout: channels-last pairs with the channels-last weights.
-        x = image.contiguous(memory_format=torch.channels_last)
-        x = self.stylizer.vgg.normalize(x)
+        x = self.stylizer.vgg.normalize(image)
         content = style = image.new_zeros(image.shape[0], dtype=torch.float32)
         for start, stop in self.segments:
             if self.checkpointing:

@@ -18,7 +18,14 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     input, float64 for float64 input.
     """
     check_features(features)
-    flat = features.flatten(-2).to(accumulation_dtype(features.dtype))
+    dtype = accumulation_dtype(features.dtype)
+    if features.dim() == 4 and not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last):
+        # Channels-last features (what channels-last convolutions hand the losses): the same
+        # product as Xᵀ X over the positions X (B, H·W, C), a view, so that the gradient autograd
+        # returns is channels-last too (an NCHW one would make the network's backward strided).
+        positions = features.permute(0, 2, 3, 1).flatten(1, 2).to(dtype)
+        return positions.transpose(-1, -2) @ positions / positions.shape[-2]
+    flat = features.flatten(-2).to(dtype)
     return flat @ flat.transpose(-1, -2) / flat.shape[-1]
 
 

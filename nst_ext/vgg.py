@@ -54,6 +54,11 @@ class VGG19Features(nn.Module):
         self.layer_devices = []  # empty: every layer where the module is (.to); see place()
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """The image ``(B, 3, H, W)`` in [0, 1] as VGG's input: channels-last (cuDNN and oneDNN
+        follow the input's layout, and the stylizer's weights are channels-last; every feature,
+        target and gradient then shares one layout, so no pass of the backward is strided),
+        in the weights' channel order, normalised."""
+        image = image.contiguous(memory_format=torch.channels_last)
         if self.input_channel_order == "BGR":
             image = image.flip(1)
         return (image - self.input_mean.to(image.dtype)) / self.input_std.to(image.dtype)

@@ -101,6 +101,9 @@ def test_every_claimed_dtype(compiled, seed, dtype, shape, layout):
     exact.requires_grad_(True)
     expected_loss = reference.style_loss(exact, target.double())
     (expected_grad,) = torch.autograd.grad(expected_loss, exact)
+    if layout == "channels_last":  # the reference's own channels-last path: the NCHW product, a CL gradient
+        assert expected_grad.is_contiguous(memory_format=torch.channels_last)
+        assert_close(reference.gram_matrix(exact), reference.gram_matrix(exact.detach().contiguous()), seed)
     assert_close(loss.double(), expected_loss, seed, rtol=RTOL[dtype] * 10)
     # A reduced-precision gradient is rounded once to its dtype.
     grad_rtol = {torch.float16: 2e-3, torch.bfloat16: 1e-2}.get(dtype, RTOL[dtype] * 10)
