@@ -164,8 +164,8 @@ inline at::Tensor multiply_symmetric(const at::Tensor& S, const at::Tensor& feat
   const int64_t B = features.size(0), C = features.size(1), n = spatial_size(features);
   const at::ScalarType dtype = features.scalar_type(), acc = S.scalar_type();
   const bool channels_last = layout_of(features) == Layout::kChannelsLast;
-  const bool native_bfloat16 = dtype == at::kBFloat16 && (features.is_cuda() || cpu_has_native_bfloat16());
-  if (!features.is_cuda() && dtype != acc && !native_bfloat16) {
+  const bool cpu_bfloat16 = !features.is_cuda() && dtype == at::kBFloat16 && cpu_has_native_bfloat16();
+  if (!features.is_cuda() && dtype != acc && !cpu_bfloat16) {
     at::Tensor result = at::empty_like(features, channels_last ? at::MemoryFormat::ChannelsLast
                                                                : at::MemoryFormat::Contiguous);
     const int64_t slab = widening_slab(C);
@@ -187,7 +187,7 @@ inline at::Tensor multiply_symmetric(const at::Tensor& S, const at::Tensor& feat
     return result;
   }
   // The product in the features' own dtype, float32 accumulation (tensor cores, oneDNN bfloat16).
-  const bool reduced_product = (features.is_cuda() && dtype != acc) || native_bfloat16;
+  const bool reduced_product = (features.is_cuda() && dtype != acc) || cpu_bfloat16;
   const at::Tensor x = features;
   at::Tensor product;
   auto multiply = [&](const at::Tensor& s, std::optional<at::ScalarType> out_dtype) {

@@ -15,6 +15,14 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def is_channels_last(features: torch.Tensor) -> bool:
+    """Whether 4-D features lie channels-last (what channels-last convolutions hand the losses)
+    and not also NCHW-contiguous (C == 1 or H·W == 1 counts as NCHW): the layout the kernels
+    (csrc/common.h) and the reference keep for the gradient."""
+    return features.dim() == 4 and not features.is_contiguous() \
+        and features.is_contiguous(memory_format=torch.channels_last)
+
+
 def _check_float_tensor(tensor, name: str) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")

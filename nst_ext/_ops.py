@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from nst_ext import reference
-from nst_ext._checks import accumulation_dtype, check_features, check_target_gram
+from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, is_channels_last
 
 FORCE_REFERENCE_ENV = "NST_EXT_FORCE_REFERENCE"
 
@@ -160,8 +160,7 @@ if LOAD_ERROR is None:
     def _gradient_like(features):
         # The kernels return channels-last gradients for channels-last features
         # (no copy of them), NCHW-contiguous ones otherwise (common.h).
-        channels_last = not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last)
-        layout = torch.channels_last if channels_last else torch.contiguous_format
+        layout = torch.channels_last if is_channels_last(features) else torch.contiguous_format
         return torch.empty(features.shape, dtype=features.dtype, device=features.device, memory_format=layout)
 
     @torch.library.register_fake("nst_ext::gram_backward")

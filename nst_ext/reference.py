@@ -7,7 +7,7 @@ compiled kernels are tested and benchmarked against. Same contracts as
 
 import torch
 
-from nst_ext._checks import accumulation_dtype, check_features, check_target_gram
+from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, is_channels_last
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,7 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """
     check_features(features)
     dtype = accumulation_dtype(features.dtype)
-    if features.dim() == 4 and not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(features):
         # Channels-last features (what channels-last convolutions hand the losses): the same
         # product as Xᵀ X over the positions X (B, H·W, C), a view, so that the gradient autograd
         # returns is channels-last too (an NCHW one would make the network's backward strided).
