@@ -7,7 +7,7 @@ CPU, the runtime itself (resident set size is what a user sees). Its coefficient
 with ``benchmarks/memory.py --breakdown`` (BENCHMARKS.md, "Large pictures").
 
 The plan, cheapest lever first, for a budget (of which it fills at most the usable share,
-:func:`usable_share`: the estimate can fall a few percent below the measured peak):
+:func:`usable_share`: a whole run can peak above its finest stage's estimate):
 
 1. the L-BFGS history never holds more pairs than the stage has steps (free: the same picture);
 2. activation checkpointing over VGG segments (the same picture, about a third more time per step):
