@@ -31,7 +31,7 @@ def per_picture_mean(values: torch.Tensor) -> torch.Tensor:
     dimensions, then divided: a sum's gradient is a broadcast view, so the gradient takes the
     values' own layout (a mean's, or a flattened view's, comes back NCHW, and NCHW gradients in
     a channels-last network make every later pass of the backward strided)."""
-    if values.dim() == 1:
+    if values.dim() == 1:  # nothing to average; sum(dim=()) would sum over every dimension
         return values
     return values.sum(dim=tuple(range(1, values.dim()))) / (values[0].numel())
 
