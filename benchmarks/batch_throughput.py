@@ -44,9 +44,14 @@ def main():
     parser.add_argument("--batch-sizes", default="4,8", help="the --batch-size values to measure besides 1")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    rows = []
+
+    def measured(row):  # printed as it comes, so a run stopped at a time limit still shows its rows
+        rows.append(row)
+        print(f"measured: {row['method']}: {row['seconds']:.1f} s", file=sys.stderr, flush=True)
+
     style = os.path.join(DATA, "swirls.jpg")
     common = ["--size", str(args.size), "--device", args.device, "--quiet"]
-    rows = []
     with tempfile.TemporaryDirectory() as folder:
         source = os.path.join(folder, "in")
         os.mkdir(source)
@@ -54,17 +59,17 @@ def main():
         names = sorted(os.listdir(source))
         seconds = sum(timed([sys.executable, "-m", "nst_ext", "stylize", os.path.join(source, name), style, "-o",
                              os.path.join(folder, f"single-{name}.png"), *common]) for name in names)
-        rows.append(dict(method="one `nst-ext stylize` process per picture", seconds=seconds))
+        measured(dict(method="one `nst-ext stylize` process per picture", seconds=seconds))
         for batch_size in [1] + [int(n) for n in args.batch_sizes.split(",") if n]:
             seconds = timed([sys.executable, "-m", "nst_ext", "batch", source, style, "-o",
                              os.path.join(folder, f"one-{batch_size}"), "--batch-size", str(batch_size), *common])
-            rows.append(dict(method=f"`nst-ext batch --batch-size {batch_size}`, one process", seconds=seconds,
+            measured(dict(method=f"`nst-ext batch --batch-size {batch_size}`, one process", seconds=seconds,
                              batch_size=batch_size))
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, torch.get_num_threads() // 2)))
         seconds = timed([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                          "-m", "nst_ext", "batch", source, style, "-o", os.path.join(folder, "two"),
                          "--batch-size", "1", *common], env=env)
-        rows.append(dict(method="`nst-ext batch --batch-size 1` under torchrun, 2 processes", seconds=seconds))
+        measured(dict(method="`nst-ext batch --batch-size 1` under torchrun, 2 processes", seconds=seconds))
     print(f"{args.images} pictures at {args.size} px (default settings), CPU {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print("| method | wall time (s) | pictures per minute |")

@@ -111,9 +111,12 @@ part build 200 60 "$PYTHON" -m pip install --no-build-isolation --no-deps -e .
 part backends 30 10 "$PYTHON" -m nst_ext info
 
 # -- tests, benchmarks, end-to-end runs, sanitizer -------------------------------------------------
+# -v (one line per test) so that a part stopped at its limit still names what failed; each
+# xdist worker gets a quarter of the cores rather than all of them.
 xdist=""
 "$PYTHON" -c 'import xdist' >/dev/null 2>&1 && xdist="-n 4"
-part tests 200 60 "$PYTHON" -m pytest -q -p no:cacheprovider $xdist tests --junitxml="$RESULTS/tests.xml"
+part tests 200 60 env OMP_NUM_THREADS=$(( ($(nproc) + 3) / 4 )) "$PYTHON" -m pytest -v -rfE -p no:cacheprovider $xdist tests \
+    --junitxml="$RESULTS/tests.xml"
 part ops 90 30 "$PYTHON" benchmarks/ops_compare.py --device cuda --sizes 512,1024 --seconds 75 \
     --json "$RESULTS/ops.json" --markdown "$RESULTS/ops.md"
 part e2e 90 30 "$PYTHON" benchmarks/memory.py --device cuda --sizes 512,1024 --json "$RESULTS/e2e.json"
@@ -125,13 +128,16 @@ part large 75 30 "$PYTHON" benchmarks/memory.py --device cuda --sizes 2048,4096 
 sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
 if [ -n "$sanitizer" ]; then
     part memcheck 60 20 "$sanitizer" --tool memcheck --error-exitcode 1 "$PYTHON" scripts/sanitizer_case.py
-    part racecheck 60 20 "$sanitizer" --tool racecheck --error-exitcode 1 "$PYTHON" scripts/sanitizer_case.py
+    # racecheck instruments our kernels alone (names hold nst_ext): on an H200 it spent its whole minute
+    # on hazards inside cuBLAS's split-K kernels, which are not ours to fix.
+    part racecheck 60 20 "$sanitizer" --tool racecheck --kernel-name kns=nst_ext --error-exitcode 1 \
+        "$PYTHON" scripts/sanitizer_case.py
 else
     printf 'sanitizer\tnot run\t0\tcompute-sanitizer not found\n' >> "$RESULTS/parts.tsv"
 fi
 
 part video 60 30 "$PYTHON" benchmarks/video_flicker.py --frames 24 --size 256 --json "$RESULTS/video.json"
-part batch 60 30 "$PYTHON" benchmarks/batch_throughput.py --images 8 --size 512 --device auto --batch-sizes 8 \
+part batch 60 30 "$PYTHON" benchmarks/batch_throughput.py --images 4 --size 512 --device auto --batch-sizes 8 \
     --json "$RESULTS/batch.json"
 
 # -- summary ---------------------------------------------------------------------------------------
