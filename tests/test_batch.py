@@ -168,11 +168,6 @@ def three_contents(seed, height=40, width=52):
              + 0.05 * torch.randn(3, height, width, generator=generator)).clamp(0, 1) for crop in crops]
 
 
-def float32_tolerance(device):
-    # cuDNN picks other convolution algorithms for other batch sizes (TF32 is off, below).
-    return 5e-3 if device == "cuda" else 1e-4
-
-
 @pytest.fixture
 def exact_float32(monkeypatch):
     """Float32 convolutions and matmuls in float32 on GPUs (no TF32), so that batched and single
@@ -184,16 +179,21 @@ def exact_float32(monkeypatch):
     torch.set_float32_matmul_precision(precision)
 
 
-def test_each_picture_of_a_batch_gets_its_own_loss_and_gradient(device, seed, exact_float32):
+def test_each_picture_of_a_batch_gets_its_own_loss_and_gradient(device, seed):
     from nst_ext.objective import Objective
 
+    # In float64. In float32 the batched and single convolutions round differently, and where a
+    # pre-activation lies within that rounding of zero (in about one draw in ten at this size,
+    # measured) a ReLU flips and moves the gradient by up to 0.5% of its largest value: the test
+    # failed on the rounding, not on a mix-up of pictures.
     stylizer = Stylizer(size=52, scales=[52], steps=1, device=device, mixed_precision=False, cuda_graph=False)
-    contents, style = three_contents(seed), nst_ext.load_image(STYLE)
-    style = stylizer._stage_styles([style], 52)
+    stylizer.vgg.double()
+    contents = [content.double() for content in three_contents(seed)]
+    style = stylizer._stage_styles([nst_ext.load_image(STYLE).double()], 52)
     leaves = [content[None].to(device).flip(-1).contiguous().requires_grad_(True) for content in contents]
     batched = Objective(stylizer, torch.stack(contents), style, [1.0]).evaluator(leaves)()
     assert batched.shape == (3, 5)
-    tolerance = float32_tolerance(device)
+    tolerance = 1e-10
     for content, leaf, row in zip(contents, leaves, batched):
         alone_leaf = leaf.detach().clone().requires_grad_(True)
         alone = Objective(stylizer, content, style, [1.0]).evaluator(alone_leaf)()
