@@ -7,6 +7,7 @@ from typing import Collection, Dict, Iterable, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from nst_ext.layers import CONV_INDICES, LAYER_INDEX, LAYERS, check_layer_names
 from nst_ext.weights import VGGWeights
@@ -52,6 +53,8 @@ class VGG19Features(nn.Module):
         self.register_buffer("input_std", std.view(1, 3, 1, 1), persistent=False)
         self.input_channel_order = weights.channel_order
         self.layer_devices = []  # empty: every layer where the module is (.to); see place()
+        # Per convolution: (what identifies the float32 weight it was cast from, bfloat16 weight, bias).
+        self._bfloat16_params: Dict[int, Tuple[tuple, torch.Tensor, torch.Tensor]] = {}
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """The image ``(B, 3, H, W)`` in [0, 1] as VGG's input: channels-last (cuDNN and oneDNN
@@ -75,6 +78,27 @@ class VGG19Features(nn.Module):
         self.input_std = self.input_std.to(self.layer_devices[0])
         return self
 
+    def _convolve(self, index: int, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """Convolution `index` on `x`. Under bfloat16 autocast it reads bfloat16 copies of its
+        weight and bias made once, not per call: autocast would cast the float32 ones at every
+        forward (13M parameters up to conv5_1, about 1% of a 512 px step on the CPU), and it caches
+        no cast of a weight without requires_grad. Autocast rounds them the same way, so the
+        result is the same; a weight changed since its copy was made (in place, or moved by
+        ``.to``, which swaps its storage) is copied again."""
+        device_type = x.device.type
+        if not (torch.is_autocast_enabled(device_type)
+                and torch.get_autocast_dtype(device_type) == torch.bfloat16
+                and conv.weight.dtype == torch.float32):
+            return conv(x)
+        source = (conv.weight.data_ptr(), conv.weight._version, conv.bias.data_ptr(), conv.bias._version)
+        cached = self._bfloat16_params.get(index)
+        if cached is None or cached[0] != source:
+            with torch.no_grad():
+                cached = (source, conv.weight.to(torch.bfloat16, memory_format=torch.preserve_format),
+                          conv.bias.to(torch.bfloat16))
+            self._bfloat16_params[index] = cached
+        return functional.conv2d(x, cached[1], cached[2], conv.stride, conv.padding)
+
     def run_layers(self, x: torch.Tensor, start: int, stop: int, wanted: Collection[str]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Layers ``start … stop - 1`` on `x` (the output of layer ``start - 1``, or the
         normalised image); returns the last output and those of the `wanted` layers. Each
@@ -88,6 +112,8 @@ class VGG19Features(nn.Module):
                 x = x.to(self.layer_devices[index])
             if isinstance(layer, nn.ReLU) and index > start and self.names[index - 1] not in wanted:
                 x = torch.relu_(x)
+            elif isinstance(layer, nn.Conv2d):
+                x = self._convolve(index, layer, x)
             else:
                 x = layer(x)
             if self.names[index] in wanted:

@@ -196,6 +196,33 @@ def test_mixed_precision_default_is_on_where_bfloat16_is_native(device):
     assert Stylizer(size=SIZE, device=device, mixed_precision=False).mixed_precision is False
 
 
+def test_bfloat16_convolutions_cast_their_weights_once_and_follow_changes(device):
+    """Under bfloat16 autocast VGG reads bfloat16 copies of its weights made once (nst_ext.vgg):
+    the features are bit for bit those of the modules under autocast, which casts the weights at
+    every call, and a weight changed in place is copied again."""
+    vgg = Stylizer(size=SIZE, device=device, mixed_precision=False).vgg
+    image = torch.rand(2, 3, 21, 26, generator=torch.Generator().manual_seed(3)).to(device)
+    wanted = ("relu1_1", "relu3_1", "relu4_2")
+
+    def by_modules():
+        x, out = vgg.normalize(image), {}
+        for name, layer in zip(vgg.names, vgg.layers):
+            x = layer(x)
+            if name in wanted:
+                out[name] = x
+        return out
+
+    for change in range(2):
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+            cast_once, expected = vgg(image, wanted), by_modules()
+        for name in wanted:
+            assert cast_once[name].dtype == torch.bfloat16
+            assert torch.equal(cast_once[name], expected[name]), (name, change)
+        with torch.no_grad():
+            vgg.layers[2].weight.mul_(1.5)  # conv1_2, in place
+    assert vgg(image, ["relu1_1"])["relu1_1"].dtype == torch.float32  # without autocast: the float32 weights
+
+
 def test_progress_reads_the_losses_only_when_asked(content, style):
     seen = []
 
@@ -244,9 +271,9 @@ def test_default_schedule():
     from nst_ext.options import StyleOptions
 
     assert StyleOptions(size=512).stage_sizes() == [128, 256, 512]
-    assert StyleOptions(size=512).stage_steps() == [60, 35, 40]
-    assert StyleOptions(size=1024).stage_steps() == [60, 35, 35, 40]
-    assert StyleOptions(size=256).stage_steps() == [60, 40]
+    assert StyleOptions(size=512).stage_steps() == [60, 35, 45]
+    assert StyleOptions(size=1024).stage_steps() == [60, 35, 35, 45]
+    assert StyleOptions(size=256).stage_steps() == [60, 45]
     assert StyleOptions(size=200).stage_sizes() == [200] and StyleOptions(size=200).stage_steps() == [100]
 
 

@@ -26,6 +26,11 @@
 #include <functional>
 #include <cstring>
 #include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "../common.h"
 
@@ -286,6 +291,176 @@ void gram_into(const T* F, int64_t B, int64_t C, int64_t n, T* gram) {
   });
 }
 
+// ---------------------------------------------------------------------------
+// bfloat16 features on CPUs with AVX512-BF16: `vdpbf16ps` multiplies pairs of
+// bfloat16 values and adds both products to a float32 lane, twice the rate of
+// float32 FMAs and with no widened copy of the features (the BLAS path widens
+// them to float32 a slab at a time, which cost more than the products: 54 ms of
+// a 1.06 s bfloat16 step at 512 px, BENCHMARKS.md). The pairs must run along the
+// summed axis, the positions; channels-last features X (n, C) hold a position's
+// channels side by side, so each chunk of positions is first packed as
+// packed[p][c] = (X[2p][c], X[2p+1][c]), one 32-bit word per channel (0 for the
+// position after the last). A register tile then holds 32 channels i (two
+// vectors of 16 lanes) against 8 channels j (each pair broadcast), an outer
+// product of BLIS's kind with no horizontal sums. Lane l of the accumulator for
+// (j, vector r) is G[j][i0 + 16r + l], so it is added into row j of the result:
+// the kernel fills the lower triangle, which is then mirrored.
+#if defined(__x86_64__)
+#define NST_TARGET_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+constexpr int64_t kPairTileRows = 32;        // channels i per register tile: two vectors
+constexpr int64_t kPairTileColumns = 8;      // channels j per register tile
+constexpr int64_t kPackedChunkBytes = 192 << 10;  // a packed chunk stays in L2 while its tiles read it
+
+// Interleaving indices for vpermt2w: words 2m and 2m+1 of the output are word m
+// (+16 for the high half) of the first and of the second row.
+struct alignas(64) PairIndices {
+  uint16_t low[32], high[32];
+  PairIndices() {
+    for (int m = 0; m < 16; ++m) {
+      low[2 * m] = m, low[2 * m + 1] = 32 + m;
+      high[2 * m] = 16 + m, high[2 * m + 1] = 48 + m;
+    }
+  }
+};
+
+// Packs positions [2 first_pair, 2 (first_pair + pairs)) of X (n, C), C a
+// multiple of 16, into packed (pairs, C) words.
+NST_TARGET_AVX512_BF16 void pack_position_pairs(const uint16_t* X, int64_t n, int64_t C, int64_t first_pair,
+                                                int64_t pairs, uint32_t* packed) {
+  static const PairIndices indices;
+  const __m512i low = _mm512_load_si512(indices.low), high = _mm512_load_si512(indices.high);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t position = 2 * (first_pair + p);
+    const uint16_t* first = X + position * C;
+    const bool has_second = position + 1 < n;
+    uint32_t* out = packed + p * C;
+    int64_t c = 0;
+    for (; c + 32 <= C; c += 32) {
+      const __m512i a = _mm512_loadu_si512(first + c);
+      const __m512i b = has_second ? _mm512_loadu_si512(first + C + c) : _mm512_setzero_si512();
+      _mm512_storeu_si512(out + c, _mm512_permutex2var_epi16(a, low, b));
+      _mm512_storeu_si512(out + c + 16, _mm512_permutex2var_epi16(a, high, b));
+    }
+    if (c < C) {  // the last 16 channels
+      const __m512i a = _mm512_maskz_loadu_epi16(0xFFFF, first + c);
+      const __m512i b = has_second ? _mm512_maskz_loadu_epi16(0xFFFF, first + C + c) : _mm512_setzero_si512();
+      _mm512_storeu_si512(out + c, _mm512_permutex2var_epi16(a, low, b));
+    }
+  }
+}
+
+// out[(j0 + t) * C + i0 + 16 r + l] += sum over the chunk's pairs of X[., i0 + 16 r + l] X[., j0 + t]
+// for r < VECTORS, t < 8, l < 16.
+template <int VECTORS>
+NST_TARGET_AVX512_BF16 NST_ALWAYS_INLINE void pair_tile(const uint32_t* packed, int64_t C, int64_t pairs,
+                                                        int64_t i0, int64_t j0, float* out) {
+  __m512 acc[kPairTileColumns][VECTORS];
+  for (int t = 0; t < kPairTileColumns; ++t)
+    for (int r = 0; r < VECTORS; ++r) acc[t][r] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint32_t* row = packed + p * C;
+    __m512i a[VECTORS];
+    for (int r = 0; r < VECTORS; ++r) a[r] = _mm512_loadu_si512(row + i0 + 16 * r);
+    for (int t = 0; t < kPairTileColumns; ++t) {
+      const __m512i b = _mm512_set1_epi32(static_cast<int>(row[j0 + t]));
+      for (int r = 0; r < VECTORS; ++r) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], (__m512bh)a[r], (__m512bh)b);
+    }
+  }
+  for (int t = 0; t < kPairTileColumns; ++t)
+    for (int r = 0; r < VECTORS; ++r) {
+      float* target = out + (j0 + t) * C + i0 + 16 * r;
+      _mm512_storeu_ps(target, _mm512_add_ps(_mm512_loadu_ps(target), acc[t][r]));
+    }
+}
+
+// Adds X^T X over pairs [first_pair, end_pair) into out (C x C, lower triangle
+// and the diagonal tiles), packing a chunk at a time into `packed`.
+NST_TARGET_AVX512_BF16 void pair_gram_range(const uint16_t* X, int64_t n, int64_t C, int64_t first_pair,
+                                            int64_t end_pair, uint32_t* packed, int64_t chunk_pairs, float* out) {
+  for (int64_t p0 = first_pair; p0 < end_pair; p0 += chunk_pairs) {
+    const int64_t pairs = std::min(chunk_pairs, end_pair - p0);
+    pack_position_pairs(X, n, C, p0, pairs, packed);
+    for (int64_t i0 = 0; i0 < C; i0 += kPairTileRows) {
+      for (int64_t j0 = i0; j0 < C; j0 += kPairTileColumns) {
+        if (i0 + kPairTileRows <= C)
+          pair_tile<2>(packed, C, pairs, i0, j0, out);
+        else
+          pair_tile<1>(packed, C, pairs, i0, j0, out);
+      }
+    }
+  }
+}
+
+bool cpu_has_avx512_bf16() {
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+  }();
+  return supported;
+}
+#endif
+
+// Whether the bfloat16 pair kernel takes these features: bfloat16, channels-last,
+// a multiple of 16 channels, on a CPU with AVX512-BF16.
+bool pair_kernel_applies(const at::Tensor& features) {
+#if defined(__x86_64__)
+  return features.scalar_type() == at::kBFloat16 && layout_of(features) == Layout::kChannelsLast &&
+         features.size(1) % 16 == 0 && cpu_has_avx512_bf16();
+#else
+  return false;
+#endif
+}
+
+// The Gram (B, C, C) float32 of bfloat16 channels-last features by the pair
+// kernel (pair_kernel_applies must hold). The positions are split into one
+// range per thread (enough pairs each), each summed into its own partial
+// Gram; the partials are added in a fixed order, so the result is the same at
+// every call with the same number of threads.
+at::Tensor pair_kernel_gram(const at::Tensor& features) {
+#if defined(__x86_64__)
+  const int64_t B = features.size(0), C = features.size(1), n = spatial_size(features);
+  const int64_t total_pairs = (n + 1) / 2;
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total_pairs / 32));
+  const int64_t chunk_pairs = std::max<int64_t>(8, kPackedChunkBytes / (C * 4));
+  const auto float_options = features.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor partial = at::zeros({splits, B, C, C}, float_options);
+  const uint16_t* X = reinterpret_cast<const uint16_t*>(features.data_ptr<at::BFloat16>());
+  float* partial_data = partial.data_ptr<float>();
+  at::parallel_for(0, B * splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> packed(static_cast<size_t>(std::min(chunk_pairs, total_pairs) * C));
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / splits, split = item % splits;
+      const int64_t first = total_pairs * split / splits, last = total_pairs * (split + 1) / splits;
+      pair_gram_range(X + b * n * C, n, C, first, last, packed.data(), chunk_pairs,
+                      partial_data + (split * B + b) * C * C);
+    }
+  });
+  at::Tensor gram = at::empty({B, C, C}, float_options);
+  float* g = gram.data_ptr<float>();
+  const float inv_n = 1.0f / static_cast<float>(n);
+  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / C, j = row % C;
+      for (int64_t i = 0; i <= j; ++i) {
+        float sum = 0;
+        for (int64_t s = 0; s < splits; ++s) sum += partial_data[((s * B + b) * C + j) * C + i];
+        g[(b * C + j) * C + i] = sum * inv_n;
+      }
+    }
+  });
+  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / C, i = row % C;
+      for (int64_t j = i + 1; j < C; ++j) g[(b * C + i) * C + j] = g[(b * C + j) * C + i];
+    }
+  });
+  return gram;
+#else
+  TORCH_CHECK(false, "nst_ext: the bfloat16 pair kernel needs an x86-64 CPU");
+#endif
+}
+
 // Features as a contiguous (B, C, n) tensor of the accumulation dtype, for
 // our own kernel; half and bfloat16 are widened once here so the kernel
 // accumulates in float32.
@@ -312,7 +487,9 @@ std::pair<at::Tensor, double> product_by_chosen_algorithm(const at::Tensor& feat
   const bool needs_copy = features.scalar_type() != accumulation_dtype(features.scalar_type()) ||
                           layout_of(features) != Layout::kNCHW;
   const bool copy_too_large = needs_copy && features.numel() * 4 > 4 * kWideningSlabBytes;
+  const bool pairs = pair_kernel_applies(features);  // our kernel then reads them as they are
   auto compute = [&](Algorithm algorithm) -> std::pair<at::Tensor, double> {
+    if (algorithm == Algorithm::kOwn && pairs) return {pair_kernel_gram(features), 1.0};
     if (algorithm == Algorithm::kBlas || copy_too_large)
       return {blas_gram_product(features), 1.0 / static_cast<double>(spatial_size(features))};
     const at::Tensor F = features_for_accumulation(features);
