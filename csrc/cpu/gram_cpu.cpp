@@ -232,6 +232,34 @@ int64_t choose_splits(int64_t tiles, int64_t n, int64_t chunk) {
   return std::min(by_threads, by_length);
 }
 
+// gram (B, C, C) = the sum of the splits' partial products (splits, B, C, C),
+// added in a fixed order, times 1/n; the kernels fill one triangle of each
+// partial (the upper one, or with upper_filled false the lower one, diagonal
+// included), and the other is mirrored from it.
+template <typename T>
+void sum_splits_and_mirror(const T* partial, int64_t splits, int64_t B, int64_t C, int64_t n, bool upper_filled,
+                           T* gram) {
+  const T inv_n = T(1) / static_cast<T>(n);
+  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / C, r = row % C;
+      const int64_t first = upper_filled ? r : 0, last = upper_filled ? C : r + 1;
+      for (int64_t c = first; c < last; ++c) {
+        T sum = 0;
+        for (int64_t s = 0; s < splits; ++s) sum += partial[((s * B + b) * C + r) * C + c];
+        gram[(b * C + r) * C + c] = sum * inv_n;
+      }
+    }
+  });
+  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / C, r = row % C;
+      const int64_t first = upper_filled ? 0 : r + 1, last = upper_filled ? r : C;
+      for (int64_t c = first; c < last; ++c) gram[(b * C + r) * C + c] = gram[(b * C + c) * C + r];
+    }
+  });
+}
+
 // gram[b] = F[b] F[b]^T / n for F of shape (B, C, n), contiguous, T = float
 // or double; gram is (B, C, C), contiguous, same dtype.
 template <typename T>
@@ -271,24 +299,7 @@ void gram_into(const T* F, int64_t B, int64_t C, int64_t n, T* gram) {
     }
   });
 
-  // Sum the splits in a fixed order, scale by 1/n, mirror the upper triangle.
-  const T inv_n = T(1) / static_cast<T>(n);
-  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / C, i = row % C;
-      for (int64_t j = i; j < C; ++j) {
-        T sum = 0;
-        for (int64_t s = 0; s < splits; ++s) sum += partial[((s * B + b) * C + i) * C + j];
-        gram[(b * C + i) * C + j] = sum * inv_n;
-      }
-    }
-  });
-  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / C, i = row % C;
-      for (int64_t j = 0; j < i; ++j) gram[(b * C + i) * C + j] = gram[(b * C + j) * C + i];
-    }
-  });
+  sum_splits_and_mirror<T>(partial, splits, B, C, n, /*upper_filled=*/true, gram);
 }
 
 // ---------------------------------------------------------------------------
@@ -437,24 +448,7 @@ at::Tensor pair_kernel_gram(const at::Tensor& features) {
     }
   });
   at::Tensor gram = at::empty({B, C, C}, float_options);
-  float* g = gram.data_ptr<float>();
-  const float inv_n = 1.0f / static_cast<float>(n);
-  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / C, j = row % C;
-      for (int64_t i = 0; i <= j; ++i) {
-        float sum = 0;
-        for (int64_t s = 0; s < splits; ++s) sum += partial_data[((s * B + b) * C + j) * C + i];
-        g[(b * C + j) * C + i] = sum * inv_n;
-      }
-    }
-  });
-  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / C, i = row % C;
-      for (int64_t j = i + 1; j < C; ++j) g[(b * C + i) * C + j] = g[(b * C + j) * C + i];
-    }
-  });
+  sum_splits_and_mirror<float>(partial_data, splits, B, C, n, /*upper_filled=*/false, gram.data_ptr<float>());
   return gram;
 #else
   TORCH_CHECK(false, "nst_ext: the bfloat16 pair kernel needs an x86-64 CPU");
