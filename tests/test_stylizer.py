@@ -199,7 +199,9 @@ def test_mixed_precision_default_is_on_where_bfloat16_is_native(device):
 def test_bfloat16_convolutions_cast_their_weights_once_and_follow_changes(device):
     """Under bfloat16 autocast VGG reads bfloat16 copies of its weights made once (nst_ext.vgg):
     the features are bit for bit those of the modules under autocast, which casts the weights at
-    every call, and a weight changed in place is copied again."""
+    every call, and a weight changed in place is copied again. On a GPU, where cuDNN may pick
+    another algorithm for another call, to bfloat16's rounding (a stale copy of the changed
+    weight would be off by tens of percent)."""
     vgg = Stylizer(size=SIZE, device=device, mixed_precision=False).vgg
     image = torch.rand(2, 3, 21, 26, generator=torch.Generator().manual_seed(3)).to(device)
     wanted = ("relu1_1", "relu3_1", "relu4_2")
@@ -217,7 +219,12 @@ def test_bfloat16_convolutions_cast_their_weights_once_and_follow_changes(device
             cast_once, expected = vgg(image, wanted), by_modules()
         for name in wanted:
             assert cast_once[name].dtype == torch.bfloat16
-            assert torch.equal(cast_once[name], expected[name]), (name, change)
+            if device == "cpu":
+                assert torch.equal(cast_once[name], expected[name]), (name, change)
+            else:
+                scale = expected[name].float().abs().max().item()
+                torch.testing.assert_close(cast_once[name].float(), expected[name].float(), rtol=2e-2,
+                                           atol=2e-2 * scale, msg=lambda m: f"{name}, change {change}: {m}")
         with torch.no_grad():
             vgg.layers[2].weight.mul_(1.5)  # conv1_2, in place
     assert vgg(image, ["relu1_1"])["relu1_1"].dtype == torch.float32  # without autocast: the float32 weights
