@@ -14,9 +14,16 @@ curvature pair with ``yᵀs ≤ 1e-10`` (it would break positive definiteness), 
 one stores it with weight 0, so it contributes nothing but, once the history is
 full, pushes out the oldest pair one iteration early. Such pairs do not occur
 on a smooth objective like style transfer's.
+
+One option departs from torch: ``first_step_rms`` sizes the first step (along
+-g) so that it moves the parameter by that root-mean-square amount, instead of
+torch's ``min(1, 1/‖g‖₁)``. On an image, torch's first step moves each pixel by
+about ``1/numel`` (1e-6 at 512 px), far below the rounding of a bfloat16
+gradient, so the first curvature pair is rounding noise and L-BFGS spends two to
+three more evaluations before it moves (BENCHMARKS.md, "A good picture, fast").
 """
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -28,15 +35,21 @@ class LBFGS:
 
     param: the tensor optimised, a contiguous leaf with ``requires_grad``, any
     shape, a floating dtype; its history is ``2 · history_size · param.numel()`` values
-    of that dtype on its device, allocated up front.
+    of that dtype on its device, allocated up front. ``first_step_rms``: None
+    for torch's first step, else the root-mean-square change of the first step
+    (in the parameter's units; ``lr`` scales the later steps only).
     """
 
-    def __init__(self, param: torch.Tensor, lr: float = 1.0, history_size: int = 100):
+    def __init__(self, param: torch.Tensor, lr: float = 1.0, history_size: int = 100,
+                 first_step_rms: Optional[float] = None):
         if not param.requires_grad or not param.is_contiguous():
             raise ValueError("LBFGS needs a contiguous parameter with requires_grad=True")
         if history_size < 1:
             raise ValueError(f"history_size must be at least 1, got {history_size}")
+        if first_step_rms is not None and not first_step_rms > 0:
+            raise ValueError(f"first_step_rms must be positive, got {first_step_rms}")
         self.param, self.lr, self.history_size = param, float(lr), int(history_size)
+        self.first_step_rms = first_step_rms
         size, like = param.numel(), dict(dtype=param.dtype, device=param.device)
         self.steps = torch.zeros(history_size, size, **like)        # s = x_{k+1} - x_k
         self.grad_changes = torch.zeros(history_size, size, **like)  # y = g_{k+1} - g_k
@@ -94,8 +107,11 @@ class LBFGS:
         if self.previous_grad is None:
             self.direction = grad.neg()
             self.h_diag = torch.ones((), dtype=grad.dtype, device=grad.device)
-            # torch: min(1, 1 / ‖g‖₁) · lr on the first iteration only.
-            self.step_size = (1.0 / grad.abs().sum()).clamp(max=1.0) * self.lr
+            if self.first_step_rms is None:  # torch: min(1, 1 / ‖g‖₁) · lr on the first iteration only
+                self.step_size = (1.0 / grad.abs().sum()).clamp(max=1.0) * self.lr
+            else:  # a zero gradient gives a zero step (0 · inf would be NaN)
+                rms = grad.square().mean().sqrt()
+                self.step_size = torch.where(rms > 0, self.first_step_rms / rms, torch.zeros_like(rms))
             self.previous_grad = grad.clone()
         else:
             self.direction, self.h_diag = self._direction(grad)

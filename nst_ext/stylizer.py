@@ -24,7 +24,7 @@ from nst_ext.lbfgs import LBFGS, run_together
 from nst_ext.memory import (DEFAULT_BUDGET_SHARE, MemoryPlan, parse_size, plan_stage, release_freed_memory_promptly,
                             saved_bytes_per_layer, split_layers)
 from nst_ext.objective import TERMS, Objective, TemporalTarget
-from nst_ext.options import OptionError, StyleOptions, resolve_device, uses_mixed_precision
+from nst_ext.options import LBFGS_FIRST_STEP_RMS, OptionError, StyleOptions, resolve_device, uses_mixed_precision
 from nst_ext.layers import LAYER_INDEX, LAYERS, min_image_side
 from nst_ext.vgg import VGG19Features
 from nst_ext.weights import resolve_weights
@@ -406,7 +406,9 @@ class Stylizer:
                 self._style_grams[key] = objective.style_grams
             evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)
             if options.optimizer == "lbfgs":
-                run_together([LBFGS(image, lr=1.0, history_size=plan.history_size) for image in images], closure, steps)
+                optimizers = [LBFGS(image, lr=1.0, history_size=plan.history_size, first_step_rms=LBFGS_FIRST_STEP_RMS)
+                              for image in images]
+                run_together(optimizers, closure, steps)
             else:  # Adam works element by element: one over all the pictures is one per picture
                 optimizer = torch.optim.Adam(images, lr=options.learning_rate)
                 for _ in range(steps):

@@ -120,3 +120,46 @@ def test_several_driven_together_follow_their_own_iterates(seed):
     run_together([LBFGS(x, lr=1.0, history_size=5) for x in xs], closure, 20)
     for trace, expected in zip(points, alone):
         torch.testing.assert_close(torch.stack(trace), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_step_rms", [1e-3, 0.05])
+def test_first_step_of_a_set_size(seed, first_step_rms):
+    """With first_step_rms the first update is -g scaled to that root-mean-square change, and the
+    later ones are L-BFGS from there: the run still descends."""
+    start, loss_of = make_problem(seed, size=(3, 11, 6))
+    x = start.clone().requires_grad_(True)
+    points, losses = [], []
+
+    def closure():
+        x.grad = None
+        loss = loss_of(x)
+        loss.backward()
+        points.append(x.detach().clone())
+        losses.append(loss.item())
+        return loss
+
+    LBFGS(x, lr=1.0, history_size=5, first_step_rms=first_step_rms).run(closure, 15)
+    probe = start.clone().requires_grad_(True)
+    loss_of(probe).backward()
+    step = points[1] - points[0]
+    torch.testing.assert_close(step.square().mean().sqrt(), torch.tensor(first_step_rms, dtype=torch.float64))
+    torch.testing.assert_close(step / step.norm(), -probe.grad / probe.grad.norm())
+    assert losses[-1] < losses[1] < losses[0]
+
+
+def test_first_step_at_a_zero_gradient_stays_put():
+    x = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+
+    def closure():
+        x.grad = None
+        loss = x.square().sum()  # minimum at the start: gradient 0
+        loss.backward()
+        return loss
+
+    LBFGS(x, first_step_rms=0.01).run(closure, 3)
+    assert torch.equal(x.detach(), torch.zeros(5, dtype=torch.float64))
+
+
+def test_first_step_rms_must_be_positive():
+    with pytest.raises(ValueError, match="first_step_rms must be positive"):
+        LBFGS(torch.zeros(3, requires_grad=True), first_step_rms=0.0)

@@ -278,9 +278,9 @@ def test_default_schedule():
     from nst_ext.options import StyleOptions
 
     assert StyleOptions(size=512).stage_sizes() == [128, 256, 512]
-    assert StyleOptions(size=512).stage_steps() == [60, 35, 45]
-    assert StyleOptions(size=1024).stage_steps() == [60, 35, 35, 45]
-    assert StyleOptions(size=256).stage_steps() == [60, 45]
+    assert StyleOptions(size=512).stage_steps() == [60, 35, 42]
+    assert StyleOptions(size=1024).stage_steps() == [60, 35, 35, 42]
+    assert StyleOptions(size=256).stage_steps() == [60, 42]
     assert StyleOptions(size=200).stage_sizes() == [200] and StyleOptions(size=200).stage_steps() == [100]
 
 
@@ -324,6 +324,25 @@ def test_a_finer_stage_starts_with_the_contents_detail():
     for options in (dict(content_detail=False), dict(init="noise")):
         start = Stylizer(size=56, device="cpu", **options)._initial_image(fine, coarse[None], coarse, generator)
         torch.testing.assert_close(start[0], enlarged)
+
+
+def test_each_stage_starts_with_a_first_step_of_the_set_size(device, seed):
+    """Every stage's first L-BFGS update moves the picture by LBFGS_FIRST_STEP_RMS (root mean
+    square), not by torch's 1/‖g‖₁ (1e-6 of a pixel at 512 px, under bfloat16's rounding)."""
+    from nst_ext.options import LBFGS_FIRST_STEP_RMS
+
+    content = 0.25 + 0.5 * torch.rand(3, 40, 48)  # mid-grey: the step is not clamped away in the snapshots
+    style = torch.rand(3, 36, 36)
+    snapshots = {}
+
+    def keep(progress):
+        if progress.step <= 2:
+            snapshots[(progress.stage, progress.step)] = progress.image()
+
+    Stylizer(scales=[32, 48], steps=[3, 3], device=device).run(content, style, callback=keep)
+    for stage in (0, 1):
+        moved = (snapshots[(stage, 2)] - snapshots[(stage, 1)]).square().mean().sqrt().item()
+        assert moved == pytest.approx(LBFGS_FIRST_STEP_RMS, rel=1e-3), f"stage {stage}"
 
 
 @pytest.mark.parametrize("pictures", [1, 2])
