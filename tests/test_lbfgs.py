@@ -21,7 +21,7 @@ def make_problem(seed, size=(3, 7, 5)):
     return start, loss_of
 
 
-def run_ours(start, loss_of, evaluations, history_size, lr=1.0):
+def run_ours(start, loss_of, evaluations, history_size, lr=1.0, first_step_rms=None):
     x = start.clone().requires_grad_(True)
     losses, points = [], []
 
@@ -33,7 +33,7 @@ def run_ours(start, loss_of, evaluations, history_size, lr=1.0):
         points.append(x.detach().clone())
         return loss
 
-    LBFGS(x, lr=lr, history_size=history_size).run(closure, evaluations)
+    LBFGS(x, lr=lr, history_size=history_size, first_step_rms=first_step_rms).run(closure, evaluations)
     return torch.stack(losses), torch.stack(points)
 
 
@@ -127,18 +127,7 @@ def test_first_step_of_a_set_size(seed, first_step_rms):
     """With first_step_rms the first update is -g scaled to that root-mean-square change, and the
     later ones are L-BFGS from there: the run still descends."""
     start, loss_of = make_problem(seed, size=(3, 11, 6))
-    x = start.clone().requires_grad_(True)
-    points, losses = [], []
-
-    def closure():
-        x.grad = None
-        loss = loss_of(x)
-        loss.backward()
-        points.append(x.detach().clone())
-        losses.append(loss.item())
-        return loss
-
-    LBFGS(x, lr=1.0, history_size=5, first_step_rms=first_step_rms).run(closure, 15)
+    losses, points = run_ours(start, loss_of, 15, 5, first_step_rms=first_step_rms)
     probe = start.clone().requires_grad_(True)
     loss_of(probe).backward()
     step = points[1] - points[0]
