@@ -2,8 +2,8 @@
 pairs, with the quality figures of both (benchmarks/quality.py explains them).
 
 The earlier defaults (before 2026-11-28): stages 256 → 512 with 150 + 50 L-BFGS steps, float32
-convolutions, the style term not normalised, style weight 5, no content detail added between stages;
-the same otherwise.
+convolutions, the style term not normalised, style weight 5, no content detail added between stages,
+the loss scored on the unclamped pixels; the same otherwise.
 
     python benchmarks/time_to_picture.py --size 512 --out docs/time-to-picture
 """
@@ -22,7 +22,7 @@ from nst_ext.stylizer import Stylizer
 from quality import PAIRS, contact_sheet, panel_image
 
 EARLIER_DEFAULTS = {"scales": [256, 512], "steps": [150, 50], "mixed_precision": False, "normalize_style": False,
-                    "content_detail": False, "style_weight": 5.0}
+                    "content_detail": False, "style_weight": 5.0, "clamp_in_loss": False}
 DEMO = (os.path.join(os.path.dirname(nst_ext.__file__), "data", "astronaut.jpg"),
         os.path.join(os.path.dirname(nst_ext.__file__), "data", "swirls.jpg"))
 

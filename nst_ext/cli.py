@@ -117,6 +117,9 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     group.add_argument("--content-detail", action=argparse.BooleanOptionalAction, default=defaults.content_detail,
                        help="start each finer scale from the coarser result enlarged plus the content's own detail "
                             "that the enlargement loses (with --init content; default on)")
+    group.add_argument("--clamp-in-loss", action=argparse.BooleanOptionalAction, default=defaults.clamp_in_loss,
+                       help="score the picture clamped to [0, 1], as it is saved (default on; off scores the "
+                            "unclamped pixels, as runs before 2026-11-29 did)")
     group.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=defaults.cuda_graph,
                        help="replay each stage's loss and gradient as one CUDA graph (GPU only; default on)")
     group.add_argument("--pooling", choices=["avg", "max"], default=defaults.pooling,
@@ -235,7 +238,7 @@ def _options_from(args) -> StyleOptions:
         content_layers=args.content_layers, style_layers=args.style_layers,
         content_layer_weights=args.content_layer_weights, style_layer_weights=args.style_layer_weights,
         content_weight=args.content_weight, style_weight=args.style_weight, normalize_style=args.normalize_style,
-        content_detail=args.content_detail,
+        content_detail=args.content_detail, clamp_in_loss=args.clamp_in_loss,
         tv_weight=args.tv_weight,
         style_blend_weights=args.style_blend_weights, style_scale=args.style_scale, optimizer=args.optimizer,
         learning_rate=args.learning_rate, init=args.init, preserve_color=args.preserve_color, seed=args.seed,

@@ -51,7 +51,10 @@ class StyleOptions:
     detail that the enlargement cannot restore (the content at the stage's
     size minus the content enlarged from the previous stage's size) is added
     back, so the finer stage spends its steps on style rather than on
-    recovering the subject's edges. By default (None) they
+    recovering the subject's edges. ``clamp_in_loss`` (the default) scores
+    the picture clamped to [0, 1], as it is saved: L-BFGS moves pixels
+    freely, and a loss of the unclamped pixels overrated the saved picture
+    (nst_ext.objective). By default (None) the scales
     halve from ``size`` down to no less than 128 pixels: 512 runs
     128 → 256 → 512, 200 and smaller run one stage.
     ``steps`` is the optimiser's iterations per stage: one int for every
@@ -86,6 +89,7 @@ class StyleOptions:
     style_weight: float = 2.75
     normalize_style: bool = True  # the style term relative to its value at the content image
     content_detail: bool = True  # a finer stage starts with the content's detail added back (init "content")
+    clamp_in_loss: bool = True  # score the picture clamped to [0, 1], as saved; False: as runs before 2026-11-29
     tv_weight: float = 1.0
     style_blend_weights: Optional[Sequence[float]] = None
     style_scale: float = 1.0

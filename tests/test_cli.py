@@ -163,3 +163,4 @@ def test_switches_reach_the_options():
 
     assert parsed().content_detail and not parsed("--no-content-detail").content_detail
     assert parsed().normalize_style and not parsed("--no-normalize-style").normalize_style
+    assert parsed().clamp_in_loss and not parsed("--no-clamp-in-loss").clamp_in_loss

@@ -243,6 +243,42 @@ def test_progress_reads_the_losses_only_when_asked(content, style):
     assert seen[0].content_loss == result.history[0]["content"] and seen[0]._values is not None
 
 
+def test_the_objective_scores_the_picture_as_saved(content, style):
+    """L-BFGS moves pixels freely; the loss is that of the picture clamped to [0, 1], as it is saved,
+    and a pixel outside gets no gradient."""
+    stylizer = Stylizer(size=SIZE)
+    start, objective = stylizer.objective(content, style)
+    generator = torch.Generator().manual_seed(3)
+    image = (start.cpu() + 0.6 * torch.randn(start.shape, generator=generator)).to(start.device)
+    outside = (image < 0) | (image > 1)
+    assert 0.1 < outside.float().mean() < 0.9
+    leaf = image.clone().requires_grad_(True)
+    terms = objective(leaf)
+    terms["total"].backward()
+    with torch.no_grad():
+        clamped = objective(image.clamp(0, 1))
+    for name in ("content", "style", "tv", "total"):
+        assert float(terms[name]) == pytest.approx(float(clamped[name]), rel=1e-5), name
+    assert torch.all(leaf.grad[outside] == 0) and leaf.grad[~outside].abs().sum() > 0
+    # clamp_in_loss=False (runs before 2026-11-29) scores the pixels as they are.
+    _, unclamped_objective = Stylizer(size=SIZE, clamp_in_loss=False).objective(content, style)
+    leaf = image.clone().requires_grad_(True)
+    unclamped = unclamped_objective(leaf)
+    unclamped["total"].backward()
+    assert float(unclamped["total"]) > 1.5 * float(clamped["total"]) and leaf.grad[outside].abs().sum() > 0
+
+
+def test_a_run_returns_the_picture_whose_loss_it_reports(content, style):
+    # A strong style pushes pixels outside [0, 1]; the picture returned (clamped) is the best one
+    # the run scored, so its loss is the lowest of the history.
+    stylizer = Stylizer(size=SIZE, steps=30, style_weight=20.0)
+    result = stylizer.run(content, style)
+    _, objective = stylizer.objective(content, style)
+    with torch.no_grad():
+        saved = float(objective(result.tensor.unsqueeze(0).to(stylizer.device))["total"])
+    assert saved == pytest.approx(min(entry["total"] for entry in result.history), rel=1e-3)
+
+
 def test_best_image_is_kept_on_the_device_without_reading_the_loss(device):
     from nst_ext.stylizer import BestImage
 
