@@ -120,7 +120,7 @@ class Objective:
         options = self.stylizer.options
         # The loss of the picture as it will be saved: L-BFGS moves pixels freely, and at 512 px about
         # 7% of them end outside [0, 1] (by up to 0.5); clamped only at the end, the saved picture's
-        # style term was 38% above the one optimised (BENCHMARKS.md, "A good picture, fast").
+        # style term was 38% above the one optimised (BENCHMARKS.md, "The picture scored as saved").
         # A pixel outside gets no gradient and no longer counts; the clamp's gradient passes at 0 and 1.
         if options.clamp_in_loss:
             image = image.clamp(0, 1)
