@@ -257,8 +257,10 @@ def test_the_objective_scores_the_picture_as_saved(content, style):
     terms["total"].backward()
     with torch.no_grad():
         clamped = objective(image.clamp(0, 1))
+    # The same picture twice; the tolerance leaves room for a GPU's bfloat16 convolutions choosing
+    # another algorithm between the calls (unclamped, the total is twice the clamped one).
     for name in ("content", "style", "tv", "total"):
-        assert float(terms[name]) == pytest.approx(float(clamped[name]), rel=1e-5), name
+        assert float(terms[name]) == pytest.approx(float(clamped[name]), rel=1e-3), name
     assert torch.all(leaf.grad[outside] == 0) and leaf.grad[~outside].abs().sum() > 0
     # clamp_in_loss=False (runs before 2026-11-29) scores the pixels as they are.
     _, unclamped_objective = Stylizer(size=SIZE, clamp_in_loss=False).objective(content, style)
@@ -276,7 +278,10 @@ def test_a_run_returns_the_picture_whose_loss_it_reports(content, style):
     _, objective = stylizer.objective(content, style)
     with torch.no_grad():
         saved = float(objective(result.tensor.unsqueeze(0).to(stylizer.device))["total"])
-    assert saved == pytest.approx(min(entry["total"] for entry in result.history), rel=1e-3)
+    # On a GPU the run replays a CUDA graph and bfloat16 sums may differ in order: a looser bound there
+    # (a picture scored unclamped is 9% off).
+    tolerance = 1e-3 if stylizer.device.type == "cpu" else 5e-3
+    assert saved == pytest.approx(min(entry["total"] for entry in result.history), rel=tolerance)
 
 
 def test_best_image_is_kept_on_the_device_without_reading_the_loss(device):
