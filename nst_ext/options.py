@@ -29,6 +29,13 @@ SINGLE_STAGE_STEPS = 100
 FIRST_STAGE_STEPS = 60
 MIDDLE_STAGE_STEPS = 35
 FINEST_STAGE_STEPS = 42
+# With three stages or more, the one before the finest runs at 5/8 of the output's size, not half:
+# each finer stage starts with the content term doubled (the enlarged strokes are too large for
+# relu4_2 at the new size) and the finest stage, the dearest per step, spends its steps re-fitting
+# it; a smaller last enlargement leaves less to re-fit. At 5/8 a step costs 1.6 times one at half
+# size, so that stage gets fewer steps (BENCHMARKS.md, "A smaller last enlargement").
+STAGE_BEFORE_FINEST_FRACTION = 5 / 8
+STAGE_BEFORE_FINEST_STEPS = 25
 # L-BFGS's first step in each stage moves the picture by this root-mean-square change (intensities
 # in [0, 1]; about 0.8/255): torch's first step is far below bfloat16's rounding and wastes two to
 # three evaluations per stage (nst_ext.lbfgs).
@@ -55,12 +62,15 @@ class StyleOptions:
     the picture clamped to [0, 1], as it is saved: L-BFGS moves pixels
     freely, and a loss of the unclamped pixels overrated the saved picture
     (nst_ext.objective). By default (None) the scales
-    halve from ``size`` down to no less than 128 pixels: 512 runs
-    128 → 256 → 512, 200 and smaller run one stage.
+    halve from ``size`` down to no less than 128 pixels, except that with
+    three stages or more the one before the finest is at 5/8 of ``size``:
+    512 runs 128 → 320 → 512, 1024 128 → 256 → 640 → 1024, 256 128 → 256,
+    200 and smaller run one stage.
     ``steps`` is the optimiser's iterations per stage: one int for every
     stage, or one per stage. By default (None) 60 for the first stage, which
-    forms the picture, 35 for each stage between, 42 for the finest (512 px:
-    60 + 35 + 42); 100 when there is one stage.
+    forms the picture, 25 for the one at 5/8, 35 for each other stage
+    between, 42 for the finest (512 px: 60 + 25 + 42); 100 when there is
+    one stage.
     ``mixed_precision`` runs VGG's convolutions in bfloat16: None (the default)
     turns it on where they run natively (GPUs with bfloat16, CPUs with
     AVX512-BF16 or AMX) and off elsewhere. ``cuda_graph`` replays each
@@ -86,7 +96,7 @@ class StyleOptions:
     content_layer_weights: Optional[Sequence[float]] = None
     style_layer_weights: Optional[Sequence[float]] = None
     content_weight: float = 1.0
-    style_weight: float = 2.75
+    style_weight: float = 2.9
     normalize_style: bool = True  # the style term relative to its value at the content image
     content_detail: bool = True  # a finer stage starts with the content's detail added back (init "content")
     clamp_in_loss: bool = True  # score the picture clamped to [0, 1], as saved; False: as runs before 2026-11-29
@@ -118,6 +128,8 @@ class StyleOptions:
         sizes = [self.size]
         while sizes[0] // 2 >= COARSEST_AUTOMATIC_SCALE:
             sizes.insert(0, sizes[0] // 2)
+        if len(sizes) >= 3:
+            sizes[-2] = round(self.size * STAGE_BEFORE_FINEST_FRACTION)
         return sizes
 
     def stage_steps(self) -> List[int]:
@@ -125,7 +137,10 @@ class StyleOptions:
         if self.steps is None:
             if stages == 1:
                 return [SINGLE_STAGE_STEPS]
-            return [FIRST_STAGE_STEPS] + [MIDDLE_STAGE_STEPS] * (stages - 2) + [FINEST_STAGE_STEPS]
+            if stages == 2:
+                return [FIRST_STAGE_STEPS, FINEST_STAGE_STEPS]
+            return ([FIRST_STAGE_STEPS] + [MIDDLE_STAGE_STEPS] * (stages - 3)
+                    + [STAGE_BEFORE_FINEST_STEPS, FINEST_STAGE_STEPS])
         if isinstance(self.steps, int):
             return [self.steps] * stages
         return list(self.steps)
