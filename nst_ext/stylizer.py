@@ -10,7 +10,6 @@ or, to reuse the loaded network for several runs, ``nst_ext.Stylizer(...)``.
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -21,8 +20,8 @@ from nst_ext import color
 from nst_ext.errors import ImageError
 from nst_ext.images import ImageSource, load_image, long_side_shape, resize, resize_to_long_side, to_pil
 from nst_ext.lbfgs import LBFGS, run_together
-from nst_ext.memory import (DEFAULT_BUDGET_SHARE, MemoryPlan, parse_size, plan_stage, release_freed_memory_promptly,
-                            saved_bytes_per_layer, split_layers)
+from nst_ext.memory import (DEFAULT_BUDGET_SHARE, MemoryPlan, free_memory_bytes, parse_size, plan_stage,
+                            release_freed_memory_promptly, saved_bytes_per_layer, split_layers)
 from nst_ext.objective import TERMS, Objective, TemporalTarget
 from nst_ext.options import LBFGS_FIRST_STEP_RMS, OptionError, StyleOptions, resolve_device, uses_mixed_precision
 from nst_ext.layers import LAYER_INDEX, LAYERS, min_image_side
@@ -31,21 +30,6 @@ from nst_ext.weights import resolve_weights
 
 __all__ = ["Objective", "Progress", "StylizeResult", "Stylizer", "TERMS", "TemporalTarget", "free_memory_bytes",
            "stylize"]
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    """The memory free on `device` now: a GPU's (cudaMemGetInfo), or the RAM the kernel reports
-    as available (MemAvailable: free plus reclaimable caches)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 class Progress:
@@ -91,6 +75,16 @@ class StylizeResult:
     @property
     def image(self):
         return to_pil(self.tensor)
+
+    @property
+    def improved(self) -> bool:
+        """Whether any step improved the picture: in some stage an evaluation after the first was
+        lower than the first. Not so with one step per stage (L-BFGS's one evaluation is of the
+        starting image), or when every step diverged: the result is then the starting picture."""
+        stages: Dict[int, List[float]] = {}
+        for record in self.history:
+            stages.setdefault(record["stage"], []).append(record["total"])
+        return any(min(totals[1:], default=math.inf) < totals[0] for totals in stages.values())
 
 
 class Stylizer:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nst_ext.errors import InputError, OutputError
-from nst_ext.outputs import deferred_signals
+from nst_ext.outputs import WriteError, check_regular_file, deferred_signals
 
 # suffix: (container format, video codec, pixel format, audio codec when re-encoded)
 VIDEO_FORMATS = {".mp4": ("mp4", "libx264", "yuv420p", "aac"), ".webm": ("webm", "libvpx-vp9", "yuv420p", "libopus"),
@@ -51,9 +51,7 @@ def _av():
 def _open(path: Path):
     av = _av()
 
-    if not path.is_file():
-        raise VideoError(f"video {str(path)!r} does not exist" if not path.exists() else
-                         f"video {str(path)!r} is not a file")
+    check_regular_file(path, "video", VideoError)
     try:
         return av.open(str(path))
     except av.FFmpegError as error:
@@ -108,14 +106,16 @@ def even_shape(shape: Tuple[int, int], suffix: str) -> Tuple[int, int]:
     return tuple(max(2, side - side % 2) for side in shape)
 
 
-def check_video_output(path: Path, overwrite: bool, source: Optional[Path] = None) -> None:
+def check_video_output(path: Path, overwrite: bool, inputs: Iterable[os.PathLike] = ()) -> None:
     """Refuses, before any work, an output that cannot or must not be written (OutputError): an
-    unknown extension, a folder, an existing file without `overwrite`, the input video `source`."""
-    from nst_ext.outputs import check_folder_writable
+    unknown extension, a folder, an existing file without `overwrite`, one of the run's `inputs`
+    (the video, the styles, an init image, a weights file), even with `overwrite`."""
+    from nst_ext.outputs import check_folder_writable, same_file
 
-    if source is not None and path.exists() and os.path.samefile(path, source):
-        raise OutputError(f"{str(path)!r} is this run's input video; it is never replaced, even with --overwrite: "
-                          "choose another output name")
+    for source in inputs:
+        if same_file(path, Path(source)):
+            raise OutputError(f"{str(path)!r} is one of this run's inputs; it is never replaced, even with "
+                              "--overwrite: choose another output name")
     if path.suffix.lower() not in VIDEO_FORMATS:
         raise OutputError(f"cannot write {str(path)!r}: unknown video extension; use one of "
                           f"{', '.join(VIDEO_FORMATS)}")
@@ -140,7 +140,10 @@ def write_video(frames: Iterable[torch.Tensor], path: os.PathLike, fps: Fraction
     if first is None:
         raise VideoError("no frames to write")
     with deferred_signals():
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as error:
+            raise WriteError(path, error) from None
         os.close(handle)
         try:
             with av.open(temporary, mode="w", format=container_format) as output:
@@ -165,6 +168,8 @@ def write_video(frames: Iterable[torch.Tensor], path: os.PathLike, fps: Fraction
                     audio.carry()
             os.chmod(temporary, 0o666 & ~_umask())
             os.replace(temporary, path)
+        except OSError as error:  # a full disk, a quota, an I/O error (PyAV's errors are OSErrors too)
+            raise WriteError(path, error) from None
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)

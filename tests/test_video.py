@@ -93,7 +93,7 @@ def test_video_bad_input_is_one_line(tmp_path, clip, capsys):
         ([str(text), str(STYLE), "-o", str(tmp_path / "a.mp4")], "is not a video FFmpeg can read"),
         ([str(tmp_path / "missing.mp4"), str(STYLE), "-o", str(tmp_path / "a.mp4")], "does not exist"),
         ([str(clip), str(STYLE), "-o", str(tmp_path / "a.avi")], "unknown video extension"),
-        ([str(clip), str(STYLE), "-o", str(clip), "--overwrite"], "is this run's input"),
+        ([str(clip), str(STYLE), "-o", str(clip), "--overwrite"], "is one of this run's inputs"),
         ([str(clip), str(STYLE), "-o", str(tmp_path / "a.mp4"), "--frame-steps", "0"], "frame steps must be"),
     ]
     (tmp_path / "exists.mp4").write_bytes(b"")
