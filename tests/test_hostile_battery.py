@@ -294,6 +294,8 @@ def test_fifos_are_refused_at_once(tmp_path, capsys):
     assert "skipped pipe.png: " in err and "is a FIFO" in err and "1 done" in err
     assert main(["batch", str(fifo), STYLE, "-o", str(tmp_path / "out2"), *TINY]) == 2
     assert "is a FIFO" in single_error_line(capsys.readouterr().err)
+    assert main(["stylize", CONTENT, STYLE, "-o", str(tmp_path / "c.png"), *TINY, "--weights", str(fifo)]) == 2
+    assert "weights file" in single_error_line(capsys.readouterr().err)
 
 
 # -- 10: memory limits -----------------------------------------------------------------------------------
