@@ -219,10 +219,10 @@ def test_a_short_write_is_caught_and_its_torn_line_skipped(tmp_path, monkeypatch
     manifest = tmp_path / MANIFEST_NAME
     record = dict(item="a.jpg", output="a.png", status="done", settings="s")
     real_write = os.write
-    monkeypatch.setattr("nst_ext.jobs.os.write", lambda handle, data: real_write(handle, data[:len(data) // 2]))
+    monkeypatch.setattr("nst_ext.jobs.batch.os.write", lambda handle, data: real_write(handle, data[:len(data) // 2]))
     with pytest.raises(WriteError, match="no space left"):
         append_record(manifest, record)
-    monkeypatch.setattr("nst_ext.jobs.os.write", real_write)
+    monkeypatch.setattr("nst_ext.jobs.batch.os.write", real_write)
     append_record(manifest, dict(record, item="b.jpg"))
     with pytest.warns(JobWarning, match="line 1 is not a record"):
         assert [r["item"] for r in read_manifest(manifest)] == ["b.jpg"]

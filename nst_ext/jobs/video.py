@@ -1,0 +1,216 @@
+"""A video with one look (``nst-ext video``): every frame stylized with temporal coherence after
+Ruder, Dosovitskiy & Brox (2016), the finished frames kept in a work folder so that a stopped run
+continues, the frames split over the processes of a ``torchrun`` launch; and the flicker measure
+BENCHMARKS.md reports. Reading and writing video is :mod:`nst_ext.video`'s."""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from nst_ext.errors import InputError, OptionError, OutputError
+from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
+from nst_ext.options import StyleOptions
+from nst_ext.outputs import describe_os_error
+
+# Defaults of `nst-ext video` (BENCHMARKS.md, "Video"): each frame after the first starts from the
+# previous stylized frame and runs one stage of FRAME_STEPS at the output size; the temporal term
+# keeps pixels that did not move in the input where they were.
+FRAME_STEPS = 30
+TEMPORAL_WEIGHT = 200.0
+# A pixel is static when no channel changed by more than this between two input frames (values in
+# [0, 1]); the motion is grown by MOTION_MARGIN pixels so that the edges of moving things are free.
+STATIC_THRESHOLD = 0.03
+MOTION_MARGIN = 2
+# Under torchrun each rank's chunk starts this many frames early (not written) so that its first
+# frame is coherent with the chunk before.
+CHUNK_OVERLAP = 3
+
+
+def motion_mask(current, previous):
+    """(H, W) float32: 1 where the input frame did not change (both ``(3, H, W)`` in [0, 1]), 0
+    where it moved and within MOTION_MARGIN pixels of that."""
+    import torch.nn.functional as F
+
+    moved = ((current - previous).abs().amax(0) > STATIC_THRESHOLD).float()[None, None]
+    moved = F.max_pool2d(moved, 2 * MOTION_MARGIN + 1, stride=1, padding=MOTION_MARGIN)
+    return 1.0 - moved[0, 0]
+
+
+def flicker(outputs, inputs) -> float:
+    """Mean absolute difference between consecutive output frames over the pixels static in the
+    input (motion_mask), averaged over frame pairs: the figure BENCHMARKS.md reports."""
+    values = []
+    for index in range(1, len(outputs)):
+        mask = motion_mask(inputs[index], inputs[index - 1])
+        difference = (outputs[index] - outputs[index - 1]).abs().mean(0)
+        values.append(float((difference * mask).sum() / mask.sum().clamp(min=1)))
+    return sum(values) / max(1, len(values))
+
+
+@dataclass
+class VideoSummary:
+    frames: int = 0  # frames of the clip
+    stylized: int = 0  # stylized by this run (all ranks)
+    kept: int = 0  # kept from a stopped run
+    interrupted: bool = False
+
+
+def _frame_path(work: Path, index: int) -> Path:
+    return work / f"frame{index:06d}.png"
+
+
+def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.PathLike,
+              options: Optional[StyleOptions] = None, temporal_weight: float = TEMPORAL_WEIGHT,
+              frame_steps: int = FRAME_STEPS, overwrite: bool = False,
+              on_frame: Optional[Callable[[int, int], None]] = None, on_progress: Optional[Callable] = None,
+              distributed: Optional[Distributed] = None) -> VideoSummary:
+    """Stylizes every frame of `video` with temporal coherence (Ruder et al. 2016: each frame starts
+    from the previous stylized frame, and a temporal term keeps static pixels) into `output`, with
+    the input's frame count, frame rate and audio, at ``options.size`` (sides made even for
+    4:2:0 video). Finished frames are kept in a work folder beside the output (``.NAME.frames``),
+    so a stopped run continues where it stopped; the folder is removed once the video is written,
+    and when the run is refused before its first frame. The folder is locked: a second job writing
+    the same video is refused. Under torchrun each rank takes a contiguous chunk, started
+    CHUNK_OVERLAP frames early; rank 0 writes the video. on_frame(done, total) after each frame
+    this process writes."""
+    import shutil
+
+    from nst_ext.images import load_image, long_side_shape
+    from nst_ext.video import check_video_output, even_shape, probe, write_video
+
+    options = options or StyleOptions()
+    distributed = distributed or Distributed()
+    video, output, styles = Path(video), Path(output), existing_styles(styles)
+    if not (isinstance(frame_steps, int) and frame_steps >= 1):
+        raise OptionError(f"frame steps must be a positive whole number, got {frame_steps!r}")
+    if not temporal_weight >= 0:
+        raise OptionError(f"temporal weight must be a non-negative number, got {temporal_weight!r}")
+    check_video_output(output, overwrite, inputs=[video, *styles, *options.input_files()])
+    info = probe(video)
+    shape = even_shape(long_side_shape(info.height, info.width, options.size), output.suffix.lower())
+    work = output.parent / f".{output.name}.frames"
+    settings = settings_hash(options, styles, json.dumps([temporal_weight, frame_steps, shape, str(video.resolve())]))
+    lock = distributed.on_first(lambda: _take_work_folder(work, settings, video, output, overwrite))
+    try:
+        try:
+            summary = _stylize_frames(video, info, shape, styles, work, options, temporal_weight, frame_steps,
+                                      on_frame, on_progress, distributed)
+        except InputError:  # refused (e.g. a style too small for the layers): no empty work folder left
+            if distributed.rank == 0 and not any(_frame_path(work, index).exists() for index in range(info.frames)):
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        if summary.interrupted:
+            return summary
+        summary.stylized = sum(distributed.gather(summary.stylized))
+        if distributed.rank == 0:
+            frames = (load_image(_frame_path(work, index)) for index in range(info.frames))
+            write_video(frames, output, info.fps, audio_from=video if info.has_audio else None, overwrite=overwrite)
+            shutil.rmtree(work)
+        distributed.barrier()
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _take_work_folder(work: Path, settings: str, video: Path, output: Path, overwrite: bool) -> JobLock:
+    """The video's work folder, made if missing and locked for this job. A stopped run's frames are
+    kept when they were made with the same `settings`, cleared with `overwrite` otherwise; raises
+    OutputError (one line) for a file in its place, a folder of other or unreadable settings
+    without `overwrite`, or another job holding it."""
+    if work.exists() and not work.is_dir():
+        raise OutputError(f"{str(work)!r} is a file, where this video keeps its finished frames; move or remove it")
+    existed = work.exists()
+    try:
+        work.mkdir(exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot make the work folder {str(work)!r}: {describe_os_error(error)}") from None
+    lock = JobLock(work / LOCK_NAME, f"the video {str(output)!r}")
+    try:
+        record = work / "settings.json"
+        made_with = None
+        if record.exists():
+            try:
+                made_with = json.loads(record.read_text()).get("settings")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                made_with = "unreadable"
+        if existed and made_with != settings:
+            if not overwrite:
+                if made_with == "unreadable":
+                    raise OutputError(f"{str(work)!r} holds a stopped run whose settings.json cannot be read, so its "
+                                      "frames cannot be matched to these settings; give --overwrite to start over")
+                raise OutputError(f"{str(work)!r} holds the frames of a stopped run with other settings; give "
+                                  "--overwrite to start over, or the same settings to continue it")
+            import shutil
+
+            for path in work.iterdir():
+                if path.name != LOCK_NAME:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            made_with = None
+        if made_with is None:
+            record.write_text(json.dumps({"settings": settings, "video": str(video)}))
+    except OSError as error:
+        lock.release()
+        raise OutputError(f"cannot write the work folder {str(work)!r}: {describe_os_error(error)}") from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _stylize_frames(video, info, shape, styles, work, options, temporal_weight, frame_steps, on_frame, on_progress,
+                    distributed) -> VideoSummary:
+    """The frames of this process's chunk that the work folder lacks, each written there."""
+    from nst_ext.images import load_image, save_image
+    from nst_ext.objective import TemporalTarget
+    from nst_ext.stylizer import Stylizer
+    from nst_ext.video import read_frames
+
+    chunk = -(-info.frames // distributed.world_size)
+    first, last = distributed.rank * chunk, min(info.frames, (distributed.rank + 1) * chunk)
+    missing = [index for index in range(first, last) if not _frame_path(work, index).exists()]
+    summary = VideoSummary(frames=info.frames, kept=sum(1 for i in range(info.frames) if _frame_path(work, i).exists()))
+    distributed.barrier()  # every rank has looked before any writes
+    try:
+        if missing:
+            size = max(shape)
+            opening = Stylizer(dataclasses.replace(options, size=size, scales=None,
+                                                   device=distributed.device(options.device)))
+            following = Stylizer(dataclasses.replace(opening.options, scales=[size], steps=frame_steps))
+            style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
+            start = missing[0]
+            previous_output = previous_input = None
+            if start > first:  # continue the chain from the last frame written
+                previous_output = load_image(_frame_path(work, start - 1))
+                begin = start - 1
+            else:
+                begin = max(0, first - CHUNK_OVERLAP)
+            for index, frame in enumerate(read_frames(video, shape, start=begin), start=begin):
+                if index >= last:
+                    break
+                if index < start and previous_output is not None:  # the frame before `start`
+                    previous_input = frame
+                    continue
+                if index >= first and _frame_path(work, index).exists():  # kept from a stopped run
+                    previous_output, previous_input = load_image(_frame_path(work, index)), frame
+                    continue
+                if previous_output is None:
+                    result = opening.run(frame, style_images, callback=on_progress)
+                else:
+                    temporal = TemporalTarget(previous_output, motion_mask(frame, previous_input), temporal_weight)
+                    result = following.run(frame, style_images, callback=on_progress, init=previous_output,
+                                           temporal=temporal)
+                if result.interrupted:
+                    raise KeyboardInterrupt
+                previous_output, previous_input = result.tensor, frame
+                if index >= first:
+                    save_image(result.tensor, _frame_path(work, index), overwrite=True)
+                    summary.stylized += 1
+                    if on_frame is not None:
+                        on_frame(index - first + 1, last - first)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    return summary
