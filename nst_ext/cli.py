@@ -84,17 +84,17 @@ def _names(text):
 def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) -> None:
     group = parser.add_argument_group("style transfer")
     group.add_argument("--size", type=int, default=None,
-                       help=f"long side of the output in pixels (default {defaults.size}; not with --scales, "
+                       help=f"long side of the output in pixels (default {defaults.output_size}; not with --scales, "
                             "whose last value is the output size)")
     group.add_argument("--steps", type=_numbers(int), default=None,
                        help="optimiser iterations, one value for every scale or one per scale (default "
-                            f"{_listed(defaults.stage_steps())} at {defaults.size} px; "
+                            f"{_listed(defaults.stage_steps())} at {defaults.output_size} px; "
                             f"{_listed(StyleOptions(size=1024).stage_steps())} at 1024; "
                             f"{_listed(StyleOptions(size=128).stage_steps())} for a single scale)")
     group.add_argument("--scales", type=_numbers(int), default=None,
                        help="coarse-to-fine sizes, e.g. 256,512,1024; the last is the output size (default: from "
                             f"--size down to {COARSEST_AUTOMATIC_SCALE}, e.g. {_listed(defaults.stage_sizes())} for "
-                            f"{defaults.size} and {_listed(StyleOptions(size=1024).stage_sizes())} for 1024)")
+                            f"{defaults.output_size} and {_listed(StyleOptions(size=1024).stage_sizes())} for 1024)")
     group.add_argument("--content-layers", type=_names, default=list(DEFAULT_CONTENT_LAYERS), metavar="LAYERS",
                        help=f"comma-separated VGG19 layers (`nst-ext layers`); empty for texture synthesis "
                             f"(default {','.join(DEFAULT_CONTENT_LAYERS)})")
@@ -244,9 +244,8 @@ def _options_from(args) -> StyleOptions:
         raise CommandError(f"--size {args.size} and --scales {','.join(map(str, args.scales))} both set the output "
                            "size; give one (the last of --scales is the output size)")
     steps = args.steps[0] if args.steps is not None and len(args.steps) == 1 else args.steps
-    size = args.scales[-1] if args.scales else args.size if args.size is not None else StyleOptions.size
     return StyleOptions(
-        size=size, steps=steps, scales=args.scales,
+        size=args.size, steps=steps, scales=args.scales,
         content_layers=args.content_layers, style_layers=args.style_layers,
         content_layer_weights=args.content_layer_weights, style_layer_weights=args.style_layer_weights,
         content_weight=args.content_weight, style_weight=args.style_weight, normalize_style=args.normalize_style,

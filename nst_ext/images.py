@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nst_ext.errors import ImageError, OutputError
+from nst_ext.layers import long_side_shape
 from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS
 from nst_ext.outputs import SAVE_FORMATS, WriteError, check_outputs, check_regular_file, deferred_signals
 
@@ -140,12 +141,6 @@ def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
         raise ImageError(f"{name} {str(path)!r} is truncated or corrupt ({error})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
-
-
-def long_side_shape(height: int, width: int, long_side: int):
-    """(H', W') of a height x width picture scaled so that max(H', W') == long_side, aspect kept."""
-    scale = long_side / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize_to_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:

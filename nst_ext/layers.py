@@ -1,6 +1,8 @@
 """The one registry of VGG19's layer names, torch-free (the CLI lists and checks them before
 torch is imported): ``conv1_1``, ``relu1_1``, ``pool1`` … ``relu5_4``, ``pool5``, in the order
-and at the indices of ``torchvision.models.vgg19().features`` (convolutions at 0, 2, 5, 7, 10, …).
+and at the indices of ``torchvision.models.vgg19().features`` (convolutions at 0, 2, 5, 7, 10, …);
+and the picture geometry that follows from them: the smallest picture a layer needs, and a
+picture's shape at a given long side.
 """
 
 from dataclasses import dataclass
@@ -57,3 +59,9 @@ def layer_shape(name: str, height: int, width: int) -> Tuple[int, int, int]:
 def min_image_side(names: Iterable[str]) -> int:
     """Smallest image side for which every named layer still has at least 1x1 output."""
     return 2 ** max((LAYERS[LAYER_INDEX[name]].pools_before for name in names), default=0)
+
+
+def long_side_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
+    """(H', W') of a height x width picture scaled so that max(H', W') == long_side, aspect kept."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))

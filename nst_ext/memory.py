@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from nst_ext.errors import OptionError
-from nst_ext.layers import LAYER_INDEX, LAYERS
+from nst_ext.layers import LAYER_INDEX, LAYERS, long_side_shape
 
 LBFGS_HISTORY = 50  # pairs, when memory allows
 MIN_LBFGS_HISTORY = 5
@@ -338,6 +338,53 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
                       f"{smallest.history_size}, and {ESTIMATE_UNDERSHOOT:.0%} for the estimate's error), more "
                       f"than the {format_size(budget)} budget; use a smaller --size, "
                       "a larger --max-memory, or --devices to spread VGG over several devices")
+
+
+def run_budget(options, network) -> int:
+    """Bytes a stage of a run with `options` on `network` (nst_ext.network) may use: max_memory on
+    each of its distinct devices ("cpu,cpu" is one memory), or by default a safe share
+    (DEFAULT_BUDGET_SHARE) of the memory free to this process on them now."""
+    distinct = set(network.devices)
+    if options.max_memory is not None:
+        return parse_size(options.max_memory) * len(distinct)
+    return int(DEFAULT_BUDGET_SHARE * sum(free_memory_bytes(device) for device in distinct))
+
+
+def plan_stages(options, network, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
+                pictures: int = 1, budget: Optional[int] = None) -> List[MemoryPlan]:
+    """Each stage's plan for `pictures` content images of `content_shape` (height, width) optimised
+    together with style images of `style_shapes`, from their shapes alone, against `budget`
+    (default :func:`run_budget`): a size that cannot fit is refused (OptionError) before any of the
+    stage's images are made."""
+    budget = run_budget(options, network) if budget is None else budget
+    plans = []
+    # The finest stage first: when nothing fits, the refusal names the picture asked for.
+    for stage_size, steps in reversed(options.stages()):
+        height, width = long_side_shape(*content_shape, stage_size)
+        style_side = max(1, round(stage_size * options.style_scale))
+        plans.append(plan_stage(
+            height, width, options.content_layers, options.style_layers, steps,
+            [long_side_shape(*shape, style_side) for shape in style_shapes], budget, network.device.type,
+            activation_bytes=2 if network.mixed_precision else 4, optimizer=options.optimizer,
+            checkpointing=options.checkpointing, history_size=options.lbfgs_history,
+            breaks=network.device_starts, pictures=pictures))
+    return plans[::-1]
+
+
+def fitting_batch_size(options, network, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
+                       most: int) -> int:
+    """The largest number of pictures of `content_shape`, up to `most`, that a run can optimise
+    together within its budget without checkpointing or a shorter L-BFGS history (their price per
+    step would eat what the batch gains); at least 1. The budget is read once for all the counts."""
+    budget = run_budget(options, network)
+    for pictures in range(most, 1, -1):
+        try:
+            plans = plan_stages(options, network, content_shape, style_shapes, pictures, budget)
+        except OptionError:  # does not fit at all
+            continue
+        if not any(plan.budget_limited for plan in plans):
+            return pictures
+    return 1
 
 
 def split_layers(saved: Sequence[int], free: Sequence[int]) -> List[int]:

@@ -16,7 +16,8 @@ from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss, blended_g
 
 if TYPE_CHECKING:
     from nst_ext.memory import MemoryPlan
-    from nst_ext.stylizer import Stylizer
+    from nst_ext.network import Network
+    from nst_ext.options import StyleOptions
 
 # The loss terms of one evaluation, in the order of the (5,) tensors that hold them.
 TERMS = ("content", "style", "tv", "temporal", "total")
@@ -41,7 +42,7 @@ class Objective:
     own content target and its own style normaliser (VGG works on each
     picture of a batch on its own, so a picture's loss and gradient do not
     depend on the others). Calling it with images ``(B, 3, H, W)`` in [0, 1]
-    on the stylizer's device returns float32 tensors ``content``, ``style``,
+    on the network's first device returns float32 tensors ``content``, ``style``,
     ``tv``, ``temporal`` (each already multiplied by its weight) and ``total``
     on that device: 0-d for one content image, ``(B,)`` for a batch; the
     caller runs backward (of the sum, for a batch). With the option ``clamp_in_loss`` (the default)
@@ -53,12 +54,11 @@ class Objective:
     a video frame's temporal term, its tensors at this stage's size.
     """
 
-    def __init__(self, stylizer: "Stylizer", stage_content: torch.Tensor, stage_styles: Sequence[torch.Tensor],
-                 blend: Sequence[float], plan: Optional["MemoryPlan"] = None,
+    def __init__(self, network: "Network", options: "StyleOptions", stage_content: torch.Tensor,
+                 stage_styles: Sequence[torch.Tensor], blend: Sequence[float], plan: Optional["MemoryPlan"] = None,
                  style_grams: Optional[Dict[str, torch.Tensor]] = None, temporal: Optional[TemporalTarget] = None):
-        options = stylizer.options
-        self.stylizer = stylizer
-        vgg = stylizer.vgg
+        self.network, self.options = network, options
+        vgg = network.vgg
         content_layers, style_layers = list(options.content_layers), list(options.style_layers)
         # One pass over the content image gives the content targets and, for the normalisation
         # below, the style layers' features there. The style images go through one at a time,
@@ -67,14 +67,14 @@ class Objective:
         self.batched = stage_content.dim() == 4
         contents = stage_content if self.batched else stage_content.unsqueeze(0)
         with torch.no_grad():
-            with stylizer.autocast():
-                content_features = vgg(contents.to(stylizer.device), at_content_layers)
+            with network.autocast():
+                content_features = vgg(contents.to(network.device), at_content_layers)
             grams = style_grams
             if grams is None:
                 grams = {name: None for name in style_layers}
                 for style, weight in zip(stage_styles, blend):
-                    with stylizer.autocast():
-                        features = vgg(style.unsqueeze(0).to(stylizer.device), style_layers)
+                    with network.autocast():
+                        features = vgg(style.unsqueeze(0).to(network.device), style_layers)
                     for name in style_layers:
                         grams[name] = blended_gram(grams[name], features[name], weight)
                     del features
@@ -86,30 +86,30 @@ class Objective:
         self.style_terms = [(name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)]
         self.layers = frozenset(content_layers + style_layers)
         deepest = max(LAYER_INDEX[name] for name in self.layers)
-        self.segments: Tuple[Tuple[int, int], ...] = plan.segments if plan else stylizer.device_segments(deepest + 1)
+        self.segments: Tuple[Tuple[int, int], ...] = plan.segments if plan else network.device_segments(deepest + 1)
         self.checkpointing = bool(plan and plan.checkpointing)
         self.tv_loss = TotalVariationLoss()
         self.temporal = None
         if temporal is not None:
-            self.temporal = (temporal.previous.to(stylizer.device).reshape(1, 3, *temporal.previous.shape[-2:]),
-                             temporal.mask.to(stylizer.device).reshape(1, 1, *temporal.mask.shape[-2:]),
+            self.temporal = (temporal.previous.to(network.device).reshape(1, 3, *temporal.previous.shape[-2:]),
+                             temporal.mask.to(network.device).reshape(1, 1, *temporal.mask.shape[-2:]),
                              float(temporal.weight))
         # The style term relative to its value at the content image: how far the style is from the
         # content in Gram terms varies by two orders of magnitude between pairs (a photographic
         # texture against a portrait is far), and unscaled, a far style buries the subject.
         # One normaliser per picture, (B,).
-        self.style_normalizer = torch.ones(contents.shape[0], device=stylizer.device)
+        self.style_normalizer = torch.ones(contents.shape[0], device=network.device)
         if options.normalize_style:
-            start = sum(w * term(content_features[name]).to(stylizer.device) for name, w, term in self.style_terms)
+            start = sum(w * term(content_features[name]).to(network.device) for name, w, term in self.style_terms)
             self.style_normalizer = 1.0 / start.clamp(min=1e-6)
 
     def _segment(self, start: int, stop: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """VGG layers ``start … stop - 1`` on `x`, and the weighted content and style losses of
         the layers among them: (last output, content, style), the losses ``(B,)`` float32 on the
         device of those layers."""
-        vgg = self.stylizer.vgg
+        vgg = self.network.vgg
         device = vgg.layer_devices[start] if vgg.layer_devices else x.device
-        with self.stylizer.autocast(device):
+        with self.network.autocast(device):
             x, features = vgg.run_layers(x, start, stop, self.layers)
         zero = torch.zeros(x.shape[0], device=device)
         content = sum((w * term(features[name]) for name, w, term in self.content_terms if name in features), zero)
@@ -117,14 +117,14 @@ class Objective:
         return x, content, style
 
     def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
-        options = self.stylizer.options
+        options = self.options
         # The loss of the picture as it will be saved: L-BFGS moves pixels freely, and at 512 px about
         # 7% of them end outside [0, 1] (by up to 0.5); clamped only at the end, the saved picture's
         # style term was 38% above the one optimised (BENCHMARKS.md, "The picture scored as saved").
         # A pixel outside gets no gradient and no longer counts; the clamp's gradient passes at 0 and 1.
         if options.clamp_in_loss:
             image = image.clamp(0, 1)
-        x = self.stylizer.vgg.normalize(image)
+        x = self.network.vgg.normalize(image)
         content = style = image.new_zeros(image.shape[0], dtype=torch.float32)
         for start, stop in self.segments:
             if self.checkpointing:
@@ -163,7 +163,7 @@ class Objective:
             terms["total"].sum().backward()
             return torch.stack([terms[name].detach().float() for name in TERMS], dim=-1)
 
-        if not (graph and leaves[0].is_cuda and len(self.stylizer.devices) == 1):
+        if not (graph and leaves[0].is_cuda and len(self.network.devices) == 1):
             return eager
         try:
             return _graphed(eager, leaves)

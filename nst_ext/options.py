@@ -8,10 +8,10 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from nst_ext.errors import OptionError
-from nst_ext.layers import LAYER_INDEX, check_layer_names
+from nst_ext.layers import LAYER_INDEX, check_layer_names, long_side_shape
 from nst_ext.memory import parse_size
 
 if TYPE_CHECKING:  # torch is imported only when a device is resolved: `nst-ext --help` stays instant
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # torch is imported only when a device is resolved: `nst-ext 
     from nst_ext.images import ImageSource
 
 DEFAULT_MAX_INPUT_PIXELS = 50_000_000
+DEFAULT_SIZE = 512  # the output's long side when neither size nor scales is given
 
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
@@ -105,7 +106,7 @@ class StyleOptions:
     (default: in proportion to each device's free memory).
     """
 
-    size: int = 512
+    size: Optional[int] = None  # the output's long side; None: the last of scales, else DEFAULT_SIZE
     steps: Optional[Union[int, Sequence[int]]] = None
     content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS
     style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS
@@ -162,14 +163,32 @@ class StyleOptions:
             files.append(Path(self.weights))
         return files
 
+    @property
+    def output_size(self) -> int:
+        """The long side of the output, the one answer to "how large": the last of ``scales``
+        when given (``size``, if also given, must agree), else ``size``, else DEFAULT_SIZE."""
+        if self.scales:
+            return self.scales[-1]
+        return DEFAULT_SIZE if self.size is None else self.size
+
+    def stages(self) -> List[Tuple[int, int]]:
+        """The schedule: (long side, optimiser steps) of each stage, coarse to fine."""
+        return list(zip(self.stage_sizes(), self.stage_steps()))
+
+    def stage_shapes(self, content_shape: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
+        """(height, width) of each stage for a content image of `content_shape`: pictures with the
+        same stage shapes can be optimised together."""
+        return tuple(long_side_shape(*content_shape, size) for size in self.stage_sizes())
+
     def stage_sizes(self) -> List[int]:
         if self.scales:
             return list(self.scales)
-        sizes = [self.size]
+        size = self.output_size
+        sizes = [size]
         while sizes[0] // 2 >= COARSEST_AUTOMATIC_SCALE:
             sizes.insert(0, sizes[0] // 2)
         if len(sizes) >= 3:
-            sizes[-2] = round(self.size * STAGE_BEFORE_FINEST_FRACTION)
+            sizes[-2] = round(size * STAGE_BEFORE_FINEST_FRACTION)
         return sizes
 
     def stage_steps(self) -> List[int]:
@@ -203,7 +222,11 @@ class StyleOptions:
                                       or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
             raise OptionError(f"seed must be None or a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} "
                               f"(64 bits), got {self.seed!r}")
-        positive_int("size", self.size)
+        if self.size is not None:
+            positive_int("size", self.size)
+        if self.size is not None and self.scales and self.size != self.scales[-1]:
+            raise OptionError(f"size {self.size} and scales {list(self.scales)} disagree: the last of scales is the "
+                              "output size; give one of them")
         positive_int("max_input_pixels", self.max_input_pixels)
         for stage_size in self.scales or ():
             positive_int("scales", stage_size)

@@ -17,19 +17,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from nst_ext import color
-from nst_ext.errors import ImageError
-from nst_ext.images import ImageSource, load_image, long_side_shape, resize, resize_to_long_side, to_pil
+from nst_ext.images import ImageSource, load_image, resize, resize_to_long_side, to_pil
+from nst_ext.inputs import content_at_stage, prepare_inputs, styles_at_stage
 from nst_ext.lbfgs import LBFGS, run_together
-from nst_ext.memory import (DEFAULT_BUDGET_SHARE, MemoryPlan, free_memory_bytes, parse_size, plan_stage,
-                            release_freed_memory_promptly, saved_bytes_per_layer, split_layers)
+from nst_ext.memory import MemoryPlan, plan_stages, release_freed_memory_promptly
+from nst_ext.network import Network
 from nst_ext.objective import TERMS, Objective, TemporalTarget
-from nst_ext.options import LBFGS_FIRST_STEP_RMS, OptionError, StyleOptions, resolve_device, uses_mixed_precision
-from nst_ext.layers import LAYER_INDEX, LAYERS, min_image_side
-from nst_ext.vgg import VGG19Features
-from nst_ext.weights import resolve_weights
+from nst_ext.options import LBFGS_FIRST_STEP_RMS, OptionError, StyleOptions
 
-__all__ = ["Objective", "Progress", "StylizeResult", "Stylizer", "TERMS", "TemporalTarget", "free_memory_bytes",
-           "stylize"]
+__all__ = ["Objective", "Progress", "StylizeResult", "Stylizer", "TERMS", "TemporalTarget", "stylize"]
 
 
 class Progress:
@@ -102,109 +98,17 @@ class Stylizer:
             raise OptionError(f"unknown option(s) {', '.join(sorted(unknown))}; see help(nst_ext.StyleOptions)")
         self.options = dataclasses.replace(options, **overrides)
         self.options.validate()
-        self.devices = [resolve_device(name) for name in (self.options.devices or [self.options.device])]
-        self.device = self.devices[0]  # the image's, the optimiser's and VGG's first layers'
-        self.mixed_precision = uses_mixed_precision(self.options.mixed_precision, self.device)
-        self._mixed_precision_on = {device: uses_mixed_precision(self.options.mixed_precision, device)
-                                    for device in self.devices}
-        self.weights = resolve_weights(self.options.weights, self.options.weights_normalization)
-        layers = list(self.options.content_layers) + list(self.options.style_layers)
-        deepest = max(layers, key=LAYER_INDEX.__getitem__)
-        self.vgg = VGG19Features(self.weights, deepest, self.options.pooling).to(self.device)
-        if any(device.type == "cuda" for device in self.devices):
-            torch.backends.cudnn.benchmark = True
-        # Channels-last on every device: cuDNN's tensor-core convolutions and oneDNN's native NHWC ones
-        # (on the CPU no layout conversion around each convolution: 5.4 vs 6.8 s per 1024 px step,
-        # BENCHMARKS.md "Large pictures").
-        self.vgg = self.vgg.to(memory_format=torch.channels_last)
-        # Where each further device's layers begin (VGG layer indices), by the user's split or in
-        # proportion to each device's free memory.
+        self.network = Network(self.options)
         # The target Grams of the last style images run, per stage size: a batch job makes them once.
         self._style_grams: Dict[Tuple, Dict[str, torch.Tensor]] = {}
         self._style_sources: Tuple = ()
-        self.device_starts: List[int] = []
-        if len(self.devices) > 1:
-            if self.options.device_split:
-                self.device_starts = [LAYER_INDEX[name] for name in self.options.device_split]
-            else:
-                saved = saved_bytes_per_layer(self.options.size, self.options.size, deepest, layers, 2)
-                self.device_starts = split_layers(saved, [free_memory_bytes(d) for d in self.devices])
-            if self.device_starts and self.device_starts[-1] > LAYER_INDEX[deepest]:
-                raise OptionError(f"device split at {LAYERS[self.device_starts[-1]].name} is past the deepest layer "
-                                  f"used, {deepest}; split at shallower layers")
-            cuts = [0, *self.device_starts, len(self.vgg.layers)]
-            self.vgg.place([self.devices[d] for d in range(len(self.devices)) for _ in range(cuts[d], cuts[d + 1])])
 
-    # -- inputs -----------------------------------------------------------------------------------
-    def _prepare_inputs(self, contents: Sequence[ImageSource], styles: Sequence[ImageSource]):
-        """The content images (a list), the style images and the normalised blend weights. Style
-        colours follow the content under preserve_color, so that needs one content image."""
-        options = self.options
-        if isinstance(styles, (str, bytes)) or not isinstance(styles, Sequence):
-            styles = [styles]
-        if not styles:
-            raise OptionError("give at least one style image")
-        blend = options.style_blend_weights
-        if blend is None:
-            blend = [1.0] * len(styles)
-        if len(blend) != len(styles):
-            raise OptionError(f"{len(blend)} style blend weights given for {len(styles)} style images; "
-                              "give one weight per style image")
-        if any(not math.isfinite(w) or w < 0 for w in blend) or sum(blend) <= 0:
-            raise OptionError(f"style blend weights must be non-negative with a positive sum, got {list(blend)}")
-        blend = [w / sum(blend) for w in blend]
-        limit = options.max_input_pixels
-        content_images = [load_image(content, "content image", limit) for content in contents]
-        style_images = [load_image(style, f"style image {i + 1}" if len(styles) > 1 else "style image", limit)
-                        for i, style in enumerate(styles)]
-        assert self.shares_style_targets or len(content_images) == 1
-        if options.preserve_color == "histogram":
-            style_images = [color.match_color_histogram(style, content_images[0]) for style in style_images]
-        elif options.preserve_color == "luminance":
-            style_images = [color.match_luminance(style, content_images[0]) for style in style_images]
-        return content_images, style_images, blend
-
-    def device_segments(self, layer_count: int) -> Tuple[Tuple[int, int], ...]:
-        """Layers ``0 … layer_count - 1`` cut where each device's layers begin."""
-        cuts = sorted({0, *(start for start in self.device_starts if start < layer_count), layer_count})
-        return tuple(zip(cuts[:-1], cuts[1:]))
-
-    def memory_budget(self) -> int:
-        """Bytes a stage may use: --max-memory on each device, or by default a safe share of the
-        memory free on the devices now."""
-        distinct = set(self.devices)  # "cpu,cpu" is one memory, counted once
-        if self.options.max_memory is not None:
-            return parse_size(self.options.max_memory) * len(distinct)
-        return int(DEFAULT_BUDGET_SHARE * sum(free_memory_bytes(device) for device in distinct))
-
-    def memory_plans(self, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
-                     pictures: int = 1) -> List[MemoryPlan]:
-        """Each stage's plan (nst_ext.memory) for `pictures` content images of `content_shape`
-        (height, width) optimised together and style images of `style_shapes`, from their shapes
-        alone: a size that cannot fit is refused (OptionError) before any stage's images are made."""
-        options = self.options
-        budget, plans = self.memory_budget(), []
-        # The finest stage first: when nothing fits, the refusal names the picture asked for.
-        for stage_size, steps in reversed(list(zip(options.stage_sizes(), options.stage_steps()))):
-            height, width = long_side_shape(*content_shape, stage_size)
-            style_side = max(1, round(stage_size * options.style_scale))
-            plans.append(plan_stage(
-                height, width, options.content_layers, options.style_layers, steps,
-                [long_side_shape(*shape, style_side) for shape in style_shapes], budget, self.device.type,
-                activation_bytes=2 if self.mixed_precision else 4, optimizer=options.optimizer,
-                checkpointing=options.checkpointing, history_size=options.lbfgs_history,
-                breaks=self.device_starts, pictures=pictures))
-        return plans[::-1]
-
-    def _check_size(self, image: torch.Tensor, what: str) -> None:
-        layers = list(self.options.content_layers) + list(self.options.style_layers)
-        needed = min_image_side(layers)
-        height, width = image.shape[-2:]
-        if min(height, width) < needed:
-            deepest = max(layers, key=lambda name: LAYERS[LAYER_INDEX[name]].pools_before)
-            raise ImageError(f"{what} is {width}x{height} pixels at this stage, too small for layer {deepest}, which "
-                             f"needs at least {needed} pixels on the short side; use a larger --size/--style-scale "
-                             "or shallower layers")
+    # Where the run happens is the network's (nst_ext.network): read here, decided there.
+    vgg = property(lambda self: self.network.vgg)
+    device = property(lambda self: self.network.device)  # the picture's and the optimiser's
+    devices = property(lambda self: self.network.devices)
+    mixed_precision = property(lambda self: self.network.mixed_precision)
+    weights = property(lambda self: self.network.weights)
 
     # -- the optimisation -------------------------------------------------------------------------
     def run(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
@@ -225,7 +129,7 @@ class Stylizer:
         runs them through VGG as one batch, which keeps a GPU busier than one picture does. Each
         picture has its own content target, style normaliser and L-BFGS, so its result is the one
         ``run`` gives it alone (up to the rounding of batched convolutions; tested). The contents
-        must have the same shape at every stage (:meth:`stage_shapes`; ``nst_ext.jobs`` groups
+        must have the same shape at every stage (``StyleOptions.stage_shapes``; ``nst_ext.jobs`` groups
         a folder's images so). Under preserve_color each picture's style targets follow its own
         colours, so the pictures are then run one after another. The callback sees the batch's
         summed losses and the first picture. Ctrl-C stops all of them: each result holds its
@@ -248,16 +152,11 @@ class Stylizer:
         together. Not under preserve_color, where they follow each content's colours."""
         return self.options.preserve_color is None
 
-    def stage_shapes(self, content_shape: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
-        """(height, width) of each stage for a content image of `content_shape`: pictures with the
-        same stage shapes can be optimised together (:meth:`run_many`)."""
-        return tuple(long_side_shape(*content_shape, size) for size in self.options.stage_sizes())
-
     def _run(self, contents, styles, callback, init=None, temporal=None) -> List[StylizeResult]:
         options = self.options
         started = time.perf_counter()
-        content_images, style_images, blend = self._prepare_inputs(contents, styles)
-        shapes = {self.stage_shapes(tuple(image.shape[-2:])) for image in content_images}
+        content_images, style_images, blend = prepare_inputs(self.options, contents, styles)
+        shapes = {options.stage_shapes(tuple(image.shape[-2:])) for image in content_images}
         if len(shapes) > 1:
             raise OptionError("the content images of one batch must have the same shape at every stage; "
                               "run pictures of other shapes in another batch")
@@ -266,13 +165,13 @@ class Stylizer:
         seed = options.seed if options.seed is not None else torch.seed()
         generators = [torch.Generator().manual_seed(seed) for _ in content_images]
         sizes, stage_steps = options.stage_sizes(), options.stage_steps()
-        plans = self.memory_plans(tuple(content_images[0].shape[-2:]), [tuple(s.shape[-2:]) for s in style_images],
-                                  pictures=len(content_images))
+        plans = plan_stages(options, self.network, tuple(content_images[0].shape[-2:]),
+                            [tuple(s.shape[-2:]) for s in style_images], pictures=len(content_images))
         if any(plan.budget_limited for plan in plans) and any(device.type == "cpu" for device in self.devices):
             release_freed_memory_promptly()  # else the allocator's slack eats what checkpointing saves
         # Every stage's images are made, and their sizes checked, before any work starts.
-        stages = [([self._stage_content(image, stage_size) for image in content_images],
-                   self._stage_styles(style_images, stage_size)) for stage_size in sizes]
+        stages = [([content_at_stage(self.options, image, stage_size) for image in content_images],
+                   styles_at_stage(self.options, style_images, stage_size)) for stage_size in sizes]
         results = [StylizeResult(tensor=resize_to_long_side(image, sizes[-1])) for image in content_images]
         images = previous_contents = [None] * len(content_images)  # before the first stage: none
         for stage, ((stage_contents, stage_styles), steps, plan) in enumerate(zip(stages, stage_steps, plans)):
@@ -328,43 +227,18 @@ class Stylizer:
             start = resize(load_image(init, "init image", self.options.max_input_pixels), (height, width))
         return start.unsqueeze(0).to(self.device).contiguous()
 
-    def autocast(self, device: Optional[torch.device] = None):
-        """bfloat16 autocast for VGG's layers on `device` (default: the first device), where mixed
-        precision is on for it."""
-        device = device or self.device
-        # No cast cache: a CUDA graph must not capture casts cached outside it (and they are cheap).
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              enabled=self._mixed_precision_on.get(device, self.mixed_precision), cache_enabled=False)
-
     def objective(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
                   size: Optional[int] = None, plan: Optional[MemoryPlan] = None) -> Tuple[torch.Tensor, Objective]:
         """The loss of one stage at `size` (default: the output size), for
         custom optimisers and benchmarks: returns the content image as the
         starting point, ``(1, 3, H, W)`` on the device, and the Objective
         (`plan`: its segments and checkpointing; default one segment per device)."""
-        content_images, style_images, blend = self._prepare_inputs([content], styles)
-        stage_size = size or self.options.size
-        stage_content = self._stage_content(content_images[0], stage_size)
-        stage_styles = self._stage_styles(style_images, stage_size)
-        return stage_content.unsqueeze(0).to(self.device), Objective(self, stage_content, stage_styles, blend, plan)
-
-    def _stage_content(self, content_image, stage_size):
-        """The content image resized for a stage whose output's long side is stage_size, its size
-        checked against the layers."""
-        stage_content = resize_to_long_side(content_image, stage_size)
-        if self.options.preserve_color == "luminance":
-            stage_content = color.as_gray_rgb(color.luminance(stage_content))
-        self._check_size(stage_content, "the content image")
-        return stage_content
-
-    def _stage_styles(self, style_images, stage_size):
-        """The style images resized for a stage whose output's long side is stage_size (by
-        style_scale), their sizes checked against the layers."""
-        style_side = max(1, round(stage_size * self.options.style_scale))
-        stage_styles = [resize_to_long_side(style, style_side) for style in style_images]
-        for i, style in enumerate(stage_styles):
-            self._check_size(style, f"style image {i + 1}")
-        return stage_styles
+        content_images, style_images, blend = prepare_inputs(self.options, [content], styles)
+        stage_size = size or self.options.output_size
+        stage_content = content_at_stage(self.options, content_images[0], stage_size)
+        stage_styles = styles_at_stage(self.options, style_images, stage_size)
+        objective = Objective(self.network, self.options, stage_content, stage_styles, blend, plan)
+        return stage_content.unsqueeze(0).to(self.device), objective
 
     def _optimize(self, stage, stages, steps, images, stage_contents, stage_styles, blend, histories, callback, plan,
                   temporal=None):
@@ -395,7 +269,8 @@ class Stylizer:
         try:  # a stop while the targets are computed keeps the stage's starting images
             key = tuple(tuple(style.shape[-2:]) for style in stage_styles)  # one per stage size
             contents = torch.stack(stage_contents) if batched else stage_contents[0]
-            objective = Objective(self, contents, stage_styles, blend, plan, self._style_grams.get(key), temporal)
+            objective = Objective(self.network, options, contents, stage_styles, blend, plan, self._style_grams.get(key),
+                                  temporal)
             if self.shares_style_targets:
                 self._style_grams[key] = objective.style_grams
             evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)

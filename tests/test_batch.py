@@ -16,6 +16,7 @@ from PIL import Image
 
 import nst_ext
 from nst_ext.cli import main
+from nst_ext.inputs import styles_at_stage
 from nst_ext.jobs import MANIFEST_NAME, read_manifest, run_batch
 from nst_ext.stylizer import Stylizer
 
@@ -192,14 +193,14 @@ def test_each_picture_of_a_batch_gets_its_own_loss_and_gradient(device, seed):
     stylizer = Stylizer(size=52, scales=[52], steps=1, device=device, mixed_precision=False, cuda_graph=False)
     stylizer.vgg.double()
     contents = [content.double() for content in three_contents(seed)]
-    style = stylizer._stage_styles([nst_ext.load_image(STYLE).double()], 52)
+    style = styles_at_stage(stylizer.options, [nst_ext.load_image(STYLE).double()], 52)
     leaves = [content[None].to(device).flip(-1).contiguous().requires_grad_(True) for content in contents]
-    batched = Objective(stylizer, torch.stack(contents), style, [1.0]).evaluator(leaves)()
+    batched = Objective(stylizer.network, stylizer.options, torch.stack(contents), style, [1.0]).evaluator(leaves)()
     assert batched.shape == (3, 5)
     tolerance = 1e-10
     for content, leaf, row in zip(contents, leaves, batched):
         alone_leaf = leaf.detach().clone().requires_grad_(True)
-        alone = Objective(stylizer, content, style, [1.0]).evaluator(alone_leaf)()
+        alone = Objective(stylizer.network, stylizer.options, content, style, [1.0]).evaluator(alone_leaf)()
         assert alone.shape == (5,)
         torch.testing.assert_close(row, alone, rtol=tolerance, atol=1e-7)
         scale = alone_leaf.grad.abs().max().item()
@@ -214,8 +215,8 @@ def test_a_batch_replayed_as_a_cuda_graph_gives_the_eager_losses_and_gradients(s
 
     stylizer = Stylizer(size=52, scales=[52], steps=1, device="cuda", mixed_precision=False)
     contents = three_contents(seed)
-    objective = Objective(stylizer, torch.stack(contents), stylizer._stage_styles([nst_ext.load_image(STYLE)], 52),
-                          [1.0])
+    styles = styles_at_stage(stylizer.options, [nst_ext.load_image(STYLE)], 52)
+    objective = Objective(stylizer.network, stylizer.options, torch.stack(contents), styles, [1.0])
     results = {}
     for graph in (False, True):
         leaves = [content[None].cuda().requires_grad_(True) for content in contents]

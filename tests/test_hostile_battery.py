@@ -307,7 +307,8 @@ def test_the_budget_honours_the_address_space_limit(monkeypatch):
     assert 0 < memory.address_space_headroom() <= 300 * 2**20
     assert memory.free_memory_bytes(torch.device("cpu")) <= 300 * 2**20
     with pytest.raises(OptionError, match=r"budget"):
-        Stylizer(size=1024, device="cpu").memory_plans((1024, 1024), [(512, 512)])
+        stylizer = Stylizer(size=1024, device="cpu")
+        memory.plan_stages(stylizer.options, stylizer.network, (1024, 1024), [(512, 512)])
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -514,11 +515,11 @@ def test_a_leftover_demo_plot_does_not_stop_the_demo(tmp_path):
 def test_help_states_todays_defaults():
     flat = " ".join(nst_ext_cli("stylize", "--help").stdout.split())
     defaults = nst_ext.StyleOptions()
-    assert f"default {','.join(map(str, defaults.stage_steps()))} at {defaults.size} px" in flat
-    assert f"e.g. {','.join(map(str, defaults.stage_sizes()))} for {defaults.size}" in flat
+    assert f"default {','.join(map(str, defaults.stage_steps()))} at {defaults.output_size} px" in flat
+    assert f"e.g. {','.join(map(str, defaults.stage_sizes()))} for {defaults.output_size}" in flat
     large = nst_ext.StyleOptions(size=1024)
     assert f"{','.join(map(str, large.stage_steps()))} at 1024" in flat
     assert f"{','.join(map(str, large.stage_sizes()))} for 1024" in flat
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    slowdown = re.search(r"the same picture, (\d\.\d)× the time per step", readme).group(1)
+    guide = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    slowdown = re.search(r"the same picture, (\d\.\d)× the time per step", guide).group(1)
     assert f"{slowdown}x the time per step" in flat and "a third more time" not in flat

@@ -9,8 +9,9 @@ import torch
 import nst_ext
 from nst_ext.errors import InputError, OptionError
 from nst_ext.layers import LAYER_INDEX
-from nst_ext.memory import (LBFGS_HISTORY, MIN_LBFGS_HISTORY, budget_for, choose_segments, parse_size, plan_stage,
-                            saved_bytes_per_layer, split_layers, usable_share)
+from nst_ext.memory import (LBFGS_HISTORY, MIN_LBFGS_HISTORY, budget_for, choose_segments, fitting_batch_size,
+                            parse_size, plan_stage, plan_stages, run_budget, saved_bytes_per_layer, split_layers,
+                            usable_share)
 from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from nst_ext.stylizer import Stylizer
 
@@ -109,7 +110,7 @@ def test_checkpointed_step_gives_the_same_loss_and_gradient(mixed_precision):
 def test_two_cpu_devices_give_the_same_loss_gradient_and_picture():
     one = Stylizer(size=72, steps=6, device="cpu", mixed_precision=False)
     two = Stylizer(size=72, steps=6, devices=["cpu", "cpu"], device_split=["relu2_1"], mixed_precision=False)
-    assert two.device_starts == [LAYER_INDEX["relu2_1"]]
+    assert two.network.device_starts == [LAYER_INDEX["relu2_1"]]
     terms_one, grad_one, _ = loss_and_gradient(one)
     terms_two, grad_two, objective = loss_and_gradient(two)
     assert objective.segments[1][0] == LAYER_INDEX["relu2_1"]
@@ -117,15 +118,15 @@ def test_two_cpu_devices_give_the_same_loss_gradient_and_picture():
     torch.testing.assert_close(grad_two, grad_one, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(two.run(CONTENT, STYLE).tensor, one.run(CONTENT, STYLE).tensor, rtol=0, atol=1e-5)
     automatic = Stylizer(size=72, devices=["cpu", "cpu"], mixed_precision=False)
-    assert len(automatic.device_starts) == 1 and 0 < automatic.device_starts[0] <= LAYER_INDEX["relu5_1"]
+    assert len(automatic.network.device_starts) == 1 and 0 < automatic.network.device_starts[0] <= LAYER_INDEX["relu5_1"]
 
 
 def test_a_budget_that_needs_checkpointing_gives_the_same_picture():
     settings = dict(size=64, steps=5, device="cpu", mixed_precision=False)
     stylizer = Stylizer(**settings)
     content_shape, style_shape = (64, 64), (64, 64)  # both sample images are square
-    free, = Stylizer(**settings, scales=[64]).memory_plans(content_shape, [style_shape])
-    checkpointed, = Stylizer(**settings, scales=[64], checkpointing=True).memory_plans(content_shape, [style_shape])
+    free, = stylizer_plans(Stylizer(**settings, scales=[64]), content_shape, [style_shape])
+    checkpointed, = stylizer_plans(Stylizer(**settings, scales=[64], checkpointing=True), content_shape, [style_shape])
     budget = budget_for((free.total + checkpointed.total) // 2)
     limited = Stylizer(**settings, max_memory=budget)
     plans = []
@@ -157,8 +158,9 @@ def test_memory_and_device_options_are_checked(overrides, message):
 
 
 def test_one_memory_named_twice_is_budgeted_once():
-    assert Stylizer(size=64, devices=["cpu", "cpu"], max_memory="1GiB").memory_budget() == 2**30
-    assert Stylizer(size=64, device="cpu", max_memory="1GiB").memory_budget() == 2**30
+    for stylizer in (Stylizer(size=64, devices=["cpu", "cpu"], max_memory="1GiB"),
+                     Stylizer(size=64, device="cpu", max_memory="1GiB")):
+        assert run_budget(stylizer.options, stylizer.network) == 2**30
 
 
 def test_a_batch_of_pictures_scales_what_each_picture_keeps_but_shares_the_style_targets():
@@ -169,12 +171,15 @@ def test_a_batch_of_pictures_scales_what_each_picture_keeps_but_shares_the_style
 
 
 def test_the_batch_size_that_fits_a_budget():
-    from nst_ext.jobs import fitting_batch_size
-
     stylizer = Stylizer(size=256, device="cpu", max_memory="64GiB")
     shape, styles = (192, 256), [(256, 256)]
-    assert fitting_batch_size(stylizer, shape, styles, 8) == 8
-    needs = [stylizer.memory_plans(shape, styles, pictures=n)[-1].total for n in (2, 3)]
+    assert fitting_batch_size(stylizer.options, stylizer.network, shape, styles, 8) == 8
+    needs = [stylizer_plans(stylizer, shape, styles, pictures=n)[-1].total for n in (2, 3)]
     between = Stylizer(size=256, device="cpu", max_memory=str(budget_for((needs[0] + needs[1]) // 2)))
-    assert fitting_batch_size(between, shape, styles, 8) == 2  # three would need checkpointing
-    assert fitting_batch_size(between, shape, styles, 1) == 1
+    assert fitting_batch_size(between.options, between.network, shape, styles, 8) == 2  # three would need checkpointing
+    assert fitting_batch_size(between.options, between.network, shape, styles, 1) == 1
+
+
+def stylizer_plans(stylizer, content_shape, style_shapes, pictures=1):
+    """Each stage's memory plan for a run of `stylizer` (its options, on its network)."""
+    return plan_stages(stylizer.options, stylizer.network, content_shape, style_shapes, pictures)

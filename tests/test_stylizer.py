@@ -7,6 +7,7 @@ import torch
 
 import nst_ext
 from nst_ext.images import ImageError, load_image, resize, resize_to_long_side
+from nst_ext.inputs import styles_at_stage
 from nst_ext.metrics import distances, subject_and_style
 from nst_ext.options import OptionError
 from nst_ext.stylizer import Stylizer
@@ -315,18 +316,6 @@ def test_cuda_graph_gives_the_eager_loss_and_gradient(content, style):
     assert [e["total"] for e in lbfgs] == pytest.approx([e["total"] for e in eager], rel=1e-3)
 
 
-def test_default_schedule():
-    from nst_ext.options import StyleOptions
-
-    assert StyleOptions(size=512).stage_sizes() == [128, 320, 512]
-    assert StyleOptions(size=512).stage_steps() == [60, 25, 42]
-    assert StyleOptions(size=1024).stage_sizes() == [128, 256, 640, 1024]
-    assert StyleOptions(size=1024).stage_steps() == [60, 35, 25, 42]
-    assert StyleOptions(size=600).stage_sizes() == [150, 375, 600]
-    assert StyleOptions(size=256).stage_sizes() == [128, 256] and StyleOptions(size=256).stage_steps() == [60, 42]
-    assert StyleOptions(size=200).stage_sizes() == [200] and StyleOptions(size=200).stage_steps() == [100]
-
-
 PANEL = Path(__file__).resolve().parents[1] / "benchmarks" / "panel"
 
 
@@ -404,8 +393,8 @@ def test_every_gradient_in_vgg_stays_channels_last(pictures, mixed_precision, de
                         cuda_graph=False)
     torch.manual_seed(pictures)
     contents = torch.rand(pictures, 3, 40, 36)
-    styles = stylizer._stage_styles([torch.rand(3, 33, 45)], 40)
-    objective = Objective(stylizer, contents, styles, [1.0])
+    styles = styles_at_stage(stylizer.options, [torch.rand(3, 33, 45)], 40)
+    objective = Objective(stylizer.network, stylizer.options, contents, styles, [1.0])
     layouts = {}
     run_layers = stylizer.vgg.run_layers
 

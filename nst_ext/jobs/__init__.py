@@ -2,11 +2,11 @@
 batch``) and a video (:mod:`nst_ext.jobs.video`, ``nst-ext video``), each resumable and split over
 the processes of a ``torchrun`` launch (:mod:`nst_ext.jobs.common`)."""
 
-from nst_ext.jobs.batch import (MANIFEST_NAME, BatchItem, BatchSummary, append_record, fitting_batch_size, list_items,
-                                pending_items, read_manifest, run_batch)
+from nst_ext.jobs.batch import (MANIFEST_NAME, BatchItem, BatchSummary, append_record, list_items, pending_items,
+                                read_manifest, run_batch)
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, settings_hash
 from nst_ext.jobs.video import FRAME_STEPS, TEMPORAL_WEIGHT, VideoSummary, flicker, motion_mask, run_video
 
 __all__ = ["BatchItem", "BatchSummary", "Distributed", "FRAME_STEPS", "JobLock", "LOCK_NAME", "MANIFEST_NAME",
-           "TEMPORAL_WEIGHT", "VideoSummary", "append_record", "fitting_batch_size", "flicker", "list_items",
+           "TEMPORAL_WEIGHT", "VideoSummary", "append_record", "flicker", "list_items",
            "motion_mask", "pending_items", "read_manifest", "run_batch", "run_video", "settings_hash"]

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 from nst_ext.errors import InputError, JobWarning, OptionError, OutputError
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
+from nst_ext.memory import fitting_batch_size
 from nst_ext.options import StyleOptions
 from nst_ext.outputs import (WriteError, check_folder_writable, check_regular_file, deferred_signals,
                              describe_os_error, same_file, write_or_rescue)
@@ -219,20 +220,6 @@ def pending_items(items: Sequence[BatchItem], records: Sequence[dict], settings:
 AUTO_BATCH_LIMIT = 8
 
 
-def fitting_batch_size(stylizer, content_shape, style_shapes, most: int) -> int:
-    """The largest number of pictures of `content_shape`, up to `most`, that `stylizer` can optimise
-    together within its memory budget without checkpointing or a shorter L-BFGS history (their
-    price per step would eat what the batch gains); at least 1."""
-    for pictures in range(most, 1, -1):
-        try:
-            plans = stylizer.memory_plans(content_shape, style_shapes, pictures=pictures)
-        except OptionError:  # does not fit at all
-            continue
-        if not any(plan.budget_limited for plan in plans):
-            return pictures
-    return 1
-
-
 def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os.PathLike,
               options: Optional[StyleOptions] = None, output_format: str = "png", overwrite: bool = False,
               on_item: Optional[Callable[[BatchItem, str, Optional[str]], None]] = None,
@@ -360,10 +347,11 @@ def _run_items(items, styles, out_dir, options, output_format, overwrite, on_ite
             except InputError as error:
                 finish(item, started, str(error))
                 continue
-            shapes = stylizer.stage_shapes(tuple(content.shape[-2:]))
+            shapes = stylizer.options.stage_shapes(tuple(content.shape[-2:]))
             if shapes not in limits:
                 limits[shapes] = 1 if most == 1 else fitting_batch_size(
-                    stylizer, tuple(content.shape[-2:]), [tuple(style.shape[-2:]) for style in style_images], most)
+                    stylizer.options, stylizer.network, tuple(content.shape[-2:]),
+                    [tuple(style.shape[-2:]) for style in style_images], most)
             group = waiting.setdefault(shapes, [])
             group.append((item, content, started))
             if len(group) >= limits[shapes]:

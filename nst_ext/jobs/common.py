@@ -25,6 +25,7 @@ def settings_hash(options: StyleOptions, styles: Sequence[Path], extra: str) -> 
     the style images' bytes and `extra`, the job's own settings (a batch's output format, a video's
     temporal settings)."""
     fields = {k: v for k, v in dataclasses.asdict(options).items() if k not in SAME_PICTURE_OPTIONS}
+    fields["size"] = options.output_size  # given as size or as the last of scales: the same picture
     digest = hashlib.sha256(json.dumps([fields, extra], sort_keys=True, default=str).encode())
     for style in styles:
         with open(style, "rb") as data:

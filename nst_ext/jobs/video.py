@@ -69,7 +69,7 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
               distributed: Optional[Distributed] = None) -> VideoSummary:
     """Stylizes every frame of `video` with temporal coherence (Ruder et al. 2016: each frame starts
     from the previous stylized frame, and a temporal term keeps static pixels) into `output`, with
-    the input's frame count, frame rate and audio, at ``options.size`` (sides made even for
+    the input's frame count, frame rate and audio, at ``options.output_size`` (sides made even for
     4:2:0 video). Finished frames are kept in a work folder beside the output (``.NAME.frames``),
     so a stopped run continues where it stopped; the folder is removed once the video is written,
     and when the run is refused before its first frame. The folder is locked: a second job writing
@@ -78,7 +78,8 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
     this process writes."""
     import shutil
 
-    from nst_ext.images import load_image, long_side_shape
+    from nst_ext.images import load_image
+    from nst_ext.layers import long_side_shape
     from nst_ext.video import check_video_output, even_shape, probe, write_video
 
     options = options or StyleOptions()
@@ -90,7 +91,7 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
         raise OptionError(f"temporal weight must be a non-negative number, got {temporal_weight!r}")
     check_video_output(output, overwrite, inputs=[video, *styles, *options.input_files()])
     info = probe(video)
-    shape = even_shape(long_side_shape(info.height, info.width, options.size), output.suffix.lower())
+    shape = even_shape(long_side_shape(info.height, info.width, options.output_size), output.suffix.lower())
     work = output.parent / f".{output.name}.frames"
     settings = settings_hash(options, styles, json.dumps([temporal_weight, frame_steps, shape, str(video.resolve())]))
     lock = distributed.on_first(lambda: _take_work_folder(work, settings, video, output, overwrite))

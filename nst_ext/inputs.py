@@ -1,0 +1,76 @@
+"""A run's pictures made ready for its stages: the content and style images loaded, the style
+blend weights normalised, the style colours matched to the content (preserve_color), and each
+stage's images at their size, checked against the layers. Images are float32 ``(3, H, W)`` in
+[0, 1] on the CPU."""
+
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+
+from nst_ext import color
+from nst_ext.errors import ImageError, OptionError
+from nst_ext.images import ImageSource, load_image, resize_to_long_side
+from nst_ext.layers import LAYER_INDEX, LAYERS, min_image_side
+from nst_ext.options import StyleOptions
+
+
+def prepare_inputs(options: StyleOptions, contents: Sequence[ImageSource],
+                   styles: Sequence[ImageSource]) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[float]]:
+    """The content images (a list), the style images and the normalised blend weights. Style
+    colours follow the content under preserve_color, so that needs one content image."""
+    if isinstance(styles, (str, bytes)) or not isinstance(styles, Sequence):
+        styles = [styles]
+    if not styles:
+        raise OptionError("give at least one style image")
+    blend = options.style_blend_weights
+    if blend is None:
+        blend = [1.0] * len(styles)
+    if len(blend) != len(styles):
+        raise OptionError(f"{len(blend)} style blend weights given for {len(styles)} style images; "
+                          "give one weight per style image")
+    if any(not math.isfinite(w) or w < 0 for w in blend) or sum(blend) <= 0:
+        raise OptionError(f"style blend weights must be non-negative with a positive sum, got {list(blend)}")
+    blend = [w / sum(blend) for w in blend]
+    limit = options.max_input_pixels
+    content_images = [load_image(content, "content image", limit) for content in contents]
+    style_images = [load_image(style, f"style image {i + 1}" if len(styles) > 1 else "style image", limit)
+                    for i, style in enumerate(styles)]
+    assert options.preserve_color is None or len(content_images) == 1
+    if options.preserve_color == "histogram":
+        style_images = [color.match_color_histogram(style, content_images[0]) for style in style_images]
+    elif options.preserve_color == "luminance":
+        style_images = [color.match_luminance(style, content_images[0]) for style in style_images]
+    return content_images, style_images, blend
+
+
+def check_size(options: StyleOptions, image: torch.Tensor, what: str) -> None:
+    """Raises ImageError where `image` is too small for the deepest layer the options use."""
+    layers = list(options.content_layers) + list(options.style_layers)
+    needed = min_image_side(layers)
+    height, width = image.shape[-2:]
+    if min(height, width) < needed:
+        deepest = max(layers, key=lambda name: LAYERS[LAYER_INDEX[name]].pools_before)
+        raise ImageError(f"{what} is {width}x{height} pixels at this stage, too small for layer {deepest}, which "
+                         f"needs at least {needed} pixels on the short side; use a larger --size/--style-scale "
+                         "or shallower layers")
+
+
+def content_at_stage(options: StyleOptions, content_image: torch.Tensor, stage_size: int) -> torch.Tensor:
+    """The content image resized for a stage whose output's long side is stage_size (its luminance
+    only, under preserve_color="luminance"), its size checked against the layers."""
+    resized = resize_to_long_side(content_image, stage_size)
+    if options.preserve_color == "luminance":
+        resized = color.as_gray_rgb(color.luminance(resized))
+    check_size(options, resized, "the content image")
+    return resized
+
+
+def styles_at_stage(options: StyleOptions, style_images: Sequence[torch.Tensor], stage_size: int) -> List[torch.Tensor]:
+    """The style images resized for a stage whose output's long side is stage_size (by
+    style_scale), their sizes checked against the layers."""
+    style_side = max(1, round(stage_size * options.style_scale))
+    resized = [resize_to_long_side(style, style_side) for style in style_images]
+    for i, style in enumerate(resized):
+        check_size(options, style, f"style image {i + 1}")
+    return resized
