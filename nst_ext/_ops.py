@@ -1,4 +1,4 @@
-"""The compiled ops: loading ``nst_ext._C``, fake kernels, autograd, and the
+"""The compiled ops: loading the library ``nst_ext._C``, fake kernels, autograd, and the
 public functions that pick the compiled kernel or the reference.
 
 The op schemas are declared once, in ``csrc/ops.cpp``; this module registers
@@ -17,12 +17,28 @@ from nst_ext._checks import accumulation_dtype, check_features, check_target_gra
 
 FORCE_REFERENCE_ENV = "NST_EXT_FORCE_REFERENCE"
 
-try:
-    from nst_ext import _C  # registers the ops
 
-    LOAD_ERROR = None
-except (ImportError, OSError) as error:  # a missing or unloadable build
-    LOAD_ERROR = f"{type(error).__name__}: {error}"
+
+def _load_compiled() -> "str | None":
+    """Loads the compiled library ``nst_ext._C`` (csrc/; its static initialisers register the
+    ops and their kernels): it is a plain shared library, loaded with torch.ops.load_library,
+    not a Python module. Returns why it could not be loaded, or None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("nst_ext._C")
+    except (ImportError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    if spec is None or spec.origin is None:
+        return "ImportError: nst_ext._C is not built"
+    try:
+        torch.ops.load_library(spec.origin)
+    except (OSError, RuntimeError) as error:  # an unloadable build (another torch, a missing symbol)
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+LOAD_ERROR = _load_compiled()
 
 _force_reference = os.environ.get(FORCE_REFERENCE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 _warned_devices = set()
@@ -92,12 +108,12 @@ def set_gram_algorithm(algorithm: str) -> None:
     if algorithm not in GRAM_ALGORITHMS:
         raise ValueError(f"gram algorithm must be one of {', '.join(GRAM_ALGORITHMS)}, got {algorithm!r}")
     if LOAD_ERROR is None:
-        _C.set_gram_algorithm(algorithm)
+        torch.ops.nst_ext.set_gram_algorithm(algorithm)
 
 
 def get_gram_algorithm() -> str:
     """The mode set by :func:`set_gram_algorithm` ("auto" without the compiled kernels)."""
-    return _C.get_gram_algorithm() if LOAD_ERROR is None else "auto"
+    return torch.ops.nst_ext.get_gram_algorithm() if LOAD_ERROR is None else "auto"
 
 
 @contextlib.contextmanager
@@ -117,13 +133,15 @@ def gram_algorithm_choices() -> list:
     if LOAD_ERROR is not None:
         return []
     fields = ("device", "device_index", "op", "dtype", "batch", "channels", "spatial", "layout", "algorithm")
-    return [dict(zip(fields, choice)) for choice in _C.gram_algorithm_choices()]
+    numbers = ("device_index", "batch", "channels", "spatial")
+    choices = [dict(zip(fields, row.split("\t"))) for row in torch.ops.nst_ext.gram_algorithm_choices()]
+    return [{name: int(value) if name in numbers else value for name, value in choice.items()} for choice in choices]
 
 
 def clear_gram_algorithm_choices() -> None:
     """Forget the choices of ``"auto"``, so the next call of each shape times both again."""
     if LOAD_ERROR is None:
-        _C.clear_gram_algorithm_choices()
+        torch.ops.nst_ext.clear_gram_algorithm_choices()
 
 
 def backend_info() -> dict:

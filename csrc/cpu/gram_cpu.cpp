@@ -33,6 +33,7 @@
 #endif
 
 #include "../common.h"
+#include "blas_cpu.h"
 
 namespace nst_ext {
 namespace {
@@ -477,15 +478,15 @@ double seconds_of(const std::function<void()>& run) {
 std::pair<at::Tensor, double> product_by_chosen_algorithm(const at::Tensor& features, int op) {
   // Our kernel reads contiguous (B, C, n) values of the accumulation dtype: for other features
   // that is a whole widened copy, which for large ones costs more memory than the slabs of the
-  // BLAS path (common.h), so they take that path.
+  // BLAS path (blas_cpu.h), so they take that path.
   const bool needs_copy = features.scalar_type() != accumulation_dtype(features.scalar_type()) ||
                           layout_of(features) != Layout::kNCHW;
-  const bool copy_too_large = needs_copy && features.numel() * 4 > 4 * kWideningSlabBytes;
+  const bool copy_too_large = needs_copy && features.numel() * 4 > 4 * cpu_blas::kWideningSlabBytes;
   const bool pairs = pair_kernel_applies(features);  // our kernel then reads them as they are
   auto compute = [&](Algorithm algorithm) -> std::pair<at::Tensor, double> {
     if (algorithm == Algorithm::kOwn && pairs) return {pair_kernel_gram(features), 1.0};
     if (algorithm == Algorithm::kBlas || copy_too_large)
-      return {blas_gram_product(features), 1.0 / static_cast<double>(spatial_size(features))};
+      return {cpu_blas::blas_gram_product(features), 1.0 / static_cast<double>(spatial_size(features))};
     const at::Tensor F = features_for_accumulation(features);
     const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
     at::Tensor gram = at::empty({B, C, C}, F.options());
@@ -554,7 +555,7 @@ at::Tensor symmetrized_times_features(const at::Tensor& X, double scale, const a
       }
     });
   });
-  return multiply_symmetric(S, features);
+  return cpu_blas::multiply_symmetric(S, features);
 }
 
 at::Tensor gram_backward_cpu(const at::Tensor& grad_gram, const at::Tensor& features) {

@@ -34,6 +34,7 @@
 #include <atomic>
 
 #include "../common.h"
+#include "blas_cuda.h"
 
 namespace nst_ext {
 namespace {
@@ -349,7 +350,7 @@ at::Tensor own_forward(const at::Tensor& F, at::Tensor& out, const at::Tensor* t
 // of its squares) and, fused, the loss. Same outputs as own_forward.
 at::Tensor blas_forward(const at::Tensor& features, at::Tensor& out, const at::Tensor* target) {
   const int64_t B = features.size(0), C = features.size(1), n = spatial_size(features);
-  const at::Tensor product = blas_gram_product(features);
+  const at::Tensor product = cuda_blas::blas_gram_product(features);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t total = B * C * C;
   const int blocks = grid_for(total);
@@ -447,7 +448,7 @@ at::Tensor symmetrized_times_features(const at::Tensor& X, double scale, const a
         S.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return multiply_symmetric(S, features);
+  return cuda_blas::multiply_symmetric(S, features);
 }
 
 at::Tensor gram_backward_cuda(const at::Tensor& grad_gram, const at::Tensor& features) {
