@@ -13,11 +13,11 @@ so --help and usage errors are instant.
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
 import signal
 import sys
-import time
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -130,7 +130,7 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                             "that the enlargement loses (with --init content; default on)")
     group.add_argument("--clamp-in-loss", action=argparse.BooleanOptionalAction, default=defaults.clamp_in_loss,
                        help="score the picture clamped to [0, 1], as it is saved (default on; off scores the "
-                            "unclamped pixels, as runs before 2026-11-29 did)")
+                            "unclamped pixels: BENCHMARKS.md, \"The picture scored as saved\")")
     group.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=defaults.cuda_graph,
                        help="replay each stage's loss and gradient as one CUDA graph (GPU only; default on)")
     group.add_argument("--pooling", choices=["avg", "max"], default=defaults.pooling,
@@ -239,25 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options_from(args) -> StyleOptions:
+def style_options(args) -> StyleOptions:
+    """The run's options: every StyleOptions field that the command has a flag for, by its name."""
     if args.size is not None and args.scales:
         raise CommandError(f"--size {args.size} and --scales {','.join(map(str, args.scales))} both set the output "
                            "size; give one (the last of --scales is the output size)")
-    steps = args.steps[0] if args.steps is not None and len(args.steps) == 1 else args.steps
-    return StyleOptions(
-        size=args.size, steps=steps, scales=args.scales,
-        content_layers=args.content_layers, style_layers=args.style_layers,
-        content_layer_weights=args.content_layer_weights, style_layer_weights=args.style_layer_weights,
-        content_weight=args.content_weight, style_weight=args.style_weight, normalize_style=args.normalize_style,
-        content_detail=args.content_detail, clamp_in_loss=args.clamp_in_loss,
-        tv_weight=args.tv_weight,
-        style_blend_weights=args.style_blend_weights, style_scale=args.style_scale, optimizer=args.optimizer,
-        learning_rate=args.learning_rate, init=args.init, preserve_color=args.preserve_color, seed=args.seed,
-        device=args.device, mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, pooling=args.pooling, weights=args.weights,
-        weights_normalization=args.weights_normalization, max_input_pixels=args.max_input_pixels,
-        max_memory=args.max_memory, checkpointing=args.checkpointing, lbfgs_history=args.lbfgs_history,
-        devices=args.devices, device_split=args.device_split,
-    )
+    given = vars(args)
+    return StyleOptions(**{field.name: given[field.name] for field in dataclasses.fields(StyleOptions)
+                           if field.name in given})
 
 
 def _free_demo_name() -> Path:
@@ -299,41 +288,26 @@ def _check_outputs(args, output: Path, inputs: List[Path]) -> None:
                   overwrite=args.overwrite, patterns=patterns)
 
 
-# Reading the losses waits for the GPU, so the progress bar shows them at most this often.
-LOSS_DISPLAY_SECONDS = 0.5
-
-
 def _run_stylize(args, content, styles, output: Path) -> int:
-    options = _options_from(args)
+    options = style_options(args)
     options.validate()
     _check_outputs(args, output, _input_files(options, content, styles))
     from nst_ext.images import save_image  # torch is imported from here on
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(options)
-    total_steps = sum(stylizer.options.stage_steps())
     bar = None
-    done = [0]
-    shown_at = [0.0]
+    steps_done = 0
 
     def on_progress(progress):
-        nonlocal bar
-        done[0] += 1
-        if bar is None and not args.quiet:  # created once the inputs have been checked and loaded
-            from tqdm import tqdm
+        nonlocal bar, steps_done
+        steps_done += 1
+        if bar is None and not args.quiet:  # made once the inputs have been checked and loaded
+            from nst_ext.progress import StepBar
 
-            bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
-                       desc=f"stylizing on {stylizer.device}")
-        plan = progress.memory_plan
-        if bar is not None and progress.step == 1 and plan is not None and plan.budget_limited:
-            bar.write(f"nst-ext: stage {progress.stage + 1} of {progress.stages}: {plan.describe()}", file=sys.stderr)
+            bar = StepBar(sum(options.stage_steps()), stylizer.device)
         if bar is not None:
-            now = time.monotonic()
-            if now - shown_at[0] >= LOSS_DISPLAY_SECONDS or progress.step == progress.steps:
-                shown_at[0] = now
-                bar.set_postfix_str(f"{progress.size[1]}x{progress.size[0]} content {progress.content_loss:.3g} "
-                                    f"style {progress.style_loss:.3g} total {progress.total_loss:.3g}", refresh=False)
-            bar.update(1)
+            bar.show(progress)
         if args.save_every and progress.step % args.save_every == 0:
             save_image(progress.image(), _intermediate_path(output, progress.stage, progress.step), overwrite=True)
 
@@ -360,7 +334,8 @@ def _run_stylize(args, content, styles, output: Path) -> int:
     except KeyboardInterrupt:  # delivered once the files were written
         stopped_while_saving = True
     if result.interrupted or stopped_while_saving:
-        print(f"nst-ext: {_stop_verb()} after {done[0]} steps; saved the best image so far to {output}", file=sys.stderr)
+        print(f"nst-ext: {_stop_verb()} after {steps_done} steps; saved the best image so far to {output}",
+              file=sys.stderr)
         return _stop_exit_status()
     print(f"nst-ext: wrote {output} ({result.tensor.shape[2]}x{result.tensor.shape[1]}) in {result.seconds:.1f} s",
           file=sys.stderr)
@@ -374,62 +349,43 @@ def _job_stopped(kept: str) -> int:
 
 
 def _run_batch(args) -> int:
-    options = _options_from(args)
+    options = style_options(args)
     options.validate()
     if args.batch_size is not None and args.batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {args.batch_size}")
     from nst_ext.jobs import MANIFEST_NAME, Distributed, run_batch  # torch is imported from here on
 
     distributed = Distributed()
+    bar = None
+
+    def on_start(total, already):
+        nonlocal bar
+        if distributed.rank == 0 and not args.quiet:  # rank 0 shows every rank's items
+            from nst_ext.progress import ItemBar
+
+            bar = ItemBar(total, already, Path(args.output) / MANIFEST_NAME)
+
+    def on_item(item, status, error):
+        if status == "failed":
+            print(f"nst-ext: skipped {item.name}: {error}", file=sys.stderr)
+        if bar is not None:
+            bar.count(force=True)
+
+    def on_progress(progress):
+        if bar is not None:
+            bar.show(progress)
+
     try:
-        state = {"bar": None, "shown_at": 0.0}
-        manifest = Path(args.output) / MANIFEST_NAME
-        start_size = [0]
-
-        def on_start(total, already):
-            start_size[0] = manifest.stat().st_size if manifest.exists() else 0
-            if distributed.rank == 0 and not args.quiet:
-                from tqdm import tqdm
-
-                state["bar"] = tqdm(total=total - already, unit="image", dynamic_ncols=True, file=sys.stderr,
-                                    desc=f"batch ({already} already done)" if already else "batch")
-
-        def refresh(force=False):
-            # Rank 0 shows every rank's progress: the manifest's lines since this run began.
-            bar, now = state["bar"], time.monotonic()
-            if bar is None or (not force and now - state["shown_at"] < LOSS_DISPLAY_SECONDS):
-                return
-            state["shown_at"] = now
-            try:
-                with open(manifest, "rb") as records:
-                    records.seek(start_size[0])
-                    finished = records.read().count(b"\n")
-            except FileNotFoundError:  # no item has finished yet
-                return
-            bar.update(finished - bar.n)
-
-        def on_item(item, status, error):
-            if status == "failed":
-                print(f"nst-ext: skipped {item.name}: {error}", file=sys.stderr)
-            refresh(force=True)
-
-        def on_progress(progress):
-            if state["bar"] is not None:
-                state["bar"].set_postfix_str(f"stage {progress.stage + 1}/{progress.stages} step "
-                                             f"{progress.step}/{progress.steps}", refresh=False)
-                refresh()
-
-        try:
-            summary = run_batch(args.input, args.styles, args.output, options, output_format=args.format,
-                                overwrite=args.overwrite, on_item=on_item, on_progress=on_progress,
-                                distributed=distributed, on_start=on_start, batch_size=args.batch_size)
-        except WriteError as error:
-            raise WriteError(error.path, error.error, error.rescued, "the items finished before are kept: run the same "
-                             "command again once the output can be written") from None
-        if state["bar"] is not None:
-            refresh(force=True)
-            state["bar"].close()
+        summary = run_batch(args.input, args.styles, args.output, options, output_format=args.format,
+                            overwrite=args.overwrite, on_item=on_item, on_progress=on_progress,
+                            distributed=distributed, on_start=on_start, batch_size=args.batch_size)
+    except WriteError as error:
+        raise WriteError(error.path, error.error, error.rescued, "the items finished before are kept: run the same "
+                         "command again once the output can be written") from None
     finally:
+        if bar is not None:
+            bar.count(force=True)
+            bar.close()
         distributed.close()
     if summary.interrupted:
         return _job_stopped("finished items")
@@ -439,7 +395,7 @@ def _run_batch(args) -> int:
 
 
 def _run_video(args) -> int:
-    options = _options_from(args)
+    options = style_options(args)
     options.validate()
     from nst_ext.jobs import FRAME_STEPS, TEMPORAL_WEIGHT, Distributed, run_video  # torch from here on
 
@@ -450,10 +406,10 @@ def _run_video(args) -> int:
         nonlocal bar
         if distributed.rank == 0 and not args.quiet:
             if bar is None:
-                from tqdm import tqdm
+                from nst_ext.progress import FrameBar
 
-                bar = tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr, desc="video")
-            bar.update(done - bar.n)
+                bar = FrameBar(total)
+            bar.show(done)
 
     try:
         summary = run_video(args.input, args.styles, args.output, options,

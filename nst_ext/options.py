@@ -116,7 +116,7 @@ class StyleOptions:
     style_weight: float = 2.9
     normalize_style: bool = True  # the style term relative to its value at the content image
     content_detail: bool = True  # a finer stage starts with the content's detail added back (init "content")
-    clamp_in_loss: bool = True  # score the picture clamped to [0, 1], as saved; False: as runs before 2026-11-29
+    clamp_in_loss: bool = True  # score the picture clamped to [0, 1], as saved; False: the pixels as they are
     tv_weight: float = 1.0
     style_blend_weights: Optional[Sequence[float]] = None
     style_scale: float = 1.0

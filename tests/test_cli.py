@@ -156,10 +156,10 @@ def test_cuda_without_a_gpu(tmp_path):
 
 
 def test_switches_reach_the_options():
-    from nst_ext.cli import _options_from, build_parser
+    from nst_ext.cli import style_options, build_parser
 
     def parsed(*switches):
-        return _options_from(build_parser().parse_args(["stylize", CONTENT, STYLE, "-o", "x.png", *switches]))
+        return style_options(build_parser().parse_args(["stylize", CONTENT, STYLE, "-o", "x.png", *switches]))
 
     assert parsed().content_detail and not parsed("--no-content-detail").content_detail
     assert parsed().normalize_style and not parsed("--no-normalize-style").normalize_style

@@ -30,7 +30,7 @@ from nst_ext.jobs import LOCK_NAME, MANIFEST_NAME, append_record, read_manifest
 from nst_ext.outputs import WriteError
 from nst_ext.stylizer import Stylizer
 
-from test_batch import done_counts, make_job
+from test_jobs_batch import done_counts, make_job
 from test_cli import CONTENT, STYLE, assert_one_line_error, nst_ext_cli
 from test_safety import main_as_unprivileged_user
 
@@ -520,6 +520,6 @@ def test_help_states_todays_defaults():
     large = nst_ext.StyleOptions(size=1024)
     assert f"{','.join(map(str, large.stage_steps()))} at 1024" in flat
     assert f"{','.join(map(str, large.stage_sizes()))} for 1024" in flat
-    guide = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    guide = (Path(__file__).parents[1] / "docs" / "large-pictures.md").read_text(encoding="utf-8")
     slowdown = re.search(r"the same picture, (\d\.\d)× the time per step", guide).group(1)
     assert f"{slowdown}x the time per step" in flat and "a third more time" not in flat

@@ -1,8 +1,8 @@
 """The README's commands and Python example, run as a reader runs them: every `nst-ext` and
-`torchrun` line of its shell blocks, in order, in one folder holding the files they name, with the
-progress bars on (no --quiet). Only the size is made small (``--size``/``--steps`` appended, the
-last value of a flag being the one argparse keeps); lines that need GPUs or several machines are
-skipped here and named in the skip reason."""
+`torchrun` line of the shell blocks of the README and then the guides in docs/, in order, in one
+folder holding the files they name, with the progress bars on (no --quiet). Only the size is made
+small (``--size``/``--steps`` appended, the last value of a flag being the one argparse keeps);
+lines that need GPUs or several machines are skipped here and named in the skip reason."""
 
 import os
 import re
@@ -19,6 +19,8 @@ import nst_ext
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The README's commands, then the guides' (docs/jobs.md's batch, video and torchrun lines among them).
+DOCUMENTED = "\n".join(path.read_text(encoding="utf-8") for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 SMALL = ["--size", "40", "--steps", "2"]
 # At most this many processes of one torchrun line run here (2 cores): larger launches are for GPU machines.
 MOST_PROCESSES_HERE = 4
@@ -81,7 +83,7 @@ def readers_folder(tmp_path):
 
 
 def test_the_readme_names_the_commands_it_shows():
-    commands = shell_commands(README)
+    commands = shell_commands(DOCUMENTED)
     subcommands = {words[words.index("nst_ext") + 1] if "nst_ext" in words else words[1] for words in commands}
     assert {"stylize", "batch", "video", "demo", "layers", "info"} <= subcommands
     assert any(words[0] == "torchrun" for words in commands)
@@ -90,7 +92,7 @@ def test_the_readme_names_the_commands_it_shows():
 def test_every_readme_command_runs_as_written(readers_folder):
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     skipped = []
-    for words in shell_commands(README):
+    for words in shell_commands(DOCUMENTED):
         reason = why_not_here(words)
         if reason:
             skipped.append(f"{' '.join(words)} ({reason})")
