@@ -298,9 +298,10 @@ def _run_stylize(args, content, styles, output: Path) -> int:
     stylizer = Stylizer(options)
     bar = None
     steps_done = 0
+    save_every = args.save_every
 
     def on_progress(progress):
-        nonlocal bar, steps_done
+        nonlocal bar, steps_done, save_every
         steps_done += 1
         if bar is None and not args.quiet:  # made once the inputs have been checked and loaded
             from nst_ext.progress import StepBar
@@ -308,8 +309,12 @@ def _run_stylize(args, content, styles, output: Path) -> int:
             bar = StepBar(sum(options.stage_steps()), stylizer.device)
         if bar is not None:
             bar.show(progress)
-        if args.save_every and progress.step % args.save_every == 0:
-            save_image(progress.image(), _intermediate_path(output, progress.stage, progress.step), overwrite=True)
+        if save_every and progress.step % save_every == 0:
+            try:
+                save_image(progress.image(), _intermediate_path(output, progress.stage, progress.step), overwrite=True)
+            except WriteError as error:  # a full disk must not cost the run: it goes on, its picture kept
+                print(f"nst-ext: warning: {error}; no more intermediate images are written", file=sys.stderr)
+                save_every = 0
 
     try:
         result = stylizer.run(content, styles, callback=on_progress)

@@ -196,6 +196,19 @@ def test_stylize_on_a_full_disk_keeps_the_picture(tmp_path, full_disk):
     assert not out.exists() and not [p for p in full_disk.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_intermediate_images_on_a_full_disk_do_not_stop_the_run(tmp_path, full_disk):
+    rescue = tmp_path / "rescue"
+    rescue.mkdir()
+    out = full_disk / "out.png"
+    result = subprocess.run([sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", str(out), *TINY,
+                             "--save-every", "1", "--quiet"],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(rescue)))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    warnings_seen = [line for line in result.stderr.splitlines() if line.startswith("nst-ext: warning: ")]
+    assert len(warnings_seen) == 1 and "no more intermediate images are written" in warnings_seen[0]
+    assert "the picture was saved to" in result.stderr and len(list(rescue.glob("nst-ext-rescued-*-out.png"))) == 1
+
+
 def test_batch_on_a_full_disk_stops_keeps_the_picture_and_resumes(tmp_path, full_disk, monkeypatch, capsys):
     job = make_job(tmp_path / "in", count=2)
     (job / "broken.png").unlink()
