@@ -20,7 +20,9 @@ import torch
 import nst_ext
 from nst_ext.jobs import FRAME_STEPS, TEMPORAL_WEIGHT, flicker, run_video
 from nst_ext.stylizer import Stylizer
-from nst_ext.video import probe, read_frames, synthetic_clip, write_video
+from nst_ext.video import probe, read_frames, write_video
+
+from clips import synthetic_clip
 
 STYLE = os.path.join(os.path.dirname(nst_ext.__file__), "data", "swirls.jpg")
 

@@ -1,9 +1,14 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import nst_ext
+
+# The helpers the tests share with the benchmarks (benchmarks/clips.py: the synthetic clip).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 

@@ -35,7 +35,7 @@ from test_cli import CONTENT, STYLE, assert_one_line_error, nst_ext_cli
 from test_safety import main_as_unprivileged_user
 
 av = pytest.importorskip("av", reason="video needs PyAV (requirements.txt pins it)")
-from nst_ext.video import synthetic_clip  # noqa: E402
+from clips import synthetic_clip  # noqa: E402
 
 TINY = ["--size", "40", "--steps", "2", "--device", "cpu"]
 VIDEO_TINY = [*TINY, "--frame-steps", "1"]

@@ -18,7 +18,9 @@ pytest.importorskip("av", reason="video needs PyAV (requirements.txt pins it; th
 
 from nst_ext.jobs import flicker, run_video
 from nst_ext.stylizer import Stylizer
-from nst_ext.video import probe, read_frames, synthetic_clip, write_video
+from nst_ext.video import probe, read_frames, write_video
+
+from clips import synthetic_clip
 
 STYLE = Path(nst_ext.__file__).parent / "data" / "swirls.jpg"
 FAST = ["--size", "48", "--steps", "6", "--frame-steps", "4", "--device", "cpu", "--quiet"]
