@@ -385,8 +385,8 @@ def _run_batch(args) -> int:
                             overwrite=args.overwrite, on_item=on_item, on_progress=on_progress,
                             distributed=distributed, on_start=on_start, batch_size=args.batch_size)
     except WriteError as error:
-        raise WriteError(error.path, error.error, error.rescued, "the items finished before are kept: run the same "
-                         "command again once the output can be written") from None
+        raise error.with_advice("the items finished before are kept: run the same command again once the output "
+                                "can be written") from None
     finally:
         if bar is not None:
             bar.count(force=True)
@@ -422,8 +422,8 @@ def _run_video(args) -> int:
                             frame_steps=FRAME_STEPS if args.frame_steps is None else args.frame_steps,
                             overwrite=args.overwrite, on_frame=on_frame, distributed=distributed)
     except WriteError as error:
-        raise WriteError(error.path, error.error, error.rescued, "the finished frames are kept: run the same command "
-                         "again once the output can be written") from None
+        raise error.with_advice("the finished frames are kept: run the same command again once the output can be "
+                                "written") from None
     finally:
         if bar is not None:
             bar.close()

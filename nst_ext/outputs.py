@@ -35,6 +35,10 @@ class WriteError(OutputError):
         saved = f"; the picture was saved to {str(rescued)!r} instead" if rescued else ""
         super().__init__(f"cannot write {str(path)!r}: {describe_os_error(error)}{saved}{'; ' + advice if advice else ''}")
 
+    def with_advice(self, advice: str) -> "WriteError":
+        """The same error, its line ending with what the user can do about it."""
+        return WriteError(self.path, self.error, self.rescued, advice)
+
 
 def describe_os_error(error: OSError) -> str:
     """An OSError in words a user can act on."""
@@ -81,13 +85,33 @@ def write_or_rescue(write: Callable[[Path], object], path: Path) -> None:
         raise
 
 
+class FileSet:
+    """Paths compared as files: by real path, and by device and inode where they exist (hard links)."""
+
+    def __init__(self, paths: Iterable[Path]):
+        self.real, self.inodes = set(), set()
+        for path in paths:
+            self.real.add(os.path.realpath(path))
+            try:
+                info = os.stat(path)
+                self.inodes.add((info.st_dev, info.st_ino))
+            except OSError:
+                pass
+
+    def __contains__(self, path: Path) -> bool:
+        if os.path.realpath(path) in self.real:
+            return True
+        try:
+            info = os.stat(path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) in self.inodes
+
+
 def same_file(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
+    """Whether `a` and `b` are one file (by real path, or as hard links); a path that does not
+    exist yet is only the same as itself."""
+    return Path(a) in FileSet([Path(b)])
 
 
 def check_folder_writable(folder: Path, for_path: str) -> None:

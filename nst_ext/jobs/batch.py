@@ -25,7 +25,7 @@ from nst_ext.errors import InputError, JobWarning, OptionError, OutputError
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
 from nst_ext.memory import fitting_batch_size
 from nst_ext.options import StyleOptions
-from nst_ext.outputs import (WriteError, check_folder_writable, check_regular_file, deferred_signals,
+from nst_ext.outputs import (FileSet, WriteError, check_folder_writable, check_regular_file, deferred_signals,
                              describe_os_error, same_file, write_or_rescue)
 
 MANIFEST_NAME = "nst-ext-manifest.jsonl"
@@ -90,7 +90,7 @@ def list_items(job_input: Path, out_dir: Path, output_format: str, inputs: Itera
                              "rename one of them")
         by_output[output] = name
         items.append(BatchItem(source, name, output))
-    protected = _FileSet([item.source for item in items] + [Path(path) for path in inputs])
+    protected = FileSet([item.source for item in items] + [Path(path) for path in inputs])
     for item in items:
         if item.output in protected:
             raise OutputError(f"{item.name!r} would be written to {str(item.output)!r}, which is one of this job's "
@@ -124,29 +124,6 @@ def _name_inside(line: str) -> str:
     of the folder (``..``, a leading ``/``), so that every output lands inside it."""
     parts = [part for part in posixpath.normpath(line.replace(os.sep, "/")).split("/") if part not in ("", ".", "..")]
     return "/".join(parts) or posixpath.basename(line) or "item"
-
-
-class _FileSet:
-    """Paths compared as files: by real path, and by device and inode where they exist (hard links)."""
-
-    def __init__(self, paths: Iterable[Path]):
-        self.real, self.inodes = set(), set()
-        for path in paths:
-            self.real.add(os.path.realpath(path))
-            try:
-                info = os.stat(path)
-                self.inodes.add((info.st_dev, info.st_ino))
-            except OSError:
-                pass
-
-    def __contains__(self, path: Path) -> bool:
-        if os.path.realpath(path) in self.real:
-            return True
-        try:
-            info = os.stat(path)
-        except OSError:
-            return False
-        return (info.st_dev, info.st_ino) in self.inodes
 
 
 RECORD_STATUSES = ("done", "failed")
