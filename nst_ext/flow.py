@@ -1,0 +1,158 @@
+"""Optical flow between video frames, warping by it, and which warped pixels to trust: what the video
+job needs to carry a stylized frame along with the scene (Ruder, Dosovitskiy & Brox, "Artistic style
+transfer for videos", 2016, and the 2018 IJCV version).
+
+Frames are float32 tensors ``(3, H, W)`` in [0, 1]. A flow is a float32 tensor ``(2, H, W)`` of
+(x, y) displacements in pixels, read backward: ``flow_between(frame, other)`` is the flow with
+``frame(p) ≈ other(p + flow(p))`` for every pixel p of `frame`, so ``warp(other_stylized, flow)``
+is `other`'s stylized frame moved onto `frame`. The flow is OpenCV's DIS (dense inverse search,
+Kroeger et al. 2016), built into ``opencv-python-headless``: no model weights, milliseconds a flow at
+small sizes and tens of them at 512 px on one core (BENCHMARKS.md, "Video: optical flow").
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# DIS preset: "medium" follows known motion far better than "fast" and "ultrafast" at a cost that
+# stays small beside a frame's optimisation (BENCHMARKS.md, "Video: optical flow").
+DIS_PRESET = "medium"
+DIS_MIN_SIDE = 12  # OpenCV's DIS refuses frames with both sides shorter
+# A pixel is still when no channel changed by more than this between two input frames (values in
+# [0, 1]); still_mask grows the moving ones by MOTION_MARGIN pixels so that the edges of moving
+# things are free. For a flow, a still pixel ...
+STILL_THRESHOLD = 0.03
+MOTION_MARGIN = 2
+# ... and its estimated flow is shorter than this (pixels): such a flow is DIS's sub-pixel noise,
+# and resampling by it every frame would make a still background shimmer. It is set to 0.
+STILL_FLOW = 0.5
+# Ruder et al.'s consistency check: a pixel whose forward and backward flows do not cancel, to
+# within OCCLUSION_RELATIVE of their squared lengths plus OCCLUSION_ABSOLUTE (pixels²), was hidden
+# in the other frame (disoccluded); one where the flow's squared gradient exceeds
+# BOUNDARY_RELATIVE of its squared length plus BOUNDARY_ABSOLUTE lies on a motion boundary.
+OCCLUSION_RELATIVE, OCCLUSION_ABSOLUTE = 0.01, 0.5
+BOUNDARY_RELATIVE, BOUNDARY_ABSOLUTE = 0.01, 0.002
+# Beyond Ruder et al.: where the earlier input frame, warped by the flow, differs from the current
+# one by more than this in some channel (values in [0, 1]), the flow is wrong there, though the
+# two directions may agree (DIS smears an object's motion onto the still background beside it,
+# which left a trail along a moving object's path: BENCHMARKS.md, "Video").
+PHOTOMETRIC_THRESHOLD = 0.1
+
+
+def require_opencv():
+    """OpenCV's module; an InputError of one line when it is not installed."""
+    try:
+        import cv2
+    except ImportError:
+        from nst_ext.errors import InputError
+
+        raise InputError("video with optical flow needs OpenCV: pip install opencv-python-headless "
+                         "(or use --coherence still)") from None
+    return cv2
+
+
+def _gray8(frame: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 luma (Rec. 601) of a ``(3, H, W)`` float frame in [0, 1], as DIS takes it."""
+    luma = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=frame.dtype), frame, axes=1)
+    return np.rint(np.clip(luma, 0, 1) * 255).astype(np.uint8)
+
+
+def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``(2, H, W)`` float32 (x, y) flow with ``frame(p) ≈ other(p + flow(p))``; both frames
+    ``(3, H, W)`` in [0, 1], the same size. Where `frame` did not change from `other` and the flow
+    is under STILL_FLOW pixels, the flow is 0 (module constants). Runs on the CPU in OpenCV and
+    NumPy, no torch operation: on a worker thread it overlaps the optimisation without contending
+    for torch's intra-op threads (OpenCV releases the GIL). The result is on the CPU."""
+    cv2 = require_opencv()
+    if frame.shape != other.shape or frame.dim() != 3 or frame.shape[0] != 3:
+        raise ValueError(f"frames must both be (3, H, W), got {tuple(frame.shape)} and {tuple(other.shape)}")
+    frame, other = frame.detach().cpu().numpy(), other.detach().cpu().numpy()
+    if max(frame.shape[1:]) < DIS_MIN_SIDE:  # too small for DIS: no motion found (the frames' check still runs)
+        return torch.zeros(2, *frame.shape[1:])
+    preset = getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{DIS_PRESET.upper()}")
+    flow = cv2.DISOpticalFlow_create(preset).calc(_gray8(frame), _gray8(other), None).transpose(2, 0, 1)
+    still = (np.abs(frame - other).max(0) <= STILL_THRESHOLD) & ((flow ** 2).sum(0) < STILL_FLOW ** 2)
+    flow = np.where(still[None], np.float32(0), flow)
+    return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
+
+
+def still_mask(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """(H, W) float32: 1 where the input frame did not change (both ``(3, H, W)`` in [0, 1]), 0
+    where it moved and within MOTION_MARGIN pixels of that: the frame-difference mask of
+    ``--coherence still``, which knows nothing of motion (a panned texture counts as moved)."""
+    moved = ((current.float() - previous.float()).abs().amax(0) > STILL_THRESHOLD).float()[None, None]
+    moved = F.max_pool2d(moved, 2 * MOTION_MARGIN + 1, stride=1, padding=MOTION_MARGIN)
+    return 1.0 - moved[0, 0]
+
+
+def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+    """(1, H, W, 2) grid for grid_sample (align_corners=True) reading each pixel p at p + flow(p)."""
+    _, height, width = flow.shape
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype, device=flow.device),
+                            torch.arange(width, dtype=flow.dtype, device=flow.device), indexing="ij")
+    x = (xs + flow[0]) * (2.0 / max(1, width - 1)) - 1.0
+    y = (ys + flow[1]) * (2.0 / max(1, height - 1)) - 1.0
+    return torch.stack([x, y], dim=-1)[None]
+
+
+def inside(flow: torch.Tensor) -> torch.Tensor:
+    """(H, W) bool: whether p + flow(p) lies inside the frame (the warped value exists)."""
+    _, height, width = flow.shape
+    ys, xs = torch.meshgrid(torch.arange(height, device=flow.device), torch.arange(width, device=flow.device),
+                            indexing="ij")
+    x, y = xs + flow[0], ys + flow[1]
+    return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bicubic") -> torch.Tensor:
+    """`image` ``(C, H, W)`` read at p + flow(p) for every pixel p (flow ``(2, H, W)``, module
+    docstring), same dtype and device as `image`. Bicubic by default: warping frame after frame
+    bilinearly blurs a video's texture away (BENCHMARKS.md, "Video"); values are clamped to the
+    image's own range, since bicubic overshoots. Outside the frame the border is repeated (see
+    :func:`inside`). Where the flow is exactly 0 the pixel is copied as it is."""
+    flow = flow.to(device=image.device, dtype=torch.float32)
+    warped = F.grid_sample(image[None].float(), _sampling_grid(flow), mode=mode, padding_mode="border",
+                           align_corners=True)[0]
+    if mode == "bicubic":
+        warped = warped.clamp(float(image.min()), float(image.max()))
+    still = (flow == 0).all(0)
+    return torch.where(still[None], image.float(), warped).to(image.dtype)
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """Which pixels of the current frame a warped earlier frame can stand for (each ``(H, W)`` bool):
+    ``disoccluded``: hidden in the earlier frame or moved in from outside it (a warp has nothing
+    true to give there); ``reliable``: neither disoccluded nor on a motion boundary, where the
+    temporal term holds the stylized frame to the warped one."""
+
+    disoccluded: torch.Tensor
+    reliable: torch.Tensor
+
+
+def consistency(backward: torch.Tensor, forward: torch.Tensor, current: Optional[torch.Tensor] = None,
+                earlier: Optional[torch.Tensor] = None) -> Consistency:
+    """Ruder et al.'s check of the `backward` flow (current → earlier frame, as flow_between(current,
+    earlier)) against the `forward` one (flow_between(earlier, current)), both ``(2, H, W)``: a pixel
+    whose two flows do not cancel is disoccluded, one where the backward flow changes fast is a
+    motion boundary. Given the input frames `current` and `earlier` ``(3, H, W)``, a pixel that the
+    warped earlier frame does not match (PHOTOMETRIC_THRESHOLD) counts as disoccluded too
+    (thresholds: module constants)."""
+    backward, forward = backward.float(), forward.float()
+    forward_there = F.grid_sample(forward[None], _sampling_grid(backward), mode="bilinear", padding_mode="border",
+                                  align_corners=True)[0]
+    length = backward.square().sum(0) + forward_there.square().sum(0)
+    mismatch = (backward + forward_there).square().sum(0)
+    disoccluded = (mismatch > OCCLUSION_RELATIVE * length + OCCLUSION_ABSOLUTE) | ~inside(backward)
+    if current is not None and earlier is not None:
+        mismatched = (warp(earlier.float().cpu(), backward) - current.float().cpu()).abs().amax(0)
+        disoccluded |= mismatched > PHOTOMETRIC_THRESHOLD
+    gradient = torch.zeros_like(length)
+    for component in backward:
+        dy, dx = torch.gradient(component) if min(component.shape) > 1 else (torch.zeros_like(component),) * 2
+        gradient += dx.square() + dy.square()
+    boundary = gradient > BOUNDARY_RELATIVE * backward.square().sum(0) + BOUNDARY_ABSOLUTE
+    return Consistency(disoccluded=disoccluded, reliable=~(disoccluded | boundary))

@@ -1,0 +1,117 @@
+"""nst_ext.flow: a known shift warps exactly, DIS finds known motion, the consistency check excludes
+what an occluder hid, still pixels keep a zero flow. The clips with known motion are
+benchmarks/clips.py's (rendered from a scene model, nothing of nst_ext's flow in them)."""
+
+import numpy as np
+import pytest
+import torch
+
+from nst_ext import flow
+
+pytest.importorskip("cv2", reason="optical flow needs OpenCV (requirements.txt pins opencv-python-headless)")
+
+from clips import motion_clip  # noqa: E402
+
+
+def constant_flow(dx, dy, height, width):
+    return torch.tensor([dx, dy], dtype=torch.float32)[:, None, None].expand(2, height, width).clone()
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_known_shift_warps_exactly(mode, dtype):
+    image = torch.rand(3, 13, 17, dtype=dtype)
+    warped = flow.warp(image, constant_flow(2, -1, 13, 17), mode=mode)
+    assert warped.dtype == dtype and warped.shape == image.shape
+    # warped(y, x) = image(y - 1, x + 2) wherever that pixel exists
+    torch.testing.assert_close(warped[:, 1:, :-2], image[:, :-1, 2:], atol=1e-5, rtol=0)
+    inside = flow.inside(constant_flow(2, -1, 13, 17))
+    assert inside[1:, :-2].all() and not inside[0].any() and not inside[:, -2:].any()
+
+
+def test_a_zero_flow_copies_the_image_and_a_half_pixel_shift_interpolates():
+    image = torch.rand(3, 9, 11)
+    assert torch.equal(flow.warp(image, torch.zeros(2, 9, 11)), image)
+    half = flow.warp(image, constant_flow(0.5, 0, 9, 11), mode="bilinear")
+    torch.testing.assert_close(half[:, :, :-1], (image[:, :, :-1] + image[:, :, 1:]) / 2)
+
+
+def test_bicubic_stays_in_the_image_range():
+    image = (torch.rand(3, 20, 20) > 0.5).float()  # hard edges: bicubic would overshoot
+    warped = flow.warp(image, constant_flow(0.3, 0.7, 20, 20))
+    assert warped.min() >= 0 and warped.max() <= 1
+
+
+@pytest.mark.parametrize("pan, zoom", [((2, 0), 1.0), ((-1, 1), 1.0), ((0, 0), 1.02)])
+def test_dis_finds_known_motion(pan, zoom):
+    clip = motion_clip("t", "chelsea", 3, (90, 120), pan=pan, zoom=zoom)
+    estimated = flow.flow_between(clip.frames[2], clip.frames[1])
+    true, visible = clip.true_flow(2, 1)
+    error = np.sqrt(((estimated.numpy() - true) ** 2).sum(0))[visible]
+    assert estimated.shape == (2, 90, 120) and estimated.dtype == torch.float32
+    assert np.median(error) < 0.25, np.median(error)
+
+
+def test_still_pixels_keep_a_zero_flow():
+    clip = motion_clip("t", "hopper", 2, (60, 80))
+    frame = clip.frames[1] + 0.004 * torch.randn(3, 60, 80)  # sensor noise only
+    assert torch.equal(flow.flow_between(frame.clamp(0, 1), clip.frames[0]), torch.zeros(2, 60, 80))
+
+
+def test_frames_too_small_for_dis_get_no_motion():
+    small = torch.rand(3, 9, flow.DIS_MIN_SIDE - 1)
+    assert torch.equal(flow.flow_between(small, torch.rand(3, 9, flow.DIS_MIN_SIDE - 1)),
+                       torch.zeros(2, 9, flow.DIS_MIN_SIDE - 1))
+
+
+def test_frames_of_other_shapes_are_refused():
+    with pytest.raises(ValueError, match="both be"):
+        flow.flow_between(torch.rand(3, 10, 12), torch.rand(3, 10, 13))
+
+
+def occluder_clip():
+    return motion_clip("t", "hopper", 3, (60, 80), object_photo="ihc", object_step=(4, 0))
+
+
+def test_the_consistency_check_excludes_what_an_occluder_hid():
+    clip = occluder_clip()
+    true_backward, visible = clip.true_flow(2, 1)
+    true_forward, _ = clip.true_flow(1, 2)
+    exact = flow.consistency(torch.from_numpy(true_backward).float(), torch.from_numpy(true_forward).float())
+    hidden = torch.from_numpy(~visible)
+    assert hidden.sum() > 50  # the strip the object uncovered
+    assert exact.disoccluded[hidden].all() and not exact.reliable[hidden].any()
+    assert exact.reliable[~hidden].float().mean() > 0.9  # motion boundaries aside, the rest is trusted
+    estimated = flow.consistency(flow.flow_between(clip.frames[2], clip.frames[1]),
+                                 flow.flow_between(clip.frames[1], clip.frames[2]))
+    assert (~estimated.reliable)[hidden].float().mean() > 0.9
+    assert estimated.reliable[~hidden].float().mean() > 0.8
+
+
+def test_pixels_moved_in_from_outside_are_disoccluded():
+    backward = constant_flow(3, 0, 20, 30)  # the camera pans right: the right edge is new
+    check = flow.consistency(backward, -backward)
+    assert check.disoccluded[:, -3:].all() and not check.disoccluded[:, :-4].any()
+    assert check.reliable[:, :-4].all()
+
+
+def test_still_mask_frees_moved_pixels_and_their_margin():
+    previous = torch.zeros(3, 20, 20)
+    current = previous.clone()
+    current[:, 10, 10] = 1.0
+    mask = flow.still_mask(current, previous)
+    margin = flow.MOTION_MARGIN
+    assert mask[10 - margin:11 + margin, 10 - margin:11 + margin].eq(0).all()
+    assert mask.sum() == 400 - (2 * margin + 1) ** 2
+
+
+def test_a_flow_the_warped_frame_does_not_match_is_not_trusted():
+    # Both directions agree on "no motion", but the camera moved: only the frames can tell.
+    clip = motion_clip("t", "chelsea", 2, (60, 80), pan=(3, 0))
+    zero = torch.zeros(2, 60, 80)
+    assert flow.consistency(zero, zero).reliable.all()
+    wrong = flow.consistency(zero, zero, clip.frames[1], clip.frames[0])
+    assert wrong.disoccluded.float().mean() > 0.3
+    true = constant_flow(3, 0, 60, 80)
+    right = flow.consistency(true, -true, clip.frames[1], clip.frames[0])
+    assert not right.disoccluded[:, :-4].any()
