@@ -1,0 +1,157 @@
+"""Video under motion: how well a stylized clip moves with its scene, by the true motion. Clips with
+known motion made from the panel's photos (benchmarks/clips.py: a still camera, a pan, a pan over a
+large sky, a zoom, an object crossing a still background, an object crossing a panned one), each
+stylized in one run by:
+
+- each frame on its own: FRAME_STEPS steps from its own content, no temporal term, the first frame
+  too (a frame-by-frame baseline at the same cost a frame; the full single-picture run per frame
+  flickers more);
+- ``--coherence still`` (nst_ext before optical flow): the previous stylized frame as it lies on
+  the screen, static pixels held;
+- ``--coherence flow --long-term 1``: the previous frame warped by DIS optical flow, its
+  consistency mask;
+- ``--coherence flow`` (the default, long-term frames 1, 2, 4).
+
+The other methods start from the same first frame (the full run, seed 0). Figures:
+    warp      warping error mean|O_t − W(O_t−1)| over pixels visible in both frames, W the TRUE
+              motion (clips.warping_error; on the still clip it is the flicker); values in [0, 1]
+    warp Δ5   the same between frames 5 apart (long-term consistency)
+    path      for clips with an object: the warping error on the background inside the object's
+              path ÷ elsewhere (a trail or ghost left behind shows as ≫ 1)
+    trail     the same, leaving out 4 pixels around the object's edges in both frames of a pair
+              (where an edge's style changes with what is beside it; a trail behind stays in)
+    sharp     mean gradient magnitude of the last frame ÷ that of the first (warping blurs: < 1)
+    s/frame   median seconds per later frame (the flow made on the worker thread, overlapped)
+and the input's own warping error (the metric's floor: its bilinear warp blurs a zoom). Writes the
+table to stdout, JSON with --json, and a contact sheet with --sheet (per clip: the last input frame,
+then each method's last frame, and under each its error map |O_t − W(O_t−1)|).
+
+    python benchmarks/video_motion.py [--frames 8] [--size 160] [--clips pan,zoom] [--json F] [--sheet F]
+"""
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import nst_ext
+from nst_ext.images import load_image
+from nst_ext.jobs import FRAME_STEPS, LONG_TERM, TEMPORAL_WEIGHT, FrameChain
+from nst_ext.stylizer import Stylizer
+
+from _common import STYLE
+from clips import _true_warp_difference, motion_clips, object_path_error, warping_error
+
+METHODS = [("each frame on its own", None, None), ("still (before flow)", "still", (1,)),
+           ("flow, previous frame only", "flow", (1,)),
+           (f"flow, long-term {','.join(map(str, LONG_TERM))} (default)", "flow", LONG_TERM)]
+
+
+def sharpness(image: torch.Tensor) -> float:
+    dx, dy = image[:, :, 1:] - image[:, :, :-1], image[:, 1:] - image[:, :-1]
+    return float(dx.abs().mean() + dy.abs().mean())
+
+
+def stylize_clip(clip, first, opening, following, styles, coherence, long_term):
+    """The clip's frames stylized after `first` (frame 0's picture); (outputs, seconds per later frame)."""
+    outputs, seconds = [first], []
+    if coherence is None:  # every frame alike, the first too
+        outputs = [following.run(clip.frames[0], styles, init=clip.frames[0]).tensor]
+        for frame in clip.frames[1:]:
+            started = time.perf_counter()
+            outputs.append(following.run(frame, styles, init=frame).tensor)
+            seconds.append(time.perf_counter() - started)
+        return outputs, seconds
+    with FrameChain(opening, following, styles, coherence, long_term, TEMPORAL_WEIGHT) as chain:
+        chain.add_input(0, clip.frames[0])
+        chain.add_output(0, first)
+        chain.add_input(1, clip.frames[1])
+        for index in range(1, len(clip.frames)):
+            if index + 1 < len(clip.frames):  # as the job does: the next frame's flow runs meanwhile
+                chain.add_input(index + 1, clip.frames[index + 1])
+            started = time.perf_counter()
+            outputs.append(chain.stylize(index).tensor)
+            seconds.append(time.perf_counter() - started)
+    return outputs, seconds
+
+
+def contact_sheet(path, rows, names):
+    """rows: (clip name, last input frame, [(last output, error map)] per method)."""
+    from PIL import Image, ImageDraw
+
+    from nst_ext.images import to_pil
+
+    height, width = rows[0][1].shape[-2:]
+    label, gap = 14, 4
+    sheet = Image.new("RGB", ((width + gap) * (len(names) + 1), (2 * height + label + gap) * len(rows) + label),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+    for column, name in enumerate(["input"] + names):
+        draw.text((column * (width + gap) + 2, 0), name[:26], fill="black")
+    for row, (clip_name, frame, results) in enumerate(rows):
+        top = label + row * (2 * height + label + gap)
+        draw.text((2, top), clip_name, fill="black")
+        sheet.paste(to_pil(frame), (0, top + label))
+        for column, (output, error) in enumerate(results, start=1):
+            sheet.paste(to_pil(output), (column * (width + gap), top + label))
+            error_image = torch.from_numpy(np.clip(error * 5, 0, 1)).float()[None].expand(3, -1, -1)
+            sheet.paste(to_pil(error_image), (column * (width + gap), top + label + height))
+    sheet.save(path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=160, help="long side; the clips are 4:3")
+    parser.add_argument("--clips", default=None, help="comma-separated clip names (default: all)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--sheet", default=None)
+    args = parser.parse_args()
+    clips = motion_clips(args.frames, (args.size * 3 // 4, args.size))
+    if args.clips:
+        clips = [clip for clip in clips if clip.name in args.clips.split(",")]
+    options = nst_ext.StyleOptions(size=args.size, seed=0)
+    opening = Stylizer(options)
+    following = Stylizer(dataclasses.replace(options, scales=[args.size], steps=FRAME_STEPS))
+    styles = [load_image(STYLE)]
+    rows, sheet_rows = [], []
+    for clip in clips:
+        first = opening.run(clip.frames[0], styles).tensor
+        floor = warping_error(clip, clip.frames)
+        results = []
+        for method, coherence, long_term in METHODS:
+            outputs, seconds = stylize_clip(clip, first, opening, following, styles, coherence, long_term)
+            row = dict(clip=clip.name, method=method, input_floor=floor, warp=warping_error(clip, outputs),
+                       warp5=warping_error(clip, outputs, back=5) if len(outputs) > 5 else None,
+                       sharp=sharpness(outputs[-1]) / sharpness(outputs[0]),
+                       seconds_per_frame=statistics.median(seconds))
+            if clip.object_side:
+                inside, trail, elsewhere = object_path_error(clip, outputs)
+                row.update(path=inside / elsewhere, trail=trail / elsewhere, still_background=elsewhere)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            results.append((outputs[-1], _true_warp_difference(clip, outputs, len(outputs) - 1, 1)[0]))
+        sheet_rows.append((clip.name, clip.frames[-1], results))
+    print(f"\n{args.frames} frames at {args.size} px, {FRAME_STEPS} steps a later frame, temporal weight "
+          f"{TEMPORAL_WEIGHT:g}; CPU {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print("| clip | method | warp | warp Δ5 | path | trail | sharp | s/frame |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        warp5 = f"{row['warp5']:.4f}" if row["warp5"] is not None else "–"
+        path, trail = (f"{row[key]:.2f}" if key in row else "–" for key in ("path", "trail"))
+        print(f"| {row['clip']} (input {row['input_floor']:.4f}) | {row['method']} | {row['warp']:.4f} | {warp5} | "
+              f"{path} | {trail} | {row['sharp']:.2f} | {row['seconds_per_frame']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"frames": args.frames, "size": args.size, "torch": torch.__version__, "rows": rows}, out,
+                      indent=1)
+    if args.sheet:
+        contact_sheet(args.sheet, sheet_rows, [method for method, _, _ in METHODS])
+
+
+if __name__ == "__main__":
+    main()
