@@ -186,7 +186,7 @@ def motion_clips(frames: int = 12, size: Tuple[int, int] = (120, 160)) -> List[M
                         object_step=(-3, 0))]
 
 
-def _true_warp_difference(clip: MotionClip, outputs: Sequence[torch.Tensor], t: int, back: int):
+def true_warp_difference(clip: MotionClip, outputs: Sequence[torch.Tensor], t: int, back: int):
     """|O_t − W(O_{t−back})| per pixel ``(H, W)`` (mean over channels) with W the true motion
     (bilinear, OpenCV's remap), and the pixels visible in both frames."""
     import cv2
@@ -206,7 +206,7 @@ def warping_error(clip: MotionClip, outputs: Sequence[torch.Tensor], back: int =
     Values in [0, 1]; `back` > 1 is the long-term error."""
     values = []
     for t in range(back, len(outputs)):
-        difference, visible = _true_warp_difference(clip, outputs, t, back)
+        difference, visible = true_warp_difference(clip, outputs, t, back)
         values.append(float(difference[visible].mean()))
     return sum(values) / max(1, len(values))
 
@@ -226,7 +226,7 @@ def object_path_error(clip: MotionClip, outputs: Sequence[torch.Tensor],
         path |= clip.object_at(t, x, y)
     inside_path, trail, elsewhere = [], [], []
     for t in range(1, len(outputs)):
-        difference, visible = _true_warp_difference(clip, outputs, t, 1)
+        difference, visible = true_warp_difference(clip, outputs, t, 1)
         background = visible & ~clip.object_at(t, x, y)
         near = torch.from_numpy(clip.object_at(t, x, y) | clip.object_at(t - 1, x, y)).float()[None, None]
         near = F.max_pool2d(near, 2 * band + 1, stride=1, padding=band)[0, 0].numpy() > 0

@@ -44,7 +44,7 @@ from nst_ext.jobs import FRAME_STEPS, LONG_TERM, TEMPORAL_WEIGHT, FrameChain
 from nst_ext.stylizer import Stylizer
 
 from _common import STYLE
-from clips import _true_warp_difference, motion_clips, object_path_error, warping_error
+from clips import motion_clips, object_path_error, true_warp_difference, warping_error
 
 METHODS = [("each frame on its own", None, None), ("still (before flow)", "still", (1,)),
            ("flow, previous frame only", "flow", (1,)),
@@ -134,7 +134,7 @@ def main():
                 row.update(path=inside / elsewhere, trail=trail / elsewhere, still_background=elsewhere)
             rows.append(row)
             print(json.dumps(row), flush=True)
-            results.append((outputs[-1], _true_warp_difference(clip, outputs, len(outputs) - 1, 1)[0]))
+            results.append((outputs[-1], true_warp_difference(clip, outputs, len(outputs) - 1, 1)[0]))
         sheet_rows.append((clip.name, clip.frames[-1], results))
     print(f"\n{args.frames} frames at {args.size} px, {FRAME_STEPS} steps a later frame, temporal weight "
           f"{TEMPORAL_WEIGHT:g}; CPU {torch.get_num_threads()} threads, torch {torch.__version__}")
