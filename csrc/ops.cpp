@@ -14,6 +14,8 @@
 //       -> (loss[], residual[B,C,C])       residual = gram(features) - target
 //   style_loss_backward(grad_loss[], features[B,C,H,W], residual[B,C,C])
 //       -> grad_features[B,C,H,W]
+//   masked_gram, masked_gram_backward, masked_style_loss, masked_style_loss_backward:
+//       the same with per-position weights[1|B,H,W] after the features (csrc/masked.h)
 // Gram, loss and residual use the accumulation dtype: float32 for
 // float16/bfloat16/float32 features, float64 for float64 features. Gradients
 // with respect to features have the features' dtype, and the features' layout
@@ -163,6 +165,10 @@ TORCH_LIBRARY(nst_ext, m) {
   m.def("style_loss(Tensor features, Tensor target) -> (Tensor, Tensor)");
   m.def(
       "style_loss_backward(Tensor grad_loss, Tensor features, Tensor residual) -> Tensor");
+  m.def("masked_gram(Tensor features, Tensor weights) -> Tensor");
+  m.def("masked_gram_backward(Tensor grad_gram, Tensor features, Tensor weights) -> Tensor");
+  m.def("masked_style_loss(Tensor features, Tensor weights, Tensor target) -> (Tensor, Tensor)");
+  m.def("masked_style_loss_backward(Tensor grad_loss, Tensor features, Tensor weights, Tensor residual) -> Tensor");
   m.def("set_gram_algorithm(str algorithm) -> ()", &set_gram_algorithm);
   m.def("get_gram_algorithm() -> str", &get_gram_algorithm);
   m.def("gram_algorithm_choices() -> str[]", &gram_algorithm_choices);

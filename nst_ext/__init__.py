@@ -17,7 +17,7 @@ _EXPORTS = {
     "backend_info": "nst_ext._ops", "clear_gram_algorithm_choices": "nst_ext._ops",
     "get_gram_algorithm": "nst_ext._ops", "gram_algorithm": "nst_ext._ops", "gram_algorithm_choices": "nst_ext._ops",
     "gram_matrix": "nst_ext._ops", "reference_backend": "nst_ext._ops", "set_gram_algorithm": "nst_ext._ops",
-    "style_loss": "nst_ext._ops",
+    "style_loss": "nst_ext._ops", "masked_gram_matrix": "nst_ext._ops", "masked_style_loss": "nst_ext._ops",
     "ImageError": "nst_ext.errors", "InputError": "nst_ext.errors", "OptionError": "nst_ext.errors",
     "OutputError": "nst_ext.errors", "UnknownLayerError": "nst_ext.errors", "WeightsError": "nst_ext.errors",
     "load_image": "nst_ext.images", "save_image": "nst_ext.images",

@@ -62,3 +62,23 @@ def check_target_gram(target, features, name: str = "target_gram") -> None:
             f"{name} is on {target.device} but features are on {features.device}; "
             f"move them to one device, e.g. {name}.to(features.device)"
         )
+
+
+def check_weights(weights, features, name: str = "weights") -> None:
+    """weights: per-position weights ``(H, W)``, ``(1, H, W)`` or ``(B, H, W)`` matching features
+    ``(B, C, H, W)`` (or ``(C, H, W)``: ``(H, W)`` or ``(1, H, W)``), floating point, on their
+    device. That they are not negative is the caller's to ensure (a check would synchronise a GPU
+    at every call): a negative weight gives NaN."""
+    _check_float_tensor(weights, name)
+    height, width = features.shape[-2:]
+    batch = features.shape[0] if features.dim() == 4 else 1
+    allowed = [(height, width), (1, height, width)]
+    if batch != 1:
+        allowed.append((batch, height, width))
+    if tuple(weights.shape) not in allowed:
+        expected = " or ".join(str(shape) for shape in allowed)
+        raise ValueError(f"{name} must have shape {expected} to match features of shape "
+                         f"{tuple(features.shape)}, got {tuple(weights.shape)}")
+    if weights.device != features.device:
+        raise ValueError(f"{name} are on {weights.device} but features are on {features.device}; "
+                         f"move them to one device, e.g. {name}.to(features.device)")

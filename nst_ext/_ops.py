@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from nst_ext import reference
-from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, is_channels_last
+from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, check_weights, is_channels_last
 
 FORCE_REFERENCE_ENV = "NST_EXT_FORCE_REFERENCE"
 
@@ -205,6 +205,19 @@ if LOAD_ERROR is None:
 
     torch.library.register_autograd("nst_ext::gram", _gram_backward, setup_context=_gram_setup_context)
 
+    def _target_gradient(residual, grad_loss, grad_residual, target_shape):
+        """L = mean((G - A)^2)  =>  dL/dA = -2 (G - A) / numel, summed where A was broadcast."""
+        grad_target = residual.new_zeros(residual.shape)
+        if grad_loss is not None:
+            grad_target = grad_target - residual * (2.0 / residual.numel()) * grad_loss
+        if grad_residual is not None:
+            grad_target = grad_target - grad_residual
+        if len(target_shape) == 2:
+            return grad_target.sum(0)
+        if target_shape[0] == 1:
+            return grad_target.sum(0, keepdim=True)
+        return grad_target
+
     def _style_loss_setup_context(ctx, inputs, output):
         features, target = inputs
         _, residual = output
@@ -225,21 +238,66 @@ if LOAD_ERROR is None:
                 from_residual = torch.ops.nst_ext.gram_backward(grad_residual, features)
                 grad_features = from_residual if grad_features is None else grad_features + from_residual
         if ctx.needs_input_grad[1]:
-            # L = mean((G - A)^2)  =>  dL/dA = -2 (G - A) / numel, summed where A was broadcast.
-            grad_target = residual.new_zeros(residual.shape)
-            if grad_loss is not None:
-                grad_target = grad_target - residual * (2.0 / residual.numel()) * grad_loss
-            if grad_residual is not None:
-                grad_target = grad_target - grad_residual
-            if len(ctx.target_shape) == 2:
-                grad_target = grad_target.sum(0)
-            elif ctx.target_shape[0] == 1:
-                grad_target = grad_target.sum(0, keepdim=True)
+            grad_target = _target_gradient(residual, grad_loss, grad_residual, ctx.target_shape)
         return grad_features, grad_target
 
     torch.library.register_autograd(
         "nst_ext::style_loss", _style_loss_backward, setup_context=_style_loss_setup_context
     )
+
+    # The masked ops (csrc/masked.h): the weights are an input the user draws, never differentiated.
+    @torch.library.register_fake("nst_ext::masked_gram")
+    def _masked_gram_fake(features, weights):
+        return _gram_fake(features)
+
+    @torch.library.register_fake("nst_ext::masked_gram_backward")
+    def _masked_gram_backward_fake(grad_gram, features, weights):
+        return _gradient_like(features)
+
+    @torch.library.register_fake("nst_ext::masked_style_loss")
+    def _masked_style_loss_fake(features, weights, target):
+        return _style_loss_fake(features, target)
+
+    @torch.library.register_fake("nst_ext::masked_style_loss_backward")
+    def _masked_style_loss_backward_fake(grad_loss, features, weights, residual):
+        return _gradient_like(features)
+
+    def _masked_gram_setup_context(ctx, inputs, output):
+        features, weights = inputs
+        ctx.save_for_backward(features, weights)
+
+    def _masked_gram_backward(ctx, grad_gram):
+        features, weights = ctx.saved_tensors
+        grad_features = None
+        if ctx.needs_input_grad[0]:
+            grad_features = torch.ops.nst_ext.masked_gram_backward(grad_gram, features, weights)
+        return grad_features, None
+
+    torch.library.register_autograd("nst_ext::masked_gram", _masked_gram_backward,
+                                    setup_context=_masked_gram_setup_context)
+
+    def _masked_style_loss_setup_context(ctx, inputs, output):
+        features, weights, target = inputs
+        _, residual = output
+        ctx.save_for_backward(features, weights, residual)
+        ctx.target_shape = target.shape
+        ctx.set_materialize_grads(False)
+
+    def _masked_style_loss_backward(ctx, grad_loss, grad_residual):
+        features, weights, residual = ctx.saved_tensors
+        grad_features = grad_target = None
+        if ctx.needs_input_grad[0]:
+            if grad_loss is not None:
+                grad_features = torch.ops.nst_ext.masked_style_loss_backward(grad_loss, features, weights, residual)
+            if grad_residual is not None:
+                from_residual = torch.ops.nst_ext.masked_gram_backward(grad_residual, features, weights)
+                grad_features = from_residual if grad_features is None else grad_features + from_residual
+        if ctx.needs_input_grad[2]:
+            grad_target = _target_gradient(residual, grad_loss, grad_residual, ctx.target_shape)
+        return grad_features, None, grad_target
+
+    torch.library.register_autograd("nst_ext::masked_style_loss", _masked_style_loss_backward,
+                                    setup_context=_masked_style_loss_setup_context)
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -278,4 +336,45 @@ def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tenso
     batched = features if features.dim() == 4 else features.unsqueeze(0)
     target = target_gram.to(accumulation_dtype(features.dtype))
     loss, _ = torch.ops.nst_ext.style_loss(batched, target)
+    return loss
+
+
+def _weights_for_kernel(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Per-position weights as the kernels take them: ``(1|B, H, W)``, the accumulation dtype,
+    contiguous, detached (not differentiated)."""
+    return weights.detach().to(accumulation_dtype(features.dtype)).reshape(-1, *features.shape[-2:]).contiguous()
+
+
+def masked_gram_matrix(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix over a region: ``G = F diag(w) Fᵀ / Σw`` with per-position weights
+    ``w ≥ 0`` (a soft mask; Gatys et al. 2017, spatial control); 0 where ``Σw = 0``. With
+    ``w ≡ 1`` it is :func:`gram_matrix`.
+
+    features: as for :func:`gram_matrix`. weights: ``(H, W)``, ``(1, H, W)`` (shared by the
+    batch) or ``(B, H, W)``, any float dtype, on the features' device; they are not
+    differentiated, and a negative weight gives NaN. Returns what :func:`gram_matrix` returns.
+    Differentiable with respect to the features.
+    """
+    check_features(features)
+    check_weights(weights, features)
+    if not _uses_compiled(features.device):
+        return reference.masked_gram_matrix(features, weights)
+    batched = features if features.dim() == 4 else features.unsqueeze(0)
+    gram = torch.ops.nst_ext.masked_gram(batched, _weights_for_kernel(weights, features))
+    return gram if features.dim() == 4 else gram.squeeze(0)
+
+
+def masked_style_loss(features: torch.Tensor, weights: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """Mean over all elements of ``(masked_gram_matrix(features, weights) − target_gram)²``: the
+    style loss over a region. features and weights as for :func:`masked_gram_matrix`, target_gram
+    as for :func:`style_loss`. Returns a 0-d tensor of the accumulation dtype; differentiable
+    with respect to the features and the target."""
+    check_features(features)
+    check_weights(weights, features)
+    check_target_gram(target_gram, features)
+    if not _uses_compiled(features.device):
+        return reference.masked_style_loss(features, weights, target_gram)
+    batched = features if features.dim() == 4 else features.unsqueeze(0)
+    target = target_gram.to(accumulation_dtype(features.dtype))
+    loss, _ = torch.ops.nst_ext.masked_style_loss(batched, _weights_for_kernel(weights, features), target)
     return loss

@@ -142,6 +142,18 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                        help="input normalisation of --weights when its format does not imply it")
     group.add_argument("--max-input-pixels", type=int, default=DEFAULT_MAX_INPUT_PIXELS,
                        help="refuse input images with more pixels (default %(default)s)")
+    spatial = parser.add_argument_group("spatial control (docs/control.md)")
+    spatial.add_argument("--style-masks", nargs="+", default=None, metavar="MASK",
+                         help="one grayscale mask per style image, the content's shape: white where that style "
+                              "applies, soft edges allowed; where no mask is white there is no style")
+    spatial.add_argument("--content-mask", default=None, metavar="MASK",
+                         help="where the content term applies (white), e.g. to keep a face exact")
+    spatial.add_argument("--style-image-masks", nargs="+", default=None, metavar="MASK",
+                         help="one mask per style image, its own shape: the part of it that is the source "
+                              "(the sky of a painting for the sky of the photo)")
+    spatial.add_argument("--mask-dilation", type=int, default=0, metavar="CELLS",
+                         help="grow each layer's mask by this many cells, so features whose view reaches into a "
+                              "region count at its edge (default %(default)s)")
     memory = parser.add_argument_group("memory and devices (large pictures)")
     memory.add_argument("--max-memory", default=None, metavar="SIZE",
                         help="the most memory a run may use on each device, e.g. 2.5GiB, 8G, 500MiB (default: 80%% "

@@ -4,7 +4,7 @@ stage's images at their size, checked against the layers. Images are float32 ``(
 [0, 1] on the CPU."""
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -12,6 +12,7 @@ from nst_ext import color
 from nst_ext.errors import ImageError, OptionError
 from nst_ext.images import ImageSource, load_image, resize_to_long_side
 from nst_ext.layers import LAYER_INDEX, LAYERS, min_image_side
+from nst_ext.masks import StageMasks, at_size, check_aspect, load_mask
 from nst_ext.options import StyleOptions
 
 
@@ -74,3 +75,52 @@ def styles_at_stage(options: StyleOptions, style_images: Sequence[torch.Tensor],
     for i, style in enumerate(resized):
         check_size(options, style, f"style image {i + 1}")
     return resized
+
+
+def prepare_masks(options: StyleOptions, content_image: torch.Tensor,
+                  style_images: Sequence[torch.Tensor]) -> Optional[StageMasks]:
+    """The run's masks at their pictures' full size (None without any), loaded and checked: one
+    style mask and one style-image mask per style image, each with its picture's aspect ratio;
+    a style mask that is black everywhere (its style would apply nowhere) is refused."""
+    if options.style_masks is None and options.content_mask is None and options.style_image_masks is None:
+        return None
+    limit, count = options.max_input_pixels, len(style_images)
+    content_shape = tuple(content_image.shape[-2:])
+
+    def masks_for_styles(sources, what, shapes, pictures):
+        if sources is None:
+            return None
+        if len(sources) != count:
+            raise OptionError(f"{len(sources)} {what}s given for {count} style image(s); give one per style image")
+        masks = []
+        for i, (source, shape, picture) in enumerate(zip(sources, shapes, pictures)):
+            name = f"{what} {i + 1}"
+            mask = load_mask(source, name, limit)
+            check_aspect(mask, shape, name, picture)
+            if float(mask.max()) <= 0:
+                raise OptionError(f"{name} is black everywhere: its style would apply nowhere; white marks where "
+                                  "it applies")
+            masks.append(mask)
+        return masks
+
+    style = masks_for_styles(options.style_masks, "style mask", [content_shape] * count,
+                             ["the content image"] * count)
+    sources = masks_for_styles(options.style_image_masks, "style image mask",
+                               [tuple(image.shape[-2:]) for image in style_images],
+                               [f"style image {i + 1}" for i in range(count)])
+    content = None
+    if options.content_mask is not None:
+        content = load_mask(options.content_mask, "content mask", limit)
+        check_aspect(content, content_shape, "content mask", "the content image")
+    return StageMasks(style=style, content=content, sources=sources, dilation=options.mask_dilation)
+
+
+def masks_at_stage(masks: Optional[StageMasks], content_shape, style_shapes) -> Optional[StageMasks]:
+    """The run's masks at one stage's sizes: the content's ``(H, W)`` and each style image's."""
+    if masks is None:
+        return None
+    return StageMasks(
+        style=None if masks.style is None else [at_size(mask, content_shape) for mask in masks.style],
+        content=None if masks.content is None else at_size(masks.content, content_shape),
+        sources=None if masks.sources is None else [at_size(mask, shape) for mask, shape in zip(masks.sources, style_shapes)],
+        dilation=masks.dilation)

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from nst_ext._ops import gram_matrix, style_loss
+from nst_ext._ops import gram_matrix, masked_gram_matrix, masked_style_loss, style_loss
 
 
 def _relative_scale(target: torch.Tensor) -> torch.Tensor:
@@ -40,23 +40,41 @@ class ContentLoss(nn.Module):
     """Mean squared difference to the target features, relative to their mean square, per picture.
 
     target: ``(B, C, H, W)`` features of the content images; forward takes the
-    output's features of the same shape and returns ``(B,)`` float32.
+    output's features of the same shape and returns ``(B,)`` float32. `weights` (a content
+    mask at the layer's resolution, ``(H, W)`` ≥ 0): the mean is taken over the region they
+    weight (0 where they are all 0).
     """
 
-    def __init__(self, target: torch.Tensor):
+    def __init__(self, target: torch.Tensor, weights: Optional[torch.Tensor] = None):
         super().__init__()
         self.register_buffer("target", target.detach().float())
         self.register_buffer("scale", _relative_scale(target))
+        self.register_buffer("weights", None)
+        if weights is not None:
+            weights = weights.detach().float().to(target.device)
+            mass = float(weights.sum())
+            # Sum of w·d² over the region ÷ (C · Σw): the mean over the region, as the unmasked mean is.
+            self.weights = weights * (weights.numel() / mass if mass > 0 else 0.0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return per_picture_mean((features.float() - self.target).square()) * self.scale
+        squares = (features.float() - self.target).square()
+        if self.weights is not None:
+            squares = squares * self.weights
+        return per_picture_mean(squares) * self.scale
 
 
-def blended_gram(accumulated: Optional[torch.Tensor], features: torch.Tensor, weight: float) -> torch.Tensor:
+def blended_gram(accumulated: Optional[torch.Tensor], features: torch.Tensor, weight: float,
+                 region: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``accumulated + weight · G(features)``: one style image's share of a blended target Gram.
     features ``(1, C, H, W)``, any float dtype; returns float32 ``(C, C)`` on their device
-    (accumulated None: the first image)."""
-    gram = weight * gram_matrix(features.detach().float())[0]
+    (accumulated None: the first image). `region`: weights ``(H, W)`` of the part of the style
+    image that is the source (a style-image mask): the Gram is taken over it."""
+    features = features.detach().float()
+    if region is None:
+        gram = gram_matrix(features)[0]
+    else:
+        gram = masked_gram_matrix(features, region.to(features.device))[0]
+    gram = weight * gram
     return gram if accumulated is None else accumulated + gram
 
 
@@ -67,15 +85,20 @@ class StyleLoss(nn.Module):
     (:func:`blended_gram`), shared by the pictures of a batch. forward takes
     features ``(B, C, H, W)`` of any float dtype and returns the fused kernel's
     mean squared Gram difference of each picture, relative to the target's
-    mean square: ``(B,)`` float32.
+    mean square: ``(B,)`` float32. `weights` (a style mask at the layer's resolution, ``(H, W)``
+    ≥ 0): each picture's Gram is taken over the region they weight (the masked kernels).
     """
 
-    def __init__(self, target_gram: torch.Tensor):
+    def __init__(self, target_gram: torch.Tensor, weights: Optional[torch.Tensor] = None):
         super().__init__()
         self.register_buffer("target_gram", target_gram.detach().float())
         self.scale = float(_relative_scale(target_gram[None]))
+        self.register_buffer("weights", None if weights is None else weights.detach().float().to(target_gram.device))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.weights is not None:
+            return torch.stack([masked_style_loss(picture, self.weights, self.target_gram)
+                                for picture in features.split(1)]) * self.scale
         # One fused call per picture: the op's batch mean would mix the pictures' losses, and each
         # picture's loss is scaled by its own normaliser later (a channels-last slice of one
         # picture is still dense). split, not indexing: split's backward concatenates the

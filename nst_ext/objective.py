@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nst_ext.layers import LAYER_INDEX
 from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss, blended_gram, per_picture_mean
+from nst_ext.masks import StageMasks, layer_masks
 
 if TYPE_CHECKING:
     from nst_ext.memory import MemoryPlan
@@ -51,12 +52,16 @@ class Objective:
     runs as one segment per device. `style_grams`: the style layers' target
     Grams when already made for these style images at this size (a batch job
     makes them once); ``self.style_grams`` holds them for reuse. `temporal`:
-    a video frame's temporal term, its tensors at this stage's size.
+    a video frame's temporal term, its tensors at this stage's size. `masks`: spatial control
+    at this stage's size (:class:`nst_ext.masks.StageMasks`): with style masks each style image
+    is its own term over its region (not blended), normalised on its own by its value at the
+    content image, so each region takes on its style as firmly whatever the others' distance.
     """
 
     def __init__(self, network: "Network", options: "StyleOptions", stage_content: torch.Tensor,
                  stage_styles: Sequence[torch.Tensor], blend: Sequence[float], plan: Optional["MemoryPlan"] = None,
-                 style_grams: Optional[Dict[str, torch.Tensor]] = None, temporal: Optional[TemporalTarget] = None):
+                 style_grams: Optional[Dict[str, torch.Tensor]] = None, temporal: Optional[TemporalTarget] = None,
+                 masks: Optional[StageMasks] = None):
         self.network, self.options = network, options
         vgg = network.vgg
         content_layers, style_layers = list(options.content_layers), list(options.style_layers)
@@ -71,19 +76,20 @@ class Objective:
                 content_features = vgg(contents.to(network.device), at_content_layers)
             grams = style_grams
             if grams is None:
-                grams = {name: None for name in style_layers}
-                for style, weight in zip(stage_styles, blend):
-                    with network.autocast():
-                        features = vgg(style.unsqueeze(0).to(network.device), style_layers)
-                    for name in style_layers:
-                        grams[name] = blended_gram(grams[name], features[name], weight)
-                    del features
+                grams = self._style_grams(stage_styles, blend, style_layers, masks or StageMasks())
         self.style_grams = grams
         content_weights = options.content_layer_weights or [1.0 / max(1, len(content_layers))] * len(content_layers)
         style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
-        self.content_terms = [(name, weight, ContentLoss(content_features[name]))
+        content_regions = (layer_masks(masks.content, content_layers, masks.dilation)
+                           if masks is not None and masks.content is not None else {})
+        self.content_terms = [(name, weight, ContentLoss(content_features[name], content_regions.get(name)))
                               for name, weight in zip(content_layers, content_weights)]
-        self.style_terms = [(name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)]
+        if masks is not None and masks.style is not None:
+            self.style_terms = self._regional_style_terms(grams, blend, style_layers, style_weights, masks,
+                                                          content_features if options.normalize_style else None)
+        else:
+            self.style_terms = [(name, weight, StyleLoss(grams[name]))
+                                for name, weight in zip(style_layers, style_weights)]
         self.layers = frozenset(content_layers + style_layers)
         deepest = max(LAYER_INDEX[name] for name in self.layers)
         self.segments: Tuple[Tuple[int, int], ...] = plan.segments if plan else network.device_segments(deepest + 1)
@@ -99,9 +105,49 @@ class Objective:
         # texture against a portrait is far), and unscaled, a far style buries the subject.
         # One normaliser per picture, (B,).
         self.style_normalizer = torch.ones(contents.shape[0], device=network.device)
-        if options.normalize_style:
+        if options.normalize_style and not (masks is not None and masks.style is not None):
             start = sum(w * term(content_features[name]).to(network.device) for name, w, term in self.style_terms)
             self.style_normalizer = 1.0 / start.clamp(min=1e-6)
+
+    def _style_grams(self, stage_styles, blend, style_layers, masks: StageMasks) -> Dict[str, torch.Tensor]:
+        """The style layers' targets: the blend of the style images' Grams, ``(C, C)`` per layer;
+        with style masks, one Gram per style image, ``(S, C, C)``. Each Gram is over the image's
+        source region when it has one. The images go through VGG one at a time."""
+        network, vgg = self.network, self.network.vgg
+        per_style = {name: [] for name in style_layers}
+        for index, (style, weight) in enumerate(zip(stage_styles, blend)):
+            with network.autocast():
+                features = vgg(style.unsqueeze(0).to(network.device), style_layers)
+            source = masks.source(index)
+            regions = layer_masks(source, style_layers, masks.dilation) if source is not None else {}
+            for name in style_layers:
+                per_style[name].append(blended_gram(None, features[name], 1.0 if masks.style else weight,
+                                                    regions.get(name)))
+            del features
+        if masks.style is not None:
+            return {name: torch.stack(grams) for name, grams in per_style.items()}
+        return {name: sum(grams[1:], grams[0]) for name, grams in per_style.items()}
+
+    def _regional_style_terms(self, grams, blend, style_layers, style_weights, masks: StageMasks,
+                              content_features: Optional[Dict[str, torch.Tensor]]):
+        """One term per style image and layer, over the style's region: ``(name, weight, loss)``
+        with the weight the layer's times the style's blend weight, divided (with
+        `content_features`: normalize_style) by that style's own term at the content image, a
+        ``(B,)`` tensor."""
+        device = self.network.device
+        terms = []
+        for index, (mask, share) in enumerate(zip(masks.style, blend)):
+            regions = layer_masks(mask, style_layers, masks.dilation)
+            style_terms = [(name, weight, StyleLoss(grams[name][index], regions[name]))
+                           for name, weight in zip(style_layers, style_weights)]
+            scale = torch.full((), share, device=device)
+            if content_features is not None:
+                with torch.no_grad():
+                    start = sum(w * term(content_features[name]).to(device) for name, w, term in style_terms)
+                scale = share / start.clamp(min=1e-6)
+            # Each weight on its layer's device (several devices: the targets are where their layer is).
+            terms += [(name, (weight * scale).to(term.target_gram.device), term) for name, weight, term in style_terms]
+        return terms
 
     def _segment(self, start: int, stop: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """VGG layers ``start … stop - 1`` on `x`, and the weighted content and style losses of

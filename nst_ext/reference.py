@@ -7,7 +7,7 @@ compiled kernels are tested and benchmarked against. Same contracts as
 
 import torch
 
-from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, is_channels_last
+from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, check_weights, is_channels_last
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -38,6 +38,38 @@ def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tenso
     check_features(features)
     check_target_gram(target_gram, features)
     gram = gram_matrix(features)
+    if features.dim() == 3 and target_gram.dim() == 3:
+        gram = gram.unsqueeze(0)
+    return (gram - target_gram.to(gram.dtype)).square().mean()
+
+
+def masked_gram_matrix(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix over a region, ``F diag(w) Fᵀ / Σw`` (Gatys et al. 2017, spatial control),
+    with ``w`` the per-position weights ≥ 0; 0 where ``Σw = 0``. ``w ≡ 1`` gives
+    :func:`gram_matrix`.
+
+    features: as for :func:`gram_matrix`. weights: ``(H, W)``, ``(1, H, W)`` or ``(B, H, W)``,
+    any float dtype, not differentiated. Returns the dtype and shape :func:`gram_matrix` does.
+    """
+    check_features(features)
+    check_weights(weights, features)
+    dtype = accumulation_dtype(features.dtype)
+    batched = features if features.dim() == 4 else features.unsqueeze(0)
+    w = weights.detach().to(dtype).reshape(-1, 1, batched.shape[-2] * batched.shape[-1])  # (1|B, 1, n)
+    flat = batched.to(dtype).flatten(-2)  # (B, C, n)
+    mass = w.sum(-1, keepdim=True)  # (1|B, 1, 1)
+    inverse = torch.where(mass > 0, 1.0 / mass.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(mass))
+    gram = (flat * w) @ flat.transpose(-1, -2) * inverse
+    return gram if features.dim() == 4 else gram[0]
+
+
+def masked_style_loss(features: torch.Tensor, weights: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """Mean over all elements of ``(masked_gram_matrix(features, weights) - target_gram)²``;
+    target_gram as for :func:`style_loss`. Returns a 0-d tensor of the accumulation dtype."""
+    check_features(features)
+    check_weights(weights, features)
+    check_target_gram(target_gram, features)
+    gram = masked_gram_matrix(features, weights)
     if features.dim() == 3 and target_gram.dim() == 3:
         gram = gram.unsqueeze(0)
     return (gram - target_gram.to(gram.dtype)).square().mean()

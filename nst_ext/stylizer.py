@@ -18,7 +18,7 @@ import torch
 
 from nst_ext import color
 from nst_ext.images import ImageSource, load_image, resize, resize_to_long_side, to_pil
-from nst_ext.inputs import content_at_stage, prepare_inputs, styles_at_stage
+from nst_ext.inputs import content_at_stage, masks_at_stage, prepare_inputs, prepare_masks, styles_at_stage
 from nst_ext.lbfgs import LBFGS, run_together
 from nst_ext.memory import MemoryPlan, plan_stages, release_freed_memory_promptly
 from nst_ext.network import Network
@@ -156,6 +156,7 @@ class Stylizer:
         options = self.options
         started = time.perf_counter()
         content_images, style_images, blend = prepare_inputs(self.options, contents, styles)
+        masks = prepare_masks(self.options, content_images[0], style_images)
         shapes = {options.stage_shapes(tuple(image.shape[-2:])) for image in content_images}
         if len(shapes) > 1:
             raise OptionError("the content images of one batch must have the same shape at every stage; "
@@ -182,8 +183,11 @@ class Stylizer:
             stage_temporal = temporal and TemporalTarget(
                 resize(temporal.previous, tuple(stage_contents[0].shape[-2:])),
                 resize(temporal.mask[None], tuple(stage_contents[0].shape[-2:]))[0], temporal.weight)
+            stage_masks = masks_at_stage(masks, tuple(stage_contents[0].shape[-2:]),
+                                         [tuple(style.shape[-2:]) for style in stage_styles])
             images, interrupted = self._optimize(stage, len(sizes), steps, images, stage_contents, stage_styles, blend,
-                                                 [result.history for result in results], callback, plan, stage_temporal)
+                                                 [result.history for result in results], callback, plan, stage_temporal,
+                                                 stage_masks)
             for result, image in zip(results, images):
                 result.tensor = image[0].detach().float().cpu().clamp(0, 1)
                 result.interrupted = interrupted
@@ -237,11 +241,13 @@ class Stylizer:
         stage_size = size or self.options.output_size
         stage_content = content_at_stage(self.options, content_images[0], stage_size)
         stage_styles = styles_at_stage(self.options, style_images, stage_size)
-        objective = Objective(self.network, self.options, stage_content, stage_styles, blend, plan)
+        masks = masks_at_stage(prepare_masks(self.options, content_images[0], style_images),
+                               tuple(stage_content.shape[-2:]), [tuple(style.shape[-2:]) for style in stage_styles])
+        objective = Objective(self.network, self.options, stage_content, stage_styles, blend, plan, masks=masks)
         return stage_content.unsqueeze(0).to(self.device), objective
 
     def _optimize(self, stage, stages, steps, images, stage_contents, stage_styles, blend, histories, callback, plan,
-                  temporal=None):
+                  temporal=None, masks=None):
         """One stage for one picture or a batch (`images`: a list of ``(1, 3, H, W)``, one per
         picture, with their stage contents and histories). Nothing here waits for the GPU: the
         loss terms of each evaluation stay on the device (read into the histories once, at the end
@@ -270,7 +276,7 @@ class Stylizer:
             key = tuple(tuple(style.shape[-2:]) for style in stage_styles)  # one per stage size
             contents = torch.stack(stage_contents) if batched else stage_contents[0]
             objective = Objective(self.network, options, contents, stage_styles, blend, plan, self._style_grams.get(key),
-                                  temporal)
+                                  temporal, masks)
             if self.shares_style_targets:
                 self._style_grams[key] = objective.style_grams
             evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)

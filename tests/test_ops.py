@@ -203,8 +203,11 @@ def test_torch_compile_fullgraph(compiled, seed):
     x = features_like_vgg((1, 16, 12, 10), compiled, torch.float32)
     target = reference.gram_matrix(features_like_vgg((1, 16, 8, 8), compiled, torch.float32))
 
+    weights = torch.rand(12, 10, device=compiled)
+
     def objective(features):
-        return nst_ext.style_loss(features, target) + nst_ext.gram_matrix(features).mean()
+        return (nst_ext.style_loss(features, target) + nst_ext.gram_matrix(features).mean()
+                + nst_ext.masked_style_loss(features, weights, target) + nst_ext.masked_gram_matrix(features, weights).mean())
 
     compiled_objective = torch.compile(objective, fullgraph=True)
     eager_x = x.clone().requires_grad_(True)
@@ -418,3 +421,132 @@ def test_large_reduced_features_in_slabs_match_reference(compiled, seed, shape, 
     assert_close(x.grad.double(), exact.grad, seed, rtol=1e-2)
     assert x.grad.dtype == dtype and x.grad.is_contiguous(
         memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+
+# -- the masked (weighted) ops of spatial control ------------------------------------------------
+
+def soft_mask(shape, device, dtype=torch.float64):
+    """Weights in [0, 1] with exact zeros and ones (a region, its edge soft)."""
+    return (torch.rand(shape, dtype=torch.float64) * 1.6 - 0.3).clamp(0, 1).to(device, dtype)
+
+
+@pytest.mark.parametrize("weights_batch", ["HW", "1HW", "BHW"])
+@pytest.mark.parametrize("shape", [(1, 1, 5, 7), (2, 3, 1, 97), (2, 65, 3, 5), (3, 64, 61, 67), (1, 130, 7, 11)])
+def test_masked_ops_match_reference_float64(compiled, seed, shape, weights_batch):
+    B, C, H, W = shape
+    weights = soft_mask({"HW": (H, W), "1HW": (1, H, W), "BHW": (B, H, W)}[weights_batch], compiled)
+    x = features_like_vgg(shape, compiled).requires_grad_(True)
+    target = reference.gram_matrix(features_like_vgg((1, C, 6, 5), compiled)).clone().requires_grad_(True)
+    assert_close(nst_ext.masked_gram_matrix(x, weights), reference.masked_gram_matrix(x, weights), seed)
+    loss = nst_ext.masked_style_loss(x, weights, target)
+    expected = reference.masked_style_loss(x, weights, target)
+    assert_close(loss, expected, seed)
+    for got, want in zip(torch.autograd.grad(loss, (x, target)), torch.autograd.grad(expected, (x, target))):
+        assert_close(got, want, seed)
+    grad_gram = torch.randn(B, C, C, device=compiled, dtype=torch.float64)
+    (got,) = torch.autograd.grad(nst_ext.masked_gram_matrix(x, weights), x, grad_gram)
+    (want,) = torch.autograd.grad(reference.masked_gram_matrix(x, weights), x, grad_gram)
+    assert_close(got, want, seed)
+
+
+def test_masked_gram_is_the_gram_of_the_region(compiled, seed):
+    """An oracle apart from the reference: with a 0/1 mask, the Gram of the positions inside,
+    gathered; with w ≡ 1 the unmasked Gram; with w ≡ 0 zero and no gradient."""
+    x = features_like_vgg((2, 9, 13, 17), compiled).requires_grad_(True)
+    inside = torch.rand(13, 17, device=compiled) < 0.3
+    region = x.flatten(2)[:, :, inside.flatten()]
+    expected = region @ region.transpose(1, 2) / inside.sum()
+    assert_close(nst_ext.masked_gram_matrix(x, inside.double()), expected, seed)
+    assert_close(nst_ext.masked_gram_matrix(x, torch.ones(13, 17, device=compiled, dtype=torch.float64)),
+                 nst_ext.gram_matrix(x), seed)
+    # Weights are relative: a mask scaled by any positive factor gives the same Gram.
+    weights = soft_mask((13, 17), compiled)
+    assert_close(nst_ext.masked_gram_matrix(x, 7.5 * weights), nst_ext.masked_gram_matrix(x, weights), seed)
+    nothing = torch.zeros(1, 13, 17, device=compiled, dtype=torch.float64)
+    assert torch.equal(nst_ext.masked_gram_matrix(x, nothing), torch.zeros(2, 9, 9, device=compiled, dtype=torch.float64))
+    target = torch.rand(9, 9, device=compiled, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(nst_ext.masked_style_loss(x, nothing, target), x)
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
+@pytest.mark.parametrize("dtype", CLAIMED_DTYPES)
+def test_masked_ops_every_claimed_dtype_and_layout(compiled, seed, dtype, layout):
+    x = features_like_vgg((2, 48, 11, 13), compiled, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = features_like_vgg((2, 96, 11, 26), compiled, dtype)[:, ::2, :, 1::2]
+    assert x.is_contiguous() == (layout == "nchw")
+    weights = soft_mask((2, 11, 13), compiled, torch.float32)
+    exact = x.double().requires_grad_(True)
+    target = reference.gram_matrix(features_like_vgg((1, 48, 7, 7), compiled))[0]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    gram = nst_ext.masked_gram_matrix(x, weights)
+    assert gram.dtype == acc
+    assert_close(gram.double(), reference.masked_gram_matrix(exact, weights), seed, rtol=RTOL[dtype])
+    x.requires_grad_(True)
+    loss = nst_ext.masked_style_loss(x, weights, target.to(acc))
+    (grad,) = torch.autograd.grad(loss, x)
+    assert loss.dtype == acc and grad.dtype == dtype and grad.shape == x.shape
+    if layout == "channels_last":
+        assert grad.is_contiguous(memory_format=torch.channels_last)
+    expected = reference.masked_style_loss(exact, weights, target)
+    (expected_grad,) = torch.autograd.grad(expected, exact)
+    assert_close(loss.double(), expected, seed, rtol=RTOL[dtype] * 10)
+    grad_rtol = {torch.float16: 2e-3, torch.bfloat16: 1e-2}.get(dtype, RTOL[dtype] * 10)
+    assert_close(grad.double(), expected_grad, seed, rtol=grad_rtol)
+
+
+def test_masked_gradcheck(compiled, seed):
+    x = features_like_vgg((2, 4, 5, 6), compiled).requires_grad_(True)
+    weights = soft_mask((2, 5, 6), compiled)
+    target = torch.rand(4, 4, device=compiled, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, t: nst_ext.masked_style_loss(f, weights, t), (x, target))
+    assert torch.autograd.gradgradcheck(lambda f: nst_ext.masked_gram_matrix(f, weights), (x,))
+
+
+@pytest.mark.parametrize("shape,dtype", OPCHECK_SAMPLES)
+def test_opcheck_every_masked_op(compiled, seed, shape, dtype):
+    B, C, H, W = shape
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = features_like_vgg(shape, compiled, dtype)
+    ops = torch.ops.nst_ext
+    for weights in (soft_mask((1, H, W), compiled, acc), soft_mask((B, H, W), compiled, acc)):
+        torch.library.opcheck(ops.masked_gram.default, (x.clone().requires_grad_(dtype != torch.float16), weights))
+        torch.library.opcheck(ops.masked_gram_backward.default,
+                              (torch.randn(B, C, C, device=compiled, dtype=acc), x, weights))
+        torch.library.opcheck(ops.masked_style_loss.default, (x.clone().requires_grad_(dtype != torch.float16), weights,
+                                                              torch.rand(C, C, device=compiled, dtype=acc)))
+        torch.library.opcheck(ops.masked_style_loss_backward.default,
+                              (torch.rand((), device=compiled, dtype=acc), x, weights,
+                               torch.randn(B, C, C, device=compiled, dtype=acc)))
+
+
+MASKED_BAD_CALLS = [
+    ("masked_gram_matrix", (GOOD, torch.rand(4, 4)), ValueError, r"weights must have shape \(4, 5\) or \(1, 4, 5\) or \(2, 4, 5\)"),
+    ("masked_gram_matrix", (GOOD, torch.rand(3, 4, 5)), ValueError, r"got \(3, 4, 5\)"),
+    ("masked_gram_matrix", (GOOD, torch.ones(4, 5, dtype=torch.bool)), TypeError, r"weights must be float16"),
+    ("masked_gram_matrix", (GOOD, torch.rand(4, 5, device="meta")), ValueError, r"weights are on meta but features are on cpu"),
+    ("masked_style_loss", (GOOD, torch.rand(4, 5), torch.rand(4, 4)), ValueError, r"target_gram must have shape"),
+]
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("name,args,error,message", MASKED_BAD_CALLS,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(MASKED_BAD_CALLS)])
+def test_masked_bad_input_gets_a_clear_error(backend, name, args, error, message):
+    for function in (getattr(nst_ext, name), getattr(reference, name)):
+        with nst_ext.reference_backend(backend == "reference"):
+            with pytest.raises(error, match=message):
+                function(*args)
+
+
+def test_direct_masked_op_calls_are_checked_in_cpp(compiled):
+    x = torch.rand(2, 3, 4, 5, device=compiled)
+    with pytest.raises(RuntimeError, match=r"weights must have shape \(1, 4, 5\) or \(2, 4, 5\)"):
+        torch.ops.nst_ext.masked_gram(x, torch.rand(4, 5, device=compiled))
+    with pytest.raises(RuntimeError, match="weights must have dtype Float"):
+        torch.ops.nst_ext.masked_gram(x, torch.rand(1, 4, 5, device=compiled, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="target must have shape"):
+        torch.ops.nst_ext.masked_style_loss(x, torch.rand(1, 4, 5, device=compiled), torch.rand(2, 2, device=compiled))

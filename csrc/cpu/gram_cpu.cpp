@@ -33,6 +33,7 @@
 #endif
 
 #include "../common.h"
+#include "../masked.h"
 #include "blas_cpu.h"
 
 namespace nst_ext {
@@ -603,6 +604,8 @@ at::Tensor style_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
   return symmetrized_times_features(residual, scale, features);
 }
 
+using Masked = MaskedOps<gram_cpu, cpu_blas::multiply_symmetric>;
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(nst_ext, CPU, m) {
@@ -610,6 +613,10 @@ TORCH_LIBRARY_IMPL(nst_ext, CPU, m) {
   m.impl("gram_backward", &gram_backward_cpu);
   m.impl("style_loss", &style_loss_cpu);
   m.impl("style_loss_backward", &style_loss_backward_cpu);
+  m.impl("masked_gram", &Masked::gram);
+  m.impl("masked_gram_backward", &Masked::gram_backward);
+  m.impl("masked_style_loss", &Masked::style_loss);
+  m.impl("masked_style_loss_backward", &Masked::style_loss_backward);
 }
 
 }  // namespace nst_ext

@@ -34,6 +34,7 @@
 #include <atomic>
 
 #include "../common.h"
+#include "../masked.h"
 #include "blas_cuda.h"
 
 namespace nst_ext {
@@ -469,6 +470,8 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
   return symmetrized_times_features(residual, style_loss_gradient_scale(features), &grad, features);
 }
 
+using Masked = MaskedOps<gram_cuda, cuda_blas::multiply_symmetric>;
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(nst_ext, CUDA, m) {
@@ -476,6 +479,10 @@ TORCH_LIBRARY_IMPL(nst_ext, CUDA, m) {
   m.impl("gram_backward", &gram_backward_cuda);
   m.impl("style_loss", &style_loss_cuda);
   m.impl("style_loss_backward", &style_loss_backward_cuda);
+  m.impl("masked_gram", &Masked::gram);
+  m.impl("masked_gram_backward", &Masked::gram_backward);
+  m.impl("masked_style_loss", &Masked::style_loss);
+  m.impl("masked_style_loss_backward", &Masked::style_loss_backward);
 }
 
 }  // namespace nst_ext
