@@ -27,8 +27,8 @@ from typing import List, Optional
 from nst_ext.errors import InputError, JobWarning, OptionError
 from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM
 from nst_ext.layers import LAYERS, min_image_side
-from nst_ext.options import (COARSEST_AUTOMATIC_SCALE, DEFAULT_CONTENT_LAYERS, DEFAULT_MAX_INPUT_PIXELS,
-                             DEFAULT_STYLE_LAYERS, StyleOptions)
+from nst_ext.options import (COARSEST_AUTOMATIC_SCALE, COLOR_SPACES, COLOR_TRANSFERS, DEFAULT_CONTENT_LAYERS,
+                             DEFAULT_MAX_INPUT_PIXELS, DEFAULT_STYLE_LAYERS, StyleOptions)
 from nst_ext.outputs import WriteError, check_outputs, deferred_signals, write_or_rescue
 
 EXIT_BAD_INPUT = 2
@@ -117,7 +117,13 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     group.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam only (default %(default)s)")
     group.add_argument("--init", default="content", help="content, noise, or an image path (default %(default)s)")
     group.add_argument("--preserve-color", choices=["luminance", "histogram"], default=None,
-                       help="keep the content's colours: luminance-only transfer or colour-histogram matching")
+                       help="keep the content's colours: luminance-only transfer, or 'histogram' (the same as "
+                            "--color-transfer pca)")
+    group.add_argument("--color-space", choices=list(COLOR_SPACES), default=defaults.color_space,
+                       help="the space of --preserve-color luminance: yuv (the paper's) or lab (default %(default)s)")
+    group.add_argument("--color-transfer", choices=list(COLOR_TRANSFERS), default=None,
+                       help="recolour the style images to the content's colours before stylizing: pca (the paper's "
+                            "linear transfer), cholesky, or histogram (channel by channel)")
     group.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
     group.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
     group.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,

@@ -1,5 +1,5 @@
 """A run's pictures made ready for its stages: the content and style images loaded, the style
-blend weights normalised, the style colours matched to the content (preserve_color), and each
+blend weights normalised, the style colours matched to the content (colour control), and each
 stage's images at their size, checked against the layers. Images are float32 ``(3, H, W)`` in
 [0, 1] on the CPU."""
 
@@ -19,7 +19,7 @@ from nst_ext.options import StyleOptions
 def prepare_inputs(options: StyleOptions, contents: Sequence[ImageSource],
                    styles: Sequence[ImageSource]) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[float]]:
     """The content images (a list), the style images and the normalised blend weights. Style
-    colours follow the content under preserve_color, so that needs one content image."""
+    colours follow the content under colour control, so that needs one content image."""
     if isinstance(styles, (str, bytes)) or not isinstance(styles, Sequence):
         styles = [styles]
     if not styles:
@@ -37,11 +37,12 @@ def prepare_inputs(options: StyleOptions, contents: Sequence[ImageSource],
     content_images = [load_image(content, "content image", limit) for content in contents]
     style_images = [load_image(style, f"style image {i + 1}" if len(styles) > 1 else "style image", limit)
                     for i, style in enumerate(styles)]
-    assert options.preserve_color is None or len(content_images) == 1
-    if options.preserve_color == "histogram":
-        style_images = [color.match_color_histogram(style, content_images[0]) for style in style_images]
-    elif options.preserve_color == "luminance":
-        style_images = [color.match_luminance(style, content_images[0]) for style in style_images]
+    assert not options.colors_follow_content or len(content_images) == 1
+    if options.style_recoloring is not None:
+        style_images = [color.transfer_color(style, content_images[0], options.style_recoloring)
+                        for style in style_images]
+    if options.preserve_color == "luminance":
+        style_images = [color.match_luminance(style, content_images[0], options.color_space) for style in style_images]
     return content_images, style_images, blend
 
 
@@ -62,7 +63,7 @@ def content_at_stage(options: StyleOptions, content_image: torch.Tensor, stage_s
     only, under preserve_color="luminance"), its size checked against the layers."""
     resized = resize_to_long_side(content_image, stage_size)
     if options.preserve_color == "luminance":
-        resized = color.as_gray_rgb(color.luminance(resized))
+        resized = color.as_gray_rgb(color.luminance(resized, options.color_space), options.color_space)
     check_size(options, resized, "the content image")
     return resized
 

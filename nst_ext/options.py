@@ -45,6 +45,10 @@ STAGE_BEFORE_FINEST_STEPS = 25
 LBFGS_FIRST_STEP_RMS = 0.003
 
 
+# Colour control (nst_ext.color): the spaces of luminance-only transfer, the ways to recolour the style.
+COLOR_SPACES = ("yuv", "lab")
+COLOR_TRANSFERS = ("pca", "cholesky", "histogram")
+
 # The seeds torch's generators take: a 64-bit value, signed or unsigned.
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
@@ -125,6 +129,8 @@ class StyleOptions:
     init: Union[str, ImageSource] = "content"
     scales: Optional[Sequence[int]] = None
     preserve_color: Optional[str] = None
+    color_space: str = "yuv"  # of preserve_color="luminance": "yuv" (the paper's YIQ luminance) or "lab"
+    color_transfer: Optional[str] = None  # the style recoloured to the content first: pca, cholesky, histogram
     # Spatial control (nst_ext.masks): one mask per style image, where it applies; where the content
     # term applies; one mask per style image, the part of it that is the source; cells each
     # layer's mask grows by.
@@ -171,6 +177,17 @@ class StyleOptions:
         masks = [*(self.style_masks or ()), self.content_mask, *(self.style_image_masks or ())]
         files += [Path(mask) for mask in masks if isinstance(mask, (str, os.PathLike))]
         return files
+
+    @property
+    def style_recoloring(self) -> Optional[str]:
+        """How the style images are recoloured to the content before the run: ``color_transfer``,
+        or ``"pca"`` for ``preserve_color="histogram"`` (its older name); None: not at all."""
+        return self.color_transfer or ("pca" if self.preserve_color == "histogram" else None)
+
+    @property
+    def colors_follow_content(self) -> bool:
+        """Whether the style targets depend on the content image's colours (colour control)."""
+        return self.preserve_color is not None or self.color_transfer is not None
 
     @property
     def output_size(self) -> int:
@@ -266,6 +283,14 @@ class StyleOptions:
             raise OptionError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
         if self.preserve_color not in (None, "luminance", "histogram"):
             raise OptionError(f"preserve_color must be 'luminance', 'histogram' or None, got {self.preserve_color!r}")
+        if self.color_space not in COLOR_SPACES:
+            raise OptionError(f"color_space must be one of {', '.join(COLOR_SPACES)}, got {self.color_space!r}")
+        if self.color_transfer not in (None, *COLOR_TRANSFERS):
+            raise OptionError(f"color_transfer must be one of {', '.join(COLOR_TRANSFERS)} or None, "
+                              f"got {self.color_transfer!r}")
+        if self.preserve_color == "histogram" and self.color_transfer not in (None, "pca"):
+            raise OptionError(f"preserve_color 'histogram' is color_transfer 'pca'; it cannot be combined with "
+                              f"color_transfer {self.color_transfer!r}: give one")
         if isinstance(self.mask_dilation, bool) or not isinstance(self.mask_dilation, int) or self.mask_dilation < 0:
             raise OptionError(f"mask_dilation must be a whole number of cells, 0 or more, got {self.mask_dilation!r}")
         for name in ("style_masks", "style_image_masks"):

@@ -130,7 +130,7 @@ class Stylizer:
         picture has its own content target, style normaliser and L-BFGS, so its result is the one
         ``run`` gives it alone (up to the rounding of batched convolutions; tested). The contents
         must have the same shape at every stage (``StyleOptions.stage_shapes``; ``nst_ext.jobs`` groups
-        a folder's images so). Under preserve_color each picture's style targets follow its own
+        a folder's images so). Under colour control each picture's style targets follow its own
         colours, so the pictures are then run one after another. The callback sees the batch's
         summed losses and the first picture. Ctrl-C stops all of them: each result holds its
         best image so far and ``interrupted=True``.
@@ -149,8 +149,8 @@ class Stylizer:
     def shares_style_targets(self) -> bool:
         """Whether the style targets are the same for every content image: then they are kept for
         the next run with the same style tensors, and :meth:`run_many` optimises its pictures
-        together. Not under preserve_color, where they follow each content's colours."""
-        return self.options.preserve_color is None
+        together. Not under colour control, where they follow each content's colours."""
+        return not self.options.colors_follow_content
 
     def _run(self, contents, styles, callback, init=None, temporal=None) -> List[StylizeResult]:
         options = self.options
@@ -195,7 +195,7 @@ class Stylizer:
                 break
         if options.preserve_color == "luminance":
             final_content = resize(content_images[0], tuple(results[0].tensor.shape[-2:]))
-            results[0].tensor = color.combine_luminance(results[0].tensor, final_content)
+            results[0].tensor = color.combine_luminance(results[0].tensor, final_content, options.color_space)
         for result in results:
             result.seconds = time.perf_counter() - started
         return results

@@ -98,7 +98,9 @@ def test_multiple_styles_blend(content, style, monkeypatch):
     assert (mixed - single).abs().mean() > 1e-3
 
 
-@pytest.mark.parametrize("mode", ["luminance", "histogram"])
+@pytest.mark.parametrize("mode", [dict(preserve_color="luminance"), dict(preserve_color="luminance", color_space="lab"),
+                                  dict(preserve_color="histogram"), dict(color_transfer="cholesky"),
+                                  dict(color_transfer="histogram")], ids=lambda mode: "-".join(mode.values()))
 def test_colour_preservation_follows_the_content(mode, content):
     red_content = content.clone()
     red_content[0] = red_content[0] * 0.5 + 0.5
@@ -106,7 +108,7 @@ def test_colour_preservation_follows_the_content(mode, content):
     blue_style = torch.rand(3, 64, 64) * 0.3
     blue_style[2] += 0.7
     plain = Stylizer(size=SIZE, steps=15, style_weight=50).run(red_content, blue_style).tensor
-    kept = Stylizer(size=SIZE, steps=15, style_weight=50, preserve_color=mode).run(red_content, blue_style).tensor
+    kept = Stylizer(size=SIZE, steps=15, style_weight=50, **mode).run(red_content, blue_style).tensor
     target_means = resize_to_long_side(red_content, SIZE).mean((1, 2))
     plain_error = (plain.mean((1, 2)) - target_means).abs().max()
     kept_error = (kept.mean((1, 2)) - target_means).abs().max()
