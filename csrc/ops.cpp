@@ -152,6 +152,49 @@ std::vector<std::string> gram_algorithm_choices() {
   return rows;
 }
 
+// The inverse of gram_algorithm_choices: rows in its format are added to the choices (a row
+// for a key already chosen replaces it), so a run can be repeated with the algorithms of an
+// earlier one, bit for bit (nst_ext.provenance). Rows that do not parse are refused whole.
+void restore_gram_algorithm_choices(std::vector<std::string> rows) {
+  static const std::vector<std::pair<std::string, at::ScalarType>> dtypes = {
+      {c10::toString(at::kHalf), at::kHalf}, {c10::toString(at::kBFloat16), at::kBFloat16},
+      {c10::toString(at::kFloat), at::kFloat}, {c10::toString(at::kDouble), at::kDouble}};
+  static const char* layouts[] = {"nchw", "channels_last", "other"};
+  std::vector<std::pair<nst_ext::ForwardKey, nst_ext::Algorithm>> parsed;
+  for (const auto& row : rows) {
+    std::vector<std::string> fields;
+    size_t start = 0;
+    for (size_t tab; (tab = row.find('\t', start)) != std::string::npos; start = tab + 1)
+      fields.push_back(row.substr(start, tab - start));
+    fields.push_back(row.substr(start));
+    TORCH_CHECK_VALUE(fields.size() == 9, "nst_ext: a gram algorithm choice has 9 tab-separated fields, got '", row, "'");
+    nst_ext::ForwardKey key{};
+    try {
+      key.device_type = static_cast<int>(c10::Device(fields[0]).type());
+      key.device_index = std::stoi(fields[1]);
+      key.batch = std::stoll(fields[4]);
+      key.channels = std::stoll(fields[5]);
+      key.spatial = std::stoll(fields[6]);
+    } catch (const std::exception&) {
+      TORCH_CHECK_VALUE(false, "nst_ext: cannot read the gram algorithm choice '", row, "'");
+    }
+    TORCH_CHECK_VALUE(fields[2] == "gram" || fields[2] == "style_loss", "nst_ext: unknown op in '", row, "'");
+    key.op = fields[2] == "gram" ? 0 : 1;
+    key.dtype = -1;
+    for (const auto& [name, dtype] : dtypes)
+      if (fields[3] == name) key.dtype = static_cast<int>(dtype);
+    TORCH_CHECK_VALUE(key.dtype >= 0, "nst_ext: unknown dtype in '", row, "'");
+    key.layout = -1;
+    for (int layout = 0; layout < 3; ++layout)
+      if (fields[7] == layouts[layout]) key.layout = layout;
+    TORCH_CHECK_VALUE(key.layout >= 0, "nst_ext: unknown layout in '", row, "'");
+    TORCH_CHECK_VALUE(fields[8] == "own" || fields[8] == "blas", "nst_ext: unknown algorithm in '", row, "'");
+    parsed.emplace_back(key, fields[8] == "own" ? nst_ext::Algorithm::kOwn : nst_ext::Algorithm::kBlas);
+  }
+  std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
+  for (const auto& [key, algorithm] : parsed) nst_ext::choices[key] = algorithm;
+}
+
 void clear_gram_algorithm_choices() {
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
   nst_ext::choices.clear();
@@ -173,4 +216,5 @@ TORCH_LIBRARY(nst_ext, m) {
   m.def("get_gram_algorithm() -> str", &get_gram_algorithm);
   m.def("gram_algorithm_choices() -> str[]", &gram_algorithm_choices);
   m.def("clear_gram_algorithm_choices() -> ()", &clear_gram_algorithm_choices);
+  m.def("restore_gram_algorithm_choices(str[] rows) -> ()", &restore_gram_algorithm_choices);
 }

@@ -138,6 +138,16 @@ def gram_algorithm_choices() -> list:
     return [{name: int(value) if name in numbers else value for name, value in choice.items()} for choice in choices]
 
 
+def restore_gram_algorithm_choices(choices: list) -> None:
+    """Adds choices as :func:`gram_algorithm_choices` lists them (a run's, recorded in its
+    picture), so that ``"auto"`` takes the same algorithm for those shapes without timing: the
+    same picture again, bit for bit. Without the compiled kernels there is nothing to choose."""
+    if LOAD_ERROR is None:
+        fields = ("device", "device_index", "op", "dtype", "batch", "channels", "spatial", "layout", "algorithm")
+        torch.ops.nst_ext.restore_gram_algorithm_choices(
+            ["\t".join(str(choice[name]) for name in fields) for choice in choices])
+
+
 def clear_gram_algorithm_choices() -> None:
     """Forget the choices of ``"auto"``, so the next call of each shape times both again."""
     if LOAD_ERROR is None:

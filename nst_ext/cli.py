@@ -185,6 +185,9 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    output.add_argument("--bit-depth", type=int, choices=[8, 16], default=8,
+                        help="bits per sample of the output: 16 keeps the optimiser's float values (PNG and TIFF "
+                             "only; default %(default)s)")
     output.add_argument("--save-every", type=int, default=0, metavar="N",
                         help="also write the image every N steps, as STEM.stageS.stepNNNN.png beside the output "
                              "(STEM: the output's name without extension; S from 0; NNNN the step in the stage)")
@@ -206,9 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nst-ext", description="Neural style transfer (Gatys et al.) with compiled kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
     stylize = commands.add_parser("stylize", help="stylize a content image with one or more style images")
-    stylize.add_argument("content", help="content image")
-    stylize.add_argument("styles", nargs="+", metavar="style", help="style image(s)")
+    stylize.add_argument("content", nargs="?", help="content image")
+    stylize.add_argument("styles", nargs="*", metavar="style", help="style image(s)")
     stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .webp, .tif, .bmp)")
+    stylize.add_argument("--from", dest="from_picture", default=None, metavar="PICTURE",
+                         help="re-run the run that made PICTURE (an nst-ext output): its inputs, checked against "
+                              "their hashes, its settings and seed; the same picture again on the same machine")
     _add_style_options(stylize, defaults)
     _add_output_options(stylize)
     demo = commands.add_parser("demo", help="stylize the sample photo with the sample painting shipped in the package")
@@ -263,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "what a passing object uncovers comes back as it was")
     _add_style_options(video, defaults)
     commands.add_parser("layers", help="list VGG19's layer names, their size and the smallest picture each needs")
-    commands.add_parser("info", help="show the kernel backends, device and weights")
+    info = commands.add_parser("info", help="show the kernel backends, device and weights; or how a picture was made")
+    info.add_argument("picture", nargs="?", default=None,
+                      help="an nst-ext output: print the record it carries (settings, inputs and their hashes, seed)")
     return parser
 
 
@@ -309,6 +317,8 @@ def _check_outputs(args, output: Path, inputs: List[Path]) -> None:
     """Everything about the outputs that can be wrong is found before any work is done (nst_ext.outputs)."""
     if args.save_every < 0:
         raise CommandError(f"--save-every must be 0 (off) or a positive number of steps, got {args.save_every}")
+    if args.bit_depth == 16 and output.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise CommandError(f"--bit-depth 16 writes PNG or TIFF; name the output .png or .tif, not {output.name!r}")
     patterns = []
     if args.save_every:
         patterns.append((output.parent, _intermediate_pattern(output), "intermediate images"))
@@ -316,10 +326,34 @@ def _check_outputs(args, output: Path, inputs: List[Path]) -> None:
                   overwrite=args.overwrite, patterns=patterns)
 
 
-def _run_stylize(args, content, styles, output: Path) -> int:
-    options = style_options(args)
+def _info_of(picture: str) -> int:
+    from nst_ext import provenance
+
+    print(provenance.describe(provenance.read(picture)))
+    return 0
+
+
+def _rerun(args) -> int:
+    """`stylize --from PICTURE`: the run that made the picture, with only the output's switches
+    of this command line; a style option given as well is refused (it would not be that run)."""
+    if args.content or args.styles:
+        raise CommandError("with --from the inputs come from the picture; drop the content and style images")
+    defaults = vars(build_parser().parse_args(["stylize", "content", "style", "-o", args.output]))
+    changed = [f"--{name.replace('_', '-')}" for name in (field.name for field in dataclasses.fields(StyleOptions))
+               if name in defaults and vars(args)[name] != defaults[name]]
+    if changed:
+        raise CommandError(f"with --from the settings come from the picture; drop {', '.join(changed)}")
+    from nst_ext import provenance
+
+    options, content, styles = provenance.rerun(args.from_picture)
+    return _run_stylize(args, content, styles, Path(args.output), options)
+
+
+def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOptions] = None) -> int:
+    options = options or style_options(args)
     options.validate()
     _check_outputs(args, output, _input_files(options, content, styles))
+    from nst_ext import provenance
     from nst_ext.images import save_image  # torch is imported from here on
     from nst_ext.stylizer import Stylizer
 
@@ -359,7 +393,11 @@ def _run_stylize(args, content, styles, output: Path) -> int:
     try:
         with deferred_signals():  # a stop signal now waits until the files are in place
             # A full disk: the picture goes to a fallback folder, named in the error.
-            write_or_rescue(lambda path: save_image(result.tensor, path, overwrite=args.overwrite), output)
+            record = provenance.make_record(options, content, styles, result.seed, stylizer.weights.source,
+                                            str(stylizer.device), command=args.command)
+            profile = provenance.icc_profile(content)
+            write_or_rescue(lambda path: save_image(result.tensor, path, overwrite=args.overwrite, record=record,
+                                                    icc_profile=profile, bit_depth=args.bit_depth), output)
             if args.plot:
                 from nst_ext.plot import plot_losses
 
@@ -542,7 +580,7 @@ def _main(argv: Optional[List[str]]) -> int:
         if args.command == "layers":
             return _layers()
         if args.command == "info":
-            return _info()
+            return _info_of(args.picture) if args.picture else _info()
         if args.command == "demo":
             data = resources.files("nst_ext") / "data"
             output = Path(args.output) if args.output else _free_demo_name()
@@ -554,6 +592,10 @@ def _main(argv: Optional[List[str]]) -> int:
             return _run_batch(args)
         if args.command == "video":
             return _run_video(args)
+        if args.from_picture:
+            return _rerun(args)
+        if args.content is None or not args.styles:
+            raise CommandError("stylize needs a content image and at least one style image (or --from PICTURE)")
         return _run_stylize(args, args.content, args.styles, Path(args.output))
     except WriteError as error:  # found only while writing (a full disk): not the user's input
         print(f"nst-ext: error: {error}", file=sys.stderr)

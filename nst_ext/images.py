@@ -7,16 +7,18 @@ orientation; and turns every problem into one :class:`ImageError` line that
 says what is wrong and how to fix it.
 """
 
+import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from nst_ext import encoders
 from nst_ext.errors import ImageError, OutputError
 from nst_ext.layers import long_side_shape
 from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS
@@ -162,17 +164,77 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
-def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+# Where a picture keeps the record of how it was made (nst_ext.provenance): a PNG text chunk of this
+# keyword; the ImageDescription tag of TIFF, and of the EXIF block of JPEG and WebP. BMP keeps none.
+RECORD_KEY = "nst-ext"
+IMAGE_DESCRIPTION = 0x010E  # the TIFF and EXIF tag
+BIT_DEPTHS = {8: tuple(SAVE_FORMATS), 16: (".png", ".tif", ".tiff")}
+
+
+def _encoded(image: Union[torch.Tensor, Image.Image], path: Path, image_format: str, record: Optional[str],
+             icc_profile: Optional[bytes], bit_depth: int) -> bytes:
+    """The file's bytes: 8-bit by Pillow, 16-bit RGB by nst_ext.encoders."""
+    if bit_depth == 16:
+        pixels = _tensor_to_image(image, f"image for {str(path)!r}") if isinstance(image, torch.Tensor) \
+            else _pil_to_tensor(image)
+        array = (pixels.double().permute(1, 2, 0).numpy() * 65535.0).round().astype(np.uint16)
+        if image_format == "PNG":
+            return encoders.png16(array, {RECORD_KEY: record} if record else None, icc_profile)
+        return encoders.tiff16(array, record, icc_profile)
+    pil = image if isinstance(image, Image.Image) else to_pil(_tensor_to_image(image, f"image for {str(path)!r}"))
+    options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+    if icc_profile and image_format != "BMP":
+        options["icc_profile"] = icc_profile
+    if record and image_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(RECORD_KEY, record)
+        options["pnginfo"] = info
+    elif record and image_format == "TIFF":
+        options["tiffinfo"] = {IMAGE_DESCRIPTION: record}
+    elif record and image_format in ("JPEG", "WEBP"):
+        exif = Image.Exif()
+        exif[IMAGE_DESCRIPTION] = record
+        options["exif"] = exif
+    stream = io.BytesIO()
+    pil.save(stream, format=image_format, **options)
+    return stream.getvalue()
+
+
+def read_record(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The record text :func:`save_image` wrote into a picture, or None where it has none; raises
+    ImageError where the file cannot be read as an image."""
+    path = Path(path)
+    check_regular_file(path, "picture", ImageError)
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(RECORD_KEY) if image.format == "PNG" else None
+            if image.format == "TIFF":
+                text = image.tag_v2.get(IMAGE_DESCRIPTION)
+            elif image.format in ("JPEG", "WEBP", "MPO"):
+                text = image.getexif().get(IMAGE_DESCRIPTION)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{str(path)!r} is not a picture Pillow can read ({error})") from None
+    return text if isinstance(text, str) else None
+
+
+def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.PathLike], overwrite: bool = False,
+               record: Optional[str] = None, icc_profile: Optional[bytes] = None, bit_depth: int = 8) -> Path:
     """Write an image atomically: to a temporary file beside `path`, then moved
     into place. An existing file is kept unless `overwrite`; the format follows
     the extension. A tensor may be ``(3, H, W)``, ``(1, 3, H, W)`` or ``(1, H, W)``
     in [0, 1] (NaN or infinite values are refused). Ctrl-C and SIGTERM wait until
     the file is in place (:func:`nst_ext.outputs.deferred_signals`), so no
-    temporary file is ever left behind."""
+    temporary file is ever left behind. `record`: ASCII text kept in the picture
+    (:data:`RECORD_KEY`; :func:`read_record` reads it back); `icc_profile`: the colour profile
+    to embed; `bit_depth` 16: 16 bits per sample from the float values (PNG and TIFF only)."""
     path = Path(path)
     check_outputs([(path, "output image")], inputs=(), overwrite=overwrite)
-    pil = image if isinstance(image, Image.Image) else to_pil(_tensor_to_image(image, f"image for {str(path)!r}"))
+    if bit_depth not in BIT_DEPTHS:
+        raise OutputError(f"bit depth must be 8 or 16, got {bit_depth!r}")
+    if path.suffix.lower() not in BIT_DEPTHS[bit_depth]:
+        raise OutputError(f"{str(path)!r}: 16-bit output is written as PNG or TIFF; name it .png or .tif")
     image_format = SAVE_FORMATS[path.suffix.lower()]
+    encoded = _encoded(image, path, image_format, record, icc_profile, bit_depth)
     with deferred_signals():
         try:
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -180,7 +242,7 @@ def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.Path
             raise WriteError(path, error) from None
         try:
             with os.fdopen(handle, "wb") as stream:
-                pil.save(stream, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
+                stream.write(encoded)
             # mkstemp creates the file private (0600); give it the permissions a plain open() would.
             umask = os.umask(0)
             os.umask(umask)

@@ -67,6 +67,7 @@ class StylizeResult:
     history: List[Dict[str, float]] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
+    seed: Optional[int] = None  # the seed the run used (options.seed, or the fresh one drawn for None)
 
     @property
     def image(self):
@@ -173,7 +174,7 @@ class Stylizer:
         # Every stage's images are made, and their sizes checked, before any work starts.
         stages = [([content_at_stage(self.options, image, stage_size) for image in content_images],
                    styles_at_stage(self.options, style_images, stage_size)) for stage_size in sizes]
-        results = [StylizeResult(tensor=resize_to_long_side(image, sizes[-1])) for image in content_images]
+        results = [StylizeResult(tensor=resize_to_long_side(image, sizes[-1]), seed=seed) for image in content_images]
         images = previous_contents = [None] * len(content_images)  # before the first stage: none
         for stage, ((stage_contents, stage_styles), steps, plan) in enumerate(zip(stages, stage_steps, plans)):
             images = [self._initial_image(stage_content, image, previous_content, generator, init)

@@ -126,9 +126,10 @@ def check_video_output(path: Path, overwrite: bool, inputs: Iterable[os.PathLike
 
 
 def write_video(frames: Iterable[torch.Tensor], path: os.PathLike, fps: Fraction,
-                audio_from: Optional[os.PathLike] = None, overwrite: bool = False) -> Path:
+                audio_from: Optional[os.PathLike] = None, overwrite: bool = False, comment: Optional[str] = None) -> Path:
     """Encodes `frames` (``(3, H, W)`` in [0, 1], all one size) at `fps` into `path` by its suffix,
-    with the audio of `audio_from` when it has some; atomically (module docstring)."""
+    with the audio of `audio_from` when it has some; atomically (module docstring). `comment`: text
+    kept in the container's metadata (``comment``; nst_ext.provenance's record)."""
     import av
 
     path = Path(path)
@@ -146,6 +147,8 @@ def write_video(frames: Iterable[torch.Tensor], path: os.PathLike, fps: Fraction
         os.close(handle)
         try:
             with av.open(temporary, mode="w", format=container_format) as output:
+                if comment is not None:
+                    output.metadata["comment"] = comment
                 # Every stream exists before the first packet is written (the header).
                 stream = output.add_stream(codec, rate=fps)
                 stream.height, stream.width = first.shape[-2:]

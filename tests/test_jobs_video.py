@@ -46,6 +46,12 @@ def test_video_keeps_frames_rate_size_and_audio(tmp_path, clip, capsys, suffix):
     else:
         assert info.fps == source.fps and info.has_audio
     assert not list(tmp_path.glob(".out*"))  # no work folder or temporary left
+    if suffix != ".gif":  # the container keeps the record of how it was made (GIF has no such field)
+        import av
+
+        with av.open(str(output)) as container:
+            comment = {key.lower(): value for key, value in container.metadata.items()}.get("comment", "")
+            assert '"command": "video"' in comment  # Matroska names the tag COMMENT
 
 
 def test_even_sides_for_420_video(tmp_path, clip):

@@ -302,6 +302,30 @@ def test_automatic_algorithm_choice_is_recorded_and_kept(device, seed):
     assert_close(gram.double(), reference.gram_matrix(x.double()).to(gram.dtype).double(), seed, rtol=1e-5)
 
 
+def test_restored_algorithm_choices_are_taken_without_timing(device):
+    """The choices a run recorded (nst_ext.provenance) come back as they were, the other way round
+    from what "auto" chose too; a row that does not parse is refused whole."""
+    if nst_ext.backend_info()[device] == "reference":
+        pytest.skip(f"no compiled kernels for {device}")
+    from nst_ext._ops import restore_gram_algorithm_choices
+
+    x = features_like_vgg((1, 21, 13, 11), device, torch.float32)
+    nst_ext.clear_gram_algorithm_choices()
+    nst_ext.gram_matrix(x)
+    (made,) = nst_ext.gram_algorithm_choices()
+    flipped = dict(made, algorithm="own" if made["algorithm"] == "blas" else "blas")
+    nst_ext.clear_gram_algorithm_choices()
+    restore_gram_algorithm_choices([flipped])
+    assert nst_ext.gram_algorithm_choices() == [flipped]
+    with nst_ext.gram_algorithm(flipped["algorithm"]):
+        forced = nst_ext.gram_matrix(x)
+    assert torch.equal(nst_ext.gram_matrix(x), forced)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        restore_gram_algorithm_choices([dict(flipped, dtype="Int"), made])
+    assert nst_ext.gram_algorithm_choices() == [flipped]
+    nst_ext.clear_gram_algorithm_choices()
+
+
 def test_gram_algorithm_controls():
     assert nst_ext.get_gram_algorithm() == "auto"
     with nst_ext.gram_algorithm("own"):

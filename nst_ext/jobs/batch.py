@@ -243,20 +243,22 @@ def _take_output_folder(out_dir: Path) -> JobLock:
     return JobLock(out_dir / LOCK_NAME, f"to {str(out_dir)!r}")
 
 
-def _save_item(image, output: Path) -> None:
-    """A batch item's picture, into its subfolder (made if missing)."""
+def _save_item(image, output: Path, record: str, icc_profile) -> None:
+    """A batch item's picture, into its subfolder (made if missing), with its record and its
+    content's colour profile (nst_ext.provenance)."""
     from nst_ext.images import save_image
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise WriteError(output, error) from None
-    save_image(image, output, overwrite=True)
+    save_image(image, output, overwrite=True, record=record, icc_profile=icc_profile)
 
 
 def _run_items(items, styles, out_dir, options, output_format, overwrite, on_item, on_progress, distributed, on_start,
                batch_size) -> BatchSummary:
     """run_batch's work once the output folder is this job's."""
+    from nst_ext import provenance
     from nst_ext.images import load_image
     from nst_ext.stylizer import Stylizer
 
@@ -308,9 +310,12 @@ def _run_items(items, styles, out_dir, options, output_format, overwrite, on_ite
             if any(result.interrupted for result in results):
                 raise KeyboardInterrupt
             for (item, _, _), result in zip(group, results):
+                record = provenance.make_record(stylizer.options, item.source, styles, result.seed,
+                                                stylizer.weights.source, str(stylizer.device), command="batch")
+                profile = provenance.icc_profile(item.source)
                 with deferred_signals():  # the picture and its manifest line land together
                     # A full disk stops the job: the picture goes to a fallback folder, said in the error.
-                    write_or_rescue(lambda path: _save_item(result.tensor, path), item.output)
+                    write_or_rescue(lambda path: _save_item(result.tensor, path, record, profile), item.output)
                     try:
                         finish(item, started, pictures=len(group))
                     except WriteError:  # no line, no picture: the next run redoes the item

@@ -54,6 +54,7 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
     this process writes."""
     import shutil
 
+    from nst_ext import provenance
     from nst_ext.images import load_image
     from nst_ext.layers import long_side_shape
     from nst_ext.video import check_video_output, even_shape, probe, write_video
@@ -92,7 +93,9 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
         summary.stylized = sum(distributed.gather(summary.stylized))
         if distributed.rank == 0:
             frames = (load_image(_frame_path(work, index)) for index in range(info.frames))
-            write_video(frames, output, info.fps, audio_from=video if info.has_audio else None, overwrite=overwrite)
+            record = provenance.make_record(options, video, styles, options.seed, None, options.device, command="video")
+            write_video(frames, output, info.fps, audio_from=video if info.has_audio else None, overwrite=overwrite,
+                        comment=record)
             shutil.rmtree(work)
         distributed.barrier()
         return summary
