@@ -7,7 +7,9 @@ median of `--repeats` timed runs after warm-up (CUDA events on a GPU, a wall clo
     own, blas  the two algorithms it chooses between, forced
     reference  nst_ext.reference (the test oracle; widens half/bfloat16 to float32 first)
     torch.bmm  F Fᵀ / n written the obvious way, in the features' own dtype (Gram only)
-Ops: ``gram`` (forward), ``style_loss`` (forward), ``style_loss+backward``.
+Ops: ``gram`` (forward), ``style_loss`` (forward), ``style_loss+backward``, and the masked style
+loss of spatial control with its backward, ``masked_style_loss+backward`` (a soft mask of random
+weights; nst_ext.masked_style_loss against nst_ext.reference.masked_style_loss).
 
     python benchmarks/ops_compare.py --device cuda --sizes 512,1024 --json ops.json --markdown ops.md
 """
@@ -27,7 +29,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import STYLE_LAYERS, feature_shape  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-OPS = ("gram", "style_loss", "style_loss+backward")
+OPS = ("gram", "style_loss", "style_loss+backward", "masked_style_loss+backward")
 
 
 def bmm_gram(features):
@@ -35,8 +37,9 @@ def bmm_gram(features):
     return flat @ flat.transpose(1, 2) / flat.shape[-1]
 
 
-def implementations(op):
-    """name -> (function of features and target, gram algorithm or None)."""
+def implementations(op, weights=None):
+    """name -> (function of features and target, gram algorithm or None); `weights` ``(H, W)``: the
+    mask of the masked op."""
     if op == "gram":
         return {"compiled": (lambda x, t: nst_ext.gram_matrix(x), "auto"),
                 "own": (lambda x, t: nst_ext.gram_matrix(x), "own"),
@@ -45,6 +48,12 @@ def implementations(op):
                 "torch.bmm": (lambda x, t: bmm_gram(x), None)}
     loss = {"compiled": (nst_ext.style_loss, "auto"), "own": (nst_ext.style_loss, "own"),
             "blas": (nst_ext.style_loss, "blas"), "reference": (reference.style_loss, None)}
+    if op.startswith("masked"):
+        def masked(x, t):
+            return nst_ext.masked_style_loss(x, weights, t)
+
+        loss = {"compiled": (masked, "auto"), "own": (masked, "own"), "blas": (masked, "blas"),
+                "reference": (lambda x, t: reference.masked_style_loss(x, weights, t), None)}
     if op == "style_loss":
         return loss
 
@@ -93,7 +102,8 @@ def measure(device, sizes, dtypes, layouts, layers, repeats, deadline):
                         target = reference.gram_matrix(torch.randn(shape[1:], device=device).relu_())
                         row = {"op": op, "layer": layer, "size": size, "shape": list(shape), "dtype": dtype_name,
                                "layout": layout, "device": device, "seconds": {}}
-                        for name, (function, algorithm) in implementations(op).items():
+                        weights = torch.rand(shape[2:], device=device)
+                        for name, (function, algorithm) in implementations(op, weights).items():
                             with nst_ext.gram_algorithm(algorithm or "auto"):
                                 row["seconds"][name] = median_seconds(lambda: function(features, target), device,
                                                                       repeats)

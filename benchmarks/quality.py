@@ -9,6 +9,9 @@ OUT/quality.json (per pair: the figures and the run's seconds). The figures, per
               (0: the content unchanged; 1: as far from the content as the style is)
     style     style distance of the result ÷ style distance of the content image itself
               (1: no style taken on; 0: the style's own statistics)
+    independent  the same question by a measure built apart from the optimiser and the figure
+              above (nst_ext.metrics.independent_style: pictures 256 px wide, Frobenius norms of
+              Gram differences summed over relu1_1 … relu5_1; 1: none taken on, 0: all)
 
     python benchmarks/quality.py --size 256 --out docs/panel [--set style_weight=1 --set steps=100]
 """
@@ -24,7 +27,7 @@ from PIL import Image, ImageDraw
 
 import nst_ext
 from nst_ext.images import load_image, resize_to_long_side, to_pil
-from nst_ext.metrics import subject_and_style
+from nst_ext.metrics import independent_style, subject_and_style
 from nst_ext.stylizer import Stylizer
 
 PANEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "panel")
@@ -59,10 +62,11 @@ def run_panel(options: dict, pairs=PAIRS, log=print):
         result = stylizer.run(content, style)
         seconds = time.perf_counter() - started
         subject, style_left = subject_and_style(judge_vgg.vgg, result.tensor, content, style)
+        independent = independent_style(judge_vgg.vgg, result.tensor, content, style)
         rows.append(dict(content=content_name, style=style_name, what=what, subject=subject, style_left=style_left,
-                         seconds=seconds, steps=len(result.history), image=result.tensor))
+                         independent=independent, seconds=seconds, steps=len(result.history), image=result.tensor))
         log(f"{content_name:>8} / {style_name:<7} subject {subject:.3f}  style {style_left:.3f}  "
-            f"{seconds:6.1f} s  {len(result.history)} steps", flush=True)
+            f"independent {independent:.3f}  {seconds:6.1f} s  {len(result.history)} steps", flush=True)
     return rows
 
 
@@ -86,7 +90,10 @@ def contact_sheet(rows, title, images_of=None):
     for r, row in enumerate(rows):
         top = header + r * (CELL + 4)
         lines = [row["what"], f"{row['content']} / {row['style']}", f"subject {row['subject']:.2f}",
-                 f"style {row['style_left']:.2f}", f"{row['seconds']:.0f} s, {row['steps']} steps"]
+                 f"style {row['style_left']:.2f}"]
+        if "independent" in row:
+            lines.append(f"independent style {row['independent']:.2f}")
+        lines.append(f"{row['seconds']:.0f} s, {row['steps']} steps")
         for k, line in enumerate(lines):
             draw.text((6, top + 40 + 16 * k), line, fill=(0, 0, 0))
         for c, image in enumerate((*images_of(row), row["image"])):
@@ -125,7 +132,8 @@ def main():
                   out, indent=1)
     total = sum(row["seconds"] for row in rows)
     print(f"total {total:.0f} s; worst subject {max(r['subject'] for r in rows):.3f}; "
-          f"worst style {max(r['style_left'] for r in rows):.3f}", file=sys.stderr)
+          f"worst style {max(r['style_left'] for r in rows):.3f}; "
+          f"worst independent style {max(r['independent'] for r in rows):.3f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

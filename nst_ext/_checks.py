@@ -45,23 +45,27 @@ def check_features(features, name: str = "features") -> None:
         raise ValueError(f"{name} must not be empty, got shape {tuple(features.shape)}")
 
 
-def check_target_gram(target, features, name: str = "target_gram") -> None:
-    """target: (C, C), or (B, C, C) / (1, C, C) for batched features; same device as features."""
-    _check_float_tensor(target, name)
-    channels = features.shape[-3]
+def _check_per_picture(tensor, features, name: str, per_picture: tuple, verb: str) -> None:
+    """`tensor` of shape `per_picture`, or with a batch dimension of 1 or the features' batch in
+    front, on the features' device."""
+    _check_float_tensor(tensor, name)
     batch = features.shape[0] if features.dim() == 4 else 1
-    allowed = [(channels, channels), (1, channels, channels)]
+    allowed = [per_picture, (1, *per_picture)]
     if batch != 1:
-        allowed.append((batch, channels, channels))
-    if tuple(target.shape) not in allowed:
+        allowed.append((batch, *per_picture))
+    if tuple(tensor.shape) not in allowed:
         expected = " or ".join(str(shape) for shape in allowed)
         raise ValueError(f"{name} must have shape {expected} to match features of shape "
-                         f"{tuple(features.shape)}, got {tuple(target.shape)}")
-    if target.device != features.device:
-        raise ValueError(
-            f"{name} is on {target.device} but features are on {features.device}; "
-            f"move them to one device, e.g. {name}.to(features.device)"
-        )
+                         f"{tuple(features.shape)}, got {tuple(tensor.shape)}")
+    if tensor.device != features.device:
+        raise ValueError(f"{name} {verb} on {tensor.device} but features are on {features.device}; "
+                         f"move them to one device, e.g. {name}.to(features.device)")
+
+
+def check_target_gram(target, features, name: str = "target_gram") -> None:
+    """target: (C, C), or (B, C, C) / (1, C, C) for batched features; same device as features."""
+    channels = features.shape[-3]
+    _check_per_picture(target, features, name, (channels, channels), "is")
 
 
 def check_weights(weights, features, name: str = "weights") -> None:
@@ -69,16 +73,4 @@ def check_weights(weights, features, name: str = "weights") -> None:
     ``(B, C, H, W)`` (or ``(C, H, W)``: ``(H, W)`` or ``(1, H, W)``), floating point, on their
     device. That they are not negative is the caller's to ensure (a check would synchronise a GPU
     at every call): a negative weight gives NaN."""
-    _check_float_tensor(weights, name)
-    height, width = features.shape[-2:]
-    batch = features.shape[0] if features.dim() == 4 else 1
-    allowed = [(height, width), (1, height, width)]
-    if batch != 1:
-        allowed.append((batch, height, width))
-    if tuple(weights.shape) not in allowed:
-        expected = " or ".join(str(shape) for shape in allowed)
-        raise ValueError(f"{name} must have shape {expected} to match features of shape "
-                         f"{tuple(features.shape)}, got {tuple(weights.shape)}")
-    if weights.device != features.device:
-        raise ValueError(f"{name} are on {weights.device} but features are on {features.device}; "
-                         f"move them to one device, e.g. {name}.to(features.device)")
+    _check_per_picture(weights, features, name, tuple(features.shape[-2:]), "are")

@@ -15,6 +15,9 @@ from nst_ext.images import resize, resize_to_long_side
 
 DEFAULT_JUDGE_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_JUDGE_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+# The independent style measure (issue 24's definition, kept apart from the panel's figure and from
+# the optimiser's loss): every picture scaled to this width, Frobenius norms, not mean squares.
+INDEPENDENT_WIDTH = 256
 
 
 @torch.no_grad()
@@ -53,3 +56,30 @@ def subject_and_style(vgg, image: torch.Tensor, content: torch.Tensor, style: to
     style_as_picture, _ = distances(vgg, resize(style, shape), content, style)
     _, content_as_picture = distances(vgg, resize(content, shape), content, style)
     return content_distance / style_as_picture, style_distance / content_as_picture
+
+
+def _at_width(image: torch.Tensor, width: int) -> torch.Tensor:
+    height = max(1, round(image.shape[-2] * width / image.shape[-1]))
+    return resize(image, (height, width))
+
+
+@torch.no_grad()
+def independent_style(vgg, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor,
+                      layers: Sequence[str] = DEFAULT_JUDGE_STYLE_LAYERS, width: int = INDEPENDENT_WIDTH) -> float:
+    """How much of the style a result `image` has not taken on, by a measure built apart from the
+    optimiser's loss and the panel's figure: each picture (result, style, content; ``(3, H, W)`` in
+    [0, 1]) scaled to `width` pixels wide; per layer ``‖G(x) − G(s)‖ / ‖G(s)‖`` (Frobenius norms of
+    the Gram matrices), summed over the layers; the result's sum divided by the content image's.
+    1: no style taken on; 0: the style's own statistics. float32 on `vgg`'s device."""
+    device = next(vgg.parameters()).device
+
+    def grams(picture):
+        features = vgg(_at_width(picture, width).to(device).unsqueeze(0), list(layers))
+        return [reference.gram_matrix(features[name].float())[0] for name in layers]
+
+    targets = grams(style)
+
+    def distance(picture):
+        return sum(float((gram - target).norm() / target.norm()) for gram, target in zip(grams(picture), targets))
+
+    return distance(image) / distance(content)

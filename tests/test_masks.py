@@ -183,3 +183,6 @@ def test_command_line_with_masks(tmp_path):
     result = subprocess.run(one_mask, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "1 style masks given for 2 style image(s)" in result.stderr
     assert "Traceback" not in result.stderr
+    onto_a_mask = command[:command.index("-o")] + ["-o", str(tmp_path / "street.png"), "--overwrite"]
+    result = subprocess.run(onto_a_mask, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "is one of this run's inputs" in result.stderr  # a mask is never replaced

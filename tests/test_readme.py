@@ -1,7 +1,8 @@
 """The README's commands and Python example, run as a reader runs them: every `nst-ext` and
 `torchrun` line of the shell blocks of the README and then the guides in docs/, in order, in one
 folder holding the files they name, with the progress bars on (no --quiet). Only the size is made
-small (``--size``/``--steps`` appended, the last value of a flag being the one argparse keeps);
+small (``--size``/``--steps`` appended, the last value of a flag being the one argparse keeps; not to a
+``--from`` re-run, whose settings are the small ones of the picture it names);
 lines that need GPUs or several machines are skipped here and named in the skip reason."""
 
 import os
@@ -60,7 +61,7 @@ def executable(name: str):
 @pytest.fixture
 def readers_folder(tmp_path):
     """The files the README's commands name: photo.jpg, painting.jpg, a.jpg, b.jpg, photos/, list.txt,
-    clip.mp4 and the p1-p3 of the Python example, all small."""
+    the masks sky.png and ground.png, clip.mp4 and the p1-p3 of the Python example, all small."""
     folder = tmp_path
     data = Path(nst_ext.__file__).parent / "data"
     photo = Image.open(data / "astronaut.jpg").convert("RGB")
@@ -75,6 +76,10 @@ def readers_folder(tmp_path):
         crop.save(folder / "photos" / f"photo{index}.jpg")
         crop.save(folder / f"p{index + 1}.jpg")
     (folder / "list.txt").write_text("photos/photo0.jpg\nphotos/photo2.jpg\n")
+    sky = Image.new("L", (60, 52), 0)
+    sky.paste(255, (0, 0, 60, 26))
+    sky.save(folder / "sky.png")
+    Image.eval(sky, lambda value: 255 - value).save(folder / "ground.png")
     pytest.importorskip("av", reason="the README's video commands need PyAV")
     pytest.importorskip("cv2", reason="the README's video commands need OpenCV (optical flow)")
     from clips import synthetic_clip
@@ -100,12 +105,13 @@ def test_every_readme_command_runs_as_written(readers_folder):
             continue
         subcommand = words[words.index("nst_ext") + 1] if "nst_ext" in words else words[1]
         small = SMALL + (["--frame-steps", "1"] if subcommand == "video" else []) \
-            if subcommand in ("stylize", "batch", "video", "demo") else []
+            if subcommand in ("stylize", "batch", "video", "demo") and "--from" not in words else []
         command = executable(words[0]) + words[1:] + small
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=readers_folder,
                                 env=environment)
         assert result.returncode == 0 and "Traceback" not in result.stderr, (words, result.stderr)
-    for picture in ("out.png", "mix.png", "big.png", "print.png", "keep.png", "watched.png", "loss.png",
+    for picture in ("out.png", "mix.png", "big.png", "print.png", "keep.png", "regions.png", "again.png", "watched.png",
+                    "loss.png",
                     "exact.png", "nst-ext-demo.png", "nst-ext-demo-loss.png", "styled/photo0.png",
                     "listed/photos/photo2.jpg"):
         assert (readers_folder / picture).is_file(), picture
@@ -116,15 +122,16 @@ def test_every_readme_command_runs_as_written(readers_folder):
 
 
 def test_the_python_example_runs(readers_folder, monkeypatch):
-    """The README's Python block with its sizes made small; `features` and `target_gram`, which it
-    leaves to the reader, are given."""
+    """The README's Python block with its sizes made small; `features`, `target_gram` and `mask`,
+    which it leaves to the reader, are given."""
     code = re.search(r"```python\n(.*?)```", README, flags=re.S).group(1)
     small = code.replace("size=512", "size=40, steps=2").replace("size=768", "size=40, steps=2")
     small = small.replace("nst_ext.Stylizer()", "nst_ext.Stylizer(size=40, steps=2)")
     assert small.count("steps=2") == 3, "the example's sizes changed: update this test's substitutions"
     monkeypatch.chdir(readers_folder)
     features = torch.rand(2, 5, 7, 9, dtype=torch.float64)
-    namespace = {"features": features, "target_gram": nst_ext.gram_matrix(torch.rand_like(features))}
+    namespace = {"features": features, "target_gram": nst_ext.gram_matrix(torch.rand_like(features)),
+                 "mask": torch.rand(7, 9, dtype=torch.float64)}
     exec(compile(small, "README.md", "exec"), namespace)
     assert (readers_folder / "out.png").exists() and (readers_folder / "mix.png").exists()
     assert len(namespace["results"]) == 3 and namespace["loss"].ndim == 0
