@@ -323,15 +323,16 @@ PANEL = Path(__file__).resolve().parents[1] / "benchmarks" / "panel"
 
 @pytest.mark.parametrize("content_name,style_name", [("hopper", "gravel"), ("hubble", "brick"), ("chelsea", "ihc")])
 def test_defaults_keep_the_subject_and_take_the_style(content_name, style_name):
-    """Quality-panel pairs at a small size, the bounds measured there at 96 px (BENCHMARKS.md):
-    the subject stays well nearer the content than the style is (subject < 0.5; 0.21-0.26
-    measured at style weight 2.9) while the style statistics move most of the way (style < 0.3;
+    """Quality-panel pairs at a small size, the bounds measured there at 96 px (BENCHMARKS.md,
+    "Defaults that take the style"): the subject stays nearer the content than the style is
+    (subject < 0.8, the goal at 512 px; 0.44-0.74 measured at style weight 20) while the style
+    statistics move nearly all the way (style < 0.15; 0.009-0.093; at the earlier weight 2.9
     0.04-0.15)."""
     content, style = load_image(PANEL / f"{content_name}.jpg"), load_image(PANEL / f"{style_name}.jpg")
     judge = Stylizer(size=96, device="cpu", mixed_precision=False).vgg
     result = Stylizer(size=96, steps=50, device="cpu", mixed_precision=False).run(content, style).tensor
     subject, style_left = subject_and_style(judge, result, content, style)
-    assert subject < 0.5 and style_left < 0.3, (subject, style_left)
+    assert subject < 0.8 and style_left < 0.15, (subject, style_left)
 
 
 def test_without_style_normalization_a_far_texture_buries_the_subject():
