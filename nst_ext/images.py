@@ -234,8 +234,8 @@ def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.Path
     if path.suffix.lower() not in BIT_DEPTHS[bit_depth]:
         raise OutputError(f"{str(path)!r}: 16-bit output is written as PNG or TIFF; name it .png or .tif")
     image_format = SAVE_FORMATS[path.suffix.lower()]
-    encoded = _encoded(image, path, image_format, record, icc_profile, bit_depth)
-    with deferred_signals():
+    with deferred_signals():  # a stop signal during the encoding or the write waits until the file is in place
+        encoded = _encoded(image, path, image_format, record, icc_profile, bit_depth)
         try:
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         except OSError as error:
