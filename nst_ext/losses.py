@@ -63,19 +63,17 @@ class ContentLoss(nn.Module):
         return per_picture_mean(squares) * self.scale
 
 
-def blended_gram(accumulated: Optional[torch.Tensor], features: torch.Tensor, weight: float,
-                 region: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``accumulated + weight · G(features)``: one style image's share of a blended target Gram.
-    features ``(1, C, H, W)``, any float dtype; returns float32 ``(C, C)`` on their device
-    (accumulated None: the first image). `region`: weights ``(H, W)`` of the part of the style
-    image that is the source (a style-image mask): the Gram is taken over it."""
+def blended_gram(features: torch.Tensor, weight: float, region: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``weight · G(features)``: one style image's share of a blended target Gram. features
+    ``(1, C, H, W)``, any float dtype; returns float32 ``(C, C)`` on their device. `region`:
+    weights ``(H, W)`` of the part of the style image that is the source (a style-image mask):
+    the Gram is taken over it."""
     features = features.detach().float()
     if region is None:
         gram = gram_matrix(features)[0]
     else:
         gram = masked_gram_matrix(features, region.to(features.device))[0]
-    gram = weight * gram
-    return gram if accumulated is None else accumulated + gram
+    return weight * gram
 
 
 class StyleLoss(nn.Module):

@@ -121,7 +121,7 @@ class Objective:
             source = masks.source(index)
             regions = layer_masks(source, style_layers, masks.dilation) if source is not None else {}
             for name in style_layers:
-                per_style[name].append(blended_gram(None, features[name], 1.0 if masks.style else weight,
+                per_style[name].append(blended_gram(features[name], 1.0 if masks.style is not None else weight,
                                                     regions.get(name)))
             del features
         if masks.style is not None:
