@@ -53,7 +53,7 @@ def test_load_mask_from_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def stylizer_64():
-    return Stylizer(size=64, steps=2, mixed_precision=False)
+    return Stylizer(size=64, steps=2, mixed_precision=False, device="cpu")
 
 
 def test_full_masks_give_the_unmasked_loss(seed, stylizer_64):
@@ -121,11 +121,11 @@ def test_two_regions_take_on_their_own_styles(seed):
     blotches, dots = texture("blotches", 64, 64, generator), texture("dots", 64, 64, generator)
     left = torch.zeros(height, width)
     left[:, : width // 2] = 1
-    stylizer = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG, seed=0, style_masks=[left, 1 - left])
+    stylizer = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG, seed=0, device="cpu", style_masks=[left, 1 - left])
     picture = stylizer.run(content.clamp(0, 1), [blotches, dots]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_a < left_b and right_b < right_a, (left_a, left_b, right_a, right_b)
-    swapped = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG, seed=0, style_masks=[1 - left, left])
+    swapped = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG, seed=0, device="cpu", style_masks=[1 - left, left])
     picture = swapped.run(content.clamp(0, 1), [blotches, dots]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_b < left_a and right_a < right_b, (left_a, left_b, right_a, right_b)
@@ -146,7 +146,7 @@ def test_style_image_masks_choose_the_source():
     content = (0.5 + 0.05 * torch.randn(3, height, width, generator=generator)).clamp(0, 1)
     left = torch.zeros(height, width)
     left[:, : width // 2] = 1
-    stylizer = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG, seed=0, style_masks=[1 - left, left],
+    stylizer = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG, seed=0, device="cpu", style_masks=[1 - left, left],
                         style_image_masks=[source_left, 1 - source_left])
     picture = stylizer.run(content, [both, both]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
@@ -166,7 +166,7 @@ def test_masks_are_checked_before_any_work():
     ]
     for options, error, message in cases:
         with pytest.raises(error, match=message):
-            Stylizer(size=32, steps=1, **options).run(content, style)
+            Stylizer(size=32, steps=1, device="cpu", **options).run(content, style)
 
 
 def test_command_line_with_masks(tmp_path):

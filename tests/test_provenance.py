@@ -73,7 +73,7 @@ def test_record_info_and_rerun_bit_for_bit(tmp_path):
     save_image(torch.rand(3, 32, 32), style)
     first = tmp_path / "first.png"
     made = run_cli("stylize", content, style, "-o", first, "--size", "48", "--steps", "3", "--seed", "11",
-                   "--style-weight", "7", "--bit-depth", "16", "--quiet")
+                   "--style-weight", "7", "--bit-depth", "16", "--device", "cpu", "--quiet")
     assert made.returncode == 0, made.stderr
     record = json.loads(read_record(first))
     assert record["seed"] == 11 and record["settings"]["style_weight"] == 7.0
