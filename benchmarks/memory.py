@@ -60,7 +60,7 @@ def one_stage(size, technique):
     from nst_ext.memory import LBFGS_HISTORY, plan_stages
     from nst_ext.stylizer import Stylizer
 
-    from nst_ext.memory import release_freed_memory_promptly
+    from nst_ext.budget import release_freed_memory_promptly
 
     mib = lambda kib: kib / 1024
     if technique == "checkpointing":
@@ -111,7 +111,8 @@ BREAKDOWN_TECHNIQUES = ("before", "history capped", "checkpointing")
 def largest_fitting(budgets, device_type):
     """For each budget, the largest square picture (in steps of 256 px) whose default run the memory
     plan fits, as planned by nst_ext.memory: without checkpointing, and with every lever."""
-    from nst_ext.memory import parse_size, plan_stage
+    from nst_ext.budget import parse_size
+    from nst_ext.memory import plan_stage
     from nst_ext.options import StyleOptions
 
     options = StyleOptions()

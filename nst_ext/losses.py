@@ -20,10 +20,23 @@ from torch import nn
 from nst_ext._ops import gram_matrix, masked_gram_matrix, masked_style_loss, style_loss
 
 
+# Elements per chunk when a target's mean square is summed in float64: a print-sized content target
+# is gigabytes, and a float64 copy of it whole would double that.
+_SQUARES_CHUNK = 2**24
+
+
 def _relative_scale(target: torch.Tensor) -> torch.Tensor:
-    """1 / the mean square of each picture's target, ``(B,)`` float32 (from ``(B, ...)``)."""
-    mean_square = target.detach().double().square().flatten(1).mean(1)
+    """1 / the mean square of each picture's target, ``(B,)`` float32 (from ``(B, ...)``), summed in
+    float64 a chunk at a time."""
+    flat = target.detach().reshape(target.shape[0], -1)
+    sums = sum(chunk.double().square().sum(1) for chunk in flat.split(max(1, _SQUARES_CHUNK // len(flat)), dim=1))
+    mean_square = sums / flat.shape[1]
     return (1.0 / mean_square.clamp(min=1e-12)).float()
+
+
+def _at_least_float32(features: torch.Tensor) -> torch.Tensor:
+    """Half-precision features as float32; float32 and float64 as they are."""
+    return features.to(torch.promote_types(features.dtype, torch.float32))
 
 
 def per_picture_mean(values: torch.Tensor) -> torch.Tensor:
@@ -57,10 +70,19 @@ class ContentLoss(nn.Module):
             self.weights = weights * (weights.numel() / mass if mass > 0 else 0.0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        squares = (features.float() - self.target).square()
+        squares = (_at_least_float32(features) - self.target).square()
         if self.weights is not None:
             squares = squares * self.weights
         return per_picture_mean(squares) * self.scale
+
+    def part(self, features: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
+        """This loss's share from the cells ``[rows, columns]`` of the layer (a tile's own cells,
+        nst_ext.tiles): `features` ``(B, C, h, w)`` are those cells; the shares of cells that cover
+        the layer add up to :meth:`forward` of the whole, ``(B,)`` float32."""
+        squares = (_at_least_float32(features) - self.target[..., rows, columns]).square()
+        if self.weights is not None:
+            squares = squares * self.weights[rows, columns]
+        return squares.sum(dim=(1, 2, 3)) / self.target[0].numel() * self.scale
 
 
 def blended_gram(features: torch.Tensor, weight: float, region: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -68,12 +90,26 @@ def blended_gram(features: torch.Tensor, weight: float, region: Optional[torch.T
     ``(1, C, H, W)``, any float dtype; returns float32 ``(C, C)`` on their device. `region`:
     weights ``(H, W)`` of the part of the style image that is the source (a style-image mask):
     the Gram is taken over it."""
-    features = features.detach().float()
+    features = features.detach()
     if region is None:
         gram = gram_matrix(features)[0]
     else:
         gram = masked_gram_matrix(features, region.to(features.device))[0]
-    return weight * gram
+    return weight * gram.float()
+
+
+def gram_share(features: torch.Tensor, cells: int, weights: Optional[torch.Tensor] = None,
+               mass: Optional[float] = None) -> Optional[torch.Tensor]:
+    """The share of a layer's Gram from some of its cells: `features` ``(B, C, h, w)`` are those
+    cells of a layer that has `cells` in all. With `weights` ``(h, w)`` (a region's, at those
+    cells) and `mass` (the region's total weight over the layer), of the masked Gram; None where
+    the region has no weight among them. ``(B, C, C)`` in the accumulation dtype."""
+    if weights is None:
+        return gram_matrix(features) * (features.shape[-2] * features.shape[-1] / cells)
+    part = float(weights.sum())
+    if part == 0:
+        return None
+    return masked_gram_matrix(features, weights.to(features.device)) * (part / mass)
 
 
 class StyleLoss(nn.Module):
@@ -92,6 +128,7 @@ class StyleLoss(nn.Module):
         self.register_buffer("target_gram", target_gram.detach().float())
         self.scale = float(_relative_scale(target_gram[None]))
         self.register_buffer("weights", None if weights is None else weights.detach().float().to(target_gram.device))
+        self.mass = None if weights is None else float(self.weights.sum())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.weights is not None:
@@ -104,6 +141,18 @@ class StyleLoss(nn.Module):
         # NCHW tensor; a channels-last gradient among NCHW ones then makes every later
         # gradient sum and ReLU backward a strided pass (a sixth of a 512 px step on the CPU).
         return torch.stack([style_loss(picture, self.target_gram) for picture in features.split(1)]) * self.scale
+
+    def part_gram(self, features: torch.Tensor, rows: slice, columns: slice, cells: int) -> Optional[torch.Tensor]:
+        """The share of the Gram (masked: over the region) from the layer's cells ``[rows,
+        columns]`` (a tile's own; `features` ``(B, C, h, w)`` are those cells, `cells` how many the
+        whole layer has): ``(B, C, C)`` in the accumulation dtype, or None where the region has no
+        weight among them. The shares of cells that cover the layer add up to its Gram."""
+        return gram_share(features, cells, None if self.weights is None else self.weights[rows, columns], self.mass)
+
+    def from_gram(self, gram: torch.Tensor) -> torch.Tensor:
+        """The loss of features whose Gram (masked: over the region) is `gram` ``(B, C, C)``:
+        ``(B,)``, what :meth:`forward` gives for them (differentiable in `gram`)."""
+        return (gram - self.target_gram.to(gram.dtype)).square().mean(dim=(-2, -1)) * self.scale
 
 
 class TotalVariationLoss(nn.Module):

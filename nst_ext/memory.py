@@ -13,22 +13,23 @@ The plan, cheapest lever first, for a budget (of which it fills at most the usab
 2. activation checkpointing over VGG segments (the same picture, more time per step: BENCHMARKS.md,
    "Large pictures"):
    only the segments' inputs are kept and each segment is recomputed in the backward pass;
-3. a shorter L-BFGS history, down to :data:`MIN_LBFGS_HISTORY` pairs (slower convergence).
+3. tiles (nst_ext.tiles, nst_ext.objective.tiled): VGG sees one tile at a time, the largest tile
+   that fits (the same picture, up to float rounding; one more forward pass per step and the
+   halos); what stays is the picture-sized state (picture, gradient, L-BFGS vectors, content
+   targets);
+4. a shorter L-BFGS history, down to :data:`MIN_LBFGS_HISTORY` pairs (slower convergence), untiled
+   with checkpointing first, then tiled.
 
 A stage that does not fit even then is refused before any work, in one line.
 """
 
-import ctypes
-import ctypes.util
 import dataclasses
 import math
-import os
-import re
-import resource
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from nst_ext import tiles
+from nst_ext.budget import format_size, free_memory_bytes, parse_size
 from nst_ext.errors import OptionError
 from nst_ext.layers import LAYER_INDEX, LAYERS, long_side_shape
 
@@ -68,133 +69,6 @@ def budget_for(needed: int) -> int:
     while usable_share(budget) < needed:
         budget += 1
     return budget
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
-          "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from a size such as ``2.5GiB``, ``8G``, ``512MiB``, ``8GB`` or ``1000000``
-    (K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB powers of 1000)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
-    if not match or match.group(2) not in _UNITS:
-        raise OptionError(f"memory size must be a number with an optional unit such as 2.5GiB, 8G or 512MiB, "
-                          f"got {text!r}")
-    size = float(match.group(1)) * _UNITS[match.group(2)]
-    if not math.isfinite(size) or size < 1:
-        raise OptionError(f"memory size must be positive, got {text!r}")
-    return int(size)
-
-
-def format_size(size: float) -> str:
-    """A size in the largest binary unit it reaches: ``2.50 GiB``, ``300 MiB``, ``12 KiB``, ``1 byte``."""
-    if size >= 2**30:
-        return f"{size / 2**30:.2f} GiB"
-    if size >= 2**20:
-        return f"{size / 2**20:.0f} MiB"
-    if size >= 2**10:
-        return f"{size / 2**10:.0f} KiB"
-    return f"{size:.0f} byte" + ("" if round(size) == 1 else "s")
-
-
-# -- the memory free to this process -------------------------------------------------------------
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-# cgroup v1 reports "no limit" as a huge number near 2**63.
-CGROUP_V1_UNLIMITED = 2**62
-
-
-def free_memory_bytes(device) -> int:
-    """The memory this process may still take on `device` (a torch.device) now: a GPU's free
-    memory (cudaMemGetInfo), or on the CPU the least of the RAM the kernel reports as available
-    (MemAvailable: free plus reclaimable caches), the headroom under the process's address-space
-    limit (``ulimit -v``) and under its cgroup's memory limit (a container's or a systemd unit's)."""
-    if device.type == "cuda":
-        import torch
-
-        return torch.cuda.mem_get_info(device)[0]
-    limits = [available_ram_bytes(), address_space_headroom(), cgroup_headroom()]
-    return min(limit for limit in limits if limit is not None)
-
-
-def available_ram_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def address_space_headroom() -> Optional[int]:
-    """RLIMIT_AS (``ulimit -v``) less the address space the process already has; None without a limit."""
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit == resource.RLIM_INFINITY:
-        return None
-    return max(0, limit - _status_bytes("VmSize"))
-
-
-def _status_bytes(field: str) -> int:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def cgroup_headroom(root: Path = CGROUP_ROOT, membership: Path = Path("/proc/self/cgroup")) -> Optional[int]:
-    """The least, over the process's memory cgroup and its ancestors, of the limit less what the
-    group uses (its reclaimable inactive file cache not counted); None without a limit. cgroup v2
-    (``memory.max``) and v1 (``memory.limit_in_bytes``); a container sees its own group as `root`."""
-    try:
-        lines = membership.read_text().splitlines()
-    except OSError:
-        return None
-    headrooms = []
-    for line in lines:
-        number, controllers, group = (line.split(":", 2) + ["", ""])[:3]
-        if number == "0" and controllers == "":  # v2: one hierarchy
-            base, limit_file, usage_file, inactive = root, "memory.max", "memory.current", "inactive_file"
-        elif "memory" in controllers.split(","):  # v1: the memory controller's hierarchy
-            base = root / "memory"
-            limit_file, usage_file, inactive = "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
-        else:
-            continue
-        folder = base / group.strip("/")
-        if not folder.is_dir():  # inside a container the group's own folder is the root
-            folder = base
-        while True:
-            headroom = _group_headroom(folder, limit_file, usage_file, inactive)
-            if headroom is not None:
-                headrooms.append(headroom)
-            if folder == base or base not in folder.parents:
-                break
-            folder = folder.parent
-    return min(headrooms) if headrooms else None
-
-
-def _group_headroom(folder: Path, limit_file: str, usage_file: str, inactive: str) -> Optional[int]:
-    try:
-        limit_text = (folder / limit_file).read_text().strip()
-        if limit_text == "max" or int(limit_text) >= CGROUP_V1_UNLIMITED:
-            return None
-        usage = int((folder / usage_file).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    reclaimable = 0
-    try:
-        for line in (folder / "memory.stat").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == inactive:
-                reclaimable = int(value)
-    except (OSError, ValueError):
-        pass
-    return max(0, int(limit_text) - max(0, usage - reclaimable))
-
 
 def _layer_elements(index: int, height: int, width: int) -> int:
     layer = LAYERS[index]
@@ -263,7 +137,8 @@ class MemoryPlan:
     targets: int
     transient: int
     runtime: int
-    budget_limited: bool = False  # checkpointing or a shorter history because of the budget
+    budget_limited: bool = False  # checkpointing, tiles or a shorter history because of the budget
+    tile_edge: int = 0  # pixels of each tile's own square (nst_ext.tiles); 0: the picture in one pass
 
     @property
     def total(self) -> int:
@@ -271,6 +146,8 @@ class MemoryPlan:
 
     def describe(self) -> str:
         parts = [f"{self.width}x{self.height} needs about {format_size(self.total)}"]
+        if self.tile_edge:
+            parts.append(f"evaluated in tiles of {self.tile_edge} px")
         if self.checkpointing:
             parts.append(f"VGG activations checkpointed over {len(self.segments)} segments")
         if self.history_size < LBFGS_HISTORY:
@@ -278,34 +155,45 @@ class MemoryPlan:
         return ", ".join(parts)
 
 
+# Picture-sized float32 vectors a tiled step keeps besides L-BFGS's: the clamped picture, the
+# tiles' summed gradient, and the total variation's differences and their gradient.
+TILED_PICTURE_VECTORS = 4
+# Each smaller tile edge tried is this share of the last: the plan takes the largest that fits.
+TILE_EDGE_RATIO = 0.85
+
+
 def plan_stage(height: int, width: int, content_layers: Sequence[str], style_layers: Sequence[str], steps: int,
                style_shapes: Sequence[Tuple[int, int]], budget: Optional[int], device_type: str,
                activation_bytes: int, optimizer: str = "lbfgs", checkpointing: Optional[bool] = None,
-               history_size: Optional[int] = None, breaks: Sequence[int] = (), pictures: int = 1) -> MemoryPlan:
+               history_size: Optional[int] = None, breaks: Sequence[int] = (), pictures: int = 1,
+               tile: Optional[int] = None) -> MemoryPlan:
     """The plan for one stage of a `height` x `width` picture with these loss layers, `steps`
     optimiser steps and style images of `style_shapes` ((height, width) at this stage). `budget`:
     bytes, or None for no limit. `activation_bytes`: 2 with bfloat16 convolutions, else 4.
     `checkpointing` / `history_size`: forced when given, else chosen (module docstring). `breaks`:
     layer indices where a new device begins. `pictures`: how many pictures of this size are
     optimised together as one batch (activations, histories and content targets scale with it; the
-    style targets are shared). Raises OptionError when nothing fits the budget."""
+    style targets are shared). `tile`: None chooses tiles when nothing else fits, 0 never tiles, N
+    tiles of N pixels (on the pooling grid; a picture no larger than one tile is not tiled).
+    Raises OptionError when nothing fits the budget."""
     layers = list(content_layers) + list(style_layers)
     last = max(layers, key=LAYER_INDEX.__getitem__)
-    saved = [pictures * size for size in saved_bytes_per_layer(height, width, last, layers, activation_bytes)]
-    outputs = [pictures * _layer_elements(i, height, width) * activation_bytes for i in range(len(saved))]
     pixels = 3 * height * width * pictures
-    # Targets: each content layer's float32 features (and the loss's float32 difference in a step),
-    # one float32 Gram per style layer. Making them takes one pass without gradients over the
-    # content images together and over each style image: the tapped outputs plus two layers in
-    # flight.
-    targets = (pictures * sum(2 * 4 * _layer_elements(LAYER_INDEX[name], height, width) for name in content_layers)
-               + sum(4 * LAYERS[LAYER_INDEX[name]].channels ** 2 for name in style_layers))
-    making_targets = max((count * activation_bytes * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers)
-                                                      + 2 * _layer_elements(0, h, w))
-                          for count, (h, w) in [(pictures, (height, width)), *((1, shape) for shape in style_shapes)]))
+    style_grams = sum(4 * LAYERS[LAYER_INDEX[name]].channels ** 2 for name in style_layers)
+    content_elements = pictures * sum(_layer_elements(LAYER_INDEX[name], height, width) for name in content_layers)
     runtime = CPU_RUNTIME_BYTES if device_type == "cpu" else CUDA_RUNTIME_BYTES
+    margin = tiles.halo(layers)
 
-    def plan(checkpoint: bool, pairs: int) -> MemoryPlan:
+    def making_targets(shapes) -> int:
+        """One pass without gradients over each (count, (h, w)): the tapped outputs and two layers in flight."""
+        return max(count * activation_bytes * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers)
+                                               + 2 * _layer_elements(0, h, w)) for count, (h, w) in shapes)
+
+    def plan(checkpoint: bool, pairs: int, edge: int = 0) -> MemoryPlan:
+        # What VGG sees at once: the picture, or one tile with its halo.
+        seen = (min(height, edge + 2 * margin), min(width, edge + 2 * margin)) if edge else (height, width)
+        saved = [pictures * size for size in saved_bytes_per_layer(*seen, last, layers, activation_bytes)]
+        outputs = [pictures * _layer_elements(i, *seen) * activation_bytes for i in range(len(saved))]
         if checkpoint:
             segments, activations = choose_segments(saved, outputs, breaks)
         else:
@@ -313,29 +201,58 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
             segments, activations = list(zip(cuts[:-1], cuts[1:])), sum(saved)
         largest = max(max(saved[a:b]) for a, b in segments)
         history = (2 * pairs + LBFGS_WORK_VECTORS) * pixels * 4 if optimizer == "lbfgs" else 4 * pixels * 4
+        # Targets: each content layer's float32 features (untiled, and the loss's float32 difference in
+        # a step; tiled, that difference is a tile's) and one float32 Gram per style layer. Making them
+        # takes one pass without gradients over the content images together and over each style image
+        # (tiled: a tile of each at a time).
+        targets = (1 if edge else 2) * 4 * content_elements + style_grams
+        if edge:
+            history += TILED_PICTURE_VECTORS * pixels * 4
+            tile_shape = lambda h, w: (min(h, edge + 2 * margin), min(w, edge + 2 * margin))  # noqa: E731
+            making = making_targets([(pictures, seen), *((1, tile_shape(*shape)) for shape in style_shapes)])
+        else:
+            making = making_targets([(pictures, (height, width)), *((1, shape) for shape in style_shapes)])
         # The peak is that of a step or, when larger, that of making the targets (before the
         # history exists): counted as transient so that `total` is the larger of the two.
-        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpoint] * largest),
-                        making_targets - activations - history)
+        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpoint] * largest), making - activations - history)
         return MemoryPlan(height, width, checkpoint, pairs, tuple(segments), activations, history, targets,
-                          transient, runtime)
+                          transient, runtime, tile_edge=edge)
 
+    grid, side = tiles.alignment(layers), max(height, width)
+    if tile:  # forced: one edge, on the grid
+        edge = tiles.tile_edge(tile, layers)
+        edges = [edge] if edge < side else []
+    elif tile is None:  # the largest tiles first, down to the halo's width
+        edges, edge = [], tiles.tile_edge(side - 1, layers)
+        while edge >= margin and side > grid and (not edges or edge < edges[-1]):
+            edges.append(edge)
+            edge = tiles.tile_edge(int(edge * TILE_EDGE_RATIO), layers)
+    else:
+        edges = []
+    untiled = not (tile and edges)
+    tiled_checkpointing = bool(checkpointing)
     most_pairs = history_size or min(LBFGS_HISTORY, max(1, steps))
-    candidates = [(False, most_pairs), (True, most_pairs)]
-    if history_size is None:
-        candidates += [(True, pairs) for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1)]
+    candidates = [(False, most_pairs, 0), (True, most_pairs, 0)] if untiled else []
     if checkpointing is not None:
-        candidates = [(c, p) for c, p in candidates if c == checkpointing]
-    plans = [plan(c, p) for c, p in candidates]
+        candidates = [(c, p, e) for c, p, e in candidates if c == checkpointing]
+    candidates += [(tiled_checkpointing, most_pairs, edge) for edge in edges]
+    if history_size is None:
+        for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1):
+            candidates += [(True, pairs, 0)] if untiled and checkpointing is not False else []
+            candidates += [(tiled_checkpointing, pairs, edge) for edge in edges]
+    plans = [plan(c, p, e) for c, p, e in candidates]
     if budget is None:
         return plans[0]
     for index, candidate in enumerate(plans):
         if candidate.total <= usable_share(budget):
-            return dataclasses.replace(candidate, budget_limited=index > 0)
+            return dataclasses.replace(candidate, budget_limited=index > 0 or bool(candidate.tile_edge))
     smallest = min(plans, key=lambda p: p.total)
+    how = [f"tiles of {smallest.tile_edge} px"] if smallest.tile_edge else []
+    how += ["checkpointing"] if smallest.checkpointing else []
+    how += [f"an L-BFGS history of {smallest.history_size}"]
     raise OptionError(f"a {width}x{height} stage needs at least {format_size(budget_for(smallest.total))} "
-                      f"(with {'checkpointing and ' if smallest.checkpointing else ''}an L-BFGS history of "
-                      f"{smallest.history_size}, and {ESTIMATE_UNDERSHOOT:.0%} for the estimate's error), more "
+                      f"(with {', '.join(how[:-1]) + ' and ' if len(how) > 1 else ''}{how[-1]}, and "
+                      f"{ESTIMATE_UNDERSHOOT:.0%} for the estimate's error), more "
                       f"than the {format_size(budget)} budget; use a smaller --size, "
                       "a larger --max-memory, or --devices to spread VGG over several devices")
 
@@ -367,7 +284,7 @@ def plan_stages(options, network, content_shape: Tuple[int, int], style_shapes: 
             [long_side_shape(*shape, style_side) for shape in style_shapes], budget, network.device.type,
             activation_bytes=2 if network.mixed_precision else 4, optimizer=options.optimizer,
             checkpointing=options.checkpointing, history_size=options.lbfgs_history,
-            breaks=network.device_starts, pictures=pictures))
+            breaks=network.device_starts, pictures=pictures, tile=options.tile))
     return plans[::-1]
 
 
@@ -404,22 +321,3 @@ def split_layers(saved: Sequence[int], free: Sequence[int]) -> List[int]:
     while len(starts) < devices - 1:  # fewer layers than devices cannot happen for VGG; keep it total
         starts.append(len(saved) - (devices - 1 - len(starts)))
     return starts
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-PROMPT_RELEASE_BYTES = 2**20
-
-
-def release_freed_memory_promptly() -> bool:
-    """Makes glibc's malloc serve every allocation of 1 MiB or more with its own mapping, returned
-    to the operating system as soon as it is freed. By default glibc keeps freed blocks of up to
-    32 MiB for reuse, and the resident memory of a step then stays near the sum of everything it
-    ever allocated: measured at 512 px with checkpointing, 465 MiB above the base where the live
-    tensors peak at 170 MiB (BENCHMARKS.md, "Large pictures"). The price is fresh pages for each
-    large tensor (page faults), so it is done only when a budget needs it. Process-wide; returns
-    whether it took effect (False off glibc)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, PROMPT_RELEASE_BYTES))
-    except (OSError, AttributeError):
-        return False

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from nst_ext.errors import OptionError
 from nst_ext.layers import LAYER_INDEX, check_layer_names, long_side_shape
-from nst_ext.memory import parse_size
+from nst_ext.budget import parse_size
 
 if TYPE_CHECKING:  # torch is imported only when a device is resolved: `nst-ext --help` stays instant
     import torch
@@ -102,9 +102,11 @@ class StyleOptions:
     at the start); to fit, a stage keeps no more L-BFGS pairs than it has
     steps, then checkpoints VGG's activations (``checkpointing``: None
     chooses, True/False forces; the same picture, more time per step:
-    BENCHMARKS.md, "Large pictures"), then keeps fewer L-BFGS pairs (``lbfgs_history``, down to 5:
-    slower convergence), and a stage that cannot fit is refused before any
-    work (nst_ext.memory). ``devices`` spreads VGG's layers over several
+    BENCHMARKS.md, "Large pictures"), then evaluates the picture in tiles (``tile``: None chooses,
+    0 never, N tiles of N pixels; the same picture up to float rounding, about one more forward
+    pass per step: BENCHMARKS.md, "Any size, in tiles"), then keeps fewer L-BFGS pairs
+    (``lbfgs_history``, down to 5: slower convergence), and a stage that cannot fit is refused
+    before any work (nst_ext.memory). ``devices`` spreads VGG's layers over several
     devices (``cpu``, ``cuda:N``), the picture and optimiser on the first;
     ``device_split`` names the layer where each further device begins
     (default: in proportion to each device's free memory).
@@ -151,6 +153,7 @@ class StyleOptions:
     max_memory: Optional[Union[int, str]] = None  # bytes or "2.5GiB", per device; None: a share of the free memory
     checkpointing: Optional[bool] = None  # VGG activation checkpointing; None: when the budget needs it
     lbfgs_history: Optional[int] = None  # L-BFGS pairs kept; None: up to 50, fewer when the budget needs it
+    tile: Optional[int] = None  # tile edge in pixels; None: tiles when nothing else fits the budget; 0: never
     devices: Optional[Sequence[str]] = None  # VGG split over these devices, e.g. ["cuda:0", "cuda:1"]
     device_split: Optional[Sequence[str]] = None  # the layer where each device after the first begins
 
@@ -311,6 +314,9 @@ class StyleOptions:
             raise OptionError(f"checkpointing must be True, False or None (automatic), got {self.checkpointing!r}")
         if self.lbfgs_history is not None:
             positive_int("lbfgs_history", self.lbfgs_history)
+        if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 0):
+            raise OptionError(f"tile must be a tile edge in pixels, 0 (never tile) or None (when the budget needs "
+                              f"it), got {self.tile!r}")
         if self.devices is not None:
             if isinstance(self.devices, str) or not self.devices:
                 raise OptionError(f"devices must be a list of one or more devices such as ['cuda:0', 'cuda:1'], "

@@ -20,7 +20,8 @@ from nst_ext import color
 from nst_ext.images import ImageSource, load_image, resize, resize_to_long_side, to_pil
 from nst_ext.inputs import content_at_stage, masks_at_stage, prepare_inputs, prepare_masks, styles_at_stage
 from nst_ext.lbfgs import LBFGS, run_together
-from nst_ext.memory import MemoryPlan, plan_stages, release_freed_memory_promptly
+from nst_ext.budget import release_freed_memory_promptly
+from nst_ext.memory import MemoryPlan, plan_stages
 from nst_ext.network import Network
 from nst_ext.objective import TERMS, Objective, TemporalTarget
 from nst_ext.options import LBFGS_FIRST_STEP_RMS, OptionError, StyleOptions

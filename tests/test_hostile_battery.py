@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 import nst_ext
-from nst_ext import memory
+from nst_ext import budget, memory
 from nst_ext.cli import main
 from nst_ext.errors import ImageError, JobWarning, OptionError
 from nst_ext.jobs import LOCK_NAME, MANIFEST_NAME, append_record, read_manifest
@@ -319,11 +319,11 @@ def test_fifos_are_refused_at_once(tmp_path, capsys):
 # -- 10: memory limits -----------------------------------------------------------------------------------
 
 def test_the_budget_honours_the_address_space_limit(monkeypatch):
-    used = memory._status_bytes("VmSize")
+    used = budget._status_bytes("VmSize")
     assert used > 0
-    monkeypatch.setattr(memory.resource, "getrlimit", lambda which: (used + 300 * 2**20, memory.resource.RLIM_INFINITY))
-    assert 0 < memory.address_space_headroom() <= 300 * 2**20
-    assert memory.free_memory_bytes(torch.device("cpu")) <= 300 * 2**20
+    monkeypatch.setattr(budget.resource, "getrlimit", lambda which: (used + 300 * 2**20, budget.resource.RLIM_INFINITY))
+    assert 0 < budget.address_space_headroom() <= 300 * 2**20
+    assert budget.free_memory_bytes(torch.device("cpu")) <= 300 * 2**20
     with pytest.raises(OptionError, match=r"budget"):
         stylizer = Stylizer(size=1024, device="cpu")
         memory.plan_stages(stylizer.options, stylizer.network, (1024, 1024), [(512, 512)])
@@ -350,10 +350,10 @@ def test_the_budget_honours_the_cgroup_limit(tmp_path, version):
         (group / "memory.usage_in_bytes").write_text(f"{2**30}\n")
         (group / "memory.stat").write_text(f"total_inactive_file {2**28}\n")
         expected = 2**31 - (2**30 - 2**28)
-    assert memory.cgroup_headroom(tmp_path / "fs", membership) == expected
+    assert budget.cgroup_headroom(tmp_path / "fs", membership) == expected
     unlimited = tmp_path / "none"
     unlimited.write_text("0::/\n")
-    assert memory.cgroup_headroom(tmp_path / "empty", unlimited) is None
+    assert budget.cgroup_headroom(tmp_path / "empty", unlimited) is None
 
 
 def test_a_failed_allocation_is_one_line(tmp_path, monkeypatch, capsys):
@@ -370,7 +370,7 @@ def test_a_failed_allocation_is_one_line(tmp_path, monkeypatch, capsys):
 def test_a_tiny_memory_budget_names_its_size(tmp_path):
     result = nst_ext_cli("stylize", CONTENT, STYLE, "-o", tmp_path / "out.png", *TINY, "--max-memory", "1")
     assert_one_line_error(result, r"more than the 1 byte budget")
-    assert memory.format_size(3 * 2**10) == "3 KiB" and memory.format_size(2) == "2 bytes"
+    assert budget.format_size(3 * 2**10) == "3 KiB" and budget.format_size(2) == "2 bytes"
 
 
 # -- 11, 15: odd images ----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ import torch
 import nst_ext
 from nst_ext.errors import InputError, OptionError
 from nst_ext.layers import LAYER_INDEX
+from nst_ext.budget import parse_size
 from nst_ext.memory import (LBFGS_HISTORY, MIN_LBFGS_HISTORY, budget_for, choose_segments, fitting_batch_size,
-                            parse_size, plan_stage, plan_stages, run_budget, saved_bytes_per_layer, split_layers,
+                            plan_stage, plan_stages, run_budget, saved_bytes_per_layer, split_layers,
                             usable_share)
 from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from nst_ext.stylizer import Stylizer
@@ -64,8 +65,12 @@ def test_plan_chooses_the_cheapest_lever_that_fits():
     assert checkpointed.activations < free.activations and checkpointed.total < free.total
     between = default_plan(1024, budget=budget_for((free.total + checkpointed.total) // 2))
     assert between.checkpointing and between.history_size == 20 and between.budget_limited
-    shorter = default_plan(1024, budget=budget_for(checkpointed.total - 4 * 3 * 1024 * 1024 * 4))
-    assert shorter.checkpointing and MIN_LBFGS_HISTORY <= shorter.history_size < 20
+    below_checkpointed = budget_for(checkpointed.total - 4 * 3 * 1024 * 1024 * 4)
+    tiled = default_plan(1024, budget=below_checkpointed)  # tiles keep the whole history
+    assert tiled.tile_edge and tiled.history_size == 20 and tiled.budget_limited
+    assert tiled.total <= usable_share(below_checkpointed) and "in tiles of" in tiled.describe()
+    shorter = default_plan(1024, budget=below_checkpointed, tile=0)
+    assert shorter.checkpointing and MIN_LBFGS_HISTORY <= shorter.history_size < 20 and not shorter.tile_edge
     assert default_plan(1024, budget=budget_for(free.total)) == free  # fits: nothing changes
     # A budget equal to the estimate does not fit it: a whole run's peak can be above the estimate
     # (a default 1024 px run planned to the edge of 2.5 GiB peaked 28 MiB over it).

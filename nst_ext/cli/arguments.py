@@ -120,6 +120,14 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     memory.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute VGG's activations in the backward pass instead of keeping them "
                              "(default: only when --max-memory needs it)")
+    tiling = memory.add_mutually_exclusive_group()
+    tiling.add_argument("--tile", type=int, default=None, metavar="PIXELS",
+                        help="evaluate each stage larger than this in tiles of this many pixels (on the 16 px "
+                             "pooling grid), each read with a halo: the same picture as untiled, up to float "
+                             "rounding, for about one more forward pass per step (default: tiles only when "
+                             "nothing else fits --max-memory)")
+    tiling.add_argument("--no-tile", dest="tile", action="store_const", const=0,
+                        help="never tile: a stage that does not fit otherwise is refused")
     memory.add_argument("--lbfgs-history", type=int, default=None, metavar="N",
                         help="L-BFGS pairs kept (default: up to 50, no more than a stage's steps, fewer when "
                              "--max-memory needs it)")

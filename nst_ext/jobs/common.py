@@ -17,7 +17,7 @@ from nst_ext.outputs import check_regular_file, describe_os_error
 # Held (flock) by the one job writing to an output folder; a second job there is refused.
 LOCK_NAME = ".nst-ext.lock"
 # Options that change how a picture is computed, not what it is: they do not make a new job.
-SAME_PICTURE_OPTIONS = ("device", "devices", "device_split", "cuda_graph", "max_memory", "checkpointing")
+SAME_PICTURE_OPTIONS = ("device", "devices", "device_split", "cuda_graph", "max_memory", "checkpointing", "tile")
 
 
 def settings_hash(options: StyleOptions, styles: Sequence[Path], extra: str) -> str:

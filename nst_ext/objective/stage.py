@@ -1,7 +1,8 @@
 """The loss of one stage (:class:`Objective`): content, style and total-variation terms over VGG19,
 its targets computed once, evaluated segment by segment so that a large picture can keep only the
-segments' inputs (activation checkpointing) and VGG can be spread over several devices; and the
-evaluator that replays it as a CUDA graph.
+segments' inputs (activation checkpointing) and VGG can be spread over several devices, or tile by
+tile when the picture is too large for one pass (nst_ext.objective.tiled); and the evaluator that
+replays it as a CUDA graph.
 """
 
 import warnings
@@ -14,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from nst_ext.layers import LAYER_INDEX
 from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss, blended_gram, per_picture_mean
 from nst_ext.masks import StageMasks, layer_masks
+from nst_ext.objective import tiled
 
 if TYPE_CHECKING:
     from nst_ext.memory import MemoryPlan
@@ -63,17 +65,26 @@ class Objective:
                  style_grams: Optional[Dict[str, torch.Tensor]] = None, temporal: Optional[TemporalTarget] = None,
                  masks: Optional[StageMasks] = None):
         self.network, self.options = network, options
-        vgg = network.vgg
         content_layers, style_layers = list(options.content_layers), list(options.style_layers)
-        # One pass over the content image gives the content targets and, for the normalisation
-        # below, the style layers' features there. The style images go through one at a time,
-        # each dropped once its Grams are added in.
-        at_content_layers = content_layers + (style_layers if options.normalize_style else [])
+        self.layers = frozenset(content_layers + style_layers)
+        deepest = max(LAYER_INDEX[name] for name in self.layers)
+        self.segments: Tuple[Tuple[int, int], ...] = plan.segments if plan else network.device_segments(deepest + 1)
+        self.checkpointing = bool(plan and plan.checkpointing)
+        self.tile_edge = plan.tile_edge if plan else 0
         self.batched = stage_content.dim() == 4
         contents = stage_content if self.batched else stage_content.unsqueeze(0)
+        # With tiles (a picture too large for one pass), the targets are made tile by tile too.
+        self.tiles = tiled.tiles_for(self, contents.shape[-2:])
+        # One pass over the content image gives the content targets (untiled, the style layers'
+        # features too, for the normalisation below). The style images go through one at a time,
+        # each dropped once its Grams are added in.
+        at_content_layers = content_layers + (style_layers if options.normalize_style and not self.tiles else [])
         with torch.no_grad():
-            with network.autocast():
-                content_features = vgg(contents.to(network.device), at_content_layers)
+            if self.tiles:
+                content_features = tiled.assembled_features(self, contents, content_layers)
+            else:
+                with network.autocast():
+                    content_features = network.vgg(contents.to(network.device), at_content_layers)
             grams = style_grams
             if grams is None:
                 grams = self._style_grams(stage_styles, blend, style_layers, masks or StageMasks())
@@ -84,111 +95,137 @@ class Objective:
                            if masks is not None and masks.content is not None else {})
         self.content_terms = [(name, weight, ContentLoss(content_features[name], content_regions.get(name)))
                               for name, weight in zip(content_layers, content_weights)]
-        if masks is not None and masks.style is not None:
-            self.style_terms = self._regional_style_terms(grams, blend, style_layers, style_weights, masks,
-                                                          content_features if options.normalize_style else None)
-        else:
-            self.style_terms = [(name, weight, StyleLoss(grams[name]))
-                                for name, weight in zip(style_layers, style_weights)]
-        self.layers = frozenset(content_layers + style_layers)
-        deepest = max(LAYER_INDEX[name] for name in self.layers)
-        self.segments: Tuple[Tuple[int, int], ...] = plan.segments if plan else network.device_segments(deepest + 1)
-        self.checkpointing = bool(plan and plan.checkpointing)
+        self.style_terms = self._style_terms(grams, blend, style_layers, style_weights, masks, contents,
+                                             content_features)
         self.tv_loss = TotalVariationLoss()
         self.temporal = None
         if temporal is not None:
             self.temporal = (temporal.previous.to(network.device).reshape(1, 3, *temporal.previous.shape[-2:]),
                              temporal.mask.to(network.device).reshape(1, 1, *temporal.mask.shape[-2:]),
                              float(temporal.weight))
-        # The style term relative to its value at the content image: how far the style is from the
-        # content in Gram terms varies by two orders of magnitude between pairs (a photographic
-        # texture against a portrait is far), and unscaled, a far style buries the subject.
-        # One normaliser per picture, (B,).
-        self.style_normalizer = torch.ones(contents.shape[0], device=network.device)
-        if options.normalize_style and not (masks is not None and masks.style is not None):
-            start = sum(w * term(content_features[name]).to(network.device) for name, w, term in self.style_terms)
-            self.style_normalizer = 1.0 / start.clamp(min=1e-6)
+
+    def _style_terms(self, grams, blend, style_layers, style_weights, masks: Optional[StageMasks],
+                     contents: torch.Tensor, content_features: Dict[str, torch.Tensor]):
+        """``(name, weight, loss)`` per style layer, or with style masks per style image and layer
+        (that style's term over its region: the layer's weight times the style's blend weight).
+        With normalize_style, each weight is divided by its style's term at the content image,
+        ``(B,)``: how far the style is from the content in Gram terms varies by two orders of
+        magnitude between pairs (a photographic texture against a portrait is far), and unscaled,
+        a far style buries the subject; with style masks each style is normalised on its own, so
+        each region takes on its style as firmly whatever the others' distance."""
+        device = self.network.device
+        if masks is not None and masks.style is not None:
+            groups = []
+            for index, (mask, share) in enumerate(zip(masks.style, blend)):
+                regions = layer_masks(mask, style_layers, masks.dilation)
+                groups.append([(name, weight * share, StyleLoss(grams[name][index], regions[name]))
+                               for name, weight in zip(style_layers, style_weights)])
+        else:
+            groups = [[(name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)]]
+        terms = []
+        for group in groups:
+            scale = torch.ones((), device=device)
+            if self.options.normalize_style:
+                starts = self._values_at(contents, group, content_features)
+                start = sum(weight * value.to(device) for (_, weight, _), value in zip(group, starts))
+                scale = 1.0 / start.clamp(min=1e-6)
+            # Each weight on its layer's device (several devices: the targets are where their layer is).
+            terms += [(name, (weight * scale).to(term.target_gram.device), term) for name, weight, term in group]
+        return terms
+
+    def _values_at(self, contents: torch.Tensor, group, content_features: Dict[str, torch.Tensor]) -> list:
+        """The value of each ``(name, weight, loss)`` of `group` at the content images, ``(B,)``
+        each: from their features at the style layers (untiled), or their Grams made tile by tile."""
+        with torch.no_grad():
+            if self.tiles:
+                return [term.from_gram(gram) for (_, _, term), gram in zip(group, tiled.grams(self, contents, group))]
+            return [term(content_features[name]) for name, _, term in group]
 
     def _style_grams(self, stage_styles, blend, style_layers, masks: StageMasks) -> Dict[str, torch.Tensor]:
         """The style layers' targets: the blend of the style images' Grams, ``(C, C)`` per layer;
         with style masks, one Gram per style image, ``(S, C, C)``. Each Gram is over the image's
-        source region when it has one. The images go through VGG one at a time."""
+        source region when it has one. The images go through VGG one at a time (in tiles, when the
+        stage is tiled: a style image at a print size is as large as the picture)."""
         network, vgg = self.network, self.network.vgg
         per_style = {name: [] for name in style_layers}
         for index, (style, weight) in enumerate(zip(stage_styles, blend)):
-            with network.autocast():
-                features = vgg(style.unsqueeze(0).to(network.device), style_layers)
             source = masks.source(index)
             regions = layer_masks(source, style_layers, masks.dilation) if source is not None else {}
+            share = 1.0 if masks.style is not None else weight
+            image = style.unsqueeze(0).to(network.device)
+            if self.tile_edge:
+                for name, gram in tiled.image_grams(self, image, style_layers, regions).items():
+                    per_style[name].append(share * gram)
+                continue
+            with network.autocast():
+                features = vgg(image, style_layers)
             for name in style_layers:
-                per_style[name].append(blended_gram(features[name], 1.0 if masks.style is not None else weight,
-                                                    regions.get(name)))
+                per_style[name].append(blended_gram(features[name], share, regions.get(name)))
             del features
         if masks.style is not None:
             return {name: torch.stack(grams) for name, grams in per_style.items()}
         return {name: sum(grams[1:], grams[0]) for name, grams in per_style.items()}
 
-    def _regional_style_terms(self, grams, blend, style_layers, style_weights, masks: StageMasks,
-                              content_features: Optional[Dict[str, torch.Tensor]]):
-        """One term per style image and layer, over the style's region: ``(name, weight, loss)``
-        with the weight the layer's times the style's blend weight, divided (with
-        `content_features`: normalize_style) by that style's own term at the content image, a
-        ``(B,)`` tensor."""
-        device = self.network.device
-        terms = []
-        for index, (mask, share) in enumerate(zip(masks.style, blend)):
-            regions = layer_masks(mask, style_layers, masks.dilation)
-            style_terms = [(name, weight, StyleLoss(grams[name][index], regions[name]))
-                           for name, weight in zip(style_layers, style_weights)]
-            scale = torch.full((), share, device=device)
-            if content_features is not None:
-                with torch.no_grad():
-                    start = sum(w * term(content_features[name]).to(device) for name, w, term in style_terms)
-                scale = share / start.clamp(min=1e-6)
-            # Each weight on its layer's device (several devices: the targets are where their layer is).
-            terms += [(name, (weight * scale).to(term.target_gram.device), term) for name, weight, term in style_terms]
-        return terms
-
-    def _segment(self, start: int, stop: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """VGG layers ``start … stop - 1`` on `x`, and the weighted content and style losses of
-        the layers among them: (last output, content, style), the losses ``(B,)`` float32 on the
-        device of those layers."""
+    def _segment(self, start: int, stop: int, x: torch.Tensor, score: "tiled.Score"):
+        """VGG layers ``start … stop - 1`` on `x` and `score` of the features the losses read among
+        them: (last output, content, style), the values ``(B,)`` float32 on those layers' device."""
         vgg = self.network.vgg
         device = vgg.layer_devices[start] if vgg.layer_devices else x.device
         with self.network.autocast(device):
             x, features = vgg.run_layers(x, start, stop, self.layers)
-        zero = torch.zeros(x.shape[0], device=device)
+        return (x, *score(features, torch.zeros(x.shape[0], device=device)))
+
+    def _score(self, features: Dict[str, torch.Tensor], zero: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The weighted content and style losses of the layers among `features` (whole pictures)."""
         content = sum((w * term(features[name]) for name, w, term in self.content_terms if name in features), zero)
         style = sum((w * term(features[name]) for name, w, term in self.style_terms if name in features), zero)
-        return x, content, style
+        return content, style
+
+    def through_network(self, image: torch.Tensor, score: "tiled.Score") -> Tuple[torch.Tensor, torch.Tensor]:
+        """`image` ``(B, 3, H, W)`` in [0, 1] (a picture, or a tile of one) through VGG's segments,
+        each segment's features given to `score`: the sums of its (content, style), ``(B,)`` float32
+        on the image's device. Checkpointed segments (when the plan says so and a graph is made)
+        keep only their input; each is recomputed in the backward pass."""
+        x = self.network.vgg.normalize(image)
+        content = style = image.new_zeros(image.shape[0], dtype=torch.float32)
+        for start, stop in self.segments:
+            if self.checkpointing and torch.is_grad_enabled():
+                # Non-reentrant: only the segment's input is kept, the rest recomputed in the
+                # backward pass. VGG has no randomness, so no RNG state to restore.
+                x, segment_content, segment_style = checkpoint(self._segment, start, stop, x, score,
+                                                               use_reentrant=False, preserve_rng_state=False)
+            else:
+                x, segment_content, segment_style = self._segment(start, stop, x, score)
+            content = content + segment_content.to(image.device)
+            style = style + segment_style.to(image.device)
+        return content, style
+
+    def local_terms(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The elementwise terms of `image` ``(B, 3, H, W)`` (as scored: clamped), weighted:
+        ``tv`` and ``temporal``, ``(B,)`` float32 each."""
+        terms = {"tv": self.options.tv_weight * self.tv_loss(image).float(),
+                 "temporal": image.new_zeros(image.shape[0], dtype=torch.float32)}
+        if self.temporal is not None:
+            previous, mask, weight = self.temporal
+            terms["temporal"] = weight * per_picture_mean(mask * (image - previous).square()).float()
+        return terms
 
     def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         options = self.options
+        if self.tiles:
+            if torch.is_grad_enabled() and image.requires_grad:
+                raise RuntimeError("a tiled objective's values carry no graph; its evaluator() fills the gradient")
+            terms = tiled.values(self, image)
+            return terms if self.batched else {name: value[0] for name, value in terms.items()}
         # The loss of the picture as it will be saved: L-BFGS moves pixels freely, and at 512 px about
         # 7% of them end outside [0, 1] (by up to 0.5); clamped only at the end, the saved picture's
         # style term was 38% above the one optimised (BENCHMARKS.md, "The picture scored as saved").
         # A pixel outside gets no gradient and no longer counts; the clamp's gradient passes at 0 and 1.
         if options.clamp_in_loss:
             image = image.clamp(0, 1)
-        x = self.network.vgg.normalize(image)
-        content = style = image.new_zeros(image.shape[0], dtype=torch.float32)
-        for start, stop in self.segments:
-            if self.checkpointing:
-                # Non-reentrant: only the segment's input is kept, the rest recomputed in the
-                # backward pass. VGG has no randomness, so no RNG state to restore.
-                x, segment_content, segment_style = checkpoint(self._segment, start, stop, x, use_reentrant=False,
-                                                               preserve_rng_state=False)
-            else:
-                x, segment_content, segment_style = self._segment(start, stop, x)
-            content = content + segment_content.to(image.device)
-            style = style + segment_style.to(image.device)
-        terms = {"content": options.content_weight * content,
-                 "style": options.style_weight * style * self.style_normalizer,
-                 "tv": options.tv_weight * self.tv_loss(image).float(),
-                 "temporal": image.new_zeros(image.shape[0], dtype=torch.float32)}
-        if self.temporal is not None:
-            previous, mask, weight = self.temporal
-            terms["temporal"] = weight * per_picture_mean(mask * (image - previous).square()).float()
+        content, style = self.through_network(image, self._score)
+        terms = {"content": options.content_weight * content, "style": options.style_weight * style,
+                 **self.local_terms(image)}
         terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
         return terms if self.batched else {name: value[0] for name, value in terms.items()}
 
@@ -201,6 +238,12 @@ class Objective:
         on one device, the forward and backward are captured once as a CUDA graph and replayed
         (shapes are fixed within a stage); where capture fails, it warns and evaluates eagerly."""
         leaves = list(image) if isinstance(image, (list, tuple)) else [image]
+        if self.tiles:
+            def tile_by_tile() -> torch.Tensor:
+                terms = tiled.evaluate(self, leaves)
+                values = torch.stack([terms[name].float() for name in TERMS], dim=-1)
+                return values if self.batched else values[0]
+            return tile_by_tile
 
         def eager() -> torch.Tensor:
             for leaf in leaves:

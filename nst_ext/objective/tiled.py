@@ -1,0 +1,241 @@
+"""One stage's loss and gradient evaluated tile by tile (nst_ext.tiles), exactly.
+
+A Gram matrix is a sum over positions, so the picture's Gram is the sum of the tiles' shares of it
+(each tile's own cells, their features exact thanks to the halo). An evaluation makes two passes:
+
+1. without gradients, each tile's shares of every style layer's Gram and of the content terms:
+   then the style terms of the whole picture, and the style term's gradient in each Gram, dL/dG;
+2. with gradients, each tile again, scoring ⟨dL/dG, the tile's share of G⟩ (whose gradient in the
+   tile's features is the whole picture's, since G is linear in each tile's share) plus its share of
+   the content terms; the tile's input gradient, halo included, is added into the picture's.
+
+Total variation and the temporal term are elementwise over the picture and run on it whole. The
+loss and gradient are the untiled picture's, up to the order of float summation (tested in
+float64), for one tile's activations at a time plus one more forward pass per step.
+"""
+
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from nst_ext import tiles as tiling
+from nst_ext.layers import LAYER_INDEX, LAYERS, layer_shape
+from nst_ext.losses import gram_share
+
+if TYPE_CHECKING:
+    from nst_ext.objective.stage import Objective
+
+# A score sees one segment's features of one tile and the (B,) zero of their device, and returns
+# that segment's (content, style) values, (B,) each.
+Score = Callable[[Dict[str, torch.Tensor], torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+def tiles_for(objective: "Objective", shape: Sequence[int]) -> List[tiling.Tile]:
+    """The tiles of a picture of `shape` (H, W) under the objective's tile edge; [] when it is
+    untiled or the picture is one tile."""
+    height, width = shape
+    edge = objective.tile_edge
+    if not edge or (height <= edge and width <= edge):
+        return []
+    return tiling.split(height, width, edge, objective.layers)
+
+
+def _pools(name: str) -> int:
+    return LAYERS[LAYER_INDEX[name]].pools_before
+
+
+def _owned(features: Dict[str, torch.Tensor], tile: tiling.Tile, terms):
+    """For each ``(name, weight, loss)`` of `terms` whose layer is among `features` and has cells
+    the tile owns (a tile narrower than a deep layer's cell may own none there): its index in
+    `terms`, weight and loss, the tile's own cells of the features, and their (rows, columns) in
+    the picture's map."""
+    for index, (name, weight, term) in enumerate(terms):
+        if name not in features:
+            continue
+        rows_here, columns_here, rows, columns = tile.own_cells(_pools(name))
+        own = features[name][..., rows_here, columns_here]
+        if own.shape[-2] and own.shape[-1]:
+            yield index, weight, term, own, rows, columns
+
+
+def _cells(name: str, height: int, width: int) -> int:
+    """How many cells layer `name` has for a `height` x `width` picture."""
+    _, rows, columns = layer_shape(name, height, width)
+    return rows * columns
+
+
+def run(objective: "Objective", images: torch.Tensor, tiles: Sequence[tiling.Tile],
+        score_for: Callable[[tiling.Tile], Score], gradient: Optional[torch.Tensor] = None) -> None:
+    """Each tile of `images` ``(B, 3, H, W)`` through the objective's VGG segments, its features
+    given to ``score_for(tile)``. With `gradient` (``(B, 3, H, W)``, float32), the sum of the scores
+    is differentiated and each tile's input gradient added into it; else no graph is made."""
+    for tile in tiles:
+        top, bottom, left, right = tile.read
+        crop = images[..., top:bottom, left:right].detach()
+        if gradient is None:
+            with torch.no_grad():
+                objective.through_network(crop, score_for(tile))
+            continue
+        crop.requires_grad_(True)
+        content, style = objective.through_network(crop, score_for(tile))
+        (content + style).sum().backward()
+        gradient[..., top:bottom, left:right] += crop.grad
+        del crop, content, style
+
+
+def assembled_features(objective: "Objective", images: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """The features of `images` ``(B, 3, H, W)`` at the named layers, float32 ``(B, C, H', W')``
+    on the first device, put together from the tiles' own cells."""
+    height, width = images.shape[-2:]
+    device = objective.network.device
+    assembled = {name: torch.empty((images.shape[0], *layer_shape(name, height, width)), device=device)
+                 for name in names}
+
+    def score_for(tile):
+        def score(features, zero):
+            for _, _, name, own, rows, columns in _owned(features, tile, [(name, None, name) for name in names]):
+                assembled[name][..., rows, columns] = own.to(device, torch.float32)
+            return zero, zero
+        return score
+
+    run(objective, images, objective_tiles(objective, images), score_for)
+    return assembled
+
+
+def objective_tiles(objective: "Objective", images: torch.Tensor) -> List[tiling.Tile]:
+    """The objective's tiles when `images` have the stage's shape, else those of their own shape."""
+    tiles = objective.tiles
+    if tiles and (tiles[0].height, tiles[0].width) == tuple(images.shape[-2:]):
+        return tiles
+    return tiles_for(objective, images.shape[-2:]) or tiling.split(
+        images.shape[-2], images.shape[-1], tiling.tile_edge(max(images.shape[-2:]), objective.layers),
+        objective.layers)
+
+
+def grams(objective: "Objective", images: torch.Tensor, style_terms) -> List[torch.Tensor]:
+    """The Gram (masked: over its region) each ``(name, weight, StyleLoss)`` of `style_terms` scores,
+    of `images` ``(B, 3, H, W)`` of the stage's shape, made tile by tile: ``(B, C, C)`` each."""
+    return _first_pass(objective, images, style_terms, [])[0]
+
+
+def _first_pass(objective: "Objective", images: torch.Tensor, style_terms,
+                content_terms) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """One pass without gradients over the tiles of `images` ``(B, 3, H, W)``: the Gram each of
+    `style_terms` scores (``(B, C, C)`` each) and the weighted sum of `content_terms`, ``(B,)``."""
+    height, width = images.shape[-2:]
+    totals: List[Optional[torch.Tensor]] = [None] * len(style_terms)
+    content = torch.zeros(images.shape[0], device=images.device)
+    cells = [_cells(name, height, width) for name, _, _ in style_terms]
+
+    def score_for(tile):
+        def score(features, zero):
+            nonlocal content
+            for _, weight, term, own, rows, columns in _owned(features, tile, content_terms):
+                content = content + (weight * term.part(own, rows, columns)).to(images.device)
+            for index, _, term, own, rows, columns in _owned(features, tile, style_terms):
+                share = term.part_gram(own, rows, columns, cells[index])
+                if share is not None:
+                    totals[index] = share if totals[index] is None else totals[index] + share
+            return zero, zero
+        return score
+
+    run(objective, images, objective_tiles(objective, images), score_for)
+    result = []
+    for (name, _, term), total in zip(style_terms, totals):
+        if total is None:  # a region with no weight anywhere: its Gram is 0
+            channels = layer_shape(name, height, width)[0]
+            total = torch.zeros((images.shape[0], channels, channels), device=term.target_gram.device)
+        result.append(total)
+    return result, content
+
+
+def image_grams(objective: "Objective", image: torch.Tensor, names: Sequence[str],
+                regions: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A style image's Grams ``(C, C)`` float32 at the named layers, made tile by tile; at a layer
+    with a region (its source, ``(H', W')`` weights), over the region. `image` ``(1, 3, H, W)``."""
+    height, width = image.shape[-2:]
+    totals: Dict[str, torch.Tensor] = {}
+    masses = {name: float(region.sum()) for name, region in regions.items()}
+
+    def score_for(tile):
+        def score(features, zero):
+            for _, _, name, own, rows, columns in _owned(features, tile, [(name, None, name) for name in names]):
+                region = regions.get(name)
+                share = gram_share(own.detach(), _cells(name, height, width),
+                                   None if region is None else region[rows, columns], masses.get(name))
+                if share is not None:
+                    totals[name] = share + totals[name] if name in totals else share
+            return zero, zero
+        return score
+
+    run(objective, image, objective_tiles(objective, image), score_for)
+    device = objective.network.device
+    return {name: totals[name][0].float() if name in totals else
+            torch.zeros((layer_shape(name, height, width)[0],) * 2, device=device) for name in names}
+
+
+def _style_of(objective: "Objective", gram_totals: Sequence[torch.Tensor], device) -> torch.Tensor:
+    """The weighted style term of pictures whose Grams (per style term) are `gram_totals`, ``(B,)``."""
+    style = sum((weight * term.from_gram(gram)).to(device)
+                for (_, weight, term), gram in zip(objective.style_terms, gram_totals))
+    return objective.options.style_weight * style
+
+
+def values(objective: "Objective", images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The terms at `images` ``(B, 3, H, W)`` without gradients: ``(B,)`` float32 each, by name."""
+    with torch.no_grad():
+        if objective.options.clamp_in_loss:
+            images = images.clamp(0, 1)
+        gram_totals, content = _first_pass(objective, images, objective.style_terms, objective.content_terms)
+        terms = {"content": objective.options.content_weight * content,
+                 "style": _style_of(objective, gram_totals, images.device), **objective.local_terms(images)}
+    terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
+    return terms
+
+
+def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """One tiled evaluation at the pictures `leaves` (each ``(1, 3, H, W)``, requires_grad): fills
+    each leaf's ``grad`` and returns the terms, ``(B,)`` float32 each, by name."""
+    options = objective.options
+    with torch.no_grad():
+        images = torch.cat([leaf.detach() for leaf in leaves])
+        if options.clamp_in_loss:
+            images = images.clamp(0, 1)  # elementwise: a tile of the clamped picture is the clamped tile
+    gram_totals, content = _first_pass(objective, images, objective.style_terms, objective.content_terms)
+    # The style term of the whole picture, differentiated in each Gram.
+    gram_leaves = [total.detach().requires_grad_(True) for total in gram_totals]
+    with torch.enable_grad():
+        style = _style_of(objective, gram_leaves, images.device)
+        slopes = torch.autograd.grad(style.sum(), gram_leaves, allow_unused=True)
+    cells = [_cells(name, *images.shape[-2:]) for name, _, _ in objective.style_terms]
+    def score_for(tile):
+        def score(features, zero):
+            content_share = zero
+            style_share = zero
+            for _, weight, term, own, rows, columns in _owned(features, tile, objective.content_terms):
+                content_share = content_share + options.content_weight * weight * term.part(own, rows, columns)
+            for index, _, term, own, rows, columns in _owned(features, tile, objective.style_terms):
+                share = term.part_gram(own, rows, columns, cells[index])
+                if share is not None and slopes[index] is not None:
+                    style_share = style_share + (slopes[index].to(share.dtype) * share).sum(dim=(-2, -1)).float()
+            return content_share, style_share
+        return score
+
+    gradient = torch.zeros_like(images, dtype=torch.promote_types(images.dtype, torch.float32))
+    for leaf in leaves:
+        leaf.grad = None
+    run(objective, images, objective.tiles, score_for, gradient)
+    # The elementwise terms over the whole picture, with its autograd (the clamp's gradient too).
+    whole = torch.cat(list(leaves))
+    clamped = whole.clamp(0, 1) if options.clamp_in_loss else whole
+    local = objective.local_terms(clamped)
+    (local["tv"] + local["temporal"]).sum().backward()
+    if options.clamp_in_loss:  # the tiles saw the clamped picture: pass their gradient through the clamp
+        inside = (whole.detach() >= 0) & (whole.detach() <= 1)
+        gradient = gradient * inside
+    for index, leaf in enumerate(leaves):
+        leaf.grad += gradient[index:index + 1].to(leaf.grad.dtype)
+    terms = {"content": options.content_weight * content, "style": style.detach(),
+             **{name: value.detach() for name, value in local.items()}}
+    terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
+    return terms
