@@ -110,7 +110,8 @@ BREAKDOWN_TECHNIQUES = ("before", "history capped", "checkpointing")
 
 def largest_fitting(budgets, device_type):
     """For each budget, the largest square picture (in steps of 256 px) whose default run the memory
-    plan fits, as planned by nst_ext.memory: without checkpointing, and with every lever."""
+    plan fits, as planned by nst_ext.memory: without checkpointing, with every lever but tiles, and
+    with tiles too (then the picture-sized state is the limit)."""
     from nst_ext.budget import parse_size
     from nst_ext.memory import plan_stage
     from nst_ext.options import StyleOptions
@@ -126,12 +127,12 @@ def largest_fitting(budgets, device_type):
             return False
 
     print(f"| budget | {device_type}: largest square picture without checkpointing | with checkpointing "
-          "and a shorter history when needed |")
-    print("|---|---:|---:|")
+          "and a shorter history when needed | in tiles too |")
+    print("|---|---:|---:|---:|")
     for budget in budgets:
-        sizes = [max((s for s in range(256, 16385, 256) if fits(s, **forced)), default=0)
-                 for forced in ({"checkpointing": False}, {})]
-        print(f"| {budget} | {sizes[0]} px | {sizes[1]} px |")
+        sizes = [max((s for s in range(256, top, 256) if fits(s, **forced)), default=0)
+                 for forced, top in (({"checkpointing": False, "tile": 0}, 16385), ({"tile": 0}, 16385), ({}, 32769))]
+        print(f"| {budget} | {sizes[0]} px | {sizes[1]} px | {sizes[2]} px |")
 
 
 def breakdown(sizes, json_path):

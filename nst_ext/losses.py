@@ -167,3 +167,17 @@ class TotalVariationLoss(nn.Module):
         if image.shape[-2] > 1:
             total = total + per_picture_mean((image[..., 1:, :] - image[..., :-1, :]).square())
         return total
+
+    def part(self, strip: torch.Tensor, rows: int, height: int) -> torch.Tensor:
+        """This loss's share from `rows` rows of a picture `height` rows high: `strip` ``(B, 3, r, W)``
+        holds those rows and, when there is one, the row after them (their vertical neighbour). The
+        shares of strips that cover the picture add up to :meth:`forward` of it, ``(B,)``."""
+        channels, width = strip.shape[1], strip.shape[-1]
+        total = strip.new_zeros(strip.shape[0])
+        if width > 1:
+            own = strip[..., :rows, :]
+            total = total + (own[..., 1:] - own[..., :-1]).square().sum(dim=(1, 2, 3)) / (channels * height * (width - 1))
+        if height > 1:
+            total = total + (strip[..., 1:, :] - strip[..., :-1, :]).square().sum(dim=(1, 2, 3)) / (
+                channels * (height - 1) * width)
+        return total

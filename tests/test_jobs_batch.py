@@ -111,7 +111,7 @@ def test_batch_bad_input_is_one_line(tmp_path, capsys, setup, message):
 
 def test_style_targets_are_made_once_per_stage_size(tmp_path, monkeypatch):
     """The style images' Grams are made by the first item and reused by the others."""
-    from nst_ext import objective
+    from nst_ext.objective import stage as objective
 
     made = []
     original = objective.blended_gram

@@ -12,6 +12,7 @@ from nst_ext.layers import LAYER_INDEX, LAYERS, layer_shape
 from nst_ext.masks import StageMasks
 from nst_ext.memory import MemoryPlan, budget_for, plan_stage, usable_share
 from nst_ext.objective import Objective
+from nst_ext.objective import tiled as tiled_evaluation
 from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from nst_ext.stylizer import Stylizer
 
@@ -78,12 +79,15 @@ SHALLOW = {"content_layers": ["relu2_2"], "style_layers": ["relu1_1", "relu2_1",
 
 
 @pytest.mark.parametrize("edge, layers", [(48, {}), (96, {}), (8, SHALLOW)], ids=["48", "96", "8-shallow"])
-def test_a_tiled_evaluation_is_the_untiled_one_in_float64(float64_stylizer, edge, layers):
+def test_a_tiled_evaluation_is_the_untiled_one_in_float64(float64_stylizer, edge, layers, monkeypatch):
     """Loss and gradient of one evaluation, tiled against untiled, in float64, on a 150 x 115
     picture: halos clipped at the borders, a last row and column of tiles narrower than a deep
     layer's cell (150 = 3 x 48 + 6: the last row owns no relu5_1 cell), odd sizes, a non-square
-    picture; with shallow layers (a 12 px halo), tiles of 8 px, 285 of them."""
+    picture; with shallow layers (a 12 px halo), tiles of 8 px, 285 of them. Total variation over
+    strips of 7 rows (the last one shorter)."""
     import dataclasses
+
+    monkeypatch.setattr(tiled_evaluation, "STRIP_ROWS", 7)
 
     options = dataclasses.replace(float64_stylizer.options, **layers)
     deepest = "relu3_1" if layers else "relu5_1"
@@ -119,13 +123,14 @@ def test_a_halo_narrower_than_the_receptive_field_is_not_exact(float64_stylizer,
     assert (gradient - expected_gradient).abs().max() > 1e-6 * expected_gradient.abs().max()
 
 
-def test_every_term_tiled_in_float64(float64_stylizer):
+def test_every_term_tiled_in_float64(float64_stylizer, monkeypatch):
     """Two styles blended, layer weights, content and style masks, a style-image mask, the temporal
     term, and a batch of two pictures: tiled as untiled."""
     import dataclasses
 
     from nst_ext.objective import TemporalTarget
 
+    monkeypatch.setattr(tiled_evaluation, "STRIP_ROWS", 16)
     generator = torch.Generator().manual_seed(7)
     height, width = 90, 70
     options = dataclasses.replace(float64_stylizer.options, style_layer_weights=[0.1, 0.2, 0.3, 0.2, 0.2],

@@ -65,21 +65,24 @@ def _cells(name: str, height: int, width: int) -> int:
 
 
 def run(objective: "Objective", images: torch.Tensor, tiles: Sequence[tiling.Tile],
-        score_for: Callable[[tiling.Tile], Score], gradient: Optional[torch.Tensor] = None) -> None:
-    """Each tile of `images` ``(B, 3, H, W)`` through the objective's VGG segments, its features
-    given to ``score_for(tile)``. With `gradient` (``(B, 3, H, W)``, float32), the sum of the scores
-    is differentiated and each tile's input gradient added into it; else no graph is made."""
+        score_for: Callable[[tiling.Tile], Score], gradients: Optional[Sequence[torch.Tensor]] = None,
+        clamp: bool = False) -> None:
+    """Each tile of `images` ``(B, 3, H, W)`` (`clamp`: clamped to [0, 1], as the loss scores them)
+    through the objective's VGG segments, its features given to ``score_for(tile)``. With
+    `gradients` (one ``(1, 3, H, W)`` per picture), the sum of the scores is differentiated and each
+    tile's input gradient, halo included, added into them; else no graph is made."""
     for tile in tiles:
         top, bottom, left, right = tile.read
         crop = images[..., top:bottom, left:right].detach()
-        if gradient is None:
+        if gradients is None:
             with torch.no_grad():
-                objective.through_network(crop, score_for(tile))
+                objective.through_network(crop.clamp(0, 1) if clamp else crop, score_for(tile))
             continue
         crop.requires_grad_(True)
-        content, style = objective.through_network(crop, score_for(tile))
+        content, style = objective.through_network(crop.clamp(0, 1) if clamp else crop, score_for(tile))
         (content + style).sum().backward()
-        gradient[..., top:bottom, left:right] += crop.grad
+        for index, gradient in enumerate(gradients):
+            gradient[..., top:bottom, left:right] += crop.grad[index:index + 1]
         del crop, content, style
 
 
@@ -118,10 +121,11 @@ def grams(objective: "Objective", images: torch.Tensor, style_terms) -> List[tor
     return _first_pass(objective, images, style_terms, [])[0]
 
 
-def _first_pass(objective: "Objective", images: torch.Tensor, style_terms,
-                content_terms) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """One pass without gradients over the tiles of `images` ``(B, 3, H, W)``: the Gram each of
-    `style_terms` scores (``(B, C, C)`` each) and the weighted sum of `content_terms`, ``(B,)``."""
+def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, content_terms,
+                clamp: bool = False) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """One pass without gradients over the tiles of `images` ``(B, 3, H, W)`` (`clamp`: each tile
+    clamped to [0, 1]): the Gram each of `style_terms` scores (``(B, C, C)`` each) and the weighted
+    sum of `content_terms`, ``(B,)``."""
     height, width = images.shape[-2:]
     totals: List[Optional[torch.Tensor]] = [None] * len(style_terms)
     content = torch.zeros(images.shape[0], device=images.device)
@@ -139,7 +143,7 @@ def _first_pass(objective: "Objective", images: torch.Tensor, style_terms,
             return zero, zero
         return score
 
-    run(objective, images, objective_tiles(objective, images), score_for)
+    run(objective, images, objective_tiles(objective, images), score_for, clamp=clamp)
     result = []
     for (name, _, term), total in zip(style_terms, totals):
         if total is None:  # a region with no weight anywhere: its Gram is 0
@@ -181,33 +185,67 @@ def _style_of(objective: "Objective", gram_totals: Sequence[torch.Tensor], devic
     return objective.options.style_weight * style
 
 
+# Rows of the picture per strip when the elementwise terms are summed strip by strip.
+STRIP_ROWS = 256
+
+
+def _local_terms(objective: "Objective", images: torch.Tensor,
+                 gradients: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """Total variation and the temporal term of `images` ``(B, 3, H, W)`` (clamped when the loss is),
+    weighted, ``(B,)`` each: what :meth:`Objective.local_terms` gives, summed over strips of rows
+    (each with the next row, its vertical neighbour), so that nothing picture-sized is made. With
+    `gradients` (one ``(1, 3, H, W)`` per picture), their gradient is added into them."""
+    options = objective.options
+    batch, channels, height, width = images.shape
+    tv = torch.zeros(batch, dtype=torch.float64, device=images.device)
+    temporal = torch.zeros_like(tv)
+    for top in range(0, height, STRIP_ROWS):
+        bottom = min(height, top + STRIP_ROWS)
+        strip = images[..., top:min(height, bottom + 1), :].detach().requires_grad_(gradients is not None)
+        with torch.set_grad_enabled(gradients is not None):
+            seen = strip.clamp(0, 1) if options.clamp_in_loss else strip
+            own = seen[..., : bottom - top, :]
+            strip_tv = options.tv_weight * objective.tv_loss.part(seen, bottom - top, height)
+            strip_temporal = torch.zeros_like(strip_tv)
+            if objective.temporal is not None:
+                previous, mask, weight = objective.temporal
+                change = (own - previous[..., top:bottom, :]).square() * mask[..., top:bottom, :]
+                strip_temporal = weight * change.sum(dim=(1, 2, 3)) / (channels * height * width)
+        if gradients is not None:
+            (strip_tv + strip_temporal).sum().backward()
+            for index, gradient in enumerate(gradients):
+                gradient[..., top:top + strip.shape[-2], :] += strip.grad[index:index + 1]
+        tv += strip_tv.detach().double()
+        temporal += strip_temporal.detach().double()
+    return {"tv": tv.float(), "temporal": temporal.float()}
+
+
 def values(objective: "Objective", images: torch.Tensor) -> Dict[str, torch.Tensor]:
     """The terms at `images` ``(B, 3, H, W)`` without gradients: ``(B,)`` float32 each, by name."""
     with torch.no_grad():
-        if objective.options.clamp_in_loss:
-            images = images.clamp(0, 1)
-        gram_totals, content = _first_pass(objective, images, objective.style_terms, objective.content_terms)
+        gram_totals, content = _first_pass(objective, images, objective.style_terms, objective.content_terms,
+                                           objective.options.clamp_in_loss)
         terms = {"content": objective.options.content_weight * content,
-                 "style": _style_of(objective, gram_totals, images.device), **objective.local_terms(images)}
+                 "style": _style_of(objective, gram_totals, images.device), **_local_terms(objective, images)}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
     return terms
 
 
 def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
     """One tiled evaluation at the pictures `leaves` (each ``(1, 3, H, W)``, requires_grad): fills
-    each leaf's ``grad`` and returns the terms, ``(B,)`` float32 each, by name."""
+    each leaf's ``grad`` and returns the terms, ``(B,)`` float32 each, by name. Nothing
+    picture-sized is made but the gradients (the tiles and strips are clamped one at a time)."""
     options = objective.options
-    with torch.no_grad():
-        images = torch.cat([leaf.detach() for leaf in leaves])
-        if options.clamp_in_loss:
-            images = images.clamp(0, 1)  # elementwise: a tile of the clamped picture is the clamped tile
-    gram_totals, content = _first_pass(objective, images, objective.style_terms, objective.content_terms)
+    images = leaves[0].detach() if len(leaves) == 1 else torch.cat([leaf.detach() for leaf in leaves])
+    gram_totals, content = _first_pass(objective, images, objective.style_terms, objective.content_terms,
+                                       options.clamp_in_loss)
     # The style term of the whole picture, differentiated in each Gram.
     gram_leaves = [total.detach().requires_grad_(True) for total in gram_totals]
     with torch.enable_grad():
         style = _style_of(objective, gram_leaves, images.device)
         slopes = torch.autograd.grad(style.sum(), gram_leaves, allow_unused=True)
     cells = [_cells(name, *images.shape[-2:]) for name, _, _ in objective.style_terms]
+
     def score_for(tile):
         def score(features, zero):
             content_share = zero
@@ -221,21 +259,11 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
             return content_share, style_share
         return score
 
-    gradient = torch.zeros_like(images, dtype=torch.promote_types(images.dtype, torch.float32))
     for leaf in leaves:
-        leaf.grad = None
-    run(objective, images, objective.tiles, score_for, gradient)
-    # The elementwise terms over the whole picture, with its autograd (the clamp's gradient too).
-    whole = torch.cat(list(leaves))
-    clamped = whole.clamp(0, 1) if options.clamp_in_loss else whole
-    local = objective.local_terms(clamped)
-    (local["tv"] + local["temporal"]).sum().backward()
-    if options.clamp_in_loss:  # the tiles saw the clamped picture: pass their gradient through the clamp
-        inside = (whole.detach() >= 0) & (whole.detach() <= 1)
-        gradient = gradient * inside
-    for index, leaf in enumerate(leaves):
-        leaf.grad += gradient[index:index + 1].to(leaf.grad.dtype)
-    terms = {"content": options.content_weight * content, "style": style.detach(),
-             **{name: value.detach() for name, value in local.items()}}
+        leaf.grad = torch.zeros_like(leaf)
+    gradients = [leaf.grad for leaf in leaves]
+    run(objective, images, objective.tiles, score_for, gradients, options.clamp_in_loss)
+    local = _local_terms(objective, images, gradients)
+    terms = {"content": options.content_weight * content, "style": style.detach(), **local}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
     return terms

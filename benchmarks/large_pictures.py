@@ -1,0 +1,176 @@
+"""Large pictures, tiled and untiled: the seconds of one evaluation (the loss and its gradient, what
+an L-BFGS step costs) and the peak memory of short runs, against megapixels.
+
+    python benchmarks/large_pictures.py --steps-at 1024,2048 [--repeats 3] [--tiles 512,1024] [--json F]
+    python benchmarks/large_pictures.py --runs 1024,2048,4096,6000x4000,8192 [--json F] [--plot F.png]
+
+--steps-at: in one process, at each size, the median seconds of an evaluation untiled, untiled
+with activation checkpointing and in tiles of each edge (the same picture's loss and gradient,
+side by side; the demo images).
+
+--runs: each size in a fresh process, as `nst-ext stylize --scales 512,SIZE --steps 20,2` with no
+memory option (the default budget chooses checkpointing or tiles): its peak resident memory
+(VmHWM), the median seconds per evaluation of the finest stage, the memory plan it chose and that
+plan's estimate. SIZE is a long side (the demo's square content) or WIDTHxHEIGHT (a 3:2 crop of it).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from _common import CONTENT, STYLE
+
+import nst_ext
+from nst_ext.memory import plan_stage
+
+
+def _parse_size(text):
+    if "x" in text:
+        width, height = (int(part) for part in text.split("x"))
+        return width, height
+    return int(text), int(text)
+
+
+def evaluation_seconds(stylizer, size, plan, repeats):
+    """The median seconds of one evaluation of the finest stage's objective under `plan`."""
+    image, objective = stylizer.objective(CONTENT, STYLE, size=size, plan=plan)
+    image = image.clone().requires_grad_(True)
+    evaluate = objective.evaluator(image, graph=False)
+    evaluate()  # warm-up: oneDNN's kernels for these shapes
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        evaluate()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), times
+
+
+def steps_at(sizes, tiles, repeats):
+    stylizer = nst_ext.Stylizer(device="cpu")
+    options = stylizer.options
+    rows = []
+    for size in sizes:
+        row = {"size": size}
+        for name, overrides in [("untiled", {"checkpointing": False, "tile": 0}),
+                                ("checkpointed", {"checkpointing": True, "tile": 0}),
+                                *((f"tiles {edge}", {"tile": edge}) for edge in tiles)]:
+            plan = plan_stage(size, size, options.content_layers, options.style_layers, 20, [(size, size)], None,
+                              "cpu", 4, **overrides)
+            if overrides.get("tile") and not plan.tile_edge:
+                continue
+            median, times = evaluation_seconds(stylizer, size, plan, repeats)
+            row[name] = {"median_s": median, "times_s": times, "estimate_bytes": plan.total}
+            print(f"{size} px {name}: {median:.2f} s per evaluation ({', '.join(f'{t:.2f}' for t in times)})",
+                  flush=True)
+        rows.append(row)
+    return rows
+
+
+CHILD = r"""
+import json, statistics, sys, time
+import nst_ext
+from nst_ext.memory import plan_stages
+content, style, width, height = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+stylizer = nst_ext.Stylizer(scales=[512, max(width, height)], steps=[20, 2], device="cpu")
+stamps, plans = [], []
+
+def callback(progress):
+    if progress.stage == progress.stages - 1:
+        stamps.append(time.perf_counter())
+        plans.append(progress.memory_plan)
+
+started = time.perf_counter()
+result = stylizer.run(content, style, callback=callback)
+seconds = time.perf_counter() - started
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+plan = plans[0]
+print(json.dumps({"peak_bytes": peak, "seconds": seconds, "shape": list(result.tensor.shape),
+                  "evaluation_s": statistics.median(b - a for a, b in zip(stamps, stamps[1:])),
+                  "evaluations": len(stamps), "estimate_bytes": plan.total, "plan": plan.describe(),
+                  "tile_edge": plan.tile_edge, "checkpointing": plan.checkpointing,
+                  "history_size": plan.history_size}))
+"""
+
+
+def runs(shapes, folder):
+    from PIL import Image
+
+    rows = []
+    for width, height in shapes:
+        content = CONTENT
+        if width != height:  # the demo content cropped to the aspect asked for
+            image = Image.open(CONTENT).convert("RGB")
+            side = image.width
+            crop_height = round(side * min(width, height) / max(width, height))
+            content = os.path.join(folder, f"content-{width}x{height}.png")
+            image.crop((0, 0, side, crop_height)).save(content)
+        completed = subprocess.run([sys.executable, "-c", CHILD, content, STYLE, str(width), str(height)],
+                                   capture_output=True, text=True)
+        if completed.returncode:
+            print(completed.stderr[-2000:], file=sys.stderr)
+            rows.append({"width": width, "height": height, "error": completed.stderr.strip().splitlines()[-1]})
+            continue
+        row = {"width": width, "height": height, "megapixels": width * height / 1e6,
+               **json.loads(completed.stdout.strip().splitlines()[-1])}
+        print(f"{width}x{height}: peak {row['peak_bytes'] / 2**30:.2f} GiB (estimate {row['estimate_bytes'] / 2**30:.2f}), "
+              f"{row['evaluation_s']:.1f} s per evaluation, {row['seconds']:.0f} s in all; {row['plan']}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [row for row in rows if "error" not in row]
+    figure, (memory, seconds) = plt.subplots(1, 2, figsize=(10, 4))
+    for tiled, marker in ((False, "o"), (True, "s")):
+        chosen = [row for row in done if bool(row["tile_edge"]) == tiled]
+        label = "tiled" if tiled else "untiled"
+        memory.plot([r["megapixels"] for r in chosen], [r["peak_bytes"] / 2**30 for r in chosen], marker, label=label)
+        seconds.plot([r["megapixels"] for r in chosen], [r["evaluation_s"] for r in chosen], marker, label=label)
+    memory.set(xlabel="megapixels", ylabel="peak resident memory (GiB)", xscale="log", yscale="log")
+    seconds.set(xlabel="megapixels", ylabel="seconds per evaluation", xscale="log", yscale="log")
+    for axis in (memory, seconds):
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.suptitle("nst-ext --scales 512,SIZE --steps 20,2, default budget (CPU)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps-at", type=lambda t: [int(s) for s in t.split(",")], default=None)
+    parser.add_argument("--tiles", type=lambda t: [int(s) for s in t.split(",")], default=[512, 1024])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runs", type=lambda t: [_parse_size(s) for s in t.split(",")], default=None)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=None)
+    args = parser.parse_args()
+    torch.set_grad_enabled(True)
+    report = {"machine": nst_ext.backend_info(), "cpu_threads": torch.get_num_threads()}
+    if args.steps_at:
+        report["steps"] = steps_at(args.steps_at, args.tiles, args.repeats)
+    if args.runs:
+        with tempfile.TemporaryDirectory() as folder:
+            report["runs"] = runs(args.runs, folder)
+        if args.plot:
+            plot(report["runs"], args.plot)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()
