@@ -2,14 +2,14 @@
 an L-BFGS step costs) and the peak memory of short runs, against megapixels.
 
     python benchmarks/large_pictures.py --steps-at 1024,2048 [--repeats 3] [--tiles 512,1024] [--json F]
-    python benchmarks/large_pictures.py --runs 1024,2048,4096,6000x4000,8192 [--json F] [--plot F.png]
+    python benchmarks/large_pictures.py --runs 1024,2048,4096,6000x4000,8192 [--max-memory M] [--json F] [--plot F.png]
 
 --steps-at: in one process, at each size, the median seconds of an evaluation untiled, untiled
 with activation checkpointing and in tiles of each edge (the same picture's loss and gradient,
 side by side; the demo images).
 
 --runs: each size in a fresh process, as `nst-ext stylize --scales 512,SIZE --steps 20,2` with no
-memory option (the default budget chooses checkpointing or tiles): its peak resident memory
+memory option (the default budget chooses checkpointing or tiles; --max-memory sets one): its peak resident memory
 (VmHWM), the median seconds per evaluation of the finest stage, the memory plan it chose and that
 plan's estimate. SIZE is a long side (the demo's square content) or WIDTHxHEIGHT (a 3:2 crop of it).
 """
@@ -78,7 +78,7 @@ import json, statistics, sys, time
 import nst_ext
 from nst_ext.memory import plan_stages
 content, style, width, height = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-stylizer = nst_ext.Stylizer(scales=[512, max(width, height)], steps=[20, 2], device="cpu")
+stylizer = nst_ext.Stylizer(scales=[512, max(width, height)], steps=[20, 2], device="cpu", max_memory=sys.argv[5] or None)
 stamps, plans = [], []
 
 def callback(progress):
@@ -100,7 +100,7 @@ print(json.dumps({"peak_bytes": peak, "seconds": seconds, "shape": list(result.t
 """
 
 
-def runs(shapes, folder):
+def runs(shapes, folder, max_memory=None):
     from PIL import Image
 
     rows = []
@@ -112,13 +112,14 @@ def runs(shapes, folder):
             crop_height = round(side * min(width, height) / max(width, height))
             content = os.path.join(folder, f"content-{width}x{height}.png")
             image.crop((0, 0, side, crop_height)).save(content)
-        completed = subprocess.run([sys.executable, "-c", CHILD, content, STYLE, str(width), str(height)],
+        completed = subprocess.run([sys.executable, "-c", CHILD, content, STYLE, str(width), str(height),
+                                    max_memory or ""],
                                    capture_output=True, text=True)
         if completed.returncode:
             print(completed.stderr[-2000:], file=sys.stderr)
             rows.append({"width": width, "height": height, "error": completed.stderr.strip().splitlines()[-1]})
             continue
-        row = {"width": width, "height": height, "megapixels": width * height / 1e6,
+        row = {"width": width, "height": height, "megapixels": width * height / 1e6, "max_memory": max_memory,
                **json.loads(completed.stdout.strip().splitlines()[-1])}
         print(f"{width}x{height}: peak {row['peak_bytes'] / 2**30:.2f} GiB (estimate {row['estimate_bytes'] / 2**30:.2f}), "
               f"{row['evaluation_s']:.1f} s per evaluation, {row['seconds']:.0f} s in all; {row['plan']}", flush=True)
@@ -155,6 +156,7 @@ def main():
     parser.add_argument("--tiles", type=lambda t: [int(s) for s in t.split(",")], default=[512, 1024])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runs", type=lambda t: [_parse_size(s) for s in t.split(",")], default=None)
+    parser.add_argument("--max-memory", default=None, help="the runs' --max-memory (default: the default budget)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
@@ -164,7 +166,7 @@ def main():
         report["steps"] = steps_at(args.steps_at, args.tiles, args.repeats)
     if args.runs:
         with tempfile.TemporaryDirectory() as folder:
-            report["runs"] = runs(args.runs, folder)
+            report["runs"] = runs(args.runs, folder, args.max_memory)
         if args.plot:
             plot(report["runs"], args.plot)
     if args.json:

@@ -155,9 +155,6 @@ class MemoryPlan:
         return ", ".join(parts)
 
 
-# Picture-sized float32 vectors a tiled step keeps besides L-BFGS's: the clamped picture, the
-# tiles' summed gradient, and the total variation's differences and their gradient.
-TILED_PICTURE_VECTORS = 4
 # Each smaller tile edge tried is this share of the last: the plan takes the largest that fits.
 TILE_EDGE_RATIO = 0.85
 
@@ -206,8 +203,7 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
         # takes one pass without gradients over the content images together and over each style image
         # (tiled: a tile of each at a time).
         targets = (1 if edge else 2) * 4 * content_elements + style_grams
-        if edge:
-            history += TILED_PICTURE_VECTORS * pixels * 4
+        if edge:  # tiles and total-variation strips are clamped one at a time: no picture-sized temporaries
             tile_shape = lambda h, w: (min(h, edge + 2 * margin), min(w, edge + 2 * margin))  # noqa: E731
             making = making_targets([(pictures, seen), *((1, tile_shape(*shape)) for shape in style_shapes)])
         else:

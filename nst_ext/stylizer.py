@@ -37,7 +37,7 @@ class Progress:
     the first read copies all four to the host, a GPU synchronisation), so a
     callback that reads them only now and then does not slow a GPU run.
     ``image()`` returns the current image, ``(3, H, W)`` in [0, 1], on the CPU;
-    ``memory_plan`` says how the stage fits in memory (checkpointing, history).
+    ``memory_plan`` says how the stage fits in memory (checkpointing, tiles, history).
     For pictures optimised together (:meth:`Stylizer.run_many`) the losses are
     the batch's sums and ``image()`` is the first picture.
     """

@@ -115,7 +115,8 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                              "of the memory free to this process at the start, which honours ulimit -v and a container's "
                              "memory limit). To fit, each stage keeps at most as many L-BFGS pairs as it has steps, "
                              "then checkpoints VGG's activations (the same picture, 1.8x the time per step at 1024 px "
-                             "on the CPU of BENCHMARKS.md), then keeps fewer L-BFGS pairs (down to 5: slower "
+                             "on the CPU of BENCHMARKS.md), then evaluates it in tiles (the same picture, about one "
+                             "more forward pass per step), then keeps fewer L-BFGS pairs (down to 5: slower "
                              "convergence); a size that cannot fit is refused before any work")
     memory.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute VGG's activations in the backward pass instead of keeping them "
