@@ -58,6 +58,9 @@ class Objective:
     at this stage's size (:class:`nst_ext.masks.StageMasks`): with style masks each style image
     is its own term over its region (not blended), normalised on its own by its value at the
     content image, so each region takes on its style as firmly whatever the others' distance.
+    When the plan has a tile edge and the picture is larger than one tile, the targets are made
+    and :meth:`evaluator` evaluates tile by tile (nst_ext.objective.tiled: the same loss and
+    gradient); calling the objective then gives the values without a graph.
     """
 
     def __init__(self, network: "Network", options: "StyleOptions", stage_content: torch.Tensor,

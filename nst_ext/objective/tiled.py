@@ -9,9 +9,10 @@ A Gram matrix is a sum over positions, so the picture's Gram is the sum of the t
    tile's features is the whole picture's, since G is linear in each tile's share) plus its share of
    the content terms; the tile's input gradient, halo included, is added into the picture's.
 
-Total variation and the temporal term are elementwise over the picture and run on it whole. The
-loss and gradient are the untiled picture's, up to the order of float summation (tested in
-float64), for one tile's activations at a time plus one more forward pass per step.
+Total variation and the temporal term are elementwise and are summed over strips of rows. Tiles
+and strips are clamped one at a time, so nothing picture-sized is made but the gradient. The loss
+and gradient are the untiled picture's, up to the order of float summation (tested in float64), for
+one tile's activations at a time plus one more forward pass per step.
 """
 
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
