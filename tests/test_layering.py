@@ -1,5 +1,5 @@
 """The house's layers (README, "Read next"; the brief's CLI → jobs → stylizer → objective → network /
-memory → losses → ops): every import of a package module, lazy ones inside functions included,
+memory → losses → ops, with the browser views between the CLI and the jobs): every import of a package module, lazy ones inside functions included,
 goes down the chain, never up; the helpers beside the chain (options, images, outputs, weights, …)
 import nothing above memory."""
 
@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nst_ext"
 # Top to bottom; a module may import those below it, never those above.
-CHAIN = ["cli", "jobs", "stylizer", "objective", "network", "memory", "losses", "_ops"]
+CHAIN = ["cli", "web", "jobs", "stylizer", "objective", "network", "memory", "losses", "_ops"]
 RANK = {name: rank for rank, name in enumerate(CHAIN)}
 HELPER_MAY_REACH = RANK["memory"]  # a helper (not in the chain) may import memory and below
 

@@ -58,6 +58,8 @@ def why_not_here(words) -> str:
         return f"needs {len(gpus)} GPUs"
     if "--nnodes" in words:
         return "needs several machines"
+    if len(words) > 1 and words[1] == "serve":
+        return "a server, running until stopped (tests/test_web_browser.py drives it)"
     if "--nproc-per-node" in words and int(words[words.index("--nproc-per-node") + 1]) > MOST_PROCESSES_HERE:
         return f"{words[words.index('--nproc-per-node') + 1]} processes"
     return ""
@@ -124,9 +126,9 @@ def test_every_readme_command_runs_as_written(readers_folder):
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=readers_folder,
                                 env=environment)
         assert result.returncode == 0 and "Traceback" not in result.stderr, (words, result.stderr)
-    for picture in ("out.png", "mix.png", "big.png", "print.png", "poster.png", "print8k.png", "tiled.png", "keep.png", "regions.png", "again.png", "watched.png",
+    for picture in ("out.png", "mix.png", "big.png", "print.png", "poster.png", "print8k.png", "tiled.png", "keep.png", "regions.png", "again.png", "watched.png", "live.png",
                     "loss.png",
-                    "exact.png", "nst-ext-demo.png", "nst-ext-demo-loss.png", "styled/photo0.png",
+                    "exact.png", "nst-ext-demo.png", "nst-ext-demo-loss.png", "styled/photo0.png", "watched/photo0.png",
                     "listed/photos/photo2.jpg"):
         assert (readers_folder / picture).is_file(), picture
     for video in ("styled.mp4", "small.webm", "parts.mp4"):

@@ -27,6 +27,22 @@ def _listed(values) -> str:
     return ",".join(map(str, values))
 
 
+def _port(text):
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r} (put --web after the pictures, "
+                                         "or give it a port)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
+    return port
+
+
+WEB_HELP = ("watch the run in a browser: a page on 127.0.0.1 (PORT, or a free port: the address is printed) "
+            "with the picture as it forms, the losses, and a Stop button that does what Ctrl-C does "
+            "(needs pip install 'nst_ext[web]')")
+
+
 def _names(text):
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -151,6 +167,7 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
                              "(STEM: the output's name without extension; S from 0; NNNN the step in the stage)")
     output.add_argument("--plot", default=None, metavar="PNG", help="write a loss-curve plot")
     output.add_argument("--quiet", action="store_true", help="no progress bar")
+    output.add_argument("--web", nargs="?", type=_port, const=0, default=None, metavar="PORT", help=WEB_HELP)
 
 
 def _add_job_arguments(parser: argparse.ArgumentParser, input_help: str, output: dict, overwrite_help: str) -> None:
@@ -160,6 +177,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser, input_help: str, output:
     parser.add_argument("-o", "--output", required=True, **output)
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--web", nargs="?", type=_port, const=0, default=None, metavar="PORT", help=WEB_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {_listed(LONG_TERM)}; must hold 1): a pixel keeps the look it had when last seen, so "
                             "what a passing object uncovers comes back as it was")
     _add_style_options(video, defaults)
+    serve = commands.add_parser(
+        "serve", help="a local web app: choose a photo and styles, watch it paint, download the picture",
+        description="Serves a page to stylize pictures from a browser: upload a content picture and one or more "
+                    "styles (or pick the samples), set the main options, start, watch the picture form, download "
+                    "it. Jobs run one at a time, the others wait in a queue; results are written to --out and "
+                    "never replace a file. Needs pip install 'nst_ext[web]'.")
+    serve.add_argument("--port", type=_port, default=8765, help="(default %(default)s; 0: a free port)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="the address to listen on (default %(default)s: this machine only); another address "
+                            "lets anyone who reaches it upload pictures and run jobs here")
+    serve.add_argument("--out", default="nst-ext-results", metavar="DIR",
+                       help="where results (and the uploads they were made from) are written (default %(default)s)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    serve.add_argument("--max-upload", default="25MiB", metavar="SIZE",
+                       help="the largest file accepted, e.g. 10MB (default %(default)s)")
     commands.add_parser("layers", help="list VGG19's layer names, their size and the smallest picture each needs")
     info = commands.add_parser("info", help="show the kernel backends, device and weights; or how a picture was made")
     info.add_argument("picture", nargs="?", default=None,

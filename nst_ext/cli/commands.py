@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import signal
 import sys
 import warnings
 from importlib import resources
@@ -25,7 +24,10 @@ from typing import List, Optional
 
 # Torch-free imports only: arguments are parsed, and outputs checked, before torch is imported.
 from nst_ext.cli.arguments import CommandError, build_parser, style_options
-from nst_ext.errors import InputError, JobWarning, OptionError
+from nst_ext.cli.job_commands import run_batch_command, run_video_command
+from nst_ext.cli.stopping import install_stop_handlers, restore_handlers, stop_exit_status, stop_verb
+from nst_ext.cli.watching import close_live_view, open_live_view, web_module
+from nst_ext.errors import InputError, JobWarning
 from nst_ext.layers import LAYERS, min_image_side
 from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleOptions
 from nst_ext.outputs import WriteError, check_outputs, deferred_signals, write_or_rescue
@@ -33,31 +35,6 @@ from nst_ext.outputs import WriteError, check_outputs, deferred_signals, write_o
 EXIT_BAD_INPUT = 2
 # The work was done (or some of it) but a result could not be written, or memory ran out.
 EXIT_FAILED = 1
-EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class Stopped(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: the stylizer stops as for Ctrl-C and keeps its best image."""
-
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_received = []  # the stop signals received, in order
-
-
-def _on_stop_signal(signum, frame):
-    _received.append(signum)
-    raise Stopped(signum)
-
-
-def _stop_exit_status() -> int:
-    return EXIT_FOR_SIGNAL.get(_received[0] if _received else signal.SIGINT, 130)
-
-
-def _stop_verb() -> str:
-    return "terminated" if _received and _received[0] == signal.SIGTERM else "interrupted"
 
 
 def _free_demo_name() -> Path:
@@ -133,19 +110,23 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(options)
-    bar = None
+    bar = live = None
     steps_done = 0
     save_every = args.save_every
 
     def on_progress(progress):
-        nonlocal bar, steps_done, save_every
+        nonlocal bar, live, steps_done, save_every
         steps_done += 1
-        if bar is None and not args.quiet:  # made once the inputs have been checked and loaded
-            from nst_ext.progress import StepBar
+        if steps_done == 1:  # made once the inputs have been checked and loaded
+            if not args.quiet:
+                from nst_ext.progress import StepBar
 
-            bar = StepBar(sum(options.stage_steps()), stylizer.device)
+                bar = StepBar(sum(options.stage_steps()), stylizer.device)
+            live = open_live_view(args, output.name)
         if bar is not None:
             bar.show(progress)
+        if live is not None:
+            live.observe(progress)
         if save_every and progress.step % save_every == 0:
             try:
                 save_image(progress.image(), _intermediate_path(output, progress.stage, progress.step), overwrite=True)
@@ -153,14 +134,19 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
                 print(f"nst-ext: warning: {error}; no more intermediate images are written", file=sys.stderr)
                 save_every = 0
 
+    result = None
     try:
         result = stylizer.run(content, styles, callback=on_progress)
     finally:
         if bar is not None:
             bar.close()
+        if result is None:
+            close_live_view(live, status="failed")
+        else:  # the page shows the picture that is saved below
+            close_live_view(live, result.tensor, "stopped" if result.interrupted else "done")
     if result.interrupted and not result.history:
-        print(f"nst-ext: {_stop_verb()} before the first step finished; nothing written", file=sys.stderr)
-        return _stop_exit_status()
+        print(f"nst-ext: {stop_verb()} before the first step finished; nothing written", file=sys.stderr)
+        return stop_exit_status()
     if not result.interrupted and not result.improved:
         print(f"nst-ext: warning: no step improved the picture, so {output} is its starting image (with one step "
               "per stage, L-BFGS only evaluates the start); give more --steps", file=sys.stderr)
@@ -180,102 +166,11 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
     except KeyboardInterrupt:  # delivered once the files were written
         stopped_while_saving = True
     if result.interrupted or stopped_while_saving:
-        print(f"nst-ext: {_stop_verb()} after {steps_done} steps; saved the best image so far to {output}",
+        print(f"nst-ext: {stop_verb()} after {steps_done} steps; saved the best image so far to {output}",
               file=sys.stderr)
-        return _stop_exit_status()
+        return stop_exit_status()
     print(f"nst-ext: wrote {output} ({result.tensor.shape[2]}x{result.tensor.shape[1]}) in {result.seconds:.1f} s",
           file=sys.stderr)
-    return 0
-
-
-def _job_stopped(kept: str) -> int:
-    """A batch or video job stopped by Ctrl-C or SIGTERM: what it kept, and the exit status."""
-    print(f"nst-ext: {_stop_verb()}; {kept} are kept, run the same command again to continue", file=sys.stderr)
-    return _stop_exit_status()
-
-
-def _run_batch(args) -> int:
-    options = style_options(args)
-    options.validate()
-    if args.batch_size is not None and args.batch_size < 1:
-        raise OptionError(f"--batch-size must be at least 1, got {args.batch_size}")
-    from nst_ext.jobs import MANIFEST_NAME, Distributed, run_batch  # torch is imported from here on
-
-    distributed = Distributed()
-    bar = None
-
-    def on_start(total, already):
-        nonlocal bar
-        if distributed.rank == 0 and not args.quiet:  # rank 0 shows every rank's items
-            from nst_ext.progress import ItemBar
-
-            bar = ItemBar(total, already, Path(args.output) / MANIFEST_NAME)
-
-    def on_item(item, status, error):
-        if status == "failed":
-            print(f"nst-ext: skipped {item.name}: {error}", file=sys.stderr)
-        if bar is not None:
-            bar.count(force=True)
-
-    def on_progress(progress):
-        if bar is not None:
-            bar.show(progress)
-
-    try:
-        summary = run_batch(args.input, args.styles, args.output, options, output_format=args.format,
-                            overwrite=args.overwrite, on_item=on_item, on_progress=on_progress,
-                            distributed=distributed, on_start=on_start, batch_size=args.batch_size)
-    except WriteError as error:
-        raise error.with_advice("the items finished before are kept: run the same command again once the output "
-                                "can be written") from None
-    finally:
-        if bar is not None:
-            bar.count(force=True)
-            bar.close()
-        distributed.close()
-    if summary.interrupted:
-        return _job_stopped("finished items")
-    if distributed.rank == 0:
-        print(f"nst-ext: batch: {summary.line()}", file=sys.stderr)
-    return 1 if summary.failed else 0
-
-
-def _run_video(args) -> int:
-    options = style_options(args)
-    options.validate()
-    from nst_ext.jobs import FRAME_STEPS, TEMPORAL_WEIGHT, Distributed, run_video  # torch from here on
-
-    distributed = Distributed()
-    bar = None
-
-    def on_frame(done, total):
-        nonlocal bar
-        if distributed.rank == 0 and not args.quiet:
-            if bar is None:
-                from nst_ext.progress import FrameBar
-
-                bar = FrameBar(total)
-            bar.show(done)
-
-    try:
-        summary = run_video(args.input, args.styles, args.output, options,
-                            temporal_weight=TEMPORAL_WEIGHT if args.temporal_weight is None else args.temporal_weight,
-                            frame_steps=FRAME_STEPS if args.frame_steps is None else args.frame_steps,
-                            coherence=args.coherence, long_term=args.long_term,
-                            overwrite=args.overwrite, on_frame=on_frame, distributed=distributed)
-    except WriteError as error:
-        raise error.with_advice("the finished frames are kept: run the same command again once the output can be "
-                                "written") from None
-    finally:
-        if bar is not None:
-            bar.close()
-        distributed.close()
-    if summary.interrupted:
-        return _job_stopped("the finished frames")
-    if distributed.rank == 0:
-        kept = f" ({summary.kept} kept from a stopped run)" if summary.kept else ""
-        print(f"nst-ext: wrote {args.output}: {summary.frames} frames, {summary.stylized} stylized now{kept}",
-              file=sys.stderr)
     return 0
 
 
@@ -310,19 +205,12 @@ def _info() -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    previous_handlers = {}
-    try:
-        for signum in EXIT_FOR_SIGNAL:  # SIGTERM stops a run like Ctrl-C: the best image is saved
-            previous_handlers[signum] = signal.signal(signum, _on_stop_signal)
-    except ValueError:  # not the main thread: leave the signals alone
-        pass
-    _received.clear()
+    previous_handlers = install_stop_handlers()  # SIGTERM stops a run like Ctrl-C: the best image is saved
     try:
         with _one_line_warnings():
             return _main(argv)
     finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
+        restore_handlers(previous_handlers)
 
 
 @contextlib.contextmanager
@@ -364,9 +252,12 @@ def _main(argv: Optional[List[str]]) -> int:
             with resources.as_file(data / "astronaut.jpg") as content, resources.as_file(data / "swirls.jpg") as style:
                 return _run_stylize(args, content, [style], output)
         if args.command == "batch":
-            return _run_batch(args)
+            return run_batch_command(args)
         if args.command == "video":
-            return _run_video(args)
+            return run_video_command(args)
+        if args.command == "serve":
+            return web_module("app").serve(args.out, host=args.host, port=args.port, device=args.device,
+                                           max_upload=args.max_upload)
         if args.from_picture:
             return _rerun(args)
         if args.content is None or not args.styles:
@@ -379,8 +270,8 @@ def _main(argv: Optional[List[str]]) -> int:
         print(f"nst-ext: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"nst-ext: {_stop_verb()} before an image was made; nothing written", file=sys.stderr)
-        return _stop_exit_status()
+        print(f"nst-ext: {stop_verb()} before an image was made; nothing written", file=sys.stderr)
+        return stop_exit_status()
     except BrokenPipeError:  # e.g. `nst-ext layers | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

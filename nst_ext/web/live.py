@@ -1,0 +1,59 @@
+"""``--web``: a page on 127.0.0.1 that shows a command's run as it goes (the picture, the stage and
+step, the loss curves, the time per step) with a Stop button that does what Ctrl-C does: the
+command stops, saves its best picture and exits with 130."""
+
+import os
+import signal
+import time
+
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from nst_ext.web.preview import Preview
+from nst_ext.web.server import LOCAL_HOST, BackgroundServer, PreviewStreams, bound_socket, page, static_mount
+
+# After the run, how long the command waits for open pages to receive its final picture.
+FINAL_PICTURE_SECONDS = 3.0
+
+
+def _interrupt_the_command():
+    """Ctrl-C, exactly: SIGINT to this process, which the command's handler turns into a stop."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def live_app(preview: Preview, streams: PreviewStreams, stop=_interrupt_the_command) -> Starlette:
+    async def events(request):
+        return streams.response(request, lambda: preview, ends_with_run=True)
+
+    async def stop_run(request):
+        if not preview.finished:
+            stop()
+        return JSONResponse({"stopping": not preview.finished}, status_code=202)
+
+    return Starlette(routes=[Route("/", page("live.html")), Route("/events", events),
+                             Route("/stop", stop_run, methods=["POST"]), static_mount()])
+
+
+class LiveView:
+    """The page of one command's run, served from a thread from construction to :meth:`close`.
+    `port` 0 takes a free one; the address is ``url``."""
+
+    def __init__(self, port: int = 0, label: str = ""):
+        self.preview = Preview(label)
+        self.streams = PreviewStreams()
+        self.server = BackgroundServer(live_app(self.preview, self.streams), bound_socket(LOCAL_HOST, port))
+        self.url = self.server.url
+
+    def observe(self, progress) -> None:
+        """The stylizer's per-step callback's share (nst_ext.stylizer.Progress)."""
+        self.preview.observe(progress)
+
+    def close(self, image=None, status: str = "done", message: str = "") -> None:
+        """Shows the final `image` (``(3, H, W)`` in [0, 1], or None) and the run's end, waits up to
+        FINAL_PICTURE_SECONDS for open pages to get it, and stops the server."""
+        self.preview.finish(image, status, message)
+        deadline = time.monotonic() + FINAL_PICTURE_SECONDS
+        while self.streams.open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.server.close()

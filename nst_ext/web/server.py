@@ -1,0 +1,132 @@
+"""What both pages' servers share: the pages and scripts shipped in the package, a run's
+:class:`~nst_ext.web.preview.Preview` as a stream of Server-Sent Events, and a uvicorn server on
+a socket of its own (a free port when none is asked for), in a thread or in the foreground."""
+
+import asyncio
+import base64
+import json
+import socket
+import threading
+from importlib import resources
+from typing import Callable, Optional
+
+import uvicorn
+from starlette.responses import FileResponse, StreamingResponse
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from nst_ext.errors import InputError
+from nst_ext.web.preview import PREVIEW_SECONDS, Preview, lower_this_threads_priority
+
+STATIC = resources.files("nst_ext.web") / "static"
+LOCAL_HOST = "127.0.0.1"
+# An idle stream sends a comment this often, so that a page notices a server that went away.
+KEEP_ALIVE_SECONDS = 10.0
+
+
+def static_mount() -> Mount:
+    return Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static")
+
+
+def page(name: str) -> Callable:
+    """A route endpoint answering with the shipped page `name`."""
+    async def endpoint(request):
+        return FileResponse(str(STATIC / name), media_type="text/html")
+    return endpoint
+
+
+def event(state: dict, jpeg: Optional[bytes]) -> str:
+    """One Server-Sent Event: the state as JSON, with the picture as a data URL when it is new
+    (in the same event, so a page never shows a picture with another step's numbers)."""
+    if jpeg is not None:
+        state = {**state, "picture": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")}
+    return f"data: {json.dumps(state)}\n\n"
+
+
+class PreviewStreams:
+    """The open event streams of previews; counts them, so that a run can wait until every page
+    got its final picture before the process ends."""
+
+    def __init__(self):
+        self.open = 0
+        self._lock = threading.Lock()
+
+    def response(self, request, preview: Callable[[], Optional[Preview]], ends_with_run: bool) -> StreamingResponse:
+        """A stream of `preview()`'s states (None: nothing to show yet), at most one event every
+        PREVIEW_SECONDS and only when something changed; with `ends_with_run` it ends after the
+        run's final state (the live view of one command), else it follows `preview()` to the next
+        run (the app's queue)."""
+        return StreamingResponse(self._events(request, preview, ends_with_run), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def _events(self, request, preview, ends_with_run):
+        with self._lock:
+            self.open += 1
+        try:
+            shown, seen, current, quiet = None, -1, None, 0.0
+            while not await request.is_disconnected():
+                watched = preview()
+                if watched is not current:  # the app moved on to another job
+                    current, shown, seen = watched, None, -1
+                if current is None:
+                    await asyncio.sleep(PREVIEW_SECONDS)
+                    continue
+                version = await asyncio.to_thread(current.wait, seen, 1.0)
+                if version == seen:
+                    quiet += 1.0
+                    if quiet >= KEEP_ALIVE_SECONDS:
+                        quiet = 0.0
+                        yield ": keep-alive\n\n"
+                    continue
+                quiet = 0.0
+                shown, jpeg = current.state(shown)
+                seen = shown["version"]
+                yield event(shown, jpeg)
+                if ends_with_run and current.finished:
+                    return
+                await asyncio.sleep(PREVIEW_SECONDS)
+        finally:
+            with self._lock:
+                self.open -= 1
+
+
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port), port 0 for a free one; one line for a port in use."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise InputError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+    sock.listen(64)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+
+def uvicorn_server(app) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                         timeout_graceful_shutdown=2))
+
+
+class BackgroundServer:
+    """`app` served from a thread of its own on `sock` until :meth:`close`."""
+
+    def __init__(self, app, sock: socket.socket):
+        self.server = uvicorn_server(app)
+        self.url = url_of(sock)
+        self.thread = threading.Thread(target=self._serve, args=(sock,), name="nst-ext web", daemon=True)
+        self.thread.start()
+
+    def _serve(self, sock) -> None:
+        lower_this_threads_priority()  # the threads it starts (the event streams' waits) inherit it
+        self.server.run(sockets=[sock])
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)

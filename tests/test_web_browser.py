@@ -1,0 +1,209 @@
+"""The browser views in a real browser: Debian's Chromium, headless, driven by Selenium through
+Debian's chromedriver (no browser download). The live view of a tiny run (`--web`), its Stop
+button, and the app (`nst-ext serve`): uploads, the queue, the preview, the download, a bad upload.
+
+Outside CI the tests skip where Chromium is not installed (apt-get install chromium
+chromium-driver); in CI (CI set) a missing browser fails them. NST_EXT_SCREENSHOTS=FOLDER keeps a
+screenshot of each page there (docs/images holds the README's)."""
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nst_ext.web.preview import encode_jpeg
+from test_cli import CONTENT, STYLE
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+HAVE_BROWSER = all(os.access(path, os.X_OK) for path in (CHROMIUM, CHROMEDRIVER))
+if not HAVE_BROWSER and not os.environ.get("CI"):
+    pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver") if not os.environ.get("CI") else __import__(
+    "selenium.webdriver", fromlist=["webdriver"])
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+pytestmark = pytest.mark.browser
+# Long enough at 64 px for a few pictures at the preview's two a second, on a slow shared CPU too.
+TINY_RUN = ["--size", "64", "--steps", "150"]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    assert HAVE_BROWSER, f"the browser tests need {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for downloads
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def screenshot(driver, name, tmp_path):
+    driver.save_screenshot(str(tmp_path / name))
+    folder = os.environ.get("NST_EXT_SCREENSHOTS")
+    if folder:
+        shutil.copy(tmp_path / name, Path(folder) / name)
+
+
+def start(*args, cwd):
+    """`nst-ext ARGS` in the background, and the address it prints (read from its stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "nst_ext", *map(str, args)], cwd=cwd, stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True)
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        seen.append(line)
+        found = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        if found:
+            return process, found.group(1)
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError("no address printed: " + "".join(seen)[-2000:])
+
+
+def finish(process, timeout=120):
+    """Waits for `process`; its exit status and the rest of its stderr."""
+    rest = process.communicate(timeout=timeout)[1]
+    return process.returncode, rest
+
+
+def pictures_seen(driver, until, seconds=120):
+    """The distinct pictures the page's preview showed (data URLs), sampled every 50 ms until
+    `until()` is true."""
+    seen = []
+    deadline = time.monotonic() + seconds
+    while not until():
+        assert time.monotonic() < deadline, "timed out"
+        source = driver.find_element(By.CLASS_NAME, "picture").get_attribute("src") or ""
+        if source.startswith("data:image/jpeg") and (not seen or seen[-1] != source):
+            seen.append(source)
+        time.sleep(0.05)
+    return seen
+
+
+def decoded(data_url):
+    raw = base64.b64decode(data_url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"), dtype=np.float32) / 255
+
+
+def page_status(driver):
+    return driver.find_element(By.ID, "run").get_attribute("data-status")
+
+
+def test_live_view_shows_the_run_as_it_goes_and_its_final_picture(browser, tmp_path):
+    out = tmp_path / "out.png"
+    process, url = start("stylize", CONTENT, STYLE, "-o", out, *TINY_RUN, "--web", cwd=tmp_path)
+    try:
+        browser.get(url)
+        seen = pictures_seen(browser, lambda: page_status(browser) in ("done", "failed"))
+        status, stderr = finish(process)
+    finally:
+        process.kill()
+    assert status == 0, stderr
+    assert page_status(browser) == "done" and "finished" in browser.find_element(By.ID, "where").text
+    assert len(set(seen)) >= 3, f"{len(set(seen))} pictures"
+    assert len({decoded(picture).round(1).tobytes() for picture in seen}) >= 2  # they differ, not only in bytes
+    saved = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255
+    shown = decoded(browser.find_element(By.CLASS_NAME, "picture").get_attribute("src"))
+    as_jpeg = decoded("," + base64.b64encode(encode_jpeg(saved)).decode())
+    assert np.abs(shown - as_jpeg).mean() < 0.01  # the final picture is the one saved (both as JPEG)
+    assert "s per step" in browser.find_element(By.ID, "timing").text
+    screenshot(browser, "web-live.png", tmp_path)
+
+
+def test_stop_button_saves_the_best_picture_and_exits_130(browser, tmp_path):
+    out = tmp_path / "out.png"
+    process, url = start("stylize", CONTENT, STYLE, "-o", out, "--size", "64", "--steps", "100000", "--web",
+                         cwd=tmp_path)
+    try:
+        browser.get(url)
+        pictures_seen(browser, lambda: browser.find_element(By.CLASS_NAME, "picture").get_attribute("data-frame"))
+        browser.find_element(By.ID, "stop").click()
+        status, stderr = finish(process)
+    finally:
+        process.kill()
+    assert status == 130, stderr
+    assert "saved the best image so far" in stderr
+    assert Image.open(out).size == (64, 64)
+    deadline = time.monotonic() + 10
+    while page_status(browser) != "stopped":
+        assert time.monotonic() < deadline, page_status(browser)
+        time.sleep(0.05)
+
+
+def test_app_uploads_queues_previews_and_downloads(browser, tmp_path):
+    results = tmp_path / "results"
+    process, url = start("serve", "--port", 0, "--out", results, cwd=tmp_path)
+    try:
+        browser.get(url)
+        bad = tmp_path / "notes.png"
+        bad.write_text("not a picture")
+        form = browser.find_element(By.ID, "new-job")
+        browser.find_element(By.ID, "content").send_keys(str(bad))
+        browser.find_element(By.ID, "styles").send_keys(STYLE)
+        browser.find_element(By.ID, "start").click()
+        error = browser.find_element(By.ID, "form-error")
+        wait(lambda: "is not a picture" in error.text)
+        browser.find_element(By.ID, "content").clear()
+        browser.find_element(By.ID, "content").send_keys(CONTENT)
+        for name, value in (("size", "64"), ("steps", "150")):
+            field = browser.find_element(By.ID, name)
+            field.clear()
+            field.send_keys(value)
+        browser.find_element(By.ID, "start").click()
+        wait(lambda: row_state(browser, 1) is not None)
+        browser.find_element(By.ID, "start").click()  # a second job, behind the first
+        wait(lambda: row_state(browser, 2) == "waiting")
+        assert "next in the queue" in in_row(browser, 2, "querySelector('.state').textContent")
+        assert error.text == ""
+        seen = pictures_seen(browser, lambda: row_state(browser, 1) == "done")
+        assert len(set(seen)) >= 2, f"{len(set(seen))} pictures"
+        wait(lambda: "picture 2" in browser.find_element(By.ID, "where").text and int(
+            browser.find_element(By.CLASS_NAME, "picture").get_attribute("data-frame") or 0) >= 4)
+        browser.set_window_size(1280, 1500)
+        screenshot(browser, "web-app.png", tmp_path)  # the second job under way, the first one's result
+        link = in_row(browser, 1, "querySelector('a.download').href")
+        with urllib.request.urlopen(link, timeout=30) as answer:
+            picture = Image.open(io.BytesIO(answer.read()))
+        assert picture.format == "PNG" and max(picture.size) == 64
+        assert (results / "0001-astronaut.png").is_file()  # numbered from 1: a refused upload is no job
+        assert form.is_displayed()
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+
+
+def in_row(driver, number, expression):
+    """`expression` of job `number`'s row (the table is redrawn as jobs change, so it is read in
+    one script), or None while there is no such row."""
+    return driver.execute_script(f"const row = document.getElementById('job-{number}'); "
+                                 f"return row ? row.{expression} : null;")
+
+
+def row_state(driver, number):
+    return in_row(driver, number, "dataset.state")
+
+
+def wait(condition, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
