@@ -296,3 +296,23 @@ def test_batch_with_web_runs_and_prints_the_page(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "watch the run at http://127.0.0.1:" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in (tmp_path / "styled").glob("*.png")) == ["p0.png", "p1.png"]
+
+
+def test_app_takes_masks_one_per_style(app):
+    client, queue, _, out = app
+    photo, look, mask = png_bytes(), png_bytes(colour=(0, 0, 255)), png_bytes(colour=(255, 255, 255))
+
+    def post(*masks, content_mask=None):
+        files = [("content", ("photo.png", photo, "image/png")), ("styles", ("look.png", look, "image/png")),
+                 *(("style_masks", (f"m{index}.png", mask, "image/png")) for index, _ in enumerate(masks))]
+        if content_mask:
+            files.append(("content_mask", ("face.png", mask, "image/png")))
+        return client.post("/jobs", files=files, data={"size": "64"})
+
+    wrong = post(1, 2)
+    assert wrong.status_code == 400 and "one style mask per style picture" in wrong.json()["error"]
+    assert post(1, content_mask=True).status_code == 201
+    options = queue.jobs[0].options
+    assert len(options.style_masks) == 1 and open(options.style_masks[0], "rb").read() == mask
+    assert open(options.content_mask, "rb").read() == mask
+    assert queue.jobs[0].settings["style masks"] == "m0.png" and queue.jobs[0].settings["content mask"] == "face.png"

@@ -202,14 +202,27 @@ class Uploads:
             raise UploadError("choose at least one style picture (upload one, or pick a sample)")
         if len(uploaded) + len(chosen) > MAX_STYLES:
             raise UploadError(f"at most {MAX_STYLES} style pictures, got {len(uploaded) + len(chosen)}")
+        masks = [upload for upload in form.getlist("style_masks") if getattr(upload, "filename", "")]
+        if masks and len(masks) != len(uploaded) + len(chosen):
+            raise UploadError(f"give one style mask per style picture, in the same order ({len(uploaded) + len(chosen)} "
+                              f"styles, {len(masks)} masks), or none")
         content, content_name = await self._content(form, saved)
         styles = [await self._upload(upload, "a style picture", saved) for upload in uploaded]
         styles += [self.sample_path(name) for name in chosen]
         names = [upload.filename for upload in uploaded] + chosen
+        if masks:  # where each style applies (docs/control.md); the shape is checked against the content's by the run
+            options.style_masks = [str(await self._upload(upload, "a style mask", saved)) for upload in masks]
+        content_mask = form.get("content_mask")
+        if getattr(content_mask, "filename", ""):
+            options.content_mask = str(await self._upload(content_mask, "the content mask", saved))
         settings = {"content": content_name, "styles": ", ".join(names), "size": str(options.size),
                     "style weight": f"{options.style_weight:g}", "colour": options.preserve_color or "the style's",
                     "seed": str(options.seed)}
         settings["steps"] = ",".join(map(str, options.stage_steps()))
+        if masks:
+            settings["style masks"] = ", ".join(upload.filename for upload in masks)
+        if options.content_mask:
+            settings["content mask"] = content_mask.filename
         with self._names:
             number = next_number()
             output = self._free(self.out, f"{number:04d}-{_safe_stem(content_name)}", ".png")
