@@ -78,28 +78,21 @@ class Objective:
         contents = stage_content if self.batched else stage_content.unsqueeze(0)
         # With tiles (a picture too large for one pass), the targets are made tile by tile too.
         self.tiles = tiled.tiles_for(self, contents.shape[-2:])
-        # One pass over the content image gives the content targets (untiled, the style layers'
-        # features too, for the normalisation below). The style images go through one at a time,
-        # each dropped once its Grams are added in.
-        at_content_layers = content_layers + (style_layers if options.normalize_style and not self.tiles else [])
-        with torch.no_grad():
-            if self.tiles:
-                content_features = tiled.assembled_features(self, contents, content_layers)
-            else:
-                with network.autocast():
-                    content_features = network.vgg(contents.to(network.device), at_content_layers)
-            grams = style_grams
-            if grams is None:
-                grams = self._style_grams(stage_styles, blend, style_layers, masks or StageMasks())
+        with torch.no_grad():  # the style images go through one at a time, each dropped once its Grams are added in
+            grams = style_grams if style_grams is not None else self._style_grams(
+                stage_styles, blend, style_layers, masks or StageMasks())
         self.style_grams = grams
         content_weights = options.content_layer_weights or [1.0 / max(1, len(content_layers))] * len(content_layers)
         style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
+        groups = self._style_groups(grams, blend, style_layers, style_weights, masks)
+        # One pass over the content image gives the content targets and each style group's value at
+        # the content image, which normalize_style divides by.
+        content_features, starts = self._content_pass(contents, content_layers, style_layers, groups)
         content_regions = (layer_masks(masks.content, content_layers, masks.dilation)
                            if masks is not None and masks.content is not None else {})
         self.content_terms = [(name, weight, ContentLoss(content_features[name], content_regions.get(name)))
                               for name, weight in zip(content_layers, content_weights)]
-        self.style_terms = self._style_terms(grams, blend, style_layers, style_weights, masks, contents,
-                                             content_features)
+        self.style_terms = self._normalized(groups, starts)
         self.tv_loss = TotalVariationLoss()
         self.temporal = None
         if temporal is not None:
@@ -107,42 +100,55 @@ class Objective:
                              temporal.mask.to(network.device).reshape(1, 1, *temporal.mask.shape[-2:]),
                              float(temporal.weight))
 
-    def _style_terms(self, grams, blend, style_layers, style_weights, masks: Optional[StageMasks],
-                     contents: torch.Tensor, content_features: Dict[str, torch.Tensor]):
-        """``(name, weight, loss)`` per style layer, or with style masks per style image and layer
-        (that style's term over its region: the layer's weight times the style's blend weight).
-        With normalize_style, each weight is divided by its style's term at the content image,
-        ``(B,)``: how far the style is from the content in Gram terms varies by two orders of
-        magnitude between pairs (a photographic texture against a portrait is far), and unscaled,
-        a far style buries the subject; with style masks each style is normalised on its own, so
-        each region takes on its style as firmly whatever the others' distance."""
-        device = self.network.device
+    def _style_groups(self, grams, blend, style_layers, style_weights, masks: Optional[StageMasks]):
+        """The style terms ``(name, weight, loss)``, one group per style layer set: one group of a
+        term per layer, or with style masks a group per style image (that style's term over its
+        region at each layer, weighted by the layer's weight times the style's blend weight)."""
         if masks is not None and masks.style is not None:
             groups = []
             for index, (mask, share) in enumerate(zip(masks.style, blend)):
                 regions = layer_masks(mask, style_layers, masks.dilation)
                 groups.append([(name, weight * share, StyleLoss(grams[name][index], regions[name]))
                                for name, weight in zip(style_layers, style_weights)])
-        else:
-            groups = [[(name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)]]
+            return groups
+        return [[(name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)]]
+
+    def _content_pass(self, contents: torch.Tensor, content_layers, style_layers, groups):
+        """The content images' features at the content layers (the content targets) and, with
+        normalize_style, each style term's value at them (``(B,)`` per term, in `groups`' order),
+        from one pass through VGG (in tiles: the features put together from the tiles, the style
+        terms from their Grams made in the same pass)."""
+        normalizing = self.options.normalize_style
+        with torch.no_grad():
+            if self.tiles:
+                flat = [term for group in groups for term in group] if normalizing else []
+                features, grams = tiled.content_pass(self, contents, content_layers, flat)
+                values = iter([term.from_gram(gram) for (_, _, term), gram in zip(flat, grams)])
+            else:
+                with self.network.autocast():
+                    features = self.network.vgg(contents.to(self.network.device),
+                                                content_layers + (style_layers if normalizing else []))
+                values = iter([term(features[name]) for group in groups for name, _, term in group]
+                              if normalizing else [])
+        return features, [[next(values) for _ in group] for group in groups] if normalizing else None
+
+    def _normalized(self, groups, starts):
+        """The style terms with their weights: with normalize_style each divided by its group's
+        value at the content image, ``(B,)`` (`starts`: each term's): how far the style is from the
+        content in Gram terms varies by two orders of magnitude between pairs (a photographic
+        texture against a portrait is far), and unscaled, a far style buries the subject; with style
+        masks each style is normalised on its own, so each region takes on its style as firmly
+        whatever the others' distance."""
+        device = self.network.device
         terms = []
-        for group in groups:
+        for index, group in enumerate(groups):
             scale = torch.ones((), device=device)
-            if self.options.normalize_style:
-                starts = self._values_at(contents, group, content_features)
-                start = sum(weight * value.to(device) for (_, weight, _), value in zip(group, starts))
+            if starts is not None:
+                start = sum(weight * value.to(device) for (_, weight, _), value in zip(group, starts[index]))
                 scale = 1.0 / start.clamp(min=1e-6)
             # Each weight on its layer's device (several devices: the targets are where their layer is).
             terms += [(name, (weight * scale).to(term.target_gram.device), term) for name, weight, term in group]
         return terms
-
-    def _values_at(self, contents: torch.Tensor, group, content_features: Dict[str, torch.Tensor]) -> list:
-        """The value of each ``(name, weight, loss)`` of `group` at the content images, ``(B,)``
-        each: from their features at the style layers (untiled), or their Grams made tile by tile."""
-        with torch.no_grad():
-            if self.tiles:
-                return [term.from_gram(gram) for (_, _, term), gram in zip(group, tiled.grams(self, contents, group))]
-            return [term(content_features[name]) for name, _, term in group]
 
     def _style_grams(self, stage_styles, blend, style_layers, masks: StageMasks) -> Dict[str, torch.Tensor]:
         """The style layers' targets: the blend of the style images' Grams, ``(C, C)`` per layer;

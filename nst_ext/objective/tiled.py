@@ -87,23 +87,27 @@ def run(objective: "Objective", images: torch.Tensor, tiles: Sequence[tiling.Til
         del crop, content, style
 
 
-def assembled_features(objective: "Objective", images: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """The features of `images` ``(B, 3, H, W)`` at the named layers, float32 ``(B, C, H', W')``
-    on the first device, put together from the tiles' own cells."""
+def content_pass(objective: "Objective", images: torch.Tensor, names: Sequence[str],
+                 style_terms=()) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
+    """One pass without gradients over the tiles of `images` ``(B, 3, H, W)``: their features at the
+    named layers, float32 ``(B, C, H', W')`` on the first device, put together from the tiles' own
+    cells (the content targets); and the Gram each of `style_terms` scores, ``(B, C, C)`` each (the
+    style normalisation's), from the same pass."""
     height, width = images.shape[-2:]
     device = objective.network.device
     assembled = {name: torch.empty((images.shape[0], *layer_shape(name, height, width)), device=device)
                  for name in names}
+    layers = [(name, None, name) for name in names]
 
-    def score_for(tile):
+    def keep(tile):
         def score(features, zero):
-            for _, _, name, own, rows, columns in _owned(features, tile, [(name, None, name) for name in names]):
+            for _, _, name, own, rows, columns in _owned(features, tile, layers):
                 assembled[name][..., rows, columns] = own.to(device, torch.float32)
             return zero, zero
         return score
 
-    run(objective, images, objective_tiles(objective, images), score_for)
-    return assembled
+    grams_of = _first_pass(objective, images, style_terms, also=keep)[0]
+    return assembled, grams_of
 
 
 def objective_tiles(objective: "Objective", images: torch.Tensor) -> List[tiling.Tile]:
@@ -116,25 +120,23 @@ def objective_tiles(objective: "Objective", images: torch.Tensor) -> List[tiling
         objective.layers)
 
 
-def grams(objective: "Objective", images: torch.Tensor, style_terms) -> List[torch.Tensor]:
-    """The Gram (masked: over its region) each ``(name, weight, StyleLoss)`` of `style_terms` scores,
-    of `images` ``(B, 3, H, W)`` of the stage's shape, made tile by tile: ``(B, C, C)`` each."""
-    return _first_pass(objective, images, style_terms, [])[0]
-
-
-def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, content_terms,
-                clamp: bool = False) -> Tuple[List[torch.Tensor], torch.Tensor]:
+def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, content_terms=(), clamp: bool = False,
+                also: Optional[Callable[[tiling.Tile], Score]] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """One pass without gradients over the tiles of `images` ``(B, 3, H, W)`` (`clamp`: each tile
     clamped to [0, 1]): the Gram each of `style_terms` scores (``(B, C, C)`` each) and the weighted
-    sum of `content_terms`, ``(B,)``."""
+    sum of `content_terms`, ``(B,)``; ``also(tile)``'s score is given each tile's features too."""
     height, width = images.shape[-2:]
     totals: List[Optional[torch.Tensor]] = [None] * len(style_terms)
     content = torch.zeros(images.shape[0], device=images.device)
     cells = [_cells(name, height, width) for name, _, _ in style_terms]
 
     def score_for(tile):
+        extra = also(tile) if also is not None else None
+
         def score(features, zero):
             nonlocal content
+            if extra is not None:
+                extra(features, zero)
             for _, weight, term, own, rows, columns in _owned(features, tile, content_terms):
                 content = content + (weight * term.part(own, rows, columns)).to(images.device)
             for index, _, term, own, rows, columns in _owned(features, tile, style_terms):
