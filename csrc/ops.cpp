@@ -28,6 +28,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -41,6 +42,9 @@ enum class Mode { kAuto, kOwn, kBlas };
 
 std::mutex choices_mutex;
 std::map<ForwardKey, Algorithm> choices;  // guarded by choices_mutex
+// The keys a forward has looked up in this process (restored choices a run never met are not
+// among them: a picture's record lists only these). Guarded by choices_mutex.
+std::set<ForwardKey> used;
 
 bool parse_mode(const std::string& text, Mode& mode) {
   if (text == "auto" || text.empty()) mode = Mode::kAuto;
@@ -92,7 +96,10 @@ Algorithm choose_forward_algorithm(const ForwardKey& key, const std::function<vo
     if (mode == Mode::kOwn) return Algorithm::kOwn;
     if (mode == Mode::kBlas) return Algorithm::kBlas;
     const auto found = choices.find(key);
-    if (found != choices.end()) return found->second;
+    if (found != choices.end()) {
+      used.insert(key);
+      return found->second;
+    }
   }
   if (!can_time) return Algorithm::kBlas;
   double best[2];
@@ -105,6 +112,7 @@ Algorithm choose_forward_algorithm(const ForwardKey& key, const std::function<vo
   }
   const Algorithm chosen = best[0] <= best[1] ? Algorithm::kOwn : Algorithm::kBlas;
   std::lock_guard<std::mutex> lock(choices_mutex);
+  used.insert(key);
   return choices.emplace(key, chosen).first->second;  // a concurrent first call may have won
 }
 
@@ -129,12 +137,14 @@ std::string get_gram_algorithm() {
 }
 
 // One row per choice: device_type, device_index, op, dtype, B, C, n, layout and
-// "own" | "blas", tab-separated (nst_ext.gram_algorithm_choices() splits them).
-std::vector<std::string> gram_algorithm_choices() {
+// "own" | "blas", tab-separated (nst_ext.gram_algorithm_choices() splits them). With used_only,
+// only the choices a forward has looked up in this process.
+std::vector<std::string> gram_algorithm_choices(bool used_only) {
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
   static const char* layouts[] = {"nchw", "channels_last", "other"};
   std::vector<std::string> rows;
   for (const auto& [key, algorithm] : nst_ext::choices) {
+    if (used_only && nst_ext::used.count(key) == 0) continue;
     const std::vector<std::string> fields = {
         c10::DeviceTypeName(static_cast<c10::DeviceType>(key.device_type), true),
         std::to_string(key.device_index),
@@ -198,6 +208,7 @@ void restore_gram_algorithm_choices(std::vector<std::string> rows) {
 void clear_gram_algorithm_choices() {
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
   nst_ext::choices.clear();
+  nst_ext::used.clear();
 }
 
 }  // namespace
@@ -214,7 +225,7 @@ TORCH_LIBRARY(nst_ext, m) {
   m.def("masked_style_loss_backward(Tensor grad_loss, Tensor features, Tensor weights, Tensor residual) -> Tensor");
   m.def("set_gram_algorithm(str algorithm) -> ()", &set_gram_algorithm);
   m.def("get_gram_algorithm() -> str", &get_gram_algorithm);
-  m.def("gram_algorithm_choices() -> str[]", &gram_algorithm_choices);
+  m.def("gram_algorithm_choices(bool used_only=False) -> str[]", &gram_algorithm_choices);
   m.def("clear_gram_algorithm_choices() -> ()", &clear_gram_algorithm_choices);
   m.def("restore_gram_algorithm_choices(str[] rows) -> ()", &restore_gram_algorithm_choices);
 }

@@ -127,14 +127,15 @@ def gram_algorithm(algorithm: str):
         set_gram_algorithm(previous)
 
 
-def gram_algorithm_choices() -> list:
-    """The choices ``"auto"`` has made so far: one dict per device, op, dtype, shape and layout,
-    with the key ``algorithm`` ("own" or "blas")."""
+def gram_algorithm_choices(used_only: bool = False) -> list:
+    """The choices ``"auto"`` has made or been given so far: one dict per device, op, dtype, shape
+    and layout, with the key ``algorithm`` ("own" or "blas"). `used_only`: only those a forward
+    has met in this process (not the restored ones it has not needed)."""
     if LOAD_ERROR is not None:
         return []
     fields = ("device", "device_index", "op", "dtype", "batch", "channels", "spatial", "layout", "algorithm")
     numbers = ("device_index", "batch", "channels", "spatial")
-    choices = [dict(zip(fields, row.split("\t"))) for row in torch.ops.nst_ext.gram_algorithm_choices()]
+    choices = [dict(zip(fields, row.split("\t"))) for row in torch.ops.nst_ext.gram_algorithm_choices(used_only)]
     return [{name: int(value) if name in numbers else value for name, value in choice.items()} for choice in choices]
 
 

@@ -80,7 +80,7 @@ def make_record(options: StyleOptions, content, styles: Sequence, seed: Optional
         "versions": {"nst_ext": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "device": device, "seed": seed, "inputs": inputs, "settings": settings,
         "weights": weights or f"as chosen by weights={options.weights!r} (nst_ext.weights)",
-        "gram_algorithm": get_gram_algorithm(), "gram_algorithm_choices": gram_algorithm_choices(),
+        "gram_algorithm": get_gram_algorithm(), "gram_algorithm_choices": gram_algorithm_choices(used_only=True),
     }
     text = json.dumps(record, ensure_ascii=True, sort_keys=True)
     if len(text) > RECORD_LIMIT:

