@@ -15,7 +15,9 @@ from PIL import Image
 pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
 
-from nst_ext.web.app import JobQueue, Uploads, web_app  # noqa: E402
+from nst_ext.web.app import web_app  # noqa: E402
+from nst_ext.web.queue import JobQueue  # noqa: E402
+from nst_ext.web.uploads import Uploads  # noqa: E402
 from nst_ext.web.preview import PREVIEW_MAX_SIDE, Preview, encode_jpeg  # noqa: E402
 from nst_ext.web.server import PreviewStreams, event  # noqa: E402
 from test_cli import CONTENT, STYLE, assert_one_line_error, nst_ext_cli  # noqa: E402
@@ -268,7 +270,7 @@ def test_app_job_makes_the_picture_and_stop_keeps_the_best_one(tmp_path):
     the page's side after a few steps: the picture so far is written and says how it was made."""
     from nst_ext import provenance
     from nst_ext.options import StyleOptions
-    from nst_ext.web.app import Job, stylize_job
+    from nst_ext.web.queue import Job, stylize_job
 
     queue = JobQueue(run=stylize_job)
     try:

@@ -1,4 +1,5 @@
 """The browser views, an optional extra (``pip install 'nst_ext[web]'``: Starlette and uvicorn;
 docs/web.md says why these): the live view of any command's run (``--web``, :mod:`.live`) and a
-small local app (``nst-ext serve``, :mod:`.app`). What both pages show of a run: :mod:`.preview`;
-what their servers share: :mod:`.server`; the pages themselves: ``static/``."""
+small local app (``nst-ext serve``, :mod:`.app`, with its queue :mod:`.queue` and its form's checks
+:mod:`.uploads`). What both pages show of a run: :mod:`.preview`; what their servers share:
+:mod:`.server`; the pages themselves: ``static/``."""

@@ -1,0 +1,176 @@
+"""The app's form turned into a job (``nst-ext serve``): the uploads checked before anything is
+queued (size, a picture, its pixels) and kept under names that are free, the options checked as
+the command line checks them, the result's name chosen free in the output folder. A refused form
+gets one line for the page (:class:`UploadError`) and leaves nothing behind."""
+
+import io
+import itertools
+import re
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Callable, List
+
+from PIL import Image, UnidentifiedImageError
+from starlette.formparsers import MultiPartException
+
+from nst_ext.budget import format_size
+from nst_ext.errors import InputError
+from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS, StyleOptions
+from nst_ext.web.queue import Job
+
+SAMPLES = {"astronaut": "astronaut.jpg", "swirls": "swirls.jpg"}  # nst_ext/data, with CREDITS.md
+MAX_STYLES = 4
+LARGEST_SIZE = 2048  # the page's largest output side: beyond it the command line (memory plans, tiles)
+
+
+class UploadError(InputError):
+    """What the page shows for a request it cannot take."""
+
+
+def _safe_stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name or "picture").stem).strip("-")
+    return stem[:40] or "picture"
+
+
+class Uploads:
+    """Turns a submitted form into a Job: the files checked and kept in ``out/uploads``, the
+    options checked as the command line checks them, the result's name chosen free in ``out``."""
+
+    def __init__(self, out: Path, device: str, max_upload: int, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS):
+        self.out, self.device, self.max_upload, self.max_pixels = out, device, max_upload, max_pixels
+        self.folder = out / "uploads"
+        self._names = threading.Lock()
+
+    async def job(self, request, next_number: Callable[[], int]) -> Job:
+        """The job a request asks for, numbered by `next_number()` once it is accepted; its uploads
+        are removed again when it is refused."""
+        saved: List[Path] = []
+        try:
+            return await self._job(request, next_number, saved)
+        except BaseException:
+            for path in saved:
+                path.unlink(missing_ok=True)
+            raise
+
+    async def _job(self, request, next_number: Callable[[], int], saved: List[Path]) -> Job:
+        length = int(request.headers.get("content-length") or 0)
+        if length > self.max_upload * (1 + MAX_STYLES) + 65536:
+            raise UploadError(f"the upload is {format_size(length)}; each picture may be at most "
+                              f"{format_size(self.max_upload)}")
+        try:
+            form = await request.form(max_files=1 + MAX_STYLES, max_fields=32, max_part_size=self.max_upload)
+        except MultiPartException as error:
+            raise UploadError(f"the upload was refused: {error.message} (each picture may be at most "
+                              f"{format_size(self.max_upload)})") from None
+        options = self._options(form)
+        uploaded = [upload for upload in form.getlist("styles") if getattr(upload, "filename", "")]
+        chosen = [name for name in form.getlist("style_samples") if name]
+        if not uploaded and not chosen:
+            raise UploadError("choose at least one style picture (upload one, or pick a sample)")
+        if len(uploaded) + len(chosen) > MAX_STYLES:
+            raise UploadError(f"at most {MAX_STYLES} style pictures, got {len(uploaded) + len(chosen)}")
+        masks = [upload for upload in form.getlist("style_masks") if getattr(upload, "filename", "")]
+        if masks and len(masks) != len(uploaded) + len(chosen):
+            raise UploadError(f"give one style mask per style picture, in the same order ({len(uploaded) + len(chosen)} "
+                              f"styles, {len(masks)} masks), or none")
+        content, content_name = await self._content(form, saved)
+        styles = [await self._upload(upload, "a style picture", saved) for upload in uploaded]
+        styles += [self.sample_path(name) for name in chosen]
+        names = [upload.filename for upload in uploaded] + chosen
+        if masks:  # where each style applies (docs/control.md); the shape is checked against the content's by the run
+            options.style_masks = [str(await self._upload(upload, "a style mask", saved)) for upload in masks]
+        content_mask = form.get("content_mask")
+        if getattr(content_mask, "filename", ""):
+            options.content_mask = str(await self._upload(content_mask, "the content mask", saved))
+        settings = {"content": content_name, "styles": ", ".join(names), "size": str(options.size),
+                    "style weight": f"{options.style_weight:g}", "colour": options.preserve_color or "the style's",
+                    "seed": str(options.seed)}
+        settings["steps"] = ",".join(map(str, options.stage_steps()))
+        if masks:
+            settings["style masks"] = ", ".join(upload.filename for upload in masks)
+        if options.content_mask:
+            settings["content mask"] = content_mask.filename
+        with self._names:
+            number = next_number()
+            output = self._free(self.out, f"{number:04d}-{_safe_stem(content_name)}", ".png")
+        return Job(number, content, styles, options, output, settings)
+
+    def _options(self, form) -> StyleOptions:
+        def number(name, kind, default):
+            text = str(form.get(name) or "").strip()
+            if not text:
+                return default
+            try:
+                return kind(text)
+            except ValueError:
+                raise UploadError(f"{name.replace('_', ' ')}: expected a number, got {text!r}") from None
+
+        size = number("size", int, 512)
+        if not 16 <= size <= LARGEST_SIZE:
+            raise UploadError(f"size: from 16 to {LARGEST_SIZE} px here (larger pictures: the command line), got {size}")
+        steps = number("steps", int, None)
+        colour = str(form.get("preserve_color") or "") or None
+        options = StyleOptions(size=size, steps=[steps] if steps else None, style_weight=number("style_weight", float, 20.0),
+                               preserve_color=colour, seed=number("seed", int, 0), device=self.device,
+                               max_input_pixels=self.max_pixels)
+        try:
+            options.validate()
+        except InputError as error:
+            raise UploadError(str(error)) from None
+        return options
+
+    @staticmethod
+    def sample_path(name: str) -> Path:
+        if name not in SAMPLES:
+            raise UploadError(f"no sample named {name!r}; the samples: {', '.join(SAMPLES)}")
+        return Path(str(resources.files("nst_ext") / "data" / SAMPLES[name]))
+
+    async def _content(self, form, saved: List[Path]):
+        """The content picture's path and the name the page shows for it."""
+        upload = form.get("content")
+        if getattr(upload, "filename", ""):
+            return await self._upload(upload, "the content picture", saved), upload.filename
+        sample = str(form.get("content_sample") or "")
+        if not sample:
+            raise UploadError("choose the content picture (upload one, or pick a sample)")
+        return self.sample_path(sample), sample
+
+    async def _upload(self, upload, what: str, saved: List[Path]) -> Path:
+        """An uploaded picture checked and kept in the uploads folder under a free name (added
+        to `saved`)."""
+        data = await upload.read()
+        if len(data) > self.max_upload:
+            raise UploadError(f"{what} {upload.filename!r} is {format_size(len(data))}, over the limit of "
+                              f"{format_size(self.max_upload)}")
+        self._check_picture(data, f"{what} {upload.filename!r}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._names:
+            path = self._free(self.folder, _safe_stem(upload.filename), Path(upload.filename).suffix.lower()[:6] or ".img")
+            with open(path, "xb") as file:  # "x": never replaces a file
+                saved.append(path)
+                file.write(data)
+        return path
+
+    def _check_picture(self, data: bytes, what: str) -> None:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit, below
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > self.max_pixels:
+                    raise UploadError(f"{what} is {image.width}x{image.height} pixels, over the limit of "
+                                      f"{self.max_pixels:,}")
+                image.load()
+        except UnidentifiedImageError:
+            raise UploadError(f"{what} is not a picture (PNG, JPEG, WebP, TIFF, BMP or GIF)") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise UploadError(f"{what} cannot be read as a picture ({error})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+    @staticmethod
+    def _free(folder: Path, stem: str, suffix: str) -> Path:
+        """The first of STEM.SUFFIX, STEM-1.SUFFIX, … that does not exist in `folder`."""
+        for index in itertools.count():
+            path = folder / f"{stem}{'-' + str(index) if index else ''}{suffix}"
+            if not path.exists():
+                return path
