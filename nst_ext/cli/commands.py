@@ -142,15 +142,15 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
             bar.close()
         if result is None:
             close_live_view(live, status="failed")
-        else:  # the page shows the picture that is saved below
-            close_live_view(live, result.tensor, "stopped" if result.interrupted else "done")
     if result.interrupted and not result.history:
+        close_live_view(live, status="stopped", message="stopped before the first step finished; nothing written")
         print(f"nst-ext: {stop_verb()} before the first step finished; nothing written", file=sys.stderr)
         return stop_exit_status()
     if not result.interrupted and not result.improved:
         print(f"nst-ext: warning: no step improved the picture, so {output} is its starting image (with one step "
               "per stage, L-BFGS only evaluates the start); give more --steps", file=sys.stderr)
     stopped_while_saving = False
+    ending = "failed"
     try:
         with deferred_signals():  # a stop signal now waits until the files are in place
             # A full disk: the picture goes to a fallback folder, named in the error.
@@ -163,8 +163,11 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
                 from nst_ext.plot import plot_losses
 
                 save_image(plot_losses(result.history), args.plot, overwrite=args.overwrite)
+        ending = "stopped" if result.interrupted else "done"
     except KeyboardInterrupt:  # delivered once the files were written
-        stopped_while_saving = True
+        stopped_while_saving, ending = True, "stopped"
+    finally:  # the page shows the final picture once it is written (or could not be)
+        close_live_view(live, result.tensor, ending)
     if result.interrupted or stopped_while_saving:
         print(f"nst-ext: {stop_verb()} after {steps_done} steps; saved the best image so far to {output}",
               file=sys.stderr)

@@ -51,9 +51,14 @@ class LiveView:
 
     def close(self, image=None, status: str = "done", message: str = "") -> None:
         """Shows the final `image` (``(3, H, W)`` in [0, 1], or None) and the run's end, waits up to
-        FINAL_PICTURE_SECONDS for open pages to get it, and stops the server."""
+        FINAL_PICTURE_SECONDS for open pages to get it (a Ctrl-C meanwhile ends the wait: the
+        command calls this once its work is saved), and stops the server."""
         self.preview.finish(image, status, message)
         deadline = time.monotonic() + FINAL_PICTURE_SECONDS
-        while self.streams.open and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.server.close()
+        try:
+            while self.streams.open and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except KeyboardInterrupt:  # Ctrl-C (or Stop) again once the work is saved: no more waiting for pages
+            pass
+        finally:
+            self.server.close()
