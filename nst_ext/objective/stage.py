@@ -101,9 +101,10 @@ class Objective:
                              float(temporal.weight))
 
     def _style_groups(self, grams, blend, style_layers, style_weights, masks: Optional[StageMasks]):
-        """The style terms ``(name, weight, loss)``, one group per style layer set: one group of a
-        term per layer, or with style masks a group per style image (that style's term over its
-        region at each layer, weighted by the layer's weight times the style's blend weight)."""
+        """The style terms ``(name, weight, loss)`` in the groups normalize_style scales together:
+        one group of a term per style layer, or with style masks a group per style image (that
+        style's term over its region at each layer, weighted by the layer's weight times the style's
+        blend weight)."""
         if masks is not None and masks.style is not None:
             groups = []
             for index, (mask, share) in enumerate(zip(masks.style, blend)):
