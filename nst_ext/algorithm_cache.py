@@ -65,12 +65,13 @@ def machine_key() -> dict:
     return key
 
 
-def cache_path() -> Optional[Path]:
-    """This machine's file of choices, or None when the cache is off."""
+def cache_path(key: Optional[dict] = None) -> Optional[Path]:
+    """The file of choices of the machine `key` describes (default: this one's,
+    :func:`machine_key`), or None when the cache is off."""
     folder = cache_folder()
     if folder is None:
         return None
-    digest = hashlib.sha256(json.dumps(machine_key(), sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(key or machine_key(), sort_keys=True).encode()).hexdigest()[:16]
     return folder / f"gram-choices-{digest}.json"
 
 
@@ -136,7 +137,8 @@ def save() -> None:
     choices = _ops.gram_algorithm_choices()
     if len(choices) <= _in_file:
         return
-    path = cache_path()
+    key = machine_key()
+    path = cache_path(key)
     if path is None:
         return
     try:
@@ -147,7 +149,7 @@ def save() -> None:
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             try:
                 with os.fdopen(handle, "w", encoding="utf-8") as out:
-                    json.dump({"machine": machine_key(), "choices": list(merged.values())}, out, indent=0)
+                    json.dump({"machine": key, "choices": list(merged.values())}, out, indent=0)
                 os.replace(temporary, path)
                 _in_file = len(choices)
             except BaseException:

@@ -26,7 +26,7 @@ from typing import List, Optional
 from nst_ext.cli.arguments import CommandError, build_parser, style_options
 from nst_ext.cli.job_commands import run_batch_command, run_video_command
 from nst_ext.cli.stopping import install_stop_handlers, restore_handlers, stop_exit_status, stop_verb
-from nst_ext.cli.watching import close_live_view, open_live_view, web_module
+from nst_ext.cli.watching import LiveViewOnDemand, web_module
 from nst_ext.errors import InputError, JobWarning
 from nst_ext.layers import LAYERS, min_image_side
 from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleOptions
@@ -110,23 +110,21 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(options)
-    bar = live = None
+    bar = None
+    live = LiveViewOnDemand(args, output.name)
     steps_done = 0
     save_every = args.save_every
 
     def on_progress(progress):
-        nonlocal bar, live, steps_done, save_every
+        nonlocal bar, steps_done, save_every
         steps_done += 1
-        if steps_done == 1:  # made once the inputs have been checked and loaded
-            if not args.quiet:
-                from nst_ext.progress import StepBar
+        if bar is None and not args.quiet:  # made once the inputs have been checked and loaded
+            from nst_ext.progress import StepBar
 
-                bar = StepBar(sum(options.stage_steps()), stylizer.device)
-            live = open_live_view(args, output.name)
+            bar = StepBar(sum(options.stage_steps()), stylizer.device)
         if bar is not None:
             bar.show(progress)
-        if live is not None:
-            live.observe(progress)
+        live.observe(progress)
         if save_every and progress.step % save_every == 0:
             try:
                 save_image(progress.image(), _intermediate_path(output, progress.stage, progress.step), overwrite=True)
@@ -141,9 +139,9 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
         if bar is not None:
             bar.close()
         if result is None:
-            close_live_view(live, status="failed")
+            live.close(status="failed")
     if result.interrupted and not result.history:
-        close_live_view(live, status="stopped", message="stopped before the first step finished; nothing written")
+        live.close(status="stopped", message="stopped before the first step finished; nothing written")
         print(f"nst-ext: {stop_verb()} before the first step finished; nothing written", file=sys.stderr)
         return stop_exit_status()
     if not result.interrupted and not result.improved:
@@ -167,7 +165,7 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
     except KeyboardInterrupt:  # delivered once the files were written
         stopped_while_saving, ending = True, "stopped"
     finally:  # the page shows the final picture once it is written (or could not be)
-        close_live_view(live, result.tensor, ending)
+        live.close(result.tensor, ending)
     if result.interrupted or stopped_while_saving:
         print(f"nst-ext: {stop_verb()} after {steps_done} steps; saved the best image so far to {output}",
               file=sys.stderr)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from nst_ext.cli.arguments import style_options
 from nst_ext.cli.stopping import job_stopped
-from nst_ext.cli.watching import close_live_view, open_live_view
+from nst_ext.cli.watching import LiveViewOnDemand
 from nst_ext.errors import OptionError
 from nst_ext.outputs import WriteError
 
@@ -19,7 +19,8 @@ def run_batch_command(args) -> int:
     from nst_ext.jobs import MANIFEST_NAME, Distributed, run_batch  # torch is imported from here on
 
     distributed = Distributed()
-    bar = live = None
+    bar = None
+    live = LiveViewOnDemand(args, f"batch {args.input}", shown_here=distributed.rank == 0)
 
     def on_start(total, already):
         nonlocal bar
@@ -35,13 +36,9 @@ def run_batch_command(args) -> int:
             bar.count(force=True)
 
     def on_progress(progress):
-        nonlocal live
         if bar is not None:
             bar.show(progress)
-        if live is None:  # made once the work has begun, so only a run that does work has a page
-            live = open_live_view(args, f"batch {args.input}", shown_here=distributed.rank == 0) or False
-        if live:
-            live.observe(progress)
+        live.observe(progress)
 
     summary = None
     try:
@@ -55,7 +52,7 @@ def run_batch_command(args) -> int:
         if bar is not None:
             bar.count(force=True)
             bar.close()
-        close_live_view(live or None, status=_ending(summary))
+        live.close(status=_ending(summary))
         distributed.close()
     if summary.interrupted:
         return job_stopped("finished items")
@@ -70,14 +67,8 @@ def run_video_command(args) -> int:
     from nst_ext.jobs import FRAME_STEPS, TEMPORAL_WEIGHT, Distributed, run_video  # torch from here on
 
     distributed = Distributed()
-    bar = live = None
-
-    def on_progress(progress):
-        nonlocal live
-        if live is None:  # made once the work has begun
-            live = open_live_view(args, f"video {args.input}", shown_here=distributed.rank == 0) or False
-        if live:
-            live.observe(progress)
+    bar = None
+    live = LiveViewOnDemand(args, f"video {args.input}", shown_here=distributed.rank == 0)
 
     def on_frame(done, total):
         nonlocal bar
@@ -94,7 +85,7 @@ def run_video_command(args) -> int:
                             temporal_weight=TEMPORAL_WEIGHT if args.temporal_weight is None else args.temporal_weight,
                             frame_steps=FRAME_STEPS if args.frame_steps is None else args.frame_steps,
                             coherence=args.coherence, long_term=args.long_term,
-                            overwrite=args.overwrite, on_frame=on_frame, on_progress=on_progress,
+                            overwrite=args.overwrite, on_frame=on_frame, on_progress=live.observe,
                             distributed=distributed)
     except WriteError as error:
         raise error.with_advice("the finished frames are kept: run the same command again once the output can be "
@@ -102,7 +93,7 @@ def run_video_command(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-        close_live_view(live or None, status=_ending(summary))
+        live.close(status=_ending(summary))
         distributed.close()
     if summary.interrupted:
         return job_stopped("the finished frames")

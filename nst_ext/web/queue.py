@@ -42,12 +42,13 @@ def stylize_job(job: Job, on_progress: Callable) -> None:
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(job.options)
-    result = stylizer.run(str(job.content), [str(path) for path in job.styles], callback=on_progress)
+    styles = [str(path) for path in job.styles]
+    result = stylizer.run(str(job.content), styles, callback=on_progress)
     if result.interrupted and not result.history:  # as on the command line: no step, no picture
         job.state, job.message = "stopped", "stopped before the first step finished; nothing written"
         job.preview.finish(None, "stopped", job.message)
         return
-    record = provenance.make_record(job.options, str(job.content), [str(path) for path in job.styles], result.seed,
+    record = provenance.make_record(job.options, str(job.content), styles, result.seed,
                                     stylizer.weights.source, str(stylizer.device), command="serve")
     # A full disk: the picture goes to a fallback folder, named in the error the page shows.
     write_or_rescue(lambda path: save_image(result.tensor, path, record=record,
