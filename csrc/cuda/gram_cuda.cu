@@ -2,11 +2,15 @@
 // backward.
 //
 // Forward, two algorithms, the faster kept per shape (common.h, ops.cpp):
-//  * our own: one thread block per 64 x 64 tile of the upper triangle of
-//    G = F F^T / n (the lower triangle is its mirror, so half the arithmetic of
-//    a general product). Rows of F are staged through shared memory 32 columns
-//    at a time, converted to the accumulation type (float for half/bfloat16),
-//    and every thread accumulates a 4 x 4 block of outputs in registers. Where
+//  * our own: on sm_80 and newer, where the features' rows are 16-byte aligned,
+//    the tensor-core kernel of gram_mma.cu (one launch for the Gram, or the
+//    residual and the loss, on the features as they lie, NCHW or channels-last).
+//    Elsewhere (float64, older GPUs, unaligned rows) the FFMA kernel below: one
+//    thread block per 64 x 64 tile of the upper triangle of G = F F^T / n (the
+//    lower triangle is its mirror, so half the arithmetic of a general
+//    product). Rows of F are staged through shared memory 32 columns at a
+//    time, converted to the accumulation type (float for half/bfloat16), and
+//    every thread accumulates a 4 x 4 block of outputs in registers. Where
 //    there are too few tiles to fill the GPU (shallow layers: C = 64, n large)
 //    the n axis is split across blocks; the splits' partial sums are added in
 //    a fixed order by a second kernel, so results are deterministic. It reads
@@ -15,8 +19,9 @@
 //    channels-last), half/bfloat16 on tensor cores with float32 accumulation,
 //    then one epilogue kernel.
 // The fused style loss computes residual = G - target and per-block sums of
-// residual^2 in the epilogue of whichever kernel produces G; one small kernel
-// then sums those in a fixed order into the loss.
+// residual^2 in the epilogue of whichever kernel produces G; the FFMA and
+// cuBLAS paths then sum those in a fixed order into the loss in one more
+// small kernel.
 // Backward: (X + X^T) is formed with the loss scale read on the device (no
 // host synchronisation), then one batched GEMM with the features as they lie.
 
@@ -36,6 +41,7 @@
 #include "../common.h"
 #include "../masked.h"
 #include "blas_cuda.h"
+#include "gram_mma.h"
 
 namespace nst_ext {
 namespace {
@@ -258,6 +264,18 @@ int multiprocessor_count(int device) {
   return count;
 }
 
+// Compute capability major version of a device, asked once per device.
+int compute_capability_major(int device) {
+  static std::array<std::atomic<int>, 64> majors{};
+  if (device < 0 || device >= static_cast<int>(majors.size())) device = 0;
+  int major = majors[device].load(std::memory_order_relaxed);
+  if (major == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    majors[device].store(major, std::memory_order_relaxed);
+  }
+  return major;
+}
+
 Launch plan_launch(int64_t B, int64_t C, int64_t n, int device) {
   Launch plan{};
   plan.tiles = static_cast<int>((C + kTile - 1) / kTile);
@@ -287,10 +305,10 @@ at::Tensor finish_loss(const at::Tensor& partials, int64_t entries, cudaStream_t
   return loss;
 }
 
-// Our own kernel for F (B, C, n) contiguous. Without a target, writes the
+// The FFMA kernel for F (B, C, n) contiguous. Without a target, writes the
 // Gram into out. With a target (B_t, C, C), writes the residual into out and
 // returns the loss.
-at::Tensor own_forward(const at::Tensor& F, at::Tensor& out, const at::Tensor* target) {
+at::Tensor ffma_forward(const at::Tensor& F, at::Tensor& out, const at::Tensor* target) {
   const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
   TORCH_CHECK(B <= 65535, "nst_ext: batch size ", B, " exceeds the CUDA kernel's limit of 65535");
   const Launch plan = plan_launch(B, C, n, F.device().index());
@@ -346,9 +364,44 @@ at::Tensor own_forward(const at::Tensor& F, at::Tensor& out, const at::Tensor* t
   return loss;
 }
 
+// The tensor-core kernel (gram_mma.cu) on the features as they lie, where it takes them: then
+// writes the Gram (or, with a target, the residual) into out, sets loss (fused) and returns true.
+bool tensor_core_forward(const at::Tensor& features, at::Tensor& out, const at::Tensor* target, at::Tensor& loss) {
+  const Layout layout = layout_of(features);
+  const at::ScalarType dtype = features.scalar_type();
+  if (layout == Layout::kOther || dtype == at::kDouble) return false;
+  mma::Problem problem{};
+  problem.features = features.data_ptr();
+  problem.element = dtype == at::kHalf       ? mma::ElementType::kFloat16
+                    : dtype == at::kBFloat16 ? mma::ElementType::kBFloat16
+                                             : mma::ElementType::kFloat32;
+  problem.channels_last = layout == Layout::kChannelsLast;
+  problem.batch = features.size(0);
+  problem.channels = features.size(1);
+  problem.positions = spatial_size(features);
+  const int device = features.device().index();
+  if (!mma::supports(problem, compute_capability_major(device))) return false;
+  problem.out = out.data_ptr<float>();
+  if (target != nullptr) {
+    loss = at::empty({}, out.options());
+    problem.target = target->data_ptr<float>();
+    problem.target_batch_stride = target->size(0) != 1 ? problem.channels * problem.channels : 0;
+    problem.loss = loss.data_ptr<float>();
+  }
+  const mma::Plan plan = mma::plan(problem, multiprocessor_count(device));
+  const at::Tensor workspace = at::empty({static_cast<int64_t>(plan.workspace_floats)}, out.options());
+  const at::Tensor counters =
+      at::zeros({static_cast<int64_t>(plan.counter_count)}, out.options().dtype(at::kInt));
+  const at::Tensor loss_partials = at::empty({static_cast<int64_t>(plan.loss_partials)}, out.options());
+  C10_CUDA_CHECK(mma::launch(problem, plan, workspace.data_ptr<float>(),
+                             reinterpret_cast<unsigned*>(counters.data_ptr<int>()), loss_partials.data_ptr<float>(),
+                             c10::cuda::getCurrentCUDAStream()));
+  return true;
+}
+
 // The cuBLAS path: the product on the features as they lie, then one
 // epilogue kernel (the Gram scaled by 1/n, or the residual and the block sums
-// of its squares) and, fused, the loss. Same outputs as own_forward.
+// of its squares) and, fused, the loss. Same outputs as ffma_forward.
 at::Tensor blas_forward(const at::Tensor& features, at::Tensor& out, const at::Tensor* target) {
   const int64_t B = features.size(0), C = features.size(1), n = spatial_size(features);
   const at::Tensor product = cuda_blas::blas_gram_product(features);
@@ -405,8 +458,10 @@ at::Tensor forward_by_chosen_algorithm(const at::Tensor& features, at::Tensor& o
                                        int op) {
   auto compute = [&](Algorithm algorithm) {
     if (algorithm == Algorithm::kBlas) return blas_forward(features, out, target);
+    at::Tensor loss;
+    if (tensor_core_forward(features, out, target, loss)) return loss;
     const at::Tensor F = features.contiguous().view({features.size(0), features.size(1), spatial_size(features)});
-    return own_forward(F, out, target);
+    return ffma_forward(F, out, target);
   };
   const Algorithm algorithm = choose_forward_algorithm(
       forward_key(features, op), [&](Algorithm candidate) { compute(candidate); }, seconds_on_stream,
