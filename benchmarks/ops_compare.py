@@ -2,7 +2,12 @@
 ``torch.bmm`` Gram, on every VGG19 style-layer shape, per dtype and layout, in one run.
 
 Each row is one op, layer, size, dtype and layout; each column one implementation, as the
-median of `--repeats` timed runs after warm-up (CUDA events on a GPU, a wall clock on the CPU):
+median of `--repeats` timed runs after warm-up. On a GPU a run is the replay of a CUDA graph of
+`--graph-calls` calls, each after a write of twice the L2 cache (so every call starts cold, as in
+a step, where the network's other layers evict the features), timed by CUDA events, less the same
+graph's flushes alone, per call: a single call between two events would time the host's launch
+overhead for these short kernels. Where a graph cannot be captured the cell falls back to events
+around one call (marked in the JSON). On the CPU a run is one call on a wall clock.
     compiled   nst_ext's op as a run uses it (the per-shape choice of "auto")
     own, blas  the two algorithms it chooses between, forced
     reference  nst_ext.reference (the test oracle; widens half/bfloat16 to float32 first)
@@ -66,7 +71,53 @@ def implementations(op, weights=None):
     return {name: (with_backward(function), algorithm) for name, (function, algorithm) in loss.items()}
 
 
-def median_seconds(run, device, repeats):
+def l2_flush_buffer():
+    """A buffer twice the GPU's L2 cache; writing it evicts whatever the L2 held."""
+    l2_bytes = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0) or 64 << 20
+    return torch.empty(2 * l2_bytes // 4, dtype=torch.int32, device="cuda")
+
+
+def graph_median_seconds(run, repeats, calls, flush):
+    """Median seconds per call of `run` over `repeats` replays of a CUDA graph of `calls` calls, each
+    after an L2 flush, less the replays of a graph of the flushes alone."""
+    side = torch.cuda.Stream()  # warm-up off the capture stream, as torch.cuda.graphs asks
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graphs = {"calls": torch.cuda.CUDAGraph(), "flushes": torch.cuda.CUDAGraph()}
+    for name, graph in graphs.items():
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                flush.zero_()
+                if name == "calls":
+                    run()
+    medians = {}
+    for name, graph in graphs.items():
+        graph.replay()  # warm replay
+        samples = []
+        for _ in range(repeats):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            stop.record()
+            stop.synchronize()
+            samples.append(start.elapsed_time(stop) / 1e3)
+        medians[name] = statistics.median(samples)
+    return max(medians["calls"] - medians["flushes"], 0.0) / calls
+
+
+def median_seconds(run, device, repeats, graph_calls=0, flush=None):
+    """(seconds, timing): the median per call, and how it was timed ("graph", "events", "wall")."""
+    if device == "cuda" and graph_calls > 0:
+        try:
+            return graph_median_seconds(run, repeats, graph_calls, flush), "graph"
+        except RuntimeError as error:  # an op that cannot be captured: events around single calls
+            print(f"ops_compare: no CUDA graph ({str(error).splitlines()[0]}); timing single calls",
+                  file=sys.stderr)
+            torch.cuda.synchronize()
     for _ in range(2):  # warm-up: the per-shape choice, allocator, library handles
         run()
     samples = []
@@ -82,11 +133,12 @@ def median_seconds(run, device, repeats):
             started = time.perf_counter()
             run()
             samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return statistics.median(samples), "events" if device == "cuda" else "wall"
 
 
-def measure(device, sizes, dtypes, layouts, layers, repeats, deadline):
+def measure(device, sizes, dtypes, layouts, layers, repeats, deadline, graph_calls=0):
     rows = []
+    flush = l2_flush_buffer() if device == "cuda" and graph_calls > 0 else None
     for size in sizes:
         for layer in layers:
             shape = feature_shape(layer, size, 1)
@@ -101,28 +153,31 @@ def measure(device, sizes, dtypes, layouts, layers, repeats, deadline):
                         features.requires_grad_(op.endswith("backward"))
                         target = reference.gram_matrix(torch.randn(shape[1:], device=device).relu_())
                         row = {"op": op, "layer": layer, "size": size, "shape": list(shape), "dtype": dtype_name,
-                               "layout": layout, "device": device, "seconds": {}}
+                               "layout": layout, "device": device, "seconds": {}, "timing": {}}
                         weights = torch.rand(shape[2:], device=device)
                         for name, (function, algorithm) in implementations(op, weights).items():
                             with nst_ext.gram_algorithm(algorithm or "auto"):
-                                row["seconds"][name] = median_seconds(lambda: function(features, target), device,
-                                                                      repeats)
+                                row["seconds"][name], row["timing"][name] = median_seconds(
+                                    lambda: function(features, target), device, repeats, graph_calls, flush)
                         rows.append(row)
     return rows, True
 
 
 def markdown(rows, machine):
     names = ["compiled", "own", "blas", "reference", "torch.bmm"]
-    lines = [f"Machine: {machine}. Median of each cell's runs, in microseconds; **speed-up** = the best "
-             "of reference and torch.bmm divided by compiled.", "",
-             "| op | layer | px | dtype | layout | " + " | ".join(names) + " | speed-up |",
-             "|---|---|---:|---|---|" + "---:|" * (len(names) + 1)]
+    timings = sorted({how for row in rows for how in row.get("timing", {}).values()})
+    lines = [f"Machine: {machine}. Median of each cell's runs, in microseconds per call (timed: "
+             f"{', '.join(timings) or '-'}); **speed-up** = the best of reference and torch.bmm divided by "
+             "compiled; **own vs bmm** = torch.bmm divided by our own kernel (Gram rows).", "",
+             "| op | layer | px | dtype | layout | " + " | ".join(names) + " | speed-up | own vs bmm |",
+             "|---|---|---:|---|---|" + "---:|" * (len(names) + 2)]
     for row in rows:
         seconds = row["seconds"]
         cells = [f"{seconds[n] * 1e6:.0f}" if n in seconds else "" for n in names]
         baseline = min(seconds[n] for n in ("reference", "torch.bmm") if n in seconds)
+        own_vs_bmm = f"{seconds['torch.bmm'] / seconds['own']:.2f}x" if "torch.bmm" in seconds else ""
         lines.append(f"| {row['op']} | {row['layer']} | {row['size']} | {row['dtype']} | {row['layout']} | "
-                     + " | ".join(cells) + f" | {baseline / seconds['compiled']:.2f}x |")
+                     + " | ".join(cells) + f" | {baseline / seconds['compiled']:.2f}x | {own_vs_bmm} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,6 +189,8 @@ def main():
     parser.add_argument("--layouts", default="nchw,channels_last")
     parser.add_argument("--layers", default=",".join(STYLE_LAYERS))
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--graph-calls", type=int, default=20,
+                        help="calls per CUDA graph on a GPU, each after an L2 flush (0: events around single calls)")
     parser.add_argument("--seconds", type=float, default=600, help="stop after this long (rows done are kept)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
@@ -142,7 +199,8 @@ def main():
     machine = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     machine += f", torch {torch.__version__}"
     rows, complete = measure(args.device, [int(s) for s in args.sizes.split(",")], dtypes, args.layouts.split(","),
-                             args.layers.split(","), args.repeats, time.monotonic() + args.seconds)
+                             args.layers.split(","), args.repeats, time.monotonic() + args.seconds,
+                             args.graph_calls)
     report = {"machine": machine, "complete": complete, "rows": rows,
               "choices": nst_ext.gram_algorithm_choices()}
     if args.json:
