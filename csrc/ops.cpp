@@ -5,7 +5,8 @@
 //
 // Kernels live per backend (csrc/cpu, csrc/cuda) and register themselves with
 // TORCH_LIBRARY_IMPL; fake (meta) kernels and autograd are registered from
-// Python (nst_ext/_ops.py) so that torch.compile can trace through the ops.
+// Python (nst_ext/_op_registrations.py) so that torch.compile can trace through
+// the ops and autograd can differentiate them twice.
 //
 // Shape and dtype contracts (B batch, C channels, H*W = n spatial positions):
 //   gram(features[B,C,H,W]) -> gram[B,C,C]

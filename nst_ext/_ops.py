@@ -1,9 +1,9 @@
-"""The compiled ops: loading the library ``nst_ext._C``, fake kernels, autograd, and the
-public functions that pick the compiled kernel or the reference.
+"""The compiled ops: loading the library ``nst_ext._C``, the controls of its per-shape algorithm
+choice, and the public functions that pick the compiled kernel or the reference.
 
-The op schemas are declared once, in ``csrc/ops.cpp``; this module registers
-what torch.compile and autograd need on top of them (as pytorch/extension-cpp
-does), so ``torch.compile(fullgraph=True)`` traces through the ops.
+The op schemas are declared once, in ``csrc/ops.cpp``; nst_ext._op_registrations registers what
+torch.compile and autograd need on top of them (as pytorch/extension-cpp does), so
+``torch.compile(fullgraph=True)`` traces through the ops.
 """
 
 import contextlib
@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from nst_ext import reference
-from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, check_weights, is_channels_last
+from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, check_weights
 
 FORCE_REFERENCE_ENV = "NST_EXT_FORCE_REFERENCE"
 
@@ -180,135 +180,8 @@ def backend_info() -> dict:
 
 
 if LOAD_ERROR is None:
-
-    @torch.library.register_fake("nst_ext::gram")
-    def _gram_fake(features):
-        batch, channels = features.shape[0], features.shape[1]
-        return features.new_empty((batch, channels, channels), dtype=accumulation_dtype(features.dtype))
-
-    def _gradient_like(features):
-        # The kernels return channels-last gradients for channels-last features
-        # (no copy of them), NCHW-contiguous ones otherwise (common.h).
-        layout = torch.channels_last if is_channels_last(features) else torch.contiguous_format
-        return torch.empty(features.shape, dtype=features.dtype, device=features.device, memory_format=layout)
-
-    @torch.library.register_fake("nst_ext::gram_backward")
-    def _gram_backward_fake(grad_gram, features):
-        return _gradient_like(features)
-
-    @torch.library.register_fake("nst_ext::style_loss")
-    def _style_loss_fake(features, target):
-        batch, channels = features.shape[0], features.shape[1]
-        dtype = accumulation_dtype(features.dtype)
-        return features.new_empty((), dtype=dtype), features.new_empty((batch, channels, channels), dtype=dtype)
-
-    @torch.library.register_fake("nst_ext::style_loss_backward")
-    def _style_loss_backward_fake(grad_loss, features, residual):
-        return _gradient_like(features)
-
-    def _gram_setup_context(ctx, inputs, output):
-        (features,) = inputs
-        ctx.save_for_backward(features)
-
-    def _gram_backward(ctx, grad_gram):
-        (features,) = ctx.saved_tensors
-        return torch.ops.nst_ext.gram_backward(grad_gram, features)
-
-    torch.library.register_autograd("nst_ext::gram", _gram_backward, setup_context=_gram_setup_context)
-
-    def _target_gradient(residual, grad_loss, grad_residual, target_shape):
-        """L = mean((G - A)^2)  =>  dL/dA = -2 (G - A) / numel, summed where A was broadcast."""
-        grad_target = residual.new_zeros(residual.shape)
-        if grad_loss is not None:
-            grad_target = grad_target - residual * (2.0 / residual.numel()) * grad_loss
-        if grad_residual is not None:
-            grad_target = grad_target - grad_residual
-        if len(target_shape) == 2:
-            return grad_target.sum(0)
-        if target_shape[0] == 1:
-            return grad_target.sum(0, keepdim=True)
-        return grad_target
-
-    def _style_loss_setup_context(ctx, inputs, output):
-        features, target = inputs
-        _, residual = output
-        ctx.save_for_backward(features, residual)
-        ctx.target_shape = target.shape
-        # An unused residual gets None, not a zero tensor that would cost a
-        # whole extra matrix product in the backward.
-        ctx.set_materialize_grads(False)
-
-    def _style_loss_backward(ctx, grad_loss, grad_residual):
-        features, residual = ctx.saved_tensors
-        grad_features = grad_target = None
-        if ctx.needs_input_grad[0]:
-            # Each product runs only for an output that has a gradient.
-            if grad_loss is not None:
-                grad_features = torch.ops.nst_ext.style_loss_backward(grad_loss, features, residual)
-            if grad_residual is not None:
-                from_residual = torch.ops.nst_ext.gram_backward(grad_residual, features)
-                grad_features = from_residual if grad_features is None else grad_features + from_residual
-        if ctx.needs_input_grad[1]:
-            grad_target = _target_gradient(residual, grad_loss, grad_residual, ctx.target_shape)
-        return grad_features, grad_target
-
-    torch.library.register_autograd(
-        "nst_ext::style_loss", _style_loss_backward, setup_context=_style_loss_setup_context
-    )
-
-    # The masked ops (csrc/masked.h): the weights are an input the user draws, never differentiated.
-    @torch.library.register_fake("nst_ext::masked_gram")
-    def _masked_gram_fake(features, weights):
-        return _gram_fake(features)
-
-    @torch.library.register_fake("nst_ext::masked_gram_backward")
-    def _masked_gram_backward_fake(grad_gram, features, weights):
-        return _gradient_like(features)
-
-    @torch.library.register_fake("nst_ext::masked_style_loss")
-    def _masked_style_loss_fake(features, weights, target):
-        return _style_loss_fake(features, target)
-
-    @torch.library.register_fake("nst_ext::masked_style_loss_backward")
-    def _masked_style_loss_backward_fake(grad_loss, features, weights, residual):
-        return _gradient_like(features)
-
-    def _masked_gram_setup_context(ctx, inputs, output):
-        features, weights = inputs
-        ctx.save_for_backward(features, weights)
-
-    def _masked_gram_backward(ctx, grad_gram):
-        features, weights = ctx.saved_tensors
-        grad_features = None
-        if ctx.needs_input_grad[0]:
-            grad_features = torch.ops.nst_ext.masked_gram_backward(grad_gram, features, weights)
-        return grad_features, None
-
-    torch.library.register_autograd("nst_ext::masked_gram", _masked_gram_backward,
-                                    setup_context=_masked_gram_setup_context)
-
-    def _masked_style_loss_setup_context(ctx, inputs, output):
-        features, weights, target = inputs
-        _, residual = output
-        ctx.save_for_backward(features, weights, residual)
-        ctx.target_shape = target.shape
-        ctx.set_materialize_grads(False)
-
-    def _masked_style_loss_backward(ctx, grad_loss, grad_residual):
-        features, weights, residual = ctx.saved_tensors
-        grad_features = grad_target = None
-        if ctx.needs_input_grad[0]:
-            if grad_loss is not None:
-                grad_features = torch.ops.nst_ext.masked_style_loss_backward(grad_loss, features, weights, residual)
-            if grad_residual is not None:
-                from_residual = torch.ops.nst_ext.masked_gram_backward(grad_residual, features, weights)
-                grad_features = from_residual if grad_features is None else grad_features + from_residual
-        if ctx.needs_input_grad[2]:
-            grad_target = _target_gradient(residual, grad_loss, grad_residual, ctx.target_shape)
-        return grad_features, None, grad_target
-
-    torch.library.register_autograd("nst_ext::masked_style_loss", _masked_style_loss_backward,
-                                    setup_context=_masked_style_loss_setup_context)
+    # The fake kernels and autograd formulas of the loaded ops.
+    from nst_ext import _op_registrations  # noqa: F401
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:

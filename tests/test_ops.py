@@ -156,6 +156,34 @@ def test_gradcheck(compiled, seed):
     assert torch.autograd.gradcheck(nst_ext.gram_matrix, (x[0],))
 
 
+@pytest.mark.filterwarnings("error")  # no backward may fall back to autograd's deprecated "not implemented"
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_second_derivatives(compiled, seed, layout):
+    """gradgradcheck of every op, the backward ops' own autograd (nst_ext._op_registrations) included:
+    through the Gram, the loss (with the target differentiated), the residual output, and the masked
+    ops with per-picture and broadcast weights, one picture's region empty."""
+    x = torch.rand(2, 3, 4, 5, dtype=torch.float64, device=compiled)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    target = torch.rand(3, 3, dtype=torch.float64, device=compiled, requires_grad=True)
+    per_picture = soft_mask((2, 4, 5), compiled)
+    per_picture[1] = 0
+    broadcast = soft_mask((1, 4, 5), compiled)
+    residual_weights = torch.randn(2, 3, 3, dtype=torch.float64, device=compiled)
+
+    def loss_and_weighted_residual(features, target_gram):
+        loss, residual = torch.ops.nst_ext.style_loss(features, target_gram)
+        return loss + (residual * residual_weights).sum()
+
+    assert torch.autograd.gradgradcheck(nst_ext.gram_matrix, (x,))
+    assert torch.autograd.gradgradcheck(nst_ext.style_loss, (x, target))
+    assert torch.autograd.gradgradcheck(loss_and_weighted_residual, (x, target))
+    for weights in (per_picture, broadcast):
+        assert torch.autograd.gradgradcheck(lambda f: nst_ext.masked_gram_matrix(f, weights), (x,))
+        assert torch.autograd.gradgradcheck(lambda f, t: nst_ext.masked_style_loss(f, weights, t), (x, target))
+
+
 def test_gradient_through_residual_alone(compiled, seed):
     """When only the residual is used, the loss's product is skipped and the gradient still matches."""
     x = features_like_vgg((2, 9, 5, 6), compiled).requires_grad_(True)
