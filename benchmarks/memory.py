@@ -75,7 +75,8 @@ def one_stage(size, technique):
     targets = _status_kib("VmRSS") - runtime
     image = image.clone().requires_grad_(True)
     before_history = _status_kib("VmRSS")
-    optimizer = LBFGS(image, lr=1.0, history_size=plan.history_size)  # allocated and zeroed: resident
+    optimizer = LBFGS(image, lr=1.0, history_size=plan.history_size,  # allocated and zeroed: resident
+                      history_dtype=torch.bfloat16 if plan.history_bfloat16 else None)
     history = _status_kib("VmRSS") - before_history
     evaluate = objective.evaluator(image)
     storages = {}
@@ -127,7 +128,7 @@ def largest_fitting(budgets, device_type):
             return False
 
     print(f"| budget | {device_type}: largest square picture without checkpointing | with checkpointing "
-          "and a shorter history when needed | in tiles too |")
+          "and a shorter history or bfloat16 pairs when needed | in tiles too |")
     print("|---|---:|---:|---:|")
     for budget in budgets:
         sizes = [max((s for s in range(256, top, 256) if fits(s, **forced)), default=0)

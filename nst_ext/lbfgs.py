@@ -30,18 +30,27 @@ import torch
 CURVATURE_THRESHOLD = 1e-10  # torch.optim.LBFGS's
 
 
+def _dot(stored: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """stored · vector in the vector's dtype (a narrower stored vector is widened, one at a time)."""
+    return (stored if stored.dtype == vector.dtype else stored.to(vector.dtype)).dot(vector)
+
+
 class LBFGS:
     """Minimises a function of one tensor in place.
 
     param: the tensor optimised, a contiguous leaf with ``requires_grad``, any
     shape, a floating dtype; its history is ``2 · history_size · param.numel()`` values
-    of that dtype on its device, allocated up front. ``first_step_rms``: None
-    for torch's first step, else the root-mean-square change of the first step
-    (in the parameter's units; ``lr`` scales the later steps only).
+    of ``history_dtype`` (default: the parameter's) on its device, allocated up front.
+    A narrower ``history_dtype`` (bfloat16: half the memory of float32) stores the
+    pairs rounded; the curvature ``1/yᵀs`` is taken before rounding and the
+    recursion's vectors and dot products stay in the parameter's dtype.
+    ``first_step_rms``: None for torch's first step, else the root-mean-square
+    change of the first step (in the parameter's units; ``lr`` scales the later
+    steps only).
     """
 
     def __init__(self, param: torch.Tensor, lr: float = 1.0, history_size: int = 100,
-                 first_step_rms: Optional[float] = None):
+                 first_step_rms: Optional[float] = None, history_dtype: Optional[torch.dtype] = None):
         if not param.requires_grad or not param.is_contiguous():
             raise ValueError("LBFGS needs a contiguous parameter with requires_grad=True")
         if history_size < 1:
@@ -51,9 +60,10 @@ class LBFGS:
         self.param, self.lr, self.history_size = param, float(lr), int(history_size)
         self.first_step_rms = first_step_rms
         size, like = param.numel(), dict(dtype=param.dtype, device=param.device)
-        self.steps = torch.zeros(history_size, size, **like)        # s = x_{k+1} - x_k
-        self.grad_changes = torch.zeros(history_size, size, **like)  # y = g_{k+1} - g_k
-        self.rho = torch.zeros(history_size, **like)                 # 1 / yᵀs, or 0 for a skipped pair
+        stored = dict(like, dtype=history_dtype or param.dtype)
+        self.steps = torch.zeros(history_size, size, **stored)        # s = x_{k+1} - x_k
+        self.grad_changes = torch.zeros(history_size, size, **stored)  # y = g_{k+1} - g_k
+        self.rho = torch.zeros(history_size, **like)                   # 1 / yᵀs, or 0 for a skipped pair
         self.pairs_pushed = 0                                        # a host count: the ring's order
         self.evaluations = 0
         self.direction = self.previous_grad = self.step_size = self.h_diag = None
@@ -63,6 +73,11 @@ class LBFGS:
             raise RuntimeError("the closure must compute the gradient (call backward) before returning")
         return self.param.grad.reshape(-1)
 
+    def _store(self, slot: int, step: torch.Tensor, change: torch.Tensor) -> None:
+        """Keeps the pair (s, y) in the ring's `slot`, in the history's dtype."""
+        self.steps[slot].copy_(step)
+        self.grad_changes[slot].copy_(change)
+
     def _direction(self, grad):
         """The two-loop recursion over the stored pairs, newest first; also stores the newest pair."""
         change = grad - self.previous_grad
@@ -71,8 +86,7 @@ class LBFGS:
         accepted = curvature > CURVATURE_THRESHOLD
         slot = self.pairs_pushed % self.history_size
         self.pairs_pushed += 1
-        self.steps[slot].copy_(step)
-        self.grad_changes[slot].copy_(change)
+        self._store(slot, step, change)
         self.rho[slot] = torch.where(accepted, 1.0 / curvature, torch.zeros_like(curvature))
         h_diag = torch.where(accepted, curvature / change.dot(change), self.h_diag)
 
@@ -83,11 +97,11 @@ class LBFGS:
         # addcmul_ with a 0-d factor: one pass over the history vectors, no temporary (at
         # 512 px each is 3 MiB, 2 · 50 of them per step).
         for index in newest_first:
-            alphas[index] = self.steps[index].dot(q) * self.rho[index]
+            alphas[index] = _dot(self.steps[index], q) * self.rho[index]
             q.addcmul_(self.grad_changes[index], alphas[index], value=-1)
         r = q.mul_(h_diag)
         for index in reversed(newest_first):
-            beta = self.grad_changes[index].dot(r) * self.rho[index]
+            beta = _dot(self.grad_changes[index], r) * self.rho[index]
             r.addcmul_(self.steps[index], alphas[index] - beta)
         return r, h_diag
 

@@ -17,7 +17,9 @@ The plan, cheapest lever first, for a budget (of which it fills at most the usab
    that fits (the same picture, up to float rounding; one more forward pass per step and the
    halos); what stays is the picture-sized state (picture, gradient, L-BFGS vectors, content
    targets);
-4. a shorter L-BFGS history, down to :data:`MIN_LBFGS_HISTORY` pairs (slower convergence), untiled
+4. the L-BFGS pairs stored in bfloat16 (half their memory; an equally low loss by a different path,
+   so a different picture: BENCHMARKS.md, "L-BFGS pairs in bfloat16"), with the levers above again;
+5. a shorter L-BFGS history, down to :data:`MIN_LBFGS_HISTORY` pairs (slower convergence), untiled
    with checkpointing first, then tiled.
 
 A stage that does not fit even then is refused before any work, in one line.
@@ -139,6 +141,7 @@ class MemoryPlan:
     runtime: int
     budget_limited: bool = False  # checkpointing, tiles or a shorter history because of the budget
     tile_edge: int = 0  # pixels of each tile's own square (nst_ext.tiles); 0: the picture in one pass
+    history_bfloat16: bool = False  # the L-BFGS pairs stored in bfloat16 (nst_ext.lbfgs)
 
     @property
     def total(self) -> int:
@@ -152,6 +155,8 @@ class MemoryPlan:
             parts.append(f"VGG activations checkpointed over {len(self.segments)} segments")
         if self.history_size < LBFGS_HISTORY:
             parts.append(f"L-BFGS history {self.history_size} pairs")
+        if self.history_bfloat16:
+            parts.append("L-BFGS history in bfloat16")
         return ", ".join(parts)
 
 
@@ -163,7 +168,7 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
                style_shapes: Sequence[Tuple[int, int]], budget: Optional[int], device_type: str,
                activation_bytes: int, optimizer: str = "lbfgs", checkpointing: Optional[bool] = None,
                history_size: Optional[int] = None, breaks: Sequence[int] = (), pictures: int = 1,
-               tile: Optional[int] = None) -> MemoryPlan:
+               tile: Optional[int] = None, history_bfloat16: Optional[bool] = None) -> MemoryPlan:
     """The plan for one stage of a `height` x `width` picture with these loss layers, `steps`
     optimiser steps and style images of `style_shapes` ((height, width) at this stage). `budget`:
     bytes, or None for no limit. `activation_bytes`: 2 with bfloat16 convolutions, else 4.
@@ -172,6 +177,8 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     optimised together as one batch (activations, histories and content targets scale with it; the
     style targets are shared). `tile`: None chooses tiles when nothing else fits, 0 never tiles, N
     tiles of N pixels (on the pooling grid; a picture no larger than one tile is not tiled).
+    `history_bfloat16`: None stores the L-BFGS pairs in bfloat16 when float32 does not fit, True or
+    False forces.
     Raises OptionError when nothing fits the budget."""
     layers = list(content_layers) + list(style_layers)
     last = max(layers, key=LAYER_INDEX.__getitem__)
@@ -186,7 +193,7 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
         return max(count * activation_bytes * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers)
                                                + 2 * _layer_elements(0, h, w)) for count, (h, w) in shapes)
 
-    def plan(checkpoint: bool, pairs: int, edge: int = 0) -> MemoryPlan:
+    def plan(checkpoint: bool, pairs: int, edge: int = 0, bfloat16_history: bool = False) -> MemoryPlan:
         # What VGG sees at once: the picture, or one tile with its halo.
         seen = (min(height, edge + 2 * margin), min(width, edge + 2 * margin)) if edge else (height, width)
         saved = [pictures * size for size in saved_bytes_per_layer(*seen, last, layers, activation_bytes)]
@@ -197,7 +204,12 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
             cuts = sorted({0, *breaks, len(saved)})
             segments, activations = list(zip(cuts[:-1], cuts[1:])), sum(saved)
         largest = max(max(saved[a:b]) for a, b in segments)
-        history = (2 * pairs + LBFGS_WORK_VECTORS) * pixels * 4 if optimizer == "lbfgs" else 4 * pixels * 4
+        if optimizer != "lbfgs":
+            history = 4 * pixels * 4
+        elif bfloat16_history:  # the pairs in 2 bytes, and one pair vector widened at a time
+            history = 2 * pairs * pixels * 2 + (LBFGS_WORK_VECTORS + 1) * pixels * 4
+        else:
+            history = (2 * pairs + LBFGS_WORK_VECTORS) * pixels * 4
         # Targets: each content layer's float32 features (untiled, and the loss's float32 difference in
         # a step; tiled, that difference is a tile's) and one float32 Gram per style layer. Making them
         # takes one pass without gradients over the content images together and over each style image
@@ -212,7 +224,7 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
         # history exists): counted as transient so that `total` is the larger of the two.
         transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpoint] * largest), making - activations - history)
         return MemoryPlan(height, width, checkpoint, pairs, tuple(segments), activations, history, targets,
-                          transient, runtime, tile_edge=edge)
+                          transient, runtime, tile_edge=edge, history_bfloat16=bfloat16_history)
 
     grid, side = tiles.alignment(layers), max(height, width)
     if tile:  # forced: one edge, on the grid
@@ -228,15 +240,21 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     untiled = not (tile and edges)
     tiled_checkpointing = bool(checkpointing)
     most_pairs = history_size or min(LBFGS_HISTORY, max(1, steps))
-    candidates = [(False, most_pairs, 0), (True, most_pairs, 0)] if untiled else []
+    levers = [(False, 0), (True, 0)] if untiled else []
     if checkpointing is not None:
-        candidates = [(c, p, e) for c, p, e in candidates if c == checkpointing]
-    candidates += [(tiled_checkpointing, most_pairs, edge) for edge in edges]
+        levers = [(c, e) for c, e in levers if c == checkpointing]
+    levers += [(tiled_checkpointing, edge) for edge in edges]
+    # The same picture first (every lever with float32 pairs), then the same levers with bfloat16
+    # pairs (an equal loss by another path: BENCHMARKS.md, "L-BFGS pairs in bfloat16"), then fewer
+    # pairs, in bfloat16 unless forced off.
+    candidates = [(c, most_pairs, e, False) for c, e in levers] if history_bfloat16 is not True else []
+    candidates += [(c, most_pairs, e, True) for c, e in levers] if history_bfloat16 is not False else []
     if history_size is None:
         for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1):
-            candidates += [(True, pairs, 0)] if untiled and checkpointing is not False else []
-            candidates += [(tiled_checkpointing, pairs, edge) for edge in edges]
-    plans = [plan(c, p, e) for c, p, e in candidates]
+            shorter = ([(True, 0)] if untiled and checkpointing is not False else []) + \
+                [(tiled_checkpointing, edge) for edge in edges]
+            candidates += [(c, pairs, e, history_bfloat16 is not False) for c, e in shorter]
+    plans = [plan(*candidate) for candidate in candidates]
     if budget is None:
         return plans[0]
     for index, candidate in enumerate(plans):
@@ -245,7 +263,7 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     smallest = min(plans, key=lambda p: p.total)
     how = [f"tiles of {smallest.tile_edge} px"] if smallest.tile_edge else []
     how += ["checkpointing"] if smallest.checkpointing else []
-    how += [f"an L-BFGS history of {smallest.history_size}"]
+    how += [f"an L-BFGS history of {smallest.history_size}" + (" in bfloat16" if smallest.history_bfloat16 else "")]
     raise OptionError(f"a {width}x{height} stage needs at least {format_size(budget_for(smallest.total))} "
                       f"(with {', '.join(how[:-1]) + ' and ' if len(how) > 1 else ''}{how[-1]}, and "
                       f"{ESTIMATE_UNDERSHOOT:.0%} for the estimate's error), more "
@@ -280,7 +298,8 @@ def plan_stages(options, network, content_shape: Tuple[int, int], style_shapes: 
             [long_side_shape(*shape, style_side) for shape in style_shapes], budget, network.device.type,
             activation_bytes=2 if network.mixed_precision else 4, optimizer=options.optimizer,
             checkpointing=options.checkpointing, history_size=options.lbfgs_history,
-            breaks=network.device_starts, pictures=pictures, tile=options.tile))
+            breaks=network.device_starts, pictures=pictures, tile=options.tile,
+            history_bfloat16=options.lbfgs_history_bfloat16))
     return plans[::-1]
 
 

@@ -285,8 +285,9 @@ class Stylizer:
                 self._style_grams[key] = objective.style_grams
             evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)
             if options.optimizer == "lbfgs":
-                optimizers = [LBFGS(image, lr=1.0, history_size=plan.history_size, first_step_rms=LBFGS_FIRST_STEP_RMS)
-                              for image in images]
+                history_dtype = torch.bfloat16 if plan.history_bfloat16 else None
+                optimizers = [LBFGS(image, lr=1.0, history_size=plan.history_size, first_step_rms=LBFGS_FIRST_STEP_RMS,
+                                    history_dtype=history_dtype) for image in images]
                 run_together(optimizers, closure, steps)
             else:  # Adam works element by element: one over all the pictures is one per picture
                 optimizer = torch.optim.Adam(images, lr=options.learning_rate)

@@ -152,3 +152,43 @@ def test_first_step_at_a_zero_gradient_stays_put():
 def test_first_step_rms_must_be_positive():
     with pytest.raises(ValueError, match="first_step_rms must be positive"):
         LBFGS(torch.zeros(3, requires_grad=True), first_step_rms=0.0)
+
+
+class RoundedPairs(LBFGS):
+    """The oracle of a narrower history: float64 storage holding each pair rounded to bfloat16, so
+    that every product of the recursion is taken in float64 on the rounded values."""
+
+    def _store(self, slot, step, change):
+        super()._store(slot, step.to(torch.bfloat16).to(step.dtype), change.to(torch.bfloat16).to(change.dtype))
+
+
+def run_with(optimizer_class, start, loss_of, evaluations, history_size, **options):
+    x = start.clone().requires_grad_(True)
+    losses, points = [], []
+
+    def closure():
+        x.grad = None
+        loss = loss_of(x)
+        loss.backward()
+        losses.append(loss.detach().clone())
+        points.append(x.detach().clone())
+        return loss
+
+    optimizer = optimizer_class(x, history_size=history_size, **options)
+    optimizer.run(closure, evaluations)
+    return torch.stack(losses), torch.stack(points), optimizer
+
+
+@pytest.mark.parametrize("history_size", [3, 20])
+def test_bfloat16_history_is_the_rounded_pairs_and_half_the_memory(seed, history_size):
+    start, loss_of = make_problem(seed)
+    losses, points, optimizer = run_with(LBFGS, start, loss_of, 25, history_size, history_dtype=torch.bfloat16)
+    oracle_losses, oracle_points, _ = run_with(RoundedPairs, start, loss_of, 25, history_size)
+    assert optimizer.steps.dtype == optimizer.grad_changes.dtype == torch.bfloat16
+    assert optimizer.rho.dtype == torch.float64 and points.dtype == torch.float64
+    assert torch.equal(points, oracle_points) and torch.equal(losses, oracle_losses)
+    # The rounding changes the iterates (the test is not vacuous) but not where they go.
+    full_losses, full_points = run_ours(start, loss_of, 25, history_size)
+    assert not torch.equal(points, full_points)
+    progress, full_progress = losses[0] - losses[-1], full_losses[0] - full_losses[-1]
+    assert progress > 0.9 * full_progress, (progress, full_progress)

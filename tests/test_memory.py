@@ -69,8 +69,16 @@ def test_plan_chooses_the_cheapest_lever_that_fits():
     tiled = default_plan(1024, budget=below_checkpointed)  # tiles keep the whole history
     assert tiled.tile_edge and tiled.history_size == 20 and tiled.budget_limited
     assert tiled.total <= usable_share(below_checkpointed) and "in tiles of" in tiled.describe()
-    shorter = default_plan(1024, budget=below_checkpointed, tile=0)
+    # Untiled, the pairs go to bfloat16 before there are fewer of them.
+    compact = default_plan(1024, budget=below_checkpointed, tile=0)
+    assert compact.checkpointing and compact.history_bfloat16 and compact.history_size == 20
+    assert not tiled.history_bfloat16 and "L-BFGS history in bfloat16" in compact.describe()
+    shorter = default_plan(1024, budget=below_checkpointed, tile=0, history_bfloat16=False)
     assert shorter.checkpointing and MIN_LBFGS_HISTORY <= shorter.history_size < 20 and not shorter.tile_edge
+    assert not shorter.history_bfloat16
+    below_compact = budget_for(compact.total - 4 * 3 * 1024 * 1024 * 2)
+    shorter_compact = default_plan(1024, budget=below_compact, tile=0)
+    assert shorter_compact.history_bfloat16 and MIN_LBFGS_HISTORY <= shorter_compact.history_size < 20
     assert default_plan(1024, budget=budget_for(free.total)) == free  # fits: nothing changes
     # A budget equal to the estimate does not fit it: a whole run's peak can be above the estimate
     # (a default 1024 px run planned to the edge of 2.5 GiB peaked 28 MiB over it).
@@ -78,6 +86,36 @@ def test_plan_chooses_the_cheapest_lever_that_fits():
     assert usable_share(budget_for(free.total)) >= free.total > usable_share(budget_for(free.total) - 1)
     with pytest.raises(OptionError, match=r"1024x1024 stage needs at least .* more than the 100 MiB budget"):
         default_plan(1024, budget=100 * 2**20)
+
+
+def test_bfloat16_pairs_take_half_the_pairs_memory_and_can_be_forced():
+    pixels = 3 * 1024 * 1024
+    full, compact = default_plan(1024), default_plan(1024, history_bfloat16=True)
+    assert not full.history_bfloat16 and compact.history_bfloat16 and compact.history_size == full.history_size
+    # 20 pairs of two vectors in 2 bytes instead of 4, and one pair vector widened at a time
+    assert full.history - compact.history == 2 * 20 * pixels * 2 - pixels * 4
+    with pytest.raises(OptionError, match="in bfloat16"):
+        default_plan(1024, budget=100 * 2**20, history_bfloat16=True)
+
+
+@pytest.mark.parametrize("forced", [True, False])
+def test_a_run_stores_its_pairs_as_forced(monkeypatch, forced):
+    import nst_ext.stylizer
+    from nst_ext.lbfgs import LBFGS
+
+    stored = []
+
+    class Recording(LBFGS):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stored.append(self.steps.dtype)
+
+    monkeypatch.setattr(nst_ext.stylizer, "LBFGS", Recording)
+    plans = []
+    Stylizer(size=48, steps=3, device="cpu", lbfgs_history_bfloat16=forced).run(
+        CONTENT, STYLE, callback=lambda progress: plans.append(progress.memory_plan))
+    assert stored and set(stored) == {torch.bfloat16 if forced else torch.float32}
+    assert {plan.history_bfloat16 for plan in plans} == {forced}
 
 
 def test_split_layers_in_proportion_to_free_memory():
@@ -150,6 +188,7 @@ def test_a_size_that_cannot_fit_is_refused_before_work():
     (dict(max_memory="lots"), "memory size must be a number"),
     (dict(checkpointing="yes"), "checkpointing must be True, False or None"),
     (dict(lbfgs_history=0), "lbfgs_history must be a positive whole number"),
+    (dict(lbfgs_history_bfloat16="yes"), "lbfgs_history_bfloat16 must be True, False or None"),
     (dict(devices="cpu"), "devices must be a list"),
     (dict(devices=["cpu", "cpu"], device="cuda"), "disagree"),
     (dict(devices=["cpu", "cpu"], device_split=["relu2_1", "relu3_1"]), "give 1"),

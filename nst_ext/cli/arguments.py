@@ -132,7 +132,8 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                              "memory limit). To fit, each stage keeps at most as many L-BFGS pairs as it has steps, "
                              "then checkpoints VGG's activations (the same picture, 1.8x the time per step at 1024 px "
                              "on the CPU of BENCHMARKS.md), then evaluates it in tiles (the same picture, about one "
-                             "more forward pass per step), then keeps fewer L-BFGS pairs (down to 5: slower "
+                             "more forward pass per step), then stores the L-BFGS pairs in bfloat16 (an equally "
+                             "low loss by another path), then keeps fewer L-BFGS pairs (down to 5: slower "
                              "convergence); a size that cannot fit is refused before any work")
     memory.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute VGG's activations in the backward pass instead of keeping them "
@@ -147,6 +148,9 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                         help="never tile: a stage that does not fit otherwise is refused")
     memory.add_argument("--lbfgs-history", type=int, default=None, metavar="N",
                         help="L-BFGS pairs kept (default: up to 50, no more than a stage's steps, fewer when "
+                             "--max-memory needs it)")
+    memory.add_argument("--lbfgs-history-bfloat16", action=argparse.BooleanOptionalAction, default=None,
+                        help="store the L-BFGS pairs in bfloat16, half their memory (default: only when "
                              "--max-memory needs it)")
     memory.add_argument("--devices", type=_names, default=None, metavar="DEV,DEV,...",
                         help="spread VGG's layers over these devices, e.g. cuda:0,cuda:1 or cuda:0,cpu; the picture "
