@@ -21,7 +21,8 @@ def make_problem(seed, size=(3, 7, 5)):
     return start, loss_of
 
 
-def run_ours(start, loss_of, evaluations, history_size, lr=1.0, first_step_rms=None):
+def run_with(optimizer_class, start, loss_of, evaluations, history_size, **options):
+    """(losses, points, optimizer) of `evaluations` evaluations from `start`."""
     x = start.clone().requires_grad_(True)
     losses, points = [], []
 
@@ -33,8 +34,14 @@ def run_ours(start, loss_of, evaluations, history_size, lr=1.0, first_step_rms=N
         points.append(x.detach().clone())
         return loss
 
-    LBFGS(x, lr=lr, history_size=history_size, first_step_rms=first_step_rms).run(closure, evaluations)
-    return torch.stack(losses), torch.stack(points)
+    optimizer = optimizer_class(x, history_size=history_size, **options)
+    optimizer.run(closure, evaluations)
+    return torch.stack(losses), torch.stack(points), optimizer
+
+
+def run_ours(start, loss_of, evaluations, history_size, lr=1.0, first_step_rms=None):
+    losses, points, _ = run_with(LBFGS, start, loss_of, evaluations, history_size, lr=lr, first_step_rms=first_step_rms)
+    return losses, points
 
 
 def run_torch(start, loss_of, evaluations, history_size, lr=1.0):
@@ -160,23 +167,6 @@ class RoundedPairs(LBFGS):
 
     def _store(self, slot, step, change):
         super()._store(slot, step.to(torch.bfloat16).to(step.dtype), change.to(torch.bfloat16).to(change.dtype))
-
-
-def run_with(optimizer_class, start, loss_of, evaluations, history_size, **options):
-    x = start.clone().requires_grad_(True)
-    losses, points = [], []
-
-    def closure():
-        x.grad = None
-        loss = loss_of(x)
-        loss.backward()
-        losses.append(loss.detach().clone())
-        points.append(x.detach().clone())
-        return loss
-
-    optimizer = optimizer_class(x, history_size=history_size, **options)
-    optimizer.run(closure, evaluations)
-    return torch.stack(losses), torch.stack(points), optimizer
 
 
 @pytest.mark.parametrize("history_size", [3, 20])

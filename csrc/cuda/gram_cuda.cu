@@ -250,31 +250,23 @@ struct Launch {
   int64_t split_length;  // columns per split, a multiple of kDepth
 };
 
-// Multiprocessors of a device, asked once per device. (ATen/cuda/CUDAContext.h
-// would also pull in cuBLAS/cuSPARSE headers, which a bare CUDA toolkit may
-// lack; the runtime API is all that is needed.)
-int multiprocessor_count(int device) {
-  static std::array<std::atomic<int>, 64> counts{};
-  if (device < 0 || device >= static_cast<int>(counts.size())) device = 0;
-  int count = counts[device].load(std::memory_order_relaxed);
-  if (count == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    counts[device].store(count, std::memory_order_relaxed);
+// An attribute of a device, asked once per device and attribute. (ATen/cuda/CUDAContext.h would also
+// pull in cuBLAS/cuSPARSE headers, which a bare CUDA toolkit may lack; the runtime API is all that is
+// needed.)
+template <cudaDeviceAttr kAttribute>
+int device_attribute(int device) {
+  static std::array<std::atomic<int>, 64> values{};
+  if (device < 0 || device >= static_cast<int>(values.size())) device = 0;
+  int value = values[device].load(std::memory_order_relaxed);
+  if (value == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttribute, device));
+    values[device].store(value, std::memory_order_relaxed);
   }
-  return count;
+  return value;
 }
 
-// Compute capability major version of a device, asked once per device.
-int compute_capability_major(int device) {
-  static std::array<std::atomic<int>, 64> majors{};
-  if (device < 0 || device >= static_cast<int>(majors.size())) device = 0;
-  int major = majors[device].load(std::memory_order_relaxed);
-  if (major == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    majors[device].store(major, std::memory_order_relaxed);
-  }
-  return major;
-}
+int multiprocessor_count(int device) { return device_attribute<cudaDevAttrMultiProcessorCount>(device); }
+int compute_capability_major(int device) { return device_attribute<cudaDevAttrComputeCapabilityMajor>(device); }
 
 Launch plan_launch(int64_t B, int64_t C, int64_t n, int device) {
   Launch plan{};

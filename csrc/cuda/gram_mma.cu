@@ -21,6 +21,7 @@
 
 #include <cuda_runtime.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
@@ -160,14 +161,18 @@ __device__ __forceinline__ void multiply_stage(const unsigned char* shared, uint
         b[2 * pair + 1][1] = r[3];
       }
     } else {
+      // The float32 element (channel, position) of a channel-contiguous operand, as TF32 input bits.
+      auto element = [&](int operand_offset, int channel, int position) {
+        return *reinterpret_cast<const uint32_t*>(
+            shared + operand_offset + element_offset(true, channel, k0 + position, S::kTile, 4, true));
+      };
 #pragma unroll
       for (int mt = 0; mt < S::kMTiles; ++mt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           int m, k;
           a_fragment_element(4, lane, e, m, k);
-          a[mt][e] = *reinterpret_cast<const uint32_t*>(
-              shared + a_offset + element_offset(true, warp_m + 16 * mt + m, k0 + k, S::kTile, 4, true));
+          a[mt][e] = element(a_offset, warp_m + 16 * mt + m, k);
         }
 #pragma unroll
       for (int nt = 0; nt < S::kNTiles; ++nt)
@@ -175,8 +180,7 @@ __device__ __forceinline__ void multiply_stage(const unsigned char* shared, uint
         for (int e = 0; e < 2; ++e) {
           int k, n;
           b_fragment_element(4, lane, e, k, n);
-          b[nt][e] = *reinterpret_cast<const uint32_t*>(
-              shared + b_offset + element_offset(true, warp_n + 8 * nt + n, k0 + k, S::kTile, 4, true));
+          b[nt][e] = element(b_offset, warp_n + 8 * nt + n, k);
         }
     }
     if constexpr (S::kElement == ElementType::kFloat32) {
@@ -409,9 +413,19 @@ cudaError_t with_shape(int tile, ElementType element, bool channels_last, Visit&
   return tile == 64 ? by_element(TileConstant<64>{}) : by_element(TileConstant<128>{});
 }
 
+// Lets a kernel variant use its dynamic shared memory (over the default 48 KiB) on the current
+// device, once per device: later launches, those captured into a CUDA graph included, make no call.
 template <class S>
 cudaError_t allow_shared_memory() {
-  return cudaFuncSetAttribute(gram_mma_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSharedBytes);
+  static std::array<std::atomic<bool>, 64> allowed{};
+  int device = 0;
+  cudaError_t error = cudaGetDevice(&device);
+  if (error != cudaSuccess) return error;
+  const bool cached = device >= 0 && device < static_cast<int>(allowed.size());
+  if (cached && allowed[device].load(std::memory_order_relaxed)) return cudaSuccess;
+  error = cudaFuncSetAttribute(gram_mma_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSharedBytes);
+  if (error == cudaSuccess && cached) allowed[device].store(true, std::memory_order_relaxed);
+  return error;
 }
 
 // Blocks of a kernel variant resident per multiprocessor, asked once per variant (the GPUs of one

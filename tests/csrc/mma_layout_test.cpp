@@ -337,29 +337,27 @@ static std::vector<double> emulate_gram(const Config& config, const std::vector<
                 b(n_tiles, std::vector<std::vector<double>>(32));
             const int a_count = eb == 2 ? 8 : 4, b_count = eb == 2 ? 4 : 2;
             if (!config.scalar_fragments()) {
-              for (int mt = 0; mt < m_tiles; ++mt) {
+              // One ldmatrix.x4 of the A operand (16 channels from first_channel) or of the B operand
+              // (two 8-channel blocks), its lanes' addresses from the header.
+              auto load = [&](bool a_operand, int first_channel, uint32_t registers[32][4]) {
                 int addresses[32];
                 for (int lane = 0; lane < 32; ++lane) {
                   int channel, position;
-                  ldmatrix_lane_source(config.channels_last, true, lane, eb, channel, position);
-                  addresses[lane] = element_offset(config.channels_last, warp_m + 16 * mt + channel, ks + position,
+                  ldmatrix_lane_source(config.channels_last, a_operand, lane, eb, channel, position);
+                  addresses[lane] = element_offset(config.channels_last, first_channel + channel, ks + position,
                                                    tile, eb, false);
                 }
+                emulate_ldmatrix(a_operand ? a_shared : b_shared, addresses, config.channels_last, registers);
+              };
+              for (int mt = 0; mt < m_tiles; ++mt) {
                 uint32_t registers[32][4];
-                emulate_ldmatrix(a_shared, addresses, config.channels_last, registers);
+                load(true, warp_m + 16 * mt, registers);
                 for (int lane = 0; lane < 32; ++lane)
                   for (int e = 0; e < a_count; ++e) a[mt][lane].push_back(register_element(registers[lane], e, eb));
               }
               for (int pair = 0; pair < n_tiles / 2; ++pair) {
-                int addresses[32];
-                for (int lane = 0; lane < 32; ++lane) {
-                  int channel, position;
-                  ldmatrix_lane_source(config.channels_last, false, lane, eb, channel, position);
-                  addresses[lane] = element_offset(config.channels_last, warp_n + 16 * pair + channel, ks + position,
-                                                   tile, eb, false);
-                }
                 uint32_t registers[32][4];
-                emulate_ldmatrix(b_shared, addresses, config.channels_last, registers);
+                load(false, warp_n + 16 * pair, registers);
                 // Registers 0-1 are the first 8-channel block's fragment, 2-3 the second's.
                 for (int lane = 0; lane < 32; ++lane)
                   for (int half = 0; half < 2; ++half)
