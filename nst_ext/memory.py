@@ -224,7 +224,8 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
         # history exists): counted as transient so that `total` is the larger of the two.
         transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpoint] * largest), making - activations - history)
         return MemoryPlan(height, width, checkpoint, pairs, tuple(segments), activations, history, targets,
-                          transient, runtime, tile_edge=edge, history_bfloat16=bfloat16_history)
+                          transient, runtime, tile_edge=edge,
+                          history_bfloat16=bfloat16_history and optimizer == "lbfgs")
 
     grid, side = tiles.alignment(layers), max(height, width)
     if tile:  # forced: one edge, on the grid
