@@ -263,7 +263,7 @@ def test_the_objective_scores_the_picture_as_saved(content, style):
     # The same picture twice; the tolerance leaves room for a GPU's bfloat16 convolutions choosing
     # another algorithm between the calls (unclamped, the total is twice the clamped one).
     for name in ("content", "style", "tv", "total"):
-        assert float(terms[name]) == pytest.approx(float(clamped[name]), rel=1e-3), name
+        assert float(terms[name].detach()) == pytest.approx(float(clamped[name]), rel=1e-3), name
     assert torch.all(leaf.grad[outside] == 0) and leaf.grad[~outside].abs().sum() > 0
     # clamp_in_loss=False (runs before 2026-11-29) scores the pixels as they are.
     _, unclamped_objective = Stylizer(size=SIZE, clamp_in_loss=False).objective(content, style)
