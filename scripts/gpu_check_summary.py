@@ -51,6 +51,32 @@ def step_lines(step):
     return lines
 
 
+# The step benchmark's implementation whose convolutions run in each kernel dtype.
+STEP_FOR_DTYPE = {"float32": "compiled", "bfloat16": "compiled-bf16"}
+
+
+def share_lines(ops, step):
+    """What the compiled style losses are of a whole step: per size and dtype, the style layers'
+    ``style_loss+backward`` (compiled, channels-last, as the network hands them on a GPU) summed,
+    over the step benchmark's median for the same size and convolution dtype."""
+    if not ops or not ops.get("rows") or not step or not step.get("benchmarks"):
+        return ["(needs both the kernel and the step benchmark)"]
+    steps = {(bench["params"].get("step_size"), bench["params"].get("implementation")): bench["stats"]["median"]
+             for bench in step["benchmarks"] if "params" in bench}
+    losses = {}
+    for row in ops["rows"]:
+        if row["op"] == "style_loss+backward" and row.get("layout") == "channels_last" and "compiled" in row["seconds"]:
+            key = (row["size"], row["dtype"])
+            losses.setdefault(key, []).append(row["seconds"]["compiled"])
+    lines = ["| px | dtype | style losses, forward and backward (ms) | step (ms) | share |", "|---:|---|---:|---:|---:|"]
+    for (size, dtype), seconds in sorted(losses.items()):
+        whole = steps.get((size, STEP_FOR_DTYPE.get(dtype)))
+        if whole:
+            lines.append(f"| {size} | {dtype} | {sum(seconds) * 1e3:.3f} ({len(seconds)} layers) | {whole * 1e3:.2f} "
+                         f"| {sum(seconds) / whole:.1%} |")
+    return lines if len(lines) > 2 else ["(no size and dtype in both benchmarks)"]
+
+
 def e2e_lines(e2e):
     if not e2e or not e2e.get("rows"):
         return ["(no end-to-end results)"]
@@ -91,6 +117,7 @@ def main():
     md += ["", "## Kernels (compiled op vs torch.bmm's Gram and the reference)", ""] + ops_lines(ops)
     md += ["", "## End to end (default settings)", ""] + e2e_lines(e2e)
     md += ["", "## One stylization step (median)", ""] + step_lines(step)
+    md += ["", "## The style losses' share of a step", ""] + share_lines(ops, step)
     with open(os.path.join(results, "summary.md"), "w") as out:
         out.write("\n".join(md) + "\n")
     with open(os.path.join(results, "summary.json"), "w") as out:

@@ -53,6 +53,35 @@ def test_summary_of_a_failed_check(tmp_path):
     assert "| gram | bfloat16 | 0.50x / 1.25x | 1.50x / 2.75x | 2 |" in text
     assert "auto chose our own kernel for 1 of 3 shapes" in text and "stopped at its time limit" in text
     assert "(no step benchmark results)" in text
+    assert "(needs both the kernel and the step benchmark)" in text
+
+
+def test_the_style_losses_share_of_a_step(tmp_path):
+    """Per size and dtype: the channels-last style_loss+backward rows summed over the layers, over
+    the step benchmark's median with convolutions of that dtype; other rows left out."""
+    (tmp_path / "step.json").write_text(json.dumps({"benchmarks": [
+        {"group": "stylization step 512px cuda", "name": "test_stylization_step[compiled-cuda-512]",
+         "params": {"step_size": 512, "implementation": "compiled", "device": "cuda"}, "stats": {"median": 0.010}},
+        {"group": "stylization step 512px cuda", "name": "test_stylization_step[compiled-bf16-cuda-512]",
+         "params": {"step_size": 512, "implementation": "compiled-bf16", "device": "cuda"}, "stats": {"median": 0.004}},
+    ]}))
+    loss = dict(op="style_loss+backward", size=512, layout="channels_last")
+    (tmp_path / "ops.json").write_text(json.dumps({"rows": [
+        dict(loss, dtype="float32", seconds={"compiled": 0.0010}),
+        dict(loss, dtype="float32", seconds={"compiled": 0.0005}),
+        dict(loss, dtype="bfloat16", seconds={"compiled": 0.0002}),
+        dict(loss, dtype="float32", layout="nchw", seconds={"compiled": 1.0}),
+        dict(loss, dtype="float32", op="gram", seconds={"compiled": 1.0}),
+        dict(loss, dtype="float16", seconds={"compiled": 1.0}),  # no float16 step: left out
+    ]}))
+    (tmp_path / "parts.tsv").write_text("step\tpassed\t30\t\n")
+    (tmp_path / "machine.txt").write_text("gpu: Test GPU\n")
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gpu_check_summary.py"), str(tmp_path), "1"],
+                   capture_output=True, text=True, timeout=60, check=True)
+    text = (tmp_path / "summary.md").read_text()
+    assert "| 512 | float32 | 1.500 (2 layers) | 10.00 | 15.0% |" in text
+    assert "| 512 | bfloat16 | 0.200 (1 layers) | 4.00 | 5.0% |" in text
+    assert "| 512 | float16 |" not in text
 
 
 def test_summary_of_a_passed_check(tmp_path):
