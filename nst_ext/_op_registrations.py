@@ -14,10 +14,12 @@ import torch
 
 from nst_ext._checks import accumulation_dtype, is_channels_last
 
+
 @torch.library.register_fake("nst_ext::gram")
 def _gram_fake(features):
     batch, channels = features.shape[0], features.shape[1]
     return features.new_empty((batch, channels, channels), dtype=accumulation_dtype(features.dtype))
+
 
 def _gradient_like(features):
     # The kernels return channels-last gradients for channels-last features
@@ -25,9 +27,11 @@ def _gradient_like(features):
     layout = torch.channels_last if is_channels_last(features) else torch.contiguous_format
     return torch.empty(features.shape, dtype=features.dtype, device=features.device, memory_format=layout)
 
+
 @torch.library.register_fake("nst_ext::gram_backward")
 def _gram_backward_fake(grad_gram, features):
     return _gradient_like(features)
+
 
 @torch.library.register_fake("nst_ext::style_loss")
 def _style_loss_fake(features, target):
@@ -35,19 +39,24 @@ def _style_loss_fake(features, target):
     dtype = accumulation_dtype(features.dtype)
     return features.new_empty((), dtype=dtype), features.new_empty((batch, channels, channels), dtype=dtype)
 
+
 @torch.library.register_fake("nst_ext::style_loss_backward")
 def _style_loss_backward_fake(grad_loss, features, residual):
     return _gradient_like(features)
+
 
 def _gram_setup_context(ctx, inputs, output):
     (features,) = inputs
     ctx.save_for_backward(features)
 
+
 def _gram_backward(ctx, grad_gram):
     (features,) = ctx.saved_tensors
     return torch.ops.nst_ext.gram_backward(grad_gram, features)
 
+
 torch.library.register_autograd("nst_ext::gram", _gram_backward, setup_context=_gram_setup_context)
+
 
 def _target_gradient(residual, grad_loss, grad_residual, target_shape):
     """L = mean((G - A)^2)  =>  dL/dA = -2 (G - A) / numel, summed where A was broadcast."""
@@ -62,6 +71,7 @@ def _target_gradient(residual, grad_loss, grad_residual, target_shape):
         return grad_target.sum(0, keepdim=True)
     return grad_target
 
+
 def _style_loss_setup_context(ctx, inputs, output):
     features, target = inputs
     _, residual = output
@@ -70,6 +80,7 @@ def _style_loss_setup_context(ctx, inputs, output):
     # An unused residual gets None, not a zero tensor that would cost a
     # whole extra matrix product in the backward.
     ctx.set_materialize_grads(False)
+
 
 def _style_loss_backward(ctx, grad_loss, grad_residual):
     features, residual = ctx.saved_tensors
@@ -85,30 +96,37 @@ def _style_loss_backward(ctx, grad_loss, grad_residual):
         grad_target = _target_gradient(residual, grad_loss, grad_residual, ctx.target_shape)
     return grad_features, grad_target
 
+
 torch.library.register_autograd(
     "nst_ext::style_loss", _style_loss_backward, setup_context=_style_loss_setup_context
 )
+
 
 # The masked ops (csrc/masked.h): the weights are an input the user draws, never differentiated.
 @torch.library.register_fake("nst_ext::masked_gram")
 def _masked_gram_fake(features, weights):
     return _gram_fake(features)
 
+
 @torch.library.register_fake("nst_ext::masked_gram_backward")
 def _masked_gram_backward_fake(grad_gram, features, weights):
     return _gradient_like(features)
+
 
 @torch.library.register_fake("nst_ext::masked_style_loss")
 def _masked_style_loss_fake(features, weights, target):
     return _style_loss_fake(features, target)
 
+
 @torch.library.register_fake("nst_ext::masked_style_loss_backward")
 def _masked_style_loss_backward_fake(grad_loss, features, weights, residual):
     return _gradient_like(features)
 
+
 def _masked_gram_setup_context(ctx, inputs, output):
     features, weights = inputs
     ctx.save_for_backward(features, weights)
+
 
 def _masked_gram_backward(ctx, grad_gram):
     features, weights = ctx.saved_tensors
@@ -117,8 +135,10 @@ def _masked_gram_backward(ctx, grad_gram):
         grad_features = torch.ops.nst_ext.masked_gram_backward(grad_gram, features, weights)
     return grad_features, None
 
+
 torch.library.register_autograd("nst_ext::masked_gram", _masked_gram_backward,
                                 setup_context=_masked_gram_setup_context)
+
 
 def _masked_style_loss_setup_context(ctx, inputs, output):
     features, weights, target = inputs
@@ -126,6 +146,7 @@ def _masked_style_loss_setup_context(ctx, inputs, output):
     ctx.save_for_backward(features, weights, residual)
     ctx.target_shape = target.shape
     ctx.set_materialize_grads(False)
+
 
 def _masked_style_loss_backward(ctx, grad_loss, grad_residual):
     features, weights, residual = ctx.saved_tensors
@@ -140,13 +161,12 @@ def _masked_style_loss_backward(ctx, grad_loss, grad_residual):
         grad_target = _target_gradient(residual, grad_loss, grad_residual, ctx.target_shape)
     return grad_features, None, grad_target
 
+
 torch.library.register_autograd("nst_ext::masked_style_loss", _masked_style_loss_backward,
                                 setup_context=_masked_style_loss_setup_context)
 
 
 # ---- the backward ops' own derivatives (double backward) ---------------------------------------
-
-
 def _per_picture_factor(features, weights, dtype, loss_factor):
     """s / g of the module docstring: ``1/n`` or ``1/Σw`` per picture (0 for an empty region) as
     ``(1|B, 1, 1)`` or a number, times ``2 / (B C²)`` for the style losses."""
