@@ -139,22 +139,22 @@ __device__ __forceinline__ void multiply_stage(const unsigned char* shared, uint
     uint32_t a[S::kMTiles][4];
     uint32_t b[S::kNTiles][2];
     if constexpr (!S::kScalarFragments) {
-      int channel, position;
-      ldmatrix_lane_source(S::kChannelsLast, true, lane, S::kElementBytes, channel, position);
-#pragma unroll
-      for (int mt = 0; mt < S::kMTiles; ++mt)
+      // One ldmatrix.x4: the A fragment of 16 channels from first_channel, or the B fragments of two
+      // 8-channel blocks from it, this lane's row address from mma_layout.h.
+      auto load = [&](bool a_operand, int operand_offset, int first_channel, uint32_t (&r)[4]) {
+        int channel, position;
+        ldmatrix_lane_source(S::kChannelsLast, a_operand, lane, S::kElementBytes, channel, position);
         ldmatrix_x4<S::kChannelsLast>(
-            a[mt], shared_base + a_offset +
-                       element_offset(S::kChannelsLast, warp_m + 16 * mt + channel, k0 + position, S::kTile,
-                                      S::kElementBytes, false));
-      ldmatrix_lane_source(S::kChannelsLast, false, lane, S::kElementBytes, channel, position);
+            r, shared_base + operand_offset +
+                   element_offset(S::kChannelsLast, first_channel + channel, k0 + position, S::kTile,
+                                  S::kElementBytes, false));
+      };
+#pragma unroll
+      for (int mt = 0; mt < S::kMTiles; ++mt) load(true, a_offset, warp_m + 16 * mt, a[mt]);
 #pragma unroll
       for (int pair = 0; pair < S::kNTiles / 2; ++pair) {
         uint32_t r[4];
-        ldmatrix_x4<S::kChannelsLast>(
-            r, shared_base + b_offset +
-                   element_offset(S::kChannelsLast, warp_n + 16 * pair + channel, k0 + position, S::kTile,
-                                  S::kElementBytes, false));
+        load(false, b_offset, warp_n + 16 * pair, r);
         b[2 * pair][0] = r[0];
         b[2 * pair][1] = r[1];
         b[2 * pair + 1][0] = r[2];

@@ -365,20 +365,22 @@ static std::vector<double> emulate_gram(const Config& config, const std::vector<
                       b[2 * pair + half][lane].push_back(register_element(registers[lane] + 2 * half, e, eb));
               }
             } else {
+              // The float32 element (channel, position) of a channel-contiguous operand, one scalar load.
+              auto element = [&](const std::vector<uint8_t>& operand, int channel, int position) {
+                return element_value(&operand[element_offset(true, channel, ks + position, tile, eb, true)], eb);
+              };
               for (int lane = 0; lane < 32; ++lane) {
                 for (int mt = 0; mt < m_tiles; ++mt)
                   for (int e = 0; e < a_count; ++e) {
                     int m, k;
                     a_fragment_element(eb, lane, e, m, k);
-                    a[mt][lane].push_back(element_value(
-                        &a_shared[element_offset(true, warp_m + 16 * mt + m, ks + k, tile, eb, true)], eb));
+                    a[mt][lane].push_back(element(a_shared, warp_m + 16 * mt + m, k));
                   }
                 for (int nt = 0; nt < n_tiles; ++nt)
                   for (int e = 0; e < b_count; ++e) {
                     int k, nn;
                     b_fragment_element(eb, lane, e, k, nn);
-                    b[nt][lane].push_back(element_value(
-                        &b_shared[element_offset(true, warp_n + 8 * nt + nn, ks + k, tile, eb, true)], eb));
+                    b[nt][lane].push_back(element(b_shared, warp_n + 8 * nt + nn, k));
                   }
               }
             }
