@@ -251,9 +251,9 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     candidates = [(c, most_pairs, e, False) for c, e in levers] if history_bfloat16 is not True else []
     candidates += [(c, most_pairs, e, True) for c, e in levers] if history_bfloat16 is not False else []
     if history_size is None:
+        shorter = ([(True, 0)] if untiled and checkpointing is not False else []) + \
+            [(tiled_checkpointing, edge) for edge in edges]
         for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1):
-            shorter = ([(True, 0)] if untiled and checkpointing is not False else []) + \
-                [(tiled_checkpointing, edge) for edge in edges]
             candidates += [(c, pairs, e, history_bfloat16 is not False) for c, e in shorter]
     plans = [plan(*candidate) for candidate in candidates]
     if budget is None:
