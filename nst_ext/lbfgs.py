@@ -66,7 +66,7 @@ class LBFGS:
         self.rho = torch.zeros(history_size, **like)                   # 1 / yᵀs, or 0 for a skipped pair
         self.pairs_pushed = 0                                        # a host count: the ring's order
         self.evaluations = 0
-        self.direction = self.previous_grad = self.step_size = self.h_diag = None
+        self.last_step = self.previous_grad = self.h_diag = None  # s of the newest update; g before it
 
     def _gradient(self) -> torch.Tensor:
         if self.param.grad is None:
@@ -79,9 +79,13 @@ class LBFGS:
         self.grad_changes[slot].copy_(change)
 
     def _direction(self, grad):
-        """The two-loop recursion over the stored pairs, newest first; also stores the newest pair."""
-        change = grad - self.previous_grad
-        step = self.direction * self.step_size
+        """The two-loop recursion over the stored pairs, newest first; also stores the newest pair.
+        Works in the buffers it is handed, so a step holds four picture-sized vectors (the
+        parameter, its gradient, the previous gradient, the last step) besides the history: y is
+        made in the previous gradient's buffer (refilled with the gradient after), and the
+        recursion's vector in the last step's (stored first)."""
+        change = self.previous_grad.neg_().add_(grad)  # y = g - g_prev, exactly as a subtraction rounds
+        step = self.last_step
         curvature = change.dot(step)
         accepted = curvature > CURVATURE_THRESHOLD
         slot = self.pairs_pushed % self.history_size
@@ -92,7 +96,7 @@ class LBFGS:
 
         stored = min(self.pairs_pushed, self.history_size)
         newest_first = [(self.pairs_pushed - 1 - i) % self.history_size for i in range(stored)]
-        q = grad.neg()
+        q = step.copy_(grad).neg_()
         alphas = {}
         # addcmul_ with a 0-d factor: one pass over the history vectors, no temporary (at
         # 512 px each is 3 MiB, 2 · 50 of them per step).
@@ -119,20 +123,22 @@ class LBFGS:
     def _update(self) -> None:
         grad = self._gradient()
         if self.previous_grad is None:
-            self.direction = grad.neg()
+            direction = grad.neg()
             self.h_diag = torch.ones((), dtype=grad.dtype, device=grad.device)
             if self.first_step_rms is None:  # torch: min(1, 1 / ‖g‖₁) · lr on the first iteration only
-                self.step_size = (1.0 / grad.abs().sum()).clamp(max=1.0) * self.lr
+                step_size = (1.0 / grad.abs().sum()).clamp(max=1.0) * self.lr
             else:  # a zero gradient gives a zero step (0 · inf would be NaN)
                 rms = grad.square().mean().sqrt()
-                self.step_size = torch.where(rms > 0, self.first_step_rms / rms, torch.zeros_like(rms))
+                step_size = torch.where(rms > 0, self.first_step_rms / rms, torch.zeros_like(rms))
             self.previous_grad = grad.clone()
         else:
-            self.direction, self.h_diag = self._direction(grad)
+            direction, self.h_diag = self._direction(grad)
             self.previous_grad.copy_(grad)
-            self.step_size = torch.full((), self.lr, dtype=grad.dtype, device=grad.device)
+            step_size = torch.full((), self.lr, dtype=grad.dtype, device=grad.device)
+        # s = d · t, in the direction's buffer: the step taken now and the next pair's s.
+        self.last_step = direction.mul_(step_size)
         with torch.no_grad():
-            self.param.view(-1).add_(self.direction * self.step_size)
+            self.param.view(-1).add_(self.last_step)
 
 
 def step_together(optimizers: Sequence[LBFGS], closure: Callable[[], torch.Tensor]) -> None:

@@ -52,8 +52,9 @@ CUDA_RUNTIME_BYTES = 0
 # with checkpointing (which releases freed memory promptly). Fitted to the measured peaks at 512 and
 # 1024 px: the estimates land within -4% to +5% of them (BENCHMARKS.md, "Large pictures").
 TRANSIENT_PER_LARGEST_ACTIVATION = {False: 6.0, True: 3.0}
-# Vectors L-BFGS keeps besides its history (gradient, previous gradient, direction, two-loop work).
-LBFGS_WORK_VECTORS = 5
+# Picture-sized vectors a step holds besides the L-BFGS history: the picture, its gradient, the
+# previous gradient and the last step (the two-loop recursion works in its buffer; nst_ext.lbfgs).
+LBFGS_WORK_VECTORS = 4
 # A whole run's peak was measured up to 12% above its finest stage's estimate (what the earlier stages
 # leave in the allocator; the estimate itself is fitted to one stage alone: BENCHMARKS.md, "Large
 # pictures"): a plan sized to a budget fills only the rest of it, so that such a peak still fits.

@@ -1,8 +1,12 @@
 """nst_ext's device-side L-BFGS against torch.optim.LBFGS (no line search), in float64."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from nst_ext import memory
 from nst_ext.lbfgs import LBFGS, run_together
 
 
@@ -182,3 +186,40 @@ def test_bfloat16_history_is_the_rounded_pairs_and_half_the_memory(seed, history
     assert not torch.equal(points, full_points)
     progress, full_progress = losses[0] - losses[-1], full_losses[0] - full_losses[-1]
     assert progress > 0.9 * full_progress, (progress, full_progress)
+
+
+# A child process (a fresh peak of resident memory) running L-BFGS on one large vector with a cheap
+# gradient (x - target, written into one kept buffer), printing the step's peak beyond what is held
+# before it, in picture-sized vectors.
+_PEAK_CHILD = """
+import sys, torch
+from nst_ext.lbfgs import LBFGS
+size, history_dtype = 1 << 23, getattr(torch, sys.argv[1])
+def status(field):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(field))
+x = torch.randn(size).requires_grad_(True)
+x.grad = torch.zeros(size)
+target = torch.randn(size)
+def closure():
+    with torch.no_grad():
+        torch.sub(x, target, out=x.grad)
+optimizer = LBFGS(x, history_size=2, history_dtype=history_dtype, first_step_rms=0.1)
+optimizer.steps.fill_(1), optimizer.grad_changes.fill_(1)  # the history's pages resident before the baseline
+held = status("VmRSS:")
+optimizer.run(closure, 6)
+print((status("VmHWM:") - held) / (4 * size))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize("history_dtype, widened", [("float32", 0), ("bfloat16", 1)])
+def test_a_step_holds_two_vectors_besides_the_picture_its_gradient_and_history(history_dtype, widened):
+    """Beyond the parameter, its gradient and the pairs, a step holds the previous gradient and the
+    last step (y and the recursion's vector are made in their buffers), plus one stored vector
+    widened at a time from a narrower history: what nst_ext.memory's LBFGS_WORK_VECTORS counts."""
+    completed = subprocess.run([sys.executable, "-c", _PEAK_CHILD, history_dtype],
+                               capture_output=True, text=True, check=True)
+    extra_vectors = float(completed.stdout.strip())
+    assert 2 + widened - 0.1 < extra_vectors < 2 + widened + 0.5, extra_vectors
+    assert memory.LBFGS_WORK_VECTORS == 4  # the picture, its gradient and these two
