@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from nst_ext import algorithm_cache, color
-from nst_ext.images import ImageSource, load_image, resize, resize_to_long_side, to_pil
+from nst_ext.images import ImageSource, load_image, resize, to_pil
 from nst_ext.inputs import content_at_stage, masks_at_stage, prepare_inputs, prepare_masks, styles_at_stage
 from nst_ext.lbfgs import LBFGS, run_together
 from nst_ext.budget import release_freed_memory_promptly
@@ -176,9 +176,12 @@ class Stylizer:
         # Every stage's images are made, and their sizes checked, before any work starts.
         stages = [([content_at_stage(self.options, image, stage_size) for image in content_images],
                    styles_at_stage(self.options, style_images, stage_size)) for stage_size in sizes]
-        results = [StylizeResult(tensor=resize_to_long_side(image, sizes[-1]), seed=seed) for image in content_images]
+        histories: List[List[Dict[str, float]]] = [[] for _ in content_images]
         images = previous_contents = [None] * len(content_images)  # before the first stage: none
-        for stage, ((stage_contents, stage_styles), steps, plan) in enumerate(zip(stages, stage_steps, plans)):
+        for stage, (steps, plan) in enumerate(zip(stage_steps, plans)):
+            # A stage's images are dropped with it, its style images once its targets are made (at a
+            # print size each is as large as the picture).
+            (stage_contents, stage_styles), stages[stage] = stages[stage], None
             images = [self._initial_image(stage_content, image, previous_content, generator, init)
                       for stage_content, image, previous_content, generator
                       in zip(stage_contents, images, previous_contents, generators)]
@@ -189,13 +192,11 @@ class Stylizer:
             stage_masks = masks_at_stage(masks, tuple(stage_contents[0].shape[-2:]),
                                          [tuple(style.shape[-2:]) for style in stage_styles])
             images, interrupted = self._optimize(stage, len(sizes), steps, images, stage_contents, stage_styles, blend,
-                                                 [result.history for result in results], callback, plan, stage_temporal,
-                                                 stage_masks)
-            for result, image in zip(results, images):
-                result.tensor = image[0].detach().float().cpu().clamp(0, 1)
-                result.interrupted = interrupted
+                                                 histories, callback, plan, stage_temporal, stage_masks)
             if interrupted:
                 break
+        results = [StylizeResult(tensor=image[0].detach().float().cpu().clamp(0, 1), history=history,
+                                 interrupted=interrupted, seed=seed) for image, history in zip(images, histories)]
         if options.preserve_color == "luminance":
             final_content = resize(content_images[0], tuple(results[0].tensor.shape[-2:]))
             results[0].tensor = color.combine_luminance(results[0].tensor, final_content, options.color_space)
@@ -218,7 +219,7 @@ class Stylizer:
     def _initial_image(self, stage_content, previous, previous_content, generator, init=None) -> torch.Tensor:
         """The image a stage starts from, ``(1, 3, H, W)`` on the device: the last stage's result
         (`previous`, made at the size of `previous_content`) enlarged when there is one, with the
-        content's detail added back (``content_detail``), else the ``init``."""
+        content's detail added back (``content_detail``), else the ``init``. A tensor of its own."""
         height, width = stage_content.shape[-2:]
         init = self.options.init if init is None else init
         starts_from_content = isinstance(init, str) and init == "content"
@@ -233,7 +234,10 @@ class Stylizer:
             start = torch.rand((3, height, width), generator=generator)
         else:
             start = resize(load_image(init, "init image", self.options.max_input_pixels), (height, width))
-        return start.unsqueeze(0).to(self.device).contiguous()
+        image = start.unsqueeze(0).to(self.device).contiguous()
+        # The stage optimises this tensor in place: never the content image or a caller's init itself.
+        may_be_theirs = previous is None and not (isinstance(init, str) and init == "noise")
+        return image.clone() if may_be_theirs and image.data_ptr() == start.data_ptr() else image
 
     def objective(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
                   size: Optional[int] = None, plan: Optional[MemoryPlan] = None) -> Tuple[torch.Tensor, Objective]:
@@ -259,7 +263,7 @@ class Stylizer:
         scalars there."""
         options = self.options
         batched = len(images) > 1
-        images = [image.clone().requires_grad_(True) for image in images]
+        images = [image.requires_grad_(True) for image in images]  # each the stage's own (_initial_image)
         bests = [BestImage(image) for image in images]
         records = []
 
@@ -281,6 +285,8 @@ class Stylizer:
             contents = torch.stack(stage_contents) if batched else stage_contents[0]
             objective = Objective(self.network, options, contents, stage_styles, blend, plan, self._style_grams.get(key),
                                   temporal, masks)
+            del contents
+            stage_styles.clear()  # the caller's list, not read again: the Grams are made
             if self.shares_style_targets:
                 self._style_grams[key] = objective.style_grams
             evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)
@@ -320,7 +326,7 @@ class BestImage:
         loss = loss.detach().float()
         better = loss < self.loss
         self.loss = torch.where(better, loss, self.loss)
-        self.image = torch.where(better, image.detach(), self.image)
+        torch.where(better, image.detach(), self.image, out=self.image)  # no second picture-sized buffer
 
 
 def stylize(content: ImageSource, style: Union[ImageSource, Sequence[ImageSource]],

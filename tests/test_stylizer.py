@@ -86,6 +86,23 @@ def test_init_from_a_given_image(content, style):
     assert first_image["content"] > 0 and plain["content"] == 0  # started from the gray image, not the content
 
 
+@pytest.mark.parametrize("init", ["content", "tensor"])
+def test_a_run_leaves_its_input_tensors_alone(content, style, init):
+    """The stage optimises its starting image in place: at the content's own size that image would
+    be the content itself (or the caller's init) unless it is a copy."""
+    picture = resize(content, (SIZE, SIZE)).clone()
+    start = torch.full((3, SIZE, SIZE), 0.5)
+    kept_picture, kept_start = picture.clone(), start.clone()
+    stylizer = Stylizer(size=SIZE, scales=[SIZE], steps=3, init=init if init == "content" else start)
+    result = stylizer.run(picture, style)
+    assert len(result.history) == 3 and not torch.equal(result.tensor, kept_picture if init == "content" else kept_start)
+    assert torch.equal(picture, kept_picture) and torch.equal(start, kept_start)
+    initial = stylizer._initial_image(picture, None, None, torch.Generator(), stylizer.options.init)
+    assert torch.equal(initial[0].cpu(), kept_picture if init == "content" else kept_start)
+    assert initial.untyped_storage().data_ptr() not in (picture.untyped_storage().data_ptr(),
+                                                        start.untyped_storage().data_ptr())
+
+
 def test_multiple_styles_blend(content, style, monkeypatch):
     # Runs compared to 1e-5: cuDNN restricted to deterministic algorithms where a GPU runs them.
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
@@ -292,10 +309,11 @@ def test_best_image_is_kept_on_the_device_without_reading_the_loss(device):
 
     first = torch.zeros(1, 3, 4, 4, device=device)
     best = BestImage(first)
+    buffer = best.image.data_ptr()  # kept in place: a print-sized picture has no second copy
     for loss, value in ((5.0, 1.0), (7.0, 2.0), (float("nan"), 3.0), (4.0, 4.0), (6.0, 5.0)):
         best.offer(torch.tensor(loss, device=device), torch.full_like(first, value))
     assert best.image.device == first.device and torch.equal(best.image, torch.full_like(first, 4.0))
-    assert best.loss.item() == 4.0
+    assert best.loss.item() == 4.0 and best.image.data_ptr() == buffer
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
