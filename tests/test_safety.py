@@ -187,6 +187,29 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     assert not (tmp_path / "out.png").exists()
 
 
+# Ctrl-C delivered while nst_ext.cli.commands is being imported (on a busy machine, a second or
+# more after the start): an import hook raises the signal at that moment.
+_CTRL_C_WHILE_LOADING = """
+import os, signal, sys
+class CtrlCWhileLoading:
+    def find_spec(self, name, path, target=None):
+        if name == "nst_ext.cli.commands":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlCWhileLoading())
+from nst_ext import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(tmp_path):
+    completed = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_LOADING, "stylize", CONTENT, STYLE, "-o",
+                                str(tmp_path / "out.png"), "--size", "48"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 130, completed.stderr
+    assert completed.stderr == "nst-ext: interrupted before an image was made; nothing written\n"
+    assert not (tmp_path / "out.png").exists()
+
+
 # -- bad input: one line, never a traceback --------------------------------------------------------
 
 BAD = [

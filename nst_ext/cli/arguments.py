@@ -152,6 +152,10 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     memory.add_argument("--lbfgs-history-bfloat16", action=argparse.BooleanOptionalAction, default=None,
                         help="store the L-BFGS pairs in bfloat16, half their memory (default: only when "
                              "--max-memory needs it)")
+    memory.add_argument("--content-target-bfloat16", action=argparse.BooleanOptionalAction, default=None,
+                        help="store the content targets (VGG's features of the content) in bfloat16, half their "
+                             "memory in tiles; untiled a step widens them whole, saving nothing (default: in "
+                             "tiles, when --max-memory needs it, after the L-BFGS pairs)")
     memory.add_argument("--devices", type=_names, default=None, metavar="DEV,DEV,...",
                         help="spread VGG's layers over these devices, e.g. cuda:0,cuda:1 or cuda:0,cpu; the picture "
                              "and the optimiser live on the first (instead of --device)")

@@ -25,7 +25,7 @@ from typing import List, Optional
 # Torch-free imports only: arguments are parsed, and outputs checked, before torch is imported.
 from nst_ext.cli.arguments import CommandError, build_parser, style_options
 from nst_ext.cli.job_commands import run_batch_command, run_video_command
-from nst_ext.cli.stopping import install_stop_handlers, restore_handlers, stop_exit_status, stop_verb
+from nst_ext.cli.stopping import install_stop_handlers, nothing_made, restore_handlers, stop_exit_status, stop_verb
 from nst_ext.cli.watching import LiveViewOnDemand, web_module
 from nst_ext.errors import InputError, JobWarning
 from nst_ext.layers import LAYERS, min_image_side
@@ -271,8 +271,7 @@ def _main(argv: Optional[List[str]]) -> int:
         print(f"nst-ext: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"nst-ext: {stop_verb()} before an image was made; nothing written", file=sys.stderr)
-        return stop_exit_status()
+        return nothing_made()
     except BrokenPipeError:  # e.g. `nst-ext layers | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

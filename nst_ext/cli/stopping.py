@@ -31,6 +31,12 @@ def stop_verb() -> str:
     return "terminated" if _received and _received[0] == signal.SIGTERM else "interrupted"
 
 
+def nothing_made() -> int:
+    """Stopped before any picture was made: the closing line, and the exit status."""
+    print(f"nst-ext: {stop_verb()} before an image was made; nothing written", file=sys.stderr)
+    return stop_exit_status()
+
+
 def job_stopped(kept: str) -> int:
     """A batch or video job stopped by Ctrl-C or SIGTERM: what it kept, and the exit status."""
     print(f"nst-ext: {stop_verb()}; {kept} are kept, run the same command again to continue", file=sys.stderr)
