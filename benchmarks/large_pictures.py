@@ -3,6 +3,7 @@ an L-BFGS step costs) and the peak memory of short runs, against megapixels.
 
     python benchmarks/large_pictures.py --steps-at 1024,2048 [--repeats 3] [--tiles 512,1024] [--json F]
     python benchmarks/large_pictures.py --runs 1024,2048,4096,6000x4000,8192 [--max-memory M] [--json F] [--plot F.png]
+    python benchmarks/large_pictures.py --plot F.png --plot-with A.json,B.json  # earlier reports drawn together
 
 --steps-at: in one process, at each size, the median seconds of an evaluation untiled, untiled
 with activation checkpointing and in tiles of each edge (the same picture's loss and gradient,
@@ -127,25 +128,56 @@ def runs(shapes, folder, max_memory=None):
     return rows
 
 
-def plot(rows, path):
+def plot(reports, path):
+    """Peak memory and seconds per evaluation against megapixels, from the reports of --runs
+    (measured peaks, tiled or not) and --steps-at (the plan's estimates and the seconds of each
+    way at one size), any number of each, into `path` (a PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [row for row in rows if "error" not in row]
-    figure, (memory, seconds) = plt.subplots(1, 2, figsize=(10, 4))
-    for tiled, marker in ((False, "o"), (True, "s")):
-        chosen = [row for row in done if bool(row["tile_edge"]) == tiled]
-        label = "tiled" if tiled else "untiled"
-        memory.plot([r["megapixels"] for r in chosen], [r["peak_bytes"] / 2**30 for r in chosen], marker, label=label)
-        seconds.plot([r["megapixels"] for r in chosen], [r["evaluation_s"] for r in chosen], marker, label=label)
-    memory.set(xlabel="megapixels", ylabel="peak resident memory (GiB)", xscale="log", yscale="log")
-    seconds.set(xlabel="megapixels", ylabel="seconds per evaluation", xscale="log", yscale="log")
+    figure, (memory, seconds) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ways = {}  # way -> [(megapixels, estimate GiB, seconds)]
+    for report in reports:
+        for row in report.get("steps", []):
+            for way, figures in row.items():
+                if way != "size":
+                    ways.setdefault(way, []).append((row["size"] ** 2 / 1e6, figures["estimate_bytes"] / 2**30,
+                                                     figures["median_s"]))
+    for way, points in sorted(ways.items()):
+        points.sort()
+        megapixels, estimates, times = zip(*points)
+        memory.plot(megapixels, estimates, "--", marker="o", fillstyle="none", label=f"{way} (plan's estimate)")
+        seconds.plot(megapixels, times, "--", marker="o", fillstyle="none", label=way)
+    runs = sorted((row for report in reports for row in report.get("runs", []) if "error" not in row),
+                  key=lambda row: row["megapixels"])
+    for tiled, marker in ((False, "D"), (True, "s")):
+        chosen = [row for row in runs if bool(row["tile_edge"]) == tiled]
+        if not chosen:
+            continue
+        label = "tiled run" if tiled else "untiled run"
+        memory.plot([r["megapixels"] for r in chosen], [r["peak_bytes"] / 2**30 for r in chosen], "-", marker=marker,
+                    label=f"{label}: peak resident memory")
+        seconds.plot([r["megapixels"] for r in chosen], [r["evaluation_s"] for r in chosen], "-", marker=marker,
+                     label=f"{label} (the plan's tiles)")
+        for row in chosen:
+            memory.annotate(f"{row['width']}x{row['height']}" + (f", {row['max_memory']}" if row["max_memory"] else
+                                                                 ", default budget"),
+                            (row["megapixels"], row["peak_bytes"] / 2**30), textcoords="offset points",
+                            xytext=(4, -10), fontsize=7)
+    memory.set(xlabel="megapixels", ylabel="GiB", xscale="log", yscale="log", title="memory")
+    seconds.set(xlabel="megapixels", ylabel="seconds per evaluation", xscale="log", yscale="log",
+                title="one evaluation (loss and gradient)")
     for axis in (memory, seconds):
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend()
-    figure.suptitle("nst-ext --scales 512,SIZE --steps 20,2, default budget (CPU)")
+        axis.legend(fontsize=7)
+        for scale in (axis.xaxis, axis.yaxis):
+            scale.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            scale.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    threads = sorted({report["cpu_threads"] for report in reports if "cpu_threads" in report})
+    figure.suptitle(f"large pictures on the CPU ({', '.join(map(str, threads))} threads): "
+                    "runs with --scales 512,SIZE --steps 20,2, and one evaluation each way", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
@@ -158,7 +190,9 @@ def main():
     parser.add_argument("--runs", type=lambda t: [_parse_size(s) for s in t.split(",")], default=None)
     parser.add_argument("--max-memory", default=None, help="the runs' --max-memory (default: the default budget)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--plot", default=None)
+    parser.add_argument("--plot", default=None, help="a PNG of this run's figures and those of --plot-with")
+    parser.add_argument("--plot-with", default="", metavar="JSON,...",
+                        help="earlier reports (--json of --runs or --steps-at) drawn in the --plot too")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     report = {"machine": nst_ext.backend_info(), "cpu_threads": torch.get_num_threads()}
@@ -167,11 +201,15 @@ def main():
     if args.runs:
         with tempfile.TemporaryDirectory() as folder:
             report["runs"] = runs(args.runs, folder, args.max_memory)
-        if args.plot:
-            plot(report["runs"], args.plot)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=1)
+    if args.plot:
+        earlier = []
+        for name in filter(None, args.plot_with.split(",")):
+            with open(name) as source:
+                earlier.append(json.load(source))
+        plot(earlier + [report], args.plot)
 
 
 if __name__ == "__main__":

@@ -52,15 +52,18 @@ def per_picture_mean(values: torch.Tensor) -> torch.Tensor:
 class ContentLoss(nn.Module):
     """Mean squared difference to the target features, relative to their mean square, per picture.
 
-    target: ``(B, C, H, W)`` features of the content images; forward takes the
-    output's features of the same shape and returns ``(B,)`` float32. `weights` (a content
-    mask at the layer's resolution, ``(H, W)`` ≥ 0): the mean is taken over the region they
-    weight (0 where they are all 0).
+    target: ``(B, C, H, W)`` features of the content images, kept in `dtype` (float32, or
+    bfloat16 for half the memory: the loss of the rounded target); forward takes the output's
+    features of the same shape and returns ``(B,)`` float32, the difference taken in float32.
+    `weights` (a content mask at the layer's resolution, ``(H, W)`` ≥ 0): the mean is taken over
+    the region they weight (0 where they are all 0).
     """
 
-    def __init__(self, target: torch.Tensor, weights: Optional[torch.Tensor] = None):
+    def __init__(self, target: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.register_buffer("target", target.detach().float())
+        target = target.detach().to(dtype)
+        self.register_buffer("target", target)
         self.register_buffer("scale", _relative_scale(target))
         self.register_buffer("weights", None)
         if weights is not None:

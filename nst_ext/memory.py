@@ -143,6 +143,7 @@ class MemoryPlan:
     budget_limited: bool = False  # checkpointing, tiles or a shorter history because of the budget
     tile_edge: int = 0  # pixels of each tile's own square (nst_ext.tiles); 0: the picture in one pass
     history_bfloat16: bool = False  # the L-BFGS pairs stored in bfloat16 (nst_ext.lbfgs)
+    content_bfloat16: bool = False  # the content targets stored in bfloat16 (nst_ext.losses.ContentLoss)
 
     @property
     def total(self) -> int:
@@ -158,6 +159,8 @@ class MemoryPlan:
             parts.append(f"L-BFGS history {self.history_size} pairs")
         if self.history_bfloat16:
             parts.append("L-BFGS history in bfloat16")
+        if self.content_bfloat16:
+            parts.append("content targets in bfloat16")
         return ", ".join(parts)
 
 
@@ -169,7 +172,8 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
                style_shapes: Sequence[Tuple[int, int]], budget: Optional[int], device_type: str,
                activation_bytes: int, optimizer: str = "lbfgs", checkpointing: Optional[bool] = None,
                history_size: Optional[int] = None, breaks: Sequence[int] = (), pictures: int = 1,
-               tile: Optional[int] = None, history_bfloat16: Optional[bool] = None) -> MemoryPlan:
+               tile: Optional[int] = None, history_bfloat16: Optional[bool] = None,
+               content_bfloat16: Optional[bool] = None) -> MemoryPlan:
     """The plan for one stage of a `height` x `width` picture with these loss layers, `steps`
     optimiser steps and style images of `style_shapes` ((height, width) at this stage). `budget`:
     bytes, or None for no limit. `activation_bytes`: 2 with bfloat16 convolutions, else 4.
@@ -179,7 +183,7 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     style targets are shared). `tile`: None chooses tiles when nothing else fits, 0 never tiles, N
     tiles of N pixels (on the pooling grid; a picture no larger than one tile is not tiled).
     `history_bfloat16`: None stores the L-BFGS pairs in bfloat16 when float32 does not fit, True or
-    False forces.
+    False forces. `content_bfloat16`: likewise the content targets, tried after the pairs.
     Raises OptionError when nothing fits the budget."""
     layers = list(content_layers) + list(style_layers)
     last = max(layers, key=LAYER_INDEX.__getitem__)
@@ -194,7 +198,8 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
         return max(count * activation_bytes * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers)
                                                + 2 * _layer_elements(0, h, w)) for count, (h, w) in shapes)
 
-    def plan(checkpoint: bool, pairs: int, edge: int = 0, bfloat16_history: bool = False) -> MemoryPlan:
+    def plan(checkpoint: bool, pairs: int, edge: int = 0, bfloat16_history: bool = False,
+             bfloat16_content: bool = False) -> MemoryPlan:
         # What VGG sees at once: the picture, or one tile with its halo.
         seen = (min(height, edge + 2 * margin), min(width, edge + 2 * margin)) if edge else (height, width)
         saved = [pictures * size for size in saved_bytes_per_layer(*seen, last, layers, activation_bytes)]
@@ -211,11 +216,12 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
             history = 2 * pairs * pixels * 2 + (LBFGS_WORK_VECTORS + 1) * pixels * 4
         else:
             history = (2 * pairs + LBFGS_WORK_VECTORS) * pixels * 4
-        # Targets: each content layer's float32 features (untiled, and the loss's float32 difference in
-        # a step; tiled, that difference is a tile's) and one float32 Gram per style layer. Making them
-        # takes one pass without gradients over the content images together and over each style image
-        # (tiled: a tile of each at a time).
-        targets = (1 if edge else 2) * 4 * content_elements + style_grams
+        # Targets: each content layer's features, float32 or bfloat16 (untiled, also the loss's float32
+        # difference in a step, and a bfloat16 target's widened copy; tiled, those are a tile's) and
+        # one float32 Gram per style layer. Making them takes one pass without gradients over the
+        # content images together and over each style image (tiled: a tile of each at a time).
+        step_copies = 0 if edge else 8 if bfloat16_content else 4
+        targets = ((2 if bfloat16_content else 4) + step_copies) * content_elements + style_grams
         if edge:  # tiles and total-variation strips are clamped one at a time: no picture-sized temporaries
             tile_shape = lambda h, w: (min(h, edge + 2 * margin), min(w, edge + 2 * margin))  # noqa: E731
             making = making_targets([(pictures, seen), *((1, tile_shape(*shape)) for shape in style_shapes)])
@@ -226,7 +232,7 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
         transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpoint] * largest), making - activations - history)
         return MemoryPlan(height, width, checkpoint, pairs, tuple(segments), activations, history, targets,
                           transient, runtime, tile_edge=edge,
-                          history_bfloat16=bfloat16_history and optimizer == "lbfgs")
+                          history_bfloat16=bfloat16_history and optimizer == "lbfgs", content_bfloat16=bfloat16_content)
 
     grid, side = tiles.alignment(layers), max(height, width)
     if tile:  # forced: one edge, on the grid
@@ -246,16 +252,18 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     if checkpointing is not None:
         levers = [(c, e) for c, e in levers if c == checkpointing]
     levers += [(tiled_checkpointing, edge) for edge in edges]
-    # The same picture first (every lever with float32 pairs), then the same levers with bfloat16
-    # pairs (an equal loss by another path: BENCHMARKS.md, "L-BFGS pairs in bfloat16"), then fewer
-    # pairs, in bfloat16 unless forced off.
-    candidates = [(c, most_pairs, e, False) for c, e in levers] if history_bfloat16 is not True else []
-    candidates += [(c, most_pairs, e, True) for c, e in levers] if history_bfloat16 is not False else []
+    # The same picture first (every lever with float32 state), then the same levers with the
+    # L-BFGS pairs in bfloat16, the content targets, both (each an equal loss by another path:
+    # BENCHMARKS.md, "L-BFGS pairs in bfloat16", "Content targets in bfloat16"), then fewer pairs
+    # with the most compact state allowed. A forced choice keeps only the states it allows.
+    states = [(h, c) for h, c in ((False, False), (True, False), (False, True), (True, True))
+              if history_bfloat16 in (None, h) and content_bfloat16 in (None, c)]
+    candidates = [(c, most_pairs, e, *state) for state in states for c, e in levers]
     if history_size is None:
         shorter = ([(True, 0)] if untiled and checkpointing is not False else []) + \
             [(tiled_checkpointing, edge) for edge in edges]
         for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1):
-            candidates += [(c, pairs, e, history_bfloat16 is not False) for c, e in shorter]
+            candidates += [(c, pairs, e, *states[-1]) for c, e in shorter]
     plans = [plan(*candidate) for candidate in candidates]
     if budget is None:
         return plans[0]
@@ -265,7 +273,8 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     smallest = min(plans, key=lambda p: p.total)
     how = [f"tiles of {smallest.tile_edge} px"] if smallest.tile_edge else []
     how += ["checkpointing"] if smallest.checkpointing else []
-    how += [f"an L-BFGS history of {smallest.history_size}" + (" in bfloat16" if smallest.history_bfloat16 else "")]
+    how += [f"an L-BFGS history of {smallest.history_size}" + (" in bfloat16" if smallest.history_bfloat16 else "")
+            + (" and the content targets in bfloat16" if smallest.content_bfloat16 else "")]
     raise OptionError(f"a {width}x{height} stage needs at least {format_size(budget_for(smallest.total))} "
                       f"(with {', '.join(how[:-1]) + ' and ' if len(how) > 1 else ''}{how[-1]}, and "
                       f"{ESTIMATE_UNDERSHOOT:.0%} for the estimate's error), more "
@@ -301,7 +310,7 @@ def plan_stages(options, network, content_shape: Tuple[int, int], style_shapes: 
             activation_bytes=2 if network.mixed_precision else 4, optimizer=options.optimizer,
             checkpointing=options.checkpointing, history_size=options.lbfgs_history,
             breaks=network.device_starts, pictures=pictures, tile=options.tile,
-            history_bfloat16=options.lbfgs_history_bfloat16))
+            history_bfloat16=options.lbfgs_history_bfloat16, content_bfloat16=options.content_target_bfloat16))
     return plans[::-1]
 
 

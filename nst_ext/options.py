@@ -106,7 +106,7 @@ class StyleOptions:
     0 never, N tiles of N pixels; the same picture up to float rounding, about one more forward
     pass per step: BENCHMARKS.md, "Any size, in tiles"), then stores the L-BFGS pairs in bfloat16
     (``lbfgs_history_bfloat16``: None chooses, True/False forces; an equally low loss by another
-    path), then keeps fewer L-BFGS pairs
+    path), then the content targets (``content_target_bfloat16``, likewise), then keeps fewer L-BFGS pairs
     (``lbfgs_history``, down to 5: slower convergence), and a stage that cannot fit is refused
     before any work (nst_ext.memory). ``devices`` spreads VGG's layers over several
     devices (``cpu``, ``cuda:N``), the picture and optimiser on the first;
@@ -156,6 +156,7 @@ class StyleOptions:
     checkpointing: Optional[bool] = None  # VGG activation checkpointing; None: when the budget needs it
     lbfgs_history: Optional[int] = None  # L-BFGS pairs kept; None: up to 50, fewer when the budget needs it
     lbfgs_history_bfloat16: Optional[bool] = None  # the pairs stored in bfloat16; None: when the budget needs it
+    content_target_bfloat16: Optional[bool] = None  # the content targets in bfloat16; None: when the budget needs it
     tile: Optional[int] = None  # tile edge in pixels; None: tiles when nothing else fits the budget; 0: never
     devices: Optional[Sequence[str]] = None  # VGG split over these devices, e.g. ["cuda:0", "cuda:1"]
     device_split: Optional[Sequence[str]] = None  # the layer where each device after the first begins
@@ -317,9 +318,9 @@ class StyleOptions:
             raise OptionError(f"checkpointing must be True, False or None (automatic), got {self.checkpointing!r}")
         if self.lbfgs_history is not None:
             positive_int("lbfgs_history", self.lbfgs_history)
-        if self.lbfgs_history_bfloat16 not in (None, True, False):
-            raise OptionError("lbfgs_history_bfloat16 must be True, False or None (automatic), got "
-                              f"{self.lbfgs_history_bfloat16!r}")
+        for name in ("lbfgs_history_bfloat16", "content_target_bfloat16"):
+            if getattr(self, name) not in (None, True, False):
+                raise OptionError(f"{name} must be True, False or None (automatic), got {getattr(self, name)!r}")
         if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 0):
             raise OptionError(f"tile must be a tile edge in pixels, 0 (never tile) or None (when the budget needs "
                               f"it), got {self.tile!r}")

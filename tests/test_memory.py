@@ -10,7 +10,7 @@ import nst_ext
 from nst_ext.errors import InputError, OptionError
 from nst_ext.layers import LAYER_INDEX
 from nst_ext.budget import parse_size
-from nst_ext.memory import (LBFGS_HISTORY, MIN_LBFGS_HISTORY, budget_for, choose_segments, fitting_batch_size,
+from nst_ext.memory import (LBFGS_HISTORY, MIN_LBFGS_HISTORY, _layer_elements, budget_for, choose_segments, fitting_batch_size,
                             plan_stage, plan_stages, run_budget, saved_bytes_per_layer, split_layers,
                             usable_share)
 from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
@@ -73,9 +73,10 @@ def test_plan_chooses_the_cheapest_lever_that_fits():
     compact = default_plan(1024, budget=below_checkpointed, tile=0)
     assert compact.checkpointing and compact.history_bfloat16 and compact.history_size == 20
     assert not tiled.history_bfloat16 and "L-BFGS history in bfloat16" in compact.describe()
-    shorter = default_plan(1024, budget=below_checkpointed, tile=0, history_bfloat16=False)
+    assert not compact.content_bfloat16  # the pairs before the content targets
+    shorter = default_plan(1024, budget=below_checkpointed, tile=0, history_bfloat16=False, content_bfloat16=False)
     assert shorter.checkpointing and MIN_LBFGS_HISTORY <= shorter.history_size < 20 and not shorter.tile_edge
-    assert not shorter.history_bfloat16
+    assert not shorter.history_bfloat16 and not shorter.content_bfloat16
     below_compact = budget_for(compact.total - 4 * 3 * 1024 * 1024 * 2)
     shorter_compact = default_plan(1024, budget=below_compact, tile=0)
     assert shorter_compact.history_bfloat16 and MIN_LBFGS_HISTORY <= shorter_compact.history_size < 20
@@ -96,6 +97,48 @@ def test_bfloat16_pairs_take_half_the_pairs_memory_and_can_be_forced():
     assert full.history - compact.history == 2 * 20 * pixels * 2 - pixels * 4
     with pytest.raises(OptionError, match="in bfloat16"):
         default_plan(1024, budget=100 * 2**20, history_bfloat16=True)
+
+
+@pytest.mark.parametrize("tile", [0, 256])
+def test_bfloat16_content_targets_take_half_their_memory_and_can_be_forced(tile):
+    elements = sum(_layer_elements(LAYER_INDEX[name], 1024, 1024) for name in DEFAULT_CONTENT_LAYERS)
+    full = default_plan(1024, tile=tile)
+    compact = default_plan(1024, tile=tile, content_bfloat16=True)
+    assert not full.content_bfloat16 and compact.content_bfloat16 and not compact.history_bfloat16
+    # Stored in 2 bytes instead of 4; untiled, a step also widens the whole target to float32.
+    assert full.targets - compact.targets == (2 if tile else -2) * elements
+    with pytest.raises(OptionError, match="content targets in bfloat16"):
+        default_plan(1024, budget=100 * 2**20, content_bfloat16=True)
+    if not tile:  # untiled the lever saves nothing: never chosen
+        return
+    # In tiles: the pairs in bfloat16 first, then the content targets too, then fewer pairs.
+    pairs = default_plan(1024, tile=tile, budget=budget_for(full.total - 1))
+    assert pairs.history_bfloat16 and not pairs.content_bfloat16 and pairs.history_size == full.history_size
+    both = default_plan(1024, tile=tile, budget=budget_for(pairs.total - 1))
+    assert both.history_bfloat16 and both.content_bfloat16 and both.history_size == full.history_size
+    assert "content targets in bfloat16" in both.describe()
+    shorter = default_plan(1024, tile=tile, budget=budget_for(both.total - 1))
+    assert shorter.history_bfloat16 and shorter.content_bfloat16 and shorter.history_size < full.history_size
+    # Forced off, the plan goes to fewer pairs rather than round the targets.
+    squeezed = default_plan(1024, tile=tile, budget=budget_for(pairs.total - 1), content_bfloat16=False)
+    assert not squeezed.content_bfloat16 and squeezed.history_size < full.history_size
+
+
+@pytest.mark.parametrize("forced", [True, False])
+def test_a_run_keeps_its_content_targets_as_forced(monkeypatch, forced):
+    import nst_ext.objective.stage
+    from nst_ext.losses import ContentLoss
+
+    stored = []
+
+    class Recording(ContentLoss):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stored.append(self.target.dtype)
+
+    monkeypatch.setattr(nst_ext.objective.stage, "ContentLoss", Recording)
+    Stylizer(size=48, steps=2, device="cpu", content_target_bfloat16=forced).run(CONTENT, STYLE)
+    assert stored and set(stored) == {torch.bfloat16 if forced else torch.float32}
 
 
 @pytest.mark.parametrize("forced", [True, False])
@@ -189,6 +232,7 @@ def test_a_size_that_cannot_fit_is_refused_before_work():
     (dict(checkpointing="yes"), "checkpointing must be True, False or None"),
     (dict(lbfgs_history=0), "lbfgs_history must be a positive whole number"),
     (dict(lbfgs_history_bfloat16="yes"), "lbfgs_history_bfloat16 must be True, False or None"),
+    (dict(content_target_bfloat16="no"), "content_target_bfloat16 must be True, False or None"),
     (dict(devices="cpu"), "devices must be a list"),
     (dict(devices=["cpu", "cpu"], device="cuda"), "disagree"),
     (dict(devices=["cpu", "cpu"], device_split=["relu2_1", "relu3_1"]), "give 1"),

@@ -48,9 +48,10 @@ def test_a_tile_edge_off_the_grid_is_refused():
         tiles.split(100, 100, 40, LAYERS_USED)
 
 
-def plan(edge, deepest="relu5_1"):
+def plan(edge, deepest="relu5_1", content_bfloat16=False):
     """A plan with VGG in one segment up to `deepest`, tiled with `edge` (0: untiled)."""
-    return MemoryPlan(1, 1, False, 5, ((0, LAYER_INDEX[deepest] + 1),), 0, 0, 0, 0, 0, tile_edge=edge)
+    return MemoryPlan(1, 1, False, 5, ((0, LAYER_INDEX[deepest] + 1),), 0, 0, 0, 0, 0, tile_edge=edge,
+                      content_bfloat16=content_bfloat16)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,34 @@ def test_a_tiled_evaluation_is_the_untiled_one_in_float64(float64_stylizer, edge
     with torch.no_grad():
         values = tiled(image)
     torch.testing.assert_close(values["total"].float(), expected_terms[-1])
+
+
+def test_bfloat16_content_targets_are_the_rounded_targets_tiled_or_not(float64_stylizer):
+    """Content targets kept in bfloat16 (the plan's lever): the loss and gradient of the float32
+    targets rounded to bfloat16, tiled as untiled (the tiled targets are put together in bfloat16)."""
+    from nst_ext.losses import ContentLoss
+
+    options = float64_stylizer.options
+    content, style, image = odd_inputs(3, 100, 90)
+    untiled, tiled, full = (Objective(float64_stylizer.network, options, content, [style], [1.0], plan(edge, **kind))
+                            for edge, kind in ((0, dict(content_bfloat16=True)), (48, dict(content_bfloat16=True)),
+                                               (0, {})))
+    oracle = Objective(float64_stylizer.network, options, content, [style], [1.0], plan(0),
+                       style_grams=full.style_grams)
+    oracle.content_terms = [(name, weight, ContentLoss(term.target.to(torch.bfloat16).float(), None))
+                            for name, weight, term in full.content_terms]
+    for objective in (untiled, tiled):
+        assert {term.target.dtype for _, _, term in objective.content_terms} == {torch.bfloat16}
+    assert {term.target.dtype for _, _, term in full.content_terms} == {torch.float32}
+    expected_terms, expected_gradient = evaluation(oracle, image)
+    for objective in (untiled, tiled):
+        terms, gradient = evaluation(objective, image)
+        torch.testing.assert_close(terms, expected_terms, rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(gradient, expected_gradient, rtol=1e-9, atol=1e-14)
+    # The rounding moves the content term, by little.
+    full_terms, _ = evaluation(full, image)
+    assert full_terms[0] != expected_terms[0]
+    torch.testing.assert_close(expected_terms[0], full_terms[0], rtol=1e-2, atol=0)
 
 
 def test_a_halo_narrower_than_the_receptive_field_is_not_exact(float64_stylizer, monkeypatch):

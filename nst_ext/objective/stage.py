@@ -87,10 +87,12 @@ class Objective:
         groups = self._style_groups(grams, blend, style_layers, style_weights, masks)
         # One pass over the content image gives the content targets and each style group's value at
         # the content image, which normalize_style divides by.
-        content_features, starts = self._content_pass(contents, content_layers, style_layers, groups)
+        target_dtype = torch.bfloat16 if plan and plan.content_bfloat16 else torch.float32
+        content_features, starts = self._content_pass(contents, content_layers, style_layers, groups, target_dtype)
         content_regions = (layer_masks(masks.content, content_layers, masks.dilation)
                            if masks is not None and masks.content is not None else {})
-        self.content_terms = [(name, weight, ContentLoss(content_features[name], content_regions.get(name)))
+        self.content_terms = [(name, weight, ContentLoss(content_features[name], content_regions.get(name),
+                                                         target_dtype))
                               for name, weight in zip(content_layers, content_weights)]
         self.style_terms = self._normalized(groups, starts)
         self.tv_loss = TotalVariationLoss()
@@ -114,16 +116,17 @@ class Objective:
             return groups
         return [[(name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)]]
 
-    def _content_pass(self, contents: torch.Tensor, content_layers, style_layers, groups):
-        """The content images' features at the content layers (the content targets) and, with
-        normalize_style, each style term's value at them (``(B,)`` per term, in `groups`' order),
-        from one pass through VGG (in tiles: the features put together from the tiles, the style
-        terms from their Grams made in the same pass)."""
+    def _content_pass(self, contents: torch.Tensor, content_layers, style_layers, groups,
+                      target_dtype: torch.dtype = torch.float32):
+        """The content images' features at the content layers (the content targets; in tiles, put
+        together in `target_dtype`) and, with normalize_style, each style term's value at them
+        (``(B,)`` per term, in `groups`' order), from one pass through VGG (in tiles: the features
+        put together from the tiles, the style terms from their Grams made in the same pass)."""
         normalizing = self.options.normalize_style
         with torch.no_grad():
             if self.tiles:
                 flat = [term for group in groups for term in group] if normalizing else []
-                features, grams = tiled.content_pass(self, contents, content_layers, flat)
+                features, grams = tiled.content_pass(self, contents, content_layers, flat, target_dtype)
                 values = iter([term.from_gram(gram) for (_, _, term), gram in zip(flat, grams)])
             else:
                 with self.network.autocast():

@@ -88,21 +88,21 @@ def run(objective: "Objective", images: torch.Tensor, tiles: Sequence[tiling.Til
 
 
 def content_pass(objective: "Objective", images: torch.Tensor, names: Sequence[str],
-                 style_terms=()) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
+                 style_terms=(), dtype: torch.dtype = torch.float32) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
     """One pass without gradients over the tiles of `images` ``(B, 3, H, W)``: their features at the
-    named layers, float32 ``(B, C, H', W')`` on the first device, put together from the tiles' own
+    named layers, ``(B, C, H', W')`` of `dtype` on the first device, put together from the tiles' own
     cells (the content targets); and the Gram each of `style_terms` scores, ``(B, C, C)`` each (the
     style normalisation's), from the same pass."""
     height, width = images.shape[-2:]
     device = objective.network.device
-    assembled = {name: torch.empty((images.shape[0], *layer_shape(name, height, width)), device=device)
+    assembled = {name: torch.empty((images.shape[0], *layer_shape(name, height, width)), device=device, dtype=dtype)
                  for name in names}
     layers = [(name, None, name) for name in names]
 
     def keep(tile):
         def score(features, zero):
             for _, _, name, own, rows, columns in _owned(features, tile, layers):
-                assembled[name][..., rows, columns] = own.to(device, torch.float32)
+                assembled[name][..., rows, columns] = own.to(device, dtype)
             return zero, zero
         return score
 
