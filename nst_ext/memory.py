@@ -256,14 +256,16 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     # L-BFGS pairs in bfloat16, the content targets, both (each an equal loss by another path:
     # BENCHMARKS.md, "L-BFGS pairs in bfloat16", "Content targets in bfloat16"), then fewer pairs
     # with the most compact state allowed. A forced choice keeps only the states it allows.
+    # Untiled, bfloat16 content targets save nothing (a step widens them whole): only when forced.
     states = [(h, c) for h, c in ((False, False), (True, False), (False, True), (True, True))
               if history_bfloat16 in (None, h) and content_bfloat16 in (None, c)]
-    candidates = [(c, most_pairs, e, *state) for state in states for c, e in levers]
+    states_for = {edge: [(h, c) for h, c in states if edge or not c or content_bfloat16] for edge in [0, *edges]}
+    candidates = [(c, most_pairs, e, *state) for state in states for c, e in levers if state in states_for[e]]
     if history_size is None:
         shorter = ([(True, 0)] if untiled and checkpointing is not False else []) + \
             [(tiled_checkpointing, edge) for edge in edges]
         for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1):
-            candidates += [(c, pairs, e, *states[-1]) for c, e in shorter]
+            candidates += [(c, pairs, e, *states_for[e][-1]) for c, e in shorter]
     plans = [plan(*candidate) for candidate in candidates]
     if budget is None:
         return plans[0]

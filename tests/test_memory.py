@@ -109,7 +109,10 @@ def test_bfloat16_content_targets_take_half_their_memory_and_can_be_forced(tile)
     assert full.targets - compact.targets == (2 if tile else -2) * elements
     with pytest.raises(OptionError, match="content targets in bfloat16"):
         default_plan(1024, budget=100 * 2**20, content_bfloat16=True)
-    if not tile:  # untiled the lever saves nothing: never chosen
+    if not tile:  # untiled the lever saves nothing: never chosen, down to the fewest pairs
+        squeezed = default_plan(1024, tile=0, budget=budget_for(default_plan(1024, tile=0, history_bfloat16=True,
+                                                                             checkpointing=True).total - 1))
+        assert squeezed.history_size < full.history_size and not squeezed.content_bfloat16
         return
     # In tiles: the pairs in bfloat16 first, then the content targets too, then fewer pairs.
     pairs = default_plan(1024, tile=tile, budget=budget_for(full.total - 1))
