@@ -128,40 +128,27 @@ def test_bfloat16_content_targets_take_half_their_memory_and_can_be_forced(tile)
 
 
 @pytest.mark.parametrize("forced", [True, False])
-def test_a_run_keeps_its_content_targets_as_forced(monkeypatch, forced):
-    import nst_ext.objective.stage
-    from nst_ext.losses import ContentLoss
+@pytest.mark.parametrize("module, name, option, plan_field, stored_dtype", [
+    ("nst_ext.stylizer", "LBFGS", "lbfgs_history_bfloat16", "history_bfloat16", lambda made: made.steps.dtype),
+    ("nst_ext.objective.stage", "ContentLoss", "content_target_bfloat16", "content_bfloat16",
+     lambda made: made.target.dtype)], ids=["pairs", "content-targets"])
+def test_a_run_keeps_its_state_as_forced(monkeypatch, forced, module, name, option, plan_field, stored_dtype):
+    import importlib
 
+    where = importlib.import_module(module)
     stored = []
 
-    class Recording(ContentLoss):
+    class Recording(getattr(where, name)):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            stored.append(self.target.dtype)
+            stored.append(stored_dtype(self))
 
-    monkeypatch.setattr(nst_ext.objective.stage, "ContentLoss", Recording)
-    Stylizer(size=48, steps=2, device="cpu", content_target_bfloat16=forced).run(CONTENT, STYLE)
-    assert stored and set(stored) == {torch.bfloat16 if forced else torch.float32}
-
-
-@pytest.mark.parametrize("forced", [True, False])
-def test_a_run_stores_its_pairs_as_forced(monkeypatch, forced):
-    import nst_ext.stylizer
-    from nst_ext.lbfgs import LBFGS
-
-    stored = []
-
-    class Recording(LBFGS):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            stored.append(self.steps.dtype)
-
-    monkeypatch.setattr(nst_ext.stylizer, "LBFGS", Recording)
+    monkeypatch.setattr(where, name, Recording)
     plans = []
-    Stylizer(size=48, steps=3, device="cpu", lbfgs_history_bfloat16=forced).run(
+    Stylizer(size=48, steps=3, device="cpu", **{option: forced}).run(
         CONTENT, STYLE, callback=lambda progress: plans.append(progress.memory_plan))
     assert stored and set(stored) == {torch.bfloat16 if forced else torch.float32}
-    assert {plan.history_bfloat16 for plan in plans} == {forced}
+    assert {getattr(plan, plan_field) for plan in plans} == {forced}
 
 
 def test_split_layers_in_proportion_to_free_memory():
