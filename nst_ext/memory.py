@@ -183,7 +183,8 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     style targets are shared). `tile`: None chooses tiles when nothing else fits, 0 never tiles, N
     tiles of N pixels (on the pooling grid; a picture no larger than one tile is not tiled).
     `history_bfloat16`: None stores the L-BFGS pairs in bfloat16 when float32 does not fit, True or
-    False forces. `content_bfloat16`: likewise the content targets, tried after the pairs.
+    False forces. `content_bfloat16`: likewise the content targets, tried after the pairs and, unless
+    forced, only in tiles (untiled a step widens them whole).
     Raises OptionError when nothing fits the budget."""
     layers = list(content_layers) + list(style_layers)
     last = max(layers, key=LAYER_INDEX.__getitem__)
