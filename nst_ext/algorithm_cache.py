@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -22,6 +21,8 @@ import torch
 
 import nst_ext
 from nst_ext import _ops
+from nst_ext.errors import OutputError
+from nst_ext.outputs import atomic_write
 
 FOLDER_VARIABLE = "NST_EXT_CACHE_DIR"
 OFF = ("off", "0", "none", "")
@@ -146,15 +147,9 @@ def save() -> None:
         with _locked(path):
             merged = {_key(choice): choice for choice in _read(path)}
             merged.update((_key(choice), choice) for choice in choices)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as out:
+            with atomic_write(path, overwrite=True) as temporary:
+                with open(temporary, "w", encoding="utf-8") as out:
                     json.dump({"machine": key, "choices": list(merged.values())}, out, indent=0)
-                os.replace(temporary, path)
-                _in_file = len(choices)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
-    except OSError:  # a read-only home, a full disk: the next process times again
+            _in_file = len(choices)
+    except (OSError, OutputError):  # a read-only home, a full disk: the next process times again
         pass

@@ -7,11 +7,11 @@ orientation; and turns every problem into one :class:`ImageError` line that
 says what is wrong and how to fix it.
 """
 
+import contextlib
 import io
 import os
-import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Type, Union
 
 import numpy as np
 import torch
@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from nst_ext import encoders
-from nst_ext.errors import ImageError, OutputError
+from nst_ext.errors import ImageError, InputError, OutputError
 from nst_ext.layers import long_side_shape
 from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS
-from nst_ext.outputs import SAVE_FORMATS, WriteError, check_outputs, check_regular_file, deferred_signals
+from nst_ext.outputs import SAVE_FORMATS, atomic_write, check_outputs, check_regular_file, deferred_signals
 
 ImageSource = Union[str, os.PathLike, Image.Image, torch.Tensor]
 
@@ -110,13 +110,42 @@ def load_image(source: ImageSource, name: str = "image", max_pixels: int = DEFAU
     return image
 
 
-def _check_pixels(size, name, max_pixels):
+# The formats named when a file is not a picture (Pillow reads more; these are the ones people bring).
+PICTURE_FORMATS = "PNG, JPEG, WebP, TIFF, BMP or GIF"
+LIMIT_ADVICE = "; raise it with --max-input-pixels (or max_input_pixels=) if you mean it"
+
+
+def _check_pixels(size, name, max_pixels, error: Type[InputError] = ImageError, advice: str = LIMIT_ADVICE):
     width, height = size
     if width * height > max_pixels:
-        raise ImageError(
-            f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
-            "raise it with --max-input-pixels (or max_input_pixels=) if you mean it"
-        )
+        raise error(f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}{advice}")
+
+
+@contextlib.contextmanager
+def decoded_picture(source: Union[Path, io.BytesIO], what: str, max_pixels: int, error: Type[InputError] = ImageError,
+                    limit_advice: str = LIMIT_ADVICE) -> Iterator[Image.Image]:
+    """`source` (a file, or a file's bytes) opened and decoded in full for the block, its pixels
+    counted against `max_pixels` before decoding (in place of Pillow's own bomb limit, so that the
+    line can name what raises it: `limit_advice`); else one line naming `what`, as `error`: not a
+    picture, over the limit, truncated or corrupt, too large for this machine's memory. The one
+    check of every picture read, from a path or from an upload."""
+    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(source) as image:
+            _check_pixels(image.size, what, max_pixels, error, limit_advice)
+            image.load()
+            yield image
+    except UnidentifiedImageError:
+        raise error(f"{what} is not a picture ({PICTURE_FORMATS})") from None
+    except MemoryError:
+        raise error(f"{what} is too large to decode in this machine's memory; use a smaller image, or keep "
+                    "--max-input-pixels at a value the memory can hold") from None
+    except (OSError, SyntaxError, ValueError) as problem:
+        if isinstance(problem, InputError):
+            raise
+        raise error(f"{what} is truncated or corrupt ({problem})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
 
 
 def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
@@ -125,24 +154,8 @@ def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
     check_regular_file(path, name, ImageError)
     if not os.access(path, os.R_OK):
         raise ImageError(f"{name} {str(path)!r} cannot be read (permission denied)")
-    previous_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # our own limit, below, names the flag that raises it
-    try:
-        with Image.open(path) as image:
-            _check_pixels(image.size, f"{name} {str(path)!r}", max_pixels)
-            image.load()
-            return _pil_to_tensor(image, f"{name} {str(path)!r}")
-    except UnidentifiedImageError:
-        raise ImageError(f"{name} {str(path)!r} is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, GIF …)") from None
-    except MemoryError:
-        raise ImageError(f"{name} {str(path)!r} is too large to decode in this machine's memory; use a smaller "
-                         "image, or keep --max-input-pixels at a value the memory can hold") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, ImageError):
-            raise
-        raise ImageError(f"{name} {str(path)!r} is truncated or corrupt ({error})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
+    with decoded_picture(path, f"{name} {str(path)!r}", max_pixels) as image:
+        return _pil_to_tensor(image, f"{name} {str(path)!r}")
 
 
 def resize_to_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
@@ -236,31 +249,7 @@ def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.Path
     image_format = SAVE_FORMATS[path.suffix.lower()]
     with deferred_signals():  # a stop signal during the encoding or the write waits until the file is in place
         encoded = _encoded(image, path, image_format, record, icc_profile, bit_depth)
-        try:
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        except OSError as error:
-            raise WriteError(path, error) from None
-        try:
-            with os.fdopen(handle, "wb") as stream:
+        with atomic_write(path, overwrite) as temporary:
+            with open(temporary, "wb") as stream:
                 stream.write(encoded)
-            # mkstemp creates the file private (0600); give it the permissions a plain open() would.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
-            if overwrite:
-                os.replace(temporary, path)
-            else:
-                os.link(temporary, path)  # fails if a file appeared meanwhile: never clobbers
-                os.unlink(temporary)
-        except FileExistsError:
-            os.unlink(temporary)
-            raise OutputError(f"{str(path)!r} already exists; choose another name or pass --overwrite") from None
-        except OSError as error:  # a full disk, a quota, an I/O error: one line, the temporary removed
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise WriteError(path, error) from None
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
     return path

@@ -130,6 +130,43 @@ def check_folder_writable(folder: Path, for_path: str) -> None:
     os.unlink(probe)
 
 
+@contextlib.contextmanager
+def atomic_write(path: Path, overwrite: bool) -> Iterator[str]:
+    """Yields the name of a new, empty temporary file beside `path` for the block to write. When
+    the block ends without an error the file gets the permissions a plain open() would give and
+    takes `path`'s place in one step: replacing it with `overwrite`, else only while no file of
+    that name exists (one that appeared meanwhile is an OutputError: never clobbered). A refusal
+    by the system (a full disk, a quota, an I/O error) is a WriteError; the temporary file never
+    outlives the block."""
+    path = Path(path)
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise WriteError(path, error) from None
+    os.close(handle)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp made it private (0600)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                raise OutputError(f"{str(path)!r} already exists; choose another name or pass --overwrite") from None
+    except OSError as error:
+        raise WriteError(path, error) from None
+    finally:
+        with contextlib.suppress(OSError):  # already gone once os.replace has moved it
+            os.unlink(temporary)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def check_outputs(outputs: Sequence[Tuple[Optional[os.PathLike], str]], inputs: Iterable[os.PathLike],
                   overwrite: bool, patterns: Sequence[Tuple[os.PathLike, str, str]] = ()) -> None:
     """Checks every output of a run before any work: raises OutputError with one line for the first problem.

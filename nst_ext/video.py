@@ -10,7 +10,6 @@ Ctrl-C or SIGTERM wait until it is in place. Every problem with an input is one 
 
 import itertools
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Iterable, Iterator, Optional, Tuple
 import torch
 
 from nst_ext.errors import InputError, OutputError
-from nst_ext.outputs import WriteError, check_regular_file, deferred_signals
+from nst_ext.outputs import atomic_write, check_regular_file, deferred_signals
 
 # suffix: (container format, video codec, pixel format, audio codec when re-encoded)
 VIDEO_FORMATS = {".mp4": ("mp4", "libx264", "yuv420p", "aac"), ".webm": ("webm", "libvpx-vp9", "yuv420p", "libopus"),
@@ -139,49 +138,30 @@ def write_video(frames: Iterable[torch.Tensor], path: os.PathLike, fps: Fraction
     first = next(frames, None)
     if first is None:
         raise VideoError("no frames to write")
-    with deferred_signals():
-        try:
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        except OSError as error:
-            raise WriteError(path, error) from None
-        os.close(handle)
-        try:
-            with av.open(temporary, mode="w", format=container_format) as output:
-                if comment is not None:
-                    output.metadata["comment"] = comment
-                # Every stream exists before the first packet is written (the header).
-                stream = output.add_stream(codec, rate=fps)
-                stream.height, stream.width = first.shape[-2:]
-                stream.pix_fmt = pixel_format
-                if codec == "libx264":
-                    stream.options = {"crf": "17"}
-                elif codec == "libvpx-vp9":
-                    stream.options = {"crf": "24", "b": "0"}
-                audio = None
-                if audio_from is not None and audio_codec is not None:
-                    audio = _AudioCarrier(Path(audio_from), output, audio_codec)
-                for frame in itertools.chain([first], frames):
-                    array = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-                    for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                        output.mux(packet)
-                for packet in stream.encode():
+    with deferred_signals(), atomic_write(path, overwrite) as temporary:
+        with av.open(temporary, mode="w", format=container_format) as output:
+            if comment is not None:
+                output.metadata["comment"] = comment
+            # Every stream exists before the first packet is written (the header).
+            stream = output.add_stream(codec, rate=fps)
+            stream.height, stream.width = first.shape[-2:]
+            stream.pix_fmt = pixel_format
+            if codec == "libx264":
+                stream.options = {"crf": "17"}
+            elif codec == "libvpx-vp9":
+                stream.options = {"crf": "24", "b": "0"}
+            audio = None
+            if audio_from is not None and audio_codec is not None:
+                audio = _AudioCarrier(Path(audio_from), output, audio_codec)
+            for frame in itertools.chain([first], frames):
+                array = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+                for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                     output.mux(packet)
-                if audio is not None:
-                    audio.carry()
-            os.chmod(temporary, 0o666 & ~_umask())
-            os.replace(temporary, path)
-        except OSError as error:  # a full disk, a quota, an I/O error (PyAV's errors are OSErrors too)
-            raise WriteError(path, error) from None
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+            for packet in stream.encode():
+                output.mux(packet)
+            if audio is not None:
+                audio.carry()
     return path
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 class _AudioCarrier:

@@ -123,7 +123,7 @@ def test_unusual_image_modes_work(tmp_path, content, style):
 
 BAD_INPUTS = [
     (["stylize", "{tmp}/missing.jpg", STYLE, "-o", "{tmp}/o.png"], r"content image '.*missing.jpg' does not exist"),
-    (["stylize", CONTENT, "{tmp}/notes.txt", "-o", "{tmp}/o.png"], r"style image '.*notes.txt' is not an image"),
+    (["stylize", CONTENT, "{tmp}/notes.txt", "-o", "{tmp}/o.png"], r"style image '.*notes.txt' is not a picture"),
     (["stylize", "{tmp}/truncated.png", STYLE, "-o", "{tmp}/o.png"], r"truncated or corrupt"),
     (["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--size", "8"], r"too small for layer relu5_1"),
     (["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--max-input-pixels", "1000"], r"over the limit of 1,000; raise it with --max-input-pixels"),

@@ -184,7 +184,7 @@ def test_app_queues_jobs_one_at_a_time_and_serves_the_result(app):
 
 @pytest.mark.parametrize("content, fields, message", [
     (("notes.png", b"this is text, not a picture", "image/png"), {}, r"'notes.png' is not a picture"),
-    (("big.png", png_bytes(400, 300), "image/png"), {}, r"400x300 pixels, over the limit of 100,000"),
+    (("big.png", png_bytes(400, 300), "image/png"), {}, r"400x300 = 120,000 pixels, over the limit of 100,000"),
     (("huge.png", b"\x89PNG" + b"0" * 300_000, "image/png"), {}, r"293 KiB, over the limit of 195 KiB"),
     (("photo.png", png_bytes(), "image/png"), {"size": "9999"}, r"size: from 16 to 2048 px"),
     (("photo.png", png_bytes(), "image/png"), {"style_weight": "strong"}, r"style weight: expected a number"),

@@ -11,11 +11,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, List
 
-from PIL import Image, UnidentifiedImageError
 from starlette.formparsers import MultiPartException
 
 from nst_ext.budget import format_size
 from nst_ext.errors import InputError
+from nst_ext.images import decoded_picture
 from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS, StyleOptions
 from nst_ext.web.queue import Job
 
@@ -153,19 +153,8 @@ class Uploads:
         return path
 
     def _check_picture(self, data: bytes, what: str) -> None:
-        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit, below
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > self.max_pixels:
-                    raise UploadError(f"{what} is {image.width}x{image.height} pixels, over the limit of "
-                                      f"{self.max_pixels:,}")
-                image.load()
-        except UnidentifiedImageError:
-            raise UploadError(f"{what} is not a picture (PNG, JPEG, WebP, TIFF, BMP or GIF)") from None
-        except (OSError, SyntaxError, ValueError) as error:
-            raise UploadError(f"{what} cannot be read as a picture ({error})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+        with decoded_picture(io.BytesIO(data), what, self.max_pixels, UploadError, limit_advice=""):
+            pass
 
     @staticmethod
     def _free(folder: Path, stem: str, suffix: str) -> Path:
