@@ -126,7 +126,7 @@ def test_every_readme_command_runs_as_written(readers_folder):
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=readers_folder,
                                 env=environment)
         assert result.returncode == 0 and "Traceback" not in result.stderr, (words, result.stderr)
-    for picture in ("out.png", "mix.png", "big.png", "print.png", "poster.png", "print8k.png", "tiled.png", "keep.png", "regions.png", "again.png", "watched.png", "live.png", "painted.png",
+    for picture in ("out.png", "mix.png", "big.png", "print.png", "poster.png", "print8k.png", "print8k-6gib.png", "tiled.png", "keep.png", "regions.png", "again.png", "watched.png", "live.png", "painted.png",
                     "loss.png",
                     "exact.png", "nst-ext-demo.png", "nst-ext-demo-loss.png", "styled/photo0.png", "watched/photo0.png",
                     "listed/photos/photo2.jpg"):

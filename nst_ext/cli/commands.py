@@ -85,19 +85,30 @@ def _info_of(picture: str) -> int:
     return 0
 
 
+# Where and in what pieces a run works, not what it computes: `--from` takes them from this command
+# line (a print re-made on a smaller machine needs another budget or device). The picture is then the
+# same up to float rounding (tiles and devices sum in another order); bit for bit only without them.
+PLACEMENT_OPTIONS = ("device", "devices", "device_split", "max_memory", "checkpointing", "tile")
+
+
 def _rerun(args) -> int:
-    """`stylize --from PICTURE`: the run that made the picture, with only the output's switches
-    of this command line; a style option given as well is refused (it would not be that run)."""
+    """`stylize --from PICTURE`: the run that made the picture, with the output's switches and the
+    placement options (PLACEMENT_OPTIONS) of this command line; a style option given as well is
+    refused (it would not be that run)."""
     if args.content or args.styles:
         raise CommandError("with --from the inputs come from the picture; drop the content and style images")
     defaults = vars(build_parser().parse_args(["stylize", "content", "style", "-o", args.output]))
-    changed = [f"--{name.replace('_', '-')}" for name in (field.name for field in dataclasses.fields(StyleOptions))
+    changed = [name for name in (field.name for field in dataclasses.fields(StyleOptions))
                if name in defaults and vars(args)[name] != defaults[name]]
-    if changed:
-        raise CommandError(f"with --from the settings come from the picture; drop {', '.join(changed)}")
+    refused = [f"--{name.replace('_', '-')}" for name in changed if name not in PLACEMENT_OPTIONS]
+    if refused:
+        raise CommandError(f"with --from the settings come from the picture; drop {', '.join(refused)} (only where "
+                           "the work runs may change: --device, --devices, --device-split, --max-memory, "
+                           "--checkpointing, --tile)")
     from nst_ext import provenance
 
     options, content, styles = provenance.rerun(args.from_picture)
+    options = dataclasses.replace(options, **{name: vars(args)[name] for name in changed})
     return _run_stylize(args, content, styles, Path(args.output), options)
 
 
