@@ -330,6 +330,24 @@ def test_automatic_algorithm_choice_is_recorded_and_kept(device, seed):
     assert_close(gram.double(), reference.gram_matrix(x.double()).to(gram.dtype).double(), seed, rtol=1e-5)
 
 
+def test_features_too_large_to_widen_take_blas_without_timing(seed):
+    """On the CPU, half features past the widening slab would need a whole float32 copy for our
+    kernel, so both candidates are the BLAS product: the shape is not timed and no choice is
+    recorded; the results still equal the reference."""
+    if nst_ext.backend_info()["cpu"] == "reference":
+        pytest.skip("no compiled kernels for cpu")
+    shape = (1, 64, 512, 520)  # 17.0M elements: past 64 MiB once widened to float32
+    x = features_like_vgg(shape, "cpu", torch.float16)
+    target = reference.gram_matrix(2 * features_like_vgg(shape[:2] + (9, 9), "cpu", torch.float32))[0]  # G - T ~ G
+    nst_ext.clear_gram_algorithm_choices()
+    with nst_ext.gram_algorithm("auto"):
+        gram, loss = nst_ext.gram_matrix(x), nst_ext.style_loss(x, target)
+    assert [c for c in nst_ext.gram_algorithm_choices() if c["channels"] == 64] == []
+    exact = reference.gram_matrix(x.double())
+    assert_close(gram.double(), exact, seed, rtol=1e-3)
+    assert_close(loss.double(), reference.style_loss(x.double(), target.double()), seed, rtol=1e-3)
+
+
 def test_restored_algorithm_choices_are_taken_without_timing(device):
     """The choices a run recorded (nst_ext.provenance) come back as they were, the other way round
     from what "auto" chose too; a row that does not parse is refused whole."""

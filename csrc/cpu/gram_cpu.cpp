@@ -484,10 +484,14 @@ std::pair<at::Tensor, double> product_by_chosen_algorithm(const at::Tensor& feat
                           layout_of(features) != Layout::kNCHW;
   const bool copy_too_large = needs_copy && features.numel() * 4 > 4 * cpu_blas::kWideningSlabBytes;
   const bool pairs = pair_kernel_applies(features);  // our kernel then reads them as they are
+  auto blas = [&]() -> std::pair<at::Tensor, double> {
+    return {cpu_blas::blas_gram_product(features), 1.0 / static_cast<double>(spatial_size(features))};
+  };
+  // Both candidates would be the BLAS product: nothing to time, and no choice to record.
+  if (copy_too_large && !pairs) return blas();
   auto compute = [&](Algorithm algorithm) -> std::pair<at::Tensor, double> {
     if (algorithm == Algorithm::kOwn && pairs) return {pair_kernel_gram(features), 1.0};
-    if (algorithm == Algorithm::kBlas || copy_too_large)
-      return {cpu_blas::blas_gram_product(features), 1.0 / static_cast<double>(spatial_size(features))};
+    if (algorithm == Algorithm::kBlas) return blas();
     const at::Tensor F = features_for_accumulation(features);
     const int64_t B = F.size(0), C = F.size(1), n = F.size(2);
     at::Tensor gram = at::empty({B, C, C}, F.options());
