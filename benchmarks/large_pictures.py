@@ -159,21 +159,25 @@ def plot(reports, path):
         label = "tiled run" if tiled else "untiled run"
         memory.plot([r["megapixels"] for r in chosen], [r["peak_bytes"] / 2**30 for r in chosen], "-", marker=marker,
                     label=f"{label}: peak resident memory")
+        memory.plot([r["megapixels"] for r in chosen], [r["estimate_bytes"] / 2**30 for r in chosen],
+                    linestyle="none", marker=marker, fillstyle="none", color="black", label=f"{label}: the plan's estimate")
         seconds.plot([r["megapixels"] for r in chosen], [r["evaluation_s"] for r in chosen], "-", marker=marker,
                      label=f"{label} (the plan's tiles)")
         for row in chosen:
             memory.annotate(f"{row['width']}x{row['height']}" + (f", {row['max_memory']}" if row["max_memory"] else
                                                                  ", default budget"),
                             (row["megapixels"], row["peak_bytes"] / 2**30), textcoords="offset points",
-                            xytext=(4, -10), fontsize=7)
+                            xytext=(6, 2), fontsize=7)
     memory.set(xlabel="megapixels", ylabel="GiB", xscale="log", yscale="log", title="memory")
     seconds.set(xlabel="megapixels", ylabel="seconds per evaluation", xscale="log", yscale="log",
                 title="one evaluation (loss and gradient)")
+    doublings = [2.0**k for k in range(-2, 14)]  # log axes read best at powers of two: 0.25 ... 8192
     for axis in (memory, seconds):
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
         for scale in (axis.xaxis, axis.yaxis):
-            scale.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            scale.set_major_locator(matplotlib.ticker.FixedLocator(doublings))
+            scale.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             scale.set_minor_formatter(matplotlib.ticker.NullFormatter())
     threads = sorted({report["cpu_threads"] for report in reports if "cpu_threads" in report})
     figure.suptitle(f"large pictures on the CPU ({', '.join(map(str, threads))} threads): "

@@ -257,7 +257,9 @@ class Stylizer:
     def _optimize(self, stage, stages, steps, images, stage_contents, stage_styles, blend, histories, callback, plan,
                   temporal=None, masks=None):
         """One stage for one picture or a batch (`images`: a list of ``(1, 3, H, W)``, one per
-        picture, with their stage contents and histories). Nothing here waits for the GPU: the
+        picture, with their stage contents and histories). It takes `stage_styles` over: the
+        list is emptied once their Grams are made (at a print size each style image is as large
+        as the picture). Nothing here waits for the GPU: the
         loss terms of each evaluation stay on the device (read into the histories once, at the end
         of the stage), the best images are kept there by masked copies, and the L-BFGS keeps its
         scalars there."""
@@ -286,7 +288,7 @@ class Stylizer:
             objective = Objective(self.network, options, contents, stage_styles, blend, plan, self._style_grams.get(key),
                                   temporal, masks)
             del contents
-            stage_styles.clear()  # the caller's list, not read again: the Grams are made
+            stage_styles.clear()  # the Grams are made (see the docstring)
             if self.shares_style_targets:
                 self._style_grams[key] = objective.style_grams
             evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)
