@@ -161,7 +161,8 @@ def plot(reports, path):
                     label=f"{label}: peak resident memory")
         memory.plot([r["megapixels"] for r in chosen], [r["estimate_bytes"] / 2**30 for r in chosen],
                     linestyle="none", marker=marker, fillstyle="none", color="black", label=f"{label}: the plan's estimate")
-        seconds.plot([r["megapixels"] for r in chosen], [r["evaluation_s"] for r in chosen], "-", marker=marker,
+        timed = [r for r in chosen if r.get("evaluation_s")]  # null where the run shared the CPU
+        seconds.plot([r["megapixels"] for r in timed], [r["evaluation_s"] for r in timed], "-", marker=marker,
                      label=f"{label} (the plan's tiles)")
         for row in chosen:
             memory.annotate(f"{row['width']}x{row['height']}" + (f", {row['max_memory']}" if row["max_memory"] else
