@@ -168,14 +168,15 @@ def plot(reports, path):
             memory.annotate(f"{row['width']}x{row['height']}" + (f", {row['max_memory']}" if row["max_memory"] else
                                                                  ", default budget"),
                             (row["megapixels"], row["peak_bytes"] / 2**30), textcoords="offset points",
-                            xytext=(6, 2), fontsize=7)
+                            xytext=(6, 2) if row["megapixels"] > 5 else (6, -10), fontsize=7)
     memory.set(xlabel="megapixels", ylabel="GiB", xscale="log", yscale="log", title="memory")
     seconds.set(xlabel="megapixels", ylabel="seconds per evaluation", xscale="log", yscale="log",
                 title="one evaluation (loss and gradient)")
     doublings = [2.0**k for k in range(-2, 14)]  # log axes read best at powers of two: 0.25 ... 8192
     for axis in (memory, seconds):
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="upper left" if axis is seconds else "lower right", bbox_to_anchor=None
+                    if axis is seconds else (1.0, 0.12))
         for scale in (axis.xaxis, axis.yaxis):
             scale.set_major_locator(matplotlib.ticker.FixedLocator(doublings))
             scale.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
