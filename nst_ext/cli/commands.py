@@ -102,9 +102,9 @@ def _rerun(args) -> int:
                if name in defaults and vars(args)[name] != defaults[name]]
     refused = [f"--{name.replace('_', '-')}" for name in changed if name not in PLACEMENT_OPTIONS]
     if refused:
+        placement = ", ".join(f"--{name.replace('_', '-')}" for name in PLACEMENT_OPTIONS)
         raise CommandError(f"with --from the settings come from the picture; drop {', '.join(refused)} (only where "
-                           "the work runs may change: --device, --devices, --device-split, --max-memory, "
-                           "--checkpointing, --tile)")
+                           f"the work runs may change: {placement})")
     from nst_ext import provenance
 
     options, content, styles = provenance.rerun(args.from_picture)
