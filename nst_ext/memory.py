@@ -48,13 +48,18 @@ CPU_RUNTIME_BYTES = 750 * 2**20
 # Not counted by torch.cuda.max_memory_allocated; the CUDA context is outside any budget we check.
 CUDA_RUNTIME_BYTES = 0
 # Transient buffers of a step (gradients of the largest activations, the style losses' float32 slabs,
-# what the allocator keeps), as a multiple of the largest activation saved in a segment; without and
-# with checkpointing (which releases freed memory promptly). Fitted to the measured peaks at 512 and
-# 1024 px: the estimates land within -4% to +5% of them (BENCHMARKS.md, "Large pictures").
+# what the allocator keeps), as a multiple of the largest activation saved in a segment (or tile);
+# keyed by whether freed memory is released promptly, as it is under checkpointing and tiles (both
+# budget-limited plans: nst_ext.budget.release_freed_memory_promptly). Fitted to the measured peaks
+# at 512 and 1024 px: the estimates land within -4% to +5% of them (BENCHMARKS.md, "Large pictures").
 TRANSIENT_PER_LARGEST_ACTIVATION = {False: 6.0, True: 3.0}
 # Picture-sized vectors a step holds besides the L-BFGS history: the picture, its gradient, the
 # previous gradient and the last step (the two-loop recursion works in its buffer; nst_ext.lbfgs).
 LBFGS_WORK_VECTORS = 4
+# Picture-sized float32 images a stage holds besides the optimiser's: the best image so far
+# (nst_ext.stylizer.BestImage) and the stage's content image. Negligible at the sizes the
+# coefficients above were fitted at; at a print size each is as large as an L-BFGS pair vector.
+HELD_IMAGES = 2
 # A whole run's peak was measured up to 12% above its finest stage's estimate (what the earlier stages
 # leave in the allocator; the estimate itself is fitted to one stage alone: BENCHMARKS.md, "Large
 # pictures"): a plan sized to a budget fills only the rest of it, so that such a peak still fits.
@@ -140,6 +145,7 @@ class MemoryPlan:
     targets: int
     transient: int
     runtime: int
+    held_images: int = 0  # bytes of the picture-sized images the stage holds (HELD_IMAGES)
     budget_limited: bool = False  # checkpointing, tiles or a shorter history because of the budget
     tile_edge: int = 0  # pixels of each tile's own square (nst_ext.tiles); 0: the picture in one pass
     history_bfloat16: bool = False  # the L-BFGS pairs stored in bfloat16 (nst_ext.lbfgs)
@@ -147,7 +153,7 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        return self.activations + self.history + self.targets + self.transient + self.runtime
+        return self.activations + self.history + self.targets + self.transient + self.runtime + self.held_images
 
     def describe(self) -> str:
         parts = [f"{self.width}x{self.height} needs about {format_size(self.total)}"]
@@ -230,9 +236,11 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
             making = making_targets([(pictures, (height, width)), *((1, shape) for shape in style_shapes)])
         # The peak is that of a step or, when larger, that of making the targets (before the
         # history exists): counted as transient so that `total` is the larger of the two.
-        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpoint] * largest), making - activations - history)
+        releases_promptly = checkpoint or bool(edge)
+        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[releases_promptly] * largest),
+                        making - activations - history)
         return MemoryPlan(height, width, checkpoint, pairs, tuple(segments), activations, history, targets,
-                          transient, runtime, tile_edge=edge,
+                          transient, runtime, held_images=HELD_IMAGES * pixels * 4, tile_edge=edge,
                           history_bfloat16=bfloat16_history and optimizer == "lbfgs", content_bfloat16=bfloat16_content)
 
     grid, side = tiles.alignment(layers), max(height, width)

@@ -10,9 +10,10 @@ import nst_ext
 from nst_ext.errors import InputError, OptionError
 from nst_ext.layers import LAYER_INDEX
 from nst_ext.budget import parse_size
-from nst_ext.memory import (LBFGS_HISTORY, MIN_LBFGS_HISTORY, _layer_elements, budget_for, choose_segments, fitting_batch_size,
-                            plan_stage, plan_stages, run_budget, saved_bytes_per_layer, split_layers,
-                            usable_share)
+from nst_ext import tiles
+from nst_ext.memory import (HELD_IMAGES, LBFGS_HISTORY, MIN_LBFGS_HISTORY, TRANSIENT_PER_LARGEST_ACTIVATION,
+                            _layer_elements, budget_for, choose_segments, fitting_batch_size, plan_stage, plan_stages,
+                            run_budget, saved_bytes_per_layer, split_layers, usable_share)
 from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from nst_ext.stylizer import Stylizer
 
@@ -87,6 +88,20 @@ def test_plan_chooses_the_cheapest_lever_that_fits():
     assert usable_share(budget_for(free.total)) >= free.total > usable_share(budget_for(free.total) - 1)
     with pytest.raises(OptionError, match=r"1024x1024 stage needs at least .* more than the 100 MiB budget"):
         default_plan(1024, budget=100 * 2**20)
+
+
+@pytest.mark.parametrize("checkpointing, tile", [(False, 0), (True, 0), (False, 256), (True, 256)])
+def test_the_estimate_counts_the_held_images_and_the_transient_of_its_allocator(checkpointing, tile):
+    plan = default_plan(1024, checkpointing=checkpointing, tile=tile)
+    assert plan.held_images == HELD_IMAGES * 3 * 1024 * 1024 * 4  # the best image, the content image
+    assert plan.total == (plan.activations + plan.history + plan.targets + plan.transient + plan.runtime
+                          + plan.held_images)
+    # Under checkpointing or tiles freed memory is released promptly (nst_ext.stylizer): the smaller
+    # transient, per the largest activation VGG keeps at once (one tile's with its halo).
+    seen = min(1024, plan.tile_edge + 2 * tiles.halo([*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS])) if tile else 1024
+    saved = saved_bytes_per_layer(seen, seen, "relu5_1", [*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS], 2)
+    largest = max(max(saved[start:stop]) for start, stop in plan.segments)
+    assert plan.transient == int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpointing or bool(tile)] * largest)
 
 
 def test_bfloat16_pairs_take_half_the_pairs_memory_and_can_be_forced():
