@@ -2,9 +2,9 @@
 
 Torch-free (the CLI parses ``--max-memory`` before torch is imported). The estimate counts, from
 the layer registry, the bytes of what a step keeps: VGG activations saved for the backward pass,
-the L-BFGS history, the targets, the weights, transient buffers of the backward pass and, on the
-CPU, the runtime itself (resident set size is what a user sees). Its coefficients were measured
-with ``benchmarks/memory.py --breakdown`` (BENCHMARKS.md, "Large pictures").
+the L-BFGS history, the targets, the best and content images, the weights, transient buffers of the
+backward pass and, on the CPU, the runtime itself (resident set size is what a user sees). Its
+coefficients were measured with ``benchmarks/memory.py --breakdown`` (BENCHMARKS.md, "Large pictures").
 
 The plan, cheapest lever first, for a budget (of which it fills at most the usable share,
 :func:`usable_share`: a whole run can peak above its finest stage's estimate):
@@ -51,7 +51,8 @@ CUDA_RUNTIME_BYTES = 0
 # what the allocator keeps), as a multiple of the largest activation saved in a segment (or tile);
 # keyed by whether freed memory is released promptly, as it is under checkpointing and tiles (both
 # budget-limited plans: nst_ext.budget.release_freed_memory_promptly). Fitted to the measured peaks
-# at 512 and 1024 px: the estimates land within -4% to +5% of them (BENCHMARKS.md, "Large pictures").
+# at 512 and 1024 px: the estimates land within -4% to +5% of them (BENCHMARKS.md, "Large pictures");
+# the prompt one checked on tiled runs up to 8192 px (BENCHMARKS.md, "The estimate of a tiled stage, traced").
 TRANSIENT_PER_LARGEST_ACTIVATION = {False: 6.0, True: 3.0}
 # Picture-sized vectors a step holds besides the L-BFGS history: the picture, its gradient, the
 # previous gradient and the last step (the two-loop recursion works in its buffer; nst_ext.lbfgs).
