@@ -175,11 +175,26 @@ def test_stop_before_the_first_step_writes_nothing(tmp_path, monkeypatch, capsys
     assert "interrupted before the first step finished; nothing written" in capsys.readouterr().err
 
 
+def _wait_until_torch_loads(pid: int, timeout: float = 60.0) -> None:
+    """Until process `pid` has mapped libtorch (its import of torch is under way). A fixed delay is
+    not enough on a busy machine: a signal before the interpreter installs its handler kills the
+    process outright, which no program can catch. Without /proc, a fixed 0.4 s."""
+    maps, deadline = Path(f"/proc/{pid}/maps"), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "libtorch" in maps.read_text():
+                return
+        except OSError:
+            time.sleep(0.4)
+            return
+        time.sleep(0.01)
+
+
 def test_ctrl_c_during_start_up_is_one_line(tmp_path):
-    """Interrupted while torch is being imported (about a second after the start)."""
+    """Interrupted while torch is being imported."""
     process = subprocess.Popen([sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o",
                                 str(tmp_path / "out.png"), "--size", "48"], stderr=subprocess.PIPE)
-    time.sleep(0.4)
+    _wait_until_torch_loads(process.pid)
     process.send_signal(signal.SIGINT)
     stderr = process.communicate(timeout=120)[1].decode(errors="replace")
     assert process.returncode == 130, stderr
