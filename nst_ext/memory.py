@@ -52,7 +52,7 @@ CUDA_RUNTIME_BYTES = 0
 # keyed by whether freed memory is released promptly, as it is under checkpointing and tiles (both
 # budget-limited plans: nst_ext.budget.release_freed_memory_promptly). Fitted to the measured peaks
 # at 512 and 1024 px: the estimates land within -4% to +5% of them (BENCHMARKS.md, "Large pictures");
-# the prompt one checked on tiled runs up to 8192 px (BENCHMARKS.md, "The estimate of a tiled stage, traced").
+# the prompt one checked on tiled runs up to 8192 px (BENCHMARKS.md, "Any size, in tiles").
 TRANSIENT_PER_LARGEST_ACTIVATION = {False: 6.0, True: 3.0}
 # Picture-sized vectors a step holds besides the L-BFGS history: the picture, its gradient, the
 # previous gradient and the last step (the two-loop recursion works in its buffer; nst_ext.lbfgs).
