@@ -98,8 +98,9 @@ def test_the_estimate_counts_the_held_images_and_the_transient_of_its_allocator(
                           + plan.held_images)
     # Under checkpointing or tiles freed memory is released promptly (nst_ext.stylizer): the smaller
     # transient, per the largest activation VGG keeps at once (one tile's with its halo).
-    seen = min(1024, plan.tile_edge + 2 * tiles.halo([*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS])) if tile else 1024
-    saved = saved_bytes_per_layer(seen, seen, "relu5_1", [*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS], 2)
+    layers = [*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS]
+    seen = min(1024, plan.tile_edge + 2 * tiles.halo(layers)) if tile else 1024
+    saved = saved_bytes_per_layer(seen, seen, "relu5_1", layers, 2)
     largest = max(max(saved[start:stop]) for start, stop in plan.segments)
     assert plan.transient == int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpointing or bool(tile)] * largest)
 
