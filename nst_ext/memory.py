@@ -49,8 +49,8 @@ CPU_RUNTIME_BYTES = 750 * 2**20
 CUDA_RUNTIME_BYTES = 0
 # Transient buffers of a step (gradients of the largest activations, the style losses' float32 slabs,
 # what the allocator keeps), as a multiple of the largest activation saved in a segment (or tile);
-# keyed by whether freed memory is released promptly, as it is under checkpointing and tiles (both
-# budget-limited plans: nst_ext.budget.release_freed_memory_promptly). Fitted to the measured peaks
+# keyed by whether freed memory is released promptly (MemoryPlan.releases_freed_memory_promptly,
+# nst_ext.budget.release_freed_memory_promptly). Fitted to the measured peaks
 # at 512 and 1024 px: the estimates land within -4% to +5% of them (BENCHMARKS.md, "Large pictures");
 # the prompt one checked on tiled runs up to 8192 px (BENCHMARKS.md, "Any size, in tiles").
 TRANSIENT_PER_LARGEST_ACTIVATION = {False: 6.0, True: 3.0}
@@ -153,6 +153,13 @@ class MemoryPlan:
     content_bfloat16: bool = False  # the content targets stored in bfloat16 (nst_ext.losses.ContentLoss)
 
     @property
+    def releases_freed_memory_promptly(self) -> bool:
+        """Whether the run hands freed memory back at once (nst_ext.budget): always with checkpointing
+        or tiles, whose transient is estimated so, whether the budget or the user chose them; and for
+        any plan the budget limited."""
+        return releases_promptly(self.checkpointing, self.tile_edge) or self.budget_limited
+
+    @property
     def total(self) -> int:
         return self.activations + self.history + self.targets + self.transient + self.runtime + self.held_images
 
@@ -169,6 +176,12 @@ class MemoryPlan:
         if self.content_bfloat16:
             parts.append("content targets in bfloat16")
         return ", ".join(parts)
+
+
+def releases_promptly(checkpointing: bool, tile_edge: int) -> bool:
+    """Whether a plan with these levers is estimated with the prompt-release transient
+    (TRANSIENT_PER_LARGEST_ACTIVATION): checkpointing and tiles save memory only so."""
+    return checkpointing or bool(tile_edge)
 
 
 # Each smaller tile edge tried is this share of the last: the plan takes the largest that fits.
@@ -237,8 +250,7 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
             making = making_targets([(pictures, (height, width)), *((1, shape) for shape in style_shapes)])
         # The peak is that of a step or, when larger, that of making the targets (before the
         # history exists): counted as transient so that `total` is the larger of the two.
-        releases_promptly = checkpoint or bool(edge)
-        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[releases_promptly] * largest),
+        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[releases_promptly(checkpoint, edge)] * largest),
                         making - activations - history)
         return MemoryPlan(height, width, checkpoint, pairs, tuple(segments), activations, history, targets,
                           transient, runtime, held_images=HELD_IMAGES * pixels * 4, tile_edge=edge,

@@ -171,7 +171,8 @@ class Stylizer:
         sizes, stage_steps = options.stage_sizes(), options.stage_steps()
         plans = plan_stages(options, self.network, tuple(content_images[0].shape[-2:]),
                             [tuple(s.shape[-2:]) for s in style_images], pictures=len(content_images))
-        if any(plan.budget_limited for plan in plans) and any(device.type == "cpu" for device in self.devices):
+        if any(plan.releases_freed_memory_promptly for plan in plans) and \
+                any(device.type == "cpu" for device in self.devices):
             release_freed_memory_promptly()  # else the allocator's slack eats what checkpointing saves
         # Every stage's images are made, and their sizes checked, before any work starts.
         stages = [([content_at_stage(self.options, image, stage_size) for image in content_images],

@@ -103,6 +103,7 @@ def test_the_estimate_counts_the_held_images_and_the_transient_of_its_allocator(
     saved = saved_bytes_per_layer(seen, seen, "relu5_1", layers, 2)
     largest = max(max(saved[start:stop]) for start, stop in plan.segments)
     assert plan.transient == int(TRANSIENT_PER_LARGEST_ACTIVATION[checkpointing or bool(tile)] * largest)
+    assert plan.releases_freed_memory_promptly == (checkpointing or bool(tile))  # the run does so (test_stylizer)
 
 
 def test_bfloat16_pairs_take_half_the_pairs_memory_and_can_be_forced():

@@ -150,6 +150,17 @@ def test_interrupt_keeps_the_best_image(content, style):
     assert torch.isfinite(result.tensor).all() and result.tensor.shape == (3, SIZE, SIZE)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_checkpointing_on_the_cpu_hands_freed_memory_back_at_once(content, style, checkpointing, monkeypatch):
+    """The plan estimates a checkpointed step as one whose freed memory goes back to the system at
+    once (nst_ext.memory), whether the budget or the caller chose checkpointing: the run must then
+    make it so. Without checkpointing, and with room in the budget, the allocator keeps its default."""
+    calls = []
+    monkeypatch.setattr("nst_ext.stylizer.release_freed_memory_promptly", lambda: calls.append(True) or True)
+    Stylizer(size=SIZE, scales=[SIZE], steps=1, device="cpu", checkpointing=checkpointing).run(content, style)
+    assert calls == ([True] if checkpointing else [])
+
+
 def test_stylize_returns_pil_for_paths_and_tensor_for_tensors(content):
     image = nst_ext.stylize(CONTENT, STYLE, size=32, steps=1, style_layers=["relu1_1", "relu2_1"])
     assert image.size == (32, 32) and image.mode == "RGB"
