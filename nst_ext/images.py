@@ -113,6 +113,7 @@ def load_image(source: ImageSource, name: str = "image", max_pixels: int = DEFAU
 # The formats named when a file is not a picture (Pillow reads more; these are the ones people bring).
 PICTURE_FORMATS = "PNG, JPEG, WebP, TIFF, BMP or GIF"
 LIMIT_ADVICE = "; raise it with --max-input-pixels (or max_input_pixels=) if you mean it"
+MEMORY_ADVICE = ", or keep --max-input-pixels at a value the memory can hold"
 
 
 def _check_pixels(size, name, max_pixels, error: Type[InputError] = ImageError, advice: str = LIMIT_ADVICE):
@@ -123,10 +124,11 @@ def _check_pixels(size, name, max_pixels, error: Type[InputError] = ImageError, 
 
 @contextlib.contextmanager
 def decoded_picture(source: Union[Path, io.BytesIO], what: str, max_pixels: int, error: Type[InputError] = ImageError,
-                    limit_advice: str = LIMIT_ADVICE) -> Iterator[Image.Image]:
+                    limit_advice: str = LIMIT_ADVICE, memory_advice: str = MEMORY_ADVICE) -> Iterator[Image.Image]:
     """`source` (a file, or a file's bytes) opened and decoded in full for the block, its pixels
     counted against `max_pixels` before decoding (in place of Pillow's own bomb limit, so that the
-    line can name what raises it: `limit_advice`); else one line naming `what`, as `error`: not a
+    line can name what raises it: `limit_advice`, and what lowers it: `memory_advice`; both empty
+    where the reader cannot change it, as for an upload); else one line naming `what`, as `error`: not a
     picture, over the limit, truncated or corrupt, too large for this machine's memory. The one
     check of every picture read, from a path or from an upload."""
     previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -138,8 +140,8 @@ def decoded_picture(source: Union[Path, io.BytesIO], what: str, max_pixels: int,
     except UnidentifiedImageError:
         raise error(f"{what} is not a picture ({PICTURE_FORMATS})") from None
     except MemoryError:
-        raise error(f"{what} is too large to decode in this machine's memory; use a smaller image, or keep "
-                    "--max-input-pixels at a value the memory can hold") from None
+        raise error(f"{what} is too large to decode in this machine's memory; use a smaller image{memory_advice}") \
+            from None
     except (OSError, SyntaxError, ValueError) as problem:
         if isinstance(problem, InputError):
             raise

@@ -200,6 +200,23 @@ def test_app_refuses_a_bad_upload_with_a_message(app, content, fields, message):
     assert queue.jobs == [] and not any((out / "uploads").glob("*"))  # nothing kept of a refused job
 
 
+def test_an_upload_too_large_to_decode_is_one_line_for_the_uploader(app, monkeypatch):
+    """Decoding past the server's memory (a MemoryError, injected: a real one would take the
+    machine's memory) refuses the upload with a line that names nothing the uploader cannot set."""
+    client, queue, _, out = app
+
+    def out_of_memory(image):
+        raise MemoryError
+
+    photo, look = png_bytes(), png_bytes()
+    monkeypatch.setattr(Image.Image, "load", out_of_memory)
+    answer = submit(client, ("photo.png", photo, "image/png"), [("look.png", look)])
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error == ("the content picture 'photo.png' is too large to decode in this "
+                                                   "machine's memory; use a smaller image"), error
+    assert queue.jobs == [] and not any((out / "uploads").glob("*"))
+
+
 def test_app_refuses_a_job_without_style(app):
     client, queue, _, _ = app
     answer = submit(client, ("photo.png", png_bytes(), "image/png"))

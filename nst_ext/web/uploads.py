@@ -153,7 +153,7 @@ class Uploads:
         return path
 
     def _check_picture(self, data: bytes, what: str) -> None:
-        with decoded_picture(io.BytesIO(data), what, self.max_pixels, UploadError, limit_advice=""):
+        with decoded_picture(io.BytesIO(data), what, self.max_pixels, UploadError, limit_advice="", memory_advice=""):
             pass
 
     @staticmethod
