@@ -48,9 +48,12 @@ def test_a_tile_edge_off_the_grid_is_refused():
         tiles.split(100, 100, 40, LAYERS_USED)
 
 
-def plan(edge, deepest="relu5_1", content_bfloat16=False):
-    """A plan with VGG in one segment up to `deepest`, tiled with `edge` (0: untiled)."""
-    return MemoryPlan(1, 1, False, 5, ((0, LAYER_INDEX[deepest] + 1),), 0, 0, 0, 0, 0, tile_edge=edge,
+def plan(edge, deepest="relu5_1", content_bfloat16=False, checkpointing=False):
+    """A plan with VGG up to `deepest`, tiled with `edge` (0: untiled); in one segment, or in two
+    checkpointed ones."""
+    stop = LAYER_INDEX[deepest] + 1
+    segments = ((0, stop // 2), (stop // 2, stop)) if checkpointing else ((0, stop),)
+    return MemoryPlan(1, 1, checkpointing, 5, segments, 0, 0, 0, 0, 0, tile_edge=edge,
                       content_bfloat16=content_bfloat16)
 
 
@@ -79,13 +82,17 @@ def odd_inputs(seed, height=150, width=115):
 SHALLOW = {"content_layers": ["relu2_2"], "style_layers": ["relu1_1", "relu2_1", "relu3_1"]}
 
 
-@pytest.mark.parametrize("edge, layers", [(48, {}), (96, {}), (8, SHALLOW)], ids=["48", "96", "8-shallow"])
-def test_a_tiled_evaluation_is_the_untiled_one_in_float64(float64_stylizer, edge, layers, monkeypatch):
+@pytest.mark.parametrize("edge, layers, checkpointing", [(48, {}, False), (96, {}, False), (8, SHALLOW, False),
+                                                        (48, {}, True)],
+                         ids=["48", "96", "8-shallow", "48-checkpointed"])
+def test_a_tiled_evaluation_is_the_untiled_one_in_float64(float64_stylizer, edge, layers, checkpointing, monkeypatch):
     """Loss and gradient of one evaluation, tiled against untiled, in float64, on a 150 x 115
     picture: halos clipped at the borders, a last row and column of tiles narrower than a deep
     layer's cell (150 = 3 x 48 + 6: the last row owns no relu5_1 cell), odd sizes, a non-square
-    picture; with shallow layers (a 12 px halo), tiles of 8 px, 285 of them. Total variation over
-    strips of 7 rows (the last one shorter)."""
+    picture; with shallow layers (a 12 px halo), tiles of 8 px, 285 of them; with checkpointed
+    segments inside each tile. Total variation over strips of 7 rows (the last one shorter). Each
+    tile goes through VGG twice, but the one whose graph the first pass keeps (none when
+    checkpointed)."""
     import dataclasses
 
     monkeypatch.setattr(tiled_evaluation, "STRIP_ROWS", 7)
@@ -94,12 +101,17 @@ def test_a_tiled_evaluation_is_the_untiled_one_in_float64(float64_stylizer, edge
     deepest = "relu3_1" if layers else "relu5_1"
     content, style, image = odd_inputs(edge)
     untiled = Objective(float64_stylizer.network, options, content, [style], [1.0], plan(0, deepest))
-    tiled = Objective(float64_stylizer.network, options, content, [style], [1.0], plan(edge, deepest))
+    tiled = Objective(float64_stylizer.network, options, content, [style], [1.0],
+                      plan(edge, deepest, checkpointing=checkpointing))
     assert len(tiled.tiles) > 1 and not untiled.tiles
     for name, gram in untiled.style_grams.items():  # the style image's Grams, made in tiles too
         torch.testing.assert_close(tiled.style_grams[name], gram, rtol=1e-6, atol=0)
     expected_terms, expected_gradient = evaluation(untiled, image)
+    passes = []
+    through_network = tiled.through_network
+    monkeypatch.setattr(tiled, "through_network", lambda image, score: passes.append(1) or through_network(image, score))
     terms, gradient = evaluation(tiled, image)
+    assert len(passes) == 2 * len(tiled.tiles) - (not checkpointing)
     torch.testing.assert_close(terms, expected_terms, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(gradient, expected_gradient, rtol=1e-9, atol=1e-14)
     assert expected_gradient.abs().max() > 1e-3

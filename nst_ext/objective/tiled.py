@@ -12,7 +12,8 @@ A Gram matrix is a sum over positions, so the picture's Gram is the sum of the t
 Total variation and the temporal term are elementwise and are summed over strips of rows. Tiles
 and strips are clamped one at a time, so nothing picture-sized is made but the gradient. The loss
 and gradient are the untiled picture's, up to the order of float summation (tested in float64), for
-one tile's activations at a time plus one more forward pass per step.
+one tile's activations at a time plus one more forward pass per step, less one tile's: the first pass
+keeps the graph of its last tile, which the second pass only differentiates.
 """
 
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
@@ -82,9 +83,15 @@ def run(objective: "Objective", images: torch.Tensor, tiles: Sequence[tiling.Til
         crop.requires_grad_(True)
         content, style = objective.through_network(crop.clamp(0, 1) if clamp else crop, score_for(tile))
         (content + style).sum().backward()
-        for index, gradient in enumerate(gradients):
-            gradient[..., top:bottom, left:right] += crop.grad[index:index + 1]
+        _add_gradient(gradients, tile, crop.grad)
         del crop, content, style
+
+
+def _add_gradient(gradients: Sequence[torch.Tensor], tile: tiling.Tile, tile_gradient: torch.Tensor) -> None:
+    """A tile's input gradient ``(B, 3, h, w)``, halo included, added into the pictures'."""
+    top, bottom, left, right = tile.read
+    for index, gradient in enumerate(gradients):
+        gradient[..., top:bottom, left:right] += tile_gradient[index:index + 1]
 
 
 def content_pass(objective: "Objective", images: torch.Tensor, names: Sequence[str],
@@ -121,10 +128,12 @@ def objective_tiles(objective: "Objective", images: torch.Tensor) -> List[tiling
 
 
 def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, content_terms=(), clamp: bool = False,
-                also: Optional[Callable[[tiling.Tile], Score]] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
+                also: Optional[Callable[[tiling.Tile], Score]] = None,
+                tiles: Optional[Sequence[tiling.Tile]] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """One pass without gradients over the tiles of `images` ``(B, 3, H, W)`` (`clamp`: each tile
     clamped to [0, 1]): the Gram each of `style_terms` scores (``(B, C, C)`` each) and the weighted
-    sum of `content_terms`, ``(B,)``; ``also(tile)``'s score is given each tile's features too."""
+    sum of `content_terms`, ``(B,)``; ``also(tile)``'s score is given each tile's features too.
+    `tiles`: those of the pass (default: all of the images')."""
     height, width = images.shape[-2:]
     totals: List[Optional[torch.Tensor]] = [None] * len(style_terms)
     content = torch.zeros(images.shape[0], device=images.device)
@@ -146,7 +155,7 @@ def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, conte
             return zero, zero
         return score
 
-    run(objective, images, objective_tiles(objective, images), score_for, clamp=clamp)
+    run(objective, images, objective_tiles(objective, images) if tiles is None else tiles, score_for, clamp=clamp)
     result = []
     for (name, _, term), total in zip(style_terms, totals):
         if total is None:  # a region with no weight anywhere: its Gram is 0
@@ -234,14 +243,56 @@ def values(objective: "Objective", images: torch.Tensor) -> Dict[str, torch.Tens
     return terms
 
 
+def _tile_with_graph(objective: "Objective", images: torch.Tensor, tile: tiling.Tile, clamp: bool):
+    """The first pass's shares of one tile of `images` ``(B, 3, H, W)``, made with their graph for
+    the second pass to differentiate: the tile's input leaf ``(B, 3, h, w)``, the weighted sum of
+    its content terms ``(B,)`` and its share of each style term's Gram ``(B, C, C)`` by the term's
+    index (absent where it owns no cell of the layer, or none of the region)."""
+    cells = [_cells(name, *images.shape[-2:]) for name, _, _ in objective.style_terms]
+    shares: Dict[int, torch.Tensor] = {}
+
+    def score(features, zero):
+        content = zero
+        for _, weight, term, own, rows, columns in _owned(features, tile, objective.content_terms):
+            content = content + weight * term.part(own, rows, columns)
+        for index, _, term, own, rows, columns in _owned(features, tile, objective.style_terms):
+            share = term.part_gram(own, rows, columns, cells[index])
+            if share is not None:
+                shares[index] = share
+        return content, zero
+
+    top, bottom, left, right = tile.read
+    crop = images[..., top:bottom, left:right].detach().requires_grad_(True)
+    with torch.enable_grad():
+        content, _ = objective.through_network(crop.clamp(0, 1) if clamp else crop, score)
+    return crop, content, shares
+
+
+def _kept_tile(objective: "Objective") -> Optional[tiling.Tile]:
+    """The tile whose graph the first pass keeps for the second, so that one tile is not run through
+    VGG twice (BENCHMARKS.md, "Any size, in tiles"): the one that reads the most pixels. The second
+    pass holds one tile's graph at a time anyway, so this costs no memory; none under checkpointing,
+    whose segments would be recomputed from inside a score, and none for a single tile."""
+    if objective.checkpointing or len(objective.tiles) < 2:
+        return None
+    return max(objective.tiles, key=lambda tile: (tile.read[1] - tile.read[0]) * (tile.read[3] - tile.read[2]))
+
+
 def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
     """One tiled evaluation at the pictures `leaves` (each ``(1, 3, H, W)``, requires_grad): fills
     each leaf's ``grad`` and returns the terms, ``(B,)`` float32 each, by name. Nothing
     picture-sized is made but the gradients (the tiles and strips are clamped one at a time)."""
     options = objective.options
     images = leaves[0].detach() if len(leaves) == 1 else torch.cat([leaf.detach() for leaf in leaves])
+    kept = _kept_tile(objective)
+    others = [tile for tile in objective.tiles if tile is not kept]
     gram_totals, content = _first_pass(objective, images, objective.style_terms, objective.content_terms,
-                                       options.clamp_in_loss)
+                                       options.clamp_in_loss, tiles=others)
+    if kept is not None:
+        kept_crop, kept_content, kept_shares = _tile_with_graph(objective, images, kept, options.clamp_in_loss)
+        content = content + kept_content.detach().to(content.device)
+        gram_totals = [total + kept_shares[index].detach().to(total) if index in kept_shares else total
+                       for index, total in enumerate(gram_totals)]
     # The style term of the whole picture, differentiated in each Gram.
     gram_leaves = [total.detach().requires_grad_(True) for total in gram_totals]
     with torch.enable_grad():
@@ -249,23 +300,36 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
         slopes = torch.autograd.grad(style.sum(), gram_leaves, allow_unused=True)
     cells = [_cells(name, *images.shape[-2:]) for name, _, _ in objective.style_terms]
 
+    def style_share(index: int, share: torch.Tensor) -> torch.Tensor:
+        """⟨dL/dG, a tile's share of G⟩ for style term `index`, ``(B,)`` float32: its gradient in
+        the tile's features is the whole picture's style gradient there."""
+        if slopes[index] is None:
+            return torch.zeros(share.shape[0], device=share.device)
+        return (slopes[index].to(share.dtype) * share).sum(dim=(-2, -1)).float()
+
     def score_for(tile):
         def score(features, zero):
             content_share = zero
-            style_share = zero
+            style_shares = zero
             for _, weight, term, own, rows, columns in _owned(features, tile, objective.content_terms):
                 content_share = content_share + options.content_weight * weight * term.part(own, rows, columns)
             for index, _, term, own, rows, columns in _owned(features, tile, objective.style_terms):
                 share = term.part_gram(own, rows, columns, cells[index])
-                if share is not None and slopes[index] is not None:
-                    style_share = style_share + (slopes[index].to(share.dtype) * share).sum(dim=(-2, -1)).float()
-            return content_share, style_share
+                if share is not None:
+                    style_shares = style_shares + style_share(index, share)
+            return content_share, style_shares
         return score
 
     for leaf in leaves:
         leaf.grad = torch.zeros_like(leaf)
     gradients = [leaf.grad for leaf in leaves]
-    run(objective, images, objective.tiles, score_for, gradients, options.clamp_in_loss)
+    if kept is not None:  # first, so that only one tile's graph is held at a time
+        kept_style = sum((style_share(index, share).to(kept_content.device) for index, share in kept_shares.items()),
+                         torch.zeros_like(kept_content))
+        (options.content_weight * kept_content + kept_style).sum().backward()
+        _add_gradient(gradients, kept, kept_crop.grad)
+        del kept_crop, kept_content, kept_shares, kept_style
+    run(objective, images, others, score_for, gradients, options.clamp_in_loss)
     local = _local_terms(objective, images, gradients)
     terms = {"content": options.content_weight * content, "style": style.detach(), **local}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
