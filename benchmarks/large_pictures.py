@@ -7,7 +7,8 @@ an L-BFGS step costs) and the peak memory of short runs, against megapixels.
 
 --steps-at: in one process, at each size, the median seconds of an evaluation untiled, untiled
 with activation checkpointing and in tiles of each edge (the same picture's loss and gradient,
-side by side; the demo images).
+side by side; the demo images); with --every-tile-twice, the tiled ways again with each tile
+through VGG twice.
 
 --runs: each size in a fresh process, as `nst-ext stylize --scales 512,SIZE --steps 20,2` with no
 memory option (the default budget chooses checkpointing or tiles; --max-memory sets one): its peak resident memory
@@ -53,24 +54,32 @@ def evaluation_seconds(stylizer, size, plan, repeats):
     return statistics.median(times), times
 
 
-def steps_at(sizes, tiles, repeats):
+def steps_at(sizes, tiles, repeats, every_tile_twice=False):
+    """`every_tile_twice`: each tiled way is timed again with no tile's graph kept from the first
+    pass for the second (each tile through VGG twice: nst_ext.objective.tiled._kept_tile)."""
+    from nst_ext.objective import tiled
+
     stylizer = nst_ext.Stylizer(device="cpu")
     options = stylizer.options
     rows = []
+    kept_tile = tiled._kept_tile
     for size in sizes:
         row = {"size": size}
+        tiled_ways = [(f"tiles {edge}", {"tile": edge}) for edge in tiles]
+        twice = [(f"{name}, every tile twice", overrides) for name, overrides in tiled_ways if every_tile_twice]
         for name, overrides in [("untiled", {"checkpointing": False, "tile": 0}),
-                                ("checkpointed", {"checkpointing": True, "tile": 0}),
-                                *((f"tiles {edge}", {"tile": edge}) for edge in tiles)]:
+                                ("checkpointed", {"checkpointing": True, "tile": 0}), *tiled_ways, *twice]:
             plan = plan_stage(size, size, options.content_layers, options.style_layers, 20, [(size, size)], None,
                               "cpu", 4, **overrides)
             if overrides.get("tile") and not plan.tile_edge:
                 continue
+            tiled._kept_tile = (lambda objective: None) if name.endswith("twice") else kept_tile
             median, times = evaluation_seconds(stylizer, size, plan, repeats)
             row[name] = {"median_s": median, "times_s": times, "estimate_bytes": plan.total}
             print(f"{size} px {name}: {median:.2f} s per evaluation ({', '.join(f'{t:.2f}' for t in times)})",
                   flush=True)
         rows.append(row)
+    tiled._kept_tile = kept_tile
     return rows
 
 
@@ -193,6 +202,9 @@ def main():
     parser.add_argument("--steps-at", type=lambda t: [int(s) for s in t.split(",")], default=None)
     parser.add_argument("--tiles", type=lambda t: [int(s) for s in t.split(",")], default=[512, 1024])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--every-tile-twice", action="store_true",
+                        help="--steps-at: also each tiled way with every tile through VGG twice (the way before "
+                             "the first pass kept a tile's graph)")
     parser.add_argument("--runs", type=lambda t: [_parse_size(s) for s in t.split(",")], default=None)
     parser.add_argument("--max-memory", default=None, help="the runs' --max-memory (default: the default budget)")
     parser.add_argument("--json", default=None)
@@ -203,7 +215,7 @@ def main():
     torch.set_grad_enabled(True)
     report = {"machine": nst_ext.backend_info(), "cpu_threads": torch.get_num_threads()}
     if args.steps_at:
-        report["steps"] = steps_at(args.steps_at, args.tiles, args.repeats)
+        report["steps"] = steps_at(args.steps_at, args.tiles, args.repeats, args.every_tile_twice)
     if args.runs:
         with tempfile.TemporaryDirectory() as folder:
             report["runs"] = runs(args.runs, folder, args.max_memory)

@@ -1,6 +1,7 @@
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 # user's cache; the CLI tests' subprocesses inherit it.
 os.environ["NST_EXT_CACHE_DIR"] = tempfile.mkdtemp(prefix="nst-ext-test-cache-")
 atexit.register(shutil.rmtree, os.environ["NST_EXT_CACHE_DIR"], True)
+
+# The Ctrl-C tests' subprocesses need Ctrl-C: a shell without job control starts its background
+# commands with SIGINT ignored (`make test &` in a script), and the ignoring is inherited through
+# exec, so Python would never install its handler in them. A handler here is SIG_DFL in a child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 

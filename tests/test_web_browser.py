@@ -34,8 +34,9 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 pytestmark = pytest.mark.browser
-# Long enough at 64 px for a few pictures at the preview's two a second, on a slow shared CPU too.
-TINY_RUN = ["--size", "64", "--steps", "150"]
+# Long enough at 64 px for a few pictures at the preview's two a second, on a slow shared CPU too,
+# after the browser has loaded the page (150 steps, about 2 s, once ended before it had: 0 pictures).
+LIVE_RUN = ["--size", "64", "--steps", "600"]
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ def page_status(driver):
 
 def test_live_view_shows_the_run_as_it_goes_and_its_final_picture(browser, tmp_path):
     out = tmp_path / "out.png"
-    process, url = start("stylize", CONTENT, STYLE, "-o", out, *TINY_RUN, "--web", cwd=tmp_path)
+    process, url = start("stylize", CONTENT, STYLE, "-o", out, *LIVE_RUN, "--web", cwd=tmp_path)
     try:
         browser.get(url)
         seen = pictures_seen(browser, lambda: page_status(browser) in ("done", "failed"))
