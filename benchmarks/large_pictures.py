@@ -8,7 +8,7 @@ an L-BFGS step costs) and the peak memory of short runs, against megapixels.
 --steps-at: in one process, at each size, the median seconds of an evaluation untiled, untiled
 with activation checkpointing and in tiles of each edge (the same picture's loss and gradient,
 side by side; the demo images); with --every-tile-twice, the tiled ways again with each tile
-through VGG twice.
+through VGG twice; --float32 where the CPU would otherwise convolve in bfloat16.
 
 --runs: each size in a fresh process, as `nst-ext stylize --scales 512,SIZE --steps 20,2` with no
 memory option (the default budget chooses checkpointing or tiles; --max-memory sets one): its peak resident memory
@@ -54,12 +54,13 @@ def evaluation_seconds(stylizer, size, plan, repeats):
     return statistics.median(times), times
 
 
-def steps_at(sizes, tiles, repeats, every_tile_twice=False):
+def steps_at(sizes, tiles, repeats, every_tile_twice=False, float32=False):
     """`every_tile_twice`: each tiled way is timed again with no tile's graph kept from the first
-    pass for the second (each tile through VGG twice: nst_ext.objective.tiled._kept_tile)."""
+    pass for the second (each tile through VGG twice: nst_ext.objective.tiled._kept_tile).
+    `float32`: float32 convolutions where the default would take bfloat16 ones."""
     from nst_ext.objective import tiled
 
-    stylizer = nst_ext.Stylizer(device="cpu")
+    stylizer = nst_ext.Stylizer(device="cpu", **({"mixed_precision": False} if float32 else {}))
     options = stylizer.options
     rows = []
     kept_tile = tiled._kept_tile
@@ -202,6 +203,8 @@ def main():
     parser.add_argument("--steps-at", type=lambda t: [int(s) for s in t.split(",")], default=None)
     parser.add_argument("--tiles", type=lambda t: [int(s) for s in t.split(",")], default=[512, 1024])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--float32", action="store_true",
+                        help="--steps-at: float32 convolutions (default: bfloat16 where the CPU runs them natively)")
     parser.add_argument("--every-tile-twice", action="store_true",
                         help="--steps-at: also each tiled way with every tile through VGG twice (the way before "
                              "the first pass kept a tile's graph)")
@@ -215,7 +218,8 @@ def main():
     torch.set_grad_enabled(True)
     report = {"machine": nst_ext.backend_info(), "cpu_threads": torch.get_num_threads()}
     if args.steps_at:
-        report["steps"] = steps_at(args.steps_at, args.tiles, args.repeats, args.every_tile_twice)
+        report["steps"] = steps_at(args.steps_at, args.tiles, args.repeats, args.every_tile_twice, args.float32)
+        report["convolutions"] = "float32" if args.float32 else "the default (bfloat16 where native)"
     if args.runs:
         with tempfile.TemporaryDirectory() as folder:
             report["runs"] = runs(args.runs, folder, args.max_memory)
