@@ -21,6 +21,11 @@ torch's ``min(1, 1/‖g‖₁)``. On an image, torch's first step moves each pix
 about ``1/numel`` (1e-6 at 512 px), far below the rounding of a bfloat16
 gradient, so the first curvature pair is rounding noise and L-BFGS spends two to
 three more evaluations before it moves (BENCHMARKS.md, "A good picture, fast").
+
+Another, ``max_step_rms``, bounds every step: with no line search, a pair of
+little curvature can send the next step far past anything the loss has seen (on
+a picture, most pixels past 0 or 1, where the clamped loss gives them no
+gradient, and the run never comes back: BENCHMARKS.md, "L-BFGS's longest step").
 """
 
 from typing import Callable, Optional, Sequence
@@ -46,19 +51,23 @@ class LBFGS:
     recursion's vectors and dot products stay in the parameter's dtype.
     ``first_step_rms``: None for torch's first step, else the root-mean-square
     change of the first step (in the parameter's units; ``lr`` scales the later
-    steps only).
+    steps only). ``max_step_rms``: None, or the largest root-mean-square change
+    of any step; a longer one is shortened along its direction (the pair stored
+    is the step taken).
     """
 
     def __init__(self, param: torch.Tensor, lr: float = 1.0, history_size: int = 100,
-                 first_step_rms: Optional[float] = None, history_dtype: Optional[torch.dtype] = None):
+                 first_step_rms: Optional[float] = None, history_dtype: Optional[torch.dtype] = None,
+                 max_step_rms: Optional[float] = None):
         if not param.requires_grad or not param.is_contiguous():
             raise ValueError("LBFGS needs a contiguous parameter with requires_grad=True")
         if history_size < 1:
             raise ValueError(f"history_size must be at least 1, got {history_size}")
-        if first_step_rms is not None and not first_step_rms > 0:
-            raise ValueError(f"first_step_rms must be positive, got {first_step_rms}")
+        for name, value in (("first_step_rms", first_step_rms), ("max_step_rms", max_step_rms)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         self.param, self.lr, self.history_size = param, float(lr), int(history_size)
-        self.first_step_rms = first_step_rms
+        self.first_step_rms, self.max_step_rms = first_step_rms, max_step_rms
         size, like = param.numel(), dict(dtype=param.dtype, device=param.device)
         stored = dict(like, dtype=history_dtype or param.dtype)
         self.steps = torch.zeros(history_size, size, **stored)        # s = x_{k+1} - x_k
@@ -137,6 +146,9 @@ class LBFGS:
             step_size = torch.full((), self.lr, dtype=grad.dtype, device=grad.device)
         # s = d · t, in the direction's buffer: the step taken now and the next pair's s.
         self.last_step = direction.mul_(step_size)
+        if self.max_step_rms is not None:  # a zero step stays zero: inf clamped to 1
+            rms = (self.last_step.dot(self.last_step) / self.last_step.numel()).sqrt()
+            self.last_step.mul_((self.max_step_rms / rms).clamp(max=1.0))
         with torch.no_grad():
             self.param.view(-1).add_(self.last_step)
 

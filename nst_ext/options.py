@@ -43,6 +43,10 @@ STAGE_BEFORE_FINEST_STEPS = 25
 # in [0, 1]; about 0.8/255): torch's first step is far below bfloat16's rounding and wastes two to
 # three evaluations per stage (nst_ext.lbfgs).
 LBFGS_FIRST_STEP_RMS = 0.003
+# No L-BFGS step moves the picture by more than this root-mean-square change: far above the steps of
+# ordinary runs, which it leaves as they were, it stops the rare step that would throw most pixels
+# out of [0, 1] for good (nst_ext.lbfgs; BENCHMARKS.md, "L-BFGS's longest step").
+LBFGS_MAX_STEP_RMS = 0.25
 
 
 # Colour control (nst_ext.color): the spaces of luminance-only transfer, the ways to recolour the style.

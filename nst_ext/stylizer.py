@@ -24,7 +24,7 @@ from nst_ext.budget import release_freed_memory_promptly
 from nst_ext.memory import MemoryPlan, plan_stages
 from nst_ext.network import Network
 from nst_ext.objective import TERMS, Objective, TemporalTarget
-from nst_ext.options import LBFGS_FIRST_STEP_RMS, OptionError, StyleOptions
+from nst_ext.options import LBFGS_FIRST_STEP_RMS, LBFGS_MAX_STEP_RMS, OptionError, StyleOptions
 
 __all__ = ["Objective", "Progress", "StylizeResult", "Stylizer", "TERMS", "TemporalTarget", "stylize"]
 
@@ -296,7 +296,7 @@ class Stylizer:
             if options.optimizer == "lbfgs":
                 history_dtype = torch.bfloat16 if plan.history_bfloat16 else None
                 optimizers = [LBFGS(image, lr=1.0, history_size=plan.history_size, first_step_rms=LBFGS_FIRST_STEP_RMS,
-                                    history_dtype=history_dtype) for image in images]
+                                    history_dtype=history_dtype, max_step_rms=LBFGS_MAX_STEP_RMS) for image in images]
                 run_together(optimizers, closure, steps)
             else:  # Adam works element by element: one over all the pictures is one per picture
                 optimizer = torch.optim.Adam(images, lr=options.learning_rate)

@@ -165,6 +165,31 @@ def test_first_step_rms_must_be_positive():
         LBFGS(torch.zeros(3, requires_grad=True), first_step_rms=0.0)
 
 
+def test_a_step_longer_than_max_step_rms_is_shortened_along_its_direction(seed):
+    """Each step's root-mean-square change is at most max_step_rms, and a longer one keeps its
+    direction (the first: -g); the run still descends. A bound above every step changes no
+    iterate, bit for bit."""
+    start, loss_of = make_problem(seed, size=(3, 11, 6))
+    losses, free, _ = run_with(LBFGS, start, loss_of, 15, 5, first_step_rms=0.5)
+    steps_rms = (free[1:] - free[:-1]).square().mean(dim=(1, 2, 3)).sqrt()
+    bound = min(float(steps_rms.median()), 0.25)  # the first step (0.5) and others longer
+    _, loose, _ = run_with(LBFGS, start, loss_of, 15, 5, first_step_rms=0.5, max_step_rms=float(steps_rms.max()) * 2)
+    assert torch.equal(loose, free)
+    bounded_losses, bounded, _ = run_with(LBFGS, start, loss_of, 15, 5, first_step_rms=0.5, max_step_rms=bound)
+    steps = bounded[1:] - bounded[:-1]
+    assert (steps.square().mean(dim=(1, 2, 3)).sqrt() <= bound * (1 + 1e-12)).all()
+    probe = start.clone().requires_grad_(True)
+    loss_of(probe).backward()
+    assert steps_rms[0] > bound  # the first step, 0.5, is shortened to the bound along -g
+    torch.testing.assert_close(steps[0], -probe.grad * bound / probe.grad.square().mean().sqrt())
+    assert bounded_losses[-1] < bounded_losses[0]
+
+
+def test_max_step_rms_must_be_positive():
+    with pytest.raises(ValueError, match="max_step_rms must be positive"):
+        LBFGS(torch.zeros(3, requires_grad=True), max_step_rms=-1.0)
+
+
 class RoundedPairs(LBFGS):
     """The oracle of a narrower history: float64 storage holding each pair rounded to bfloat16, so
     that every product of the recursion is taken in float64 on the rounded values."""

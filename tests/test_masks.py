@@ -15,6 +15,7 @@ from nst_ext.masks import StageMasks, layer_masks, load_mask
 from nst_ext.objective import Objective
 from nst_ext.options import OptionError
 from nst_ext.stylizer import Stylizer
+from lbfgs_step_bound import STRONG_STYLE_WEIGHT, source_masked_setting, texture  # benchmarks/ (conftest)
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -77,21 +78,6 @@ def test_full_masks_give_the_unmasked_loss(seed, stylizer_64):
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-3, atol=1e-6)
 
 
-# The content is flat gray: a style weight at which the textures form within the tests' few steps
-# (at the default, 50 steps leave each region about halfway, too close to call on every seed).
-STRONG = 200.0
-
-
-def texture(kind: str, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-    """Two textures far apart in VGG's statistics: coarse red blotches, sparse fine blue dots."""
-    if kind == "blotches":
-        coarse = torch.rand(1, 1, height // 8, width // 8, generator=generator)
-        red = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic")[0, 0].clamp(0, 1)
-        return torch.stack([0.3 + 0.7 * red, 0.25 * red, 0.05 + 0 * red])
-    dots = (torch.rand(height, width, generator=generator) > 0.85).float()
-    return torch.stack([0.1 * torch.ones(height, width), 0.2 * torch.rand(height, width, generator=generator), dots])
-
-
 def region_distances(vgg, picture: torch.Tensor, styles):
     """For the left and right thirds of `picture`: the distance of its Gram statistics (relu1_1 and
     relu2_1, relative, summed) to each style's; ``[[left to A, left to B], [right to A, right to B]]``."""
@@ -121,34 +107,24 @@ def test_two_regions_take_on_their_own_styles(seed):
     blotches, dots = texture("blotches", 64, 64, generator), texture("dots", 64, 64, generator)
     left = torch.zeros(height, width)
     left[:, : width // 2] = 1
-    stylizer = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG, seed=0, device="cpu", style_masks=[left, 1 - left])
+    stylizer = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG_STYLE_WEIGHT, seed=0, device="cpu", style_masks=[left, 1 - left])
     picture = stylizer.run(content.clamp(0, 1), [blotches, dots]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_a < left_b and right_b < right_a, (left_a, left_b, right_a, right_b)
-    swapped = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG, seed=0, device="cpu", style_masks=[1 - left, left])
+    swapped = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG_STYLE_WEIGHT, seed=0, device="cpu", style_masks=[1 - left, left])
     picture = swapped.run(content.clamp(0, 1), [blotches, dots]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_b < left_a and right_a < right_b, (left_a, left_b, right_a, right_b)
 
 
-def test_style_image_masks_choose_the_source():
+def test_style_image_masks_choose_the_source(seed):
     """One style image holding both textures side by side; its style-image masks pick the part
     that styles each region of the picture (the sky of a painting for the sky of the photo).
-    The textures come from one fixed draw: on some draws L-BFGS stalls in the 64 px stage of this
-    setting (a step that multiplies the loss, after which it does not recover; a known problem of
-    the optimiser, noted in issue 24's note), leaving both halves too unformed to tell apart."""
-    generator = torch.Generator().manual_seed(3)
-    blotches, dots = texture("blotches", 64, 64, generator), texture("dots", 64, 64, generator)
-    both = torch.cat([blotches, dots], dim=-1)  # (3, 64, 128)
-    source_left = torch.zeros(64, 128)
-    source_left[:, :64] = 1
-    height, width = 72, 96
-    content = (0.5 + 0.05 * torch.randn(3, height, width, generator=generator)).clamp(0, 1)
-    left = torch.zeros(height, width)
-    left[:, : width // 2] = 1
-    stylizer = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG, seed=0, device="cpu", style_masks=[1 - left, left],
-                        style_image_masks=[source_left, 1 - source_left])
-    picture = stylizer.run(content, [both, both]).tensor
+    A fresh draw of the textures each time: before L-BFGS's steps were bounded, some draws threw
+    the picture out of [0, 1] in the 64 px stage (BENCHMARKS.md, "L-BFGS's longest step")."""
+    content, styles, (blotches, dots), options = source_masked_setting(seed)
+    stylizer = Stylizer(**options)
+    picture = stylizer.run(content, styles).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_b < left_a and right_a < right_b, (left_a, left_b, right_a, right_b)
 

@@ -161,6 +161,18 @@ def test_checkpointing_on_the_cpu_hands_freed_memory_back_at_once(content, style
     assert calls == ([True] if checkpointing else [])
 
 
+@pytest.mark.parametrize("draw", [2, 22])
+def test_no_step_throws_the_picture_out_of_range(draw):
+    """Draws of the source-masked setting (benchmarks/lbfgs_step_bound.py) on which an unbounded
+    L-BFGS step moved the picture by 3.6 RMS, most pixels past 0 or 1, and the 64 px stage ended at
+    ten times its starting loss; bounded, the stage descends (BENCHMARKS.md, "L-BFGS's longest step")."""
+    from lbfgs_step_bound import source_masked_setting
+
+    content, styles, _, options = source_masked_setting(draw)
+    totals = [entry["total"] for entry in Stylizer(**{**options, "scales": [64], "steps": [30]}).run(content, styles).history]
+    assert totals[-1] < 0.5 * totals[0], totals
+
+
 def test_stylize_returns_pil_for_paths_and_tensor_for_tensors(content):
     image = nst_ext.stylize(CONTENT, STYLE, size=32, steps=1, style_layers=["relu1_1", "relu2_1"])
     assert image.size == (32, 32) and image.mode == "RGB"
