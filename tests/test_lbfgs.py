@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nst_ext import memory
-from nst_ext.lbfgs import LBFGS, run_together
+from nst_ext.lbfgs import CURVATURE_THRESHOLD, LBFGS, run_together
 
 
 def make_problem(seed, size=(3, 7, 5)):
@@ -66,14 +66,34 @@ def run_torch(start, loss_of, evaluations, history_size, lr=1.0):
     return torch.stack(losses), torch.stack(points)
 
 
+def shared_iterates(points, loss_of):
+    """How many of the iterates `points` ``(N, ...)`` torch's L-BFGS must share with ours: all of
+    them, unless a curvature pair yᵀs falls to CURVATURE_THRESHOLD or below (near the minimum),
+    which torch skips and ours stores with weight 0, pushing out its oldest pair (the module's
+    docstring): then those up to the evaluation that made that pair."""
+    gradients = []
+    for point in points:
+        probe = point.clone().requires_grad_(True)
+        loss_of(probe).backward()
+        gradients.append(probe.grad.reshape(-1))
+    for k in range(len(points) - 1):
+        step, change = (points[k + 1] - points[k]).reshape(-1), gradients[k + 1] - gradients[k]
+        if change.dot(step) <= CURVATURE_THRESHOLD:
+            return k + 2
+    return len(points)
+
+
 @pytest.mark.parametrize("history_size,evaluations,lr", [(5, 30, 1.0), (100, 25, 1.0), (3, 40, 0.5)])
 def test_same_iterates_as_torch_lbfgs(seed, history_size, evaluations, lr):
     start, loss_of = make_problem(seed)
     ours = run_ours(start, loss_of, evaluations, history_size, lr)
     theirs = run_torch(start, loss_of, evaluations, history_size, lr)
     assert len(ours[0]) == len(theirs[0]) == evaluations
-    torch.testing.assert_close(ours[1], theirs[1], rtol=1e-9, atol=1e-9, msg=lambda m: f"{m} (seed {seed})")
-    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-9, atol=1e-9, msg=lambda m: f"{m} (seed {seed})")
+    shared = shared_iterates(ours[1], loss_of)
+    assert shared >= evaluations // 2, shared
+    for mine, torchs in zip(ours, theirs):
+        torch.testing.assert_close(mine[:shared], torchs[:shared], rtol=1e-9, atol=1e-9,
+                                   msg=lambda m: f"{m} (seed {seed})")
     assert ours[0][-1] < ours[0][0]
 
 
