@@ -13,7 +13,7 @@ Total variation and the temporal term are elementwise and are summed over strips
 and strips are clamped one at a time, so nothing picture-sized is made but the gradient. The loss
 and gradient are the untiled picture's, up to the order of float summation (tested in float64), for
 one tile's activations at a time plus one more forward pass per step, less one tile's: the first pass
-keeps the graph of its last tile, which the second pass only differentiates.
+runs its largest tile last and with gradients, and the second pass only differentiates that graph.
 """
 
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
@@ -129,11 +129,13 @@ def objective_tiles(objective: "Objective", images: torch.Tensor) -> List[tiling
 
 def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, content_terms=(), clamp: bool = False,
                 also: Optional[Callable[[tiling.Tile], Score]] = None,
-                tiles: Optional[Sequence[tiling.Tile]] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
+                kept: Optional[tiling.Tile] = None) -> Tuple[List[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
     """One pass without gradients over the tiles of `images` ``(B, 3, H, W)`` (`clamp`: each tile
     clamped to [0, 1]): the Gram each of `style_terms` scores (``(B, C, C)`` each) and the weighted
     sum of `content_terms`, ``(B,)``; ``also(tile)``'s score is given each tile's features too.
-    `tiles`: those of the pass (default: all of the images')."""
+    `kept`: one of the tiles, run last and with gradients, so that the Grams and the content sum
+    carry its graph (and only its), for the second pass to differentiate; its input leaf
+    ``(B, 3, h, w)`` is returned last (else None)."""
     height, width = images.shape[-2:]
     totals: List[Optional[torch.Tensor]] = [None] * len(style_terms)
     content = torch.zeros(images.shape[0], device=images.device)
@@ -155,14 +157,21 @@ def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, conte
             return zero, zero
         return score
 
-    run(objective, images, objective_tiles(objective, images) if tiles is None else tiles, score_for, clamp=clamp)
+    tiles = objective_tiles(objective, images)
+    run(objective, images, [tile for tile in tiles if tile is not kept], score_for, clamp=clamp)
+    kept_crop = None
+    if kept is not None:
+        top, bottom, left, right = kept.read
+        kept_crop = images[..., top:bottom, left:right].detach().requires_grad_(True)
+        with torch.enable_grad():
+            objective.through_network(kept_crop.clamp(0, 1) if clamp else kept_crop, score_for(kept))
     result = []
     for (name, _, term), total in zip(style_terms, totals):
         if total is None:  # a region with no weight anywhere: its Gram is 0
             channels = layer_shape(name, height, width)[0]
             total = torch.zeros((images.shape[0], channels, channels), device=term.target_gram.device)
         result.append(total)
-    return result, content
+    return result, content, kept_crop
 
 
 def image_grams(objective: "Objective", image: torch.Tensor, names: Sequence[str],
@@ -235,37 +244,12 @@ def _local_terms(objective: "Objective", images: torch.Tensor,
 def values(objective: "Objective", images: torch.Tensor) -> Dict[str, torch.Tensor]:
     """The terms at `images` ``(B, 3, H, W)`` without gradients: ``(B,)`` float32 each, by name."""
     with torch.no_grad():
-        gram_totals, content = _first_pass(objective, images, objective.style_terms, objective.content_terms,
-                                           objective.options.clamp_in_loss)
+        gram_totals, content, _ = _first_pass(objective, images, objective.style_terms, objective.content_terms,
+                                              objective.options.clamp_in_loss)
         terms = {"content": objective.options.content_weight * content,
                  "style": _style_of(objective, gram_totals, images.device), **_local_terms(objective, images)}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
     return terms
-
-
-def _tile_with_graph(objective: "Objective", images: torch.Tensor, tile: tiling.Tile, clamp: bool):
-    """The first pass's shares of one tile of `images` ``(B, 3, H, W)``, made with their graph for
-    the second pass to differentiate: the tile's input leaf ``(B, 3, h, w)``, the weighted sum of
-    its content terms ``(B,)`` and its share of each style term's Gram ``(B, C, C)`` by the term's
-    index (absent where it owns no cell of the layer, or none of the region)."""
-    cells = [_cells(name, *images.shape[-2:]) for name, _, _ in objective.style_terms]
-    shares: Dict[int, torch.Tensor] = {}
-
-    def score(features, zero):
-        content = zero
-        for _, weight, term, own, rows, columns in _owned(features, tile, objective.content_terms):
-            content = content + weight * term.part(own, rows, columns)
-        for index, _, term, own, rows, columns in _owned(features, tile, objective.style_terms):
-            share = term.part_gram(own, rows, columns, cells[index])
-            if share is not None:
-                shares[index] = share
-        return content, zero
-
-    top, bottom, left, right = tile.read
-    crop = images[..., top:bottom, left:right].detach().requires_grad_(True)
-    with torch.enable_grad():
-        content, _ = objective.through_network(crop.clamp(0, 1) if clamp else crop, score)
-    return crop, content, shares
 
 
 def _kept_tile(objective: "Objective") -> Optional[tiling.Tile]:
@@ -285,14 +269,8 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
     options = objective.options
     images = leaves[0].detach() if len(leaves) == 1 else torch.cat([leaf.detach() for leaf in leaves])
     kept = _kept_tile(objective)
-    others = [tile for tile in objective.tiles if tile is not kept]
-    gram_totals, content = _first_pass(objective, images, objective.style_terms, objective.content_terms,
-                                       options.clamp_in_loss, tiles=others)
-    if kept is not None:
-        kept_crop, kept_content, kept_shares = _tile_with_graph(objective, images, kept, options.clamp_in_loss)
-        content = content + kept_content.detach().to(content.device)
-        gram_totals = [total + kept_shares[index].detach().to(total) if index in kept_shares else total
-                       for index, total in enumerate(gram_totals)]
+    gram_totals, content, kept_crop = _first_pass(objective, images, objective.style_terms, objective.content_terms,
+                                                  options.clamp_in_loss, kept=kept)
     # The style term of the whole picture, differentiated in each Gram.
     gram_leaves = [total.detach().requires_grad_(True) for total in gram_totals]
     with torch.enable_grad():
@@ -324,13 +302,18 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
         leaf.grad = torch.zeros_like(leaf)
     gradients = [leaf.grad for leaf in leaves]
     if kept is not None:  # first, so that only one tile's graph is held at a time
-        kept_style = sum((style_share(index, share).to(kept_content.device) for index, share in kept_shares.items()),
-                         torch.zeros_like(kept_content))
-        (options.content_weight * kept_content + kept_style).sum().backward()
-        _add_gradient(gradients, kept, kept_crop.grad)
-        del kept_crop, kept_content, kept_shares, kept_style
-    run(objective, images, others, score_for, gradients, options.clamp_in_loss)
+        # The Grams and the content sum carry the kept tile's graph alone: its shares of the
+        # picture's style term (linear in each Gram) and content term.
+        kept_terms = options.content_weight * content + sum(
+            (style_share(index, total).to(content.device) for index, total in enumerate(gram_totals)),
+            torch.zeros_like(content))
+        if kept_terms.requires_grad:
+            kept_terms.sum().backward()
+            _add_gradient(gradients, kept, kept_crop.grad)
+        del kept_crop, kept_terms
+    run(objective, images, [tile for tile in objective.tiles if tile is not kept], score_for, gradients,
+        options.clamp_in_loss)
     local = _local_terms(objective, images, gradients)
-    terms = {"content": options.content_weight * content, "style": style.detach(), **local}
+    terms = {"content": options.content_weight * content.detach(), "style": style.detach(), **local}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
     return terms
