@@ -74,17 +74,25 @@ def run(objective: "Objective", images: torch.Tensor, tiles: Sequence[tiling.Til
     `gradients` (one ``(1, 3, H, W)`` per picture), the sum of the scores is differentiated and each
     tile's input gradient, halo included, added into them; else no graph is made."""
     for tile in tiles:
-        top, bottom, left, right = tile.read
-        crop = images[..., top:bottom, left:right].detach()
         if gradients is None:
             with torch.no_grad():
-                objective.through_network(crop.clamp(0, 1) if clamp else crop, score_for(tile))
+                _through_network(objective, images, tile, score_for(tile), clamp)
             continue
-        crop.requires_grad_(True)
-        content, style = objective.through_network(crop.clamp(0, 1) if clamp else crop, score_for(tile))
+        crop, content, style = _through_network(objective, images, tile, score_for(tile), clamp, graph=True)
         (content + style).sum().backward()
         _add_gradient(gradients, tile, crop.grad)
         del crop, content, style
+
+
+def _through_network(objective: "Objective", images: torch.Tensor, tile: tiling.Tile, score: Score, clamp: bool,
+                     graph: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `tile` of `images` ``(B, 3, H, W)``, halo included (clamped to [0, 1] with `clamp`),
+    through the objective's VGG segments with `score`: the tile's input ``(B, 3, h, w)`` (a leaf
+    that requires grad with `graph`) and the sums of its (content, style), ``(B,)`` each."""
+    top, bottom, left, right = tile.read
+    crop = images[..., top:bottom, left:right].detach().requires_grad_(graph)
+    content, style = objective.through_network(crop.clamp(0, 1) if clamp else crop, score)
+    return crop, content, style
 
 
 def _add_gradient(gradients: Sequence[torch.Tensor], tile: tiling.Tile, tile_gradient: torch.Tensor) -> None:
@@ -161,10 +169,8 @@ def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, conte
     run(objective, images, [tile for tile in tiles if tile is not kept], score_for, clamp=clamp)
     kept_crop = None
     if kept is not None:
-        top, bottom, left, right = kept.read
-        kept_crop = images[..., top:bottom, left:right].detach().requires_grad_(True)
         with torch.enable_grad():
-            objective.through_network(kept_crop.clamp(0, 1) if clamp else kept_crop, score_for(kept))
+            kept_crop = _through_network(objective, images, kept, score_for(kept), clamp, graph=True)[0]
     result = []
     for (name, _, term), total in zip(style_terms, totals):
         if total is None:  # a region with no weight anywhere: its Gram is 0
