@@ -130,6 +130,19 @@ def check_folder_writable(folder: Path, for_path: str) -> None:
     os.unlink(probe)
 
 
+def make_output_folder(folder: Path, what: str) -> None:
+    """Makes `folder` (and its parents) where missing and checks that a file can be created in it;
+    one OutputError line where it is a file, or cannot be made or written. `what`: who writes into
+    it, for the message (e.g. "a batch")."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"the output {str(folder)!r} is a file; {what} writes into a folder: give a folder name")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot make the output folder {str(folder)!r}: {describe_os_error(error)}") from None
+    check_folder_writable(folder, str(folder))
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path, overwrite: bool) -> Iterator[str]:
     """Yields the name of a new, empty temporary file beside `path` for the block to write. When

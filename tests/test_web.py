@@ -16,6 +16,7 @@ pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
 
 from nst_ext.web.app import web_app  # noqa: E402
+from nst_ext.web.guard import Access  # noqa: E402
 from nst_ext.web.queue import JobQueue  # noqa: E402
 from nst_ext.web.uploads import Uploads  # noqa: E402
 from nst_ext.web.preview import PREVIEW_MAX_SIDE, Preview, encode_jpeg  # noqa: E402
@@ -142,12 +143,22 @@ class StandIn:
         job.state = "done"
 
 
+# The address the test clients play the app's own page at (nst_ext.web.guard checks Host and Origin).
+ADDRESS = Access("127.0.0.1", 8765)
+OWN_PAGE = "http://127.0.0.1:8765"
+
+
+def own_page_client(app) -> TestClient:
+    """A client for `app` that asks as the app's own page does: its Host, and its Origin on posts."""
+    return TestClient(app, base_url=OWN_PAGE, headers={"Origin": OWN_PAGE})
+
+
 @pytest.fixture
 def app(tmp_path):
     runner = StandIn()
     queue = JobQueue(run=runner)
     uploads = Uploads(tmp_path, "cpu", max_upload=200_000, max_pixels=100_000)
-    client = TestClient(web_app(queue, uploads))
+    client = own_page_client(web_app(queue, uploads, ADDRESS))
     yield client, queue, runner, tmp_path
     runner.go.set()
     queue.close()
@@ -250,7 +261,7 @@ def test_event_stream_ends_after_the_final_picture():
     preview.finish(torch.full((3, 8, 8), 0.5), "done")
     from nst_ext.web.live import live_app
 
-    client = TestClient(live_app(preview, PreviewStreams(), stop=lambda: None))
+    client = own_page_client(live_app(preview, PreviewStreams(), ADDRESS, stop=lambda: None))
     with client.stream("GET", "/events") as stream:
         lines = [line for line in stream.iter_lines() if line.startswith("data: ")]
     states = [json.loads(line[6:]) for line in lines]

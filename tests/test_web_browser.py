@@ -7,12 +7,16 @@ chromium-driver); in CI (CI set) a missing browser fails them. NST_EXT_SCREENSHO
 screenshot of each page there (docs/images holds the README's)."""
 
 import base64
+import contextlib
+import http.server
 import io
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -130,11 +134,93 @@ def test_live_view_shows_the_run_as_it_goes_and_its_final_picture(browser, tmp_p
     screenshot(browser, "web-live.png", tmp_path)
 
 
+# A page of another web site (here: another origin on this machine) that tries what a hostile page
+# can without asking: "simple" fetches (no-cors) and form posts that change things, and a fetch
+# that reads. TARGET is the server under attack, ATTEMPTS a list of [name, path, how]. The page's
+# title becomes "done" and what each attempt got.
+HOSTILE_PAGE = """<!doctype html><title>pending</title>
+<script>
+const target = TARGET, attempts = ATTEMPTS, results = {};
+(async () => {
+  for (const [name, path, how] of attempts) {
+    try {
+      if (how === "form") {
+        const frame = document.createElement("iframe"), form = document.createElement("form");
+        frame.name = name; form.method = "POST"; form.action = target + path; form.target = name;
+        form.enctype = "multipart/form-data";
+        for (const [key, value] of [["content_sample", "astronaut"], ["style_samples", "swirls"], ["size", "32"]]) {
+          const input = document.createElement("input");
+          input.type = "hidden"; input.name = key; input.value = value; form.appendChild(input);
+        }
+        document.body.append(frame, form);
+        form.submit();
+        results[name] = "submitted";
+      } else if (how === "read") {
+        const answer = await fetch(target + path);
+        results[name] = "read " + answer.status + ": " + (await answer.text()).slice(0, 80);
+      } else {
+        const body = new FormData();
+        body.append("content_sample", "astronaut"); body.append("style_samples", "swirls"); body.append("size", "32");
+        const answer = await fetch(target + path, {method: "POST", mode: "no-cors", body});
+        results[name] = "sent (" + answer.type + ")";
+      }
+    } catch (error) {
+      results[name] = "blocked: " + error.name;
+    }
+  }
+  setTimeout(() => { document.title = "done " + JSON.stringify(results); }, 2000);
+})();
+</script>"""
+
+
+@contextlib.contextmanager
+def hostile_site(target, attempts):
+    """HOSTILE_PAGE served from http://localhost:PORT/ (another origin than `target`'s), its address."""
+    page = HOSTILE_PAGE.replace("TARGET", json.dumps(target.rstrip("/"))).replace("ATTEMPTS", json.dumps(attempts))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = page.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def visit_hostile_site(driver, target, attempts):
+    """What each of the hostile page's attempts on `target` got, once it has made them all."""
+    with hostile_site(target, attempts) as address:
+        driver.get(address)
+        wait(lambda: driver.title.startswith("done "))
+    return json.loads(driver.title[5:])
+
+
 def test_stop_button_saves_the_best_picture_and_exits_130(browser, tmp_path):
+    """Another site's page cannot stop the run or read its stream; the live view's own Stop can."""
     out = tmp_path / "out.png"
     process, url = start("stylize", CONTENT, STYLE, "-o", out, "--size", "64", "--steps", "100000", "--web",
                          cwd=tmp_path)
     try:
+        browser.get(url)
+        pictures_seen(browser, lambda: browser.find_element(By.CLASS_NAME, "picture").get_attribute("data-frame"))
+        got = visit_hostile_site(browser, url, [["fetch", "/stop", "fetch"], ["form", "/stop", "form"],
+                                                ["read", "/events", "read"]])
+        assert got["read"].startswith("blocked"), got  # no CORS: a foreign page reads nothing
+        time.sleep(1.0)  # a stop, had one passed, ends the run within a step
+        assert process.poll() is None, "another site's page stopped the run"
         browser.get(url)
         pictures_seen(browser, lambda: browser.find_element(By.CLASS_NAME, "picture").get_attribute("data-frame"))
         browser.find_element(By.ID, "stop").click()
@@ -190,6 +276,32 @@ def test_app_uploads_queues_previews_and_downloads(browser, tmp_path):
     finally:
         process.terminate()
         process.communicate(timeout=60)
+
+
+def test_another_sites_page_cannot_start_stop_or_read_jobs(browser, tmp_path):
+    results = tmp_path / "results"
+    process, url = start("serve", "--port", 0, "--out", results, cwd=tmp_path)
+    try:
+        own = {"Origin": url.rstrip("/")}
+        request = urllib.request.Request(url + "jobs", method="POST", headers=own, data=(
+            b"content_sample=astronaut&style_samples=swirls&size=32&steps=2000"))
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 201  # the app's own page may (as the form does)
+        got = visit_hostile_site(browser, url, [
+            ["start", "/jobs", "fetch"], ["stop", "/jobs/1/stop", "fetch"], ["form-start", "/jobs", "form"],
+            ["form-stop", "/jobs/1/stop", "form"], ["read", "/jobs", "read"], ["result", "/results/x.png", "read"]])
+        assert got["read"].startswith("blocked") and got["result"].startswith("blocked"), got
+        time.sleep(0.5)
+        with urllib.request.urlopen(url + "jobs", timeout=30) as answer:
+            jobs = json.load(answer)["jobs"]
+        assert [(job["number"], job["state"]) for job in jobs] == [(1, "running")], jobs
+        stop = urllib.request.Request(url + "jobs/1/stop", method="POST", headers=own, data=b"")
+        with urllib.request.urlopen(stop, timeout=30) as answer:
+            assert answer.status == 202
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+    assert not (results / "uploads").exists()  # nothing the hostile page sent was kept
 
 
 def in_row(driver, number, expression):

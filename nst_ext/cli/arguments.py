@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8765, help="(default %(default)s; 0: a free port)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="the address to listen on (default %(default)s: this machine only); another address "
-                            "lets anyone who reaches it upload pictures and run jobs here")
+                            "lets anyone who reaches it and has the printed address with its token upload "
+                            "pictures and run jobs here (docs/web.md, Security)")
     serve.add_argument("--out", default="nst-ext-results", metavar="DIR",
                        help="where results (and the uploads they were made from) are written (default %(default)s)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")

@@ -25,8 +25,8 @@ from nst_ext.errors import InputError, JobWarning, OptionError, OutputError
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
 from nst_ext.memory import fitting_batch_size
 from nst_ext.options import StyleOptions
-from nst_ext.outputs import (FileSet, WriteError, check_folder_writable, check_regular_file, deferred_signals,
-                             describe_os_error, same_file, write_or_rescue)
+from nst_ext.outputs import (FileSet, WriteError, check_regular_file, deferred_signals, make_output_folder, same_file,
+                             write_or_rescue)
 
 MANIFEST_NAME = "nst-ext-manifest.jsonl"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -233,13 +233,7 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
 def _take_output_folder(out_dir: Path) -> JobLock:
     """Makes the output folder if missing and locks it for this job; raises OutputError (one line)
     where it is a file, cannot be made or written, or another job holds it."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"the output {str(out_dir)!r} is a file; a batch writes into a folder: give a folder name")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot make the output folder {str(out_dir)!r}: {describe_os_error(error)}") from None
-    check_folder_writable(out_dir, str(out_dir))
+    make_output_folder(out_dir, "a batch")
     return JobLock(out_dir / LOCK_NAME, f"to {str(out_dir)!r}")
 
 

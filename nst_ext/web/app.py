@@ -8,21 +8,28 @@ from go to the output folder and never replace a file."""
 import sys
 from pathlib import Path
 
-from starlette.applications import Starlette
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
-from nst_ext.budget import parse_size
-from nst_ext.outputs import check_folder_writable
+from nst_ext.budget import format_size, parse_size
+from nst_ext.outputs import make_output_folder
+from nst_ext.web.guard import Access, Guard, is_loopback
 from nst_ext.web.queue import JobQueue
-from nst_ext.web.server import LOCAL_HOST, PreviewStreams, bound_socket, page, static_mount, url_of, uvicorn_server
+from nst_ext.web.server import LOCAL_HOST, PreviewStreams, access_of, bound_socket, guarded_app, page, uvicorn_server
 from nst_ext.web.uploads import SAMPLES, UploadError, Uploads
 
+# Jobs that may wait in the queue at once: a page cannot hold the machine for days.
+MAX_WAITING_JOBS = 20
 
-def web_app(queue: JobQueue, uploads: Uploads) -> Starlette:
+
+def web_app(queue: JobQueue, uploads: Uploads, access: Access) -> Guard:
+    """The app's routes for the server `access` describes, jobs run by `queue`, forms read by `uploads`."""
     streams = PreviewStreams()
 
     async def submit(request):
+        if queue.waiting() >= MAX_WAITING_JOBS:
+            return JSONResponse({"error": f"{MAX_WAITING_JOBS} jobs are waiting already; start this one when "
+                                          "the queue is shorter"}, status_code=429)
         try:
             job = await uploads.job(request, queue.next_number)
         except UploadError as error:
@@ -53,29 +60,32 @@ def web_app(queue: JobQueue, uploads: Uploads) -> Starlette:
             return JSONResponse({"error": f"no sample named {name!r}"}, status_code=404)
         return FileResponse(str(uploads.sample_path(name)), media_type="image/jpeg")
 
-    async def unexpected(request, error):  # a bug: the page still gets a message, not a bare 500
-        return JSONResponse({"error": f"the server failed: {type(error).__name__}: {error}"}, status_code=500)
+    def too_large(limit: int) -> str:
+        return (f"the upload is over {format_size(limit)} in all; each picture may be at most "
+                f"{format_size(uploads.max_upload)}")
 
-    return Starlette(exception_handlers={Exception: unexpected}, routes=[
+    return guarded_app([
         Route("/", page("app.html")), Route("/jobs", jobs), Route("/jobs", submit, methods=["POST"]),
         Route("/jobs/{number:int}/stop", stop, methods=["POST"]), Route("/results/{name}", result),
-        Route("/samples/{name}", sample), Route("/events", events), static_mount()])
+        Route("/samples/{name}", sample), Route("/events", events)], access, uploads.max_request, too_large)
 
 
 def serve(out: str, host: str = LOCAL_HOST, port: int = 8765, device: str = "auto", max_upload: str = "25MiB") -> int:
     """Serves the app until Ctrl-C; then the running job keeps its best picture. Exit status 0."""
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_folder_writable(out_dir, str(out_dir / "result.png"))
+    make_output_folder(out_dir, "the app")
     uploads = Uploads(out_dir, device, parse_size(max_upload))
     sock = bound_socket(host, port)
+    access = access_of(sock)
     queue = JobQueue()
-    if host not in (LOCAL_HOST, "localhost", "::1"):
-        print(f"nst-ext: warning: serving on {host}: anyone who can reach this machine there can upload pictures "
-              "and run jobs on it", file=sys.stderr)
-    print(f"nst-ext: serving at {url_of(sock)} (results in {out_dir}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    if not is_loopback(host):
+        print(f"nst-ext: warning: serving on {host}: anyone who can reach this machine there and has the address "
+              "with its token can upload pictures and run jobs on it", file=sys.stderr)
+    shown = None if access.allowed_hosts is not None else LOCAL_HOST  # a wildcard address: open it here by loopback
+    print(f"nst-ext: serving at {access.url(shown)} (results in {out_dir}); Ctrl-C to stop", file=sys.stderr,
+          flush=True)
     try:
-        uvicorn_server(web_app(queue, uploads)).run(sockets=[sock])
+        uvicorn_server(web_app(queue, uploads, access)).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn hands Ctrl-C on once it has shut down
         pass
     finally:

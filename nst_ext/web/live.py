@@ -6,13 +6,15 @@ import os
 import signal
 import time
 
-from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from nst_ext.web.guard import Access, Guard
 from nst_ext.web.preview import Preview
-from nst_ext.web.server import LOCAL_HOST, BackgroundServer, PreviewStreams, bound_socket, page, static_mount
+from nst_ext.web.server import LOCAL_HOST, BackgroundServer, PreviewStreams, access_of, bound_socket, guarded_app, page
 
+# The live view takes no uploads: a request body (the Stop button's is empty) is at most this.
+LIVE_MAX_BODY = 64 * 1024
 # After the run, how long the command waits for open pages to receive its final picture.
 FINAL_PICTURE_SECONDS = 3.0
 
@@ -22,7 +24,9 @@ def _interrupt_the_command():
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def live_app(preview: Preview, streams: PreviewStreams, stop=_interrupt_the_command) -> Starlette:
+def live_app(preview: Preview, streams: PreviewStreams, access: Access, stop=_interrupt_the_command) -> Guard:
+    """The live view's routes for the server `access` describes: the page, its event stream, and
+    Stop (which calls `stop`), from this server's own page only."""
     async def events(request):
         return streams.response(request, lambda: preview, ends_with_run=True)
 
@@ -31,8 +35,9 @@ def live_app(preview: Preview, streams: PreviewStreams, stop=_interrupt_the_comm
             stop()
         return JSONResponse({"stopping": not preview.finished}, status_code=202)
 
-    return Starlette(routes=[Route("/", page("live.html")), Route("/events", events),
-                             Route("/stop", stop_run, methods=["POST"]), static_mount()])
+    return guarded_app([Route("/", page("live.html")), Route("/events", events),
+                        Route("/stop", stop_run, methods=["POST"])], access, LIVE_MAX_BODY,
+                       lambda limit: f"the live view takes no request over {limit} bytes")
 
 
 class LiveView:
@@ -42,7 +47,9 @@ class LiveView:
     def __init__(self, port: int = 0, label: str = ""):
         self.preview = Preview(label)
         self.streams = PreviewStreams()
-        self.server = BackgroundServer(live_app(self.preview, self.streams), bound_socket(LOCAL_HOST, port))
+        sock = bound_socket(LOCAL_HOST, port)
+        access = access_of(sock)
+        self.server = BackgroundServer(live_app(self.preview, self.streams, access), sock, access.url())
         self.url = self.server.url
 
     def observe(self, progress) -> None:

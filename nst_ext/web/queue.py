@@ -90,6 +90,11 @@ class JobQueue:
                     return True
         return False
 
+    def waiting(self) -> int:
+        """How many jobs wait for their turn."""
+        with self._wake:
+            return sum(job.state == "waiting" for job in self.jobs)
+
     def shown(self) -> List[dict]:
         with self._wake:
             waiting = [job for job in self.jobs if job.state == "waiting"]

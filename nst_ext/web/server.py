@@ -1,27 +1,55 @@
-"""What both pages' servers share: the pages and scripts shipped in the package, a run's
+"""What both pages' servers share: the app itself (its routes behind the guard, nst_ext.web.guard,
+with errors answered as JSON lines), the pages and scripts shipped in the package, a run's
 :class:`~nst_ext.web.preview.Preview` as a stream of Server-Sent Events, and a uvicorn server on
 a socket of its own (a free port when none is asked for), in a thread or in the foreground."""
 
 import asyncio
 import base64
 import json
+import logging
 import socket
 import threading
 from importlib import resources
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import uvicorn
-from starlette.responses import FileResponse, StreamingResponse
-from starlette.routing import Mount
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from nst_ext.errors import InputError
+from nst_ext.web.guard import Access, BodyTooLarge, Guard
 from nst_ext.web.preview import PREVIEW_SECONDS, Preview, lower_this_threads_priority
 
 STATIC = resources.files("nst_ext.web") / "static"
 LOCAL_HOST = "127.0.0.1"
 # An idle stream sends a comment this often, so that a page notices a server that went away.
 KEEP_ALIVE_SECONDS = 10.0
+
+
+LOG = logging.getLogger("nst_ext.web")
+
+
+def guarded_app(routes: List[BaseRoute], access: Access, max_body: int,
+                too_large_message: Callable[[int], str]) -> Guard:
+    """`routes` (and the shipped static files) as one app behind the guard: every answer that is
+    not a page is JSON, an error too, as ``{"error": line}`` for the page to show; a bug is logged
+    here and answered "internal error", never with its text (which may hold paths)."""
+    async def http_error(request, error: HTTPException):
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+    async def too_large(request, error: BodyTooLarge):
+        return JSONResponse({"error": too_large_message(error.limit)}, status_code=413)
+
+    async def unexpected(request, error):
+        LOG.error("nst-ext: the server failed on %s %s", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"error": "internal error (the server's log has the details)"}, status_code=500)
+
+    app = Starlette(routes=[*routes, static_mount()],
+                    exception_handlers={HTTPException: http_error, BodyTooLarge: too_large, Exception: unexpected})
+    return Guard(app, access, max_body, too_large_message)
 
 
 def static_mount() -> Mount:
@@ -104,9 +132,10 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def access_of(sock: socket.socket) -> Access:
+    """Who may use the server listening on `sock` (nst_ext.web.guard)."""
     host, port = sock.getsockname()[:2]
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    return Access.for_address(host, port)
 
 
 def uvicorn_server(app) -> uvicorn.Server:
@@ -115,11 +144,11 @@ def uvicorn_server(app) -> uvicorn.Server:
 
 
 class BackgroundServer:
-    """`app` served from a thread of its own on `sock` until :meth:`close`."""
+    """`app` served from a thread of its own on `sock` until :meth:`close`; `url` its address."""
 
-    def __init__(self, app, sock: socket.socket):
+    def __init__(self, app, sock: socket.socket, url: str):
         self.server = uvicorn_server(app)
-        self.url = url_of(sock)
+        self.url = url
         self.thread = threading.Thread(target=self._serve, args=(sock,), name="nst-ext web", daemon=True)
         self.thread.start()
 

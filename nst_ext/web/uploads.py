@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, List
 
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from nst_ext.budget import format_size
@@ -22,6 +23,14 @@ from nst_ext.web.queue import Job
 SAMPLES = {"astronaut": "astronaut.jpg", "swirls": "swirls.jpg"}  # nst_ext/data, with CREDITS.md
 MAX_STYLES = 4
 LARGEST_SIZE = 2048  # the page's largest output side: beyond it the command line (memory plans, tiles)
+LARGEST_STEPS = 2000  # the page's most steps per scale (the defaults take tens)
+# The files of one form (the content, the styles, their masks) and its other fields at most.
+MAX_FILES = 1 + MAX_STYLES
+MAX_FIELDS = 32
+# A form's text fields and multipart framing take at most this beside its files.
+FORM_OVERHEAD = 64 * 1024
+# The uploads folder holds at most this many times --max-upload: a page cannot fill the disk.
+UPLOADS_FOLDER_UPLOADS = 100
 
 
 class UploadError(InputError):
@@ -42,6 +51,16 @@ class Uploads:
         self.folder = out / "uploads"
         self._names = threading.Lock()
 
+    @property
+    def max_request(self) -> int:
+        """The largest request body a form may have: every file at the limit, and the fields."""
+        return self.max_upload * MAX_FILES + FORM_OVERHEAD
+
+    @property
+    def max_folder(self) -> int:
+        """The most the uploads folder may hold before uploads are refused."""
+        return self.max_upload * UPLOADS_FOLDER_UPLOADS
+
     async def job(self, request, next_number: Callable[[], int]) -> Job:
         """The job a request asks for, numbered by `next_number()` once it is accepted; its uploads
         are removed again when it is refused."""
@@ -54,15 +73,13 @@ class Uploads:
             raise
 
     async def _job(self, request, next_number: Callable[[], int], saved: List[Path]) -> Job:
-        length = int(request.headers.get("content-length") or 0)
-        if length > self.max_upload * (1 + MAX_STYLES) + 65536:
-            raise UploadError(f"the upload is {format_size(length)}; each picture may be at most "
-                              f"{format_size(self.max_upload)}")
+        # The body's size is the guard's (nst_ext.web.guard): cut while it streams in.
         try:
-            form = await request.form(max_files=1 + MAX_STYLES, max_fields=32, max_part_size=self.max_upload)
-        except MultiPartException as error:
-            raise UploadError(f"the upload was refused: {error.message} (each picture may be at most "
-                              f"{format_size(self.max_upload)})") from None
+            form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=FORM_OVERHEAD)
+        except (MultiPartException, HTTPException) as error:  # Starlette raises the one as the other
+            reason = getattr(error, "message", None) or getattr(error, "detail", "")
+            raise UploadError(f"the upload was refused: {reason} (at most {MAX_FILES} pictures and {MAX_FIELDS} "
+                              f"fields; each picture at most {format_size(self.max_upload)})") from None
         options = self._options(form)
         uploaded = [upload for upload in form.getlist("styles") if getattr(upload, "filename", "")]
         chosen = [name for name in form.getlist("style_samples") if name]
@@ -110,6 +127,8 @@ class Uploads:
         if not 16 <= size <= LARGEST_SIZE:
             raise UploadError(f"size: from 16 to {LARGEST_SIZE} px here (larger pictures: the command line), got {size}")
         steps = number("steps", int, None)
+        if steps is not None and not 1 <= steps <= LARGEST_STEPS:
+            raise UploadError(f"steps: from 1 to {LARGEST_STEPS} per scale here, got {steps}")
         colour = str(form.get("preserve_color") or "") or None
         options = StyleOptions(size=size, steps=[steps] if steps else None, style_weight=number("style_weight", float, 20.0),
                                preserve_color=colour, seed=number("seed", int, 0), device=self.device,
@@ -139,13 +158,18 @@ class Uploads:
     async def _upload(self, upload, what: str, saved: List[Path]) -> Path:
         """An uploaded picture checked and kept in the uploads folder under a free name (added
         to `saved`)."""
-        data = await upload.read()
-        if len(data) > self.max_upload:
-            raise UploadError(f"{what} {upload.filename!r} is {format_size(len(data))}, over the limit of "
+        size = upload.size if upload.size is not None else self.max_upload + 1  # known once parsed; else refused
+        if size > self.max_upload:
+            raise UploadError(f"{what} {upload.filename!r} is {format_size(size)}, over the limit of "
                               f"{format_size(self.max_upload)}")
+        data = await upload.read()
         self._check_picture(data, f"{what} {upload.filename!r}")
         self.folder.mkdir(parents=True, exist_ok=True)
         with self._names:
+            held = sum(path.stat().st_size for path in self.folder.iterdir() if path.is_file())
+            if held + len(data) > self.max_folder:
+                raise UploadError(f"the server's uploads folder holds {format_size(held)}, near its limit of "
+                                  f"{format_size(self.max_folder)}; old uploads must be removed from it first")
             path = self._free(self.folder, _safe_stem(upload.filename), Path(upload.filename).suffix.lower()[:6] or ".img")
             with open(path, "xb") as file:  # "x": never replaces a file
                 saved.append(path)
