@@ -127,26 +127,43 @@ def gram_algorithm(algorithm: str):
         set_gram_algorithm(previous)
 
 
+# A choice of "auto", as the compiled library lists it (one tab-separated row each): the fields
+# that name a shape, and last the algorithm chosen for it; which of them are whole numbers.
+CHOICE_FIELDS = ("device", "device_index", "op", "dtype", "batch", "channels", "spatial", "layout", "algorithm")
+CHOICE_NUMBERS = ("device_index", "batch", "channels", "spatial")
+
+
+def is_algorithm_choice(choice) -> bool:
+    """Whether `choice` (read from a file: the cache, a picture's record) is a choice as
+    :func:`gram_algorithm_choices` gives it: every field there, a whole number or one line of text."""
+    if not isinstance(choice, dict) or not set(CHOICE_FIELDS) <= set(choice):
+        return False
+    return all(isinstance(choice[name], int) and not isinstance(choice[name], bool) if name in CHOICE_NUMBERS
+               else isinstance(choice[name], str) and choice[name].isprintable() for name in CHOICE_FIELDS)
+
+
 def gram_algorithm_choices(used_only: bool = False) -> list:
     """The choices ``"auto"`` has made or been given so far: one dict per device, op, dtype, shape
     and layout, with the key ``algorithm`` ("own" or "blas"). `used_only`: only those a forward
     has met in this process (not the restored ones it has not needed)."""
     if LOAD_ERROR is not None:
         return []
-    fields = ("device", "device_index", "op", "dtype", "batch", "channels", "spatial", "layout", "algorithm")
-    numbers = ("device_index", "batch", "channels", "spatial")
-    choices = [dict(zip(fields, row.split("\t"))) for row in torch.ops.nst_ext.gram_algorithm_choices(used_only)]
-    return [{name: int(value) if name in numbers else value for name, value in choice.items()} for choice in choices]
+    choices = [dict(zip(CHOICE_FIELDS, row.split("\t"))) for row in torch.ops.nst_ext.gram_algorithm_choices(used_only)]
+    return [{name: int(value) if name in CHOICE_NUMBERS else value for name, value in choice.items()}
+            for choice in choices]
 
 
 def restore_gram_algorithm_choices(choices: list) -> None:
     """Adds choices as :func:`gram_algorithm_choices` lists them (a run's, recorded in its
     picture), so that ``"auto"`` takes the same algorithm for those shapes without timing: the
-    same picture again, bit for bit. Without the compiled kernels there is nothing to choose."""
+    same picture again, bit for bit. Without the compiled kernels there is nothing to choose.
+    ValueError where one is not a choice (:func:`is_algorithm_choice`)."""
+    wrong = next((choice for choice in choices if not is_algorithm_choice(choice)), None)
+    if wrong is not None:
+        raise ValueError(f"not an algorithm choice: {str(wrong)[:120]}")
     if LOAD_ERROR is None:
-        fields = ("device", "device_index", "op", "dtype", "batch", "channels", "spatial", "layout", "algorithm")
         torch.ops.nst_ext.restore_gram_algorithm_choices(
-            ["\t".join(str(choice[name]) for name in fields) for choice in choices])
+            ["\t".join(str(choice[name]) for name in CHOICE_FIELDS) for choice in choices])
 
 
 def clear_gram_algorithm_choices() -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -26,8 +27,8 @@ from nst_ext.outputs import atomic_write
 
 FOLDER_VARIABLE = "NST_EXT_CACHE_DIR"
 OFF = ("off", "0", "none", "")
-# The fields that name a choice; the last one, "algorithm", is the choice itself.
-KEY_FIELDS = ("device", "device_index", "op", "dtype", "batch", "channels", "spatial", "layout")
+# The fields that name a choice's shape; the last of the op layer's, "algorithm", is the choice itself.
+KEY_FIELDS = _ops.CHOICE_FIELDS[:-1]
 
 _loaded = False
 _in_file = 0  # how many of this process's choices the file already holds (after a load or a save)
@@ -76,15 +77,25 @@ def cache_path(key: Optional[dict] = None) -> Optional[Path]:
     return folder / f"gram-choices-{digest}.json"
 
 
+def _open_regular(path: Path, flags: int) -> int:
+    """A descriptor of `path` opened with `flags`, never waiting (a FIFO put there would hold the run
+    forever); OSError unless it is a regular file."""
+    descriptor = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o644)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(f"{path} is not a regular file")
+    return descriptor
+
+
 def _read(path: Path) -> List[dict]:
+    """The choices of the file at `path` that are choices (:func:`nst_ext._ops.is_algorithm_choice`);
+    none where it is missing, not a regular file, or not a cache file."""
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        choices = stored["choices"]
-        if all(isinstance(choice, dict) and set(KEY_FIELDS) | {"algorithm"} <= set(choice) for choice in choices):
-            return choices
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return []
+        with os.fdopen(_open_regular(path, os.O_RDONLY), encoding="utf-8") as stream:
+            choices = json.loads(stream.read())["choices"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return []
+    return [choice for choice in choices if _ops.is_algorithm_choice(choice)] if isinstance(choices, list) else []
 
 
 def _key(choice: dict) -> tuple:
@@ -123,7 +134,7 @@ def _locked(path: Path) -> Iterator[None]:
     except ImportError:
         yield
         return
-    with open(path.with_suffix(".lock"), "a") as lock:
+    with os.fdopen(_open_regular(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

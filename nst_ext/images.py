@@ -123,6 +123,18 @@ def _check_pixels(size, name, max_pixels, error: Type[InputError] = ImageError, 
 
 
 @contextlib.contextmanager
+def _without_pillows_bomb_limit() -> Iterator[None]:
+    """Pillow's own decompression-bomb limit off for the block: our callers count pixels against the
+    run's limit themselves (:func:`decoded_picture`) or decode none (:func:`undecoded_picture`), and
+    Pillow's default would refuse a picture the run was allowed to take."""
+    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+
+
+@contextlib.contextmanager
 def decoded_picture(source: Union[Path, io.BytesIO], what: str, max_pixels: int, error: Type[InputError] = ImageError,
                     limit_advice: str = LIMIT_ADVICE, memory_advice: str = MEMORY_ADVICE) -> Iterator[Image.Image]:
     """`source` (a file, or a file's bytes) opened and decoded in full for the block, its pixels
@@ -131,9 +143,8 @@ def decoded_picture(source: Union[Path, io.BytesIO], what: str, max_pixels: int,
     where the reader cannot change it, as for an upload); else one line naming `what`, as `error`: not a
     picture, over the limit, truncated or corrupt, too large for this machine's memory. The one
     check of every picture read, from a path or from an upload."""
-    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(source) as image:
+        with _without_pillows_bomb_limit(), Image.open(source) as image:
             _check_pixels(image.size, what, max_pixels, error, limit_advice)
             image.load()
             yield image
@@ -146,8 +157,23 @@ def decoded_picture(source: Union[Path, io.BytesIO], what: str, max_pixels: int,
         if isinstance(problem, InputError):
             raise
         raise error(f"{what} is truncated or corrupt ({problem})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
+
+
+@contextlib.contextmanager
+def undecoded_picture(path: Union[str, os.PathLike], what: str) -> Iterator[Image.Image]:
+    """`path` opened for its header and metadata (its size, colour profile, text) and never decoded,
+    so a picture of any size may be asked what it holds, at the cost of its header; one ImageError
+    line naming `what` where it is not a file or not a picture. Every read of a picture's metadata
+    after its pixels were read (:func:`decoded_picture`) goes through here."""
+    path = Path(path)
+    check_regular_file(path, what, ImageError)
+    try:
+        with _without_pillows_bomb_limit(), Image.open(path) as image:
+            yield image
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as problem:
+        if isinstance(problem, InputError):
+            raise
+        raise ImageError(f"{what} {str(path)!r} is not a picture Pillow can read ({problem})") from None
 
 
 def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
@@ -218,18 +244,29 @@ def _encoded(image: Union[torch.Tensor, Image.Image], path: Path, image_format: 
 def read_record(path: Union[str, os.PathLike]) -> Optional[str]:
     """The record text :func:`save_image` wrote into a picture, or None where it has none; raises
     ImageError where the file cannot be read as an image."""
-    path = Path(path)
-    check_regular_file(path, "picture", ImageError)
-    try:
-        with Image.open(path) as image:
-            text = getattr(image, "text", {}).get(RECORD_KEY) if image.format == "PNG" else None
-            if image.format == "TIFF":
-                text = image.tag_v2.get(IMAGE_DESCRIPTION)
-            elif image.format in ("JPEG", "WEBP", "MPO"):
-                text = image.getexif().get(IMAGE_DESCRIPTION)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{str(path)!r} is not a picture Pillow can read ({error})") from None
+    with undecoded_picture(path, "picture") as image:
+        # A PNG's text chunks before its pixels are in `info` (save_image writes them there); its
+        # `text` would decode the whole picture to look for more after them.
+        text = image.info.get(RECORD_KEY) if image.format == "PNG" else None
+        if image.format == "TIFF":
+            text = image.tag_v2.get(IMAGE_DESCRIPTION)
+        elif image.format in ("JPEG", "WEBP", "MPO"):
+            text = image.getexif().get(IMAGE_DESCRIPTION)
     return text if isinstance(text, str) else None
+
+
+def icc_profile(source) -> Optional[bytes]:
+    """The ICC colour profile embedded in an image file (None: none, not a file, or not a picture):
+    an output carries its content's, so a colour-managed viewer shows it in the content's colours.
+    Read from the header alone, whatever the picture's size (the run's pixel limit was applied
+    when its pixels were read)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    try:
+        with undecoded_picture(source, "content") as image:
+            return image.info.get("icc_profile") or None
+    except ImageError:
+        return None
 
 
 def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.PathLike], overwrite: bool = False,

@@ -62,7 +62,10 @@ def layer_masks(mask: torch.Tensor, layers: Iterable[str], dilation: int = 0) ->
         for _ in range(pools):
             cells = F.avg_pool2d(cells, kernel_size=2, stride=2)
         if dilation > 0:
-            cells = F.max_pool2d(cells, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
+            # Past the layer's longer side every cell already sees the whole map: the same result,
+            # and a filter size the pooling can hold however large the option.
+            reach = min(dilation, max(cells.shape[-2:]))
+            cells = F.max_pool2d(cells, kernel_size=2 * reach + 1, stride=1, padding=reach)
         result[name] = cells[0, 0].contiguous()
     return result
 

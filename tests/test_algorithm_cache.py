@@ -99,6 +99,59 @@ def test_restored_choices_win_over_the_cache(tmp_path, monkeypatch):
         _ops.restore_gram_algorithm_choices(previous)
 
 
+@pytest.mark.parametrize("wrong", [{"device": ["cpu"]}, {"channels": "6"}, {"batch": True}, {"layout": "nc\thw"},
+                                   {"op": None}, {"algorithm": {"own": 1}}])
+def test_a_forged_choice_is_skipped_and_the_others_kept(tmp_path, monkeypatch, wrong):
+    """A cache file with a list (or any other type) where a field belongs: that row is not a choice
+    (it gave a traceback), the file's other rows still count."""
+    monkeypatch.setenv("NST_EXT_CACHE_DIR", str(tmp_path))
+    key = {"device": "cpu", "device_index": -1, "op": "gram", "dtype": "Float", "batch": 1, "channels": 6,
+           "spatial": 10, "layout": "nchw", "algorithm": "blas"}
+    path = algorithm_cache.cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": {}, "choices": [dict(key, **wrong), dict(key, channels=9), "own", 3]}))
+    previous = _ops.gram_algorithm_choices()
+    _ops.clear_gram_algorithm_choices()
+    try:
+        assert algorithm_cache.load() == 1
+        assert [choice["channels"] for choice in _ops.gram_algorithm_choices()] == [9]
+        with pytest.raises(ValueError, match="not an algorithm choice"):
+            _ops.restore_gram_algorithm_choices([dict(key, **wrong)])
+    finally:
+        _ops.clear_gram_algorithm_choices()
+        _ops.restore_gram_algorithm_choices(previous)
+
+
+def finishes(function, seconds=20.0):
+    """Whether `function()` returns within `seconds` (run on a daemon thread, so a hang fails the
+    test instead of holding it)."""
+    import threading
+
+    worker = threading.Thread(target=function, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
+
+
+@pytest.mark.parametrize("which", ["cache", "lock"])
+def test_a_fifo_in_the_cache_folder_does_not_hold_the_run(tmp_path, monkeypatch, which):
+    """A FIFO where the cache file (or its lock) belongs blocked the first read (or the save) for
+    ever: it is not a regular file, so it is not read, and the save skips it."""
+    monkeypatch.setenv("NST_EXT_CACHE_DIR", str(tmp_path))
+    path = algorithm_cache.cache_path()
+    os.mkfifo(path if which == "cache" else path.with_suffix(".lock"))
+    read = []
+    assert finishes(lambda: read.append(algorithm_cache._read(path))) and read == [[]]
+    previous = _ops.gram_algorithm_choices()
+    try:
+        with nst_ext.gram_algorithm("auto"):
+            nst_ext.gram_matrix(torch.rand(1, 3, 5, 5))  # a choice to save
+        assert finishes(algorithm_cache.save)
+    finally:
+        _ops.clear_gram_algorithm_choices()
+        _ops.restore_gram_algorithm_choices(previous)
+
+
 def test_another_machine_reads_another_file_and_off_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("NST_EXT_CACHE_DIR", str(tmp_path))
     here = algorithm_cache.cache_path()

@@ -40,6 +40,18 @@ def test_dilation_grows_the_region_by_cells():
     assert torch.equal(grown[:, :8], plain[:, :8])
 
 
+@pytest.mark.parametrize("dilation", [60, 61, 1000, 4611686018427387904])
+def test_dilation_past_the_layers_side_fills_it_and_any_size_is_taken(seed, dilation):
+    """A dilation as wide as the layer or wider grows the region over the whole layer; an absurd one
+    (2**62) overflowed the pooling's filter size (a traceback) and now gives that same result."""
+    mask = torch.zeros(61, 37)
+    mask[5, 7] = torch.rand(()).item() + 0.1
+    whole = layer_masks(mask, ["relu1_1", "relu3_1"], dilation=dilation)
+    exact = {name: cells.max().expand_as(cells) for name, cells in layer_masks(mask, ["relu1_1", "relu3_1"]).items()}
+    for name in exact:
+        assert torch.equal(whole[name], exact[name]), name
+
+
 def test_load_mask_from_files(tmp_path):
     gray = tmp_path / "gray.png"
     Image.new("L", (30, 20), 128).save(gray)

@@ -3,6 +3,7 @@ from it. Torch-free, so that ``--help`` and usage errors answer at once."""
 
 import argparse
 import dataclasses
+from typing import List, Set
 
 from nst_ext.errors import InputError
 from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM
@@ -273,6 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("picture", nargs="?", default=None,
                       help="an nst-ext output: print the record it carries (settings, inputs and their hashes, seed)")
     return parser
+
+
+def given_options(argv: List[str]) -> Set[str]:
+    """The names (argparse dests) of the options `argv` gives on its command line, whatever their
+    values: an option given with its default value is given all the same."""
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                for option in command._actions:
+                    option.default = argparse.SUPPRESS  # an option not given leaves no attribute
+    return set(vars(parser.parse_args(argv)))
 
 
 def style_options(args) -> StyleOptions:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import List, Optional
 
 # Torch-free imports only: arguments are parsed, and outputs checked, before torch is imported.
-from nst_ext.cli.arguments import CommandError, build_parser, style_options
+from nst_ext.cli.arguments import CommandError, build_parser, given_options, style_options
 from nst_ext.cli.job_commands import run_batch_command, run_video_command
 from nst_ext.cli.stopping import install_stop_handlers, nothing_made, restore_handlers, stop_exit_status, stop_verb
 from nst_ext.cli.watching import LiveViewOnDemand, web_module
@@ -91,15 +91,14 @@ def _info_of(picture: str) -> int:
 PLACEMENT_OPTIONS = ("device", "devices", "device_split", "max_memory", "checkpointing", "tile")
 
 
-def _rerun(args) -> int:
+def _rerun(args, argv: List[str]) -> int:
     """`stylize --from PICTURE`: the run that made the picture, with the output's switches and the
-    placement options (PLACEMENT_OPTIONS) of this command line; a style option given as well is
-    refused (it would not be that run)."""
+    placement options (PLACEMENT_OPTIONS) of this command line `argv`; a style option given as well
+    is refused, even at its default value (it would not be that run, or would say what it is not)."""
     if args.content or args.styles:
         raise CommandError("with --from the inputs come from the picture; drop the content and style images")
-    defaults = vars(build_parser().parse_args(["stylize", "content", "style", "-o", args.output]))
-    changed = [name for name in (field.name for field in dataclasses.fields(StyleOptions))
-               if name in defaults and vars(args)[name] != defaults[name]]
+    given = given_options(argv)
+    changed = [field.name for field in dataclasses.fields(StyleOptions) if field.name in given]
     refused = [f"--{name.replace('_', '-')}" for name in changed if name not in PLACEMENT_OPTIONS]
     if refused:
         placement = ", ".join(f"--{name.replace('_', '-')}" for name in PLACEMENT_OPTIONS)
@@ -117,7 +116,7 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
     options.validate()
     _check_outputs(args, output, _input_files(options, content, styles))
     from nst_ext import provenance
-    from nst_ext.images import save_image  # torch is imported from here on
+    from nst_ext.images import icc_profile, save_image  # torch is imported from here on
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(options)
@@ -165,7 +164,7 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
             # A full disk: the picture goes to a fallback folder, named in the error.
             record = provenance.make_record(options, content, styles, result.seed, stylizer.weights.source,
                                             str(stylizer.device), command=args.command)
-            profile = provenance.icc_profile(content)
+            profile = icc_profile(content)
             write_or_rescue(lambda path: save_image(result.tensor, path, overwrite=args.overwrite, record=record,
                                                     icc_profile=profile, bit_depth=args.bit_depth), output)
             if args.plot:
@@ -271,7 +270,7 @@ def _main(argv: Optional[List[str]]) -> int:
             return web_module("app").serve(args.out, host=args.host, port=args.port, device=args.device,
                                            max_upload=args.max_upload)
         if args.from_picture:
-            return _rerun(args)
+            return _rerun(args, sys.argv[1:] if argv is None else argv)
         if args.content is None or not args.styles:
             raise CommandError("stylize needs a content image and at least one style image (or --from PICTURE)")
         return _run_stylize(args, args.content, args.styles, Path(args.output))

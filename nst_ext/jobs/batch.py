@@ -253,7 +253,7 @@ def _run_items(items, styles, out_dir, options, output_format, overwrite, on_ite
                batch_size) -> BatchSummary:
     """run_batch's work once the output folder is this job's."""
     from nst_ext import provenance
-    from nst_ext.images import load_image
+    from nst_ext.images import icc_profile, load_image
     from nst_ext.stylizer import Stylizer
 
     manifest = out_dir / MANIFEST_NAME
@@ -306,7 +306,7 @@ def _run_items(items, styles, out_dir, options, output_format, overwrite, on_ite
             for (item, _, _), result in zip(group, results):
                 record = provenance.make_record(stylizer.options, item.source, styles, result.seed,
                                                 stylizer.weights.source, str(stylizer.device), command="batch")
-                profile = provenance.icc_profile(item.source)
+                profile = icc_profile(item.source)
                 with deferred_signals():  # the picture and its manifest line land together
                     # A full disk stops the job: the picture goes to a fallback folder, said in the error.
                     write_or_rescue(lambda path: _save_item(result.tensor, path, record, profile), item.output)

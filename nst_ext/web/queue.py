@@ -38,7 +38,7 @@ class Job:
 def stylize_job(job: Job, on_progress: Callable) -> None:
     """Makes `job`'s picture and writes it (with its provenance record) to ``job.output``."""
     from nst_ext import provenance
-    from nst_ext.images import save_image
+    from nst_ext.images import icc_profile, save_image
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(job.options)
@@ -52,7 +52,7 @@ def stylize_job(job: Job, on_progress: Callable) -> None:
                                     stylizer.weights.source, str(stylizer.device), command="serve")
     # A full disk: the picture goes to a fallback folder, named in the error the page shows.
     write_or_rescue(lambda path: save_image(result.tensor, path, record=record,
-                                            icc_profile=provenance.icc_profile(str(job.content))), job.output)
+                                            icc_profile=icc_profile(str(job.content))), job.output)
     job.preview.finish(result.tensor, "stopped" if result.interrupted else "done")
     job.state = "stopped" if result.interrupted else "done"
 
