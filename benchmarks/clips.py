@@ -17,10 +17,12 @@ from nst_ext.video import VIDEO_FORMATS
 
 
 def synthetic_clip(path: os.PathLike, frames: int = 24, size: Tuple[int, int] = (96, 128), fps: int = 12,
-                   audio: bool = True) -> Path:
+                   audio: bool = True, audio_rate: int = 48000, display_rotation: int = 0) -> Path:
     """A short clip for tests, benchmarks and trying things out: the sample photo as a still
     background with a patch of the sample painting moving across it, and (for .mp4 and .webm) a
-    quiet tone. `size` is (height, width)."""
+    quiet tone sampled at `audio_rate` Hz. `size` is (height, width) as stored; `display_rotation`
+    (degrees counterclockwise, as FFmpeg's display matrix) tells players to turn it, as a phone's
+    portrait clip does."""
     import av
 
     from nst_ext.images import load_image, resize
@@ -35,9 +37,11 @@ def synthetic_clip(path: os.PathLike, frames: int = 24, size: Tuple[int, int] = 
     with av.open(str(path), mode="w", format=container_format) as output:
         stream = output.add_stream(codec, rate=fps)
         stream.height, stream.width, stream.pix_fmt = height, width, pixel_format
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
         sound = None
         if audio and audio_codec is not None:
-            sound = output.add_stream(audio_codec, rate=48000)
+            sound = output.add_stream(audio_codec, rate=audio_rate)
             sound.layout = "mono"
         for index in range(frames):
             frame = background.clone()
@@ -50,13 +54,13 @@ def synthetic_clip(path: os.PathLike, frames: int = 24, size: Tuple[int, int] = 
         for packet in stream.encode():
             output.mux(packet)
         if sound is not None:
-            samples = int(48000 * frames / fps)
-            tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(samples) / 48000)).astype(np.float32)
+            samples = int(audio_rate * frames / fps)
+            tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(samples) / audio_rate)).astype(np.float32)
             frame_size = sound.codec_context.frame_size or 1024
             for offset in range(0, samples, frame_size):
                 chunk = tone[offset:offset + frame_size]
                 audio_frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
-                audio_frame.sample_rate = 48000
+                audio_frame.sample_rate = audio_rate
                 audio_frame.pts = offset
                 for packet in sound.encode(audio_frame):
                     output.mux(packet)

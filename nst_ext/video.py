@@ -1,10 +1,11 @@
 """Reading and writing video through PyAV (FFmpeg's bindings, as torchvision's video I/O uses).
 
-Frames inside nst_ext are float32 tensors ``(3, H, W)``, RGB, in [0, 1], like images. Written
+Frames inside nst_ext are float32 tensors ``(3, H, W)``, RGB, in [0, 1], like images, upright: a
+clip with a display rotation (a phone's portrait clip) is read turned as a player shows it. Written
 videos keep the input's frame count and frame rate; ``.mp4`` is H.264 and ``.webm`` VP9 (both
 4:2:0, so their sides are made even), ``.gif`` a palette GIF. The audio of the input is carried
 over: copied as it is where the container takes its codec, else re-encoded (AAC in MP4, Opus in
-WebM; a GIF has none). A video is written to a temporary file beside its name and renamed, and
+WebM, at the input's sample rate where the encoder takes it, else resampled; a GIF has none). A video is written to a temporary file beside its name and renamed, and
 Ctrl-C or SIGTERM wait until it is in place. Every problem with an input is one VideoError line.
 """
 
@@ -15,6 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Tuple
 
+import numpy as np
 import torch
 
 from nst_ext.errors import InputError, OutputError
@@ -56,6 +58,12 @@ def _open(path: Path):
         raise VideoError(f"{str(path)!r} is not a video FFmpeg can read ({error.strerror or error})") from None
 
 
+def _quarter_turns(frame) -> int:
+    """How many quarter turns counterclockwise show `frame` upright (its display rotation, which
+    FFmpeg gives in degrees counterclockwise; other than quarter turns are rounded)."""
+    return round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+
+
 def probe(path: os.PathLike) -> VideoInfo:
     """Frame count (by decoding: containers' own counts can be missing or wrong), frame rate, size
     and whether there is audio. Raises VideoError for a file with no decodable video stream."""
@@ -67,14 +75,19 @@ def probe(path: os.PathLike) -> VideoInfo:
             raise VideoError(f"{str(path)!r} has no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
+        frames, turns = 0, 0
         try:
-            frames = sum(1 for _ in container.decode(stream))
+            for frame in container.decode(stream):
+                turns = _quarter_turns(frame) if frames == 0 else turns
+                frames += 1
         except av.FFmpegError as error:
             raise VideoError(f"cannot decode the video of {str(path)!r} ({error.strerror or error})") from None
         if frames == 0 or not rate:
             raise VideoError(f"{str(path)!r} has no decodable video frames")
-        return VideoInfo(frames, Fraction(rate), stream.codec_context.width, stream.codec_context.height,
-                         bool(container.streams.audio))
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if turns % 2:  # shown on its side: the upright frame's sides are swapped
+            width, height = height, width
+        return VideoInfo(frames, Fraction(rate), width, height, bool(container.streams.audio))
 
 
 def read_frames(path: os.PathLike, shape: Optional[Tuple[int, int]] = None, start: int = 0) -> Iterator[torch.Tensor]:
@@ -90,8 +103,8 @@ def read_frames(path: os.PathLike, shape: Optional[Tuple[int, int]] = None, star
             for index, frame in enumerate(container.decode(video=0)):
                 if index < start:
                     continue
-                array = frame.to_ndarray(format="rgb24")
-                tensor = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+                array = np.rot90(frame.to_ndarray(format="rgb24"), _quarter_turns(frame))
+                tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
                 yield resize(tensor, shape) if shape and tuple(tensor.shape[-2:]) != tuple(shape) else tensor
         except av.FFmpegError as error:
             raise VideoError(f"cannot decode the video of {str(path)!r} ({error.strerror or error})") from None
@@ -164,6 +177,18 @@ def write_video(frames: Iterable[torch.Tensor], path: os.PathLike, fps: Fraction
     return path
 
 
+def encoder_rate(codec: str, rate: Optional[int]) -> int:
+    """The sample rate to encode audio of `rate` Hz with `codec`: the same where the encoder takes it,
+    else the lowest it takes above it (Opus has 48 kHz for 44.1 kHz), else its highest."""
+    import av
+
+    rates = sorted(av.codec.Codec(codec, "w").audio_rates or ())
+    rate = rate or 48000
+    if not rates or rate in rates:
+        return rate
+    return next((option for option in rates if option > rate), rates[-1])
+
+
 class _AudioCarrier:
     """The first audio stream of `source` into `output`: its packets copied when the container
     takes the codec, else decoded and re-encoded with `audio_codec`. The stream is added when
@@ -182,8 +207,9 @@ class _AudioCarrier:
         self.copy = self.source.codec_context.name in self.COPIED.get(output.format.name.split(",")[0], ())
         if self.copy:
             self.stream = output.add_stream_from_template(self.source)
-        else:
-            self.stream = output.add_stream(audio_codec, rate=self.source.codec_context.sample_rate or 48000)
+        else:  # the encoder resamples each frame to the stream's rate
+            self.stream = output.add_stream(audio_codec, rate=encoder_rate(audio_codec,
+                                                                         self.source.codec_context.sample_rate))
 
     def carry(self) -> None:
         try:

@@ -54,6 +54,41 @@ def test_video_keeps_frames_rate_size_and_audio(tmp_path, clip, capsys, suffix):
             assert '"command": "video"' in comment  # Matroska names the tag COMMENT
 
 
+def test_audio_at_a_rate_the_webm_encoder_lacks_is_resampled(tmp_path):
+    """A phone's 44.1 kHz AAC into .webm: Opus takes 48 kHz, not 44.1 (the whole video was made, then
+    the write failed); the audio is resampled and lasts as long."""
+    import av
+
+    from nst_ext.video import write_video
+
+    source = synthetic_clip(tmp_path / "phone.mp4", frames=6, size=(32, 48), fps=6, audio_rate=44100)
+    output = write_video(read_frames(source), tmp_path / "out.webm", probe(source).fps, audio_from=source)
+    with av.open(str(source)) as original, av.open(str(output)) as written:
+        assert original.streams.audio[0].codec_context.sample_rate == 44100
+        stream = written.streams.audio[0]
+        assert stream.codec_context.name == "opus" and stream.codec_context.sample_rate == 48000
+        heard = sum(frame.samples for frame in written.decode(stream)) / 48000
+    assert abs(heard - 1.0) < 0.05, heard  # 6 frames at 6 fps
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_a_clip_with_a_display_rotation_is_read_upright(tmp_path, rotation):
+    """A portrait phone clip is stored sideways with a display rotation: its frames are read as a
+    player shows them (FFmpeg's display matrix: degrees counterclockwise), and its size too."""
+    import numpy as np
+
+    plain = synthetic_clip(tmp_path / "plain.mp4", frames=3, size=(32, 48), fps=6, audio=False)
+    turned = synthetic_clip(tmp_path / "turned.mp4", frames=3, size=(32, 48), fps=6, audio=False,
+                            display_rotation=rotation)
+    info = probe(turned)
+    assert (info.height, info.width) == ((32, 48) if rotation == 180 else (48, 32))
+    for stored, shown in zip(read_frames(plain), read_frames(turned)):
+        expected = torch.from_numpy(np.ascontiguousarray(np.rot90(stored.permute(1, 2, 0).numpy(), rotation // 90)))
+        assert torch.equal(shown, expected.permute(2, 0, 1))
+    resized = next(read_frames(turned, shape=(24, 16) if rotation != 180 else (16, 24)))
+    assert tuple(resized.shape) == ((3, 24, 16) if rotation != 180 else (3, 16, 24))
+
+
 def test_even_sides_for_420_video(tmp_path, clip):
     output = tmp_path / "odd.mp4"
     run_video(clip, [STYLE], output, nst_ext.StyleOptions(size=47, steps=2, device="cpu"), frame_steps=1)
