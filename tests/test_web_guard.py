@@ -317,3 +317,19 @@ def test_the_security_guide_states_the_caps_this_code_has():
     guide = (Path(__file__).parent.parent / "docs" / "web.md").read_text()
     assert f"at most {MAX_WAITING_JOBS} jobs wait at once, at most {LARGEST_STEPS} steps per scale" in guide
     assert f"at most {UPLOADS_FOLDER_UPLOADS} × `--max-upload`" in guide and f"{MAX_FILES} × `--max-upload`" in guide
+
+
+def test_a_job_that_fails_on_a_bug_shows_no_text_of_it(tmp_path, caplog):
+    def broken(job, on_progress):
+        raise RuntimeError("cannot open /home/someone/private/photo.png")
+
+    queue = JobQueue(run=broken)
+    try:
+        client = TestClient(web_app(queue, Uploads(tmp_path, "cpu", max_upload=200_000), ADDRESS), base_url=OWN_PAGE)
+        assert sample_job(client, origin=OWN_PAGE).status_code == 201
+        wait_for(lambda: queue.jobs[0].state == "failed")
+        shown = client.get("/jobs").json()["jobs"][0]
+        assert shown["message"] == "internal error (the server's log has the details)"
+        assert "private/photo.png" in caplog.text
+    finally:
+        queue.close()

@@ -4,6 +4,7 @@ in the order they came on a worker thread (:class:`JobQueue`), each shown live w
 
 import dataclasses
 import itertools
+import logging
 import threading
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -12,6 +13,8 @@ from nst_ext.errors import InputError
 from nst_ext.options import StyleOptions
 from nst_ext.outputs import write_or_rescue
 from nst_ext.web.preview import Preview
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -138,6 +141,7 @@ class JobQueue:
         except InputError as error:
             job.state, job.message = "failed", str(error)
             job.preview.finish(None, "failed", job.message)
-        except Exception as error:  # the app goes on with the next job; the page says what happened
-            job.state, job.message = "failed", f"{type(error).__name__}: {error}"
+        except Exception:  # a bug: the app goes on with the next job; its text (paths) stays in the log
+            LOG.exception("nst-ext: job %d failed", job.number)
+            job.state, job.message = "failed", "internal error (the server's log has the details)"
             job.preview.finish(None, "failed", job.message)

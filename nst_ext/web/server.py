@@ -29,7 +29,7 @@ LOCAL_HOST = "127.0.0.1"
 KEEP_ALIVE_SECONDS = 10.0
 
 
-LOG = logging.getLogger("nst_ext.web")
+LOG = logging.getLogger(__name__)
 
 
 def guarded_app(routes: List[BaseRoute], access: Access, max_body: int,
