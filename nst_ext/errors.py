@@ -29,3 +29,8 @@ class UnknownLayerError(InputError):
 
 class JobWarning(UserWarning):
     """Something a job skipped or noticed and went on (the CLI prints it as one line)."""
+
+
+class BackendWarning(RuntimeWarning):
+    """The ops run on the slow pure-PyTorch reference because the compiled kernels are unavailable
+    (the CLI prints it as one line)."""

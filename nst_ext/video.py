@@ -44,7 +44,7 @@ def _av():
     try:
         import av
     except ImportError:
-        raise VideoError("video needs PyAV: pip install av (or pip install 'nst_ext[video]')") from None
+        raise VideoError("video needs PyAV, a dependency of nst_ext: pip install av") from None
     return av
 
 

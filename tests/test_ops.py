@@ -2,12 +2,13 @@
 
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
 
 import nst_ext
-from nst_ext import reference
+from nst_ext import _ops, reference
 
 # (B, C, H, W): C = 1 and 3, H*W = 1, H*W prime (97, 127), C across the 64-channel
 # block boundary, and shapes long enough in H*W for the kernels to split that axis.
@@ -645,3 +646,47 @@ def test_masked_bad_input_gets_a_clear_error(backend, name, args, error, message
                 function(*args)
 
 
+
+
+@pytest.mark.parametrize("built, running, cuda, refused", [
+    ({"torch": "2.14.1", "cuda": None}, "2.14.0", None, False),  # another patch release: the same ABI
+    ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cu130", "13.0", False),
+    ({"torch": "2.14.1+cpu", "cuda": None}, "2.14.1+cu130", "13.0", False),  # C++ kernels only: any 2.14
+    ({"torch": "2.14.1", "cuda": None}, "2.15.0", None, True),
+    ({"torch": "2.14.1", "cuda": None}, "2.4.0", None, True),
+    ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cpu", None, True),  # CUDA kernels, a CPU-only torch
+    ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cu126", "12.6", True),
+    (None, "2.99.0", None, False),  # a build from before the record: loading it tells
+])
+def test_a_library_built_for_another_torch_is_not_loaded(built, running, cuda, refused):
+    from nst_ext._ops import build_mismatch
+
+    why = build_mismatch(built, running, cuda)
+    assert (why is not None) == refused, why
+    if refused:
+        assert f"built for torch {built['torch']}" in why and f"this is torch {running}" in why
+        assert "pip install --no-build-isolation ." in why
+
+
+@pytest.mark.skipif(_ops.BUILD_INFO is None, reason="the build recorded nothing to compare")
+def test_an_import_under_another_torch_names_both_versions_and_runs_on_the_reference():
+    """Where the installed torch is not the build's (here another version is pretended before the
+    import), the library is not loaded (that was an undefined-symbol crash): one line names both
+    versions, and the ops run on the reference."""
+    code = textwrap.dedent("""
+        import warnings, torch
+        torch.__version__ = "2.99.0"
+        import nst_ext
+        info = nst_ext.backend_info()
+        print(info["load_error"])
+        print(info["cpu"], hasattr(torch.ops.nst_ext, "gram"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            nst_ext.gram_matrix(torch.rand(1, 3, 4, 4))
+        print(len(caught), caught[0].category.__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    error, backend, warned = result.stdout.strip().splitlines()
+    assert f"built for torch {_ops.BUILD_INFO['torch']}" in error and "this is torch 2.99.0" in error
+    assert backend == "reference False" and warned == "1 BackendWarning"

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 from typing import List, Set
 
+from nst_ext import __version__
 from nst_ext.errors import InputError
 from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM
 from nst_ext.options import (COARSEST_AUTOMATIC_SCALE, COLOR_SPACES, COLOR_TRANSFERS, DEFAULT_CONTENT_LAYERS,
@@ -192,6 +193,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser, input_help: str, output:
 def build_parser() -> argparse.ArgumentParser:
     defaults = StyleOptions()
     parser = argparse.ArgumentParser(prog="nst-ext", description="Neural style transfer (Gatys et al.) with compiled kernels.")
+    parser.add_argument("--version", action="version", version=f"nst-ext {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     stylize = commands.add_parser("stylize", help="stylize a content image with one or more style images")
     stylize.add_argument("content", nargs="?", help="content image")

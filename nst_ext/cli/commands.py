@@ -27,7 +27,7 @@ from nst_ext.cli.arguments import CommandError, build_parser, given_options, sty
 from nst_ext.cli.job_commands import run_batch_command, run_video_command
 from nst_ext.cli.stopping import install_stop_handlers, nothing_made, restore_handlers, stop_exit_status, stop_verb
 from nst_ext.cli.watching import LiveViewOnDemand, web_module
-from nst_ext.errors import InputError, JobWarning
+from nst_ext.errors import BackendWarning, InputError, JobWarning
 from nst_ext.layers import LAYERS, min_image_side
 from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleOptions
 from nst_ext.outputs import WriteError, check_outputs, deferred_signals, write_or_rescue
@@ -206,6 +206,11 @@ def _info() -> int:
     print(f"nst_ext {nst_ext.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print(f"CPU tensors:  {info['cpu']}")
     print(f"CUDA tensors: {info['cuda']}" + ("" if info["cuda_available"] else " (no GPU visible)"))
+    built = info["built_for"]
+    if built:
+        print(f"kernels built for torch {built.get('torch')}" + (
+            f", CUDA {built['cuda']} ({built.get('cuda_archs') or 'default architectures'})" if built.get("cuda")
+            else ", without CUDA kernels"))
     if info["load_error"]:
         print(f"extension load error: {info['load_error']}")
     device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
@@ -230,7 +235,7 @@ def _one_line_warnings():
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, JobWarning):
+        if issubclass(category, (JobWarning, BackendWarning)):
             print(f"nst-ext: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, filename, lineno, file, line)
