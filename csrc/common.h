@@ -147,9 +147,10 @@ inline at::Tensor multiply_symmetric_as_laid(const at::Tensor& S, const at::Tens
 
 // ---------------------------------------------------------------------------
 // The forward's safety net, like cuDNN's benchmark mode: on the first call for
-// a device, op, dtype, shape and layout, our own Gram kernel and the BLAS path
-// are both timed and the faster is kept for every later call, so the compiled
-// op is never slower than the library's product. NST_EXT_GRAM_ALGORITHM=own or
+// a device, op, dtype, shape and layout, our own Gram kernel is checked against
+// the BLAS path on that input, then both are timed and the faster is kept for
+// every later call, so the compiled op is never wrong where the library is
+// right, nor slower than the library's product. NST_EXT_GRAM_ALGORITHM=own or
 // =blas (or nst_ext.set_gram_algorithm) forces one; "auto" is the default.
 // Defined in ops.cpp, the one place that holds the choices.
 
@@ -167,12 +168,17 @@ struct ForwardKey {
 
 ForwardKey forward_key(const at::Tensor& features, int op);
 
-// run(algorithm) runs one candidate; time(run_once) returns its seconds (the
-// backend's clock: wall time on the CPU, CUDA events on the GPU). When
-// can_time is false (a CUDA graph being captured) and nothing is cached yet,
-// returns kBlas without caching.
+// run(algorithm) runs one candidate as the op would; gram_of(algorithm) runs it and returns the
+// Gram it computed, (B, C, C) in the accumulation dtype; time(run_once) returns its seconds (the
+// backend's clock: wall time on the CPU, CUDA events on the GPU). Before any timing our kernel's
+// Gram is checked against the BLAS product's on the same input: where it disagrees beyond the
+// dtype's bound, is not finite where BLAS is, or raises, it is never chosen for that key (the
+// choice is recorded as BLAS with our kernel failed, and one warning names the kernel, shape,
+// device and error). When can_time is false (a CUDA graph being captured) and nothing is cached
+// yet, returns kBlas without caching.
 Algorithm choose_forward_algorithm(const ForwardKey& key,
                                    const std::function<void(Algorithm)>& run,
+                                   const std::function<at::Tensor(Algorithm)>& gram_of,
                                    const std::function<double(const std::function<void()>&)>& time,
                                    bool can_time);
 

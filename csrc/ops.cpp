@@ -30,6 +30,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -46,6 +47,14 @@ std::map<ForwardKey, Algorithm> choices;  // guarded by choices_mutex
 // The keys a forward has looked up in this process (restored choices a run never met are not
 // among them: a picture's record lists only these). Guarded by choices_mutex.
 std::set<ForwardKey> used;
+// The keys whose BLAS choice was made because our kernel failed its check (listed as
+// kOwnFailedName), each with the line saying why (empty for a choice restored from a file).
+// Guarded by choices_mutex.
+std::map<ForwardKey, std::string> own_failed;
+constexpr const char* kOwnFailedName = "blas (own failed)";
+// A fault injected into our kernel's result while it is checked, for the tests only: "" (none,
+// always so outside them), "wrong", "nan" or "raise". Guarded by choices_mutex.
+std::string candidate_fault;
 
 bool parse_mode(const std::string& text, Mode& mode) {
   if (text == "auto" || text.empty()) mode = Mode::kAuto;
@@ -74,6 +83,40 @@ const char* mode_name(Mode mode) {
 // Candidates run kRepeats times after one warm-up; the fastest run counts.
 constexpr int kRepeats = 3;
 
+// How far our kernel's Gram may lie from the BLAS product's, relative to the largest entry of
+// the BLAS one (which bounds every entry: |G_ij| <= sqrt(G_ii G_jj)): float64 accumulates in
+// float64; the other dtypes in float32, from the same (rounded) inputs on both paths, in other
+// orders (blocked sums, split-K, 3xTF32 on tensor cores).
+double agreement_bound(at::ScalarType dtype) {
+  return dtype == at::kDouble ? 1e-9 : dtype == at::kFloat ? 1e-3 : 1e-2;
+}
+
+// Why `own` is not the Gram `blas` is ("" where it is).
+std::string disagreement(const at::Tensor& own, const at::Tensor& blas, at::ScalarType dtype) {
+  if (own.sizes() != blas.sizes()) return "a result of another shape";
+  if (blas.numel() == 0) return "";
+  const at::Tensor mine = own.to(at::kDouble), theirs = blas.to(at::kDouble);
+  if (!at::isfinite(theirs).all().item<bool>()) return "";  // an input of inf or NaN: nothing to hold it to
+  if (!at::isfinite(mine).all().item<bool>()) return "NaN or infinite values where the BLAS product has none";
+  const double scale = theirs.abs().max().item<double>();
+  const double difference = (mine - theirs).abs().max().item<double>();
+  const double allowed = agreement_bound(dtype) * scale + std::numeric_limits<double>::min();
+  if (difference <= allowed) return "";
+  std::ostringstream text;
+  text << "its Gram differs from the BLAS product's by " << difference << " (at most " << allowed << " allowed)";
+  return text.str();
+}
+
+std::string describe_key(const ForwardKey& key) {
+  std::ostringstream text;
+  static const char* layouts[] = {"NCHW", "channels-last", "strided"};
+  text << (key.op == 0 ? "gram" : "style_loss") << " of " << c10::toString(static_cast<at::ScalarType>(key.dtype))
+       << " features (B=" << key.batch << ", C=" << key.channels << ", H*W=" << key.spatial << ", "
+       << layouts[key.layout] << ") on "
+       << c10::Device(static_cast<c10::DeviceType>(key.device_type), static_cast<c10::DeviceIndex>(key.device_index));
+  return text.str();
+}
+
 }  // namespace
 
 bool ForwardKey::operator<(const ForwardKey& other) const {
@@ -89,8 +132,10 @@ ForwardKey forward_key(const at::Tensor& features, int op) {
 }
 
 Algorithm choose_forward_algorithm(const ForwardKey& key, const std::function<void(Algorithm)>& run,
+                                   const std::function<at::Tensor(Algorithm)>& gram_of,
                                    const std::function<double(const std::function<void()>&)>& time,
                                    bool can_time) {
+  std::string fault;
   {
     std::lock_guard<std::mutex> lock(choices_mutex);
     const Mode mode = current_mode();
@@ -101,20 +146,43 @@ Algorithm choose_forward_algorithm(const ForwardKey& key, const std::function<vo
       used.insert(key);
       return found->second;
     }
+    fault = candidate_fault;
   }
   if (!can_time) return Algorithm::kBlas;
-  double best[2];
-  for (const Algorithm candidate : {Algorithm::kOwn, Algorithm::kBlas}) {
-    run(candidate);  // warm-up: allocator, library handles, caches
-    double fastest = std::numeric_limits<double>::infinity();
-    for (int repeat = 0; repeat < kRepeats; ++repeat)
-      fastest = std::min(fastest, time([&] { run(candidate); }));
-    best[static_cast<int>(candidate)] = fastest;
+  // The check, which is also each candidate's warm-up (allocator, library handles, caches).
+  const at::Tensor expected = gram_of(Algorithm::kBlas);
+  std::string failure;
+  try {
+    TORCH_CHECK(fault != "raise", "a fault injected by the tests");
+    at::Tensor own = gram_of(Algorithm::kOwn);
+    if (fault == "wrong") own = own + 1;
+    if (fault == "nan") own = own.clone().fill_(std::numeric_limits<double>::quiet_NaN());
+    failure = disagreement(own, expected, static_cast<at::ScalarType>(key.dtype));
+  } catch (const std::exception& error) {
+    const std::string what = error.what();
+    failure = "it raised: " + what.substr(0, what.find('\n'));
   }
-  const Algorithm chosen = best[0] <= best[1] ? Algorithm::kOwn : Algorithm::kBlas;
+  Algorithm chosen = Algorithm::kBlas;
+  if (failure.empty()) {
+    double best[2];
+    for (const Algorithm candidate : {Algorithm::kOwn, Algorithm::kBlas}) {
+      double fastest = std::numeric_limits<double>::infinity();
+      for (int repeat = 0; repeat < kRepeats; ++repeat)
+        fastest = std::min(fastest, time([&] { run(candidate); }));
+      best[static_cast<int>(candidate)] = fastest;
+    }
+    chosen = best[0] <= best[1] ? Algorithm::kOwn : Algorithm::kBlas;
+  }
   std::lock_guard<std::mutex> lock(choices_mutex);
   used.insert(key);
-  return choices.emplace(key, chosen).first->second;  // a concurrent first call may have won
+  const auto [where, added] = choices.emplace(key, chosen);  // a concurrent first call may have won
+  if (added && !failure.empty()) {
+    // Said once, as a Python warning, by nst_ext._ops (a warning raised here would reach only
+    // stderr: torch.ops calls install no Python warning handler).
+    own_failed[key] = "nst_ext: our Gram kernel is not used for " + describe_key(key) + ": " + failure +
+                      "; the BLAS product serves this shape (`nst-ext info --self-test` checks every kernel)";
+  }
+  return where->second;
 }
 
 }  // namespace nst_ext
@@ -138,7 +206,7 @@ std::string get_gram_algorithm() {
 }
 
 // One row per choice: device_type, device_index, op, dtype, B, C, n, layout and
-// "own" | "blas", tab-separated (nst_ext.gram_algorithm_choices() splits them). With used_only,
+// "own" | "blas" | "blas (own failed)", tab-separated (nst_ext.gram_algorithm_choices() splits them). With used_only,
 // only the choices a forward has looked up in this process.
 std::vector<std::string> gram_algorithm_choices(bool used_only) {
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
@@ -155,7 +223,8 @@ std::vector<std::string> gram_algorithm_choices(bool used_only) {
         std::to_string(key.channels),
         std::to_string(key.spatial),
         layouts[key.layout],
-        algorithm == nst_ext::Algorithm::kOwn ? "own" : "blas"};
+        algorithm == nst_ext::Algorithm::kOwn ? "own"
+            : nst_ext::own_failed.count(key) ? nst_ext::kOwnFailedName : "blas"};
     std::string row;
     for (const auto& field : fields) row += (row.empty() ? "" : "\t") + field;
     rows.push_back(row);
@@ -171,7 +240,7 @@ void restore_gram_algorithm_choices(std::vector<std::string> rows) {
       {c10::toString(at::kHalf), at::kHalf}, {c10::toString(at::kBFloat16), at::kBFloat16},
       {c10::toString(at::kFloat), at::kFloat}, {c10::toString(at::kDouble), at::kDouble}};
   static const char* layouts[] = {"nchw", "channels_last", "other"};
-  std::vector<std::pair<nst_ext::ForwardKey, nst_ext::Algorithm>> parsed;
+  std::vector<std::pair<nst_ext::ForwardKey, std::string>> parsed;
   for (const auto& row : rows) {
     std::vector<std::string> fields;
     size_t start = 0;
@@ -199,17 +268,42 @@ void restore_gram_algorithm_choices(std::vector<std::string> rows) {
     for (int layout = 0; layout < 3; ++layout)
       if (fields[7] == layouts[layout]) key.layout = layout;
     TORCH_CHECK_VALUE(key.layout >= 0, "nst_ext: unknown layout in '", row, "'");
-    TORCH_CHECK_VALUE(fields[8] == "own" || fields[8] == "blas", "nst_ext: unknown algorithm in '", row, "'");
-    parsed.emplace_back(key, fields[8] == "own" ? nst_ext::Algorithm::kOwn : nst_ext::Algorithm::kBlas);
+    TORCH_CHECK_VALUE(fields[8] == "own" || fields[8] == "blas" || fields[8] == nst_ext::kOwnFailedName,
+                      "nst_ext: unknown algorithm in '", row, "'");
+    parsed.emplace_back(key, fields[8]);
   }
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
-  for (const auto& [key, algorithm] : parsed) nst_ext::choices[key] = algorithm;
+  for (const auto& [key, algorithm] : parsed) {
+    nst_ext::choices[key] = algorithm == "own" ? nst_ext::Algorithm::kOwn : nst_ext::Algorithm::kBlas;
+    if (algorithm == nst_ext::kOwnFailedName) nst_ext::own_failed.emplace(key, "");
+    else nst_ext::own_failed.erase(key);
+  }
 }
 
 void clear_gram_algorithm_choices() {
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
   nst_ext::choices.clear();
   nst_ext::used.clear();
+  nst_ext::own_failed.clear();
+}
+
+// Why our kernel failed its check, one line per key it failed for in this process (not for the
+// failures restored from a file, which were said where they were found).
+std::vector<std::string> candidate_failures() {
+  std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
+  std::vector<std::string> lines;
+  for (const auto& [key, line] : nst_ext::own_failed)
+    if (!line.empty()) lines.push_back(line);
+  return lines;
+}
+
+// For the tests only (tests/test_ops.py): a fault injected into our kernel's result while the
+// choice checks it ("" for none, "wrong", "nan" or "raise"); the kernel itself is untouched.
+void set_candidate_fault(std::string fault) {
+  TORCH_CHECK_VALUE(fault.empty() || fault == "wrong" || fault == "nan" || fault == "raise",
+                    "nst_ext: a candidate fault is '', 'wrong', 'nan' or 'raise', got '", fault, "'");
+  std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
+  nst_ext::candidate_fault = fault;
 }
 
 }  // namespace
@@ -229,4 +323,6 @@ TORCH_LIBRARY(nst_ext, m) {
   m.def("gram_algorithm_choices(bool used_only=False) -> str[]", &gram_algorithm_choices);
   m.def("clear_gram_algorithm_choices() -> ()", &clear_gram_algorithm_choices);
   m.def("restore_gram_algorithm_choices(str[] rows) -> ()", &restore_gram_algorithm_choices);
+  m.def("candidate_failures() -> str[]", &candidate_failures);
+  m.def("_set_candidate_fault(str fault) -> ()", &set_candidate_fault);
 }

@@ -207,9 +207,11 @@ def restore_gram_algorithm_choices(choices: list) -> None:
 
 
 def clear_gram_algorithm_choices() -> None:
-    """Forget the choices of ``"auto"``, so the next call of each shape times both again."""
+    """Forget the choices of ``"auto"``, so the next call of each shape checks and times both again."""
     if LOAD_ERROR is None:
         torch.ops.nst_ext.clear_gram_algorithm_choices()
+    _met.clear()
+    _said_failures.clear()
 
 
 def backend_info() -> dict:
@@ -256,9 +258,10 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     check_features(features)
     if not _uses_compiled(features.device):
         return reference.gram_matrix(features)
-    if features.dim() == 3:
-        return torch.ops.nst_ext.gram(features.unsqueeze(0)).squeeze(0)
-    return torch.ops.nst_ext.gram(features)
+    batched = features if features.dim() == 4 else features.unsqueeze(0)
+    gram = torch.ops.nst_ext.gram(batched)
+    _after_the_first_call("gram", batched)
+    return gram if features.dim() == 4 else gram.squeeze(0)
 
 
 def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
@@ -280,7 +283,28 @@ def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tenso
     batched = features if features.dim() == 4 else features.unsqueeze(0)
     target = target_gram.to(accumulation_dtype(features.dtype))
     loss, _ = torch.ops.nst_ext.style_loss(batched, target)
+    _after_the_first_call("style_loss", batched)
     return loss
+
+
+# The (op, device, dtype, shape, strides) the compiled forward has met in this process, and the
+# failures of our kernel's check already said: the check runs on a shape's first call (csrc/ops.cpp).
+_met = set()
+_said_failures = set()
+
+
+def _after_the_first_call(op: str, features: torch.Tensor) -> None:
+    """After the first call of a shape, one warning for each new failure of our kernel's check
+    (BackendWarning; the BLAS product then serves the shape): the library records them, and it has
+    no way to raise a Python warning itself."""
+    key = (op, features.device, features.dtype, features.shape, features.stride())
+    if key in _met:
+        return
+    _met.add(key)
+    for line in torch.ops.nst_ext.candidate_failures():
+        if line not in _said_failures:
+            _said_failures.add(line)
+            warnings.warn(line, BackendWarning, stacklevel=3)
 
 
 def _weights_for_kernel(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

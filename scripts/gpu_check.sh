@@ -111,7 +111,9 @@ export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$capability}" NST_EXT_FORCE
 # The fault handler in every part: a crash leaves Python's traceback in the part's log.
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}" PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 part build 200 60 "$PYTHON" -m pip install --no-build-isolation --no-deps -e .
-part backends 30 10 "$PYTHON" -m nst_ext info
+# Every compiled op against the float64 reference on this GPU and driver, in every dtype, under
+# both forward algorithms, before anything builds on them: the table is in self-test.log.
+part self-test 60 10 "$PYTHON" -m nst_ext info --self-test
 # The bad direct op calls that crashed a test worker on the H200, each case alone if one crashes,
 # with gdb's native backtrace where gdb exists and, after a crash only, a one-op control extension
 # built the same way (its nvcc build is what the longer limit is for).

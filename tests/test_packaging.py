@@ -64,7 +64,7 @@ def dist(tmp_path_factory):
         pytest.skip("builds from the git checkout (its files are what the sdist must hold)")
     work = tmp_path_factory.mktemp("packaging")
     tree = work / "tree"
-    files = run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
+    files = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT).stdout.split("\0")
     for name in filter(None, files):
         if (ROOT / name).is_file():
             (tree / name).parent.mkdir(parents=True, exist_ok=True)

@@ -504,7 +504,11 @@ std::pair<at::Tensor, double> product_by_chosen_algorithm(const at::Tensor& feat
     auto [product, scale] = compute(algorithm);
     if (op == 0 && scale != 1.0) product.mul_(scale);
   };
-  const Algorithm algorithm = choose_forward_algorithm(forward_key(features, op), run_op, seconds_of,
+  auto gram_of = [&](Algorithm algorithm) {
+    auto [product, scale] = compute(algorithm);
+    return scale != 1.0 ? product.mul_(scale) : product;
+  };
+  const Algorithm algorithm = choose_forward_algorithm(forward_key(features, op), run_op, gram_of, seconds_of,
                                                        /*can_time=*/true);
   return compute(algorithm);
 }

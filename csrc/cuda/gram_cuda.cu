@@ -455,8 +455,13 @@ at::Tensor forward_by_chosen_algorithm(const at::Tensor& features, at::Tensor& o
     const at::Tensor F = features.contiguous().view({features.size(0), features.size(1), spatial_size(features)});
     return ffma_forward(F, out, target);
   };
+  // The Gram a candidate computed: `out`, or for the loss the residual plus the target.
+  auto gram_of = [&](Algorithm candidate) {
+    compute(candidate);
+    return op == 1 ? out + *target : out.clone();
+  };
   const Algorithm algorithm = choose_forward_algorithm(
-      forward_key(features, op), [&](Algorithm candidate) { compute(candidate); }, seconds_on_stream,
+      forward_key(features, op), [&](Algorithm candidate) { compute(candidate); }, gram_of, seconds_on_stream,
       /*can_time=*/!stream_is_capturing());
   return compute(algorithm);
 }

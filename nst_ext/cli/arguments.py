@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="show the kernel backends, device and weights; or how a picture was made")
     info.add_argument("picture", nargs="?", default=None,
                       help="an nst-ext output: print the record it carries (settings, inputs and their hashes, seed)")
+    info.add_argument("--self-test", action="store_true",
+                      help="also check every compiled op against the pure-PyTorch reference on every visible device "
+                           "and dtype: a table, and exit status 1 on any failure")
     return parser
 
 

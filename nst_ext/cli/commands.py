@@ -196,30 +196,6 @@ def _layers() -> int:
     return 0
 
 
-def _info() -> int:
-    import torch
-
-    import nst_ext
-    from nst_ext.weights import resolve_weights
-
-    info = nst_ext.backend_info()
-    print(f"nst_ext {nst_ext.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print(f"CPU tensors:  {info['cpu']}")
-    print(f"CUDA tensors: {info['cuda']}" + ("" if info["cuda_available"] else " (no GPU visible)"))
-    built = info["built_for"]
-    if built:
-        print(f"kernels built for torch {built.get('torch')}" + (
-            f", CUDA {built['cuda']} ({built.get('cuda_archs') or 'default architectures'})" if built.get("cuda")
-            else ", without CUDA kernels"))
-    if info["load_error"]:
-        print(f"extension load error: {info['load_error']}")
-    device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
-    print(f"default device: {device}")
-    weights = resolve_weights()
-    print(f"VGG19 weights: {weights.source}, {weights.normalization} input normalisation")
-    return 0
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     previous_handlers = install_stop_handlers()  # SIGTERM stops a run like Ctrl-C: the best image is saved
     try:
@@ -259,7 +235,11 @@ def _main(argv: Optional[List[str]]) -> int:
         if args.command == "layers":
             return _layers()
         if args.command == "info":
-            return _info_of(args.picture) if args.picture else _info()
+            if args.picture:
+                return _info_of(args.picture)
+            from nst_ext.info import run as info_report
+
+            return info_report(with_self_test=args.self_test)
         if args.command == "demo":
             data = resources.files("nst_ext") / "data"
             output = Path(args.output) if args.output else _free_demo_name()
