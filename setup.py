@@ -126,8 +126,8 @@ def get_extensions():
     if build_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # With no GPU to ask, torch would build for every architecture it knows (slow).
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-    limited_api = f"-DPy_LIMITED_API=0x{LIMITED_API[0]:02X}{LIMITED_API[1]:02X}0000"
-    cxx_flags = ["-O3", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi", limited_api]
+    # py_limited_api=True: torch defines Py_LIMITED_API for the sources and links no libtorch_python.
+    cxx_flags = ["-O3", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if build_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))

@@ -87,6 +87,20 @@ def test_a_change_from_any_other_page_is_refused(served, headers):
     assert len(queue.jobs) == 1 and queue.jobs[0].state == "running" and not queue.jobs[0].stop_requested.is_set()
 
 
+@pytest.mark.parametrize("repeated", [
+    [("origin", "http://evil.example"), ("origin", OWN_PAGE)], [("origin", OWN_PAGE), ("origin", "null")],
+    [("referer", "http://evil.example/"), ("referer", OWN_PAGE + "/")],
+])
+def test_a_request_that_repeats_a_checked_header_is_refused(served, repeated):
+    """Which copy would count? Neither: a browser never repeats them, a forged request may."""
+    client, queue, _, _ = served
+    assert sample_job(client, origin=OWN_PAGE).status_code == 201
+    wait_for(lambda: queue.current is not None)
+    answer = client.post("/jobs/1/stop", headers=repeated)
+    assert answer.status_code == 400 and "repeats its" in answer.json()["error"]
+    assert not queue.jobs[0].stop_requested.is_set()
+
+
 def test_the_own_page_may_change_things_with_its_origin_or_its_referer(served):
     client, queue, _, _ = served
     assert sample_job(client, origin=OWN_PAGE).status_code == 201

@@ -122,8 +122,17 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+# The headers the checks read: a request that repeats one is refused (which copy would count?).
+CHECKED_HEADERS = ("host", "origin", "referer", "cookie")
+
+
 def _headers(scope) -> dict:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+
+
+def _repeated(scope) -> Optional[str]:
+    names = [name.decode("latin-1").lower() for name, _ in scope.get("headers", [])]
+    return next((name for name in CHECKED_HEADERS if names.count(name) > 1), None)
 
 
 class Guard:
@@ -153,6 +162,9 @@ class Guard:
 
     def _refusal(self, scope):
         """An ASGI app answering a request that may not pass, or None where it may."""
+        repeated = _repeated(scope)
+        if repeated:
+            return _json(400, f"the request repeats its {repeated.title()} header")
         headers = _headers(scope)
         host = headers.get("host", "")
         if not self.access.host_allowed(host):
