@@ -28,12 +28,18 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
+# Set to replay a failure: NST_EXT_TEST_SEED=N gives every test that seed.
+SEED_VARIABLE = "NST_EXT_TEST_SEED"
+
+
 @pytest.fixture
 def seed():
-    """A fresh seed per test (printed in the test's report), so every run draws new inputs."""
-    value = int.from_bytes(os.urandom(4), "little")
+    """A fresh seed per test (printed in the test's report, so a failure can be replayed with
+    NST_EXT_TEST_SEED), so every run draws new inputs."""
+    given = os.environ.get(SEED_VARIABLE, "").strip()
+    value = int(given) if given else int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(value)
-    print(f"torch seed {value}")
+    print(f"torch seed {value} (replay: {SEED_VARIABLE}={value})")
     return value
 
 

@@ -255,6 +255,15 @@ def test_the_address_rules_for_each_kind_of_host():
     assert Access.for_address("::1", 9000).token != Access.for_address("::", 9000).token
 
 
+def test_no_websocket_is_accepted(served):
+    from starlette.websockets import WebSocketDisconnect
+
+    client, _, _, _ = served
+    with pytest.raises(WebSocketDisconnect):
+        with client.websocket_connect("/events", headers={"origin": OWN_PAGE}):
+            pass
+
+
 def test_a_bug_is_logged_not_shown(caplog):
     def broken(request):
         raise ValueError("embedded null byte in /home/someone/secret")

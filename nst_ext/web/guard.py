@@ -145,7 +145,9 @@ class Guard:
         self.app, self.access, self.max_body, self.too_large_message = app, access, max_body, too_large_message
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":  # lifespan is off; websockets are not served
+        if scope["type"] == "websocket":  # none is served: refused before it is accepted (a 403)
+            return await send({"type": "websocket.close", "code": 1008})
+        if scope["type"] != "http":  # lifespan (off where we serve)
             return await self.app(scope, receive, send)
 
         async def send_with_headers(message):
