@@ -544,3 +544,19 @@ def test_help_states_todays_defaults():
     guide = (Path(__file__).parents[1] / "docs" / "large-pictures.md").read_text(encoding="utf-8")
     slowdown = re.search(r"the same picture, (\d\.\d)× the time per step", guide).group(1)
     assert f"{slowdown}x the time per step" in flat and "a third more time" not in flat
+
+
+def test_help_numbers_are_the_constants_they_state():
+    """Each default a help text states is read from the constant that sets it (they had drifted)."""
+    from nst_ext.jobs.batch import AUTO_BATCH_LIMIT
+    from nst_ext.jobs.video import FRAME_STEPS, TEMPORAL_WEIGHT
+    from nst_ext.memory import DEFAULT_BUDGET_SHARE, LBFGS_HISTORY, MIN_LBFGS_HISTORY
+
+    stylize = " ".join(nst_ext_cli("stylize", "--help").stdout.split())
+    assert f"(default: {DEFAULT_BUDGET_SHARE * 100:.0f}% of the memory free" in stylize
+    assert f"(down to {MIN_LBFGS_HISTORY}: slower convergence)" in stylize
+    assert f"(default: up to {LBFGS_HISTORY}, no more than" in stylize
+    batch = " ".join(nst_ext_cli("batch", "--help").stdout.split())
+    assert f"as many as fit, up to {AUTO_BATCH_LIMIT}; on a CPU 1" in batch
+    video = " ".join(nst_ext_cli("video", "--help").stdout.split())
+    assert f"after the first (default {FRAME_STEPS})" in video and f"(default {TEMPORAL_WEIGHT:g}; 0:" in video

@@ -7,7 +7,10 @@ from typing import List, Set
 
 from nst_ext import __version__
 from nst_ext.errors import InputError
+from nst_ext.jobs.batch import AUTO_BATCH_LIMIT
 from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM
+from nst_ext.jobs.video import FRAME_STEPS, TEMPORAL_WEIGHT
+from nst_ext.memory import DEFAULT_BUDGET_SHARE, LBFGS_HISTORY, MIN_LBFGS_HISTORY
 from nst_ext.options import (COARSEST_AUTOMATIC_SCALE, COLOR_SPACES, COLOR_TRANSFERS, DEFAULT_CONTENT_LAYERS,
                              DEFAULT_MAX_INPUT_PIXELS, DEFAULT_STYLE_LAYERS, StyleOptions)
 
@@ -129,13 +132,15 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
                               "region count at its edge (default %(default)s)")
     memory = parser.add_argument_group("memory and devices (large pictures)")
     memory.add_argument("--max-memory", default=None, metavar="SIZE",
-                        help="the most memory a run may use on each device, e.g. 2.5GiB, 8G, 500MiB (default: 80%% "
+                        help="the most memory a run may use on each device, e.g. 2.5GiB, 8G, 500MiB (default: "
+                             f"{DEFAULT_BUDGET_SHARE * 100:.0f}%% "
                              "of the memory free to this process at the start, which honours ulimit -v and a container's "
                              "memory limit). To fit, each stage keeps at most as many L-BFGS pairs as it has steps, "
                              "then checkpoints VGG's activations (the same picture, 1.8x the time per step at 1024 px "
                              "on the CPU of BENCHMARKS.md), then evaluates it in tiles (the same picture, about one "
                              "more forward pass per step), then stores the L-BFGS pairs in bfloat16 (an equally "
-                             "low loss by another path), then keeps fewer L-BFGS pairs (down to 5: slower "
+                             "low loss by another path), then keeps fewer L-BFGS pairs (down to "
+                             f"{MIN_LBFGS_HISTORY}: slower "
                              "convergence); a size that cannot fit is refused before any work")
     memory.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute VGG's activations in the backward pass instead of keeping them "
@@ -149,7 +154,7 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     tiling.add_argument("--no-tile", dest="tile", action="store_const", const=0,
                         help="never tile: a stage that does not fit otherwise is refused")
     memory.add_argument("--lbfgs-history", type=int, default=None, metavar="N",
-                        help="L-BFGS pairs kept (default: up to 50, no more than a stage's steps, fewer when "
+                        help=f"L-BFGS pairs kept (default: up to {LBFGS_HISTORY}, no more than a stage's steps, fewer when "
                              "--max-memory needs it)")
     memory.add_argument("--lbfgs-history-bfloat16", action=argparse.BooleanOptionalAction, default=None,
                         help="store the L-BFGS pairs in bfloat16, half their memory (default: only when "
@@ -225,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--batch-size", type=int, default=None, metavar="N",
                        help="optimise up to N pictures of the same shape together, one VGG batch per step (each "
                             "gets the picture it gets alone; fewer where N would not fit --max-memory without "
-                            "checkpointing). Default: on a GPU as many as fit, up to 8; on a CPU 1 (at 512 px a batch "
+                            f"checkpointing). Default: on a GPU as many as fit, up to {AUTO_BATCH_LIMIT}; on a CPU 1 (at 512 px a batch "
                             "gains nothing there; at 128-256 px 4 gains about 12%%). With --preserve-color always 1")
     _add_style_options(batch, defaults)
     video = commands.add_parser(
@@ -242,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_arguments(video, "input video", dict(help="output video (.mp4, .webm or .gif)"),
                        "replace OUTPUT; start over a stopped run made with other settings")
     video.add_argument("--frame-steps", type=int, default=None, metavar="N",
-                       help="L-BFGS steps for each frame after the first (default 30)")
+                       help=f"L-BFGS steps for each frame after the first (default {FRAME_STEPS})")
     video.add_argument("--temporal-weight", type=float, default=None,
-                       help="how strongly a pixel keeps the stylized colour it had in earlier frames (default 200; "
+                       help="how strongly a pixel keeps the stylized colour it had in earlier frames (default "
+                            f"{TEMPORAL_WEIGHT:g}; "
                             "0: only the start carries over)")
     video.add_argument("--coherence", choices=COHERENCE_MODES, default="flow",
                        help="how a frame follows the ones before it: flow (default) moves them with the scene by "
