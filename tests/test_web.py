@@ -346,3 +346,22 @@ def test_app_takes_masks_one_per_style(app):
     assert len(options.style_masks) == 1 and open(options.style_masks[0], "rb").read() == mask
     assert open(options.content_mask, "rb").read() == mask
     assert queue.jobs[0].settings["style masks"] == "m0.png" and queue.jobs[0].settings["content mask"] == "face.png"
+
+
+def test_the_form_reads_its_defaults_and_bounds_from_the_server(app):
+    """One home for the form's numbers: the page has none of its own, /jobs hands them out, and they
+    are the options' defaults and the checks' bounds."""
+    import re
+
+    from nst_ext.options import StyleOptions
+    from nst_ext.web.uploads import LARGEST_SIZE, LARGEST_STEPS, form_fields
+
+    client, _, _, _ = app
+    fields = client.get("/jobs").json()["form"]
+    assert fields == form_fields()
+    assert fields["size"]["value"] == StyleOptions().output_size and fields["size"]["max"] == LARGEST_SIZE
+    assert fields["style_weight"]["value"] == StyleOptions().style_weight and fields["steps"]["max"] == LARGEST_STEPS
+    page = client.get("/").text
+    for name in fields:
+        tag = re.search(rf'<input[^>]*name="{name}"[^>]*>', page).group(0)
+        assert not re.search(r'\b(value|min|max)="', tag), tag

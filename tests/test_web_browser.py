@@ -241,6 +241,11 @@ def test_app_uploads_queues_previews_and_downloads(browser, tmp_path):
     process, url = start("serve", "--port", 0, "--out", results, cwd=tmp_path)
     try:
         browser.get(url)
+        from nst_ext.web.uploads import form_fields
+
+        for name, limits in form_fields().items():  # the form's defaults and bounds come from the server
+            field = browser.find_element(By.NAME, name)
+            wait(lambda: all(float(field.get_attribute(key) or "nan") == value for key, value in limits.items()))
         bad = tmp_path / "notes.png"
         bad.write_text("not a picture")
         form = browser.find_element(By.ID, "new-job")

@@ -16,7 +16,7 @@ from nst_ext.outputs import make_output_folder
 from nst_ext.web.guard import Access, Guard, is_loopback
 from nst_ext.web.queue import JobQueue
 from nst_ext.web.server import LOCAL_HOST, PreviewStreams, access_of, bound_socket, guarded_app, page, uvicorn_server
-from nst_ext.web.uploads import SAMPLES, UploadError, Uploads
+from nst_ext.web.uploads import SAMPLES, UploadError, Uploads, form_fields
 
 # Jobs that may wait in the queue at once: a page cannot hold the machine for days.
 MAX_WAITING_JOBS = 20
@@ -38,7 +38,7 @@ def web_app(queue: JobQueue, uploads: Uploads, access: Access) -> Guard:
         return JSONResponse({"number": job.number}, status_code=201)
 
     async def jobs(request):
-        return JSONResponse({"jobs": queue.shown(), "samples": list(SAMPLES)})
+        return JSONResponse({"jobs": queue.shown(), "samples": list(SAMPLES), "form": form_fields()})
 
     async def stop(request):
         found = queue.stop(int(request.path_params["number"]))

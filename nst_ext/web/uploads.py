@@ -33,6 +33,20 @@ FORM_OVERHEAD = 64 * 1024
 UPLOADS_FOLDER_UPLOADS = 100
 
 
+SMALLEST_SIZE = 16
+FIRST_SEED = 0  # the form's seed until the user picks another: the same picture for the same uploads
+
+
+def form_fields() -> dict:
+    """The form's numbers, one home for the page (app.js fills its fields from them) and for the
+    checks here: each field's default and bounds."""
+    defaults = StyleOptions()
+    return {"size": {"value": defaults.output_size, "min": SMALLEST_SIZE, "max": LARGEST_SIZE},
+            "style_weight": {"value": defaults.style_weight, "min": 0},
+            "seed": {"value": FIRST_SEED},
+            "steps": {"min": 1, "max": LARGEST_STEPS}}
+
+
 class UploadError(InputError):
     """What the page shows for a request it cannot take."""
 
@@ -123,16 +137,19 @@ class Uploads:
             except ValueError:
                 raise UploadError(f"{name.replace('_', ' ')}: expected a number, got {text!r}") from None
 
-        size = number("size", int, 512)
-        if not 16 <= size <= LARGEST_SIZE:
-            raise UploadError(f"size: from 16 to {LARGEST_SIZE} px here (larger pictures: the command line), got {size}")
+        fields = form_fields()
+        size = number("size", int, fields["size"]["value"])
+        if not SMALLEST_SIZE <= size <= LARGEST_SIZE:
+            raise UploadError(f"size: from {SMALLEST_SIZE} to {LARGEST_SIZE} px here (larger pictures: the command "
+                              f"line), got {size}")
         steps = number("steps", int, None)
         if steps is not None and not 1 <= steps <= LARGEST_STEPS:
             raise UploadError(f"steps: from 1 to {LARGEST_STEPS} per scale here, got {steps}")
         colour = str(form.get("preserve_color") or "") or None
-        options = StyleOptions(size=size, steps=[steps] if steps else None, style_weight=number("style_weight", float, 20.0),
-                               preserve_color=colour, seed=number("seed", int, 0), device=self.device,
-                               max_input_pixels=self.max_pixels)
+        options = StyleOptions(size=size, steps=[steps] if steps else None,
+                               style_weight=number("style_weight", float, fields["style_weight"]["value"]),
+                               preserve_color=colour, seed=number("seed", int, fields["seed"]["value"]),
+                               device=self.device, max_input_pixels=self.max_pixels)
         try:
             options.validate()
         except InputError as error:

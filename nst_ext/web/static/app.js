@@ -71,10 +71,15 @@ form.onsubmit = async (submitted) => {
   refreshJobs();
 };
 
-fetch("/jobs").then((r) => r.json()).then(({ samples }) => {
+fetch("/jobs").then((r) => r.json()).then(({ samples, form: fields }) => {
   samples.forEach((name) => {
     option(document.getElementById("content-sample"), name);
     option(document.getElementById("style-samples"), name);
+  });
+  // The form's defaults and bounds are the server's (nst_ext/web/uploads.py, form_fields).
+  Object.entries(fields).forEach(([name, limits]) => {
+    const field = form.elements[name];
+    Object.entries(limits).forEach(([key, value]) => field.setAttribute(key, String(value)));
   });
 });
 watchRun(document.getElementById("run"), "/events", { endsWithRun: false, onState: () => refreshJobs() });
