@@ -52,8 +52,9 @@ std::set<ForwardKey> used;
 // Guarded by choices_mutex.
 std::map<ForwardKey, std::string> own_failed;
 constexpr const char* kOwnFailedName = "blas (own failed)";
-// A fault injected into our kernel's result while it is checked, for the tests only: "" (none,
-// always so outside them), "wrong", "nan" or "raise". Guarded by choices_mutex.
+// A fault injected while a choice is made, for the tests only: "" (none, always so outside them);
+// our kernel's result "wrong", "nan" or its run raising ("raise"); or the BLAS product timed as the
+// slower ("blas-slower"). Guarded by choices_mutex.
 std::string candidate_fault;
 
 bool parse_mode(const std::string& text, Mode& mode) {
@@ -171,6 +172,7 @@ Algorithm choose_forward_algorithm(const ForwardKey& key, const std::function<vo
         fastest = std::min(fastest, time([&] { run(candidate); }));
       best[static_cast<int>(candidate)] = fastest;
     }
+    if (fault == "blas-slower") best[static_cast<int>(Algorithm::kBlas)] = std::numeric_limits<double>::infinity();
     chosen = best[0] <= best[1] ? Algorithm::kOwn : Algorithm::kBlas;
   }
   std::lock_guard<std::mutex> lock(choices_mutex);
@@ -297,11 +299,11 @@ std::vector<std::string> candidate_failures() {
   return lines;
 }
 
-// For the tests only (tests/test_ops.py): a fault injected into our kernel's result while the
-// choice checks it ("" for none, "wrong", "nan" or "raise"); the kernel itself is untouched.
+// For the tests only (tests/test_ops.py): a fault injected while a choice is made (candidate_fault
+// above); the kernels themselves are untouched.
 void set_candidate_fault(std::string fault) {
-  TORCH_CHECK_VALUE(fault.empty() || fault == "wrong" || fault == "nan" || fault == "raise",
-                    "nst_ext: a candidate fault is '', 'wrong', 'nan' or 'raise', got '", fault, "'");
+  TORCH_CHECK_VALUE(fault.empty() || fault == "wrong" || fault == "nan" || fault == "raise" || fault == "blas-slower",
+                    "nst_ext: a candidate fault is '', 'wrong', 'nan', 'raise' or 'blas-slower', got '", fault, "'");
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
   nst_ext::candidate_fault = fault;
 }
