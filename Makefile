@@ -8,12 +8,16 @@ BIN := $(VENV)/bin
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench setup gpu-check dist
+.PHONY: demo test lint bench setup gpu-check dist
 demo: setup
 	$(BIN)/nst-ext demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q tests
+
+# ruff (pinned in requirements.txt; its rules in pyproject.toml) over everything with Python in it.
+lint: $(VENV)/.requirements
+	$(BIN)/ruff check nst_ext tests benchmarks scripts setup.py
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/latest.json

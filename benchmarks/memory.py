@@ -62,7 +62,9 @@ def one_stage(size, technique):
 
     from nst_ext.budget import release_freed_memory_promptly
 
-    mib = lambda kib: kib / 1024
+    def mib(kib):
+        return kib / 1024
+
     if technique == "checkpointing":
         release_freed_memory_promptly()  # as the stylizer does when a budget needs checkpointing
     content, style = os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls.jpg")

@@ -146,7 +146,7 @@ def read_manifest(path: Path) -> List[dict]:
             if not (isinstance(record, dict) and isinstance(record.get("item"), str)
                     and record.get("status") in RECORD_STATUSES and isinstance(record.get("settings"), str)):
                 warnings.warn(JobWarning(f"{str(path)!r} line {number} is not a record of a job (torn by a crash or a "
-                                         "full disk, or written by something else); skipped"))
+                                         "full disk, or written by something else); skipped"), stacklevel=2)
                 continue
             records.append(record)
     return records
