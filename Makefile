@@ -45,5 +45,5 @@ $(VENV)/.requirements: requirements.txt
 
 $(VENV)/.built: $(VENV)/.requirements setup.py pyproject.toml $(shell find csrc -type f)
 	rm -f nst_ext/_C*.so nst_ext/_build_info.json  # an older build's library would be found first
-	$(BIN)/python -m pip install --disable-pip-version-check --no-build-isolation --use-pep517 --no-deps -e .
+	$(BIN)/python -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@

@@ -136,6 +136,8 @@ def test_the_wheel_installs_and_makes_a_picture_outside_the_tree(dist, tmp_path)
     info = run([nst_ext_command, "info"], cwd=tmp_path).stdout
     assert "CPU tensors:  compiled C++" in info and f"kernels built for torch {torch.__version__}" in info
     assert run([nst_ext_command, "--version"], cwd=tmp_path).stdout.strip() == f"nst-ext {nst_ext.__version__}"
+    shown = run([python, "-m", "pip", "show", "nst_ext"], cwd=tmp_path).stdout
+    assert "License-Expression: MIT" in shown and "Requires: av, matplotlib" in shown, shown
     run([nst_ext_command, "demo", "-o", "demo.png", "--size", "48", "--steps", "2", "--quiet"], cwd=tmp_path)
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "demo.png").stat().st_size > 1000
 
