@@ -559,4 +559,4 @@ def test_help_numbers_are_the_constants_they_state():
     batch = " ".join(nst_ext_cli("batch", "--help").stdout.split())
     assert f"as many as fit, up to {AUTO_BATCH_LIMIT}; on a CPU 1" in batch
     video = " ".join(nst_ext_cli("video", "--help").stdout.split())
-    assert f"after the first (default {FRAME_STEPS})" in video and f"(default {TEMPORAL_WEIGHT:g}; 0:" in video
+    assert f"after the first (default {FRAME_STEPS})" in video and f"default {TEMPORAL_WEIGHT:g}; 0:" in video

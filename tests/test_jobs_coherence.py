@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nst_ext.errors import OptionError
-from nst_ext.jobs.coherence import LONG_TERM, FrameChain, check_long_term
+from nst_ext.jobs.coherence import LONG_TERM, FrameChain, check_long_term, temporal_strength
+from nst_ext.options import StyleOptions
 
 pytest.importorskip("cv2", reason="optical flow needs OpenCV (requirements.txt pins opencv-python-headless)")
 
@@ -24,7 +25,7 @@ class StandIn:
     stop_at, runs = None, 0
 
     def __init__(self, options=None):
-        self.options, self.calls = options, []
+        self.options, self.calls = options or StyleOptions(), []
 
     def run(self, content, styles, callback=None, init=None, temporal=None):
         self.calls.append(SimpleNamespace(content=content, init=init, temporal=temporal))
@@ -103,6 +104,19 @@ def test_the_chain_keeps_only_the_frames_it_reaches():
     temporal = following.calls[-1].temporal
     assert temporal.mask.shape == (30, 40) and temporal.mask.mean() > 0.9  # a pan: almost all trusted
     assert temporal.weight == chain.temporal_weight
+
+
+@pytest.mark.parametrize("style_weight", [0.0, 2.9, 20.0, 200.0])
+def test_the_temporal_term_follows_the_style_weight(style_weight):
+    """The temporal weight is given for the default style weight and scales with the style weight,
+    in the term each frame gets: the balance of the two terms is the same at any style strength."""
+    clip = motion_clip("pan", "chelsea", 3, (30, 40), pan=(1, 0))
+    following = StandIn(StyleOptions(style_weight=style_weight))
+    with FrameChain(StandIn(), following, [], coherence="flow", temporal_weight=500.0) as chain:
+        run_chain(chain, clip.frames)
+    expected = 500.0 * style_weight / StyleOptions().style_weight
+    assert temporal_strength(500.0, style_weight) == pytest.approx(expected)
+    assert following.calls[-1].temporal.weight == pytest.approx(expected)
 
 
 def test_still_and_none_are_the_older_ways():

@@ -2,6 +2,7 @@
 stopped run continues (with the flow, from its saved frames); bad input is one line; two processes
 under torchrun."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from nst_ext.cli import main
 pytest.importorskip("av", reason="video needs PyAV (requirements.txt pins it; the GPU machine may lack it)")
 pytest.importorskip("cv2", reason="the video job's optical flow needs OpenCV (requirements.txt pins it)")
 
-from nst_ext.jobs import run_video
+from nst_ext.jobs import TEMPORAL_WEIGHT, run_video
 from nst_ext.video import probe, read_frames
 
 from clips import motion_clip, synthetic_clip, warping_error, write_clip
@@ -188,3 +189,27 @@ def test_a_stopped_flow_video_continues_the_chain_from_its_saved_frames(tmp_path
             assert (summary.kept, summary.stylized) == (5, 7)
         errors[name] = warping_error(clip, list(read_frames(output)))
     assert errors["resumed"] < 1.3 * errors["whole"] + 0.002, errors
+
+
+@pytest.mark.slow
+def test_still_things_stay_still_at_any_style_strength():
+    """A still camera with an object crossing, real stylization at a weak and a strong style: the
+    still background flickers at most 0.3x as much as frames stylized one by one at both, and about
+    as much relative to that at both (the temporal term follows the style weight; fixed, the strong
+    style repainted still pixels every frame). benchmarks/video_style_strength.py is the full sweep."""
+    from video_style_strength import background_flicker, frame_by_frame, with_flow
+
+    from nst_ext.images import load_image
+    from nst_ext.stylizer import Stylizer
+
+    clip = motion_clip("beach", "coffee", 5, (42, 64), object_photo="brick", object_step=(-4, 0))
+    ratios = []
+    for style_weight in (5.0, 100.0):
+        options = nst_ext.StyleOptions(size=64, seed=0, style_weight=style_weight, device="cpu")
+        opening, following = Stylizer(options), Stylizer(dataclasses.replace(options, scales=[64], steps=8))
+        styles = [load_image(STYLE)]
+        alone = background_flicker(clip, frame_by_frame(clip, following, styles))
+        chained = background_flicker(clip, with_flow(clip, opening, following, styles, TEMPORAL_WEIGHT))
+        ratios.append(chained / alone)
+    assert max(ratios) <= 0.3, ratios
+    assert max(ratios) <= 1.6 * min(ratios), ratios

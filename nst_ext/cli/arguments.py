@@ -249,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--frame-steps", type=int, default=None, metavar="N",
                        help=f"L-BFGS steps for each frame after the first (default {FRAME_STEPS})")
     video.add_argument("--temporal-weight", type=float, default=None,
-                       help="how strongly a pixel keeps the stylized colour it had in earlier frames (default "
-                            f"{TEMPORAL_WEIGHT:g}; "
+                       help="how strongly a pixel keeps the stylized colour it had in earlier frames, at the default "
+                            "style weight (it follows --style-weight in proportion, so that still things stay as "
+                            f"still at any style strength; default {TEMPORAL_WEIGHT:g}; "
                             "0: only the start carries over)")
     video.add_argument("--coherence", choices=COHERENCE_MODES, default="flow",
                        help="how a frame follows the ones before it: flow (default) moves them with the scene by "

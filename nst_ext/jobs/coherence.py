@@ -12,6 +12,11 @@ Ruder, Dosovitskiy & Brox (2016; IJCV 2018):
 - ``none``: every frame gets the full single-picture run on its own (it flickers).
 
 The first frame, and any frame without a stylized previous one, gets the full coarse-to-fine run.
+
+The temporal weight is given for the default style weight and follows the style weight in
+proportion (:func:`temporal_strength`): a stronger style pulls each pixel harder every frame, and a
+temporal term that did not follow let it repaint still pixels (BENCHMARKS.md, "Still things stay
+still at any style strength").
 """
 
 from __future__ import annotations
@@ -29,6 +34,15 @@ COHERENCE_MODES = ("flow", "still", "none")
 # Frames back that the temporal term looks at (BENCHMARKS.md, "Video": the long-term frames keep
 # what a moving object uncovers the way it looked before it was covered).
 LONG_TERM = (1, 2, 4)
+
+
+def temporal_strength(temporal_weight: float, style_weight: float) -> float:
+    """The temporal term's weight in a frame's loss: `temporal_weight` as given for the default
+    style weight, scaled by `style_weight` over it, so that the balance of the two terms, and with
+    it the flicker of still pixels, is the same at any style strength."""
+    from nst_ext.options import StyleOptions
+
+    return temporal_weight * style_weight / StyleOptions.style_weight
 
 
 def check_long_term(long_term) -> Tuple[int, ...]:
@@ -50,14 +64,16 @@ class FrameChain:
     all one size, given by index in order with :meth:`add_input` (which starts their optical flows
     on worker threads, so the flows of the next frame are made while this one is optimised);
     :meth:`add_output` records a frame stylized before (a stopped run's), :meth:`stylize` makes
-    one. Only the frames the long-term terms reach are kept. Use as a context manager (the worker
-    stops on exit)."""
+    one. Only the frames the long-term terms reach are kept. `temporal_weight` is for the default
+    style weight (:func:`temporal_strength` scales it to `following`'s). Use as a context manager
+    (the worker stops on exit)."""
 
     def __init__(self, opening, following, styles: Sequence[torch.Tensor], coherence: str = "flow",
                  long_term: Sequence[int] = LONG_TERM, temporal_weight: float = 200.0):
         self.check_coherence(coherence)
         self.opening, self.following, self.styles = opening, following, list(styles)
-        self.coherence, self.long_term, self.temporal_weight = coherence, check_long_term(long_term), temporal_weight
+        self.coherence, self.long_term = coherence, check_long_term(long_term)
+        self.temporal_weight = temporal_strength(temporal_weight, following.options.style_weight)
         self.inputs: Dict[int, torch.Tensor] = {}
         self.outputs: Dict[int, torch.Tensor] = {}
         self._flows: Dict[int, Dict[int, Tuple[Future, Future]]] = {}

@@ -19,7 +19,10 @@ from nst_ext.outputs import describe_os_error
 # Defaults of `nst-ext video` (BENCHMARKS.md, "Video"): each frame after the first runs one stage of
 # FRAME_STEPS at the output size, after the frames before it (nst_ext.jobs.coherence).
 FRAME_STEPS = 30
-TEMPORAL_WEIGHT = 200.0
+# At the default style weight; it follows the style weight (coherence.temporal_strength). Still
+# background flicker 0.27-0.29x frame-by-frame's from style weight 2.9 to 200 where it was chosen
+# (BENCHMARKS.md, "Still things stay still at any style strength").
+TEMPORAL_WEIGHT = 500.0
 # Under torchrun each rank's chunk starts this many frames early (not written) so that its first
 # frame is coherent with the chunk before.
 CHUNK_OVERLAP = 3
