@@ -22,6 +22,7 @@ from nst_ext.web.queue import Job
 
 SAMPLES = {"astronaut": "astronaut.jpg", "swirls": "swirls.jpg"}  # nst_ext/data, with CREDITS.md
 MAX_STYLES = 4
+SMALLEST_SIZE = 16
 LARGEST_SIZE = 2048  # the page's largest output side: beyond it the command line (memory plans, tiles)
 LARGEST_STEPS = 2000  # the page's most steps per scale (the defaults take tens)
 # The files of one form (the content, the styles, their masks) and its other fields at most.
@@ -31,9 +32,6 @@ MAX_FIELDS = 32
 FORM_OVERHEAD = 64 * 1024
 # The uploads folder holds at most this many times --max-upload: a page cannot fill the disk.
 UPLOADS_FOLDER_UPLOADS = 100
-
-
-SMALLEST_SIZE = 16
 FIRST_SEED = 0  # the form's seed until the user picks another: the same picture for the same uploads
 
 
