@@ -46,3 +46,9 @@ def test_the_self_test_reports_a_raising_op(monkeypatch):
     checks = info.self_test(devices=["cpu"])
     broken = [check for check in checks if check.op == "masked_gram" and check.dtype == "float32"]
     assert len(broken) == 1 and "raised RuntimeError: CUDA error" in broken[0].failure
+
+
+def test_a_picture_and_the_self_test_are_not_asked_at_once(tmp_path):
+    from test_cli import assert_one_line_error, nst_ext_cli
+
+    assert_one_line_error(nst_ext_cli("info", tmp_path / "x.png", "--self-test"), r"--self-test checks this install")

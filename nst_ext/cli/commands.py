@@ -235,6 +235,8 @@ def _main(argv: Optional[List[str]]) -> int:
         if args.command == "layers":
             return _layers()
         if args.command == "info":
+            if args.picture and args.self_test:
+                raise CommandError("--self-test checks this install's kernels, not a picture: give one or the other")
             if args.picture:
                 return _info_of(args.picture)
             from nst_ext.info import run as info_report
