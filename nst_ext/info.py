@@ -16,6 +16,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from nst_ext._checks import accumulation_dtype
+
 # The dtypes the ops claim (README, nst_ext.gram_matrix), and how far each may lie from the float64
 # oracle, relative to the largest value of the oracle's result. 16-bit inputs are rounded before
 # both see them and the forward accumulates them in float32; the backward multiplies in the 16-bit
@@ -76,13 +78,13 @@ def _ops_under_test(nst_ext) -> Dict[str, Callable]:
         return ops.gram_matrix(f)
 
     def style_loss(f, w, t, ops):
-        return ops.style_loss(f, t.to(_accumulation(f)))
+        return ops.style_loss(f, t.to(accumulation_dtype(f.dtype)))
 
     def masked_gram(f, w, t, ops):
-        return ops.masked_gram_matrix(f, w.to(_accumulation(f)))
+        return ops.masked_gram_matrix(f, w.to(accumulation_dtype(f.dtype)))
 
     def masked_style_loss(f, w, t, ops):
-        return ops.masked_style_loss(f, w.to(_accumulation(f)), t.to(_accumulation(f)))
+        return ops.masked_style_loss(f, w.to(accumulation_dtype(f.dtype)), t.to(accumulation_dtype(f.dtype)))
 
     def backward_of(forward):
         def gradient(f, w, t, ops):
@@ -97,10 +99,6 @@ def _ops_under_test(nst_ext) -> Dict[str, Callable]:
             "gram backward": backward_of(gram), "style_loss backward": backward_of(style_loss),
             "masked_gram backward": backward_of(masked_gram),
             "masked_style_loss backward": backward_of(masked_style_loss)}
-
-
-def _accumulation(features: torch.Tensor) -> torch.dtype:
-    return torch.float64 if features.dtype == torch.float64 else torch.float32
 
 
 class _Float64Reference:
@@ -125,35 +123,40 @@ def self_test(devices: Optional[List[str]] = None, seed: int = 0) -> List[Check]
     oracle = _Float64Reference(reference)
     generator = torch.Generator().manual_seed(seed)
     checks = []
-    previous = _ops.get_gram_algorithm()
-    try:
-        for device in map(torch.device, devices):
-            for dtype, tolerance in TOLERANCES.items():
-                for name, op in _ops_under_test(nst_ext).items():
-                    check = Check(name, str(device), str(dtype).replace("torch.", ""))
-                    checks.append(check)
-                    for features, weights, target in _cases(device, dtype, generator):
-                        expected = op(features, weights, target, oracle)
-                        scale = float(expected.abs().max()) if expected.numel() else 0.0
-                        for algorithm in ALGORITHMS:
-                            _ops.set_gram_algorithm(algorithm)
-                            try:
-                                got = op(features, weights, target, nst_ext)
-                            except Exception as error:  # a kernel that raises is a failure to report
-                                check.failure = f"{algorithm}: raised {type(error).__name__}: {error}"[:160]
-                                continue
-                            if got.shape != expected.shape:
-                                check.failure = f"{algorithm}: shape {tuple(got.shape)}, not {tuple(expected.shape)}"
-                                continue
-                            difference = (got.double() - expected).abs().max().item() if got.numel() else 0.0
-                            relative = difference / max(scale, 1e-30)
-                            if relative != relative or relative > tolerance:  # NaN too
-                                check.failure = check.failure or (
-                                    f"{algorithm}, shape {tuple(features.shape)}: {relative:.2e} > {tolerance:.0e}")
-                            check.error = max(check.error, relative) if relative == relative else float("nan")
-    finally:
-        _ops.set_gram_algorithm(previous)
+    for device in map(torch.device, devices):
+        for dtype, tolerance in TOLERANCES.items():
+            for name, op in _ops_under_test(nst_ext).items():
+                check = Check(name, str(device), str(dtype).replace("torch.", ""))
+                checks.append(check)
+                for features, weights, target in _cases(device, dtype, generator):
+                    expected = op(features, weights, target, oracle)
+                    for algorithm in ALGORITHMS:
+                        with _ops.gram_algorithm(algorithm):
+                            _compare(check, lambda: op(features, weights, target, nst_ext), expected, tolerance,
+                                     f"{algorithm}, shape {tuple(features.shape)}")
     return checks
+
+
+def _compare(check: Check, run: Callable[[], torch.Tensor], expected: torch.Tensor, tolerance: float,
+             case: str) -> None:
+    """Runs the op under test (`run`) and records in `check` its error relative to the largest value
+    of `expected`, and the first failure: it raised, gave another shape, NaN, or an error over
+    `tolerance`. `case` names the algorithm and shape in the failure."""
+    try:
+        got = run()
+    except Exception as error:  # a kernel that raises is a failure to report
+        check.failure = check.failure or f"{case}: raised {type(error).__name__}: {error}"[:160]
+        return
+    if got.shape != expected.shape:
+        check.failure = check.failure or f"{case}: shape {tuple(got.shape)}, not {tuple(expected.shape)}"
+        return
+    if not got.numel():
+        return
+    scale = float(expected.abs().max())
+    relative = (got.double() - expected).abs().max().item() / max(scale, 1e-30)
+    if relative != relative or relative > tolerance:  # NaN too
+        check.failure = check.failure or f"{case}: {relative:.2e} > {tolerance:.0e}"
+    check.error = relative if relative != relative else max(check.error, relative)
 
 
 def table(checks: List[Check], backends: dict) -> str:
