@@ -52,6 +52,8 @@ std::set<ForwardKey> used;
 // Guarded by choices_mutex.
 std::map<ForwardKey, std::string> own_failed;
 constexpr const char* kOwnFailedName = "blas (own failed)";
+// Each Layout's name in a choice's row (gram_algorithm_choices, restore_gram_algorithm_choices).
+constexpr const char* kLayoutNames[] = {"nchw", "channels_last", "other"};
 // A fault injected while a choice is made, for the tests only: "" (none, always so outside them);
 // our kernel's result "wrong", "nan" or its run raising ("raise"); or the BLAS product timed as the
 // slower ("blas-slower"). Guarded by choices_mutex.
@@ -212,7 +214,6 @@ std::string get_gram_algorithm() {
 // only the choices a forward has looked up in this process.
 std::vector<std::string> gram_algorithm_choices(bool used_only) {
   std::lock_guard<std::mutex> lock(nst_ext::choices_mutex);
-  static const char* layouts[] = {"nchw", "channels_last", "other"};
   std::vector<std::string> rows;
   for (const auto& [key, algorithm] : nst_ext::choices) {
     if (used_only && nst_ext::used.count(key) == 0) continue;
@@ -224,7 +225,7 @@ std::vector<std::string> gram_algorithm_choices(bool used_only) {
         std::to_string(key.batch),
         std::to_string(key.channels),
         std::to_string(key.spatial),
-        layouts[key.layout],
+        nst_ext::kLayoutNames[key.layout],
         algorithm == nst_ext::Algorithm::kOwn ? "own"
             : nst_ext::own_failed.count(key) ? nst_ext::kOwnFailedName : "blas"};
     std::string row;
@@ -241,7 +242,6 @@ void restore_gram_algorithm_choices(std::vector<std::string> rows) {
   static const std::vector<std::pair<std::string, at::ScalarType>> dtypes = {
       {c10::toString(at::kHalf), at::kHalf}, {c10::toString(at::kBFloat16), at::kBFloat16},
       {c10::toString(at::kFloat), at::kFloat}, {c10::toString(at::kDouble), at::kDouble}};
-  static const char* layouts[] = {"nchw", "channels_last", "other"};
   std::vector<std::pair<nst_ext::ForwardKey, std::string>> parsed;
   for (const auto& row : rows) {
     std::vector<std::string> fields;
@@ -268,7 +268,7 @@ void restore_gram_algorithm_choices(std::vector<std::string> rows) {
     TORCH_CHECK_VALUE(key.dtype >= 0, "nst_ext: unknown dtype in '", row, "'");
     key.layout = -1;
     for (int layout = 0; layout < 3; ++layout)
-      if (fields[7] == layouts[layout]) key.layout = layout;
+      if (fields[7] == nst_ext::kLayoutNames[layout]) key.layout = layout;
     TORCH_CHECK_VALUE(key.layout >= 0, "nst_ext: unknown layout in '", row, "'");
     TORCH_CHECK_VALUE(fields[8] == "own" || fields[8] == "blas" || fields[8] == nst_ext::kOwnFailedName,
                       "nst_ext: unknown algorithm in '", row, "'");
