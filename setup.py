@@ -56,7 +56,7 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 # Written beside the compiled library: the torch (and CUDA) it was built against, which
-# nst_ext._ops checks before loading it (another torch's C++ ABI would not load, or crash).
+# nst_ext.ops.dispatch checks before loading it (another torch's C++ ABI would not load, or crash).
 BUILD_INFO = "_build_info.json"
 # The oldest Python of the one abi3 wheel (requires-python): the library includes no Python.h.
 LIMITED_API = (3, 10)
@@ -157,7 +157,7 @@ def get_extensions():
 
 
 def build_info(extension) -> dict:
-    """What the compiled library was built against (BUILD_INFO): nst_ext._ops compares it with the
+    """What the compiled library was built against (BUILD_INFO): nst_ext.ops.dispatch compares it with the
     torch it runs under before loading the library."""
     with_cuda = ("NST_EXT_WITH_CUDA", "1") in (extension.define_macros or [])
     return {"torch": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,

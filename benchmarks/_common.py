@@ -7,8 +7,8 @@ import torch
 
 import nst_ext
 from nst_ext.lbfgs import LBFGS
-from nst_ext.memory import LBFGS_HISTORY
-from nst_ext.layers import layer_shape
+from nst_ext.plan.memory import LBFGS_HISTORY
+from nst_ext.plan.layers import layer_shape
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 DATA = os.path.join(os.path.dirname(nst_ext.__file__), "data")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import nst_ext
-from nst_ext.video import VIDEO_FORMATS
+from nst_ext.io.video import VIDEO_FORMATS
 
 
 def synthetic_clip(path: os.PathLike, frames: int = 24, size: Tuple[int, int] = (96, 128), fps: int = 12,
@@ -25,7 +25,7 @@ def synthetic_clip(path: os.PathLike, frames: int = 24, size: Tuple[int, int] = 
     portrait clip does."""
     import av
 
-    from nst_ext.images import load_image, resize
+    from nst_ext.io.images import load_image, resize
 
     data = Path(nst_ext.__file__).parent / "data"
     height, width = size
@@ -134,7 +134,7 @@ class MotionClip:
 def _background(name: str, height: int, width: int, margin: int) -> np.ndarray:
     """The photo `name` of the panel, resized to cover the screen and `margin` pixels around it, at
     SUPERSAMPLE× resolution: float32 (H', W', 3)."""
-    from nst_ext.images import load_image, resize
+    from nst_ext.io.images import load_image, resize
 
     shape = ((height + 2 * margin) * SUPERSAMPLE, (width + 2 * margin) * SUPERSAMPLE)
     return resize(load_image(PANEL / f"{name}.jpg"), shape).permute(1, 2, 0).contiguous().numpy()
@@ -149,7 +149,7 @@ def motion_clip(name: str, photo: str, frames: int = 12, size: Tuple[int, int] =
     sensor `noise` (Gaussian, this standard deviation, new in every frame; seeded)."""
     import cv2
 
-    from nst_ext.images import load_image, resize
+    from nst_ext.io.images import load_image, resize
 
     height, width = size
     margin = int(max(abs(pan[0]), abs(pan[1])) * frames) + 2

@@ -1,5 +1,5 @@
 """What a command's first picture pays for timing the forward's algorithms, and what the
-on-disk cache of those choices (nst_ext.algorithm_cache) saves: the same `nst-ext stylize` in
+on-disk cache of those choices (nst_ext.io.algorithm_cache) saves: the same `nst-ext stylize` in
 fresh processes, alternately with an empty cache folder (every shape timed) and with the folder
 the cold run filled (no shape timed).
 

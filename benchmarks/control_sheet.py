@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from nst_ext.images import resize_to_long_side, to_pil
+from nst_ext.io.images import resize_to_long_side, to_pil
 from nst_ext.stylizer import Stylizer
 from quality import panel_image
 

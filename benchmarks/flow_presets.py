@@ -1,7 +1,7 @@
 """OpenCV's DIS optical-flow presets against the true motion of the video benchmark's clips
 (benchmarks/clips.py): end-point error (pixels, median over frame pairs of the mean over visible
 pixels) and milliseconds per flow (median), at two sizes, one OpenCV thread and all of them. The
-video job's DIS_PRESET (nst_ext/flow.py) is chosen from this table.
+video job's DIS_PRESET (nst_ext/jobs/flow.py) is chosen from this table.
 
     python benchmarks/flow_presets.py [--frames 6] [--sizes 160,512]
 """
@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from nst_ext import flow
+from nst_ext.jobs import flow
 
 from clips import motion_clips
 

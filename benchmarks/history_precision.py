@@ -22,7 +22,7 @@ import os
 import torch
 
 from _common import CONTENT, STYLE
-from nst_ext.images import load_image, save_image
+from nst_ext.io.images import load_image, save_image
 from nst_ext.metrics import independent_style, subject_and_style
 from nst_ext.stylizer import Stylizer
 

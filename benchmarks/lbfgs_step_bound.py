@@ -1,4 +1,4 @@
-"""L-BFGS's longest step (nst_ext.options.LBFGS_MAX_STEP_RMS): runs with and without the bound.
+"""L-BFGS's longest step (nst_ext.plan.options.LBFGS_MAX_STEP_RMS): runs with and without the bound.
 
 With no line search, L-BFGS now and then takes a step far longer than any before it. On a picture
 that throws most pixels past 0 or 1, where the clamped loss gives them no gradient, and the stage
@@ -21,7 +21,7 @@ import torch
 
 import nst_ext.stylizer as stylizer_module
 from nst_ext.lbfgs import LBFGS
-from nst_ext.options import LBFGS_MAX_STEP_RMS
+from nst_ext.plan.options import LBFGS_MAX_STEP_RMS
 from nst_ext.stylizer import Stylizer
 
 # The content is flat gray: a style weight at which the textures form within few steps (at the

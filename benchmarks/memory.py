@@ -1,5 +1,5 @@
 """Peak memory and time of a full default stylization at 512 and 1024 pixels; with --breakdown,
-where the bytes of one stage go, with and without each technique of nst_ext.memory.
+where the bytes of one stage go, with and without each technique of nst_ext.plan.memory.
 
 CPU: the peak resident set size of a fresh `nst-ext stylize` process, and its
 wall time. GPU (when present): torch.cuda.max_memory_allocated of an in-process
@@ -18,10 +18,10 @@ a history of 20 pairs) in a fresh process per technique, on the CPU: resident me
 start-up and the weights ("runtime"), what the targets add, the bytes autograd saves for the
 backward pass in one forward (VGG activations: counted by a saved-tensor hook, each storage once),
 the L-BFGS history (allocated and zeroed, so resident: as after a stage), and the peak of three
-steps. Techniques: "before" (a 50-pair history, as before nst_ext.memory), "history capped" (no
+steps. Techniques: "before" (a 50-pair history, as before nst_ext.plan.memory), "history capped" (no
 more pairs than steps: the default), "checkpointing" (VGG segments recomputed, and freed memory
 released promptly, as when a budget needs it); "transient" is the peak less all that
-(gradients in flight, convolution work space, the allocator's slack). Then nst_ext.memory's
+(gradients in flight, convolution work space, the allocator's slack). Then nst_ext.plan.memory's
 estimate of the same stage, and the median seconds per step.
 """
 
@@ -57,10 +57,10 @@ def _reset_peak():
 def one_stage(size, technique):
     """Runs in a fresh process: the breakdown of one stage (module docstring), as a dict of MiB."""
     from nst_ext.lbfgs import LBFGS
-    from nst_ext.memory import LBFGS_HISTORY, plan_stages
+    from nst_ext.plan.memory import LBFGS_HISTORY, plan_stages
     from nst_ext.stylizer import Stylizer
 
-    from nst_ext.budget import release_freed_memory_promptly
+    from nst_ext.plan.budget import release_freed_memory_promptly
 
     def mib(kib):
         return kib / 1024
@@ -113,11 +113,11 @@ BREAKDOWN_TECHNIQUES = ("before", "history capped", "checkpointing")
 
 def largest_fitting(budgets, device_type):
     """For each budget, the largest square picture (in steps of 256 px) whose default run the memory
-    plan fits, as planned by nst_ext.memory: without checkpointing, with every lever but tiles, and
+    plan fits, as planned by nst_ext.plan.memory: without checkpointing, with every lever but tiles, and
     with tiles too (then the picture-sized state is the limit)."""
-    from nst_ext.budget import parse_size
-    from nst_ext.memory import plan_stage
-    from nst_ext.options import StyleOptions
+    from nst_ext.plan.budget import parse_size
+    from nst_ext.plan.memory import plan_stage
+    from nst_ext.plan.options import StyleOptions
 
     options = StyleOptions()
 

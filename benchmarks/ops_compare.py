@@ -10,11 +10,11 @@ overhead for these short kernels. Where a graph cannot be captured the cell fall
 around one call (marked in the JSON). On the CPU a run is one call on a wall clock.
     compiled   nst_ext's op as a run uses it (the per-shape choice of "auto")
     own, blas  the two algorithms it chooses between, forced
-    reference  nst_ext.reference (the test oracle; widens half/bfloat16 to float32 first)
+    reference  nst_ext.ops.reference (the test oracle; widens half/bfloat16 to float32 first)
     torch.bmm  F Fᵀ / n written the obvious way, in the features' own dtype (Gram only)
 Ops: ``gram`` (forward), ``style_loss`` (forward), ``style_loss+backward``, and the masked style
 loss of spatial control with its backward, ``masked_style_loss+backward`` (a soft mask of random
-weights; nst_ext.masked_style_loss against nst_ext.reference.masked_style_loss).
+weights; nst_ext.masked_style_loss against nst_ext.ops.reference.masked_style_loss).
 
     python benchmarks/ops_compare.py --device cuda --sizes 512,1024 --json ops.json --markdown ops.md
 """
@@ -28,7 +28,7 @@ import time
 import torch
 
 import nst_ext
-from nst_ext import reference
+from nst_ext.ops import reference
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import STYLE_LAYERS, feature_shape  # noqa: E402

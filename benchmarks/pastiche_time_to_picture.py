@@ -18,7 +18,7 @@ import time
 import torch
 
 import nst_ext
-from nst_ext.images import resize_to_long_side
+from nst_ext.io.images import resize_to_long_side
 from nst_ext.metrics import subject_and_style
 from nst_ext.stylizer import Stylizer
 

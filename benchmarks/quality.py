@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import nst_ext
-from nst_ext.images import load_image, resize_to_long_side, to_pil
+from nst_ext.io.images import load_image, resize_to_long_side, to_pil
 from nst_ext.metrics import independent_style, subject_and_style
 from nst_ext.stylizer import Stylizer
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nst_ext
-from nst_ext import reference
+from nst_ext.ops import reference
 
 from _common import STYLE_LAYERS, feature_shape
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import nst_ext
-from nst_ext.options import cpu_has_native_bfloat16
+from nst_ext.plan.options import cpu_has_native_bfloat16
 
 from _common import CONTENT, STYLE, STYLE_LAYERS, lbfgs_step
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import nst_ext
-from nst_ext.images import load_image
+from nst_ext.io.images import load_image
 from nst_ext.jobs import FRAME_STEPS, LONG_TERM, TEMPORAL_WEIGHT, FrameChain
 from nst_ext.stylizer import Stylizer
 
@@ -83,7 +83,7 @@ def contact_sheet(path, rows, names):
     """rows: (clip name, last input frame, [(last output, error map)] per method)."""
     from PIL import Image, ImageDraw
 
-    from nst_ext.images import to_pil
+    from nst_ext.io.images import to_pil
 
     height, width = rows[0][1].shape[-2:]
     label, gap = 14, 4

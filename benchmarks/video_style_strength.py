@@ -15,7 +15,7 @@ import dataclasses
 import json
 
 import nst_ext
-from nst_ext.images import load_image
+from nst_ext.io.images import load_image
 from nst_ext.jobs import LONG_TERM, TEMPORAL_WEIGHT, FrameChain
 from nst_ext.stylizer import Stylizer
 

@@ -11,7 +11,7 @@ import dataclasses
 import statistics
 
 import nst_ext
-from nst_ext.images import load_image
+from nst_ext.io.images import load_image
 from nst_ext.jobs import LONG_TERM
 from nst_ext.stylizer import Stylizer
 

@@ -1,11 +1,11 @@
 // Operator schemas of nst_ext: the single place that declares them, and the
 // one place that holds the forward's per-shape algorithm choices (and the ops
 // that control them). The library is loaded with torch.ops.load_library
-// (nst_ext/_ops.py): it is no Python module, and includes no Python.h.
+// (nst_ext/ops/dispatch.py): it is no Python module, and includes no Python.h.
 //
 // Kernels live per backend (csrc/cpu, csrc/cuda) and register themselves with
 // TORCH_LIBRARY_IMPL; fake (meta) kernels and autograd are registered from
-// Python (nst_ext/_op_registrations.py) so that torch.compile can trace through
+// Python (nst_ext/ops/registrations.py) so that torch.compile can trace through
 // the ops and autograd can differentiate them twice.
 //
 // Shape and dtype contracts (B batch, C channels, H*W = n spatial positions):
@@ -181,7 +181,7 @@ Algorithm choose_forward_algorithm(const ForwardKey& key, const std::function<vo
   used.insert(key);
   const auto [where, added] = choices.emplace(key, chosen);  // a concurrent first call may have won
   if (added && !failure.empty()) {
-    // Said once, as a Python warning, by nst_ext._ops (a warning raised here would reach only
+    // Said once, as a Python warning, by nst_ext.ops.dispatch (a warning raised here would reach only
     // stderr: torch.ops calls install no Python warning handler).
     own_failed[key] = "nst_ext: our Gram kernel is not used for " + describe_key(key) + ": " + failure +
                       "; the BLAS product serves this shape (`nst-ext info --self-test` checks every kernel)";
@@ -237,7 +237,7 @@ std::vector<std::string> gram_algorithm_choices(bool used_only) {
 
 // The inverse of gram_algorithm_choices: rows in its format are added to the choices (a row
 // for a key already chosen replaces it), so a run can be repeated with the algorithms of an
-// earlier one, bit for bit (nst_ext.provenance). Rows that do not parse are refused whole.
+// earlier one, bit for bit (nst_ext.io.provenance). Rows that do not parse are refused whole.
 void restore_gram_algorithm_choices(std::vector<std::string> rows) {
   static const std::vector<std::pair<std::string, at::ScalarType>> dtypes = {
       {c10::toString(at::kHalf), at::kHalf}, {c10::toString(at::kBFloat16), at::kBFloat16},

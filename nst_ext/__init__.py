@@ -3,7 +3,7 @@ and fused style-loss kernels for the CPU (C++) and the GPU (CUDA).
 
 The ops ``gram_matrix`` and ``style_loss`` run the compiled kernels when
 ``nst_ext._C`` is built and fall back, with one warning, to the pure-PyTorch
-``nst_ext.reference`` otherwise; ``backend_info()`` says which is in use.
+``nst_ext.ops.reference`` otherwise; ``backend_info()`` says which is in use.
 ``stylize`` / ``Stylizer`` run the whole style transfer.
 
 Names are imported on first use (PEP 562), so ``import nst_ext`` and the
@@ -14,17 +14,17 @@ import importlib
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "backend_info": "nst_ext._ops", "clear_gram_algorithm_choices": "nst_ext._ops",
-    "get_gram_algorithm": "nst_ext._ops", "gram_algorithm": "nst_ext._ops", "gram_algorithm_choices": "nst_ext._ops",
-    "gram_matrix": "nst_ext._ops", "reference_backend": "nst_ext._ops", "set_gram_algorithm": "nst_ext._ops",
-    "style_loss": "nst_ext._ops", "masked_gram_matrix": "nst_ext._ops", "masked_style_loss": "nst_ext._ops",
+    "backend_info": "nst_ext.ops.dispatch", "clear_gram_algorithm_choices": "nst_ext.ops.dispatch",
+    "get_gram_algorithm": "nst_ext.ops.dispatch", "gram_algorithm": "nst_ext.ops.dispatch", "gram_algorithm_choices": "nst_ext.ops.dispatch",
+    "gram_matrix": "nst_ext.ops.dispatch", "reference_backend": "nst_ext.ops.dispatch", "set_gram_algorithm": "nst_ext.ops.dispatch",
+    "style_loss": "nst_ext.ops.dispatch", "masked_gram_matrix": "nst_ext.ops.dispatch", "masked_style_loss": "nst_ext.ops.dispatch",
     "ImageError": "nst_ext.errors", "InputError": "nst_ext.errors", "OptionError": "nst_ext.errors",
     "OutputError": "nst_ext.errors", "UnknownLayerError": "nst_ext.errors", "WeightsError": "nst_ext.errors",
-    "load_image": "nst_ext.images", "save_image": "nst_ext.images",
-    "StyleOptions": "nst_ext.options",
+    "load_image": "nst_ext.io.images", "save_image": "nst_ext.io.images",
+    "StyleOptions": "nst_ext.plan.options",
     "Progress": "nst_ext.stylizer", "Stylizer": "nst_ext.stylizer", "StylizeResult": "nst_ext.stylizer",
     "stylize": "nst_ext.stylizer",
-    "resolve_weights": "nst_ext.weights",
+    "resolve_weights": "nst_ext.model.weights",
 }
 __all__ = sorted(list(_EXPORTS) + ["reference"])
 __version__ = "0.1.0"
@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     if name == "reference":
-        return importlib.import_module("nst_ext.reference")
+        return importlib.import_module("nst_ext.ops.reference")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nst_ext' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from nst_ext._checks import accumulation_dtype
+from nst_ext.ops.checks import accumulation_dtype
 
 # The dtypes the ops claim (README, nst_ext.gram_matrix), and how far each may lie from the float64
 # oracle, relative to the largest value of the oracle's result. 16-bit inputs are rounded before
@@ -117,7 +117,7 @@ def self_test(devices: Optional[List[str]] = None, seed: int = 0) -> List[Check]
     every visible GPU) in each claimed dtype; one :class:`Check` per op, device and dtype. A device
     without compiled kernels is checked too (it then runs the reference, and says so)."""
     import nst_ext
-    from nst_ext import _ops, reference
+    from nst_ext.ops import dispatch, reference
 
     devices = devices or ["cpu"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
     oracle = _Float64Reference(reference)
@@ -131,7 +131,7 @@ def self_test(devices: Optional[List[str]] = None, seed: int = 0) -> List[Check]
                 for features, weights, target in _cases(device, dtype, generator):
                     expected = op(features, weights, target, oracle)
                     for algorithm in ALGORITHMS:
-                        with _ops.gram_algorithm(algorithm):
+                        with dispatch.gram_algorithm(algorithm):
                             _compare(check, lambda: op(features, weights, target, nst_ext), expected, tolerance,
                                      f"{algorithm}, shape {tuple(features.shape)}")
     return checks
@@ -174,7 +174,7 @@ def table(checks: List[Check], backends: dict) -> str:
 def report() -> str:
     """``nst-ext info``: the version, the backends and what they were built for, the device, the weights."""
     import nst_ext
-    from nst_ext.weights import resolve_weights
+    from nst_ext.model.weights import resolve_weights
 
     info = nst_ext.backend_info()
     lines = [f"nst_ext {nst_ext.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",

@@ -10,8 +10,8 @@ from typing import Sequence, Tuple
 
 import torch
 
-from nst_ext import reference
-from nst_ext.images import resize, resize_to_long_side
+from nst_ext.ops import reference
+from nst_ext.io.images import resize, resize_to_long_side
 
 DEFAULT_JUDGE_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_JUDGE_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -26,7 +26,7 @@ def distances(vgg, image: torch.Tensor, content: torch.Tensor, style: torch.Tens
               style_layers: Sequence[str] = DEFAULT_JUDGE_STYLE_LAYERS) -> Tuple[float, float]:
     """(content distance, style distance) of `image` ``(3, H, W)`` in [0, 1]; the content is resized
     to the image's long side, the style too (as a run with ``style_scale=1`` sees them). `vgg` is a
-    :class:`nst_ext.vgg.VGG19Features` reaching the deepest layer; all on its device, float32."""
+    :class:`nst_ext.model.vgg.VGG19Features` reaching the deepest layer; all on its device, float32."""
     device = next(vgg.parameters()).device
     long_side = max(image.shape[-2:])
     image = image.to(device).unsqueeze(0)

@@ -16,15 +16,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from nst_ext import algorithm_cache, color
-from nst_ext.images import ImageSource, load_image, resize, to_pil
-from nst_ext.inputs import content_at_stage, masks_at_stage, prepare_inputs, prepare_masks, styles_at_stage
+from nst_ext.io import algorithm_cache
+from nst_ext.objective import color
+from nst_ext.io.images import ImageSource, load_image, resize, to_pil
+from nst_ext.objective.inputs import content_at_stage, masks_at_stage, prepare_inputs, prepare_masks, styles_at_stage
 from nst_ext.lbfgs import LBFGS, run_together
-from nst_ext.budget import release_freed_memory_promptly
-from nst_ext.memory import MemoryPlan, plan_stages
-from nst_ext.network import Network
+from nst_ext.plan.budget import release_freed_memory_promptly
+from nst_ext.plan.memory import MemoryPlan, plan_stages
+from nst_ext.model.network import Network
 from nst_ext.objective import TERMS, Objective, TemporalTarget
-from nst_ext.options import LBFGS_FIRST_STEP_RMS, LBFGS_MAX_STEP_RMS, OptionError, StyleOptions
+from nst_ext.plan.options import LBFGS_FIRST_STEP_RMS, LBFGS_MAX_STEP_RMS, OptionError, StyleOptions
 
 __all__ = ["Objective", "Progress", "StylizeResult", "Stylizer", "TERMS", "TemporalTarget", "stylize"]
 
@@ -45,7 +46,7 @@ class Progress:
     def __init__(self, stage: int, stages: int, step: int, steps: int, size: Tuple[int, int],
                  terms: torch.Tensor, image: Callable[[], torch.Tensor], memory_plan: Optional[MemoryPlan] = None):
         self.stage, self.stages, self.step, self.steps, self.size = stage, stages, step, steps, size
-        self.memory_plan = memory_plan  # how this stage fits in memory (nst_ext.memory)
+        self.memory_plan = memory_plan  # how this stage fits in memory (nst_ext.plan.memory)
         self.image = image
         self._terms = terms
         self._values = None
@@ -90,7 +91,7 @@ class Stylizer:
 
     Options are those of :class:`StyleOptions`, given as an instance and/or
     keyword overrides. Invalid options raise :class:`OptionError`, unreadable
-    or unsuitable images :class:`nst_ext.images.ImageError`.
+    or unsuitable images :class:`nst_ext.io.images.ImageError`.
     """
 
     def __init__(self, options: Optional[StyleOptions] = None, **overrides):
@@ -105,7 +106,7 @@ class Stylizer:
         self._style_grams: Dict[Tuple, Dict[str, torch.Tensor]] = {}
         self._style_sources: Tuple = ()
 
-    # Where the run happens is the network's (nst_ext.network): read here, decided there.
+    # Where the run happens is the network's (nst_ext.model.network): read here, decided there.
     vgg = property(lambda self: self.network.vgg)
     device = property(lambda self: self.network.device)  # the picture's and the optimiser's
     devices = property(lambda self: self.network.devices)

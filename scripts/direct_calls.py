@@ -51,7 +51,7 @@ CASES = [
 CHILD = """
 import re, sys
 import torch
-import nst_ext._ops  # loads the compiled library
+import nst_ext.ops.dispatch  # loads the compiled library
 sys.path.insert(0, sys.argv[1])
 from direct_calls import CASES
 device = sys.argv[2]

@@ -11,8 +11,8 @@ import os
 from PIL import Image
 
 import nst_ext
-from nst_ext.images import save_image, to_pil
-from nst_ext.plot import plot_losses
+from nst_ext.io.images import save_image, to_pil
+from nst_ext.cli.plot import plot_losses
 
 TILE, GAP = 400, 7  # each picture 400 px high, 7 px of white between
 

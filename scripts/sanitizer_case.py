@@ -9,7 +9,7 @@ both backward ops. Exits 0 when every result matches the reference.
 import torch
 
 import nst_ext
-from nst_ext import reference
+from nst_ext.ops import reference
 
 assert nst_ext.backend_info()["cuda"] == "compiled CUDA", nst_ext.backend_info()
 # (B, C, H, W): C across the 64-channel tile edge; short and long H·W (the latter split).

@@ -14,7 +14,7 @@ import nst_ext
 # The helpers the tests share with the benchmarks (benchmarks/clips.py: the synthetic clip).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-# The runs' algorithm choices (nst_ext.algorithm_cache) go to a folder of this session's, never the
+# The runs' algorithm choices (nst_ext.io.algorithm_cache) go to a folder of this session's, never the
 # user's cache; the CLI tests' subprocesses inherit it.
 os.environ["NST_EXT_CACHE_DIR"] = tempfile.mkdtemp(prefix="nst-ext-test-cache-")
 atexit.register(shutil.rmtree, os.environ["NST_EXT_CACHE_DIR"], True)

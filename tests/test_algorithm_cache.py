@@ -1,4 +1,4 @@
-"""The forward's algorithm choices kept on disk (nst_ext.algorithm_cache): a second process meets
+"""The forward's algorithm choices kept on disk (nst_ext.io.algorithm_cache): a second process meets
 the first one's shapes already chosen, a picture's restored choices are kept, concurrent savers
 lose nothing, a bad file is ignored, another machine key reads another file, ``off`` writes
 nothing; and a picture's record lists only the choices its run used."""
@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import nst_ext
-from nst_ext import _ops, algorithm_cache
+from nst_ext.io import algorithm_cache
+from nst_ext.ops import dispatch
 
-pytestmark = pytest.mark.skipif(_ops.LOAD_ERROR is not None, reason="no compiled kernels: nothing to choose")
+pytestmark = pytest.mark.skipif(dispatch.LOAD_ERROR is not None, reason="no compiled kernels: nothing to choose")
 
 # A child process: with the cache in argv[1], optionally loads it, times the Gram of the shapes
 # given as "C,H,W" in argv[3:] under "auto", saves, and prints the choices it holds.
@@ -24,7 +25,7 @@ CHILD = textwrap.dedent("""
     os.environ["NST_EXT_CACHE_DIR"] = sys.argv[1]
     import torch
     import nst_ext
-    from nst_ext import algorithm_cache
+    from nst_ext.io import algorithm_cache
     loaded = algorithm_cache.load() if sys.argv[2] == "load" else 0
     before = nst_ext.gram_algorithm_choices()
     for shape in sys.argv[3:]:
@@ -87,16 +88,16 @@ def test_restored_choices_win_over_the_cache(tmp_path, monkeypatch):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": {}, "choices": [dict(key, algorithm="blas"), dict(key, channels=7,
                                                                                           algorithm="own")]}))
-    previous = _ops.gram_algorithm_choices()
-    _ops.clear_gram_algorithm_choices()
+    previous = dispatch.gram_algorithm_choices()
+    dispatch.clear_gram_algorithm_choices()
     try:
-        _ops.restore_gram_algorithm_choices([dict(key, algorithm="own")])
+        dispatch.restore_gram_algorithm_choices([dict(key, algorithm="own")])
         assert algorithm_cache.load() == 1
-        held = {choice["channels"]: choice["algorithm"] for choice in _ops.gram_algorithm_choices()}
+        held = {choice["channels"]: choice["algorithm"] for choice in dispatch.gram_algorithm_choices()}
         assert held == {6: "own", 7: "own"}
     finally:
-        _ops.clear_gram_algorithm_choices()
-        _ops.restore_gram_algorithm_choices(previous)
+        dispatch.clear_gram_algorithm_choices()
+        dispatch.restore_gram_algorithm_choices(previous)
 
 
 @pytest.mark.parametrize("wrong", [{"device": ["cpu"]}, {"channels": "6"}, {"batch": True}, {"layout": "nc\thw"},
@@ -110,16 +111,16 @@ def test_a_forged_choice_is_skipped_and_the_others_kept(tmp_path, monkeypatch, w
     path = algorithm_cache.cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": {}, "choices": [dict(key, **wrong), dict(key, channels=9), "own", 3]}))
-    previous = _ops.gram_algorithm_choices()
-    _ops.clear_gram_algorithm_choices()
+    previous = dispatch.gram_algorithm_choices()
+    dispatch.clear_gram_algorithm_choices()
     try:
         assert algorithm_cache.load() == 1
-        assert [choice["channels"] for choice in _ops.gram_algorithm_choices()] == [9]
+        assert [choice["channels"] for choice in dispatch.gram_algorithm_choices()] == [9]
         with pytest.raises(ValueError, match="not an algorithm choice"):
-            _ops.restore_gram_algorithm_choices([dict(key, **wrong)])
+            dispatch.restore_gram_algorithm_choices([dict(key, **wrong)])
     finally:
-        _ops.clear_gram_algorithm_choices()
-        _ops.restore_gram_algorithm_choices(previous)
+        dispatch.clear_gram_algorithm_choices()
+        dispatch.restore_gram_algorithm_choices(previous)
 
 
 def finishes(function, seconds=20.0):
@@ -142,14 +143,14 @@ def test_a_fifo_in_the_cache_folder_does_not_hold_the_run(tmp_path, monkeypatch,
     os.mkfifo(path if which == "cache" else path.with_suffix(".lock"))
     read = []
     assert finishes(lambda: read.append(algorithm_cache._read(path))) and read == [[]]
-    previous = _ops.gram_algorithm_choices()
+    previous = dispatch.gram_algorithm_choices()
     try:
         with nst_ext.gram_algorithm("auto"):
             nst_ext.gram_matrix(torch.rand(1, 3, 5, 5))  # a choice to save
         assert finishes(algorithm_cache.save)
     finally:
-        _ops.clear_gram_algorithm_choices()
-        _ops.restore_gram_algorithm_choices(previous)
+        dispatch.clear_gram_algorithm_choices()
+        dispatch.restore_gram_algorithm_choices(previous)
 
 
 def test_another_machine_reads_another_file_and_off_writes_nothing(tmp_path, monkeypatch):
@@ -164,16 +165,16 @@ def test_another_machine_reads_another_file_and_off_writes_nothing(tmp_path, mon
 
 
 def test_the_record_lists_only_the_choices_its_run_used():
-    previous = _ops.gram_algorithm_choices()
-    _ops.clear_gram_algorithm_choices()
+    previous = dispatch.gram_algorithm_choices()
+    dispatch.clear_gram_algorithm_choices()
     try:
         unused = {"device": "cpu", "device_index": -1, "op": "gram", "dtype": "Float", "batch": 1, "channels": 11,
                   "spatial": 13, "layout": "nchw", "algorithm": "blas"}
-        _ops.restore_gram_algorithm_choices([unused])
+        dispatch.restore_gram_algorithm_choices([unused])
         with nst_ext.gram_algorithm("auto"):
             nst_ext.gram_matrix(torch.rand(1, 5, 4, 4))
-        assert spatial_of(_ops.gram_algorithm_choices()) == [(5, 16), (11, 13)]
-        assert spatial_of(_ops.gram_algorithm_choices(used_only=True)) == [(5, 16)]
+        assert spatial_of(dispatch.gram_algorithm_choices()) == [(5, 16), (11, 13)]
+        assert spatial_of(dispatch.gram_algorithm_choices(used_only=True)) == [(5, 16)]
     finally:
-        _ops.clear_gram_algorithm_choices()
-        _ops.restore_gram_algorithm_choices(previous)
+        dispatch.clear_gram_algorithm_choices()
+        dispatch.restore_gram_algorithm_choices(previous)

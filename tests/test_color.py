@@ -1,10 +1,10 @@
-"""Colour control (nst_ext.color): the colour spaces against known values, the luminance
+"""Colour control (nst_ext.objective.color): the colour spaces against known values, the luminance
 transfer, and each colour transfer's promise about the recoloured style."""
 
 import pytest
 import torch
 
-from nst_ext import color
+from nst_ext.objective import color
 
 
 def test_lab_known_values_and_round_trip(seed):

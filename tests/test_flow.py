@@ -1,4 +1,4 @@
-"""nst_ext.flow: a known shift warps exactly, DIS finds known motion, the consistency check excludes
+"""nst_ext.jobs.flow: a known shift warps exactly, DIS finds known motion, the consistency check excludes
 what an occluder hid, still pixels keep a zero flow. The clips with known motion are
 benchmarks/clips.py's (rendered from a scene model, nothing of nst_ext's flow in them)."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nst_ext import flow
+from nst_ext.jobs import flow
 
 pytest.importorskip("cv2", reason="optical flow needs OpenCV (requirements.txt pins opencv-python-headless)")
 

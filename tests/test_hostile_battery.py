@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 
 import nst_ext
-from nst_ext import budget, memory
+from nst_ext.plan import budget, memory
 from nst_ext.cli import main
 from nst_ext.errors import ImageError, JobWarning, OptionError
 from nst_ext.jobs import LOCK_NAME, MANIFEST_NAME, append_record, read_manifest
-from nst_ext.outputs import WriteError
+from nst_ext.io.outputs import WriteError
 from nst_ext.stylizer import Stylizer
 
 from test_jobs_batch import done_counts, make_job
@@ -550,7 +550,7 @@ def test_help_numbers_are_the_constants_they_state():
     """Each default a help text states is read from the constant that sets it (they had drifted)."""
     from nst_ext.jobs.batch import AUTO_BATCH_LIMIT
     from nst_ext.jobs.video import FRAME_STEPS, TEMPORAL_WEIGHT
-    from nst_ext.memory import DEFAULT_BUDGET_SHARE, LBFGS_HISTORY, MIN_LBFGS_HISTORY
+    from nst_ext.plan.memory import DEFAULT_BUDGET_SHARE, LBFGS_HISTORY, MIN_LBFGS_HISTORY
 
     stylize = " ".join(nst_ext_cli("stylize", "--help").stdout.split())
     assert f"(default: {DEFAULT_BUDGET_SHARE * 100:.0f}% of the memory free" in stylize

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from nst_ext.errors import OutputError
-from nst_ext.images import ImageError, load_image, save_image
+from nst_ext.io.images import ImageError, load_image, save_image
 
 
 def rgb_pixels(width=6, height=4):
@@ -120,14 +120,14 @@ def test_save_never_overwrites_silently(tmp_path):
 
 def test_a_file_that_appears_after_the_check_is_not_replaced(tmp_path, monkeypatch):
     """Another process writes the output between save_image's check and its write: the same one line."""
-    import nst_ext.images
+    import nst_ext.io.images
 
     path = tmp_path / "out.png"
 
     def another_process_writes(*args, **kwargs):
         path.write_bytes(b"theirs")
 
-    monkeypatch.setattr(nst_ext.images, "check_outputs", another_process_writes)
+    monkeypatch.setattr(nst_ext.io.images, "check_outputs", another_process_writes)
     with pytest.raises(OutputError, match=r"already exists; choose another name or pass --overwrite"):
         save_image(torch.rand(3, 4, 4), path)
     assert path.read_bytes() == b"theirs" and sorted(os.listdir(tmp_path)) == ["out.png"]

@@ -17,8 +17,8 @@ from PIL import Image
 
 import nst_ext
 from nst_ext.cli import main
-from nst_ext.images import read_record
-from nst_ext.inputs import styles_at_stage
+from nst_ext.io.images import read_record
+from nst_ext.objective.inputs import styles_at_stage
 from nst_ext.jobs import MANIFEST_NAME, read_manifest, run_batch
 from nst_ext.stylizer import Stylizer
 
@@ -53,7 +53,7 @@ def test_batch_does_a_folder_keeps_its_layout_and_skips_a_bad_item(tmp_path, cap
     assert nst_ext.load_image(out / "photo0.png").shape == (3, 42, 48)  # --size 48 on the 60x52 photo: 41.6 rounds to 42
     records = read_manifest(out / MANIFEST_NAME)
     assert {r["status"] for r in records} == {"done", "failed"} and all(r["settings"] for r in records)
-    # Each picture records how it was made, its own content among the inputs (nst_ext.provenance).
+    # Each picture records how it was made, its own content among the inputs (nst_ext.io.provenance).
     made = json.loads(read_record(out / "deep/er/photo1.png"))
     assert made["command"] == "batch" and made["inputs"][0]["path"] == str((job / "deep/er/photo1.jpg").resolve())
 

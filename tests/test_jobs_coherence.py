@@ -10,7 +10,7 @@ import torch
 
 from nst_ext.errors import OptionError
 from nst_ext.jobs.coherence import LONG_TERM, FrameChain, check_long_term, temporal_strength
-from nst_ext.options import StyleOptions
+from nst_ext.plan.options import StyleOptions
 
 pytest.importorskip("cv2", reason="optical flow needs OpenCV (requirements.txt pins opencv-python-headless)")
 

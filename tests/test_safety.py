@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 
 import nst_ext
-from nst_ext import cli, outputs
+from nst_ext import cli
+from nst_ext.io import outputs
 from nst_ext.errors import ImageError, OptionError, OutputError, WeightsError
-from nst_ext.images import load_image, save_image
-from nst_ext.losses import TotalVariationLoss
+from nst_ext.io.images import load_image, save_image
+from nst_ext.objective.losses import TotalVariationLoss
 from nst_ext.stylizer import Stylizer
 
 from test_cli import CONTENT, FAST, STYLE, assert_one_line_error, nst_ext_cli
@@ -265,7 +266,7 @@ def test_no_content_layers_is_texture_synthesis(tmp_path):
 def test_decompression_bomb_past_memory_is_one_line(tmp_path, monkeypatch):
     """Decoding a huge image raises MemoryError (injected here: a real one would take the
     machine's memory); it becomes one ImageError line."""
-    from nst_ext import images
+    from nst_ext.io import images
 
     def out_of_memory(image, name):
         raise MemoryError

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import nst_ext
-from nst_ext.images import ImageError, load_image, resize, resize_to_long_side
-from nst_ext.inputs import styles_at_stage
+from nst_ext.io.images import ImageError, load_image, resize, resize_to_long_side
+from nst_ext.objective.inputs import styles_at_stage
 from nst_ext.metrics import distances, subject_and_style
-from nst_ext.options import OptionError
+from nst_ext.plan.options import OptionError
 from nst_ext.stylizer import Stylizer
 from nst_ext.errors import UnknownLayerError
 
@@ -153,7 +153,7 @@ def test_interrupt_keeps_the_best_image(content, style):
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_checkpointing_on_the_cpu_hands_freed_memory_back_at_once(content, style, checkpointing, monkeypatch):
     """The plan estimates a checkpointed step as one whose freed memory goes back to the system at
-    once (nst_ext.memory), whether the budget or the caller chose checkpointing: the run must then
+    once (nst_ext.plan.memory), whether the budget or the caller chose checkpointing: the run must then
     make it so. Without checkpointing, and with room in the budget, the allocator keeps its default."""
     calls = []
     monkeypatch.setattr("nst_ext.stylizer.release_freed_memory_promptly", lambda: calls.append(True) or True)
@@ -218,7 +218,7 @@ def test_cuda_asked_for_without_a_gpu():
 
 
 def test_mixed_precision_keeps_the_picture(content, style, device):
-    from nst_ext.options import cpu_has_native_bfloat16
+    from nst_ext.plan.options import cpu_has_native_bfloat16
 
     if device == "cpu" and not cpu_has_native_bfloat16():
         with pytest.raises(OptionError, match=r"needs native bfloat16"):
@@ -231,7 +231,7 @@ def test_mixed_precision_keeps_the_picture(content, style, device):
 
 
 def test_mixed_precision_default_is_on_where_bfloat16_is_native(device):
-    from nst_ext.options import cpu_has_native_bfloat16
+    from nst_ext.plan.options import cpu_has_native_bfloat16
 
     stylizer = Stylizer(size=SIZE, device=device)
     native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_native_bfloat16()
@@ -240,7 +240,7 @@ def test_mixed_precision_default_is_on_where_bfloat16_is_native(device):
 
 
 def test_bfloat16_convolutions_cast_their_weights_once_and_follow_changes(device):
-    """Under bfloat16 autocast VGG reads bfloat16 copies of its weights made once (nst_ext.vgg):
+    """Under bfloat16 autocast VGG reads bfloat16 copies of its weights made once (nst_ext.model.vgg):
     the features are bit for bit those of the modules under autocast, which casts the weights at
     every call, and a weight changed in place is copied again. On a GPU, where cuDNN may pick
     another algorithm for another call, to bfloat16's rounding (a stale copy of the changed
@@ -405,7 +405,7 @@ def test_a_finer_stage_starts_with_the_contents_detail():
 def test_each_stage_starts_with_a_first_step_of_the_set_size(device, seed):
     """Every stage's first L-BFGS update moves the picture by LBFGS_FIRST_STEP_RMS (root mean
     square), not by torch's 1/‖g‖₁ (1e-6 of a pixel at 512 px, under bfloat16's rounding)."""
-    from nst_ext.options import LBFGS_FIRST_STEP_RMS
+    from nst_ext.plan.options import LBFGS_FIRST_STEP_RMS
 
     content = 0.25 + 0.5 * torch.rand(3, 40, 48)  # mid-grey: the step is not clamped away in the snapshots
     style = torch.rand(3, 36, 36)
@@ -429,7 +429,7 @@ def test_every_gradient_in_vgg_stays_channels_last(pictures, mixed_precision, de
     backward a strided pass (a sixth of a 512 px step on the CPU, BENCHMARKS.md). Every
     gradient reaching a content or style layer must keep the features' layout."""
     from nst_ext.objective import Objective
-    from nst_ext.options import cpu_has_native_bfloat16
+    from nst_ext.plan.options import cpu_has_native_bfloat16
 
     if mixed_precision and device == "cpu" and not cpu_has_native_bfloat16():
         pytest.skip("no native bfloat16 on this CPU")
@@ -458,7 +458,7 @@ def test_every_gradient_in_vgg_stays_channels_last(pictures, mixed_precision, de
 
 
 def test_per_picture_mean_is_the_mean_and_keeps_the_gradients_layout():
-    from nst_ext.losses import per_picture_mean
+    from nst_ext.objective.losses import per_picture_mean
 
     torch.manual_seed(7)
     values = torch.randn(3, 5, 7, 9, dtype=torch.float64)

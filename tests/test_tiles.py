@@ -1,19 +1,19 @@
-"""Any size, exactly: the tiles' geometry (nst_ext.tiles), one evaluation tile by tile against the
+"""Any size, exactly: the tiles' geometry (nst_ext.plan.tiles), one evaluation tile by tile against the
 untiled picture's in float64 (nst_ext.objective.tiled), a short run tiled and untiled, and the
 memory plan's choice of tiles."""
 
 import pytest
 import torch
 
-from nst_ext import tiles
-from nst_ext.budget import parse_size
+from nst_ext.plan import tiles
+from nst_ext.plan.budget import parse_size
 from nst_ext.errors import OptionError
-from nst_ext.layers import LAYER_INDEX, LAYERS, layer_shape
-from nst_ext.masks import StageMasks
-from nst_ext.memory import MemoryPlan, budget_for, plan_stage, usable_share
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS, layer_shape
+from nst_ext.objective.masks import StageMasks
+from nst_ext.plan.memory import MemoryPlan, budget_for, plan_stage, usable_share
 from nst_ext.objective import Objective
 from nst_ext.objective import tiled as tiled_evaluation
-from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from nst_ext.plan.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from nst_ext.stylizer import Stylizer
 
 LAYERS_USED = list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS)
@@ -123,7 +123,7 @@ def test_a_tiled_evaluation_is_the_untiled_one_in_float64(float64_stylizer, edge
 def test_bfloat16_content_targets_are_the_rounded_targets_tiled_or_not(float64_stylizer):
     """Content targets kept in bfloat16 (the plan's lever): the loss and gradient of the float32
     targets rounded to bfloat16, tiled as untiled (the tiled targets are put together in bfloat16)."""
-    from nst_ext.losses import ContentLoss
+    from nst_ext.objective.losses import ContentLoss
 
     options = float64_stylizer.options
     content, style, image = odd_inputs(3, 100, 90)
@@ -236,7 +236,7 @@ def test_the_plan_tiles_only_when_nothing_else_fits():
 def test_a_budget_that_forces_tiles_completes():
     """The plan itself chooses tiles under a budget just below the checkpointed plan's (the
     progress line says so) and the run completes. Shallow layers keep the run short."""
-    from nst_ext.memory import plan_stages
+    from nst_ext.plan.memory import plan_stages
 
     settings = dict(size=320, scales=[320], steps=2, device="cpu", **SHALLOW)
     shapes, content_shape = [(100, 100)], (320, 240)

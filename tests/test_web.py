@@ -296,8 +296,8 @@ def test_serve_refuses_a_port_in_use_in_one_line(tmp_path):
 def test_app_job_makes_the_picture_and_stop_keeps_the_best_one(tmp_path):
     """The real job runner (the stylizer, the provenance record, the atomic write), stopped from
     the page's side after a few steps: the picture so far is written and says how it was made."""
-    from nst_ext import provenance
-    from nst_ext.options import StyleOptions
+    from nst_ext.io import provenance
+    from nst_ext.plan.options import StyleOptions
     from nst_ext.web.queue import Job, stylize_job
 
     queue = JobQueue(run=stylize_job)
@@ -353,7 +353,7 @@ def test_the_form_reads_its_defaults_and_bounds_from_the_server(app):
     are the options' defaults and the checks' bounds."""
     import re
 
-    from nst_ext.options import StyleOptions
+    from nst_ext.plan.options import StyleOptions
     from nst_ext.web.uploads import LARGEST_SIZE, LARGEST_STEPS, form_fields
 
     client, _, _, _ = app

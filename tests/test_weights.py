@@ -4,10 +4,10 @@ import pytest
 import torch
 import torchvision
 
-from nst_ext import weights as weights_module
-from nst_ext.layers import CONV_INDICES, LAYERS, layer_shape, min_image_side
-from nst_ext.vgg import VGG19Features
-from nst_ext.weights import TORCHVISION_CONV_INDICES, WeightsError, resolve_weights
+from nst_ext.model import weights as weights_module
+from nst_ext.plan.layers import CONV_INDICES, LAYERS, layer_shape, min_image_side
+from nst_ext.model.vgg import VGG19Features
+from nst_ext.model.weights import TORCHVISION_CONV_INDICES, WeightsError, resolve_weights
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ inline int64_t widening_slab(int64_t channels) {
 }
 
 // Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): oneDNN's
-// own answer, the one nst_ext.options.cpu_has_native_bfloat16 reads.
+// own answer, the one nst_ext.plan.options.cpu_has_native_bfloat16 reads.
 inline bool cpu_has_native_bfloat16() {
   static const bool native = [] {
     const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_is_mkldnn_bf16_supported", ""});

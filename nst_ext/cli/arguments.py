@@ -10,8 +10,8 @@ from nst_ext.errors import InputError
 from nst_ext.jobs.batch import AUTO_BATCH_LIMIT
 from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM
 from nst_ext.jobs.video import FRAME_STEPS, TEMPORAL_WEIGHT
-from nst_ext.memory import DEFAULT_BUDGET_SHARE, LBFGS_HISTORY, MIN_LBFGS_HISTORY
-from nst_ext.options import (COARSEST_AUTOMATIC_SCALE, COLOR_SPACES, COLOR_TRANSFERS, DEFAULT_CONTENT_LAYERS,
+from nst_ext.plan.memory import DEFAULT_BUDGET_SHARE, LBFGS_HISTORY, MIN_LBFGS_HISTORY
+from nst_ext.plan.options import (COARSEST_AUTOMATIC_SCALE, COLOR_SPACES, COLOR_TRANSFERS, DEFAULT_CONTENT_LAYERS,
                              DEFAULT_MAX_INPUT_PIXELS, DEFAULT_STYLE_LAYERS, StyleOptions)
 
 

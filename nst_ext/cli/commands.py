@@ -7,7 +7,7 @@ status (the arguments: nst_ext.cli.arguments).
     nst-ext info            backends, device, weights
 
 Bad input gets one line on stderr and exit status 2; every output is checked
-before any work (nst_ext.outputs); Ctrl-C and SIGTERM save the best image so
+before any work (nst_ext.io.outputs); Ctrl-C and SIGTERM save the best image so
 far and exit with 130 and 143. Arguments are parsed before torch is imported,
 so --help and usage errors are instant.
 """
@@ -28,9 +28,9 @@ from nst_ext.cli.job_commands import run_batch_command, run_video_command
 from nst_ext.cli.stopping import install_stop_handlers, nothing_made, restore_handlers, stop_exit_status, stop_verb
 from nst_ext.cli.watching import LiveViewOnDemand, web_module
 from nst_ext.errors import BackendWarning, InputError, JobWarning
-from nst_ext.layers import LAYERS, min_image_side
-from nst_ext.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleOptions
-from nst_ext.outputs import WriteError, check_outputs, deferred_signals, write_or_rescue
+from nst_ext.plan.layers import LAYERS, min_image_side
+from nst_ext.plan.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleOptions
+from nst_ext.io.outputs import WriteError, check_outputs, deferred_signals, write_or_rescue
 
 EXIT_BAD_INPUT = 2
 # The work was done (or some of it) but a result could not be written, or memory ran out.
@@ -66,7 +66,7 @@ def _input_files(options: StyleOptions, content, styles) -> List[Path]:
 
 
 def _check_outputs(args, output: Path, inputs: List[Path]) -> None:
-    """Everything about the outputs that can be wrong is found before any work is done (nst_ext.outputs)."""
+    """Everything about the outputs that can be wrong is found before any work is done (nst_ext.io.outputs)."""
     if args.save_every < 0:
         raise CommandError(f"--save-every must be 0 (off) or a positive number of steps, got {args.save_every}")
     if args.bit_depth == 16 and output.suffix.lower() not in (".png", ".tif", ".tiff"):
@@ -79,7 +79,7 @@ def _check_outputs(args, output: Path, inputs: List[Path]) -> None:
 
 
 def _info_of(picture: str) -> int:
-    from nst_ext import provenance
+    from nst_ext.io import provenance
 
     print(provenance.describe(provenance.read(picture)))
     return 0
@@ -104,7 +104,7 @@ def _rerun(args, argv: List[str]) -> int:
         placement = ", ".join(f"--{name.replace('_', '-')}" for name in PLACEMENT_OPTIONS)
         raise CommandError(f"with --from the settings come from the picture; drop {', '.join(refused)} (only where "
                            f"the work runs may change: {placement})")
-    from nst_ext import provenance
+    from nst_ext.io import provenance
 
     options, content, styles = provenance.rerun(args.from_picture)
     options = dataclasses.replace(options, **{name: vars(args)[name] for name in changed})
@@ -115,8 +115,8 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
     options = options or style_options(args)
     options.validate()
     _check_outputs(args, output, _input_files(options, content, styles))
-    from nst_ext import provenance
-    from nst_ext.images import icc_profile, save_image  # torch is imported from here on
+    from nst_ext.io import provenance
+    from nst_ext.io.images import icc_profile, save_image  # torch is imported from here on
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(options)
@@ -129,7 +129,7 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
         nonlocal bar, steps_done, save_every
         steps_done += 1
         if bar is None and not args.quiet:  # made once the inputs have been checked and loaded
-            from nst_ext.progress import StepBar
+            from nst_ext.cli.progress import StepBar
 
             bar = StepBar(sum(options.stage_steps()), stylizer.device)
         if bar is not None:
@@ -168,7 +168,7 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
             write_or_rescue(lambda path: save_image(result.tensor, path, overwrite=args.overwrite, record=record,
                                                     icc_profile=profile, bit_depth=args.bit_depth), output)
             if args.plot:
-                from nst_ext.plot import plot_losses
+                from nst_ext.cli.plot import plot_losses
 
                 save_image(plot_losses(result.history), args.plot, overwrite=args.overwrite)
         ending = "stopped" if result.interrupted else "done"

@@ -8,7 +8,7 @@ from nst_ext.cli.arguments import style_options
 from nst_ext.cli.stopping import job_stopped
 from nst_ext.cli.watching import LiveViewOnDemand
 from nst_ext.errors import OptionError
-from nst_ext.outputs import WriteError
+from nst_ext.io.outputs import WriteError
 
 
 def run_batch_command(args) -> int:
@@ -25,7 +25,7 @@ def run_batch_command(args) -> int:
     def on_start(total, already):
         nonlocal bar
         if distributed.rank == 0 and not args.quiet:  # rank 0 shows every rank's items
-            from nst_ext.progress import ItemBar
+            from nst_ext.cli.progress import ItemBar
 
             bar = ItemBar(total, already, Path(args.output) / MANIFEST_NAME)
 
@@ -74,7 +74,7 @@ def run_video_command(args) -> int:
         nonlocal bar
         if distributed.rank == 0 and not args.quiet:
             if bar is None:
-                from nst_ext.progress import FrameBar
+                from nst_ext.cli.progress import FrameBar
 
                 bar = FrameBar(total)
             bar.show(done)

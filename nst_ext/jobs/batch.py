@@ -23,9 +23,9 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 from nst_ext.errors import InputError, JobWarning, OptionError, OutputError
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
-from nst_ext.memory import fitting_batch_size
-from nst_ext.options import StyleOptions
-from nst_ext.outputs import (FileSet, WriteError, check_regular_file, deferred_signals, make_output_folder, same_file,
+from nst_ext.plan.memory import fitting_batch_size
+from nst_ext.plan.options import StyleOptions
+from nst_ext.io.outputs import (FileSet, WriteError, check_regular_file, deferred_signals, make_output_folder, same_file,
                              write_or_rescue)
 
 MANIFEST_NAME = "nst-ext-manifest.jsonl"
@@ -239,8 +239,8 @@ def _take_output_folder(out_dir: Path) -> JobLock:
 
 def _save_item(image, output: Path, record: str, icc_profile) -> None:
     """A batch item's picture, into its subfolder (made if missing), with its record and its
-    content's colour profile (nst_ext.provenance)."""
-    from nst_ext.images import save_image
+    content's colour profile (nst_ext.io.provenance)."""
+    from nst_ext.io.images import save_image
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -252,8 +252,8 @@ def _save_item(image, output: Path, record: str, icc_profile) -> None:
 def _run_items(items, styles, out_dir, options, output_format, overwrite, on_item, on_progress, distributed, on_start,
                batch_size) -> BatchSummary:
     """run_batch's work once the output folder is this job's."""
-    from nst_ext import provenance
-    from nst_ext.images import icc_profile, load_image
+    from nst_ext.io import provenance
+    from nst_ext.io.images import icc_profile, load_image
     from nst_ext.stylizer import Stylizer
 
     manifest = out_dir / MANIFEST_NAME

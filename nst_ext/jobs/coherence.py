@@ -2,7 +2,7 @@
 Ruder, Dosovitskiy & Brox (2016; IJCV 2018):
 
 - ``flow`` (the default): the previous stylized frame is moved with the scene by the optical flow
-  of the input (nst_ext.flow) and starts the frame, pixels it cannot stand for (disoccluded, or
+  of the input (nst_ext.jobs.flow) and starts the frame, pixels it cannot stand for (disoccluded, or
   moved in from outside the frame) starting from the frame's own content; a temporal term holds
   the frame to the warped earlier frames where the consistency check trusts them, each pixel to
   its most recent visible past among the ``long_term`` frames back (1 = the previous frame).
@@ -40,7 +40,7 @@ def temporal_strength(temporal_weight: float, style_weight: float) -> float:
     """The temporal term's weight in a frame's loss: `temporal_weight` as given for the default
     style weight, scaled by `style_weight` over it, so that the balance of the two terms, and with
     it the flicker of still pixels, is the same at any style strength."""
-    from nst_ext.options import StyleOptions
+    from nst_ext.plan.options import StyleOptions
 
     return temporal_weight * style_weight / StyleOptions.style_weight
 
@@ -106,7 +106,7 @@ class FrameChain:
         """The input frame `index`; with flow, its flows to the earlier inputs it reaches start now."""
         self.inputs[index] = frame
         if self._worker is not None:
-            from nst_ext.flow import flow_between
+            from nst_ext.jobs.flow import flow_between
 
             self._flows[index] = {back: (self._worker.submit(flow_between, frame, self.inputs[index - back]),
                                          self._worker.submit(flow_between, self.inputs[index - back], frame))
@@ -130,7 +130,7 @@ class FrameChain:
         if self.coherence == "none" or previous is None:
             result = self.opening.run(frame, self.styles, callback=callback)
         elif self.coherence == "still":
-            from nst_ext.flow import still_mask
+            from nst_ext.jobs.flow import still_mask
 
             temporal = TemporalTarget(previous, still_mask(frame, self.inputs[index - 1]), self.temporal_weight)
             result = self.following.run(frame, self.styles, callback=callback, init=previous, temporal=temporal)
@@ -151,7 +151,7 @@ class FrameChain:
         frame's own content."""
         import torch
 
-        from nst_ext.flow import consistency, warp
+        from nst_ext.jobs.flow import consistency, warp
 
         frame = self.inputs[index]
         target, covered = torch.zeros_like(frame), torch.zeros(frame.shape[-2:], dtype=torch.bool)

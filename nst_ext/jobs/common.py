@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable, List, Sequence
 
 from nst_ext.errors import InputError, OutputError
-from nst_ext.options import StyleOptions
-from nst_ext.outputs import check_regular_file, describe_os_error
+from nst_ext.plan.options import StyleOptions
+from nst_ext.io.outputs import check_regular_file, describe_os_error
 
 # Held (flock) by the one job writing to an output folder; a second job there is refused.
 LOCK_NAME = ".nst-ext.lock"

@@ -1,7 +1,7 @@
 """A video with one look (``nst-ext video``): every frame stylized with temporal coherence after
 Ruder, Dosovitskiy & Brox (2016), the finished frames kept in a work folder so that a stopped run
 continues, the frames split over the processes of a ``torchrun`` launch. How a frame follows the
-ones before it is :mod:`nst_ext.jobs.coherence`'s; reading and writing video :mod:`nst_ext.video`'s."""
+ones before it is :mod:`nst_ext.jobs.coherence`'s; reading and writing video :mod:`nst_ext.io.video`'s."""
 
 import dataclasses
 import json
@@ -13,8 +13,8 @@ from typing import Callable, Optional, Sequence
 from nst_ext.errors import InputError, OptionError, OutputError
 from nst_ext.jobs.coherence import LONG_TERM, FrameChain, check_long_term
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
-from nst_ext.options import StyleOptions
-from nst_ext.outputs import describe_os_error
+from nst_ext.plan.options import StyleOptions
+from nst_ext.io.outputs import describe_os_error
 
 # Defaults of `nst-ext video` (BENCHMARKS.md, "Video"): each frame after the first runs one stage of
 # FRAME_STEPS at the output size, after the frames before it (nst_ext.jobs.coherence).
@@ -57,10 +57,10 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
     this process writes."""
     import shutil
 
-    from nst_ext import provenance
-    from nst_ext.images import load_image
-    from nst_ext.layers import long_side_shape
-    from nst_ext.video import check_video_output, even_shape, probe, write_video
+    from nst_ext.io import provenance
+    from nst_ext.io.images import load_image
+    from nst_ext.plan.layers import long_side_shape
+    from nst_ext.io.video import check_video_output, even_shape, probe, write_video
 
     options = options or StyleOptions()
     distributed = distributed or Distributed()
@@ -74,7 +74,7 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
     check_video_output(output, overwrite, inputs=[video, *styles, *options.input_files()])
     info = probe(video)
     if coherence == "flow":
-        from nst_ext.flow import require_opencv
+        from nst_ext.jobs.flow import require_opencv
 
         require_opencv()  # one line before any work, not at the second frame
     shape = even_shape(long_side_shape(info.height, info.width, options.output_size), output.suffix.lower())
@@ -155,9 +155,9 @@ def _take_work_folder(work: Path, settings: str, video: Path, output: Path, over
 def _stylize_frames(video, info, shape, styles, work, options, chain_settings, frame_steps, on_frame, on_progress,
                     distributed) -> VideoSummary:
     """The frames of this process's chunk that the work folder lacks, each written there."""
-    from nst_ext.images import load_image, save_image
+    from nst_ext.io.images import load_image, save_image
     from nst_ext.stylizer import Stylizer
-    from nst_ext.video import read_frames
+    from nst_ext.io.video import read_frames
 
     chunk = -(-info.frames // distributed.world_size)
     first, last = distributed.rank * chunk, min(info.frames, (distributed.rank + 1) * chunk)

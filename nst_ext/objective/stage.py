@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Uni
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from nst_ext.layers import LAYER_INDEX
-from nst_ext.losses import ContentLoss, StyleLoss, TotalVariationLoss, blended_gram, per_picture_mean
-from nst_ext.masks import StageMasks, layer_masks
+from nst_ext.plan.layers import LAYER_INDEX
+from nst_ext.objective.losses import ContentLoss, StyleLoss, TotalVariationLoss, blended_gram, per_picture_mean
+from nst_ext.objective.masks import StageMasks, layer_masks
 from nst_ext.objective import tiled
 
 if TYPE_CHECKING:
-    from nst_ext.memory import MemoryPlan
-    from nst_ext.network import Network
-    from nst_ext.options import StyleOptions
+    from nst_ext.plan.memory import MemoryPlan
+    from nst_ext.model.network import Network
+    from nst_ext.plan.options import StyleOptions
 
 # The loss terms of one evaluation, in the order of the (5,) tensors that hold them.
 TERMS = ("content", "style", "tv", "temporal", "total")
@@ -49,13 +49,13 @@ class Objective:
     ``tv``, ``temporal`` (each already multiplied by its weight) and ``total``
     on that device: 0-d for one content image, ``(B,)`` for a batch; the
     caller runs backward (of the sum, for a batch). With the option ``clamp_in_loss`` (the default)
-    the images are clamped to [0, 1] first: the loss is that of the picture as saved. `plan` (nst_ext.memory)
+    the images are clamped to [0, 1] first: the loss is that of the picture as saved. `plan` (nst_ext.plan.memory)
     gives VGG's segments and whether each is checkpointed; without one, VGG
     runs as one segment per device. `style_grams`: the style layers' target
     Grams when already made for these style images at this size (a batch job
     makes them once); ``self.style_grams`` holds them for reuse. `temporal`:
     a video frame's temporal term, its tensors at this stage's size. `masks`: spatial control
-    at this stage's size (:class:`nst_ext.masks.StageMasks`): with style masks each style image
+    at this stage's size (:class:`nst_ext.objective.masks.StageMasks`): with style masks each style image
     is its own term over its region (not blended), normalised on its own by its value at the
     content image, so each region takes on its style as firmly whatever the others' distance.
     When the plan has a tile edge and the picture is larger than one tile, the targets are made

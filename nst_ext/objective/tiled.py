@@ -1,4 +1,4 @@
-"""One stage's loss and gradient evaluated tile by tile (nst_ext.tiles), exactly.
+"""One stage's loss and gradient evaluated tile by tile (nst_ext.plan.tiles), exactly.
 
 A Gram matrix is a sum over positions, so the picture's Gram is the sum of the tiles' shares of it
 (each tile's own cells, their features exact thanks to the halo). An evaluation makes two passes:
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 
 import torch
 
-from nst_ext import tiles as tiling
-from nst_ext.layers import LAYER_INDEX, LAYERS, layer_shape
-from nst_ext.losses import gram_share
+from nst_ext.plan import tiles as tiling
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS, layer_shape
+from nst_ext.objective.losses import gram_share
 
 if TYPE_CHECKING:
     from nst_ext.objective.stage import Objective

@@ -11,8 +11,8 @@ from pathlib import Path
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
-from nst_ext.budget import format_size, parse_size
-from nst_ext.outputs import make_output_folder
+from nst_ext.plan.budget import format_size, parse_size
+from nst_ext.io.outputs import make_output_folder
 from nst_ext.web.guard import Access, Guard, is_loopback
 from nst_ext.web.queue import JobQueue
 from nst_ext.web.server import LOCAL_HOST, PreviewStreams, access_of, bound_socket, guarded_app, page, uvicorn_server

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from nst_ext.errors import InputError
-from nst_ext.options import StyleOptions
-from nst_ext.outputs import write_or_rescue
+from nst_ext.plan.options import StyleOptions
+from nst_ext.io.outputs import write_or_rescue
 from nst_ext.web.preview import Preview
 
 LOG = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ class Job:
 
 def stylize_job(job: Job, on_progress: Callable) -> None:
     """Makes `job`'s picture and writes it (with its provenance record) to ``job.output``."""
-    from nst_ext import provenance
-    from nst_ext.images import icc_profile, save_image
+    from nst_ext.io import provenance
+    from nst_ext.io.images import icc_profile, save_image
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(job.options)

@@ -14,10 +14,10 @@ from typing import Callable, List
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from nst_ext.budget import format_size
+from nst_ext.plan.budget import format_size
 from nst_ext.errors import InputError
-from nst_ext.images import decoded_picture
-from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS, StyleOptions
+from nst_ext.io.images import decoded_picture
+from nst_ext.plan.options import DEFAULT_MAX_INPUT_PIXELS, StyleOptions
 from nst_ext.web.queue import Job
 
 SAMPLES = {"astronaut": "astronaut.jpg", "swirls": "swirls.jpg"}  # nst_ext/data, with CREDITS.md

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nst_ext.errors import InputError, OutputError
-from nst_ext.outputs import atomic_write, check_regular_file, deferred_signals
+from nst_ext.io.outputs import atomic_write, check_regular_file, deferred_signals
 
 # suffix: (container format, video codec, pixel format, audio codec when re-encoded)
 VIDEO_FORMATS = {".mp4": ("mp4", "libx264", "yuv420p", "aac"), ".webm": ("webm", "libvpx-vp9", "yuv420p", "libopus"),
@@ -95,7 +95,7 @@ def read_frames(path: os.PathLike, shape: Optional[Tuple[int, int]] = None, star
     ((height, width)) when given."""
     import av
 
-    from nst_ext.images import resize
+    from nst_ext.io.images import resize
 
     path = Path(path)
     with _open(path) as container:
@@ -121,7 +121,7 @@ def check_video_output(path: Path, overwrite: bool, inputs: Iterable[os.PathLike
     """Refuses, before any work, an output that cannot or must not be written (OutputError): an
     unknown extension, a folder, an existing file without `overwrite`, one of the run's `inputs`
     (the video, the styles, an init image, a weights file), even with `overwrite`."""
-    from nst_ext.outputs import check_folder_writable, same_file
+    from nst_ext.io.outputs import check_folder_writable, same_file
 
     for source in inputs:
         if same_file(path, Path(source)):
@@ -141,7 +141,7 @@ def write_video(frames: Iterable[torch.Tensor], path: os.PathLike, fps: Fraction
                 audio_from: Optional[os.PathLike] = None, overwrite: bool = False, comment: Optional[str] = None) -> Path:
     """Encodes `frames` (``(3, H, W)`` in [0, 1], all one size) at `fps` into `path` by its suffix,
     with the audio of `audio_from` when it has some; atomically (module docstring). `comment`: text
-    kept in the container's metadata (``comment``; nst_ext.provenance's record)."""
+    kept in the container's metadata (``comment``; nst_ext.io.provenance's record)."""
     import av
 
     path = Path(path)

@@ -1,6 +1,6 @@
 """The fake kernels and autograd formulas of the compiled ops (csrc/ops.cpp declares their schemas),
 registered from Python as pytorch/extension-cpp does, so that torch.compile traces through the ops
-and autograd differentiates them, twice included. Imported by nst_ext._ops once the library is
+and autograd differentiates them, twice included. Imported by nst_ext.ops.dispatch once the library is
 loaded; nothing else imports it.
 
 Every backward op has the form ``Y = s · (X + Xᵀ) F D``: X the incoming Gram gradient (or the
@@ -12,7 +12,7 @@ losses). So for an incoming U shaped like F: ``dF = s (X + Xᵀ) U D`` (the same
 
 import torch
 
-from nst_ext._checks import accumulation_dtype, is_channels_last
+from nst_ext.ops.checks import accumulation_dtype, is_channels_last
 
 
 @torch.library.register_fake("nst_ext::gram")

@@ -1,4 +1,4 @@
-"""The forward's per-shape algorithm choices (nst_ext._ops, ``"auto"``) kept on disk between
+"""The forward's per-shape algorithm choices (nst_ext.ops.dispatch, ``"auto"``) kept on disk between
 processes, so that a command's first picture does not time both algorithms again for every shape
 it meets: a cache keyed like cuDNN's own, by what decides which algorithm wins. That is the
 package, torch and the compiled extension, the CPU model and its thread count, and the GPUs and
@@ -21,14 +21,14 @@ from typing import Iterator, List, Optional
 import torch
 
 import nst_ext
-from nst_ext import _ops
+from nst_ext.ops import dispatch
 from nst_ext.errors import OutputError
-from nst_ext.outputs import atomic_write
+from nst_ext.io.outputs import atomic_write
 
 FOLDER_VARIABLE = "NST_EXT_CACHE_DIR"
 OFF = ("off", "0", "none", "")
 # The fields that name a choice's shape; the last of the op layer's, "algorithm", is the choice itself.
-KEY_FIELDS = _ops.CHOICE_FIELDS[:-1]
+KEY_FIELDS = dispatch.CHOICE_FIELDS[:-1]
 
 _loaded = False
 _in_file = 0  # how many of this process's choices the file already holds (after a load or a save)
@@ -56,9 +56,9 @@ def _cpu_model() -> str:
 
 def machine_key() -> dict:
     """What decides which algorithm wins a shape here (see the module's docstring)."""
-    extension = Path(_ops.__file__).with_name("_C")
+    package = Path(nst_ext.__file__).parent  # the compiled library nst_ext._C lies at the package's root
     built = sorted(str(path.stat().st_mtime_ns) + ":" + str(path.stat().st_size)
-                   for path in extension.parent.glob("_C*") if path.is_file())
+                   for path in package.glob("_C*") if path.is_file())
     key = {"nst_ext": nst_ext.__version__, "torch": torch.__version__, "extension": built,
            "cpu": _cpu_model(), "threads": torch.get_num_threads(), "gpus": [], "driver": None}
     if torch.cuda.is_available():
@@ -88,14 +88,14 @@ def _open_regular(path: Path, flags: int) -> int:
 
 
 def _read(path: Path) -> List[dict]:
-    """The choices of the file at `path` that are choices (:func:`nst_ext._ops.is_algorithm_choice`);
+    """The choices of the file at `path` that are choices (:func:`nst_ext.ops.dispatch.is_algorithm_choice`);
     none where it is missing, not a regular file, or not a cache file."""
     try:
         with os.fdopen(_open_regular(path, os.O_RDONLY), encoding="utf-8") as stream:
             choices = json.loads(stream.read())["choices"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return []
-    return [choice for choice in choices if _ops.is_algorithm_choice(choice)] if isinstance(choices, list) else []
+    return [choice for choice in choices if dispatch.is_algorithm_choice(choice)] if isinstance(choices, list) else []
 
 
 def _key(choice: dict) -> tuple:
@@ -108,12 +108,12 @@ def load() -> int:
     global _loaded, _in_file
     _loaded = True
     path = cache_path()
-    if path is None or _ops.get_gram_algorithm() != "auto":
+    if path is None or dispatch.get_gram_algorithm() != "auto":
         return 0
-    known = {_key(choice) for choice in _ops.gram_algorithm_choices()}
+    known = {_key(choice) for choice in dispatch.gram_algorithm_choices()}
     new = [choice for choice in _read(path) if _key(choice) not in known]
     try:
-        _ops.restore_gram_algorithm_choices(new)
+        dispatch.restore_gram_algorithm_choices(new)
     except (ValueError, RuntimeError):  # a file from a version that names things otherwise
         return 0
     _in_file = len(known) + len(new)
@@ -146,7 +146,7 @@ def save() -> None:
     """Merges this process's choices into the machine's file (a choice this process made wins);
     nothing to do when it made none since the last load or save."""
     global _in_file
-    choices = _ops.gram_algorithm_choices()
+    choices = dispatch.gram_algorithm_choices()
     if len(choices) <= _in_file:
         return
     key = machine_key()

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from nst_ext.errors import OptionError
-from nst_ext.layers import LAYER_INDEX, check_layer_names, long_side_shape
-from nst_ext.budget import parse_size
+from nst_ext.plan.layers import LAYER_INDEX, check_layer_names, long_side_shape
+from nst_ext.plan.budget import parse_size
 
 if TYPE_CHECKING:  # torch is imported only when a device is resolved: `nst-ext --help` stays instant
     import torch
 
-    from nst_ext.images import ImageSource
+    from nst_ext.io.images import ImageSource
 
 DEFAULT_MAX_INPUT_PIXELS = 50_000_000
 DEFAULT_SIZE = 512  # the output's long side when neither size nor scales is given
@@ -49,7 +49,7 @@ LBFGS_FIRST_STEP_RMS = 0.003
 LBFGS_MAX_STEP_RMS = 0.25
 
 
-# Colour control (nst_ext.color): the spaces of luminance-only transfer, the ways to recolour the style.
+# Colour control (nst_ext.objective.color): the spaces of luminance-only transfer, the ways to recolour the style.
 COLOR_SPACES = ("yuv", "lab")
 COLOR_TRANSFERS = ("pca", "cholesky", "histogram")
 
@@ -72,7 +72,7 @@ class StyleOptions:
     """Every knob of a run, with defaults that make a good picture.
 
     Weights are relative: each layer's loss is normalised by its target (see
-    nst_ext.losses), and with ``normalize_style`` (the default) the whole
+    nst_ext.objective.losses), and with ``normalize_style`` (the default) the whole
     style term is divided by its value at the content image, so that a style
     far from the content (a photographic texture) pulls no harder than a near
     one and the subject stays recognisable on any pair; ``style_weight /
@@ -112,7 +112,7 @@ class StyleOptions:
     (``lbfgs_history_bfloat16``: None chooses, True/False forces; an equally low loss by another
     path), then the content targets (``content_target_bfloat16``, likewise), then keeps fewer L-BFGS pairs
     (``lbfgs_history``, down to 5: slower convergence), and a stage that cannot fit is refused
-    before any work (nst_ext.memory). ``devices`` spreads VGG's layers over several
+    before any work (nst_ext.plan.memory). ``devices`` spreads VGG's layers over several
     devices (``cpu``, ``cuda:N``), the picture and optimiser on the first;
     ``device_split`` names the layer where each further device begins
     (default: in proportion to each device's free memory).
@@ -141,7 +141,7 @@ class StyleOptions:
     preserve_color: Optional[str] = None
     color_space: str = "yuv"  # of preserve_color="luminance": "yuv" (the paper's YIQ luminance) or "lab"
     color_transfer: Optional[str] = None  # the style recoloured to the content first: pca, cholesky, histogram
-    # Spatial control (nst_ext.masks): one mask per style image, where it applies; where the content
+    # Spatial control (nst_ext.objective.masks): one mask per style image, where it applies; where the content
     # term applies; one mask per style image, the part of it that is the source; cells each
     # layer's mask grows by.
     style_masks: Optional[Sequence[ImageSource]] = None

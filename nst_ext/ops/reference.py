@@ -7,7 +7,7 @@ compiled kernels are tested and benchmarked against. Same contracts as
 
 import torch
 
-from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, check_weights, is_channels_last
+from nst_ext.ops.checks import accumulation_dtype, check_features, check_target_gram, check_weights, is_channels_last
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ The plan, cheapest lever first, for a budget (of which it fills at most the usab
 2. activation checkpointing over VGG segments (the same picture, more time per step: BENCHMARKS.md,
    "Large pictures"):
    only the segments' inputs are kept and each segment is recomputed in the backward pass;
-3. tiles (nst_ext.tiles, nst_ext.objective.tiled): VGG sees one tile at a time, the largest tile
+3. tiles (nst_ext.plan.tiles, nst_ext.objective.tiled): VGG sees one tile at a time, the largest tile
    that fits (the same picture, up to float rounding; one more forward pass per step and the
    halos); what stays is the picture-sized state (picture, gradient, L-BFGS vectors, content
    targets);
@@ -30,10 +30,10 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from nst_ext import tiles
-from nst_ext.budget import format_size, free_memory_bytes, parse_size
+from nst_ext.plan import tiles
+from nst_ext.plan.budget import format_size, free_memory_bytes, parse_size
 from nst_ext.errors import OptionError
-from nst_ext.layers import LAYER_INDEX, LAYERS, long_side_shape
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS, long_side_shape
 
 LBFGS_HISTORY = 50  # pairs, when memory allows
 MIN_LBFGS_HISTORY = 5
@@ -50,7 +50,7 @@ CUDA_RUNTIME_BYTES = 0
 # Transient buffers of a step (gradients of the largest activations, the style losses' float32 slabs,
 # what the allocator keeps), as a multiple of the largest activation saved in a segment (or tile);
 # keyed by whether freed memory is released promptly (MemoryPlan.releases_freed_memory_promptly,
-# nst_ext.budget.release_freed_memory_promptly). Fitted to the measured peaks
+# nst_ext.plan.budget.release_freed_memory_promptly). Fitted to the measured peaks
 # at 512 and 1024 px: the estimates land within -4% to +5% of them (BENCHMARKS.md, "Large pictures");
 # the prompt one checked on tiled runs up to 8192 px (BENCHMARKS.md, "Any size, in tiles").
 TRANSIENT_PER_LARGEST_ACTIVATION = {False: 6.0, True: 3.0}
@@ -89,7 +89,7 @@ def _layer_elements(index: int, height: int, width: int) -> int:
 def saved_bytes_per_layer(height: int, width: int, last_layer: str, tapped: Sequence[str],
                           activation_bytes: int) -> List[int]:
     """Bytes each layer's output keeps alive for the backward pass, for layers 0 … `last_layer`,
-    with in-place ReLU (nst_ext.vgg): a ReLU's output (its own backward and the next layer read
+    with in-place ReLU (nst_ext.model.vgg): a ReLU's output (its own backward and the next layer read
     it), a pooling's output (the next convolution reads it), a convolution's output only when a
     loss reads it (`tapped`); the first convolution's input is counted with the first layer."""
     last, tapped = LAYER_INDEX[last_layer], set(tapped)
@@ -148,13 +148,13 @@ class MemoryPlan:
     runtime: int
     held_images: int = 0  # bytes of the picture-sized images the stage holds (HELD_IMAGES)
     budget_limited: bool = False  # checkpointing, tiles or a shorter history because of the budget
-    tile_edge: int = 0  # pixels of each tile's own square (nst_ext.tiles); 0: the picture in one pass
+    tile_edge: int = 0  # pixels of each tile's own square (nst_ext.plan.tiles); 0: the picture in one pass
     history_bfloat16: bool = False  # the L-BFGS pairs stored in bfloat16 (nst_ext.lbfgs)
-    content_bfloat16: bool = False  # the content targets stored in bfloat16 (nst_ext.losses.ContentLoss)
+    content_bfloat16: bool = False  # the content targets stored in bfloat16 (nst_ext.objective.losses.ContentLoss)
 
     @property
     def releases_freed_memory_promptly(self) -> bool:
-        """Whether the run hands freed memory back at once (nst_ext.budget): always with checkpointing
+        """Whether the run hands freed memory back at once (nst_ext.plan.budget): always with checkpointing
         or tiles, whose transient is estimated so, whether the budget or the user chose them; and for
         any plan the budget limited."""
         return releases_promptly(self.checkpointing, self.tile_edge) or self.budget_limited
@@ -307,7 +307,7 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
 
 
 def run_budget(options, network) -> int:
-    """Bytes a stage of a run with `options` on `network` (nst_ext.network) may use: max_memory on
+    """Bytes a stage of a run with `options` on `network` (nst_ext.model.network) may use: max_memory on
     each of its distinct devices ("cpu,cpu" is one memory), or by default a safe share
     (DEFAULT_BUDGET_SHARE) of the memory free to this process on them now."""
     distinct = set(network.devices)

@@ -2,7 +2,7 @@
 input files' names and SHA-256 hashes, the weights, the seed, the algorithms the kernels chose,
 the nst_ext and torch versions), read back by ``nst-ext info PICTURE`` and re-run by
 ``nst-ext stylize --from PICTURE``. The record is JSON, ASCII-escaped so every format's text field
-can hold it (nst_ext.images writes and reads it).
+can hold it (nst_ext.io.images writes and reads it).
 """
 
 import dataclasses
@@ -14,7 +14,7 @@ import platform
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nst_ext.errors import InputError
-from nst_ext.options import StyleOptions
+from nst_ext.plan.options import StyleOptions
 
 RECORD_FORMAT = 1
 # The most text a record may take: JPEG keeps it in one EXIF segment of at most 64 KiB. A process
@@ -71,7 +71,7 @@ def make_record(options: StyleOptions, content, styles: Sequence, seed: Optional
     import torch
 
     from nst_ext import __version__
-    from nst_ext._ops import get_gram_algorithm, gram_algorithm_choices
+    from nst_ext.ops.dispatch import get_gram_algorithm, gram_algorithm_choices
 
     inputs = [_input("content", content)] + [_input(f"style {i + 1}", style) for i, style in enumerate(styles)]
     for name in FILE_FIELDS:
@@ -86,7 +86,7 @@ def make_record(options: StyleOptions, content, styles: Sequence, seed: Optional
         "made": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"nst_ext": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "device": device, "seed": seed, "inputs": inputs, "settings": settings,
-        "weights": weights or f"as chosen by weights={options.weights!r} (nst_ext.weights)",
+        "weights": weights or f"as chosen by weights={options.weights!r} (nst_ext.model.weights)",
         "gram_algorithm": get_gram_algorithm(), "gram_algorithm_choices": gram_algorithm_choices(used_only=True),
     }
     text = json.dumps(record, ensure_ascii=True, sort_keys=True)
@@ -100,7 +100,7 @@ def make_record(options: StyleOptions, content, styles: Sequence, seed: Optional
 def read(picture: os.PathLike) -> dict:
     """The record kept in `picture`, its shape checked (:func:`_record_problem`); InputError where it
     has none, or it cannot be read, or it is malformed. Reads the picture's header only."""
-    from nst_ext.images import read_record
+    from nst_ext.io.images import read_record
 
     text = read_record(picture)
     if text is None:
@@ -241,7 +241,7 @@ def rerun(picture: os.PathLike) -> Tuple[StyleOptions, str, List[str]]:
 
 
 def _restore_algorithms(record: dict, picture) -> None:
-    from nst_ext._ops import restore_gram_algorithm_choices, set_gram_algorithm
+    from nst_ext.ops.dispatch import restore_gram_algorithm_choices, set_gram_algorithm
 
     try:
         set_gram_algorithm(record.get("gram_algorithm", "auto"))

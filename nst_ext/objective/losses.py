@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from nst_ext._ops import gram_matrix, masked_gram_matrix, masked_style_loss, style_loss
+from nst_ext.ops.dispatch import gram_matrix, masked_gram_matrix, masked_style_loss, style_loss
 
 
 # Elements per chunk when a target's mean square is summed in float64: a print-sized content target
@@ -80,7 +80,7 @@ class ContentLoss(nn.Module):
 
     def part(self, features: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
         """This loss's share from the cells ``[rows, columns]`` of the layer (a tile's own cells,
-        nst_ext.tiles): `features` ``(B, C, h, w)`` are those cells; the shares of cells that cover
+        nst_ext.plan.tiles): `features` ``(B, C, h, w)`` are those cells; the shares of cells that cover
         the layer add up to :meth:`forward` of the whole, ``(B,)`` float32."""
         squares = (_at_least_float32(features) - self.target[..., rows, columns]).square()
         if self.weights is not None:

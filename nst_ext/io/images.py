@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from nst_ext import encoders
+from nst_ext.io import encoders
 from nst_ext.errors import ImageError, InputError, OutputError
-from nst_ext.layers import long_side_shape
-from nst_ext.options import DEFAULT_MAX_INPUT_PIXELS
-from nst_ext.outputs import SAVE_FORMATS, atomic_write, check_outputs, check_regular_file, deferred_signals
+from nst_ext.plan.layers import long_side_shape
+from nst_ext.plan.options import DEFAULT_MAX_INPUT_PIXELS
+from nst_ext.io.outputs import SAVE_FORMATS, atomic_write, check_outputs, check_regular_file, deferred_signals
 
 ImageSource = Union[str, os.PathLike, Image.Image, torch.Tensor]
 
@@ -205,7 +205,7 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
-# Where a picture keeps the record of how it was made (nst_ext.provenance): a PNG text chunk of this
+# Where a picture keeps the record of how it was made (nst_ext.io.provenance): a PNG text chunk of this
 # keyword; the ImageDescription tag of TIFF, and of the EXIF block of JPEG and WebP. BMP keeps none.
 RECORD_KEY = "nst-ext"
 IMAGE_DESCRIPTION = 0x010E  # the TIFF and EXIF tag
@@ -214,7 +214,7 @@ BIT_DEPTHS = {8: tuple(SAVE_FORMATS), 16: (".png", ".tif", ".tiff")}
 
 def _encoded(image: Union[torch.Tensor, Image.Image], path: Path, image_format: str, record: Optional[str],
              icc_profile: Optional[bytes], bit_depth: int) -> bytes:
-    """The file's bytes: 8-bit by Pillow, 16-bit RGB by nst_ext.encoders."""
+    """The file's bytes: 8-bit by Pillow, 16-bit RGB by nst_ext.io.encoders."""
     if bit_depth == 16:
         pixels = _tensor_to_image(image, f"image for {str(path)!r}") if isinstance(image, torch.Tensor) \
             else _pil_to_tensor(image)
@@ -275,7 +275,7 @@ def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.Path
     into place. An existing file is kept unless `overwrite`; the format follows
     the extension. A tensor may be ``(3, H, W)``, ``(1, 3, H, W)`` or ``(1, H, W)``
     in [0, 1] (NaN or infinite values are refused). Ctrl-C and SIGTERM wait until
-    the file is in place (:func:`nst_ext.outputs.deferred_signals`), so no
+    the file is in place (:func:`nst_ext.io.outputs.deferred_signals`), so no
     temporary file is ever left behind. `record`: ASCII text kept in the picture
     (:data:`RECORD_KEY`; :func:`read_record` reads it back); `icc_profile`: the colour profile
     to embed; `bit_depth` 16: 16 bits per sample from the float values (PNG and TIFF only)."""

@@ -1,7 +1,7 @@
 """The compiled ops: loading the library ``nst_ext._C``, the controls of its per-shape algorithm
 choice, and the public functions that pick the compiled kernel or the reference.
 
-The op schemas are declared once, in ``csrc/ops.cpp``; nst_ext._op_registrations registers what
+The op schemas are declared once, in ``csrc/ops.cpp``; nst_ext.ops.registrations registers what
 torch.compile and autograd need on top of them (as pytorch/extension-cpp does), so
 ``torch.compile(fullgraph=True)`` traces through the ops.
 """
@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from nst_ext import reference
-from nst_ext._checks import accumulation_dtype, check_features, check_target_gram, check_weights
+from nst_ext.ops import reference
+from nst_ext.ops.checks import accumulation_dtype, check_features, check_target_gram, check_weights
 from nst_ext.errors import BackendWarning
 
 FORCE_REFERENCE_ENV = "NST_EXT_FORCE_REFERENCE"
@@ -243,7 +243,7 @@ def backend_info() -> dict:
 
 if LOAD_ERROR is None:
     # The fake kernels and autograd formulas of the loaded ops.
-    from nst_ext import _op_registrations  # noqa: F401
+    from nst_ext.ops import registrations  # noqa: F401
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:

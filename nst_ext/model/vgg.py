@@ -1,6 +1,6 @@
 """VGG19 feature extractor: the conv stack of ``torchvision.models.vgg19().features`` cut after
 the deepest layer a run needs, with frozen weights. Layer names come from the one registry,
-:mod:`nst_ext.layers`.
+:mod:`nst_ext.plan.layers`.
 """
 
 from typing import Collection, Dict, Iterable, Sequence, Tuple
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from nst_ext.layers import CONV_INDICES, LAYER_INDEX, LAYERS, check_layer_names
-from nst_ext.weights import VGGWeights
+from nst_ext.plan.layers import CONV_INDICES, LAYER_INDEX, LAYERS, check_layer_names
+from nst_ext.model.weights import VGGWeights
 
 class VGG19Features(nn.Module):
     """VGG19's convolutional stack up to ``last_layer``, frozen.

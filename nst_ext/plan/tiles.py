@@ -12,7 +12,7 @@ own positions are whole cells and the tiles' own cells partition each layer's fe
 from dataclasses import dataclass
 from typing import Iterable, List, Tuple
 
-from nst_ext.layers import LAYER_INDEX, LAYERS
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS
 
 
 def _reach(names: Iterable[str]) -> Tuple[int, int]:

@@ -1,7 +1,7 @@
 """Sizes and the memory free to this process: parsing and printing sizes (``--max-memory``), the
 memory a device has free now (a GPU's, or on the CPU the least of the RAM available, ``ulimit -v``
 and the cgroup's limit), and making glibc hand freed memory back promptly. Torch-free (the CLI
-parses sizes before torch is imported); the plans that spend it are nst_ext.memory's.
+parses sizes before torch is imported); the plans that spend it are nst_ext.plan.memory's.
 """
 
 import ctypes

@@ -8,12 +8,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from nst_ext import color
+from nst_ext.objective import color
 from nst_ext.errors import ImageError, OptionError
-from nst_ext.images import ImageSource, load_image, resize_to_long_side
-from nst_ext.layers import LAYER_INDEX, LAYERS, min_image_side
-from nst_ext.masks import StageMasks, at_size, check_aspect, load_mask
-from nst_ext.options import StyleOptions
+from nst_ext.io.images import ImageSource, load_image, resize_to_long_side
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS, min_image_side
+from nst_ext.objective.masks import StageMasks, at_size, check_aspect, load_mask
+from nst_ext.plan.options import StyleOptions
 
 
 def prepare_inputs(options: StyleOptions, contents: Sequence[ImageSource],

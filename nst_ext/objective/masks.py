@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from nst_ext.errors import ImageError
-from nst_ext.images import ImageSource, load_image, resize
-from nst_ext.layers import LAYER_INDEX, LAYERS
+from nst_ext.io.images import ImageSource, load_image, resize
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS
 
 # How far a mask's aspect ratio may stray from its picture's before it is refused rather than
 # stretched: one pixel of rounding on either side of a 100-pixel mask.

