@@ -8,16 +8,25 @@ BIN := $(VENV)/bin
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test lint bench setup gpu-check dist
+.PHONY: demo test lint format bench setup gpu-check dist
 demo: setup
 	$(BIN)/nst-ext demo
 
 test: setup lint
 	$(BIN)/python -m pytest -q tests
 
-# ruff (pinned in requirements.txt; its rules in pyproject.toml) over everything with Python in it.
+# ruff's lint and format check (pinned in requirements.txt; its rules in pyproject.toml) over everything
+# with Python in it, and clang-format's check (.clang-format) over csrc/. `make format` applies both.
+PYTHON_SOURCES := nst_ext tests benchmarks scripts setup.py
+CSRC_SOURCES = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 lint: $(VENV)/.requirements
-	$(BIN)/ruff check nst_ext tests benchmarks scripts setup.py
+	$(BIN)/ruff check $(PYTHON_SOURCES)
+	$(BIN)/ruff format --check $(PYTHON_SOURCES)
+	$(BIN)/clang-format --dry-run --Werror $(CSRC_SOURCES)
+
+format: $(VENV)/.requirements
+	$(BIN)/ruff format $(PYTHON_SOURCES)
+	$(BIN)/clang-format -i $(CSRC_SOURCES)
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/latest.json

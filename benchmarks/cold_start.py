@@ -28,9 +28,28 @@ import nst_ext
 def one_run(cache, size, steps, folder):
     out = os.path.join(folder, f"out-{time.monotonic_ns()}.png")
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", out, "--size", str(size),
-                             "--steps", str(steps), "--seed", "0", "--quiet"], capture_output=True, text=True,
-                            env=dict(os.environ, NST_EXT_CACHE_DIR=cache, NST_EXT_GRAM_ALGORITHM="auto"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nst_ext",
+            "stylize",
+            CONTENT,
+            STYLE,
+            "-o",
+            out,
+            "--size",
+            str(size),
+            "--steps",
+            str(steps),
+            "--seed",
+            "0",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, NST_EXT_CACHE_DIR=cache, NST_EXT_GRAM_ALGORITHM="auto"),
+    )
     wall = time.perf_counter() - started
     if result.returncode:
         raise SystemExit(result.stderr)
@@ -51,13 +70,23 @@ def main():
             cache = os.path.join(folder, f"cache-{repeat}")
             rows["cold"].append(one_run(cache, args.size, args.steps, folder))
             rows["cached"].append(one_run(cache, args.size, args.steps, folder))
-    report = {"machine": nst_ext.backend_info(), "cpu_threads": torch.get_num_threads(), "size": args.size,
-              "steps": args.steps, "runs": rows}
+    report = {
+        "machine": nst_ext.backend_info(),
+        "cpu_threads": torch.get_num_threads(),
+        "size": args.size,
+        "steps": args.steps,
+        "runs": rows,
+    }
     for name, runs in rows.items():
-        report[name] = {"optimisation_median_s": statistics.median(run[0] for run in runs),
-                        "wall_median_s": statistics.median(run[1] for run in runs)}
-        print(f"{name}: {report[name]['optimisation_median_s']:.2f} s of optimisation, "
-              f"{report[name]['wall_median_s']:.2f} s wall (medians of {len(runs)})", flush=True)
+        report[name] = {
+            "optimisation_median_s": statistics.median(run[0] for run in runs),
+            "wall_median_s": statistics.median(run[1] for run in runs),
+        }
+        print(
+            f"{name}: {report[name]['optimisation_median_s']:.2f} s of optimisation, "
+            f"{report[name]['wall_median_s']:.2f} s wall (medians of {len(runs)})",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=1)

@@ -21,10 +21,14 @@ from nst_ext.stylizer import Stylizer
 from quality import panel_image
 
 CELL = 220
-COLOUR_MODES = [("plain", {}), ("luminance, yuv", dict(preserve_color="luminance")),
-                ("luminance, lab", dict(preserve_color="luminance", color_space="lab")),
-                ("transfer pca", dict(color_transfer="pca")), ("transfer cholesky", dict(color_transfer="cholesky")),
-                ("transfer histogram", dict(color_transfer="histogram"))]
+COLOUR_MODES = [
+    ("plain", {}),
+    ("luminance, yuv", dict(preserve_color="luminance")),
+    ("luminance, lab", dict(preserve_color="luminance", color_space="lab")),
+    ("transfer pca", dict(color_transfer="pca")),
+    ("transfer cholesky", dict(color_transfer="cholesky")),
+    ("transfer histogram", dict(color_transfer="histogram")),
+]
 
 
 def sky_mask(image: torch.Tensor) -> torch.Tensor:
@@ -71,9 +75,17 @@ def spatial_sheet(size, common, out):
     masked = Stylizer(**common, style_masks=[mask, 1 - mask]).run(rocket, [sky_style, ground_style]).tensor
     blended = Stylizer(**common).run(rocket, [sky_style, ground_style]).tensor
     print(f"spatial: {time.perf_counter() - started:.0f} s")
-    sheet([("content", rocket), ("sky mask (soft)", mask[None].expand(3, -1, -1)), ("style: sky", sky_style),
-           ("style: the rest", ground_style), ("--style-masks", masked), ("blended, no masks", blended)],
-          f"spatial control at {size} px, default settings").save(os.path.join(out, "spatial.jpg"), quality=90)
+    sheet(
+        [
+            ("content", rocket),
+            ("sky mask (soft)", mask[None].expand(3, -1, -1)),
+            ("style: sky", sky_style),
+            ("style: the rest", ground_style),
+            ("--style-masks", masked),
+            ("blended, no masks", blended),
+        ],
+        f"spatial control at {size} px, default settings",
+    ).save(os.path.join(out, "spatial.jpg"), quality=90)
 
 
 def colour_sheet(size, common, out):

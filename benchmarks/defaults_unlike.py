@@ -44,10 +44,22 @@ def main():
             seconds = time.perf_counter() - started
             subject, style_left = subject_and_style(judge, result, content, style)
             independent = independent_style(judge, result, content, style)
-            rows.append(dict(content=content_name, style=f"{style_name} 2x2 mirrored", style_weight=weight,
-                             subject=subject, style_left=style_left, independent=independent, seconds=seconds))
-            print(f"{content_name:>8} / {style_name:<7} weight {weight:5.1f}  subject {subject:.3f}  "
-                  f"style {style_left:.3f}  independent {independent:.3f}  {seconds:6.1f} s", flush=True)
+            rows.append(
+                dict(
+                    content=content_name,
+                    style=f"{style_name} 2x2 mirrored",
+                    style_weight=weight,
+                    subject=subject,
+                    style_left=style_left,
+                    independent=independent,
+                    seconds=seconds,
+                )
+            )
+            print(
+                f"{content_name:>8} / {style_name:<7} weight {weight:5.1f}  subject {subject:.3f}  "
+                f"style {style_left:.3f}  independent {independent:.3f}  {seconds:6.1f} s",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"size": args.size, "rows": rows}, out, indent=1)

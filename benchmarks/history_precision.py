@@ -27,8 +27,12 @@ from nst_ext.metrics import independent_style, subject_and_style
 from nst_ext.stylizer import Stylizer
 
 # (name, the options it forces, threads: None for all)
-VARIANTS = [("float32", {}, None), ("bfloat16", {"lbfgs_history_bfloat16": True}, None),
-            ("content targets in bfloat16", {"content_target_bfloat16": True}, None), ("float32, 1 thread", {}, 1)]
+VARIANTS = [
+    ("float32", {}, None),
+    ("bfloat16", {"lbfgs_history_bfloat16": True}, None),
+    ("content targets in bfloat16", {"content_target_bfloat16": True}, None),
+    ("float32, 1 thread", {}, 1),
+]
 
 
 def run(content, style, size, forced, threads, seed):
@@ -41,13 +45,16 @@ def run(content, style, size, forced, threads, seed):
             if progress.memory_plan is not None and (not plans or plans[-1] is not progress.memory_plan):
                 plans.append(progress.memory_plan)
 
-        result = Stylizer(size=size, device="cpu", seed=seed, **forced).run(
-            content, style, callback=callback)
+        result = Stylizer(size=size, device="cpu", seed=seed, **forced).run(content, style, callback=callback)
     finally:
         torch.set_num_threads(all_threads)
-    return result, {"seconds": result.seconds, "threads": threads or all_threads, "final": result.history[-1],
-                    "history_bytes": [plan.history for plan in plans],
-                    "pairs": [plan.history_size for plan in plans]}
+    return result, {
+        "seconds": result.seconds,
+        "threads": threads or all_threads,
+        "final": result.history[-1],
+        "history_bytes": [plan.history for plan in plans],
+        "pairs": [plan.history_size for plan in plans],
+    }
 
 
 def main():
@@ -56,8 +63,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     parser.add_argument("--pictures", default=None, metavar="DIR")
-    parser.add_argument("--variants", default=None, help="comma-separated names among: " +
-                        ", ".join(name for name, _, _ in VARIANTS[1:]) + " (default: all)")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated names among: " + ", ".join(name for name, _, _ in VARIANTS[1:]) + " (default: all)",
+    )
     args = parser.parse_args()
     content, style = load_image(CONTENT), load_image(STYLE)
     judge = Stylizer(size=256, device="cpu", mixed_precision=False).vgg
@@ -78,10 +88,13 @@ def main():
             figures["mean_abs_difference_255"] = difference.mean().item()
             figures["max_abs_difference_255"] = difference.max().item()
             row["runs"][name] = figures
-            print(f"{size} px, {name:>27}: loss {figures['final']['total']:.4f}  subject "
-                  f"{figures['subject']:.3f}  independent style {figures['independent_style']:.3f}  "
-                  f"vs float32 {figures['mean_abs_difference_255']:.2f}/255 mean, "
-                  f"{figures['max_abs_difference_255']:.0f}/255 max  {figures['seconds']:.1f} s", flush=True)
+            print(
+                f"{size} px, {name:>27}: loss {figures['final']['total']:.4f}  subject "
+                f"{figures['subject']:.3f}  independent style {figures['independent_style']:.3f}  "
+                f"vs float32 {figures['mean_abs_difference_255']:.2f}/255 mean, "
+                f"{figures['max_abs_difference_255']:.0f}/255 max  {figures['seconds']:.1f} s",
+                flush=True,
+            )
         if args.pictures:
             os.makedirs(args.pictures, exist_ok=True)
             save_image(torch.cat(list(pictures.values()), dim=-1), os.path.join(args.pictures, f"history-{size}.png"))

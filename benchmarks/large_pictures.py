@@ -68,17 +68,32 @@ def steps_at(sizes, tiles, repeats, every_tile_twice=False, float32=False):
         row = {"size": size}
         tiled_ways = [(f"tiles {edge}", {"tile": edge}) for edge in tiles]
         twice = [(f"{name}, every tile twice", overrides) for name, overrides in tiled_ways if every_tile_twice]
-        for name, overrides in [("untiled", {"checkpointing": False, "tile": 0}),
-                                ("checkpointed", {"checkpointing": True, "tile": 0}), *tiled_ways, *twice]:
-            plan = plan_stage(size, size, options.content_layers, options.style_layers, 20, [(size, size)], None,
-                              "cpu", 4, **overrides)
+        for name, overrides in [
+            ("untiled", {"checkpointing": False, "tile": 0}),
+            ("checkpointed", {"checkpointing": True, "tile": 0}),
+            *tiled_ways,
+            *twice,
+        ]:
+            plan = plan_stage(
+                size,
+                size,
+                options.content_layers,
+                options.style_layers,
+                20,
+                [(size, size)],
+                None,
+                "cpu",
+                4,
+                **overrides,
+            )
             if overrides.get("tile") and not plan.tile_edge:
                 continue
             tiled._kept_tile = (lambda objective: None) if name.endswith("twice") else kept_tile
             median, times = evaluation_seconds(stylizer, size, plan, repeats)
             row[name] = {"median_s": median, "times_s": times, "estimate_bytes": plan.total}
-            print(f"{size} px {name}: {median:.2f} s per evaluation ({', '.join(f'{t:.2f}' for t in times)})",
-                  flush=True)
+            print(
+                f"{size} px {name}: {median:.2f} s per evaluation ({', '.join(f'{t:.2f}' for t in times)})", flush=True
+            )
         rows.append(row)
     tiled._kept_tile = kept_tile
     return rows
@@ -123,17 +138,27 @@ def runs(shapes, folder, max_memory=None):
             crop_height = round(side * min(width, height) / max(width, height))
             content = os.path.join(folder, f"content-{width}x{height}.png")
             image.crop((0, 0, side, crop_height)).save(content)
-        completed = subprocess.run([sys.executable, "-c", CHILD, content, STYLE, str(width), str(height),
-                                    max_memory or ""],
-                                   capture_output=True, text=True)
+        completed = subprocess.run(
+            [sys.executable, "-c", CHILD, content, STYLE, str(width), str(height), max_memory or ""],
+            capture_output=True,
+            text=True,
+        )
         if completed.returncode:
             print(completed.stderr[-2000:], file=sys.stderr)
             rows.append({"width": width, "height": height, "error": completed.stderr.strip().splitlines()[-1]})
             continue
-        row = {"width": width, "height": height, "megapixels": width * height / 1e6, "max_memory": max_memory,
-               **json.loads(completed.stdout.strip().splitlines()[-1])}
-        print(f"{width}x{height}: peak {row['peak_bytes'] / 2**30:.2f} GiB (estimate {row['estimate_bytes'] / 2**30:.2f}), "
-              f"{row['evaluation_s']:.1f} s per evaluation, {row['seconds']:.0f} s in all; {row['plan']}", flush=True)
+        row = {
+            "width": width,
+            "height": height,
+            "megapixels": width * height / 1e6,
+            "max_memory": max_memory,
+            **json.loads(completed.stdout.strip().splitlines()[-1]),
+        }
+        print(
+            f"{width}x{height}: peak {row['peak_bytes'] / 2**30:.2f} GiB (estimate {row['estimate_bytes'] / 2**30:.2f}), "
+            f"{row['evaluation_s']:.1f} s per evaluation, {row['seconds']:.0f} s in all; {row['plan']}",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
@@ -153,47 +178,82 @@ def plot(reports, path):
         for row in report.get("steps", []):
             for way, figures in row.items():
                 if way != "size":
-                    ways.setdefault(way, []).append((row["size"] ** 2 / 1e6, figures["estimate_bytes"] / 2**30,
-                                                     figures["median_s"]))
+                    ways.setdefault(way, []).append(
+                        (row["size"] ** 2 / 1e6, figures["estimate_bytes"] / 2**30, figures["median_s"])
+                    )
     for way, points in sorted(ways.items()):
         points.sort()
         megapixels, estimates, times = zip(*points)
         memory.plot(megapixels, estimates, "--", marker="o", fillstyle="none", label=f"{way} (plan's estimate)")
         seconds.plot(megapixels, times, "--", marker="o", fillstyle="none", label=way)
-    runs = sorted((row for report in reports for row in report.get("runs", []) if "error" not in row),
-                  key=lambda row: row["megapixels"])
+    runs = sorted(
+        (row for report in reports for row in report.get("runs", []) if "error" not in row),
+        key=lambda row: row["megapixels"],
+    )
     for tiled, marker in ((False, "D"), (True, "s")):
         chosen = [row for row in runs if bool(row["tile_edge"]) == tiled]
         if not chosen:
             continue
         label = "tiled run" if tiled else "untiled run"
-        memory.plot([r["megapixels"] for r in chosen], [r["peak_bytes"] / 2**30 for r in chosen], "-", marker=marker,
-                    label=f"{label}: peak resident memory")
-        memory.plot([r["megapixels"] for r in chosen], [r["estimate_bytes"] / 2**30 for r in chosen],
-                    linestyle="none", marker=marker, fillstyle="none", color="black", label=f"{label}: the plan's estimate")
+        memory.plot(
+            [r["megapixels"] for r in chosen],
+            [r["peak_bytes"] / 2**30 for r in chosen],
+            "-",
+            marker=marker,
+            label=f"{label}: peak resident memory",
+        )
+        memory.plot(
+            [r["megapixels"] for r in chosen],
+            [r["estimate_bytes"] / 2**30 for r in chosen],
+            linestyle="none",
+            marker=marker,
+            fillstyle="none",
+            color="black",
+            label=f"{label}: the plan's estimate",
+        )
         timed = [r for r in chosen if r.get("evaluation_s")]  # null where the run shared the CPU
-        seconds.plot([r["megapixels"] for r in timed], [r["evaluation_s"] for r in timed], "-", marker=marker,
-                     label=f"{label} (the plan's tiles)")
+        seconds.plot(
+            [r["megapixels"] for r in timed],
+            [r["evaluation_s"] for r in timed],
+            "-",
+            marker=marker,
+            label=f"{label} (the plan's tiles)",
+        )
         for row in chosen:
-            memory.annotate(f"{row['width']}x{row['height']}" + (f", {row['max_memory']}" if row["max_memory"] else
-                                                                 ", default budget"),
-                            (row["megapixels"], row["peak_bytes"] / 2**30), textcoords="offset points",
-                            xytext=(6, 2) if row["megapixels"] > 5 else (6, -10), fontsize=7)
+            memory.annotate(
+                f"{row['width']}x{row['height']}"
+                + (f", {row['max_memory']}" if row["max_memory"] else ", default budget"),
+                (row["megapixels"], row["peak_bytes"] / 2**30),
+                textcoords="offset points",
+                xytext=(6, 2) if row["megapixels"] > 5 else (6, -10),
+                fontsize=7,
+            )
     memory.set(xlabel="megapixels", ylabel="GiB", xscale="log", yscale="log", title="memory")
-    seconds.set(xlabel="megapixels", ylabel="seconds per evaluation", xscale="log", yscale="log",
-                title="one evaluation (loss and gradient)")
+    seconds.set(
+        xlabel="megapixels",
+        ylabel="seconds per evaluation",
+        xscale="log",
+        yscale="log",
+        title="one evaluation (loss and gradient)",
+    )
     doublings = [2.0**k for k in range(-2, 14)]  # log axes read best at powers of two: 0.25 ... 8192
     for axis in (memory, seconds):
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7, loc="upper left" if axis is seconds else "lower right", bbox_to_anchor=None
-                    if axis is seconds else (1.0, 0.12))
+        axis.legend(
+            fontsize=7,
+            loc="upper left" if axis is seconds else "lower right",
+            bbox_to_anchor=None if axis is seconds else (1.0, 0.12),
+        )
         for scale in (axis.xaxis, axis.yaxis):
             scale.set_major_locator(matplotlib.ticker.FixedLocator(doublings))
             scale.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             scale.set_minor_formatter(matplotlib.ticker.NullFormatter())
     threads = sorted({report["cpu_threads"] for report in reports if "cpu_threads" in report})
-    figure.suptitle(f"large pictures on the CPU ({', '.join(map(str, threads))} threads): "
-                    "runs with --scales 512,SIZE --steps 20,2, and one evaluation each way", fontsize=9)
+    figure.suptitle(
+        f"large pictures on the CPU ({', '.join(map(str, threads))} threads): "
+        "runs with --scales 512,SIZE --steps 20,2, and one evaluation each way",
+        fontsize=9,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
@@ -203,17 +263,27 @@ def main():
     parser.add_argument("--steps-at", type=lambda t: [int(s) for s in t.split(",")], default=None)
     parser.add_argument("--tiles", type=lambda t: [int(s) for s in t.split(",")], default=[512, 1024])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--float32", action="store_true",
-                        help="--steps-at: float32 convolutions (default: bfloat16 where the CPU runs them natively)")
-    parser.add_argument("--every-tile-twice", action="store_true",
-                        help="--steps-at: also each tiled way with every tile through VGG twice (the way before "
-                             "the first pass kept a tile's graph)")
+    parser.add_argument(
+        "--float32",
+        action="store_true",
+        help="--steps-at: float32 convolutions (default: bfloat16 where the CPU runs them natively)",
+    )
+    parser.add_argument(
+        "--every-tile-twice",
+        action="store_true",
+        help="--steps-at: also each tiled way with every tile through VGG twice (the way before "
+        "the first pass kept a tile's graph)",
+    )
     parser.add_argument("--runs", type=lambda t: [_parse_size(s) for s in t.split(",")], default=None)
     parser.add_argument("--max-memory", default=None, help="the runs' --max-memory (default: the default budget)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None, help="a PNG of this run's figures and those of --plot-with")
-    parser.add_argument("--plot-with", default="", metavar="JSON,...",
-                        help="earlier reports (--json of --runs or --steps-at) drawn in the --plot too")
+    parser.add_argument(
+        "--plot-with",
+        default="",
+        metavar="JSON,...",
+        help="earlier reports (--json of --runs or --steps-at) drawn in the --plot too",
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     report = {"machine": nst_ext.backend_info(), "cpu_threads": torch.get_num_threads()}

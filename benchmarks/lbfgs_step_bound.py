@@ -53,8 +53,15 @@ def source_masked_setting(draw: int):
     content = (0.5 + 0.05 * torch.randn(3, height, width, generator=generator)).clamp(0, 1)
     left = torch.zeros(height, width)
     left[:, : width // 2] = 1
-    options = dict(scales=[64, 96], steps=[30, 20], style_weight=STRONG_STYLE_WEIGHT, seed=0, device="cpu",
-                   style_masks=[1 - left, left], style_image_masks=[source_left, 1 - source_left])
+    options = dict(
+        scales=[64, 96],
+        steps=[30, 20],
+        style_weight=STRONG_STYLE_WEIGHT,
+        seed=0,
+        device="cpu",
+        style_masks=[1 - left, left],
+        style_image_masks=[source_left, 1 - source_left],
+    )
     return content, [both, both], (blotches, dots), options
 
 
@@ -98,13 +105,22 @@ def draws(first: int, last: int):
         for name, bound in (("unbounded", None), ("bounded", LBFGS_MAX_STEP_RMS)):
             _, totals, lengths = run(bound, content, styles, options)
             first_stage = options["steps"][0]
-            row[name] = {"first_stage_end": totals[first_stage - 1], "end": totals[-1],
-                         "largest_rise": max(b / a for a, b in zip(totals[:first_stage], totals[1:first_stage])),
-                         "longest_step": max(lengths)}
+            row[name] = {
+                "first_stage_end": totals[first_stage - 1],
+                "end": totals[-1],
+                "largest_rise": max(b / a for a, b in zip(totals[:first_stage], totals[1:first_stage])),
+                "longest_step": max(lengths),
+            }
         rows.append(row)
-        print(f"draw {draw:3d}: " + "  ".join(
-            f"{name} {row[name]['first_stage_end']:8.1f} at 64 px (rise ×{row[name]['largest_rise']:.1f}, "
-            f"step {row[name]['longest_step']:.3f})" for name in ("unbounded", "bounded")), flush=True)
+        print(
+            f"draw {draw:3d}: "
+            + "  ".join(
+                f"{name} {row[name]['first_stage_end']:8.1f} at 64 px (rise ×{row[name]['largest_rise']:.1f}, "
+                f"step {row[name]['longest_step']:.3f})"
+                for name in ("unbounded", "bounded")
+            ),
+            flush=True,
+        )
     return rows
 
 
@@ -117,11 +133,17 @@ def panel(size: int):
         options = dict(size=size, device="cpu", seed=0)
         free, free_totals, lengths = run(None, content, style, options)
         bounded, bounded_totals, _ = run(LBFGS_MAX_STEP_RMS, content, style, options)
-        row = {"pair": f"{content_name}/{style_name}", "longest_step": max(lengths), "end": free_totals[-1],
-               "same_picture": bool(torch.equal(free.tensor, bounded.tensor)), "bounded_end": bounded_totals[-1]}
+        row = {
+            "pair": f"{content_name}/{style_name}",
+            "longest_step": max(lengths),
+            "end": free_totals[-1],
+            "same_picture": bool(torch.equal(free.tensor, bounded.tensor)),
+            "bounded_end": bounded_totals[-1],
+        }
         rows.append(row)
-        print(f"{row['pair']:>16}: longest step {row['longest_step']:.3f}, same picture {row['same_picture']}",
-              flush=True)
+        print(
+            f"{row['pair']:>16}: longest step {row['longest_step']:.3f}, same picture {row['same_picture']}", flush=True
+        )
     return rows
 
 

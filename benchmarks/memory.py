@@ -68,17 +68,28 @@ def one_stage(size, technique):
     if technique == "checkpointing":
         release_freed_memory_promptly()  # as the stylizer does when a budget needs checkpointing
     content, style = os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls.jpg")
-    stylizer = Stylizer(scales=[size], steps=20, device="cpu", checkpointing=technique == "checkpointing",
-                        lbfgs_history=LBFGS_HISTORY if technique == "before" else None)
+    stylizer = Stylizer(
+        scales=[size],
+        steps=20,
+        device="cpu",
+        checkpointing=technique == "checkpointing",
+        lbfgs_history=LBFGS_HISTORY if technique == "before" else None,
+    )
     images = [nst_ext.load_image(path) for path in (content, style)]
-    plan = plan_stages(stylizer.options, stylizer.network, tuple(images[0].shape[-2:]), [tuple(images[1].shape[-2:])])[-1]
+    plan = plan_stages(stylizer.options, stylizer.network, tuple(images[0].shape[-2:]), [tuple(images[1].shape[-2:])])[
+        -1
+    ]
     runtime = _status_kib("VmRSS")
     image, objective = stylizer.objective(content, style, size=size, plan=plan)
     targets = _status_kib("VmRSS") - runtime
     image = image.clone().requires_grad_(True)
     before_history = _status_kib("VmRSS")
-    optimizer = LBFGS(image, lr=1.0, history_size=plan.history_size,  # allocated and zeroed: resident
-                      history_dtype=torch.bfloat16 if plan.history_bfloat16 else None)
+    optimizer = LBFGS(
+        image,
+        lr=1.0,
+        history_size=plan.history_size,  # allocated and zeroed: resident
+        history_dtype=torch.bfloat16 if plan.history_bfloat16 else None,
+    )
     history = _status_kib("VmRSS") - before_history
     evaluate = objective.evaluator(image)
     storages = {}
@@ -101,11 +112,21 @@ def one_stage(size, technique):
         seconds.append(time.perf_counter() - started)
     saved = sum(storages.values()) / 2**20
     peak = _status_kib("VmHWM")
-    return dict(size=size, technique=technique, pixels=f"{image.shape[-1]}x{image.shape[-2]}",
-                history_pairs=plan.history_size, segments=len(plan.segments), runtime_mib=mib(runtime),
-                targets_mib=mib(targets), saved_activations_mib=saved, history_mib=mib(history),
-                peak_mib=mib(peak), transient_mib=mib(peak - base) - saved,
-                estimate_mib=plan.total / 2**20, seconds_per_step=sorted(seconds)[1])
+    return dict(
+        size=size,
+        technique=technique,
+        pixels=f"{image.shape[-1]}x{image.shape[-2]}",
+        history_pairs=plan.history_size,
+        segments=len(plan.segments),
+        runtime_mib=mib(runtime),
+        targets_mib=mib(targets),
+        saved_activations_mib=saved,
+        history_mib=mib(history),
+        peak_mib=mib(peak),
+        transient_mib=mib(peak - base) - saved,
+        estimate_mib=plan.total / 2**20,
+        seconds_per_step=sorted(seconds)[1],
+    )
 
 
 BREAKDOWN_TECHNIQUES = ("before", "history capped", "checkpointing")
@@ -123,36 +144,59 @@ def largest_fitting(budgets, device_type):
 
     def fits(size, **forced):
         try:
-            plan_stage(size, size, options.content_layers, options.style_layers, 20, [(size, size)],
-                       parse_size(budget), device_type, activation_bytes=2, **forced)
+            plan_stage(
+                size,
+                size,
+                options.content_layers,
+                options.style_layers,
+                20,
+                [(size, size)],
+                parse_size(budget),
+                device_type,
+                activation_bytes=2,
+                **forced,
+            )
             return True
         except nst_ext.InputError:
             return False
 
-    print(f"| budget | {device_type}: largest square picture without checkpointing | with checkpointing "
-          "and a shorter history or bfloat16 pairs when needed | in tiles too |")
+    print(
+        f"| budget | {device_type}: largest square picture without checkpointing | with checkpointing "
+        "and a shorter history or bfloat16 pairs when needed | in tiles too |"
+    )
     print("|---|---:|---:|---:|")
     for budget in budgets:
-        sizes = [max((s for s in range(256, top, 256) if fits(s, **forced)), default=0)
-                 for forced, top in (({"checkpointing": False, "tile": 0}, 16385), ({"tile": 0}, 16385), ({}, 32769))]
+        sizes = [
+            max((s for s in range(256, top, 256) if fits(s, **forced)), default=0)
+            for forced, top in (({"checkpointing": False, "tile": 0}, 16385), ({"tile": 0}, 16385), ({}, 32769))
+        ]
         print(f"| {budget} | {sizes[0]} px | {sizes[1]} px | {sizes[2]} px |")
 
 
 def breakdown(sizes, json_path):
     rows = []
-    print("| size | technique | L-BFGS pairs | runtime | targets | saved activations | history | transient | "
-          "peak RSS | estimate | s/step |")
+    print(
+        "| size | technique | L-BFGS pairs | runtime | targets | saved activations | history | transient | "
+        "peak RSS | estimate | s/step |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
         for technique in BREAKDOWN_TECHNIQUES:
-            output = subprocess.run([sys.executable, __file__, "--one-stage", str(size), technique],
-                                    check=True, capture_output=True, text=True).stdout
+            output = subprocess.run(
+                [sys.executable, __file__, "--one-stage", str(size), technique],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             row = json.loads(output.strip().splitlines()[-1])
             rows.append(row)
-            print(f"| {size} ({row['pixels']}) | {technique} | {row['history_pairs']} | {row['runtime_mib']:.0f} | "
-                  f"{row['targets_mib']:.0f} | {row['saved_activations_mib']:.0f} | {row['history_mib']:.0f} | "
-                  f"{row['transient_mib']:.0f} | **{row['peak_mib']:.0f}** | {row['estimate_mib']:.0f} | "
-                  f"{row['seconds_per_step']:.2f} |", flush=True)
+            print(
+                f"| {size} ({row['pixels']}) | {technique} | {row['history_pairs']} | {row['runtime_mib']:.0f} | "
+                f"{row['targets_mib']:.0f} | {row['saved_activations_mib']:.0f} | {row['history_mib']:.0f} | "
+                f"{row['transient_mib']:.0f} | **{row['peak_mib']:.0f}** | {row['estimate_mib']:.0f} | "
+                f"{row['seconds_per_step']:.2f} |",
+                flush=True,
+            )
     if json_path:
         with open(json_path, "w") as out:
             json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, out, indent=1)
@@ -160,9 +204,25 @@ def breakdown(sizes, json_path):
 
 def cpu_peak(size, steps, extra=()):
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-m", "nst_ext", "stylize", os.path.join(DATA, "astronaut.jpg"),
-                   os.path.join(DATA, "swirls.jpg"), "-o", os.path.join(folder, "out.png"), "--size", str(size),
-                   "--device", "cpu", "--quiet"] + (["--steps", str(steps)] if steps else []) + list(extra)
+        command = (
+            [
+                sys.executable,
+                "-m",
+                "nst_ext",
+                "stylize",
+                os.path.join(DATA, "astronaut.jpg"),
+                os.path.join(DATA, "swirls.jpg"),
+                "-o",
+                os.path.join(folder, "out.png"),
+                "--size",
+                str(size),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+            + (["--steps", str(steps)] if steps else [])
+            + list(extra)
+        )
         started = time.perf_counter()
         subprocess.run(command, check=True)
         seconds = time.perf_counter() - started
@@ -175,7 +235,8 @@ def gpu_peak(size, steps):
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = nst_ext.Stylizer(size=size, device="cuda", **({"steps": steps} if steps else {})).run(
-        os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls.jpg"))
+        os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls.jpg")
+    )
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() / 2**20, result.seconds, time.perf_counter() - started
 
@@ -184,13 +245,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--steps", type=int, default=None, help="steps per stage (default: the stylizer's)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                        help="all: the CPU, and the GPU when one is visible")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda", "all"], default="all", help="all: the CPU, and the GPU when one is visible"
+    )
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--options", default="", help="more nst-ext stylize options for the CPU runs, one string")
     parser.add_argument("--breakdown", action="store_true", help="where one stage's bytes go (module docstring)")
-    parser.add_argument("--fits", default=None, metavar="SIZES",
-                        help="e.g. 8GiB,24GiB,80GiB: the largest picture the memory plan fits in each")
+    parser.add_argument(
+        "--fits",
+        default=None,
+        metavar="SIZES",
+        help="e.g. 8GiB,24GiB,80GiB: the largest picture the memory plan fits in each",
+    )
     parser.add_argument("--one-stage", nargs=2, metavar=("SIZE", "TECHNIQUE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_stage:
@@ -211,16 +277,29 @@ def main():
         stages = nst_ext.StyleOptions(size=size, steps=args.steps).stage_steps()
         if args.device in ("cpu", "all"):
             peak, seconds = cpu_peak(size, args.steps, args.options.split())
-            rows.append(dict(size=size, device="cpu", steps=stages, options=args.options, peak_mib=peak,
-                             wall_seconds=seconds))
+            rows.append(
+                dict(size=size, device="cpu", steps=stages, options=args.options, peak_mib=peak, wall_seconds=seconds)
+            )
             print(f"| {size} | cpu (RSS) | {stages} | {peak:.0f} | | {seconds:.0f} |", flush=True)
         if args.device in ("cuda", "all") and torch.cuda.is_available():
             for run in ("first", "second"):
                 peak, optimisation, wall = gpu_peak(size, args.steps)
-                rows.append(dict(size=size, device=torch.cuda.get_device_name(), run=run, steps=stages,
-                                 peak_mib=peak, optimisation_seconds=optimisation, wall_seconds=wall))
-                print(f"| {size} | {torch.cuda.get_device_name()} (allocated, {run} run) | {stages} | {peak:.0f} | "
-                      f"{optimisation:.2f} | {wall:.2f} |", flush=True)
+                rows.append(
+                    dict(
+                        size=size,
+                        device=torch.cuda.get_device_name(),
+                        run=run,
+                        steps=stages,
+                        peak_mib=peak,
+                        optimisation_seconds=optimisation,
+                        wall_seconds=wall,
+                    )
+                )
+                print(
+                    f"| {size} | {torch.cuda.get_device_name()} (allocated, {run} run) | {stages} | {peak:.0f} | "
+                    f"{optimisation:.2f} | {wall:.2f} |",
+                    flush=True,
+                )
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"torch": torch.__version__, "rows": rows}, out, indent=1)

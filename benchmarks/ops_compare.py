@@ -46,19 +46,30 @@ def implementations(op, weights=None):
     """name -> (function of features and target, gram algorithm or None); `weights` ``(H, W)``: the
     mask of the masked op."""
     if op == "gram":
-        return {"compiled": (lambda x, t: nst_ext.gram_matrix(x), "auto"),
-                "own": (lambda x, t: nst_ext.gram_matrix(x), "own"),
-                "blas": (lambda x, t: nst_ext.gram_matrix(x), "blas"),
-                "reference": (lambda x, t: reference.gram_matrix(x), None),
-                "torch.bmm": (lambda x, t: bmm_gram(x), None)}
-    loss = {"compiled": (nst_ext.style_loss, "auto"), "own": (nst_ext.style_loss, "own"),
-            "blas": (nst_ext.style_loss, "blas"), "reference": (reference.style_loss, None)}
+        return {
+            "compiled": (lambda x, t: nst_ext.gram_matrix(x), "auto"),
+            "own": (lambda x, t: nst_ext.gram_matrix(x), "own"),
+            "blas": (lambda x, t: nst_ext.gram_matrix(x), "blas"),
+            "reference": (lambda x, t: reference.gram_matrix(x), None),
+            "torch.bmm": (lambda x, t: bmm_gram(x), None),
+        }
+    loss = {
+        "compiled": (nst_ext.style_loss, "auto"),
+        "own": (nst_ext.style_loss, "own"),
+        "blas": (nst_ext.style_loss, "blas"),
+        "reference": (reference.style_loss, None),
+    }
     if op.startswith("masked"):
+
         def masked(x, t):
             return nst_ext.masked_style_loss(x, weights, t)
 
-        loss = {"compiled": (masked, "auto"), "own": (masked, "own"), "blas": (masked, "blas"),
-                "reference": (lambda x, t: reference.masked_style_loss(x, weights, t), None)}
+        loss = {
+            "compiled": (masked, "auto"),
+            "own": (masked, "own"),
+            "blas": (masked, "blas"),
+            "reference": (lambda x, t: reference.masked_style_loss(x, weights, t), None),
+        }
     if op == "style_loss":
         return loss
 
@@ -66,6 +77,7 @@ def implementations(op, weights=None):
         def run(x, t):
             function(x, t).backward()
             x.grad = None
+
         return run
 
     return {name: (with_backward(function), algorithm) for name, (function, algorithm) in loss.items()}
@@ -115,8 +127,7 @@ def median_seconds(run, device, repeats, graph_calls=0, flush=None):
         try:
             return graph_median_seconds(run, repeats, graph_calls, flush), "graph"
         except RuntimeError as error:  # an op that cannot be captured: events around single calls
-            print(f"ops_compare: no CUDA graph ({str(error).splitlines()[0]}); timing single calls",
-                  file=sys.stderr)
+            print(f"ops_compare: no CUDA graph ({str(error).splitlines()[0]}); timing single calls", file=sys.stderr)
             torch.cuda.synchronize()
     for _ in range(2):  # warm-up: the per-shape choice, allocator, library handles
         run()
@@ -152,13 +163,23 @@ def measure(device, sizes, dtypes, layouts, layers, repeats, deadline, graph_cal
                             features = features.contiguous(memory_format=torch.channels_last)
                         features.requires_grad_(op.endswith("backward"))
                         target = reference.gram_matrix(torch.randn(shape[1:], device=device).relu_())
-                        row = {"op": op, "layer": layer, "size": size, "shape": list(shape), "dtype": dtype_name,
-                               "layout": layout, "device": device, "seconds": {}, "timing": {}}
+                        row = {
+                            "op": op,
+                            "layer": layer,
+                            "size": size,
+                            "shape": list(shape),
+                            "dtype": dtype_name,
+                            "layout": layout,
+                            "device": device,
+                            "seconds": {},
+                            "timing": {},
+                        }
                         weights = torch.rand(shape[2:], device=device)
                         for name, (function, algorithm) in implementations(op, weights).items():
                             with nst_ext.gram_algorithm(algorithm or "auto"):
                                 row["seconds"][name], row["timing"][name] = median_seconds(
-                                    lambda: function(features, target), device, repeats, graph_calls, flush)
+                                    lambda: function(features, target), device, repeats, graph_calls, flush
+                                )
                         rows.append(row)
     return rows, True
 
@@ -166,18 +187,24 @@ def measure(device, sizes, dtypes, layouts, layers, repeats, deadline, graph_cal
 def markdown(rows, machine):
     names = ["compiled", "own", "blas", "reference", "torch.bmm"]
     timings = sorted({how for row in rows for how in row.get("timing", {}).values()})
-    lines = [f"Machine: {machine}. Median of each cell's runs, in microseconds per call (timed: "
-             f"{', '.join(timings) or '-'}); **speed-up** = the best of reference and torch.bmm divided by "
-             "compiled; **own vs bmm** = torch.bmm divided by our own kernel (Gram rows).", "",
-             "| op | layer | px | dtype | layout | " + " | ".join(names) + " | speed-up | own vs bmm |",
-             "|---|---|---:|---|---|" + "---:|" * (len(names) + 2)]
+    lines = [
+        f"Machine: {machine}. Median of each cell's runs, in microseconds per call (timed: "
+        f"{', '.join(timings) or '-'}); **speed-up** = the best of reference and torch.bmm divided by "
+        "compiled; **own vs bmm** = torch.bmm divided by our own kernel (Gram rows).",
+        "",
+        "| op | layer | px | dtype | layout | " + " | ".join(names) + " | speed-up | own vs bmm |",
+        "|---|---|---:|---|---|" + "---:|" * (len(names) + 2),
+    ]
     for row in rows:
         seconds = row["seconds"]
         cells = [f"{seconds[n] * 1e6:.0f}" if n in seconds else "" for n in names]
         baseline = min(seconds[n] for n in ("reference", "torch.bmm") if n in seconds)
         own_vs_bmm = f"{seconds['torch.bmm'] / seconds['own']:.2f}x" if "torch.bmm" in seconds else ""
-        lines.append(f"| {row['op']} | {row['layer']} | {row['size']} | {row['dtype']} | {row['layout']} | "
-                     + " | ".join(cells) + f" | {baseline / seconds['compiled']:.2f}x | {own_vs_bmm} |")
+        lines.append(
+            f"| {row['op']} | {row['layer']} | {row['size']} | {row['dtype']} | {row['layout']} | "
+            + " | ".join(cells)
+            + f" | {baseline / seconds['compiled']:.2f}x | {own_vs_bmm} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -189,8 +216,12 @@ def main():
     parser.add_argument("--layouts", default="nchw,channels_last")
     parser.add_argument("--layers", default=",".join(STYLE_LAYERS))
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--graph-calls", type=int, default=20,
-                        help="calls per CUDA graph on a GPU, each after an L2 flush (0: events around single calls)")
+    parser.add_argument(
+        "--graph-calls",
+        type=int,
+        default=20,
+        help="calls per CUDA graph on a GPU, each after an L2 flush (0: events around single calls)",
+    )
     parser.add_argument("--seconds", type=float, default=600, help="stop after this long (rows done are kept)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
@@ -198,11 +229,17 @@ def main():
     dtypes = (args.dtypes or ("float32,bfloat16,float16" if args.device == "cuda" else "float32")).split(",")
     machine = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     machine += f", torch {torch.__version__}"
-    rows, complete = measure(args.device, [int(s) for s in args.sizes.split(",")], dtypes, args.layouts.split(","),
-                             args.layers.split(","), args.repeats, time.monotonic() + args.seconds,
-                             args.graph_calls)
-    report = {"machine": machine, "complete": complete, "rows": rows,
-              "choices": nst_ext.gram_algorithm_choices()}
+    rows, complete = measure(
+        args.device,
+        [int(s) for s in args.sizes.split(",")],
+        dtypes,
+        args.layouts.split(","),
+        args.layers.split(","),
+        args.repeats,
+        time.monotonic() + args.seconds,
+        args.graph_calls,
+    )
+    report = {"machine": machine, "complete": complete, "rows": rows, "choices": nst_ext.gram_algorithm_choices()}
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=1)

@@ -55,8 +55,11 @@ def main():
         images = [nst_ext.load_image(p) for p in paths]
         ours = Stylizer(size=args.size, device="cpu").run(*images)
         ours_figures = subject_and_style(judge, ours.tensor, *images)
-        print(f"{paths[0].rsplit('/', 1)[-1]} / {paths[1].rsplit('/', 1)[-1]}: nst_ext {ours.seconds:.1f} s, "
-              f"subject {ours_figures[0]:.3f} style {ours_figures[1]:.3f}", flush=True)
+        print(
+            f"{paths[0].rsplit('/', 1)[-1]} / {paths[1].rsplit('/', 1)[-1]}: nst_ext {ours.seconds:.1f} s, "
+            f"subject {ours_figures[0]:.3f} style {ours_figures[1]:.3f}",
+            flush=True,
+        )
         artist = PasticheArtist(paths[0], [paths[1]], device="cpu", size=args.size)
         step_seconds, trace, reached = [], [], None
         while len(step_seconds) < PASTICHE_DEFAULT_STEPS and sum(step_seconds) < args.seconds:
@@ -66,21 +69,38 @@ def main():
             if len(step_seconds) % args.judge_every == 0:
                 picture = resize_to_long_side(pastiche_image(artist), max(ours.tensor.shape[-2:]))
                 figures = subject_and_style(judge, picture, *images)
-                trace.append({"steps": len(step_seconds), "seconds": sum(step_seconds), "subject": figures[0],
-                              "style": figures[1]})
-                print(f"  pastiche {len(step_seconds):4d} steps {sum(step_seconds):7.1f} s  subject {figures[0]:.3f} "
-                      f"style {figures[1]:.3f}", flush=True)
+                trace.append(
+                    {
+                        "steps": len(step_seconds),
+                        "seconds": sum(step_seconds),
+                        "subject": figures[0],
+                        "style": figures[1],
+                    }
+                )
+                print(
+                    f"  pastiche {len(step_seconds):4d} steps {sum(step_seconds):7.1f} s  subject {figures[0]:.3f} "
+                    f"style {figures[1]:.3f}",
+                    flush=True,
+                )
                 if figures[0] <= ours_figures[0] and figures[1] <= ours_figures[1]:
                     reached = trace[-1]
                     break
         full = len(step_seconds) == PASTICHE_DEFAULT_STEPS
-        report["pairs"].append({
-            "content": paths[0], "style": paths[1], "nst_ext_seconds": ours.seconds,
-            "nst_ext_subject": ours_figures[0], "nst_ext_style": ours_figures[1], "pastiche_trace": trace,
-            "pastiche_equal_picture": reached,
-            "pastiche_default_seconds": sum(step_seconds) if full else statistics.median(step_seconds) * PASTICHE_DEFAULT_STEPS,
-            "pastiche_default_seconds_estimated": not full,
-        })
+        report["pairs"].append(
+            {
+                "content": paths[0],
+                "style": paths[1],
+                "nst_ext_seconds": ours.seconds,
+                "nst_ext_subject": ours_figures[0],
+                "nst_ext_style": ours_figures[1],
+                "pastiche_trace": trace,
+                "pastiche_equal_picture": reached,
+                "pastiche_default_seconds": sum(step_seconds)
+                if full
+                else statistics.median(step_seconds) * PASTICHE_DEFAULT_STEPS,
+                "pastiche_default_seconds_estimated": not full,
+            }
+        )
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=1)

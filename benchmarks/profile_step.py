@@ -25,11 +25,37 @@ KINDS = [
     ("Gram forward, BLAS path (inside nst_ext)", ("aten::baddbmm",)),
     ("pooling", ("aten::avg_pool2d", "aten::max_pool2d")),
     ("ReLU", ("aten::relu", "aten::clamp_min", "aten::threshold_backward")),
-    ("data movement (copies, casts, layout)", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone",
-                                               "aten::contiguous", "aten::empty", "aten::zero_", "aten::fill_")),
-    ("L-BFGS update (dot, add, mul …)", ("aten::dot", "aten::add", "aten::mul", "aten::div", "aten::neg",
-                                        "aten::sub", "aten::lerp", "aten::addcmul", "aten::abs", "aten::sum",
-                                        "aten::max", "aten::cat", "aten::view")),
+    (
+        "data movement (copies, casts, layout)",
+        (
+            "aten::copy_",
+            "aten::to",
+            "aten::_to_copy",
+            "aten::clone",
+            "aten::contiguous",
+            "aten::empty",
+            "aten::zero_",
+            "aten::fill_",
+        ),
+    ),
+    (
+        "L-BFGS update (dot, add, mul …)",
+        (
+            "aten::dot",
+            "aten::add",
+            "aten::mul",
+            "aten::div",
+            "aten::neg",
+            "aten::sub",
+            "aten::lerp",
+            "aten::addcmul",
+            "aten::abs",
+            "aten::sum",
+            "aten::max",
+            "aten::cat",
+            "aten::view",
+        ),
+    ),
 ]
 
 
@@ -62,8 +88,10 @@ def main():
         totals[kind_of(event.key)] += seconds
     overall = sum(totals.values())
     precision = "bfloat16 convolutions" if args.mixed_precision else "float32"
-    print(f"{args.size} px, {stylizer.device}, {precision}, {torch.get_num_threads()} threads: "
-          f"{overall / args.steps * 1e3:.0f} ms of operator {'GPU' if device_time else 'CPU'} time per step")
+    print(
+        f"{args.size} px, {stylizer.device}, {precision}, {torch.get_num_threads()} threads: "
+        f"{overall / args.steps * 1e3:.0f} ms of operator {'GPU' if device_time else 'CPU'} time per step"
+    )
     print("| kind | ms per step | share |")
     print("|---|---:|---:|")
     for kind, seconds in sorted(totals.items(), key=lambda item: -item[1]):

@@ -63,10 +63,24 @@ def run_panel(options: dict, pairs=PAIRS, log=print):
         seconds = time.perf_counter() - started
         subject, style_left = subject_and_style(judge_vgg.vgg, result.tensor, content, style)
         independent = independent_style(judge_vgg.vgg, result.tensor, content, style)
-        rows.append(dict(content=content_name, style=style_name, what=what, subject=subject, style_left=style_left,
-                         independent=independent, seconds=seconds, steps=len(result.history), image=result.tensor))
-        log(f"{content_name:>8} / {style_name:<7} subject {subject:.3f}  style {style_left:.3f}  "
-            f"independent {independent:.3f}  {seconds:6.1f} s  {len(result.history)} steps", flush=True)
+        rows.append(
+            dict(
+                content=content_name,
+                style=style_name,
+                what=what,
+                subject=subject,
+                style_left=style_left,
+                independent=independent,
+                seconds=seconds,
+                steps=len(result.history),
+                image=result.tensor,
+            )
+        )
+        log(
+            f"{content_name:>8} / {style_name:<7} subject {subject:.3f}  style {style_left:.3f}  "
+            f"independent {independent:.3f}  {seconds:6.1f} s  {len(result.history)} steps",
+            flush=True,
+        )
     return rows
 
 
@@ -89,8 +103,12 @@ def contact_sheet(rows, title, images_of=None):
         draw.text((label_width + i * CELL + CELL // 2 - 20, header - 14), name, fill=(80, 80, 80))
     for r, row in enumerate(rows):
         top = header + r * (CELL + 4)
-        lines = [row["what"], f"{row['content']} / {row['style']}", f"subject {row['subject']:.2f}",
-                 f"style {row['style_left']:.2f}"]
+        lines = [
+            row["what"],
+            f"{row['content']} / {row['style']}",
+            f"subject {row['subject']:.2f}",
+            f"style {row['style_left']:.2f}",
+        ]
         if "independent" in row:
             lines.append(f"independent style {row['independent']:.2f}")
         lines.append(f"{row['seconds']:.0f} s, {row['steps']} steps")
@@ -112,8 +130,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--out", required=True, help="folder for sheet.png and quality.json")
-    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
-                        help="a StyleOptions field (JSON value), e.g. style_weight=1 or steps=[100,30]")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="a StyleOptions field (JSON value), e.g. style_weight=1 or steps=[100,30]",
+    )
     parser.add_argument("--pairs", default=None, help="comma-separated indices into the panel (default: all)")
     parser.add_argument("--title", default=None)
     args = parser.parse_args()
@@ -124,16 +147,25 @@ def main():
     pairs = PAIRS if args.pairs is None else [PAIRS[int(i)] for i in args.pairs.split(",")]
     os.makedirs(args.out, exist_ok=True)
     rows = run_panel(options, pairs)
-    title = args.title or ("nst_ext quality panel, " + ", ".join(f"{k}={v}" for k, v in options.items())
-                           + f", torch {torch.__version__}, nst_ext {nst_ext.__version__}")
+    title = args.title or (
+        "nst_ext quality panel, "
+        + ", ".join(f"{k}={v}" for k, v in options.items())
+        + f", torch {torch.__version__}, nst_ext {nst_ext.__version__}"
+    )
     contact_sheet(rows, title).save(os.path.join(args.out, "sheet.png"))
     with open(os.path.join(args.out, "quality.json"), "w") as out:
-        json.dump({"options": options, "rows": [{k: v for k, v in row.items() if k != "image"} for row in rows]},
-                  out, indent=1)
+        json.dump(
+            {"options": options, "rows": [{k: v for k, v in row.items() if k != "image"} for row in rows]},
+            out,
+            indent=1,
+        )
     total = sum(row["seconds"] for row in rows)
-    print(f"total {total:.0f} s; worst subject {max(r['subject'] for r in rows):.3f}; "
-          f"worst style {max(r['style_left'] for r in rows):.3f}; "
-          f"worst independent style {max(r['independent'] for r in rows):.3f}", file=sys.stderr)
+    print(
+        f"total {total:.0f} s; worst subject {max(r['subject'] for r in rows):.3f}; "
+        f"worst style {max(r['style_left'] for r in rows):.3f}; "
+        f"worst independent style {max(r['independent'] for r in rows):.3f}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

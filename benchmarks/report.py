@@ -30,8 +30,10 @@ def load(path):
 def machine_line(machine, when):
     cpu = machine.get("cpu", {})
     gpu = machine.get("cuda_device")
-    return (f"{cpu.get('brand_raw', 'unknown CPU')} ({cpu.get('count', '?')} cores), torch {machine.get('torch')}, "
-            f"{machine.get('torch_threads')} threads" + (f", GPU {gpu}" if gpu else ", no GPU") + f"; run {when}")
+    return (
+        f"{cpu.get('brand_raw', 'unknown CPU')} ({cpu.get('count', '?')} cores), torch {machine.get('torch')}, "
+        f"{machine.get('torch_threads')} threads" + (f", GPU {gpu}" if gpu else ", no GPU") + f"; run {when}"
+    )
 
 
 def rows(groups):
@@ -45,8 +47,12 @@ def rows(groups):
 
 
 def markdown(machine, when, groups) -> str:
-    lines = [f"Machine: {machine_line(machine, when)}", "",
-             "| benchmark | ours (ms) | baseline | baseline (ms) | speed-up |", "|---|---:|---|---:|---:|"]
+    lines = [
+        f"Machine: {machine_line(machine, when)}",
+        "",
+        "| benchmark | ours (ms) | baseline | baseline (ms) | speed-up |",
+        "|---|---:|---|---:|---:|",
+    ]
     for group, baseline, ours, seconds, ratio in rows(groups):
         ours_text = f"{ours * 1e3:.2f}" if ours else "—"
         ratio_text = f"**{ratio:.2f}×**" if ratio else "—"
@@ -69,8 +75,13 @@ def plot(groups, path):
         ops = list(dict.fromkeys(g[0] for g, _, _ in op_groups))
         layers = list(dict.fromkeys(g[1] for g, _, _ in op_groups))
         columns = min(3, len(panels))
-        figure, axes = plt.subplots((len(panels) + columns - 1) // columns, columns, squeeze=False,
-                                    figsize=(4.2 * columns, 3.2 * ((len(panels) + columns - 1) // columns)), dpi=100)
+        figure, axes = plt.subplots(
+            (len(panels) + columns - 1) // columns,
+            columns,
+            squeeze=False,
+            figsize=(4.2 * columns, 3.2 * ((len(panels) + columns - 1) // columns)),
+            dpi=100,
+        )
         ratio_of = {(g[0], g[1], int(g[2][:-2]), g[3], g[4], g[5]): r for g, _, r in op_groups}
         width = 0.8 / len(ops)
         for axis, panel in zip(axes.flat, panels):
@@ -82,7 +93,7 @@ def plot(groups, path):
             axis.set_xticks([x + 0.4 - width / 2 for x in range(len(layers))], layers, fontsize=7)
             axis.set_title(f"{panel[0]} px, batch {panel[1][1:]}, {panel[2]} {panel[3]}", fontsize=9)
             axis.set_ylabel("speed-up vs reference", fontsize=8)
-        for axis in list(axes.flat)[len(panels):]:
+        for axis in list(axes.flat)[len(panels) :]:
             axis.axis("off")
         axes.flat[0].legend(fontsize=7)
     else:

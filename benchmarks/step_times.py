@@ -33,8 +33,11 @@ def main():
                 started = time.perf_counter()
                 step()
                 samples.append(time.perf_counter() - started)
-            print(f"bfloat16 convolutions {'on ' if mixed_precision else 'off'}  {size:5d} px  "
-                  f"{statistics.median(samples) * 1e3:7.0f} ms per step (median of {args.repeats})", flush=True)
+            print(
+                f"bfloat16 convolutions {'on ' if mixed_precision else 'off'}  {size:5d} px  "
+                f"{statistics.median(samples) * 1e3:7.0f} ms per step (median of {args.repeats})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

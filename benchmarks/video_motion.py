@@ -46,9 +46,12 @@ from nst_ext.stylizer import Stylizer
 from _common import STYLE
 from clips import motion_clips, object_path_error, true_warp_difference, warping_error
 
-METHODS = [("each frame on its own", None, None), ("still (before flow)", "still", (1,)),
-           ("flow, previous frame only", "flow", (1,)),
-           (f"flow, long-term {','.join(map(str, LONG_TERM))} (default)", "flow", LONG_TERM)]
+METHODS = [
+    ("each frame on its own", None, None),
+    ("still (before flow)", "still", (1,)),
+    ("flow, previous frame only", "flow", (1,)),
+    (f"flow, long-term {','.join(map(str, LONG_TERM))} (default)", "flow", LONG_TERM),
+]
 
 
 def sharpness(image: torch.Tensor) -> float:
@@ -87,8 +90,9 @@ def contact_sheet(path, rows, names):
 
     height, width = rows[0][1].shape[-2:]
     label, gap = 14, 4
-    sheet = Image.new("RGB", ((width + gap) * (len(names) + 1), (2 * height + label + gap) * len(rows) + label),
-                      "white")
+    sheet = Image.new(
+        "RGB", ((width + gap) * (len(names) + 1), (2 * height + label + gap) * len(rows) + label), "white"
+    )
     draw = ImageDraw.Draw(sheet)
     for column, name in enumerate(["input"] + names):
         draw.text((column * (width + gap) + 2, 0), name[:26], fill="black")
@@ -125,10 +129,15 @@ def main():
         results = []
         for method, coherence, long_term in METHODS:
             outputs, seconds = stylize_clip(clip, first, opening, following, styles, coherence, long_term)
-            row = dict(clip=clip.name, method=method, input_floor=floor, warp=warping_error(clip, outputs),
-                       warp5=warping_error(clip, outputs, back=5) if len(outputs) > 5 else None,
-                       sharp=sharpness(outputs[-1]) / sharpness(outputs[0]),
-                       seconds_per_frame=statistics.median(seconds))
+            row = dict(
+                clip=clip.name,
+                method=method,
+                input_floor=floor,
+                warp=warping_error(clip, outputs),
+                warp5=warping_error(clip, outputs, back=5) if len(outputs) > 5 else None,
+                sharp=sharpness(outputs[-1]) / sharpness(outputs[0]),
+                seconds_per_frame=statistics.median(seconds),
+            )
             if clip.object_side:
                 inside, trail, elsewhere = object_path_error(clip, outputs)
                 row.update(path=inside / elsewhere, trail=trail / elsewhere, still_background=elsewhere)
@@ -136,19 +145,24 @@ def main():
             print(json.dumps(row), flush=True)
             results.append((outputs[-1], true_warp_difference(clip, outputs, len(outputs) - 1, 1)[0]))
         sheet_rows.append((clip.name, clip.frames[-1], results))
-    print(f"\n{args.frames} frames at {args.size} px, {FRAME_STEPS} steps a later frame, temporal weight "
-          f"{TEMPORAL_WEIGHT:g}; CPU {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"\n{args.frames} frames at {args.size} px, {FRAME_STEPS} steps a later frame, temporal weight "
+        f"{TEMPORAL_WEIGHT:g}; CPU {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print("| clip | method | warp | warp Δ5 | path | trail | sharp | s/frame |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         warp5 = f"{row['warp5']:.4f}" if row["warp5"] is not None else "–"
         path, trail = (f"{row[key]:.2f}" if key in row else "–" for key in ("path", "trail"))
-        print(f"| {row['clip']} (input {row['input_floor']:.4f}) | {row['method']} | {row['warp']:.4f} | {warp5} | "
-              f"{path} | {trail} | {row['sharp']:.2f} | {row['seconds_per_frame']:.2f} |")
+        print(
+            f"| {row['clip']} (input {row['input_floor']:.4f}) | {row['method']} | {row['warp']:.4f} | {warp5} | "
+            f"{path} | {trail} | {row['sharp']:.2f} | {row['seconds_per_frame']:.2f} |"
+        )
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"frames": args.frames, "size": args.size, "torch": torch.__version__, "rows": rows}, out,
-                      indent=1)
+            json.dump(
+                {"frames": args.frames, "size": args.size, "torch": torch.__version__, "rows": rows}, out, indent=1
+            )
     if args.sheet:
         contact_sheet(args.sheet, sheet_rows, [method for method, _, _ in METHODS])
 

@@ -60,8 +60,12 @@ def main():
     parser.add_argument("--frame-steps", type=int, default=12)
     parser.add_argument("--weights", default="2.9,20,60,200")
     parser.add_argument("--clips", default=",".join(CLIPS))
-    parser.add_argument("--temporal", type=float, default=TEMPORAL_WEIGHT,
-                        help="the temporal weight as --temporal-weight takes it (at the default style weight)")
+    parser.add_argument(
+        "--temporal",
+        type=float,
+        default=TEMPORAL_WEIGHT,
+        help="the temporal weight as --temporal-weight takes it (at the default style weight)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     styles = [load_image(STYLE)]

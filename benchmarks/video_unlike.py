@@ -27,11 +27,17 @@ def main():
     styles = [load_image(PANEL / "gravel.jpg")]
     first = opening.run(clip.frames[0], styles).tensor
     print("| method | warp | warp Δ5 | s/frame |\n|---|---:|---:|---:|")
-    for name, coherence, long_term in [("each frame on its own", None, None), ("still (before flow)", "still", (1,)),
-                                       ("flow, long-term 1,2,4 (default)", "flow", LONG_TERM)]:
+    for name, coherence, long_term in [
+        ("each frame on its own", None, None),
+        ("still (before flow)", "still", (1,)),
+        ("flow, long-term 1,2,4 (default)", "flow", LONG_TERM),
+    ]:
         outputs, seconds = stylize_clip(clip, first, opening, following, styles, coherence, long_term)
-        print(f"| {name} | {warping_error(clip, outputs):.4f} | {warping_error(clip, outputs, 5):.4f} | "
-              f"{statistics.median(seconds):.2f} |", flush=True)
+        print(
+            f"| {name} | {warping_error(clip, outputs):.4f} | {warping_error(clip, outputs, 5):.4f} | "
+            f"{statistics.median(seconds):.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

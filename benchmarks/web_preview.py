@@ -70,11 +70,20 @@ def main():
             seconds, count = one_run(size, True)
             watched.append(seconds)
             events.append(count)
-        row = {"size": size, "plain_s": plain, "watched_s": watched, "events": events,
-               "plain_median_s": statistics.median(plain), "watched_median_s": statistics.median(watched)}
+        row = {
+            "size": size,
+            "plain_s": plain,
+            "watched_s": watched,
+            "events": events,
+            "plain_median_s": statistics.median(plain),
+            "watched_median_s": statistics.median(watched),
+        }
         row["ratio"] = row["watched_median_s"] / row["plain_median_s"]
-        print(f"{size} px: plain {row['plain_median_s']:.2f} s, with --web {row['watched_median_s']:.2f} s "
-              f"(x{row['ratio']:.3f}; {statistics.median(events):.0f} events a run)", flush=True)
+        print(
+            f"{size} px: plain {row['plain_median_s']:.2f} s, with --web {row['watched_median_s']:.2f} s "
+            f"(x{row['ratio']:.3f}; {statistics.median(events):.0f} events a run)",
+            flush=True,
+        )
         report["sizes"].append(row)
     if args.json:
         with open(args.json, "w") as out:

@@ -38,6 +38,7 @@ ALGORITHMS = ("own", "blas")
 class Check:
     """One op on one device and dtype: its largest error relative to the oracle's largest value,
     over every shape, layout and algorithm, and what failed."""
+
     op: str
     device: str
     dtype: str
@@ -63,7 +64,7 @@ def _cases(device: torch.device, dtype: torch.dtype, generator: torch.Generator)
     """(features, weights, target) per shape and layout: fresh random inputs, features in [-1, 1]
     rounded to `dtype`, a (H, W) mask of weights in [0, 1] with one zero, a (B, C, C) target."""
     for batch, channels, height, width in SHAPES:
-        features = (torch.rand(batch, channels, height, width, generator=generator, dtype=torch.float64) * 2 - 1)
+        features = torch.rand(batch, channels, height, width, generator=generator, dtype=torch.float64) * 2 - 1
         weights = torch.rand(height, width, generator=generator, dtype=torch.float64)
         weights.view(-1)[0] = 0.0
         target = torch.rand(batch, channels, channels, generator=generator, dtype=torch.float64) * 0.1
@@ -74,6 +75,7 @@ def _cases(device: torch.device, dtype: torch.dtype, generator: torch.Generator)
 def _ops_under_test(nst_ext) -> Dict[str, Callable]:
     """Each op as a function of (features, weights, target, ops module) returning the tensors to
     compare: the forward's result, or the features' gradient of a fixed random functional of it."""
+
     def gram(f, w, t, ops):
         return ops.gram_matrix(f)
 
@@ -93,12 +95,19 @@ def _ops_under_test(nst_ext) -> Dict[str, Callable]:
             probe = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
             (grad,) = torch.autograd.grad((out * probe).sum(), leaf)
             return grad
+
         return gradient
 
-    return {"gram": gram, "style_loss": style_loss, "masked_gram": masked_gram, "masked_style_loss": masked_style_loss,
-            "gram backward": backward_of(gram), "style_loss backward": backward_of(style_loss),
-            "masked_gram backward": backward_of(masked_gram),
-            "masked_style_loss backward": backward_of(masked_style_loss)}
+    return {
+        "gram": gram,
+        "style_loss": style_loss,
+        "masked_gram": masked_gram,
+        "masked_style_loss": masked_style_loss,
+        "gram backward": backward_of(gram),
+        "style_loss backward": backward_of(style_loss),
+        "masked_gram backward": backward_of(masked_gram),
+        "masked_style_loss backward": backward_of(masked_style_loss),
+    }
 
 
 class _Float64Reference:
@@ -132,13 +141,19 @@ def self_test(devices: Optional[List[str]] = None, seed: int = 0) -> List[Check]
                     expected = op(features, weights, target, oracle)
                     for algorithm in ALGORITHMS:
                         with dispatch.gram_algorithm(algorithm):
-                            _compare(check, lambda: op(features, weights, target, nst_ext), expected, tolerance,
-                                     f"{algorithm}, shape {tuple(features.shape)}")
+                            _compare(
+                                check,
+                                lambda: op(features, weights, target, nst_ext),
+                                expected,
+                                tolerance,
+                                f"{algorithm}, shape {tuple(features.shape)}",
+                            )
     return checks
 
 
-def _compare(check: Check, run: Callable[[], torch.Tensor], expected: torch.Tensor, tolerance: float,
-             case: str) -> None:
+def _compare(
+    check: Check, run: Callable[[], torch.Tensor], expected: torch.Tensor, tolerance: float, case: str
+) -> None:
     """Runs the op under test (`run`) and records in `check` its error relative to the largest value
     of `expected`, and the first failure: it raised, gave another shape, NaN, or an error over
     `tolerance`. `case` names the algorithm and shape in the failure."""
@@ -164,11 +179,19 @@ def table(checks: List[Check], backends: dict) -> str:
     rows = [("op", "device", "dtype", "max error", "result")]
     for check in checks:
         backend = backends.get(torch.device(check.device).type, "reference")
-        rows.append((check.op, f"{check.device} ({backend})", check.dtype, f"{check.error:.1e}",
-                     "ok" if check.passed else f"FAILED: {check.failure}"))
+        rows.append(
+            (
+                check.op,
+                f"{check.device} ({backend})",
+                check.dtype,
+                f"{check.error:.1e}",
+                "ok" if check.passed else f"FAILED: {check.failure}",
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]
-                     for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4] for row in rows
+    )
 
 
 def report() -> str:
@@ -177,14 +200,21 @@ def report() -> str:
     from nst_ext.model.weights import resolve_weights
 
     info = nst_ext.backend_info()
-    lines = [f"nst_ext {nst_ext.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
-             f"CPU tensors:  {info['cpu']}",
-             f"CUDA tensors: {info['cuda']}" + ("" if info["cuda_available"] else " (no GPU visible)")]
+    lines = [
+        f"nst_ext {nst_ext.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
+        f"CPU tensors:  {info['cpu']}",
+        f"CUDA tensors: {info['cuda']}" + ("" if info["cuda_available"] else " (no GPU visible)"),
+    ]
     built = info["built_for"]
     if built:
-        lines.append(f"kernels built for torch {built.get('torch')}" + (
-            f", CUDA {built['cuda']} ({built.get('cuda_archs') or 'default architectures'})" if built.get("cuda")
-            else ", without CUDA kernels"))
+        lines.append(
+            f"kernels built for torch {built.get('torch')}"
+            + (
+                f", CUDA {built['cuda']} ({built.get('cuda_archs') or 'default architectures'})"
+                if built.get("cuda")
+                else ", without CUDA kernels"
+            )
+        )
     if info["load_error"]:
         lines.append(f"extension load error: {info['load_error']}")
     device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
@@ -206,8 +236,10 @@ def run(with_self_test: bool) -> int:
     print()
     print(table(checks, {"cpu": info["cpu"], "cuda": info["cuda"]}))
     failed = [check for check in checks if not check.passed]
-    print(f"\nself-test: {len(checks) - len(failed)} of {len(checks)} checks passed"
-          + (f"; {len(failed)} FAILED" if failed else ""))
+    print(
+        f"\nself-test: {len(checks) - len(failed)} of {len(checks)} checks passed"
+        + (f"; {len(failed)} FAILED" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -56,9 +56,15 @@ class LBFGS:
     is the step taken).
     """
 
-    def __init__(self, param: torch.Tensor, lr: float = 1.0, history_size: int = 100,
-                 first_step_rms: Optional[float] = None, history_dtype: Optional[torch.dtype] = None,
-                 max_step_rms: Optional[float] = None):
+    def __init__(
+        self,
+        param: torch.Tensor,
+        lr: float = 1.0,
+        history_size: int = 100,
+        first_step_rms: Optional[float] = None,
+        history_dtype: Optional[torch.dtype] = None,
+        max_step_rms: Optional[float] = None,
+    ):
         if not param.requires_grad or not param.is_contiguous():
             raise ValueError("LBFGS needs a contiguous parameter with requires_grad=True")
         if history_size < 1:
@@ -70,10 +76,10 @@ class LBFGS:
         self.first_step_rms, self.max_step_rms = first_step_rms, max_step_rms
         size, like = param.numel(), dict(dtype=param.dtype, device=param.device)
         stored = dict(like, dtype=history_dtype or param.dtype)
-        self.steps = torch.zeros(history_size, size, **stored)        # s = x_{k+1} - x_k
+        self.steps = torch.zeros(history_size, size, **stored)  # s = x_{k+1} - x_k
         self.grad_changes = torch.zeros(history_size, size, **stored)  # y = g_{k+1} - g_k
-        self.rho = torch.zeros(history_size, **like)                   # 1 / yᵀs, or 0 for a skipped pair
-        self.pairs_pushed = 0                                        # a host count: the ring's order
+        self.rho = torch.zeros(history_size, **like)  # 1 / yᵀs, or 0 for a skipped pair
+        self.pairs_pushed = 0  # a host count: the ring's order
         self.evaluations = 0
         self.last_step = self.previous_grad = self.h_diag = None  # s of the newest update; g before it
 

@@ -21,9 +21,14 @@ INDEPENDENT_WIDTH = 256
 
 
 @torch.no_grad()
-def distances(vgg, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor,
-              content_layers: Sequence[str] = DEFAULT_JUDGE_CONTENT_LAYERS,
-              style_layers: Sequence[str] = DEFAULT_JUDGE_STYLE_LAYERS) -> Tuple[float, float]:
+def distances(
+    vgg,
+    image: torch.Tensor,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    content_layers: Sequence[str] = DEFAULT_JUDGE_CONTENT_LAYERS,
+    style_layers: Sequence[str] = DEFAULT_JUDGE_STYLE_LAYERS,
+) -> Tuple[float, float]:
     """(content distance, style distance) of `image` ``(3, H, W)`` in [0, 1]; the content is resized
     to the image's long side, the style too (as a run with ``style_scale=1`` sees them). `vgg` is a
     :class:`nst_ext.model.vgg.VGG19Features` reaching the deepest layer; all on its device, float32."""
@@ -34,8 +39,10 @@ def distances(vgg, image: torch.Tensor, content: torch.Tensor, style: torch.Tens
     style = resize_to_long_side(style, long_side).to(device).unsqueeze(0)
     layers = list(dict.fromkeys(list(content_layers) + list(style_layers)))
     out, target_content, target_style = vgg(image, layers), vgg(content, content_layers), vgg(style, style_layers)
-    content_distance = sum(((out[n] - target_content[n]).square().mean() / target_content[n].square().mean()).item()
-                           for n in content_layers) / max(1, len(content_layers))
+    content_distance = sum(
+        ((out[n] - target_content[n]).square().mean() / target_content[n].square().mean()).item()
+        for n in content_layers
+    ) / max(1, len(content_layers))
     style_distance = 0.0
     for name in style_layers:
         target_gram = reference.gram_matrix(target_style[name].float())
@@ -64,8 +71,14 @@ def _at_width(image: torch.Tensor, width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def independent_style(vgg, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor,
-                      layers: Sequence[str] = DEFAULT_JUDGE_STYLE_LAYERS, width: int = INDEPENDENT_WIDTH) -> float:
+def independent_style(
+    vgg,
+    image: torch.Tensor,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    layers: Sequence[str] = DEFAULT_JUDGE_STYLE_LAYERS,
+    width: int = INDEPENDENT_WIDTH,
+) -> float:
     """How much of the style a result `image` has not taken on, by a measure built apart from the
     optimiser's loss and the panel's figure: each picture (result, style, content; ``(3, H, W)`` in
     [0, 1]) scaled to `width` pixels wide; per layer ``‖G(x) − G(s)‖ / ‖G(s)‖`` (Frobenius norms of

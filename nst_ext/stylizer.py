@@ -43,8 +43,17 @@ class Progress:
     the batch's sums and ``image()`` is the first picture.
     """
 
-    def __init__(self, stage: int, stages: int, step: int, steps: int, size: Tuple[int, int],
-                 terms: torch.Tensor, image: Callable[[], torch.Tensor], memory_plan: Optional[MemoryPlan] = None):
+    def __init__(
+        self,
+        stage: int,
+        stages: int,
+        step: int,
+        steps: int,
+        size: Tuple[int, int],
+        terms: torch.Tensor,
+        image: Callable[[], torch.Tensor],
+        memory_plan: Optional[MemoryPlan] = None,
+    ):
         self.stage, self.stages, self.step, self.steps, self.size = stage, stages, step, steps, size
         self.memory_plan = memory_plan  # how this stage fits in memory (nst_ext.plan.memory)
         self.image = image
@@ -114,9 +123,14 @@ class Stylizer:
     weights = property(lambda self: self.network.weights)
 
     # -- the optimisation -------------------------------------------------------------------------
-    def run(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
-            callback: Optional[Callable[[Progress], None]] = None, init: Optional[ImageSource] = None,
-            temporal: Optional[TemporalTarget] = None) -> StylizeResult:
+    def run(
+        self,
+        content: ImageSource,
+        styles: Union[ImageSource, Sequence[ImageSource]],
+        callback: Optional[Callable[[Progress], None]] = None,
+        init: Optional[ImageSource] = None,
+        temporal: Optional[TemporalTarget] = None,
+    ) -> StylizeResult:
         """Stylize `content` with `styles`; returns the image with its loss history. `init`
         overrides the ``init`` option for this run; `temporal` adds a video frame's temporal term
         (resized to each stage).
@@ -126,8 +140,12 @@ class Stylizer:
         """
         return self._run([content], styles, callback, init, temporal)[0]
 
-    def run_many(self, contents: Sequence[ImageSource], styles: Union[ImageSource, Sequence[ImageSource]],
-                 callback: Optional[Callable[[Progress], None]] = None) -> List[StylizeResult]:
+    def run_many(
+        self,
+        contents: Sequence[ImageSource],
+        styles: Union[ImageSource, Sequence[ImageSource]],
+        callback: Optional[Callable[[Progress], None]] = None,
+    ) -> List[StylizeResult]:
         """Stylize several content images with the same `styles`, optimised together: each step
         runs them through VGG as one batch, which keeps a GPU busier than one picture does. Each
         picture has its own content target, style normaliser and L-BFGS, so its result is the one
@@ -163,42 +181,77 @@ class Stylizer:
         masks = prepare_masks(self.options, content_images[0], style_images)
         shapes = {options.stage_shapes(tuple(image.shape[-2:])) for image in content_images}
         if len(shapes) > 1:
-            raise OptionError("the content images of one batch must have the same shape at every stage; "
-                              "run pictures of other shapes in another batch")
+            raise OptionError(
+                "the content images of one batch must have the same shape at every stage; "
+                "run pictures of other shapes in another batch"
+            )
         self._remember_styles(styles)
         # One generator per picture, seeded alike: a picture's noise does not depend on its batch.
         seed = options.seed if options.seed is not None else torch.seed()
         generators = [torch.Generator().manual_seed(seed) for _ in content_images]
         sizes, stage_steps = options.stage_sizes(), options.stage_steps()
-        plans = plan_stages(options, self.network, tuple(content_images[0].shape[-2:]),
-                            [tuple(s.shape[-2:]) for s in style_images], pictures=len(content_images))
-        if any(plan.releases_freed_memory_promptly for plan in plans) and \
-                any(device.type == "cpu" for device in self.devices):
+        plans = plan_stages(
+            options,
+            self.network,
+            tuple(content_images[0].shape[-2:]),
+            [tuple(s.shape[-2:]) for s in style_images],
+            pictures=len(content_images),
+        )
+        if any(plan.releases_freed_memory_promptly for plan in plans) and any(
+            device.type == "cpu" for device in self.devices
+        ):
             release_freed_memory_promptly()  # else the allocator's slack eats what checkpointing saves
         # Every stage's images are made, and their sizes checked, before any work starts.
-        stages = [([content_at_stage(self.options, image, stage_size) for image in content_images],
-                   styles_at_stage(self.options, style_images, stage_size)) for stage_size in sizes]
+        stages = [
+            (
+                [content_at_stage(self.options, image, stage_size) for image in content_images],
+                styles_at_stage(self.options, style_images, stage_size),
+            )
+            for stage_size in sizes
+        ]
         histories: List[List[Dict[str, float]]] = [[] for _ in content_images]
         images = previous_contents = [None] * len(content_images)  # before the first stage: none
         for stage, (steps, plan) in enumerate(zip(stage_steps, plans)):
             # A stage's images are dropped with it, its style images once its targets are made (at a
             # print size each is as large as the picture).
             (stage_contents, stage_styles), stages[stage] = stages[stage], None
-            images = [self._initial_image(stage_content, image, previous_content, generator, init)
-                      for stage_content, image, previous_content, generator
-                      in zip(stage_contents, images, previous_contents, generators)]
+            images = [
+                self._initial_image(stage_content, image, previous_content, generator, init)
+                for stage_content, image, previous_content, generator in zip(
+                    stage_contents, images, previous_contents, generators
+                )
+            ]
             previous_contents = stage_contents
             stage_temporal = temporal and TemporalTarget(
                 resize(temporal.previous, tuple(stage_contents[0].shape[-2:])),
-                resize(temporal.mask[None], tuple(stage_contents[0].shape[-2:]))[0], temporal.weight)
-            stage_masks = masks_at_stage(masks, tuple(stage_contents[0].shape[-2:]),
-                                         [tuple(style.shape[-2:]) for style in stage_styles])
-            images, interrupted = self._optimize(stage, len(sizes), steps, images, stage_contents, stage_styles, blend,
-                                                 histories, callback, plan, stage_temporal, stage_masks)
+                resize(temporal.mask[None], tuple(stage_contents[0].shape[-2:]))[0],
+                temporal.weight,
+            )
+            stage_masks = masks_at_stage(
+                masks, tuple(stage_contents[0].shape[-2:]), [tuple(style.shape[-2:]) for style in stage_styles]
+            )
+            images, interrupted = self._optimize(
+                stage,
+                len(sizes),
+                steps,
+                images,
+                stage_contents,
+                stage_styles,
+                blend,
+                histories,
+                callback,
+                plan,
+                stage_temporal,
+                stage_masks,
+            )
             if interrupted:
                 break
-        results = [StylizeResult(tensor=image[0].detach().float().cpu().clamp(0, 1), history=history,
-                                 interrupted=interrupted, seed=seed) for image, history in zip(images, histories)]
+        results = [
+            StylizeResult(
+                tensor=image[0].detach().float().cpu().clamp(0, 1), history=history, interrupted=interrupted, seed=seed
+            )
+            for image, history in zip(images, histories)
+        ]
         if options.preserve_color == "luminance":
             final_content = resize(content_images[0], tuple(results[0].tensor.shape[-2:]))
             results[0].tensor = color.combine_luminance(results[0].tensor, final_content, options.color_space)
@@ -212,8 +265,9 @@ class Stylizer:
         a batch job or a video passes them; not paths, whose files may change between runs), unless
         their colours follow each content. A tensor changed in place between runs is not noticed."""
         sources = tuple(styles) if isinstance(styles, (list, tuple)) else (styles,)
-        same = (len(sources) == len(self._style_sources)
-                and all(isinstance(a, torch.Tensor) and a is b for a, b in zip(sources, self._style_sources)))
+        same = len(sources) == len(self._style_sources) and all(
+            isinstance(a, torch.Tensor) and a is b for a, b in zip(sources, self._style_sources)
+        )
         if not same or not self.shares_style_targets:
             self._style_grams.clear()
         self._style_sources = sources  # referenced, so that `is` above cannot match a new object
@@ -241,8 +295,13 @@ class Stylizer:
         may_be_theirs = previous is None and not (isinstance(init, str) and init == "noise")
         return image.clone() if may_be_theirs and image.data_ptr() == start.data_ptr() else image
 
-    def objective(self, content: ImageSource, styles: Union[ImageSource, Sequence[ImageSource]],
-                  size: Optional[int] = None, plan: Optional[MemoryPlan] = None) -> Tuple[torch.Tensor, Objective]:
+    def objective(
+        self,
+        content: ImageSource,
+        styles: Union[ImageSource, Sequence[ImageSource]],
+        size: Optional[int] = None,
+        plan: Optional[MemoryPlan] = None,
+    ) -> Tuple[torch.Tensor, Objective]:
         """The loss of one stage at `size` (default: the output size), for
         custom optimisers and benchmarks: returns the content image as the
         starting point, ``(1, 3, H, W)`` on the device, and the Objective
@@ -251,13 +310,29 @@ class Stylizer:
         stage_size = size or self.options.output_size
         stage_content = content_at_stage(self.options, content_images[0], stage_size)
         stage_styles = styles_at_stage(self.options, style_images, stage_size)
-        masks = masks_at_stage(prepare_masks(self.options, content_images[0], style_images),
-                               tuple(stage_content.shape[-2:]), [tuple(style.shape[-2:]) for style in stage_styles])
+        masks = masks_at_stage(
+            prepare_masks(self.options, content_images[0], style_images),
+            tuple(stage_content.shape[-2:]),
+            [tuple(style.shape[-2:]) for style in stage_styles],
+        )
         objective = Objective(self.network, self.options, stage_content, stage_styles, blend, plan, masks=masks)
         return stage_content.unsqueeze(0).to(self.device), objective
 
-    def _optimize(self, stage, stages, steps, images, stage_contents, stage_styles, blend, histories, callback, plan,
-                  temporal=None, masks=None):
+    def _optimize(
+        self,
+        stage,
+        stages,
+        steps,
+        images,
+        stage_contents,
+        stage_styles,
+        blend,
+        histories,
+        callback,
+        plan,
+        temporal=None,
+        masks=None,
+    ):
         """One stage for one picture or a batch (`images`: a list of ``(1, 3, H, W)``, one per
         picture, with their stage contents and histories). It takes `stage_styles` over: the
         list is emptied once their Grams are made (at a print size each style image is as large
@@ -278,17 +353,27 @@ class Stylizer:
             for best, row, image in zip(bests, rows, images):
                 best.offer(row[-1], image)
             if callback is not None:
-                callback(Progress(stage=stage, stages=stages, step=len(records), steps=steps,
-                                  size=tuple(images[0].shape[-2:]), terms=rows.sum(0),
-                                  image=lambda: images[0].detach()[0].float().cpu().clamp(0, 1), memory_plan=plan))
+                callback(
+                    Progress(
+                        stage=stage,
+                        stages=stages,
+                        step=len(records),
+                        steps=steps,
+                        size=tuple(images[0].shape[-2:]),
+                        terms=rows.sum(0),
+                        image=lambda: images[0].detach()[0].float().cpu().clamp(0, 1),
+                        memory_plan=plan,
+                    )
+                )
             return rows[:, -1].sum()
 
         interrupted = False
         try:  # a stop while the targets are computed keeps the stage's starting images
             key = tuple(tuple(style.shape[-2:]) for style in stage_styles)  # one per stage size
             contents = torch.stack(stage_contents) if batched else stage_contents[0]
-            objective = Objective(self.network, options, contents, stage_styles, blend, plan, self._style_grams.get(key),
-                                  temporal, masks)
+            objective = Objective(
+                self.network, options, contents, stage_styles, blend, plan, self._style_grams.get(key), temporal, masks
+            )
             del contents
             stage_styles.clear()  # the Grams are made (see the docstring)
             if self.shares_style_targets:
@@ -296,8 +381,17 @@ class Stylizer:
             evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)
             if options.optimizer == "lbfgs":
                 history_dtype = torch.bfloat16 if plan.history_bfloat16 else None
-                optimizers = [LBFGS(image, lr=1.0, history_size=plan.history_size, first_step_rms=LBFGS_FIRST_STEP_RMS,
-                                    history_dtype=history_dtype, max_step_rms=LBFGS_MAX_STEP_RMS) for image in images]
+                optimizers = [
+                    LBFGS(
+                        image,
+                        lr=1.0,
+                        history_size=plan.history_size,
+                        first_step_rms=LBFGS_FIRST_STEP_RMS,
+                        history_dtype=history_dtype,
+                        max_step_rms=LBFGS_MAX_STEP_RMS,
+                    )
+                    for image in images
+                ]
                 run_together(optimizers, closure, steps)
             else:  # Adam works element by element: one over all the pictures is one per picture
                 optimizer = torch.optim.Adam(images, lr=options.learning_rate)
@@ -333,8 +427,12 @@ class BestImage:
         torch.where(better, image.detach(), self.image, out=self.image)  # no second picture-sized buffer
 
 
-def stylize(content: ImageSource, style: Union[ImageSource, Sequence[ImageSource]],
-            callback: Optional[Callable[[Progress], None]] = None, **options):
+def stylize(
+    content: ImageSource,
+    style: Union[ImageSource, Sequence[ImageSource]],
+    callback: Optional[Callable[[Progress], None]] = None,
+    **options,
+):
     """Stylize `content` with one or more `style` images (paths, PIL images or
     ``(3, H, W)`` tensors in [0, 1]). Options are :class:`StyleOptions` fields.
 

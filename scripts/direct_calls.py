@@ -26,24 +26,39 @@ import tempfile
 # (name, the call with `device` in scope, a regular expression its error must match)
 CASES = [
     ("gram, 3-D features", "torch.ops.nst_ext.gram(torch.rand(3, 4, 5, device=device))", "features must be 4-D"),
-    ("style_loss, wrong target shape",
-     "torch.ops.nst_ext.style_loss(torch.rand(1, 3, 4, 5, device=device), torch.rand(2, 2, device=device))",
-     "target must have shape"),
-    ("gram, float8 features",
-     "torch.ops.nst_ext.gram(torch.rand(1, 3, 4, 5, device=device).to(torch.float8_e4m3fn))",
-     "features must be float16, bfloat16, float32 or float64, got Float8_e4m3fn"),
-    ("style_loss, float64 target for float32 features",
-     "torch.ops.nst_ext.style_loss(torch.rand(1, 3, 4, 5, device=device), "
-     "torch.rand(3, 3, device=device, dtype=torch.float64))", "target must have dtype"),
-    ("masked_gram, 2-D weights",
-     "torch.ops.nst_ext.masked_gram(torch.rand(2, 3, 4, 5, device=device), torch.rand(4, 5, device=device))",
-     r"weights must have shape \(1, 4, 5\) or \(2, 4, 5\)"),
-    ("masked_gram, float64 weights",
-     "torch.ops.nst_ext.masked_gram(torch.rand(2, 3, 4, 5, device=device), "
-     "torch.rand(1, 4, 5, device=device, dtype=torch.float64))", "weights must have dtype Float"),
-    ("masked_style_loss, wrong target shape",
-     "torch.ops.nst_ext.masked_style_loss(torch.rand(2, 3, 4, 5, device=device), torch.rand(1, 4, 5, device=device), "
-     "torch.rand(2, 2, device=device))", "target must have shape"),
+    (
+        "style_loss, wrong target shape",
+        "torch.ops.nst_ext.style_loss(torch.rand(1, 3, 4, 5, device=device), torch.rand(2, 2, device=device))",
+        "target must have shape",
+    ),
+    (
+        "gram, float8 features",
+        "torch.ops.nst_ext.gram(torch.rand(1, 3, 4, 5, device=device).to(torch.float8_e4m3fn))",
+        "features must be float16, bfloat16, float32 or float64, got Float8_e4m3fn",
+    ),
+    (
+        "style_loss, float64 target for float32 features",
+        "torch.ops.nst_ext.style_loss(torch.rand(1, 3, 4, 5, device=device), "
+        "torch.rand(3, 3, device=device, dtype=torch.float64))",
+        "target must have dtype",
+    ),
+    (
+        "masked_gram, 2-D weights",
+        "torch.ops.nst_ext.masked_gram(torch.rand(2, 3, 4, 5, device=device), torch.rand(4, 5, device=device))",
+        r"weights must have shape \(1, 4, 5\) or \(2, 4, 5\)",
+    ),
+    (
+        "masked_gram, float64 weights",
+        "torch.ops.nst_ext.masked_gram(torch.rand(2, 3, 4, 5, device=device), "
+        "torch.rand(1, 4, 5, device=device, dtype=torch.float64))",
+        "weights must have dtype Float",
+    ),
+    (
+        "masked_style_loss, wrong target shape",
+        "torch.ops.nst_ext.masked_style_loss(torch.rand(2, 3, 4, 5, device=device), torch.rand(1, 4, 5, device=device), "
+        "torch.rand(2, 2, device=device))",
+        "target must have shape",
+    ),
 ]
 
 # Runs the cases numbered in argv[2:] (each "N" plainly, "N:inference" under inference mode) on
@@ -95,12 +110,27 @@ for mode in ("plain", "inference"):
 def control_report(device, environment):
     """The control op's verdict: whether its bad call raised as it must, or crashed too."""
     with tempfile.TemporaryDirectory() as build:
-        result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", CONTROL_CHILD,
-                                 os.path.dirname(os.path.abspath(__file__)), device, build],
-                                capture_output=True, text=True, timeout=600, env=environment)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-X",
+                "faulthandler",
+                "-c",
+                CONTROL_CHILD,
+                os.path.dirname(os.path.abspath(__file__)),
+                device,
+                build,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=environment,
+        )
     if result.returncode < 0:
-        return (f"crashed (signal {-result.returncode}) too: the fault is in how this build carries a C++ error "
-                f"into Python, not in nst_ext's code\n{result.stderr[-2000:]}")
+        return (
+            f"crashed (signal {-result.returncode}) too: the fault is in how this build carries a C++ error "
+            f"into Python, not in nst_ext's code\n{result.stderr[-2000:]}"
+        )
     if result.returncode:
         return f"not built or not run (exit status {result.returncode}): {result.stderr.strip()[-500:]}"
     if result.stdout.split("\n")[:2] == ["plain ok", "inference ok"]:
@@ -110,8 +140,16 @@ def control_report(device, environment):
 
 def run_cases(device, cases, environment):
     """The child's result for `cases`: its exit status, its lines by case, its stderr."""
-    arguments = [sys.executable, "-X", "faulthandler", "-c", CHILD, os.path.dirname(os.path.abspath(__file__)),
-                 device, *cases]
+    arguments = [
+        sys.executable,
+        "-X",
+        "faulthandler",
+        "-c",
+        CHILD,
+        os.path.dirname(os.path.abspath(__file__)),
+        device,
+        *cases,
+    ]
     result = subprocess.run(arguments, capture_output=True, text=True, timeout=300, env=environment)
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
     return result.returncode, lines, result.stderr, arguments
@@ -124,8 +162,13 @@ def crash_report(device, case, environment, gdb):
         return lines.get(case, f"exit status {status}: {stderr.strip()[-300:]}")
     report = f"crashed (signal {-status})\n{stderr[-3000:]}"
     if gdb and shutil.which("gdb"):
-        native = subprocess.run(["gdb", "-batch", "-ex", "run", "-ex", "bt 30", "--args", *arguments],
-                                capture_output=True, text=True, timeout=120, env=environment)
+        native = subprocess.run(
+            ["gdb", "-batch", "-ex", "run", "-ex", "bt 30", "--args", *arguments],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=environment,
+        )
         report += "\n-- gdb backtrace --\n" + native.stdout[-4000:]
     return report
 
@@ -135,8 +178,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--algorithm", default="auto", choices=["auto", "own", "blas"])
     parser.add_argument("--gdb", action="store_true", help="a crashed case again under gdb, for its native backtrace")
-    parser.add_argument("--control", action="store_true",
-                        help="after a crash, build the one-op control extension and make its bad call")
+    parser.add_argument(
+        "--control", action="store_true", help="after a crash, build the one-op control extension and make its bad call"
+    )
     args = parser.parse_args()
     environment = dict(os.environ, NST_EXT_GRAM_ALGORITHM=args.algorithm, PYTHONFAULTHANDLER="1")
     cases = [f"{number}{mode}" for number in range(len(CASES)) for mode in ("", ":inference")]

@@ -24,18 +24,24 @@ def ops_lines(ops):
     (worst and median over layers, sizes and layouts), and which algorithm auto chose."""
     if not ops or not ops.get("rows"):
         return ["(no kernel benchmark results)"]
-    lines = ["| op | dtype | vs torch.bmm: worst / median | vs reference: worst / median | rows |",
-             "|---|---|---:|---:|---:|"]
+    lines = [
+        "| op | dtype | vs torch.bmm: worst / median | vs reference: worst / median | rows |",
+        "|---|---|---:|---:|---:|",
+    ]
     groups = {}
     for row in ops["rows"]:
         groups.setdefault((row["op"], row["dtype"]), []).append(row["seconds"])
     for (op, dtype), rows in sorted(groups.items()):
+
         def ratios(name):
             values = [r[name] / r["compiled"] for r in rows if name in r]
             return f"{min(values):.2f}x / {statistics.median(values):.2f}x" if values else "-"
+
         lines.append(f"| {op} | {dtype} | {ratios('torch.bmm')} | {ratios('reference')} | {len(rows)} |")
     own = sum(1 for c in ops.get("choices", []) if c["algorithm"] == "own")
-    lines.append(f"\nauto chose our own kernel for {own} of {len(ops.get('choices', []))} shapes (cuBLAS for the rest).")
+    lines.append(
+        f"\nauto chose our own kernel for {own} of {len(ops.get('choices', []))} shapes (cuBLAS for the rest)."
+    )
     if not ops.get("complete", True):
         lines.append("The kernel benchmark stopped at its time limit: some rows are missing.")
     return lines
@@ -61,29 +67,42 @@ def share_lines(ops, step):
     over the step benchmark's median for the same size and convolution dtype."""
     if not ops or not ops.get("rows") or not step or not step.get("benchmarks"):
         return ["(needs both the kernel and the step benchmark)"]
-    steps = {(bench["params"].get("step_size"), bench["params"].get("implementation")): bench["stats"]["median"]
-             for bench in step["benchmarks"] if "params" in bench}
+    steps = {
+        (bench["params"].get("step_size"), bench["params"].get("implementation")): bench["stats"]["median"]
+        for bench in step["benchmarks"]
+        if "params" in bench
+    }
     losses = {}
     for row in ops["rows"]:
         if row["op"] == "style_loss+backward" and row.get("layout") == "channels_last" and "compiled" in row["seconds"]:
             key = (row["size"], row["dtype"])
             losses.setdefault(key, []).append(row["seconds"]["compiled"])
-    lines = ["| px | dtype | style losses, forward and backward (ms) | step (ms) | share |", "|---:|---|---:|---:|---:|"]
+    lines = [
+        "| px | dtype | style losses, forward and backward (ms) | step (ms) | share |",
+        "|---:|---|---:|---:|---:|",
+    ]
     for (size, dtype), seconds in sorted(losses.items()):
         whole = steps.get((size, STEP_FOR_DTYPE.get(dtype)))
         if whole:
-            lines.append(f"| {size} | {dtype} | {sum(seconds) * 1e3:.3f} ({len(seconds)} layers) | {whole * 1e3:.2f} "
-                         f"| {sum(seconds) / whole:.1%} |")
+            lines.append(
+                f"| {size} | {dtype} | {sum(seconds) * 1e3:.3f} ({len(seconds)} layers) | {whole * 1e3:.2f} "
+                f"| {sum(seconds) / whole:.1%} |"
+            )
     return lines if len(lines) > 2 else ["(no size and dtype in both benchmarks)"]
 
 
 def e2e_lines(e2e):
     if not e2e or not e2e.get("rows"):
         return ["(no end-to-end results)"]
-    lines = ["| size | run | steps per stage | optimisation s | whole call s | peak MiB |", "|---:|---|---|---:|---:|---:|"]
+    lines = [
+        "| size | run | steps per stage | optimisation s | whole call s | peak MiB |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
     for row in e2e["rows"]:
-        lines.append(f"| {row['size']} | {row.get('run', '')} | {row['steps']} | {row.get('optimisation_seconds', 0):.2f} "
-                     f"| {row['wall_seconds']:.2f} | {row['peak_mib']:.0f} |")
+        lines.append(
+            f"| {row['size']} | {row.get('run', '')} | {row['steps']} | {row.get('optimisation_seconds', 0):.2f} "
+            f"| {row['wall_seconds']:.2f} | {row['peak_mib']:.0f} |"
+        )
     return lines
 
 
@@ -99,9 +118,18 @@ def main():
     ok = all(p["status"] in ("passed", "not run") for p in parts)
     ops, step, e2e = (read_json(os.path.join(results, name)) for name in ("ops.json", "step.json", "e2e.json"))
 
-    md = ["# nst_ext GPU check", "", "```", machine, "```", "",
-          f"Overall: **{'passed' if ok else 'FAILED'}** in {total_seconds} s.", "",
-          "| part | status | seconds | detail |", "|---|---|---:|---|"]
+    md = [
+        "# nst_ext GPU check",
+        "",
+        "```",
+        machine,
+        "```",
+        "",
+        f"Overall: **{'passed' if ok else 'FAILED'}** in {total_seconds} s.",
+        "",
+        "| part | status | seconds | detail |",
+        "|---|---|---:|---|",
+    ]
     md += [f"| {p['part']} | {p['status']} | {p['seconds']} | {p['detail']} |" for p in parts]
     for p in parts:
         if p["status"] in ("failed", "timed out"):

@@ -18,8 +18,9 @@ TILE, GAP = 400, 7  # each picture 400 px high, 7 px of white between
 
 
 def side_by_side(pictures):
-    tiles = [picture.resize((round(TILE * picture.width / picture.height), TILE), Image.LANCZOS)
-             for picture in pictures]
+    tiles = [
+        picture.resize((round(TILE * picture.width / picture.height), TILE), Image.LANCZOS) for picture in pictures
+    ]
     sheet = Image.new("RGB", (sum(t.width for t in tiles) + GAP * (len(tiles) - 1), TILE), "white")
     left = 0
     for tile in tiles:
@@ -35,8 +36,9 @@ def main():
     data = os.path.join(os.path.dirname(nst_ext.__file__), "data")
     content, style = (nst_ext.load_image(os.path.join(data, name)) for name in ("astronaut.jpg", "swirls.jpg"))
     result = nst_ext.Stylizer().run(content, style)
-    save_image(side_by_side([to_pil(content), to_pil(style), result.image]), os.path.join(args.out, "demo.jpg"),
-               overwrite=True)
+    save_image(
+        side_by_side([to_pil(content), to_pil(style), result.image]), os.path.join(args.out, "demo.jpg"), overwrite=True
+    )
     save_image(plot_losses(result.history), os.path.join(args.out, "demo-loss.png"), overwrite=True)
     print(f"defaults, {len(result.history)} loss evaluations: {result.seconds:.1f} s of optimisation")
 

@@ -19,8 +19,10 @@ PALETTE_GROUND = [(20, 30, 40), (38, 52, 46), (60, 70, 50), (16, 22, 30)]
 
 def main(path):
     rng = random.Random(1889)
-    vortices = [(rng.uniform(0, SIZE), rng.uniform(0, SIZE * 0.7), rng.uniform(0.6, 1.4) * rng.choice((-1, 1)))
-                for _ in range(5)]
+    vortices = [
+        (rng.uniform(0, SIZE), rng.uniform(0, SIZE * 0.7), rng.uniform(0.6, 1.4) * rng.choice((-1, 1)))
+        for _ in range(5)
+    ]
     stars = [(rng.uniform(20, SIZE - 20), rng.uniform(20, SIZE * 0.6), rng.uniform(10, 26)) for _ in range(9)]
 
     def flow(x, y):
@@ -50,8 +52,11 @@ def main(path):
         draw.line(points, fill=colour, width=rng.randint(3, 7), joint="curve")
     for sx, sy, r in stars:
         for ring in range(4, 0, -1):
-            draw.ellipse([sx - r * ring / 3, sy - r * ring / 3, sx + r * ring / 3, sy + r * ring / 3],
-                         outline=rng.choice(PALETTE_LIGHT), width=3)
+            draw.ellipse(
+                [sx - r * ring / 3, sy - r * ring / 3, sx + r * ring / 3, sy + r * ring / 3],
+                outline=rng.choice(PALETTE_LIGHT),
+                width=3,
+            )
         draw.ellipse([sx - r / 3, sy - r / 3, sx + r / 3, sy + r / 3], fill=(255, 248, 210))
     image = image.filter(ImageFilter.SMOOTH)
     image.save(path, quality=92)

@@ -16,9 +16,19 @@ from PIL import Image, ImageDraw
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "panel")
 LONG_SIDE = 320
-SKIMAGE = {"camera": "camera.png", "chelsea": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.jpg",
-           "hubble": "hubble_deep_field.jpg", "brick": "brick.png", "gravel": "gravel.png", "grass": "grass.png",
-           "ihc": "ihc.png", "retina": "retina.jpg", "horse": "horse.png"}
+SKIMAGE = {
+    "camera": "camera.png",
+    "chelsea": "chelsea.png",
+    "coffee": "coffee.png",
+    "rocket": "rocket.jpg",
+    "hubble": "hubble_deep_field.jpg",
+    "brick": "brick.png",
+    "gravel": "gravel.png",
+    "grass": "grass.png",
+    "ihc": "ihc.png",
+    "retina": "retina.jpg",
+    "horse": "horse.png",
+}
 
 
 def blocks(path):
@@ -28,7 +38,9 @@ def blocks(path):
     draw = ImageDraw.Draw(image)
     xs = sorted(rng.sample(range(30, LONG_SIDE - 30), 4))
     ys = sorted(rng.sample(range(30, LONG_SIDE - 30), 4))
-    cells = [(x0, y0, x1, y1) for x0, x1 in zip([0] + xs, xs + [LONG_SIDE]) for y0, y1 in zip([0] + ys, ys + [LONG_SIDE])]
+    cells = [
+        (x0, y0, x1, y1) for x0, x1 in zip([0] + xs, xs + [LONG_SIDE]) for y0, y1 in zip([0] + ys, ys + [LONG_SIDE])
+    ]
     for cell, colour in zip(rng.sample(cells, 6), [(200, 30, 30), (30, 60, 170), (240, 200, 20)] * 2):
         draw.rectangle(cell, fill=colour)
     for x in xs:

@@ -24,12 +24,20 @@ for algorithm in ("own", "blas"):
                         x = x.contiguous(memory_format=torch.channels_last)
                     x.requires_grad_(True)
                     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
-                    for target in (torch.rand(shape[1], shape[1], device="cuda", dtype=accumulate),
-                                   torch.rand(shape[0], shape[1], shape[1], device="cuda", dtype=accumulate)):
+                    for target in (
+                        torch.rand(shape[1], shape[1], device="cuda", dtype=accumulate),
+                        torch.rand(shape[0], shape[1], shape[1], device="cuda", dtype=accumulate),
+                    ):
                         loss = nst_ext.style_loss(x, target)
                         (grad,) = torch.autograd.grad(loss, x)
                         expected = reference.style_loss(x.detach().double(), target.double())
-                        assert torch.allclose(loss.double(), expected, rtol=1e-3), (algorithm, shape, dtype, loss, expected)
+                        assert torch.allclose(loss.double(), expected, rtol=1e-3), (
+                            algorithm,
+                            shape,
+                            dtype,
+                            loss,
+                            expected,
+                        )
                         assert torch.isfinite(grad).all()
                     gram = nst_ext.gram_matrix(x)
                     (grad,) = torch.autograd.grad(gram.sum(), x)

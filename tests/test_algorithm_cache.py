@@ -37,9 +37,13 @@ CHILD = textwrap.dedent("""
 
 
 def child(folder, *shapes, load=True):
-    result = subprocess.run([sys.executable, "-c", CHILD, str(folder), "load" if load else "no", *shapes],
-                            capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, NST_EXT_GRAM_ALGORITHM="auto"))
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), "load" if load else "no", *shapes],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, NST_EXT_GRAM_ALGORITHM="auto"),
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -61,9 +65,15 @@ def test_a_second_process_finds_the_first_ones_choices(tmp_path):
 
 def test_concurrent_savers_lose_no_choice(tmp_path):
     shapes = [f"{channels},4,5" for channels in (3, 5, 7, 9)]
-    processes = [subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), "no", shape], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, env=dict(os.environ, NST_EXT_GRAM_ALGORITHM="auto"))
-                 for shape in shapes]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(tmp_path), "no", shape],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, NST_EXT_GRAM_ALGORITHM="auto"),
+        )
+        for shape in shapes
+    ]
     for process in processes:
         assert process.wait(timeout=300) == 0, process.stderr.read()
     stored = json.loads(next(tmp_path.glob("gram-choices-*.json")).read_text())["choices"]
@@ -82,12 +92,21 @@ def test_a_bad_file_is_ignored_and_replaced(tmp_path):
 def test_restored_choices_win_over_the_cache(tmp_path, monkeypatch):
     """A picture's recorded choice (restored for --from) is not replaced by the machine's cache."""
     monkeypatch.setenv("NST_EXT_CACHE_DIR", str(tmp_path))
-    key = {"device": "cpu", "device_index": -1, "op": "gram", "dtype": "Float", "batch": 1, "channels": 6,
-           "spatial": 10, "layout": "nchw"}
+    key = {
+        "device": "cpu",
+        "device_index": -1,
+        "op": "gram",
+        "dtype": "Float",
+        "batch": 1,
+        "channels": 6,
+        "spatial": 10,
+        "layout": "nchw",
+    }
     path = algorithm_cache.cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": {}, "choices": [dict(key, algorithm="blas"), dict(key, channels=7,
-                                                                                          algorithm="own")]}))
+    path.write_text(
+        json.dumps({"machine": {}, "choices": [dict(key, algorithm="blas"), dict(key, channels=7, algorithm="own")]})
+    )
     previous = dispatch.gram_algorithm_choices()
     dispatch.clear_gram_algorithm_choices()
     try:
@@ -100,14 +119,32 @@ def test_restored_choices_win_over_the_cache(tmp_path, monkeypatch):
         dispatch.restore_gram_algorithm_choices(previous)
 
 
-@pytest.mark.parametrize("wrong", [{"device": ["cpu"]}, {"channels": "6"}, {"batch": True}, {"layout": "nc\thw"},
-                                   {"op": None}, {"algorithm": {"own": 1}}])
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"device": ["cpu"]},
+        {"channels": "6"},
+        {"batch": True},
+        {"layout": "nc\thw"},
+        {"op": None},
+        {"algorithm": {"own": 1}},
+    ],
+)
 def test_a_forged_choice_is_skipped_and_the_others_kept(tmp_path, monkeypatch, wrong):
     """A cache file with a list (or any other type) where a field belongs: that row is not a choice
     (it gave a traceback), the file's other rows still count."""
     monkeypatch.setenv("NST_EXT_CACHE_DIR", str(tmp_path))
-    key = {"device": "cpu", "device_index": -1, "op": "gram", "dtype": "Float", "batch": 1, "channels": 6,
-           "spatial": 10, "layout": "nchw", "algorithm": "blas"}
+    key = {
+        "device": "cpu",
+        "device_index": -1,
+        "op": "gram",
+        "dtype": "Float",
+        "batch": 1,
+        "channels": 6,
+        "spatial": 10,
+        "layout": "nchw",
+        "algorithm": "blas",
+    }
     path = algorithm_cache.cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": {}, "choices": [dict(key, **wrong), dict(key, channels=9), "own", 3]}))
@@ -168,8 +205,17 @@ def test_the_record_lists_only_the_choices_its_run_used():
     previous = dispatch.gram_algorithm_choices()
     dispatch.clear_gram_algorithm_choices()
     try:
-        unused = {"device": "cpu", "device_index": -1, "op": "gram", "dtype": "Float", "batch": 1, "channels": 11,
-                  "spatial": 13, "layout": "nchw", "algorithm": "blas"}
+        unused = {
+            "device": "cpu",
+            "device_index": -1,
+            "op": "gram",
+            "dtype": "Float",
+            "batch": 1,
+            "channels": 11,
+            "spatial": 13,
+            "layout": "nchw",
+            "algorithm": "blas",
+        }
         dispatch.restore_gram_algorithm_choices([unused])
         with nst_ext.gram_algorithm("auto"):
             nst_ext.gram_matrix(torch.rand(1, 5, 4, 4))

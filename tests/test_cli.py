@@ -16,8 +16,9 @@ FAST = ["--size", "48", "--steps", "3"]
 
 
 def nst_ext_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "nst_ext", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "nst_ext", *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
 
 
 def assert_one_line_error(result, pattern):
@@ -35,7 +36,9 @@ def test_stylize_writes_the_image_with_progress(tmp_path):
     result = nst_ext_cli("stylize", CONTENT, STYLE, "-o", out, *FAST)
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (48, 48)
-    assert "3/3" in result.stderr and "content" in result.stderr and "style" in result.stderr and "total" in result.stderr
+    assert (
+        "3/3" in result.stderr and "content" in result.stderr and "style" in result.stderr and "total" in result.stderr
+    )
     assert f"wrote {out}" in result.stderr
 
 
@@ -52,11 +55,32 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
 
 def test_plot_intermediates_and_several_styles(tmp_path):
     out = tmp_path / "mix.png"
-    result = nst_ext_cli("stylize", CONTENT, STYLE, CONTENT, "-o", out, "--style-blend-weights", "3,1", "--size", "48",
-                         "--steps", "4", "--save-every", "2", "--plot", tmp_path / "loss.png", "--quiet")
+    result = nst_ext_cli(
+        "stylize",
+        CONTENT,
+        STYLE,
+        CONTENT,
+        "-o",
+        out,
+        "--style-blend-weights",
+        "3,1",
+        "--size",
+        "48",
+        "--steps",
+        "4",
+        "--save-every",
+        "2",
+        "--plot",
+        tmp_path / "loss.png",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "mix.png", "mix.stage0.step0002.png",
-                                                         "mix.stage0.step0004.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "loss.png",
+        "mix.png",
+        "mix.stage0.step0002.png",
+        "mix.stage0.step0004.png",
+    ]
     assert Image.open(tmp_path / "loss.png").size[0] > 300
     assert "%|" not in result.stderr  # --quiet: no progress bar
 
@@ -71,10 +95,39 @@ def test_existing_intermediate_images_are_kept(tmp_path):
 
 def test_options_reach_the_stylizer(tmp_path):
     out = tmp_path / "o.png"
-    result = nst_ext_cli("stylize", CONTENT, STYLE, "-o", out, "--scales", "32,48", "--steps", "2,2", "--optimizer",
-                         "adam", "--init", "noise", "--preserve-color", "histogram", "--pooling", "max",
-                         "--style-layers", "relu1_1,relu2_1", "--style-layer-weights", "1,2", "--content-layers",
-                         "relu3_2", "--seed", "5", "--tv-weight", "0", "--style-scale", "0.8", "--device", "cpu")
+    result = nst_ext_cli(
+        "stylize",
+        CONTENT,
+        STYLE,
+        "-o",
+        out,
+        "--scales",
+        "32,48",
+        "--steps",
+        "2,2",
+        "--optimizer",
+        "adam",
+        "--init",
+        "noise",
+        "--preserve-color",
+        "histogram",
+        "--pooling",
+        "max",
+        "--style-layers",
+        "relu1_1,relu2_1",
+        "--style-layer-weights",
+        "1,2",
+        "--content-layers",
+        "relu3_2",
+        "--seed",
+        "5",
+        "--tv-weight",
+        "0",
+        "--style-scale",
+        "0.8",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (48, 48) and "4/4" in result.stderr
 
@@ -114,7 +167,9 @@ def make_inputs(tmp_path):
     (tmp_path / "truncated.png").write_bytes(data[: len(data) // 3])
 
 
-@pytest.mark.parametrize("content,style", [("cmyk.jpg", "palette.png"), ("gray16.png", "rgba.png"), ("gray.png", "cmyk.jpg")])
+@pytest.mark.parametrize(
+    "content,style", [("cmyk.jpg", "palette.png"), ("gray16.png", "rgba.png"), ("gray.png", "cmyk.jpg")]
+)
 def test_unusual_image_modes_work(tmp_path, content, style):
     make_inputs(tmp_path)
     result = nst_ext_cli("stylize", tmp_path / content, tmp_path / style, "-o", tmp_path / "out.png", *FAST)
@@ -126,10 +181,22 @@ BAD_INPUTS = [
     (["stylize", CONTENT, "{tmp}/notes.txt", "-o", "{tmp}/o.png"], r"style image '.*notes.txt' is not a picture"),
     (["stylize", "{tmp}/truncated.png", STYLE, "-o", "{tmp}/o.png"], r"truncated or corrupt"),
     (["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--size", "8"], r"too small for layer relu5_1"),
-    (["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--max-input-pixels", "1000"], r"over the limit of 1,000; raise it with --max-input-pixels"),
-    (["stylize", CONTENT, STYLE, STYLE, "-o", "{tmp}/o.png", "--style-blend-weights", "1,2,3"], r"3 style blend weights given for 2 style images"),
-    (["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--style-layers", "relu1_1,relu6_1"], r"unknown style layer 'relu6_1'"),
-    (["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--style-layer-weights", "1,2"], r"2 style layer weights given for 5 style layers"),
+    (
+        ["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--max-input-pixels", "1000"],
+        r"over the limit of 1,000; raise it with --max-input-pixels",
+    ),
+    (
+        ["stylize", CONTENT, STYLE, STYLE, "-o", "{tmp}/o.png", "--style-blend-weights", "1,2,3"],
+        r"3 style blend weights given for 2 style images",
+    ),
+    (
+        ["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--style-layers", "relu1_1,relu6_1"],
+        r"unknown style layer 'relu6_1'",
+    ),
+    (
+        ["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--style-layer-weights", "1,2"],
+        r"2 style layer weights given for 5 style layers",
+    ),
     (["stylize", CONTENT, STYLE, "-o", "{tmp}/o.gifx"], r"unknown extension"),
     (["stylize", CONTENT, STYLE, "-o", "{tmp}/nowhere/o.png"], r"folder .* does not exist"),
     (["stylize", CONTENT, STYLE, "-o", "{tmp}/o.png", "--weights", "{tmp}/notes.txt"], r"cannot read weights file"),
@@ -140,8 +207,11 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("args,pattern", BAD_INPUTS, ids=[f"bad-{i}" for i in range(len(BAD_INPUTS))])
 def test_bad_input_gets_one_clear_line(tmp_path, args, pattern):
     make_inputs(tmp_path)
-    result = nst_ext_cli(*[arg.replace("{tmp}", str(tmp_path)) for arg in args], "--steps", "1") if "--steps" not in args \
+    result = (
+        nst_ext_cli(*[arg.replace("{tmp}", str(tmp_path)) for arg in args], "--steps", "1")
+        if "--steps" not in args
         else nst_ext_cli(*[arg.replace("{tmp}", str(tmp_path)) for arg in args])
+    )
     assert_one_line_error(result, pattern)
     assert not (tmp_path / "o.png").exists()
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ["README.md", "BENCHMARKS.md"] + sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))
+DOCUMENTS = ["README.md", "BENCHMARKS.md"] + sorted(
+    p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")
+)
 # [text](target) and ![alt](target); the target ends at the first space or closing parenthesis.
 LINK = re.compile(r"\]\(([^)\s]+)")
 # A citation of a section by name: BENCHMARKS.md, "Large pictures" (a comma or not, straight quotes).
@@ -42,7 +44,11 @@ def test_local_links_point_at_files_and_headings_that_exist(name):
         file = document.parent / path
         if not file.exists():
             missing.append(target)
-        elif anchor and file.suffix == ".md" and anchor not in {slug(h) for h in headings(file.read_text(encoding="utf-8"))}:
+        elif (
+            anchor
+            and file.suffix == ".md"
+            and anchor not in {slug(h) for h in headings(file.read_text(encoding="utf-8"))}
+        ):
             missing.append(target)
     assert not missing, f"{name} links to files or headings that do not exist: {missing}"
 
@@ -61,8 +67,12 @@ def test_link_pattern_finds_pictures_and_skips_urls():
 
 def cited_sections():
     """(file, section) for every citation of a BENCHMARKS.md section by name in code and documents."""
-    places = [p for folder in ("nst_ext", "benchmarks", "scripts", "csrc", "docs") for p in (ROOT / folder).rglob("*")
-              if p.suffix in (".py", ".h", ".cpp", ".cu", ".cuh", ".md", ".sh") and "notes" not in p.parts]
+    places = [
+        p
+        for folder in ("nst_ext", "benchmarks", "scripts", "csrc", "docs")
+        for p in (ROOT / folder).rglob("*")
+        if p.suffix in (".py", ".h", ".cpp", ".cu", ".cuh", ".md", ".sh") and "notes" not in p.parts
+    ]
     places += [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "setup.py"]
     for path in places:
         text = " ".join(path.read_text(encoding="utf-8").split())  # a citation may wrap across lines

@@ -60,8 +60,9 @@ def test_still_pixels_keep_a_zero_flow():
 
 def test_frames_too_small_for_dis_get_no_motion():
     small = torch.rand(3, 9, flow.DIS_MIN_SIDE - 1)
-    assert torch.equal(flow.flow_between(small, torch.rand(3, 9, flow.DIS_MIN_SIDE - 1)),
-                       torch.zeros(2, 9, flow.DIS_MIN_SIDE - 1))
+    assert torch.equal(
+        flow.flow_between(small, torch.rand(3, 9, flow.DIS_MIN_SIDE - 1)), torch.zeros(2, 9, flow.DIS_MIN_SIDE - 1)
+    )
 
 
 def test_frames_of_other_shapes_are_refused():
@@ -82,8 +83,9 @@ def test_the_consistency_check_excludes_what_an_occluder_hid():
     assert hidden.sum() > 50  # the strip the object uncovered
     assert exact.disoccluded[hidden].all() and not exact.reliable[hidden].any()
     assert exact.reliable[~hidden].float().mean() > 0.9  # motion boundaries aside, the rest is trusted
-    estimated = flow.consistency(flow.flow_between(clip.frames[2], clip.frames[1]),
-                                 flow.flow_between(clip.frames[1], clip.frames[2]))
+    estimated = flow.consistency(
+        flow.flow_between(clip.frames[2], clip.frames[1]), flow.flow_between(clip.frames[1], clip.frames[2])
+    )
     assert (~estimated.reliable)[hidden].float().mean() > 0.9
     assert estimated.reliable[~hidden].float().mean() > 0.8
 
@@ -101,7 +103,7 @@ def test_still_mask_frees_moved_pixels_and_their_margin():
     current[:, 10, 10] = 1.0
     mask = flow.still_mask(current, previous)
     margin = flow.MOTION_MARGIN
-    assert mask[10 - margin:11 + margin, 10 - margin:11 + margin].eq(0).all()
+    assert mask[10 - margin : 11 + margin, 10 - margin : 11 + margin].eq(0).all()
     assert mask.sum() == 400 - (2 * margin + 1) ** 2
 
 

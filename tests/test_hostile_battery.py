@@ -64,12 +64,19 @@ def single_error_line(err: str) -> str:
 
 # -- 1: the progress bars on (not --quiet), as a person at a terminal runs them -------------------------
 
+
 def run_in_terminal(args, cwd, timeout=300):
     """`nst-ext ARGS` with a pseudo-terminal as its stdin, stdout and stderr: (exit status, output)."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size
-    process = subprocess.Popen([sys.executable, "-m", "nst_ext", *map(str, args)], stdin=follower, stdout=follower,
-                               stderr=follower, cwd=cwd, close_fds=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nst_ext", *map(str, args)],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        cwd=cwd,
+        close_fds=True,
+    )
     os.close(follower)
     output, deadline = b"", time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,6 +113,7 @@ def test_batch_with_its_progress_bar_into_a_pipe(tmp_path):
 
 # -- 2, 3, 13: no input of a job is ever one of its outputs -------------------------------------------
 
+
 def test_a_list_file_never_replaces_its_own_pictures(tmp_path, capsys):
     photo = one_picture(tmp_path / "L" / "a.png")
     before = photo.read_bytes()
@@ -131,8 +139,7 @@ def test_a_video_never_replaces_its_style_or_init_image(tmp_path, clip, capsys):
     gif = tmp_path / "sty.gif"
     Image.open(STYLE).save(gif)
     before = gif.read_bytes()
-    cases = [[str(clip), str(gif), "-o", str(gif)],
-             [str(clip), STYLE, "-o", str(gif), "--init", str(gif)]]
+    cases = [[str(clip), str(gif), "-o", str(gif)], [str(clip), STYLE, "-o", str(gif), "--init", str(gif)]]
     for arguments in cases:
         assert main(["video", *arguments, "--overwrite", *VIDEO_TINY]) == 2
         assert "is one of this run's inputs" in single_error_line(capsys.readouterr().err)
@@ -146,6 +153,7 @@ def test_the_output_folder_is_the_input_folder(tmp_path, capsys):
 
 
 # -- 4: every output inside OUT_DIR ----------------------------------------------------------------------
+
 
 def test_list_lines_climbing_out_of_the_folder_land_inside_it(tmp_path):
     one_picture(tmp_path / "pic.jpg")
@@ -165,13 +173,19 @@ def test_list_lines_climbing_out_of_the_folder_land_inside_it(tmp_path):
 
 # -- 5: a full disk --------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A tiny tmpfs, filled: every write of data there fails with ENOSPC (needs root and mount)."""
     mount = tmp_path / "full"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         filler = mount / "filler"
@@ -190,8 +204,13 @@ def test_stylize_on_a_full_disk_keeps_the_picture(tmp_path, full_disk):
     rescue = tmp_path / "rescue"
     rescue.mkdir()
     out = full_disk / "out.png"
-    result = subprocess.run([sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", str(out), *TINY],
-                            capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(rescue)))
+    result = subprocess.run(
+        [sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", str(out), *TINY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TMPDIR=str(rescue)),
+    )
     assert result.returncode == 1, result.stderr
     line = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(line) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -205,9 +224,26 @@ def test_intermediate_images_on_a_full_disk_do_not_stop_the_run(tmp_path, full_d
     rescue = tmp_path / "rescue"
     rescue.mkdir()
     out = full_disk / "out.png"
-    result = subprocess.run([sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", str(out), *TINY,
-                             "--save-every", "1", "--quiet"],
-                            capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(rescue)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nst_ext",
+            "stylize",
+            CONTENT,
+            STYLE,
+            "-o",
+            str(out),
+            *TINY,
+            "--save-every",
+            "1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TMPDIR=str(rescue)),
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     warnings_seen = [line for line in result.stderr.splitlines() if line.startswith("nst-ext: warning: ")]
     assert len(warnings_seen) == 1 and "no more intermediate images are written" in warnings_seen[0]
@@ -233,11 +269,12 @@ def test_batch_on_a_full_disk_stops_keeps_the_picture_and_resumes(tmp_path, full
 
 # -- 6, 7: the manifest --------------------------------------------------------------------------------
 
+
 def test_a_short_write_is_caught_and_its_torn_line_skipped(tmp_path, monkeypatch):
     manifest = tmp_path / MANIFEST_NAME
     record = dict(item="a.jpg", output="a.png", status="done", settings="s")
     real_write = os.write
-    monkeypatch.setattr("nst_ext.jobs.batch.os.write", lambda handle, data: real_write(handle, data[:len(data) // 2]))
+    monkeypatch.setattr("nst_ext.jobs.batch.os.write", lambda handle, data: real_write(handle, data[: len(data) // 2]))
     with pytest.raises(WriteError, match="no space left"):
         append_record(manifest, record)
     monkeypatch.setattr("nst_ext.jobs.batch.os.write", real_write)
@@ -269,6 +306,7 @@ def test_a_job_resumes_past_torn_and_foreign_manifest_lines(tmp_path, capsys):
 
 # -- 8: batch's output folder --------------------------------------------------------------------------
 
+
 def test_batch_output_that_is_a_file_or_cannot_be_made(tmp_path, capsys, monkeypatch):
     one_picture(tmp_path / "in" / "a.jpg")
     (tmp_path / "file").write_text("a file")
@@ -291,18 +329,22 @@ def test_batch_into_a_read_only_folder_as_an_unprivileged_user(tmp_path):
     os.chmod(tmp_path, 0o755)
     os.chmod(locked, 0o555)
     for out in (locked, locked / "new"):
-        result = main_as_unprivileged_user(["batch", str(tmp_path / "in"), STYLE, "-o", str(out), "--size", "40",
-                                            "--steps", "1", "--quiet"])
+        result = main_as_unprivileged_user(
+            ["batch", str(tmp_path / "in"), STYLE, "-o", str(out), "--size", "40", "--steps", "1", "--quiet"]
+        )
         assert_one_line_error(result, r"(not writable|cannot make the output folder).*permission denied")
 
 
 # -- 9: only regular files are read ----------------------------------------------------------------------
 
+
 def test_fifos_are_refused_at_once(tmp_path, capsys):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
-    for arguments in (["stylize", str(fifo), STYLE, "-o", str(tmp_path / "a.png")],
-                      ["stylize", CONTENT, str(fifo), "-o", str(tmp_path / "b.png")]):
+    for arguments in (
+        ["stylize", str(fifo), STYLE, "-o", str(tmp_path / "a.png")],
+        ["stylize", CONTENT, str(fifo), "-o", str(tmp_path / "b.png")],
+    ):
         result = nst_ext_cli(*arguments, *TINY)  # a hang would fail on the subprocess's timeout
         assert_one_line_error(result, r"pipe.png' is a FIFO \(named pipe\); only regular files are read")
     one_picture(tmp_path / "a.jpg")
@@ -317,6 +359,7 @@ def test_fifos_are_refused_at_once(tmp_path, capsys):
 
 
 # -- 10: memory limits -----------------------------------------------------------------------------------
+
 
 def test_the_budget_honours_the_address_space_limit(monkeypatch):
     used = budget._status_bytes("VmSize")
@@ -358,8 +401,10 @@ def test_the_budget_honours_the_cgroup_limit(tmp_path, version):
 
 def test_a_failed_allocation_is_one_line(tmp_path, monkeypatch, capsys):
     def exhausted(self, *args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                           "memory: you tried to allocate 4503599627370496 bytes. Error code 12")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 4503599627370496 bytes. Error code 12"
+        )
 
     monkeypatch.setattr(Stylizer, "run", exhausted)
     assert main(["stylize", CONTENT, STYLE, "-o", str(tmp_path / "out.png"), *TINY, "--quiet"]) == 1
@@ -375,6 +420,7 @@ def test_a_tiny_memory_budget_names_its_size(tmp_path):
 
 # -- 11, 15: odd images ----------------------------------------------------------------------------------
 
+
 def test_a_float_tiff_with_nan_is_refused_at_load(tmp_path):
     values = np.random.rand(48, 48).astype(np.float32)
     values[3, 5] = np.nan
@@ -386,9 +432,11 @@ def test_a_float_tiff_with_nan_is_refused_at_load(tmp_path):
 
 def test_integer_and_float_tiffs_are_scaled_by_their_real_range(tmp_path):
     ramp = np.tile(np.linspace(0, 1, 64), (8, 1))
-    for name, values, mode in (("int32.tif", (ramp * 4_000_000 - 1_000_000).astype(np.int32), "I"),
-                               ("sixteen.tif", (ramp * 65535).astype(np.int32), "I"),
-                               ("float.tif", (ramp * 1000).astype(np.float32), "F")):
+    for name, values, mode in (
+        ("int32.tif", (ramp * 4_000_000 - 1_000_000).astype(np.int32), "I"),
+        ("sixteen.tif", (ramp * 65535).astype(np.int32), "I"),
+        ("float.tif", (ramp * 1000).astype(np.float32), "F"),
+    ):
         Image.fromarray(values).save(tmp_path / name)
         assert Image.open(tmp_path / name).mode == mode
         image = nst_ext.load_image(tmp_path / name)
@@ -404,21 +452,24 @@ def test_integer_and_float_tiffs_are_scaled_by_their_real_range(tmp_path):
 
 # -- 12, 19: the video's work folder ----------------------------------------------------------------------
 
+
 @needs_opencv
 def test_a_video_work_folder_that_is_a_file_or_has_corrupt_settings(tmp_path, clip, capsys):
     work = tmp_path / ".out.mp4.frames"
     work.write_text("not a folder")
     assert main(["video", str(clip), STYLE, "-o", str(tmp_path / "out.mp4"), *VIDEO_TINY]) == 2
     assert "is a file, where this video keeps its finished frames; move or remove it" in single_error_line(
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     work.unlink()
     work.mkdir()
     (work / "settings.json").write_text("{torn")
     (work / "frame000000.png").write_bytes(b"")
     assert main(["video", str(clip), STYLE, "-o", str(tmp_path / "out.mp4"), *VIDEO_TINY]) == 2
     assert "settings.json cannot be read" in single_error_line(capsys.readouterr().err)
-    assert main(["video", str(clip), STYLE, "-o", str(tmp_path / "out.mp4"), *VIDEO_TINY, "--quiet",
-                 "--overwrite"]) == 0
+    assert (
+        main(["video", str(clip), STYLE, "-o", str(tmp_path / "out.mp4"), *VIDEO_TINY, "--quiet", "--overwrite"]) == 0
+    )
     assert (tmp_path / "out.mp4").exists() and not work.exists()
 
 
@@ -432,26 +483,33 @@ def test_a_video_refused_by_the_stylizer_leaves_no_work_folder(tmp_path, clip, c
 
 # -- 14: linked subfolders ---------------------------------------------------------------------------------
 
+
 def test_a_linked_subfolder_is_followed_and_a_loop_ends(tmp_path):
     one_picture(tmp_path / "in" / "a.jpg")
     one_picture(tmp_path / "elsewhere" / "b.jpg")
     (tmp_path / "in" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "in", target_is_directory=True)
-    summary = nst_ext.jobs.run_batch(tmp_path / "in", [STYLE], tmp_path / "out",
-                                     nst_ext.StyleOptions(size=40, steps=2, device="cpu"))
+    summary = nst_ext.jobs.run_batch(
+        tmp_path / "in", [STYLE], tmp_path / "out", nst_ext.StyleOptions(size=40, steps=2, device="cpu")
+    )
     assert (summary.done, summary.failed) == (2, [])
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
-        "a.png", "linked/b.png"]
+        "a.png",
+        "linked/b.png",
+    ]
 
 
 # -- 16: one job per output ------------------------------------------------------------------------------
 
+
 def hold_lock(path: Path):
     """Another process holding the job lock at `path` (as a running job does), until killed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, str(os.getpid()).encode(), 0); print('held', flush=True); "
-            "time.sleep(120)")
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, str(os.getpid()).encode(), 0); print('held', flush=True); "
+        "time.sleep(120)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
@@ -484,9 +542,11 @@ def test_a_second_job_on_the_same_output_is_refused(tmp_path, clip, capsys):
 
 # -- 17: the Python API's types ------------------------------------------------------------------------
 
+
 def test_api_strings_are_lists_and_bad_types_are_named():
-    options = nst_ext.StyleOptions(content_layers="relu4_2", style_layers="relu1_1, relu2_1", scales="64,128",
-                                   steps="3")
+    options = nst_ext.StyleOptions(
+        content_layers="relu4_2", style_layers="relu1_1, relu2_1", scales="64,128", steps="3"
+    )
     assert options.content_layers == ("relu4_2",) and options.style_layers == ("relu1_1", "relu2_1")
     assert options.scales == [64, 128] and options.steps == 3
     options.validate()
@@ -512,9 +572,11 @@ def test_a_float_tensor_in_0_to_255_is_refused():
 
 # -- 20: a run that changed nothing says so ----------------------------------------------------------------
 
+
 def test_one_step_that_improves_nothing_is_warned_about(tmp_path):
-    result = nst_ext_cli("stylize", CONTENT, STYLE, "-o", tmp_path / "out.png", "--size", "40", "--steps", "1",
-                         "--quiet")
+    result = nst_ext_cli(
+        "stylize", CONTENT, STYLE, "-o", tmp_path / "out.png", "--size", "40", "--steps", "1", "--quiet"
+    )
     assert result.returncode == 0, result.stderr
     assert "nst-ext: warning: no step improved the picture" in result.stderr
     improved = nst_ext_cli("stylize", CONTENT, STYLE, "-o", tmp_path / "b.png", *TINY, "--quiet")
@@ -522,6 +584,7 @@ def test_one_step_that_improves_nothing_is_warned_about(tmp_path):
 
 
 # -- the demo ------------------------------------------------------------------------------------------
+
 
 def test_a_leftover_demo_plot_does_not_stop_the_demo(tmp_path):
     (tmp_path / "nst-ext-demo-loss.png").write_bytes(b"an earlier plot")
@@ -532,6 +595,7 @@ def test_a_leftover_demo_plot_does_not_stop_the_demo(tmp_path):
 
 
 # -- the help agrees with the options and the README ---------------------------------------------------
+
 
 def test_help_states_todays_defaults():
     flat = " ".join(nst_ext_cli("stylize", "--help").stdout.split())

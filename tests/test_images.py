@@ -27,7 +27,11 @@ def test_rgb_file_round_trip(tmp_path):
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "YCbCr", "I;16", "I", "F", "1"])
 def test_every_mode_becomes_rgb(tmp_path, mode):
     base = Image.fromarray(rgb_pixels())
-    converted = base.convert(mode) if mode not in ("I;16",) else base.convert("L").convert("I").point(lambda v: v * 256).convert("I;16")
+    converted = (
+        base.convert(mode)
+        if mode not in ("I;16",)
+        else base.convert("L").convert("I").point(lambda v: v * 256).convert("I;16")
+    )
     image = load_image(converted)
     assert image.shape == (3, 4, 6) and 0 <= image.min() and image.max() <= 1
 
@@ -103,7 +107,9 @@ def test_truncated_file(tmp_path):
 
 def test_pixel_limit_names_the_flag(tmp_path):
     Image.new("RGB", (100, 50)).save(tmp_path / "big.png")
-    with pytest.raises(ImageError, match=r"100x50 = 5,000 pixels, over the limit of 4,999; raise it with --max-input-pixels"):
+    with pytest.raises(
+        ImageError, match=r"100x50 = 5,000 pixels, over the limit of 4,999; raise it with --max-input-pixels"
+    ):
         load_image(tmp_path / "big.png", max_pixels=4999)
 
 

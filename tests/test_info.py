@@ -12,8 +12,9 @@ from nst_ext import info
 
 
 def test_the_self_test_passes_here_and_prints_its_table():
-    result = subprocess.run([sys.executable, "-m", "nst_ext", "info", "--self-test"], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "nst_ext", "info", "--self-test"], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     devices = 1 + torch.cuda.device_count()
     rows = [line for line in result.stdout.splitlines() if line.endswith("  ok")]

@@ -50,7 +50,11 @@ def test_batch_does_a_folder_keeps_its_layout_and_skips_a_bad_item(tmp_path, cap
     assert "nst-ext: batch: 3 done, 0 skipped as already done, 1 failed (broken.png)" in err
     outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert outputs == ["deep/er/photo1.png", "photo0.png", "photo2.png"]
-    assert nst_ext.load_image(out / "photo0.png").shape == (3, 42, 48)  # --size 48 on the 60x52 photo: 41.6 rounds to 42
+    assert nst_ext.load_image(out / "photo0.png").shape == (
+        3,
+        42,
+        48,
+    )  # --size 48 on the 60x52 photo: 41.6 rounds to 42
     records = read_manifest(out / MANIFEST_NAME)
     assert {r["status"] for r in records} == {"done", "failed"} and all(r["settings"] for r in records)
     # Each picture records how it was made, its own content among the inputs (nst_ext.io.provenance).
@@ -98,10 +102,13 @@ def test_batch_from_a_list_file(tmp_path):
     assert (out / "photo0.png").exists() and (out / "deep" / "er" / "photo1.png").exists()
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda d: None, "does not exist"),
-    (lambda d: d.mkdir(), "holds no images"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.mkdir(), "holds no images"),
+    ],
+)
 def test_batch_bad_input_is_one_line(tmp_path, capsys, setup, message):
     setup(tmp_path / "in")
     assert main(["batch", str(tmp_path / "in"), str(STYLE), "-o", str(tmp_path / "out"), *FAST]) == 2
@@ -126,8 +133,25 @@ def test_style_targets_are_made_once_per_stage_size(tmp_path, monkeypatch):
 def test_batch_resumes_after_a_stop_without_redoing_anything(tmp_path, batch_size):
     job, out = make_job(tmp_path / "in", count=6), tmp_path / "out"
     (job / "broken.png").unlink()
-    command = [sys.executable, "-m", "nst_ext", "batch", str(job), str(STYLE), "-o", str(out),
-               "--size", "64", "--steps", "8", "--device", "cpu", "--quiet", "--batch-size", batch_size]
+    command = [
+        sys.executable,
+        "-m",
+        "nst_ext",
+        "batch",
+        str(job),
+        str(STYLE),
+        "-o",
+        str(out),
+        "--size",
+        "64",
+        "--steps",
+        "8",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--batch-size",
+        batch_size,
+    ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     manifest = out / MANIFEST_NAME
     deadline = time.monotonic() + 120
@@ -150,15 +174,30 @@ def test_torchrun_two_processes_do_every_item_exactly_once(tmp_path):
     job, out = make_job(tmp_path / "in", count=5), tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # With the progress bar on, as a person runs it (rank 0 shows every rank's progress).
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "nst_ext", "batch", str(job), str(STYLE), "-o", str(out), *[a for a in FAST if a != "--quiet"]]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "nst_ext",
+        "batch",
+        str(job),
+        str(STYLE),
+        "-o",
+        str(out),
+        *[a for a in FAST if a != "--quiet"],
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode != 0  # broken.png failed: exit status 1 on every rank (torchrun then shows its own trace)
     assert not re.search(r'File "[^"]*/nst_ext/', result.stderr), result.stderr  # no frame of ours in a trace
     assert result.stderr.count("nst-ext: batch: 5 done, 0 skipped as already done, 1 failed (broken.png)") == 1
     records = read_manifest(out / MANIFEST_NAME)
     assert Counter(r["item"] for r in records) == Counter(
-        {**{f"{'deep/er/' if i % 2 else ''}photo{i}.jpg": 1 for i in range(5)}, "broken.png": 1})
+        {**{f"{'deep/er/' if i % 2 else ''}photo{i}.jpg": 1 for i in range(5)}, "broken.png": 1}
+    )
     assert {r["rank"] for r in records} == {0, 1}
     (job / "broken.png").unlink()
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -171,10 +210,15 @@ def test_torchrun_two_processes_do_every_item_exactly_once(tmp_path):
 def three_contents(seed, height=40, width=52):
     generator = torch.Generator().manual_seed(seed)
     photo = nst_ext.load_image(DATA / "astronaut.jpg")
-    crops = [photo[:, 20 * i:20 * i + 200, 30 * i:30 * i + 260] for i in range(3)]
+    crops = [photo[:, 20 * i : 20 * i + 200, 30 * i : 30 * i + 260] for i in range(3)]
     # Real pictures with fresh noise on each, so that every run sees new inputs.
-    return [(torch.nn.functional.interpolate(crop[None], size=(height, width), mode="area")[0]
-             + 0.05 * torch.randn(3, height, width, generator=generator)).clamp(0, 1) for crop in crops]
+    return [
+        (
+            torch.nn.functional.interpolate(crop[None], size=(height, width), mode="area")[0]
+            + 0.05 * torch.randn(3, height, width, generator=generator)
+        ).clamp(0, 1)
+        for crop in crops
+    ]
 
 
 @pytest.fixture
@@ -239,8 +283,9 @@ def test_run_many_gives_each_picture_the_picture_run_gives(device, seed, exact_f
     such differences by orders of magnitude where it takes a wild step, as on tiny noisy pictures
     after a few steps, so this compares over few steps on two stages: stated tolerance 0.01 (of
     1) per pixel, against differences of about 0.3 between the pictures."""
-    stylizer = Stylizer(scales=[36, 52], steps=[3, 2], device=device, mixed_precision=False, seed=seed,
-                        cuda_graph=False)
+    stylizer = Stylizer(
+        scales=[36, 52], steps=[3, 2], device=device, mixed_precision=False, seed=seed, cuda_graph=False
+    )
     contents, style = three_contents(seed), nst_ext.load_image(STYLE)
     together = stylizer.run_many(contents, style)
     assert len(together) == 3 and not any(result.interrupted for result in together)

@@ -31,8 +31,9 @@ class StandIn:
         self.calls.append(SimpleNamespace(content=content, init=init, temporal=temporal))
         StandIn.runs += 1
         texture = torch.rand(content.shape, generator=torch.Generator().manual_seed(0))
-        return SimpleNamespace(tensor=texture if init is None else init.clone(),
-                               interrupted=StandIn.runs == StandIn.stop_at)
+        return SimpleNamespace(
+            tensor=texture if init is None else init.clone(), interrupted=StandIn.runs == StandIn.stop_at
+        )
 
 
 def run_chain(chain, frames):

@@ -79,8 +79,9 @@ def test_a_clip_with_a_display_rotation_is_read_upright(tmp_path, rotation):
     import numpy as np
 
     plain = synthetic_clip(tmp_path / "plain.mp4", frames=3, size=(32, 48), fps=6, audio=False)
-    turned = synthetic_clip(tmp_path / "turned.mp4", frames=3, size=(32, 48), fps=6, audio=False,
-                            display_rotation=rotation)
+    turned = synthetic_clip(
+        tmp_path / "turned.mp4", frames=3, size=(32, 48), fps=6, audio=False, display_rotation=rotation
+    )
     info = probe(turned)
     assert (info.height, info.width) == ((32, 48) if rotation == 180 else (48, 32))
     for stored, shown in zip(read_frames(plain), read_frames(turned)):
@@ -105,8 +106,14 @@ def test_the_style_moves_with_a_panning_camera(tmp_path):
     errors = {}
     for coherence in ("flow", "still"):
         output = tmp_path / f"{coherence}.mp4"
-        run_video(source, [STYLE], output, nst_ext.StyleOptions(size=48, steps=20, device="cpu", seed=0),
-                  frame_steps=10, coherence=coherence)
+        run_video(
+            source,
+            [STYLE],
+            output,
+            nst_ext.StyleOptions(size=48, steps=20, device="cpu", seed=0),
+            frame_steps=10,
+            coherence=coherence,
+        )
         errors[coherence] = warping_error(clip, list(read_frames(output)))
     assert errors["flow"] < 0.5 * errors["still"], errors
 
@@ -114,8 +121,25 @@ def test_the_style_moves_with_a_panning_camera(tmp_path):
 def test_a_stopped_video_continues_where_it_stopped(tmp_path):
     clip = synthetic_clip(tmp_path / "long.mp4", frames=16, size=(54, 72), fps=8)
     output = tmp_path / "out.mp4"
-    command = [sys.executable, "-m", "nst_ext", "video", str(clip), str(STYLE), "-o", str(output),
-               "--size", "64", "--steps", "10", "--frame-steps", "10", "--device", "cpu", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "nst_ext",
+        "video",
+        str(clip),
+        str(STYLE),
+        "-o",
+        str(output),
+        "--size",
+        "64",
+        "--steps",
+        "10",
+        "--frame-steps",
+        "10",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     work = tmp_path / ".out.mp4.frames"
     deadline = time.monotonic() + 120
@@ -149,8 +173,10 @@ def test_video_bad_input_is_one_line(tmp_path, clip, capsys):
         assert main(["video", *arguments, *FAST[:-5]]) == 2, arguments
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
-    for flag, value, message in (("--long-term", "1,x", "comma-separated ints"), ("--coherence", "optical",
-                                                                               "invalid choice: 'optical'")):
+    for flag, value, message in (
+        ("--long-term", "1,x", "comma-separated ints"),
+        ("--coherence", "optical", "invalid choice: 'optical'"),
+    ):
         with pytest.raises(SystemExit) as stop:  # argparse: its usage line, then one error line
             main(["video", str(clip), str(STYLE), "-o", str(tmp_path / "a.mp4"), flag, value])
         assert stop.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
@@ -160,8 +186,22 @@ def test_video_bad_input_is_one_line(tmp_path, clip, capsys):
 def test_torchrun_two_processes_make_one_video(tmp_path, clip):
     output = tmp_path / "out.webm"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "nst_ext", "video", str(clip), str(STYLE), "-o", str(output), *FAST]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "nst_ext",
+        "video",
+        str(clip),
+        str(STYLE),
+        "-o",
+        str(output),
+        *FAST,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("nst-ext: wrote") == 1 and "10 stylized now" in result.stderr

@@ -91,9 +91,9 @@ def find_circle(graph: Dict[str, List[str]]) -> List[str]:
     """One circle of imports in `graph` (module -> the modules it imports), or [] if there is none.
     A package's own __init__ is always run before its modules, so a module importing its own
     package (or a package importing its modules) is not counted as a step back."""
+
     def steps(module: str) -> List[str]:
-        return [target for target in graph.get(module, [])
-                if target != module and not module.startswith(target + ".")]
+        return [target for target in graph.get(module, []) if target != module and not module.startswith(target + ".")]
 
     state: Dict[str, int] = {}  # 1: on the current path, 2: done
     path: List[str] = []
@@ -103,7 +103,7 @@ def find_circle(graph: Dict[str, List[str]]) -> List[str]:
         path.append(module)
         for target in steps(module):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 circle = visit(target)
                 if circle:

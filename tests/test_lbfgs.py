@@ -14,7 +14,7 @@ def make_problem(seed, size=(3, 7, 5)):
     """A smooth, non-quadratic function of a tensor, with a fresh random instance per seed."""
     generator = torch.Generator().manual_seed(seed)
     n = torch.Size(size).numel()
-    matrix = torch.randn(n, n, generator=generator, dtype=torch.float64) / n ** 0.5
+    matrix = torch.randn(n, n, generator=generator, dtype=torch.float64) / n**0.5
     target = torch.randn(n, generator=generator, dtype=torch.float64)
     start = torch.randn(size, generator=generator, dtype=torch.float64)
 
@@ -51,8 +51,15 @@ def run_ours(start, loss_of, evaluations, history_size, lr=1.0, first_step_rms=N
 def run_torch(start, loss_of, evaluations, history_size, lr=1.0):
     x = start.clone().requires_grad_(True)
     losses, points = [], []
-    optimizer = torch.optim.LBFGS([x], lr=lr, max_iter=evaluations, max_eval=evaluations, history_size=history_size,
-                                  tolerance_grad=-1.0, tolerance_change=-1.0)
+    optimizer = torch.optim.LBFGS(
+        [x],
+        lr=lr,
+        max_iter=evaluations,
+        max_eval=evaluations,
+        history_size=history_size,
+        tolerance_grad=-1.0,
+        tolerance_change=-1.0,
+    )
 
     def closure():
         optimizer.zero_grad(set_to_none=True)
@@ -92,8 +99,9 @@ def test_same_iterates_as_torch_lbfgs(seed, history_size, evaluations, lr):
     shared = shared_iterates(ours[1], loss_of)
     assert shared >= evaluations // 2, shared
     for mine, torchs in zip(ours, theirs):
-        torch.testing.assert_close(mine[:shared], torchs[:shared], rtol=1e-9, atol=1e-9,
-                                   msg=lambda m: f"{m} (seed {seed})")
+        torch.testing.assert_close(
+            mine[:shared], torchs[:shared], rtol=1e-9, atol=1e-9, msg=lambda m: f"{m} (seed {seed})"
+        )
     assert ours[0][-1] < ours[0][0]
 
 
@@ -263,8 +271,9 @@ def test_a_step_holds_two_vectors_besides_the_picture_its_gradient_and_history(h
     """Beyond the parameter, its gradient and the pairs, a step holds the previous gradient and the
     last step (y and the recursion's vector are made in their buffers), plus one stored vector
     widened at a time from a narrower history: what nst_ext.plan.memory's LBFGS_WORK_VECTORS counts."""
-    completed = subprocess.run([sys.executable, "-c", _PEAK_CHILD, history_dtype],
-                               capture_output=True, text=True, check=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, history_dtype], capture_output=True, text=True, check=True
+    )
     extra_vectors = float(completed.stdout.strip())
     assert 2 + widened - 0.1 < extra_vectors < 2 + widened + 0.5, extra_vectors
     assert memory.LBFGS_WORK_VECTORS == 4  # the picture, its gradient and these two

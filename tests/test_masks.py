@@ -95,7 +95,7 @@ def region_distances(vgg, picture: torch.Tensor, styles):
     relu2_1, relative, summed) to each style's; ``[[left to A, left to B], [right to A, right to B]]``."""
     layers = ["relu1_1", "relu2_1"]
     width = picture.shape[-1]
-    crops = [picture[..., : width // 3], picture[..., width - width // 3:]]
+    crops = [picture[..., : width // 3], picture[..., width - width // 3 :]]
     with torch.no_grad():
         targets = [vgg(style[None], layers) for style in styles]
         table = []
@@ -103,8 +103,15 @@ def region_distances(vgg, picture: torch.Tensor, styles):
             features = vgg(crop[None], layers)
             row = []
             for target in targets:
-                row.append(sum(float((nst_ext.gram_matrix(features[n]) - nst_ext.gram_matrix(target[n])).norm()
-                                     / nst_ext.gram_matrix(target[n]).norm()) for n in layers))
+                row.append(
+                    sum(
+                        float(
+                            (nst_ext.gram_matrix(features[n]) - nst_ext.gram_matrix(target[n])).norm()
+                            / nst_ext.gram_matrix(target[n]).norm()
+                        )
+                        for n in layers
+                    )
+                )
             table.append(row)
     return table
 
@@ -119,11 +126,25 @@ def test_two_regions_take_on_their_own_styles(seed):
     blotches, dots = texture("blotches", 64, 64, generator), texture("dots", 64, 64, generator)
     left = torch.zeros(height, width)
     left[:, : width // 2] = 1
-    stylizer = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG_STYLE_WEIGHT, seed=0, device="cpu", style_masks=[left, 1 - left])
+    stylizer = Stylizer(
+        scales=[64, 96],
+        steps=[30, 20],
+        style_weight=STRONG_STYLE_WEIGHT,
+        seed=0,
+        device="cpu",
+        style_masks=[left, 1 - left],
+    )
     picture = stylizer.run(content.clamp(0, 1), [blotches, dots]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_a < left_b and right_b < right_a, (left_a, left_b, right_a, right_b)
-    swapped = Stylizer(scales=[64, 96], steps=[30, 20], style_weight=STRONG_STYLE_WEIGHT, seed=0, device="cpu", style_masks=[1 - left, left])
+    swapped = Stylizer(
+        scales=[64, 96],
+        steps=[30, 20],
+        style_weight=STRONG_STYLE_WEIGHT,
+        seed=0,
+        device="cpu",
+        style_masks=[1 - left, left],
+    )
     picture = swapped.run(content.clamp(0, 1), [blotches, dots]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_b < left_a and right_a < right_b, (left_a, left_b, right_a, right_b)
@@ -146,9 +167,17 @@ def test_masks_are_checked_before_any_work():
     cases = [
         (dict(style_masks=[torch.ones(40, 60)] * 2), OptionError, r"2 style masks given for 1 style image"),
         (dict(style_masks=[torch.zeros(40, 60)]), OptionError, r"style mask 1 is black everywhere"),
-        (dict(style_masks=[torch.ones(60, 40)]), ImageError, r"style mask 1 is 40x60 pixels but the content image is 60x40"),
+        (
+            dict(style_masks=[torch.ones(60, 40)]),
+            ImageError,
+            r"style mask 1 is 40x60 pixels but the content image is 60x40",
+        ),
         (dict(content_mask=torch.ones(10, 10)), ImageError, r"content mask is 10x10 pixels"),
-        (dict(style_image_masks=[torch.ones(40, 60)]), ImageError, r"style image mask 1 is 60x40 pixels but style image 1"),
+        (
+            dict(style_image_masks=[torch.ones(40, 60)]),
+            ImageError,
+            r"style image mask 1 is 60x40 pixels but style image 1",
+        ),
         (dict(style_masks="sky.png"), OptionError, r"style_masks must be a list of masks"),
         (dict(mask_dilation=-1), OptionError, r"mask_dilation must be a whole number"),
     ]
@@ -169,16 +198,41 @@ def test_command_line_with_masks(tmp_path):
     save_image(top, tmp_path / "sky.png")
     save_image(1 - top, tmp_path / "street.png")
     out = tmp_path / "out.png"
-    command = [sys.executable, "-m", "nst_ext", "stylize", str(content), str(sky), str(street), "--style-masks",
-               str(tmp_path / "sky.png"), str(tmp_path / "street.png"), "--content-mask", str(tmp_path / "street.png"),
-               "--size", "48", "--steps", "2", "-o", str(out), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "nst_ext",
+        "stylize",
+        str(content),
+        str(sky),
+        str(street),
+        "--style-masks",
+        str(tmp_path / "sky.png"),
+        str(tmp_path / "street.png"),
+        "--content-mask",
+        str(tmp_path / "street.png"),
+        "--size",
+        "48",
+        "--steps",
+        "2",
+        "-o",
+        str(out),
+        "--quiet",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (48, 36)
-    one_mask = command[:command.index("--style-masks") + 2] + ["--size", "48", "--steps", "2", "-o", str(tmp_path / "o2.png")]
+    one_mask = command[: command.index("--style-masks") + 2] + [
+        "--size",
+        "48",
+        "--steps",
+        "2",
+        "-o",
+        str(tmp_path / "o2.png"),
+    ]
     result = subprocess.run(one_mask, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "1 style masks given for 2 style image(s)" in result.stderr
     assert "Traceback" not in result.stderr
-    onto_a_mask = command[:command.index("-o")] + ["-o", str(tmp_path / "street.png"), "--overwrite"]
+    onto_a_mask = command[: command.index("-o")] + ["-o", str(tmp_path / "street.png"), "--overwrite"]
     result = subprocess.run(onto_a_mask, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "is one of this run's inputs" in result.stderr  # a mask is never replaced

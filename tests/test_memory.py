@@ -11,9 +11,22 @@ from nst_ext.errors import InputError, OptionError
 from nst_ext.plan.layers import LAYER_INDEX
 from nst_ext.plan.budget import parse_size
 from nst_ext.plan import tiles
-from nst_ext.plan.memory import (HELD_IMAGES, LBFGS_HISTORY, MIN_LBFGS_HISTORY, TRANSIENT_PER_LARGEST_ACTIVATION,
-                            _layer_elements, budget_for, choose_segments, fitting_batch_size, plan_stage, plan_stages,
-                            run_budget, saved_bytes_per_layer, split_layers, usable_share)
+from nst_ext.plan.memory import (
+    HELD_IMAGES,
+    LBFGS_HISTORY,
+    MIN_LBFGS_HISTORY,
+    TRANSIENT_PER_LARGEST_ACTIVATION,
+    _layer_elements,
+    budget_for,
+    choose_segments,
+    fitting_batch_size,
+    plan_stage,
+    plan_stages,
+    run_budget,
+    saved_bytes_per_layer,
+    split_layers,
+    usable_share,
+)
 from nst_ext.plan.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from nst_ext.stylizer import Stylizer
 
@@ -22,12 +35,32 @@ CONTENT, STYLE = os.path.join(DATA, "astronaut.jpg"), os.path.join(DATA, "swirls
 
 
 def default_plan(size, budget=None, steps=20, **overrides):
-    return plan_stage(size, size, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, steps, [(size, size)], budget, "cpu",
-                      activation_bytes=2, **overrides)
+    return plan_stage(
+        size,
+        size,
+        DEFAULT_CONTENT_LAYERS,
+        DEFAULT_STYLE_LAYERS,
+        steps,
+        [(size, size)],
+        budget,
+        "cpu",
+        activation_bytes=2,
+        **overrides,
+    )
 
 
-@pytest.mark.parametrize("text, expected", [("2.5GiB", int(2.5 * 2**30)), ("8G", 8 * 2**30), ("512MiB", 512 * 2**20),
-                                            ("8GB", 8 * 10**9), ("1000", 1000), (" 3 gib ", 3 * 2**30), ("1.5k", 1536)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2.5GiB", int(2.5 * 2**30)),
+        ("8G", 8 * 2**30),
+        ("512MiB", 512 * 2**20),
+        ("8GB", 8 * 10**9),
+        ("1000", 1000),
+        (" 3 gib ", 3 * 2**30),
+        ("1.5k", 1536),
+    ],
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
@@ -94,8 +127,9 @@ def test_plan_chooses_the_cheapest_lever_that_fits():
 def test_the_estimate_counts_the_held_images_and_the_transient_of_its_allocator(checkpointing, tile):
     plan = default_plan(1024, checkpointing=checkpointing, tile=tile)
     assert plan.held_images == HELD_IMAGES * 3 * 1024 * 1024 * 4  # the best image, the content image
-    assert plan.total == (plan.activations + plan.history + plan.targets + plan.transient + plan.runtime
-                          + plan.held_images)
+    assert plan.total == (
+        plan.activations + plan.history + plan.targets + plan.transient + plan.runtime + plan.held_images
+    )
     # Under checkpointing or tiles freed memory is released promptly (nst_ext.stylizer): the smaller
     # transient, per the largest activation VGG keeps at once (one tile's with its halo).
     layers = [*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS]
@@ -127,8 +161,11 @@ def test_bfloat16_content_targets_take_half_their_memory_and_can_be_forced(tile)
     with pytest.raises(OptionError, match="content targets in bfloat16"):
         default_plan(1024, budget=100 * 2**20, content_bfloat16=True)
     if not tile:  # untiled the lever saves nothing: never chosen, down to the fewest pairs
-        squeezed = default_plan(1024, tile=0, budget=budget_for(default_plan(1024, tile=0, history_bfloat16=True,
-                                                                             checkpointing=True).total - 1))
+        squeezed = default_plan(
+            1024,
+            tile=0,
+            budget=budget_for(default_plan(1024, tile=0, history_bfloat16=True, checkpointing=True).total - 1),
+        )
         assert squeezed.history_size < full.history_size and not squeezed.content_bfloat16
         return
     # In tiles: the pairs in bfloat16 first, then the content targets too, then fewer pairs.
@@ -145,10 +182,20 @@ def test_bfloat16_content_targets_take_half_their_memory_and_can_be_forced(tile)
 
 
 @pytest.mark.parametrize("forced", [True, False])
-@pytest.mark.parametrize("module, name, option, plan_field, stored_dtype", [
-    ("nst_ext.stylizer", "LBFGS", "lbfgs_history_bfloat16", "history_bfloat16", lambda made: made.steps.dtype),
-    ("nst_ext.objective.stage", "ContentLoss", "content_target_bfloat16", "content_bfloat16",
-     lambda made: made.target.dtype)], ids=["pairs", "content-targets"])
+@pytest.mark.parametrize(
+    "module, name, option, plan_field, stored_dtype",
+    [
+        ("nst_ext.stylizer", "LBFGS", "lbfgs_history_bfloat16", "history_bfloat16", lambda made: made.steps.dtype),
+        (
+            "nst_ext.objective.stage",
+            "ContentLoss",
+            "content_target_bfloat16",
+            "content_bfloat16",
+            lambda made: made.target.dtype,
+        ),
+    ],
+    ids=["pairs", "content-targets"],
+)
 def test_a_run_keeps_its_state_as_forced(monkeypatch, forced, module, name, option, plan_field, stored_dtype):
     import importlib
 
@@ -163,7 +210,8 @@ def test_a_run_keeps_its_state_as_forced(monkeypatch, forced, module, name, opti
     monkeypatch.setattr(where, name, Recording)
     plans = []
     Stylizer(size=48, steps=3, device="cpu", **{option: forced}).run(
-        CONTENT, STYLE, callback=lambda progress: plans.append(progress.memory_plan))
+        CONTENT, STYLE, callback=lambda progress: plans.append(progress.memory_plan)
+    )
     assert stored and set(stored) == {torch.bfloat16 if forced else torch.float32}
     assert {getattr(plan, plan_field) for plan in plans} == {forced}
 
@@ -186,13 +234,33 @@ def loss_and_gradient(stylizer, plan=None):
     return terms, image.grad.clone(), objective
 
 
-@pytest.mark.parametrize("mixed_precision", [False, pytest.param(True, marks=pytest.mark.skipif(
-    not nst_ext.plan.options.cpu_has_native_bfloat16(), reason="this CPU has no native bfloat16"))])
+@pytest.mark.parametrize(
+    "mixed_precision",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                not nst_ext.plan.options.cpu_has_native_bfloat16(), reason="this CPU has no native bfloat16"
+            ),
+        ),
+    ],
+)
 def test_checkpointed_step_gives_the_same_loss_and_gradient(mixed_precision):
     stylizer = Stylizer(size=80, device="cpu", mixed_precision=mixed_precision)
     plain_terms, plain_grad, plain = loss_and_gradient(stylizer)
-    plan = plan_stage(80, 80, stylizer.options.content_layers, stylizer.options.style_layers, 10, [(80, 80)], None,
-                      "cpu", 2, checkpointing=True)
+    plan = plan_stage(
+        80,
+        80,
+        stylizer.options.content_layers,
+        stylizer.options.style_layers,
+        10,
+        [(80, 80)],
+        None,
+        "cpu",
+        2,
+        checkpointing=True,
+    )
     terms, grad, checkpointed = loss_and_gradient(stylizer, plan)
     assert checkpointed.checkpointing and len(checkpointed.segments) > 1 and not plain.checkpointing
     torch.testing.assert_close(terms, plain_terms, rtol=1e-6, atol=0)
@@ -211,15 +279,19 @@ def test_two_cpu_devices_give_the_same_loss_gradient_and_picture():
     torch.testing.assert_close(grad_two, grad_one, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(two.run(CONTENT, STYLE).tensor, one.run(CONTENT, STYLE).tensor, rtol=0, atol=1e-5)
     automatic = Stylizer(size=72, devices=["cpu", "cpu"], mixed_precision=False)
-    assert len(automatic.network.device_starts) == 1 and 0 < automatic.network.device_starts[0] <= LAYER_INDEX["relu5_1"]
+    assert (
+        len(automatic.network.device_starts) == 1 and 0 < automatic.network.device_starts[0] <= LAYER_INDEX["relu5_1"]
+    )
 
 
 def test_a_budget_that_needs_checkpointing_gives_the_same_picture():
     settings = dict(size=64, steps=5, device="cpu", mixed_precision=False)
     stylizer = Stylizer(**settings)
     content_shape, style_shape = (64, 64), (64, 64)  # both sample images are square
-    free, = stylizer_plans(Stylizer(**settings, scales=[64]), content_shape, [style_shape])
-    checkpointed, = stylizer_plans(Stylizer(**settings, scales=[64], checkpointing=True), content_shape, [style_shape])
+    (free,) = stylizer_plans(Stylizer(**settings, scales=[64]), content_shape, [style_shape])
+    (checkpointed,) = stylizer_plans(
+        Stylizer(**settings, scales=[64], checkpointing=True), content_shape, [style_shape]
+    )
     budget = budget_for((free.total + checkpointed.total) // 2)
     limited = Stylizer(**settings, max_memory=budget)
     plans = []
@@ -230,38 +302,44 @@ def test_a_budget_that_needs_checkpointing_gives_the_same_picture():
 
 def test_a_size_that_cannot_fit_is_refused_before_work():
     with pytest.raises(OptionError, match=r"needs at least .* more than the 1 MiB budget; use a smaller --size"):
-        Stylizer(size=64, device="cpu", max_memory="1MiB").run(CONTENT, STYLE,
-                                                               callback=lambda p: pytest.fail("work started"))
+        Stylizer(size=64, device="cpu", max_memory="1MiB").run(
+            CONTENT, STYLE, callback=lambda p: pytest.fail("work started")
+        )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(max_memory="lots"), "memory size must be a number"),
-    (dict(checkpointing="yes"), "checkpointing must be True, False or None"),
-    (dict(lbfgs_history=0), "lbfgs_history must be a positive whole number"),
-    (dict(lbfgs_history_bfloat16="yes"), "lbfgs_history_bfloat16 must be True, False or None"),
-    (dict(content_target_bfloat16="no"), "content_target_bfloat16 must be True, False or None"),
-    (dict(devices="cpu"), "devices must be a list"),
-    (dict(devices=["cpu", "cpu"], device="cuda"), "disagree"),
-    (dict(devices=["cpu", "cpu"], device_split=["relu2_1", "relu3_1"]), "give 1"),
-    (dict(devices=["cpu", "cpu", "cpu"], device_split=["relu3_1", "relu2_1"]), "in network order"),
-    (dict(devices=["cpu", "cpu"], device_split=["relu9_9"]), "unknown device split layer"),
-    (dict(devices=["cpu", "cpu"], device_split=["relu5_2"]), "past the deepest layer used"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(max_memory="lots"), "memory size must be a number"),
+        (dict(checkpointing="yes"), "checkpointing must be True, False or None"),
+        (dict(lbfgs_history=0), "lbfgs_history must be a positive whole number"),
+        (dict(lbfgs_history_bfloat16="yes"), "lbfgs_history_bfloat16 must be True, False or None"),
+        (dict(content_target_bfloat16="no"), "content_target_bfloat16 must be True, False or None"),
+        (dict(devices="cpu"), "devices must be a list"),
+        (dict(devices=["cpu", "cpu"], device="cuda"), "disagree"),
+        (dict(devices=["cpu", "cpu"], device_split=["relu2_1", "relu3_1"]), "give 1"),
+        (dict(devices=["cpu", "cpu", "cpu"], device_split=["relu3_1", "relu2_1"]), "in network order"),
+        (dict(devices=["cpu", "cpu"], device_split=["relu9_9"]), "unknown device split layer"),
+        (dict(devices=["cpu", "cpu"], device_split=["relu5_2"]), "past the deepest layer used"),
+    ],
+)
 def test_memory_and_device_options_are_checked(overrides, message):
     with pytest.raises(InputError, match=message):
         Stylizer(size=64, **overrides)
 
 
 def test_one_memory_named_twice_is_budgeted_once():
-    for stylizer in (Stylizer(size=64, devices=["cpu", "cpu"], max_memory="1GiB"),
-                     Stylizer(size=64, device="cpu", max_memory="1GiB")):
+    for stylizer in (
+        Stylizer(size=64, devices=["cpu", "cpu"], max_memory="1GiB"),
+        Stylizer(size=64, device="cpu", max_memory="1GiB"),
+    ):
         assert run_budget(stylizer.options, stylizer.network) == 2**30
 
 
 def test_a_batch_of_pictures_scales_what_each_picture_keeps_but_shares_the_style_targets():
     one, three = default_plan(512), default_plan(512, pictures=3)
     assert three.activations == 3 * one.activations and three.history == 3 * one.history
-    grams = sum(4 * channels ** 2 for channels in (64, 128, 256, 512, 512))  # relu1_1 … relu5_1, float32
+    grams = sum(4 * channels**2 for channels in (64, 128, 256, 512, 512))  # relu1_1 … relu5_1, float32
     assert three.targets - grams == 3 * (one.targets - grams) > 0  # a content target each, one set of Grams
 
 

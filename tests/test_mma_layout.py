@@ -41,8 +41,21 @@ def _nvcc():
 @pytest.mark.skipif(_cxx() is None, reason="no C++ compiler")
 def test_index_math_and_lane_by_lane_emulation(tmp_path, seed):
     binary = tmp_path / "mma_layout_test"
-    subprocess.run([_cxx(), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary),
-                    str(ROOT / "tests" / "csrc" / "mma_layout_test.cpp")], check=True, timeout=300)
+    subprocess.run(
+        [
+            _cxx(),
+            "-std=c++17",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-o",
+            str(binary),
+            str(ROOT / "tests" / "csrc" / "mma_layout_test.cpp"),
+        ],
+        check=True,
+        timeout=300,
+    )
     result = subprocess.run([str(binary), str(seed)], capture_output=True, text=True, timeout=300)
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -52,8 +65,22 @@ def test_index_math_and_lane_by_lane_emulation(tmp_path, seed):
 @pytest.mark.skipif(_nvcc() is None, reason="no nvcc")
 def test_ptx_uses_tensor_cores_and_ptxas_reports_no_spills(tmp_path):
     archs = ["80", "90"]
-    command = [_nvcc(), "-std=c++17", "-O3", "--threads", "2", "-Xptxas", "-v", "-keep", "-keep-dir", str(tmp_path),
-               "-c", str(CUDA_UNIT), "-o", str(tmp_path / "gram_mma.o")]
+    command = [
+        _nvcc(),
+        "-std=c++17",
+        "-O3",
+        "--threads",
+        "2",
+        "-Xptxas",
+        "-v",
+        "-keep",
+        "-keep-dir",
+        str(tmp_path),
+        "-c",
+        str(CUDA_UNIT),
+        "-o",
+        str(tmp_path / "gram_mma.o"),
+    ]
     for arch in archs:
         command += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -82,8 +109,11 @@ def test_ptx_uses_tensor_cores_and_ptxas_reports_no_spills(tmp_path):
     assert len(spills) == KERNEL_VARIANTS * len(archs), report[-4000:]
     assert all(stores == "0" and loads == "0" for stores, loads in spills), report[-4000:]
 
-TENSOR_CORES = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
-                                  reason="no GPU of compute capability 8.0 or newer")
+
+TENSOR_CORES = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
+    reason="no GPU of compute capability 8.0 or newer",
+)
 
 
 @TENSOR_CORES
@@ -91,8 +121,9 @@ TENSOR_CORES = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.ge
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 # VGG-like layers (one tile, several, a split inner dimension), channel counts off the tile, a
 # batch, and positions that are no multiple of a stage.
-@pytest.mark.parametrize("shape", [(1, 64, 96, 96), (1, 512, 24, 20), (2, 136, 13, 16), (3, 48, 9, 8),
-                                   (1, 256, 64, 64), (1, 8, 4, 2)])
+@pytest.mark.parametrize(
+    "shape", [(1, 64, 96, 96), (1, 512, 24, 20), (2, 136, 13, 16), (3, 48, 9, 8), (1, 256, 64, 64), (1, 8, 4, 2)]
+)
 def test_tensor_core_kernel_matches_float64(seed, dtype, shape, layout):
     """The own algorithm on a GPU of sm_80+ takes the tensor-core kernel for these shapes (16-byte
     rows); its Gram and fused loss match float64 on the same values and repeat bit for bit."""
@@ -111,5 +142,4 @@ def test_tensor_core_kernel_matches_float64(seed, dtype, shape, layout):
     assert torch.equal(gram, again)
     assert_close(gram.double(), reference.gram_matrix(exact), seed, rtol=RTOL[dtype])
     assert_close(loss.double(), reference.style_loss(exact, target.double()), seed, rtol=RTOL[dtype] * 10)
-    assert_close(loss_broadcast.double(), reference.style_loss(exact, target[:1].double()), seed,
-                 rtol=RTOL[dtype] * 10)
+    assert_close(loss_broadcast.double(), reference.style_loss(exact, target[:1].double()), seed, rtol=RTOL[dtype] * 10)

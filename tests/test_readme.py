@@ -21,7 +21,9 @@ import nst_ext
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 # The README's commands, then the guides' (docs/jobs.md's batch, video and torchrun lines among them).
-DOCUMENTED = "\n".join(path.read_text(encoding="utf-8") for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+DOCUMENTED = "\n".join(
+    path.read_text(encoding="utf-8") for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+)
 SMALL = ["--size", "40", "--steps", "2"]
 # At most this many processes of one torchrun line run here (2 cores): larger launches are for GPU machines.
 MOST_PROCESSES_HERE = 4
@@ -123,13 +125,33 @@ def test_every_readme_command_runs_as_written(readers_folder):
             # The command's own sizes and steps give way to small ones (a print-sized schedule would take hours).
             words = without_schedule(words) + SMALL + (["--frame-steps", "1"] if subcommand == "video" else [])
         command = executable(words[0]) + words[1:]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=readers_folder,
-                                env=environment)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, cwd=readers_folder, env=environment
+        )
         assert result.returncode == 0 and "Traceback" not in result.stderr, (words, result.stderr)
-    for picture in ("out.png", "mix.png", "big.png", "print.png", "poster.png", "print8k.png", "print8k-6gib.png", "tiled.png", "keep.png", "regions.png", "again.png", "watched.png", "live.png", "painted.png",
-                    "loss.png",
-                    "exact.png", "nst-ext-demo.png", "nst-ext-demo-loss.png", "styled/photo0.png", "watched/photo0.png",
-                    "listed/photos/photo2.jpg"):
+    for picture in (
+        "out.png",
+        "mix.png",
+        "big.png",
+        "print.png",
+        "poster.png",
+        "print8k.png",
+        "print8k-6gib.png",
+        "tiled.png",
+        "keep.png",
+        "regions.png",
+        "again.png",
+        "watched.png",
+        "live.png",
+        "painted.png",
+        "loss.png",
+        "exact.png",
+        "nst-ext-demo.png",
+        "nst-ext-demo-loss.png",
+        "styled/photo0.png",
+        "watched/photo0.png",
+        "listed/photos/photo2.jpg",
+    ):
         assert (readers_folder / picture).is_file(), picture
     for video in ("styled.mp4", "small.webm", "parts.mp4"):
         assert (readers_folder / video).is_file(), video

@@ -32,6 +32,7 @@ def no_temporaries(folder):
 
 # -- outputs checked before the work ------------------------------------------------------------------
 
+
 def test_plot_and_output_must_differ_even_with_overwrite(tmp_path):
     out = tmp_path / "out.png"
     result = nst_ext_cli("stylize", CONTENT, STYLE, "-o", out, "--plot", out, "--overwrite", *FAST)
@@ -59,8 +60,13 @@ def test_output_that_is_a_folder_is_refused_before_the_work(tmp_path):
     assert_one_line_error(result, r"it is a folder; give a file name inside it")
 
 
-@pytest.mark.parametrize("plot,pattern", [("missing/loss.png", r"the folder .*missing' does not exist"),
-                                          ("loss.png", r"loss.png' \(--plot\) already exists")])
+@pytest.mark.parametrize(
+    "plot,pattern",
+    [
+        ("missing/loss.png", r"the folder .*missing' does not exist"),
+        ("loss.png", r"loss.png' \(--plot\) already exists"),
+    ],
+)
 def test_plot_problems_are_found_before_the_work(tmp_path, plot, pattern):
     (tmp_path / "loss.png").write_bytes(b"an earlier plot")
     result = nst_ext_cli("stylize", CONTENT, STYLE, "-o", tmp_path / "out.png", "--plot", tmp_path / plot, *FAST)
@@ -71,12 +77,16 @@ def test_plot_problems_are_found_before_the_work(tmp_path, plot, pattern):
 def test_unwritable_folder_is_found_with_a_real_write(tmp_path, monkeypatch):
     """Checked through the one validation function with the write test's mkstemp failing as it
     does for an unprivileged user (this suite runs as root, which a permission bit cannot stop)."""
+
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(outputs.tempfile, "mkstemp", denied)
-    with pytest.raises(OutputError, match=r"cannot write '.*out.png': the folder '.*' is not writable "
-                                          r"\(permission denied\)"):
+    with pytest.raises(
+        OutputError,
+        match=r"cannot write '.*out.png': the folder '.*' is not writable "
+        r"\(permission denied\)",
+    ):
         outputs.check_outputs([(tmp_path / "out.png", "-o")], inputs=[], overwrite=False)
 
 
@@ -87,8 +97,9 @@ def test_unwritable_folder_as_an_unprivileged_user(tmp_path):
     folder.mkdir()
     os.chmod(tmp_path, 0o755)
     os.chmod(folder, 0o555)
-    result = main_as_unprivileged_user(['stylize', CONTENT, STYLE, '-o', str(folder / 'out.png'), '--size', '48',
-                                        '--steps', '1'])
+    result = main_as_unprivileged_user(
+        ["stylize", CONTENT, STYLE, "-o", str(folder / "out.png"), "--size", "48", "--steps", "1"]
+    )
     assert_one_line_error(result, r"is not writable \(permission denied\)")
 
 
@@ -96,8 +107,15 @@ def main_as_unprivileged_user(arguments):
     """``nst-ext ARGUMENTS`` run as user 'nobody' (from root); skips where that user cannot run it."""
     code = f"import sys; from nst_ext import cli; sys.exit(cli.main({arguments!r}))"
     try:
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                                user=65534, cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            user=65534,
+            cwd="/",
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
     except PermissionError:
         pytest.skip("user nobody may not run this interpreter here (the mocked cases cover the checks)")
     if "Traceback" in result.stderr and "nst_ext/cli/" not in result.stderr:  # it failed before our code ran
@@ -107,11 +125,16 @@ def main_as_unprivileged_user(arguments):
 
 # -- SIGTERM like Ctrl-C ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("signum,status,verb", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+
+@pytest.mark.parametrize(
+    "signum,status,verb", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
 def test_stop_signal_saves_the_best_image(tmp_path, signum, status, verb):
     out = tmp_path / "out.png"
-    process = subprocess.Popen([sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", str(out),
-                                "--size", "64", "--steps", "5000"], stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", str(out), "--size", "64", "--steps", "5000"],
+        stderr=subprocess.PIPE,
+    )
     seen, deadline = b"", time.monotonic() + 300
     while b" content " not in seen:  # the progress bar shows losses once the first step is done
         assert time.monotonic() < deadline and process.poll() is None, seen.decode(errors="replace")
@@ -193,8 +216,10 @@ def _wait_until_torch_loads(pid: int, timeout: float = 60.0) -> None:
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     """Interrupted while torch is being imported."""
-    process = subprocess.Popen([sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o",
-                                str(tmp_path / "out.png"), "--size", "48"], stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", str(tmp_path / "out.png"), "--size", "48"],
+        stderr=subprocess.PIPE,
+    )
     _wait_until_torch_loads(process.pid)
     process.send_signal(signal.SIGINT)
     stderr = process.communicate(timeout=120)[1].decode(errors="replace")
@@ -219,8 +244,23 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 def test_ctrl_c_while_the_commands_load_is_one_line(tmp_path):
-    completed = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_LOADING, "stylize", CONTENT, STYLE, "-o",
-                                str(tmp_path / "out.png"), "--size", "48"], capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CTRL_C_WHILE_LOADING,
+            "stylize",
+            CONTENT,
+            STYLE,
+            "-o",
+            str(tmp_path / "out.png"),
+            "--size",
+            "48",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 130, completed.stderr
     assert completed.stderr == "nst-ext: interrupted before an image was made; nothing written\n"
     assert not (tmp_path / "out.png").exists()
@@ -229,7 +269,10 @@ def test_ctrl_c_while_the_commands_load_is_one_line(tmp_path):
 # -- bad input: one line, never a traceback --------------------------------------------------------
 
 BAD = [
-    (["--size", "100000"], r"a 100000x100000 stage needs at least .* GiB .* more than the .* GiB budget; use a smaller --size"),
+    (
+        ["--size", "100000"],
+        r"a 100000x100000 stage needs at least .* GiB .* more than the .* GiB budget; use a smaller --size",
+    ),
     (["--max-input-pixels", "0"], r"max_input_pixels must be a positive whole number, got 0"),
     (["--max-input-pixels", "-1"], r"max_input_pixels must be a positive whole number, got -1"),
     (["--size", "64", "--scales", "32,64"], r"--size 64 and --scales 32,64 both set the output size; give one"),
@@ -288,11 +331,27 @@ def test_one_pixel_strip_gets_a_finite_loss_and_changes(tmp_path):
     assert TotalVariationLoss()(torch.rand(1, 3, 1, 1)) == 0
     strip = Image.new("RGB", (1000, 10), (200, 30, 30))
     strip.save(tmp_path / "strip.png")
-    result = nst_ext_cli("stylize", tmp_path / "strip.png", STYLE, "-o", tmp_path / "o.png", "--size", "64",
-                         "--steps", "3", "--style-layers", "relu1_1", "--content-layers", "relu1_1", "--quiet")
+    result = nst_ext_cli(
+        "stylize",
+        tmp_path / "strip.png",
+        STYLE,
+        "-o",
+        tmp_path / "o.png",
+        "--size",
+        "64",
+        "--steps",
+        "3",
+        "--style-layers",
+        "relu1_1",
+        "--content-layers",
+        "relu1_1",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     out = load_image(tmp_path / "o.png")
-    assert out.shape == (3, 1, 64) and not torch.allclose(out, load_image(tmp_path / "strip.png")[:, :1, :64], atol=0.02)
+    assert out.shape == (3, 1, 64) and not torch.allclose(
+        out, load_image(tmp_path / "strip.png")[:, :1, :64], atol=0.02
+    )
 
 
 def test_save_image_takes_a_batch_of_one_and_refuses_nan(tmp_path):
@@ -320,6 +379,7 @@ def test_meta_tensors_use_the_reference_without_a_warning():
 
 # -- help and start-up ----------------------------------------------------------------------------------
 
+
 def test_help_states_defaults_plainly():
     text = nst_ext_cli("stylize", "--help").stdout
     assert "['" not in text and "default relu4_2)" in text and "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1" in text
@@ -331,17 +391,20 @@ def test_help_states_defaults_plainly():
 
 
 def test_arguments_are_parsed_before_torch_is_imported():
-    code = ("import sys; import nst_ext.cli as cli\n"
-            "assert 'torch' not in sys.modules\n"
-            "try:\n    cli.build_parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')")
+    code = (
+        "import sys; import nst_ext.cli as cli\n"
+        "assert 'torch' not in sys.modules\n"
+        "try:\n    cli.build_parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
 
 
 def test_intermediate_names_match_the_help(tmp_path):
     out = tmp_path / "pic.png"
-    result = nst_ext_cli("stylize", CONTENT, STYLE, "-o", out, "--size", "48", "--steps", "2", "--save-every", "2",
-                         "--quiet")
+    result = nst_ext_cli(
+        "stylize", CONTENT, STYLE, "-o", out, "--size", "48", "--steps", "2", "--save-every", "2", "--quiet"
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "pic.stage0.step0002.png").exists()

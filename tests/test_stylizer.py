@@ -95,12 +95,16 @@ def test_a_run_leaves_its_input_tensors_alone(content, style, init):
     kept_picture, kept_start = picture.clone(), start.clone()
     stylizer = Stylizer(size=SIZE, scales=[SIZE], steps=3, init=init if init == "content" else start)
     result = stylizer.run(picture, style)
-    assert len(result.history) == 3 and not torch.equal(result.tensor, kept_picture if init == "content" else kept_start)
+    assert len(result.history) == 3 and not torch.equal(
+        result.tensor, kept_picture if init == "content" else kept_start
+    )
     assert torch.equal(picture, kept_picture) and torch.equal(start, kept_start)
     initial = stylizer._initial_image(picture, None, None, torch.Generator(), stylizer.options.init)
     assert torch.equal(initial[0].cpu(), kept_picture if init == "content" else kept_start)
-    assert initial.untyped_storage().data_ptr() not in (picture.untyped_storage().data_ptr(),
-                                                        start.untyped_storage().data_ptr())
+    assert initial.untyped_storage().data_ptr() not in (
+        picture.untyped_storage().data_ptr(),
+        start.untyped_storage().data_ptr(),
+    )
 
 
 def test_multiple_styles_blend(content, style, monkeypatch):
@@ -115,9 +119,17 @@ def test_multiple_styles_blend(content, style, monkeypatch):
     assert (mixed - single).abs().mean() > 1e-3
 
 
-@pytest.mark.parametrize("mode", [dict(preserve_color="luminance"), dict(preserve_color="luminance", color_space="lab"),
-                                  dict(preserve_color="histogram"), dict(color_transfer="cholesky"),
-                                  dict(color_transfer="histogram")], ids=lambda mode: "-".join(mode.values()))
+@pytest.mark.parametrize(
+    "mode",
+    [
+        dict(preserve_color="luminance"),
+        dict(preserve_color="luminance", color_space="lab"),
+        dict(preserve_color="histogram"),
+        dict(color_transfer="cholesky"),
+        dict(color_transfer="histogram"),
+    ],
+    ids=lambda mode: "-".join(mode.values()),
+)
 def test_colour_preservation_follows_the_content(mode, content):
     red_content = content.clone()
     red_content[0] = red_content[0] * 0.5 + 0.5
@@ -169,7 +181,9 @@ def test_no_step_throws_the_picture_out_of_range(draw):
     from lbfgs_step_bound import source_masked_setting
 
     content, styles, _, options = source_masked_setting(draw)
-    totals = [entry["total"] for entry in Stylizer(**{**options, "scales": [64], "steps": [30]}).run(content, styles).history]
+    totals = [
+        entry["total"] for entry in Stylizer(**{**options, "scales": [64], "steps": [30]}).run(content, styles).history
+    ]
     assert totals[-1] < 0.5 * totals[0], totals
 
 
@@ -266,8 +280,13 @@ def test_bfloat16_convolutions_cast_their_weights_once_and_follow_changes(device
                 assert torch.equal(cast_once[name], expected[name]), (name, change)
             else:
                 scale = expected[name].float().abs().max().item()
-                torch.testing.assert_close(cast_once[name].float(), expected[name].float(), rtol=2e-2,
-                                           atol=2e-2 * scale, msg=lambda m: f"{name}, change {change}: {m}")
+                torch.testing.assert_close(
+                    cast_once[name].float(),
+                    expected[name].float(),
+                    rtol=2e-2,
+                    atol=2e-2 * scale,
+                    msg=lambda m: f"{name}, change {change}: {m}",
+                )
         with torch.no_grad():
             vgg.layers[2].weight.mul_(1.5)  # conv1_2, in place
     assert vgg(image, ["relu1_1"])["relu1_1"].dtype == torch.float32  # without autocast: the float32 weights
@@ -433,8 +452,7 @@ def test_every_gradient_in_vgg_stays_channels_last(pictures, mixed_precision, de
 
     if mixed_precision and device == "cpu" and not cpu_has_native_bfloat16():
         pytest.skip("no native bfloat16 on this CPU")
-    stylizer = Stylizer(size=40, scales=[40], steps=1, device=device, mixed_precision=mixed_precision,
-                        cuda_graph=False)
+    stylizer = Stylizer(size=40, scales=[40], steps=1, device=device, mixed_precision=mixed_precision, cuda_graph=False)
     torch.manual_seed(pictures)
     contents = torch.rand(pictures, 3, 40, 36)
     styles = styles_at_stage(stylizer.options, [torch.rand(3, 33, 45)], 40)
@@ -446,8 +464,9 @@ def test_every_gradient_in_vgg_stays_channels_last(pictures, mixed_precision, de
         x, outputs = run_layers(x, start, stop, wanted)
         for name, features in outputs.items():
             assert features.is_contiguous(memory_format=torch.channels_last), name
-            features.register_hook(lambda grad, name=name: layouts.__setitem__(
-                name, grad.is_contiguous(memory_format=torch.channels_last)))
+            features.register_hook(
+                lambda grad, name=name: layouts.__setitem__(name, grad.is_contiguous(memory_format=torch.channels_last))
+            )
         return x, outputs
 
     monkeypatch.setattr(stylizer.vgg, "run_layers", hooked)

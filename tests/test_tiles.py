@@ -53,8 +53,9 @@ def plan(edge, deepest="relu5_1", content_bfloat16=False, checkpointing=False):
     checkpointed ones."""
     stop = LAYER_INDEX[deepest] + 1
     segments = ((0, stop // 2), (stop // 2, stop)) if checkpointing else ((0, stop),)
-    return MemoryPlan(1, 1, checkpointing, 5, segments, 0, 0, 0, 0, 0, tile_edge=edge,
-                      content_bfloat16=content_bfloat16)
+    return MemoryPlan(
+        1, 1, checkpointing, 5, segments, 0, 0, 0, 0, 0, tile_edge=edge, content_bfloat16=content_bfloat16
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +83,11 @@ def odd_inputs(seed, height=150, width=115):
 SHALLOW = {"content_layers": ["relu2_2"], "style_layers": ["relu1_1", "relu2_1", "relu3_1"]}
 
 
-@pytest.mark.parametrize("edge, layers, checkpointing", [(48, {}, False), (96, {}, False), (8, SHALLOW, False),
-                                                        (48, {}, True)],
-                         ids=["48", "96", "8-shallow", "48-checkpointed"])
+@pytest.mark.parametrize(
+    "edge, layers, checkpointing",
+    [(48, {}, False), (96, {}, False), (8, SHALLOW, False), (48, {}, True)],
+    ids=["48", "96", "8-shallow", "48-checkpointed"],
+)
 def test_a_tiled_evaluation_is_the_untiled_one_in_float64(float64_stylizer, edge, layers, checkpointing, monkeypatch):
     """Loss and gradient of one evaluation, tiled against untiled, in float64, on a 150 x 115
     picture: halos clipped at the borders, a last row and column of tiles narrower than a deep
@@ -101,15 +104,18 @@ def test_a_tiled_evaluation_is_the_untiled_one_in_float64(float64_stylizer, edge
     deepest = "relu3_1" if layers else "relu5_1"
     content, style, image = odd_inputs(edge)
     untiled = Objective(float64_stylizer.network, options, content, [style], [1.0], plan(0, deepest))
-    tiled = Objective(float64_stylizer.network, options, content, [style], [1.0],
-                      plan(edge, deepest, checkpointing=checkpointing))
+    tiled = Objective(
+        float64_stylizer.network, options, content, [style], [1.0], plan(edge, deepest, checkpointing=checkpointing)
+    )
     assert len(tiled.tiles) > 1 and not untiled.tiles
     for name, gram in untiled.style_grams.items():  # the style image's Grams, made in tiles too
         torch.testing.assert_close(tiled.style_grams[name], gram, rtol=1e-6, atol=0)
     expected_terms, expected_gradient = evaluation(untiled, image)
     passes = []
     through_network = tiled.through_network
-    monkeypatch.setattr(tiled, "through_network", lambda image, score: passes.append(1) or through_network(image, score))
+    monkeypatch.setattr(
+        tiled, "through_network", lambda image, score: passes.append(1) or through_network(image, score)
+    )
     terms, gradient = evaluation(tiled, image)
     assert len(passes) == 2 * len(tiled.tiles) - (not checkpointing)
     torch.testing.assert_close(terms, expected_terms, rtol=1e-6, atol=1e-12)
@@ -127,13 +133,17 @@ def test_bfloat16_content_targets_are_the_rounded_targets_tiled_or_not(float64_s
 
     options = float64_stylizer.options
     content, style, image = odd_inputs(3, 100, 90)
-    untiled, tiled, full = (Objective(float64_stylizer.network, options, content, [style], [1.0], plan(edge, **kind))
-                            for edge, kind in ((0, dict(content_bfloat16=True)), (48, dict(content_bfloat16=True)),
-                                               (0, {})))
-    oracle = Objective(float64_stylizer.network, options, content, [style], [1.0], plan(0),
-                       style_grams=full.style_grams)
-    oracle.content_terms = [(name, weight, ContentLoss(term.target.to(torch.bfloat16).float(), None))
-                            for name, weight, term in full.content_terms]
+    untiled, tiled, full = (
+        Objective(float64_stylizer.network, options, content, [style], [1.0], plan(edge, **kind))
+        for edge, kind in ((0, dict(content_bfloat16=True)), (48, dict(content_bfloat16=True)), (0, {}))
+    )
+    oracle = Objective(
+        float64_stylizer.network, options, content, [style], [1.0], plan(0), style_grams=full.style_grams
+    )
+    oracle.content_terms = [
+        (name, weight, ContentLoss(term.target.to(torch.bfloat16).float(), None))
+        for name, weight, term in full.content_terms
+    ]
     for objective in (untiled, tiled):
         assert {term.target.dtype for _, _, term in objective.content_terms} == {torch.bfloat16}
     assert {term.target.dtype for _, _, term in full.content_terms} == {torch.float32}
@@ -158,8 +168,9 @@ def test_a_halo_narrower_than_the_receptive_field_is_not_exact(float64_stylizer,
     expected_terms, expected_gradient = evaluation(untiled, image)
     assert tiles.halo(untiled.layers) == 12
     monkeypatch.setattr(tiles, "halo", lambda names: 8)
-    short = Objective(float64_stylizer.network, options, content, [style], [1.0], plan(16, "relu3_1"),
-                      style_grams=untiled.style_grams)
+    short = Objective(
+        float64_stylizer.network, options, content, [style], [1.0], plan(16, "relu3_1"), style_grams=untiled.style_grams
+    )
     _, gradient = evaluation(short, image)
     assert (gradient - expected_gradient).abs().max() > 1e-6 * expected_gradient.abs().max()
 
@@ -174,21 +185,30 @@ def test_every_term_tiled_in_float64(float64_stylizer, monkeypatch):
     monkeypatch.setattr(tiled_evaluation, "STRIP_ROWS", 16)
     generator = torch.Generator().manual_seed(7)
     height, width = 90, 70
-    options = dataclasses.replace(float64_stylizer.options, style_layer_weights=[0.1, 0.2, 0.3, 0.2, 0.2],
-                                  content_weight=2.0, tv_weight=3.0)
+    options = dataclasses.replace(
+        float64_stylizer.options, style_layer_weights=[0.1, 0.2, 0.3, 0.2, 0.2], content_weight=2.0, tv_weight=3.0
+    )
     contents = torch.rand(2, 3, height, width, generator=generator, dtype=torch.float64)
     styles = [torch.rand(3, 60, 80, generator=generator, dtype=torch.float64) for _ in range(2)]
     left = torch.zeros(height, width)
     left[:, : width // 2] = 1
-    masks = StageMasks(style=[left, 1 - left], content=(torch.rand(height, width, generator=generator) > 0.3).float(),
-                       sources=[None, (torch.rand(60, 80, generator=generator) > 0.5).float()], dilation=1)
-    temporal = TemporalTarget(torch.rand(3, height, width, dtype=torch.float64, generator=generator),
-                              torch.rand(height, width, dtype=torch.float64, generator=generator), 5.0)
-    images = (contents + 0.1 * torch.randn(contents.shape, generator=generator, dtype=torch.float64))
+    masks = StageMasks(
+        style=[left, 1 - left],
+        content=(torch.rand(height, width, generator=generator) > 0.3).float(),
+        sources=[None, (torch.rand(60, 80, generator=generator) > 0.5).float()],
+        dilation=1,
+    )
+    temporal = TemporalTarget(
+        torch.rand(3, height, width, dtype=torch.float64, generator=generator),
+        torch.rand(height, width, dtype=torch.float64, generator=generator),
+        5.0,
+    )
+    images = contents + 0.1 * torch.randn(contents.shape, generator=generator, dtype=torch.float64)
     results = []
     for edge in (0, 32):
-        objective = Objective(float64_stylizer.network, options, contents, styles, [0.3, 0.7], plan(edge),
-                              temporal=temporal, masks=masks)
+        objective = Objective(
+            float64_stylizer.network, options, contents, styles, [0.3, 0.7], plan(edge), temporal=temporal, masks=masks
+        )
         leaves = [image[None].clone().requires_grad_(True) for image in images]
         terms = objective.evaluator(leaves)()
         results.append((terms, torch.cat([leaf.grad for leaf in leaves])))
@@ -202,8 +222,10 @@ def test_a_short_run_tiled_is_the_untiled_picture():
     """float32, two stages: tiled with two tile edges and untiled, the pictures within 1/255."""
     generator = torch.Generator().manual_seed(5)
     content, style = torch.rand(3, 80, 104, generator=generator), torch.rand(3, 90, 70, generator=generator)
-    pictures = {tile: Stylizer(scales=[48, 104], steps=[4, 4], device="cpu", tile=tile).run(content, style).tensor
-                for tile in (0, 32, 64)}
+    pictures = {
+        tile: Stylizer(scales=[48, 104], steps=[4, 4], device="cpu", tile=tile).run(content, style).tensor
+        for tile in (0, 32, 64)
+    }
     for tile in (32, 64):
         assert (pictures[tile] - pictures[0]).abs().mean() < 1 / 255, tile
     assert (pictures[0] - torch.nn.functional.interpolate(content[None], size=(80, 104))[0]).abs().mean() > 0.01
@@ -211,8 +233,18 @@ def test_a_short_run_tiled_is_the_untiled_picture():
 
 def test_the_plan_tiles_only_when_nothing_else_fits():
     def planned(size, budget=None, **overrides):
-        return plan_stage(size, size, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, 20, [(size, size)], budget, "cpu",
-                          activation_bytes=4, **overrides)
+        return plan_stage(
+            size,
+            size,
+            DEFAULT_CONTENT_LAYERS,
+            DEFAULT_STYLE_LAYERS,
+            20,
+            [(size, size)],
+            budget,
+            "cpu",
+            activation_bytes=4,
+            **overrides,
+        )
 
     free, checkpointed = planned(2048), planned(2048, checkpointing=True)
     assert not free.tile_edge and not checkpointed.tile_edge
@@ -245,7 +277,10 @@ def test_a_budget_that_forces_tiles_completes():
     assert checkpointed.checkpointing and not checkpointed.tile_edge
     tight = Stylizer(max_memory=budget_for(checkpointed.total - 2**20), **settings)
     seen = []
-    result = tight.run(torch.rand(3, *content_shape), torch.rand(3, *shapes[0]),
-                       callback=lambda progress: seen.append(progress.memory_plan))
+    result = tight.run(
+        torch.rand(3, *content_shape),
+        torch.rand(3, *shapes[0]),
+        callback=lambda progress: seen.append(progress.memory_plan),
+    )
     assert seen and seen[0].tile_edge and "in tiles of" in seen[0].describe()
     assert result.improved and result.tensor.shape == (3, *content_shape)

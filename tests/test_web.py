@@ -193,14 +193,17 @@ def test_app_queues_jobs_one_at_a_time_and_serves_the_result(app):
     assert client.get("/results/uploads").status_code == 404  # only finished pictures are served
 
 
-@pytest.mark.parametrize("content, fields, message", [
-    (("notes.png", b"this is text, not a picture", "image/png"), {}, r"'notes.png' is not a picture"),
-    (("big.png", png_bytes(400, 300), "image/png"), {}, r"400x300 = 120,000 pixels, over the limit of 100,000"),
-    (("huge.png", b"\x89PNG" + b"0" * 300_000, "image/png"), {}, r"293 KiB, over the limit of 195 KiB"),
-    (("photo.png", png_bytes(), "image/png"), {"size": "9999"}, r"size: from 16 to 2048 px"),
-    (("photo.png", png_bytes(), "image/png"), {"style_weight": "strong"}, r"style weight: expected a number"),
-    (None, {}, r"choose the content picture"),
-])
+@pytest.mark.parametrize(
+    "content, fields, message",
+    [
+        (("notes.png", b"this is text, not a picture", "image/png"), {}, r"'notes.png' is not a picture"),
+        (("big.png", png_bytes(400, 300), "image/png"), {}, r"400x300 = 120,000 pixels, over the limit of 100,000"),
+        (("huge.png", b"\x89PNG" + b"0" * 300_000, "image/png"), {}, r"293 KiB, over the limit of 195 KiB"),
+        (("photo.png", png_bytes(), "image/png"), {"size": "9999"}, r"size: from 16 to 2048 px"),
+        (("photo.png", png_bytes(), "image/png"), {"style_weight": "strong"}, r"style weight: expected a number"),
+        (None, {}, r"choose the content picture"),
+    ],
+)
 def test_app_refuses_a_bad_upload_with_a_message(app, content, fields, message):
     client, queue, _, out = app
     answer = submit(client, content, [("look.png", png_bytes())], **fields)
@@ -223,8 +226,9 @@ def test_an_upload_too_large_to_decode_is_one_line_for_the_uploader(app, monkeyp
     monkeypatch.setattr(Image.Image, "load", out_of_memory)
     answer = submit(client, ("photo.png", photo, "image/png"), [("look.png", look)])
     error = answer.json()["error"]
-    assert answer.status_code == 400 and error == ("the content picture 'photo.png' is too large to decode in this "
-                                                   "machine's memory; use a smaller image"), error
+    assert answer.status_code == 400 and error == (
+        "the content picture 'photo.png' is too large to decode in this machine's memory; use a smaller image"
+    ), error
     assert queue.jobs == [] and not any((out / "uploads").glob("*"))
 
 
@@ -303,8 +307,14 @@ def test_app_job_makes_the_picture_and_stop_keeps_the_best_one(tmp_path):
     queue = JobQueue(run=stylize_job)
     try:
         options = StyleOptions(size=32, steps=[100000], seed=3, device="cpu")
-        job = Job(1, Uploads.sample_path("astronaut"), [Uploads.sample_path("swirls")], options,
-                  tmp_path / "0001-astronaut.png", {})
+        job = Job(
+            1,
+            Uploads.sample_path("astronaut"),
+            [Uploads.sample_path("swirls")],
+            options,
+            tmp_path / "0001-astronaut.png",
+            {},
+        )
         queue.submit(job)
         wait_for(lambda: job.preview is not None and job.preview.steps_done >= 3, seconds=120)
         queue.stop(1)
@@ -333,8 +343,11 @@ def test_app_takes_masks_one_per_style(app):
     photo, look, mask = png_bytes(), png_bytes(colour=(0, 0, 255)), png_bytes(colour=(255, 255, 255))
 
     def post(*masks, content_mask=None):
-        files = [("content", ("photo.png", photo, "image/png")), ("styles", ("look.png", look, "image/png")),
-                 *(("style_masks", (f"m{index}.png", mask, "image/png")) for index, _ in enumerate(masks))]
+        files = [
+            ("content", ("photo.png", photo, "image/png")),
+            ("styles", ("look.png", look, "image/png")),
+            *(("style_masks", (f"m{index}.png", mask, "image/png")) for index, _ in enumerate(masks)),
+        ]
         if content_mask:
             files.append(("content_mask", ("face.png", mask, "image/png")))
         return client.post("/jobs", files=files, data={"size": "64"})

@@ -32,8 +32,11 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 HAVE_BROWSER = all(os.access(path, os.X_OK) for path in (CHROMIUM, CHROMEDRIVER))
 if not HAVE_BROWSER and not os.environ.get("CI"):
     pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver") if not os.environ.get("CI") else __import__(
-    "selenium.webdriver", fromlist=["webdriver"])
+webdriver = (
+    pytest.importorskip("selenium.webdriver")
+    if not os.environ.get("CI")
+    else __import__("selenium.webdriver", fromlist=["webdriver"])
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
@@ -45,13 +48,24 @@ LIVE_RUN = ["--size", "64", "--steps", "600"]
 
 @pytest.fixture
 def browser(tmp_path):
-    assert HAVE_BROWSER, f"the browser tests need {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+    assert HAVE_BROWSER, (
+        f"the browser tests need {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+    )
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for downloads
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1280,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -68,8 +82,13 @@ def screenshot(driver, name, tmp_path):
 
 def start(*args, cwd):
     """`nst-ext ARGS` in the background, and the address it prints (read from its stderr)."""
-    process = subprocess.Popen([sys.executable, "-m", "nst_ext", *map(str, args)], cwd=cwd, stderr=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nst_ext", *map(str, args)],
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     seen = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -211,13 +230,15 @@ def visit_hostile_site(driver, target, attempts):
 def test_stop_button_saves_the_best_picture_and_exits_130(browser, tmp_path):
     """Another site's page cannot stop the run or read its stream; the live view's own Stop can."""
     out = tmp_path / "out.png"
-    process, url = start("stylize", CONTENT, STYLE, "-o", out, "--size", "64", "--steps", "100000", "--web",
-                         cwd=tmp_path)
+    process, url = start(
+        "stylize", CONTENT, STYLE, "-o", out, "--size", "64", "--steps", "100000", "--web", cwd=tmp_path
+    )
     try:
         browser.get(url)
         pictures_seen(browser, lambda: browser.find_element(By.CLASS_NAME, "picture").get_attribute("data-frame"))
-        got = visit_hostile_site(browser, url, [["fetch", "/stop", "fetch"], ["form", "/stop", "form"],
-                                                ["read", "/events", "read"]])
+        got = visit_hostile_site(
+            browser, url, [["fetch", "/stop", "fetch"], ["form", "/stop", "form"], ["read", "/events", "read"]]
+        )
         assert got["read"].startswith("blocked"), got  # no CORS: a foreign page reads nothing
         time.sleep(1.0)  # a stop, had one passed, ends the run within a step
         assert process.poll() is None, "another site's page stopped the run"
@@ -268,8 +289,10 @@ def test_app_uploads_queues_previews_and_downloads(browser, tmp_path):
         assert error.text == ""
         seen = pictures_seen(browser, lambda: row_state(browser, 1) == "done")
         assert len(set(seen)) >= 2, f"{len(set(seen))} pictures"
-        wait(lambda: "picture 2" in browser.find_element(By.ID, "where").text and int(
-            browser.find_element(By.CLASS_NAME, "picture").get_attribute("data-frame") or 0) >= 4)
+        wait(
+            lambda: "picture 2" in browser.find_element(By.ID, "where").text
+            and int(browser.find_element(By.CLASS_NAME, "picture").get_attribute("data-frame") or 0) >= 4
+        )
         browser.set_window_size(1280, 1500)
         screenshot(browser, "web-app.png", tmp_path)  # the second job under way, the first one's result
         link = in_row(browser, 1, "querySelector('a.download').href")
@@ -288,13 +311,26 @@ def test_another_sites_page_cannot_start_stop_or_read_jobs(browser, tmp_path):
     process, url = start("serve", "--port", 0, "--out", results, cwd=tmp_path)
     try:
         own = {"Origin": url.rstrip("/")}
-        request = urllib.request.Request(url + "jobs", method="POST", headers=own, data=(
-            b"content_sample=astronaut&style_samples=swirls&size=32&steps=2000"))
+        request = urllib.request.Request(
+            url + "jobs",
+            method="POST",
+            headers=own,
+            data=(b"content_sample=astronaut&style_samples=swirls&size=32&steps=2000"),
+        )
         with urllib.request.urlopen(request, timeout=30) as answer:
             assert answer.status == 201  # the app's own page may (as the form does)
-        got = visit_hostile_site(browser, url, [
-            ["start", "/jobs", "fetch"], ["stop", "/jobs/1/stop", "fetch"], ["form-start", "/jobs", "form"],
-            ["form-stop", "/jobs/1/stop", "form"], ["read", "/jobs", "read"], ["result", "/results/x.png", "read"]])
+        got = visit_hostile_site(
+            browser,
+            url,
+            [
+                ["start", "/jobs", "fetch"],
+                ["stop", "/jobs/1/stop", "fetch"],
+                ["form-start", "/jobs", "form"],
+                ["form-stop", "/jobs/1/stop", "form"],
+                ["read", "/jobs", "read"],
+                ["result", "/results/x.png", "read"],
+            ],
+        )
         assert got["read"].startswith("blocked") and got["result"].startswith("blocked"), got
         time.sleep(0.5)
         with urllib.request.urlopen(url + "jobs", timeout=30) as answer:
@@ -312,8 +348,9 @@ def test_another_sites_page_cannot_start_stop_or_read_jobs(browser, tmp_path):
 def in_row(driver, number, expression):
     """`expression` of job `number`'s row (the table is redrawn as jobs change, so it is read in
     one script), or None while there is no such row."""
-    return driver.execute_script(f"const row = document.getElementById('job-{number}'); "
-                                 f"return row ? row.{expression} : null;")
+    return driver.execute_script(
+        f"const row = document.getElementById('job-{number}'); return row ? row.{expression} : null;"
+    )
 
 
 def row_state(driver, number):

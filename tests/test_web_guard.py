@@ -41,16 +41,32 @@ def served(tmp_path):
 
 
 def sample_job(client, **headers):
-    return client.post("/jobs", data={"size": "64", "content_sample": "astronaut", "style_samples": "swirls"},
-                       headers=headers)
+    return client.post(
+        "/jobs", data={"size": "64", "content_sample": "astronaut", "style_samples": "swirls"}, headers=headers
+    )
 
 
-@pytest.mark.parametrize("host, allowed", [
-    ("127.0.0.1:8765", True), ("localhost:8765", True), ("LOCALHOST:8765", True), ("[::1]:8765", True),
-    ("evil.example", False), ("evil.example:8765", False), ("127.0.0.1", False), ("127.0.0.1:8766", False),
-    ("127.0.0.1:8765.evil.example", False), ("localhost.evil.example:8765", False), ("[::ffff:127.0.0.1]:8765", False),
-    ("[::1]", False), ("::1:8765", False), ("0.0.0.0:8765", False), ("", False), ("127.0.0.1:8765 ", False),
-])
+@pytest.mark.parametrize(
+    "host, allowed",
+    [
+        ("127.0.0.1:8765", True),
+        ("localhost:8765", True),
+        ("LOCALHOST:8765", True),
+        ("[::1]:8765", True),
+        ("evil.example", False),
+        ("evil.example:8765", False),
+        ("127.0.0.1", False),
+        ("127.0.0.1:8766", False),
+        ("127.0.0.1:8765.evil.example", False),
+        ("localhost.evil.example:8765", False),
+        ("[::ffff:127.0.0.1]:8765", False),
+        ("[::1]", False),
+        ("::1:8765", False),
+        ("0.0.0.0:8765", False),
+        ("", False),
+        ("127.0.0.1:8765 ", False),
+    ],
+)
 def test_only_this_machines_names_with_our_port_are_answered(served, host, allowed):
     """DNS rebinding: a foreign name resolved to 127.0.0.1 sends its own Host; none is answered."""
     client, queue, _, _ = served
@@ -65,14 +81,24 @@ def test_only_this_machines_names_with_our_port_are_answered(served, host, allow
     assert len(queue.jobs) == (1 if allowed else 0)
 
 
-@pytest.mark.parametrize("headers", [
-    {}, {"origin": "null"}, {"origin": "http://evil.example"}, {"origin": "http://127.0.0.1:8766"},
-    {"origin": "https://127.0.0.1:8765"}, {"origin": "http://127.0.0.1:8765.evil.example"},
-    {"origin": "http://localhost:8765"},  # this server's other name, but not the page the request names
-    {"referer": "http://evil.example/page"}, {"referer": "null"}, {"origin": "", "referer": ""},
-    {"origin": "http://evil.example", "referer": "http://127.0.0.1:8765/"},
-    {"origin": "http://127.0.0.1:8765@evil.example"}, {"origin": "http:\\\\127.0.0.1:8765"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"origin": "null"},
+        {"origin": "http://evil.example"},
+        {"origin": "http://127.0.0.1:8766"},
+        {"origin": "https://127.0.0.1:8765"},
+        {"origin": "http://127.0.0.1:8765.evil.example"},
+        {"origin": "http://localhost:8765"},  # this server's other name, but not the page the request names
+        {"referer": "http://evil.example/page"},
+        {"referer": "null"},
+        {"origin": "", "referer": ""},
+        {"origin": "http://evil.example", "referer": "http://127.0.0.1:8765/"},
+        {"origin": "http://127.0.0.1:8765@evil.example"},
+        {"origin": "http:\\\\127.0.0.1:8765"},
+    ],
+)
 def test_a_change_from_any_other_page_is_refused(served, headers):
     """Cross-site form posts and fetches are "simple" requests a browser sends without asking: the
     server refuses every one that is not from its own page, and nothing changes."""
@@ -86,10 +112,14 @@ def test_a_change_from_any_other_page_is_refused(served, headers):
     assert len(queue.jobs) == 1 and queue.jobs[0].state == "running" and not queue.jobs[0].stop_requested.is_set()
 
 
-@pytest.mark.parametrize("repeated", [
-    [("origin", "http://evil.example"), ("origin", OWN_PAGE)], [("origin", OWN_PAGE), ("origin", "null")],
-    [("referer", "http://evil.example/"), ("referer", OWN_PAGE + "/")],
-])
+@pytest.mark.parametrize(
+    "repeated",
+    [
+        [("origin", "http://evil.example"), ("origin", OWN_PAGE)],
+        [("origin", OWN_PAGE), ("origin", "null")],
+        [("referer", "http://evil.example/"), ("referer", OWN_PAGE + "/")],
+    ],
+)
 def test_a_request_that_repeats_a_checked_header_is_refused(served, repeated):
     """Which copy would count? Neither: a browser never repeats them, a forged request may."""
     client, queue, _, _ = served
@@ -112,8 +142,13 @@ def test_the_live_views_stop_works_only_from_its_own_page():
     stops = []
     preview = Preview(interval=0.0)
     client = TestClient(live_app(preview, PreviewStreams(), ADDRESS, stop=lambda: stops.append(1)), base_url=OWN_PAGE)
-    for headers in ({}, {"origin": "null"}, {"origin": "http://evil.example"}, {"referer": "http://evil.example/"},
-                    {"origin": OWN_PAGE, "host": "evil.example"}):
+    for headers in (
+        {},
+        {"origin": "null"},
+        {"origin": "http://evil.example"},
+        {"referer": "http://evil.example/"},
+        {"origin": OWN_PAGE, "host": "evil.example"},
+    ):
         assert client.post("/stop", headers=headers).status_code == 403
     assert client.get("/events", headers={"host": "evil.example:8765"}).status_code == 403
     assert stops == []
@@ -124,8 +159,15 @@ def test_every_answer_carries_the_security_headers(served, monkeypatch):
     client, queue, _, _ = served
     client = TestClient(client.app, base_url=OWN_PAGE, raise_server_exceptions=False)
     monkeypatch.setattr(queue, "shown", lambda: (_ for _ in ()).throw(ValueError("embedded null byte /home/secret")))
-    answers = [client.get("/"), client.get("/static/app.js"), client.get("/nowhere"), client.put("/jobs"),
-               client.get("/", headers={"host": "evil.example"}), sample_job(client), client.get("/jobs")]
+    answers = [
+        client.get("/"),
+        client.get("/static/app.js"),
+        client.get("/nowhere"),
+        client.put("/jobs"),
+        client.get("/", headers={"host": "evil.example"}),
+        sample_job(client),
+        client.get("/jobs"),
+    ]
     assert [answer.status_code for answer in answers] == [200, 200, 404, 403, 403, 403, 500]
     for answer in answers:
         for name, value in SECURITY_HEADERS:
@@ -148,17 +190,27 @@ def test_a_result_is_downloaded_as_an_attachment_with_its_own_name(served):
 def test_bounds_on_steps_parts_and_fields_are_one_line_of_json(served):
     client, queue, _, _ = served
     assert sample_job(client, origin=OWN_PAGE).status_code == 201
-    steps = client.post("/jobs", data={"content_sample": "astronaut", "style_samples": "swirls",
-                                       "steps": "1000000000"}, headers={"origin": OWN_PAGE})
-    assert steps.status_code == 400 and steps.json()["error"] == f"steps: from 1 to {LARGEST_STEPS} per scale here, got 1000000000"
+    steps = client.post(
+        "/jobs",
+        data={"content_sample": "astronaut", "style_samples": "swirls", "steps": "1000000000"},
+        headers={"origin": OWN_PAGE},
+    )
+    assert (
+        steps.status_code == 400
+        and steps.json()["error"] == f"steps: from 1 to {LARGEST_STEPS} per scale here, got 1000000000"
+    )
     files = [("styles", (f"s{index}.png", png_bytes(), "image/png")) for index in range(MAX_FILES + 1)]
     parts = client.post("/jobs", files=files, headers={"origin": OWN_PAGE})
     assert parts.status_code == 400 and parts.headers["content-type"] == "application/json"
     assert re.match(r"the upload was refused: Too many files.*at most 5 pictures", parts.json()["error"]), parts.json()
     fields = client.post("/jobs", data={f"field{index}": "x" for index in range(40)}, headers={"origin": OWN_PAGE})
     assert fields.status_code == 400 and "Too many fields" in fields.json()["error"]
-    long_field = client.post("/jobs", files=[("content", ("p.png", png_bytes(), "image/png"))],
-                             data={"seed": "1" * 70_000}, headers={"origin": OWN_PAGE})
+    long_field = client.post(
+        "/jobs",
+        files=[("content", ("p.png", png_bytes(), "image/png"))],
+        data={"seed": "1" * 70_000},
+        headers={"origin": OWN_PAGE},
+    )
     assert long_field.status_code == 400 and "the upload was refused" in long_field.json()["error"]
     assert len(queue.jobs) == 1
 
@@ -176,8 +228,11 @@ def test_the_queue_and_the_uploads_folder_are_capped(served, monkeypatch):
     uploads.folder.mkdir(parents=True, exist_ok=True)
     (uploads.folder / "old.png").write_bytes(b"0" * 900)
     client.post("/jobs/3/stop", headers={"origin": OWN_PAGE})
-    crowded = submit(TestClient(client.app, base_url=OWN_PAGE, headers={"origin": OWN_PAGE}),
-                     ("photo.png", png_bytes(), "image/png"), [("look.png", png_bytes())])
+    crowded = submit(
+        TestClient(client.app, base_url=OWN_PAGE, headers={"origin": OWN_PAGE}),
+        ("photo.png", png_bytes(), "image/png"),
+        [("look.png", png_bytes())],
+    )
     assert crowded.status_code == 400
     assert re.search(r"uploads folder holds \d+ bytes, near its limit of 1000 bytes", crowded.json()["error"])
     assert sorted(path.name for path in uploads.folder.iterdir()) == ["old.png"]  # nothing of the refused job kept
@@ -185,9 +240,15 @@ def test_the_queue_and_the_uploads_folder_are_capped(served, monkeypatch):
 
 def test_an_upload_declared_larger_than_the_limit_is_refused_before_it_is_read(served):
     client, queue, _, uploads = served
-    answer = client.post("/jobs", content=b"x" * 10, headers={"origin": OWN_PAGE, "content-length":
-                                                               str(uploads.max_request + 1),
-                                                               "content-type": "multipart/form-data; boundary=b"})
+    answer = client.post(
+        "/jobs",
+        content=b"x" * 10,
+        headers={
+            "origin": OWN_PAGE,
+            "content-length": str(uploads.max_request + 1),
+            "content-type": "multipart/form-data; boundary=b",
+        },
+    )
     assert answer.status_code == 413 and "each picture may be at most 195 KiB" in answer.json()["error"]
 
 
@@ -201,8 +262,9 @@ def test_a_streamed_upload_is_cut_at_the_limit(served):
             sent.append(65536)
             yield b"--b\r\n" + b"0" * 65531
 
-    answer = client.post("/jobs", content=chunks(), headers={"origin": OWN_PAGE,
-                                                             "content-type": "multipart/form-data; boundary=b"})
+    answer = client.post(
+        "/jobs", content=chunks(), headers={"origin": OWN_PAGE, "content-type": "multipart/form-data; boundary=b"}
+    )
     assert answer.status_code == 413 and "over 1 MiB in all" in answer.json()["error"], answer.text
     assert queue.jobs == [] and not any(uploads.folder.glob("*"))
 
@@ -284,8 +346,22 @@ def _peak_memory_kib(pid: int) -> int:
 def test_a_chunked_upload_far_over_the_limit_keeps_the_servers_memory_flat(tmp_path):
     """The real server (`nst-ext serve`), sent 96 MiB chunked where it takes 1.1 MiB: it answers
     413 and its peak memory grows by far less than what was sent."""
-    process = subprocess.Popen([sys.executable, "-m", "nst_ext", "serve", "--port", "0", "--out", str(tmp_path / "r"),
-                                "--max-upload", "200KiB"], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nst_ext",
+            "serve",
+            "--port",
+            "0",
+            "--out",
+            str(tmp_path / "r"),
+            "--max-upload",
+            "200KiB",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stderr.readline()
         port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line).group(1))
@@ -293,11 +369,14 @@ def test_a_chunked_upload_far_over_the_limit_keeps_the_servers_memory_flat(tmp_p
         sent = 0
         answer = b""
         with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-            connection.sendall(f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
-                               "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
-                               .encode())
-            part = (b'--b\r\nContent-Disposition: form-data; name="content"; filename="big.png"\r\n'
-                    b"Content-Type: image/png\r\n\r\n")  # a file part that never ends
+            connection.sendall(
+                f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            )
+            part = (
+                b'--b\r\nContent-Disposition: form-data; name="content"; filename="big.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n"
+            )  # a file part that never ends
             connection.sendall(b"%x\r\n%s\r\n" % (len(part), part))
             chunk = b"0" * (1 << 20)
             try:
@@ -329,8 +408,10 @@ def test_a_chunked_upload_far_over_the_limit_keeps_the_servers_memory_flat(tmp_p
 def test_serve_into_a_file_or_an_unmakeable_folder_is_one_line(tmp_path):
     (tmp_path / "taken").write_text("a file")
     assert_one_line_error(nst_ext_cli("serve", "--port", "0", "--out", tmp_path / "taken"), r"is a file")
-    assert_one_line_error(nst_ext_cli("serve", "--port", "0", "--out", tmp_path / "taken" / "below"),
-                          r"cannot make the output folder .*: ")
+    assert_one_line_error(
+        nst_ext_cli("serve", "--port", "0", "--out", tmp_path / "taken" / "below"),
+        r"cannot make the output folder .*: ",
+    )
 
 
 def test_the_security_guide_states_the_caps_this_code_has():

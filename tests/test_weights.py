@@ -20,8 +20,11 @@ def empty_torch_hub(tmp_path, monkeypatch):
 
 
 def torchvision_state(convs, prefix="features."):
-    return {f"{prefix}{index}.{kind}": tensor for index, (weight, bias) in zip(TORCHVISION_CONV_INDICES, convs)
-            for kind, tensor in (("weight", weight), ("bias", bias))}
+    return {
+        f"{prefix}{index}.{kind}": tensor
+        for index, (weight, bias) in zip(TORCHVISION_CONV_INDICES, convs)
+        for kind, tensor in (("weight", weight), ("bias", bias))
+    }
 
 
 def test_registry_matches_torchvision_features():
@@ -38,8 +41,9 @@ def test_registry_matches_torchvision_features():
 def test_weights_land_on_torchvisions_layers():
     default = resolve_weights()
     features = torchvision.models.vgg19(weights=None).features
-    features.load_state_dict({key.removeprefix("features."): value
-                              for key, value in torchvision_state(default.convs).items()}, strict=False)
+    features.load_state_dict(
+        {key.removeprefix("features."): value for key, value in torchvision_state(default.convs).items()}, strict=False
+    )
     ours = VGG19Features(default, "relu3_1", pooling="max")
     image = torch.rand(1, 3, 40, 36)
     with torch.no_grad():

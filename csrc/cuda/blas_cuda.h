@@ -12,15 +12,15 @@ namespace cuda_blas {
 
 // The unscaled product F F^T, (B, C, C) in the accumulation dtype, by cuBLAS.
 inline at::Tensor blas_gram_product(const at::Tensor& features) {
-  const at::ScalarType acc = accumulation_dtype(features.scalar_type());
-  const auto [a, b] = gram_operands(features);
-  return features.scalar_type() == acc ? at::bmm(a, b) : at::bmm(a, b, acc);
+    const at::ScalarType acc = accumulation_dtype(features.scalar_type());
+    const auto [a, b] = gram_operands(features);
+    return features.scalar_type() == acc ? at::bmm(a, b) : at::bmm(a, b, acc);
 }
 
 // grad_features = S @ F (common.h, multiply_symmetric_as_laid); float16/bfloat16
 // features multiply on tensor cores.
 inline at::Tensor multiply_symmetric(const at::Tensor& S, const at::Tensor& features) {
-  return multiply_symmetric_as_laid(S, features, features.scalar_type() != S.scalar_type());
+    return multiply_symmetric_as_laid(S, features, features.scalar_type() != S.scalar_type());
 }
 
 }  // namespace cuda_blas

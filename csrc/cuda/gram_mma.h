@@ -18,14 +18,14 @@ enum class ElementType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
 // C) float32 (B_t = 1 broadcast: target_batch_stride 0) the residual G - target, and then *loss =
 // mean of the residual's squares over B C C entries.
 struct Problem {
-  const void* features;
-  ElementType element;
-  bool channels_last;
-  int64_t batch, channels, positions;
-  float* out;
-  const float* target;          // null for the Gram alone
-  int64_t target_batch_stride;  // C * C, or 0 for a broadcast target
-  float* loss;                  // one float32, with a target
+    const void* features;
+    ElementType element;
+    bool channels_last;
+    int64_t batch, channels, positions;
+    float* out;
+    const float* target;          // null for the Gram alone
+    int64_t target_batch_stride;  // C * C, or 0 for a broadcast target
+    float* loss;                  // one float32, with a target
 };
 
 // Whether the kernel takes this problem: compute capability 8.0 or newer (mma.sync with bf16,
@@ -35,14 +35,15 @@ bool supports(const Problem& problem, int compute_capability_major);
 
 // The launch for a problem on a GPU: its tile, grid and the scratch memory it needs.
 struct Plan {
-  int tile;                // 64 or 128
-  int tiles;               // per side of C x C
-  int upper_tiles;         // in the upper triangle
-  int splits;              // of the inner dimension
-  int64_t split_length;    // positions per split
-  size_t workspace_floats; // the splits' partial tiles (0 without a split)
-  size_t counter_count;    // unsigned counters, zeroed before the launch; the kernel leaves them zero
-  size_t loss_partials;    // floats, one per tile and batch item
+    int tile;                 // 64 or 128
+    int tiles;                // per side of C x C
+    int upper_tiles;          // in the upper triangle
+    int splits;               // of the inner dimension
+    int64_t split_length;     // positions per split
+    size_t workspace_floats;  // the splits' partial tiles (0 without a split)
+    size_t
+        counter_count;  // unsigned counters, zeroed before the launch; the kernel leaves them zero
+    size_t loss_partials;  // floats, one per tile and batch item
 };
 
 Plan plan(const Problem& problem, int multiprocessors);

@@ -11,8 +11,11 @@ from typing import List, Optional
 from nst_ext.cli.stopping import nothing_made
 
 # Public name -> the module that defines it.
-_EXPORTS = {"CommandError": "nst_ext.cli.arguments", "build_parser": "nst_ext.cli.arguments",
-            "style_options": "nst_ext.cli.arguments"}
+_EXPORTS = {
+    "CommandError": "nst_ext.cli.arguments",
+    "build_parser": "nst_ext.cli.arguments",
+    "style_options": "nst_ext.cli.arguments",
+}
 __all__ = sorted([*_EXPORTS, "main"])
 
 

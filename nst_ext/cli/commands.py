@@ -74,8 +74,12 @@ def _check_outputs(args, output: Path, inputs: List[Path]) -> None:
     patterns = []
     if args.save_every:
         patterns.append((output.parent, _intermediate_pattern(output), "intermediate images"))
-    check_outputs([(output, "-o"), (Path(args.plot) if args.plot else None, "--plot")], inputs,
-                  overwrite=args.overwrite, patterns=patterns)
+    check_outputs(
+        [(output, "-o"), (Path(args.plot) if args.plot else None, "--plot")],
+        inputs,
+        overwrite=args.overwrite,
+        patterns=patterns,
+    )
 
 
 def _info_of(picture: str) -> int:
@@ -102,8 +106,10 @@ def _rerun(args, argv: List[str]) -> int:
     refused = [f"--{name.replace('_', '-')}" for name in changed if name not in PLACEMENT_OPTIONS]
     if refused:
         placement = ", ".join(f"--{name.replace('_', '-')}" for name in PLACEMENT_OPTIONS)
-        raise CommandError(f"with --from the settings come from the picture; drop {', '.join(refused)} (only where "
-                           f"the work runs may change: {placement})")
+        raise CommandError(
+            f"with --from the settings come from the picture; drop {', '.join(refused)} (only where "
+            f"the work runs may change: {placement})"
+        )
     from nst_ext.io import provenance
 
     options, content, styles = provenance.rerun(args.from_picture)
@@ -155,18 +161,37 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
         print(f"nst-ext: {stop_verb()} before the first step finished; nothing written", file=sys.stderr)
         return stop_exit_status()
     if not result.interrupted and not result.improved:
-        print(f"nst-ext: warning: no step improved the picture, so {output} is its starting image (with one step "
-              "per stage, L-BFGS only evaluates the start); give more --steps", file=sys.stderr)
+        print(
+            f"nst-ext: warning: no step improved the picture, so {output} is its starting image (with one step "
+            "per stage, L-BFGS only evaluates the start); give more --steps",
+            file=sys.stderr,
+        )
     stopped_while_saving = False
     ending = "failed"
     try:
         with deferred_signals():  # a stop signal now waits until the files are in place
             # A full disk: the picture goes to a fallback folder, named in the error.
-            record = provenance.make_record(options, content, styles, result.seed, stylizer.weights.source,
-                                            str(stylizer.device), command=args.command)
+            record = provenance.make_record(
+                options,
+                content,
+                styles,
+                result.seed,
+                stylizer.weights.source,
+                str(stylizer.device),
+                command=args.command,
+            )
             profile = icc_profile(content)
-            write_or_rescue(lambda path: save_image(result.tensor, path, overwrite=args.overwrite, record=record,
-                                                    icc_profile=profile, bit_depth=args.bit_depth), output)
+            write_or_rescue(
+                lambda path: save_image(
+                    result.tensor,
+                    path,
+                    overwrite=args.overwrite,
+                    record=record,
+                    icc_profile=profile,
+                    bit_depth=args.bit_depth,
+                ),
+                output,
+            )
             if args.plot:
                 from nst_ext.cli.plot import plot_losses
 
@@ -177,22 +202,31 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
     finally:  # the page shows the final picture once it is written (or could not be)
         live.close(result.tensor, ending)
     if result.interrupted or stopped_while_saving:
-        print(f"nst-ext: {stop_verb()} after {steps_done} steps; saved the best image so far to {output}",
-              file=sys.stderr)
+        print(
+            f"nst-ext: {stop_verb()} after {steps_done} steps; saved the best image so far to {output}", file=sys.stderr
+        )
         return stop_exit_status()
-    print(f"nst-ext: wrote {output} ({result.tensor.shape[2]}x{result.tensor.shape[1]}) in {result.seconds:.1f} s",
-          file=sys.stderr)
+    print(
+        f"nst-ext: wrote {output} ({result.tensor.shape[2]}x{result.tensor.shape[1]}) in {result.seconds:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _layers() -> int:
-    print("VGG19's layers. 'size': the layer's output size relative to the picture; 'min px': the smallest\n"
-          "picture side (at every stage, for content and style images alike) that leaves it at least 1x1.\n")
+    print(
+        "VGG19's layers. 'size': the layer's output size relative to the picture; 'min px': the smallest\n"
+        "picture side (at every stage, for content and style images alike) that leaves it at least 1x1.\n"
+    )
     print(f"{'layer':<9} {'kind':<5} {'channels':>8}  {'size':>5}  {'min px':>6}  default use")
     for layer in LAYERS:
-        use = "content" if layer.name in DEFAULT_CONTENT_LAYERS else "style" if layer.name in DEFAULT_STYLE_LAYERS else ""
-        print(f"{layer.name:<9} {layer.kind:<5} {layer.channels:>8}  1/{2 ** layer.pools_before:<3}  "
-              f"{min_image_side([layer.name]):>6}  {use}")
+        use = (
+            "content" if layer.name in DEFAULT_CONTENT_LAYERS else "style" if layer.name in DEFAULT_STYLE_LAYERS else ""
+        )
+        print(
+            f"{layer.name:<9} {layer.kind:<5} {layer.channels:>8}  1/{2**layer.pools_before:<3}  "
+            f"{min_image_side([layer.name]):>6}  {use}"
+        )
     return 0
 
 
@@ -225,8 +259,11 @@ def _one_line_warnings():
 
 def _out_of_memory(error: BaseException) -> bool:
     """Whether `error` is a failed allocation: Python's, torch's on a GPU, or torch's CPU allocator's."""
-    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+    )
 
 
 def _main(argv: Optional[List[str]]) -> int:
@@ -254,8 +291,9 @@ def _main(argv: Optional[List[str]]) -> int:
         if args.command == "video":
             return run_video_command(args)
         if args.command == "serve":
-            return web_module("app").serve(args.out, host=args.host, port=args.port, device=args.device,
-                                           max_upload=args.max_upload)
+            return web_module("app").serve(
+                args.out, host=args.host, port=args.port, device=args.device, max_upload=args.max_upload
+            )
         if args.from_picture:
             return _rerun(args, sys.argv[1:] if argv is None else argv)
         if args.content is None or not args.styles:
@@ -276,9 +314,11 @@ def _main(argv: Optional[List[str]]) -> int:
         if not _out_of_memory(error):
             raise
         reason = (str(error).strip().splitlines() or ["no details"])[-1][:200]
-        print(f"nst-ext: error: ran out of memory ({reason}); use a smaller --size, or a --max-memory below what "
-              "this process may take (ulimit -v, a container's limit) so that the run is planned to fit",
-              file=sys.stderr)
+        print(
+            f"nst-ext: error: ran out of memory ({reason}); use a smaller --size, or a --max-memory below what "
+            "this process may take (ulimit -v, a container's limit) so that the run is planned to fit",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 

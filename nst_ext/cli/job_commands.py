@@ -42,12 +42,23 @@ def run_batch_command(args) -> int:
 
     summary = None
     try:
-        summary = run_batch(args.input, args.styles, args.output, options, output_format=args.format,
-                            overwrite=args.overwrite, on_item=on_item, on_progress=on_progress,
-                            distributed=distributed, on_start=on_start, batch_size=args.batch_size)
+        summary = run_batch(
+            args.input,
+            args.styles,
+            args.output,
+            options,
+            output_format=args.format,
+            overwrite=args.overwrite,
+            on_item=on_item,
+            on_progress=on_progress,
+            distributed=distributed,
+            on_start=on_start,
+            batch_size=args.batch_size,
+        )
     except WriteError as error:
-        raise error.with_advice("the items finished before are kept: run the same command again once the output "
-                                "can be written") from None
+        raise error.with_advice(
+            "the items finished before are kept: run the same command again once the output can be written"
+        ) from None
     finally:
         if bar is not None:
             bar.count(force=True)
@@ -81,15 +92,24 @@ def run_video_command(args) -> int:
 
     summary = None
     try:
-        summary = run_video(args.input, args.styles, args.output, options,
-                            temporal_weight=TEMPORAL_WEIGHT if args.temporal_weight is None else args.temporal_weight,
-                            frame_steps=FRAME_STEPS if args.frame_steps is None else args.frame_steps,
-                            coherence=args.coherence, long_term=args.long_term,
-                            overwrite=args.overwrite, on_frame=on_frame, on_progress=live.observe,
-                            distributed=distributed)
+        summary = run_video(
+            args.input,
+            args.styles,
+            args.output,
+            options,
+            temporal_weight=TEMPORAL_WEIGHT if args.temporal_weight is None else args.temporal_weight,
+            frame_steps=FRAME_STEPS if args.frame_steps is None else args.frame_steps,
+            coherence=args.coherence,
+            long_term=args.long_term,
+            overwrite=args.overwrite,
+            on_frame=on_frame,
+            on_progress=live.observe,
+            distributed=distributed,
+        )
     except WriteError as error:
-        raise error.with_advice("the finished frames are kept: run the same command again once the output can be "
-                                "written") from None
+        raise error.with_advice(
+            "the finished frames are kept: run the same command again once the output can be written"
+        ) from None
     finally:
         if bar is not None:
             bar.close()
@@ -99,8 +119,10 @@ def run_video_command(args) -> int:
         return job_stopped("the finished frames")
     if distributed.rank == 0:
         kept = f" ({summary.kept} kept from a stopped run)" if summary.kept else ""
-        print(f"nst-ext: wrote {args.output}: {summary.frames} frames, {summary.stylized} stylized now{kept}",
-              file=sys.stderr)
+        print(
+            f"nst-ext: wrote {args.output}: {summary.frames} frames, {summary.stylized} stylized now{kept}",
+            file=sys.stderr,
+        )
     return 0
 
 

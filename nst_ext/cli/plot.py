@@ -21,8 +21,14 @@ def plot_losses(history: List[Dict[str, float]]) -> Image.Image:
     for index in range(1, len(history)):
         if history[index]["stage"] != history[index - 1]["stage"]:
             axes.axvline(index + 0.5, color="grey", linestyle=":", linewidth=1)
-            axes.text(index + 1, axes.get_ylim()[1], f" stage {int(history[index]['stage']) + 1}", va="top",
-                      fontsize=8, color="grey")
+            axes.text(
+                index + 1,
+                axes.get_ylim()[1],
+                f" stage {int(history[index]['stage']) + 1}",
+                va="top",
+                fontsize=8,
+                color="grey",
+            )
     axes.set_yscale("log")
     # The content loss starts at exactly 0 from a content initialisation; keep the axis on the useful range.
     peak = max(entry["total"] for entry in history)

@@ -17,8 +17,9 @@ class StepBar(tqdm):
     stage's memory plan had to cut down (checkpointing, a shorter L-BFGS history)."""
 
     def __init__(self, total_steps: int, device):
-        super().__init__(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
-                         desc=f"stylizing on {device}")
+        super().__init__(
+            total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr, desc=f"stylizing on {device}"
+        )
         self.losses_shown_at = 0.0
 
     def show(self, progress) -> None:
@@ -29,8 +30,11 @@ class StepBar(tqdm):
         now = time.monotonic()
         if now - self.losses_shown_at >= LOSS_DISPLAY_SECONDS or progress.step == progress.steps:
             self.losses_shown_at = now
-            self.set_postfix_str(f"{progress.size[1]}x{progress.size[0]} content {progress.content_loss:.3g} "
-                                 f"style {progress.style_loss:.3g} total {progress.total_loss:.3g}", refresh=False)
+            self.set_postfix_str(
+                f"{progress.size[1]}x{progress.size[0]} content {progress.content_loss:.3g} "
+                f"style {progress.style_loss:.3g} total {progress.total_loss:.3g}",
+                refresh=False,
+            )
         self.update(1)
 
 
@@ -42,8 +46,13 @@ class ItemBar(tqdm):
         self.manifest = manifest
         self.manifest_start = manifest.stat().st_size if manifest.exists() else 0
         self.counted_at = 0.0
-        super().__init__(total=total - already, unit="image", dynamic_ncols=True, file=sys.stderr,
-                         desc=f"batch ({already} already done)" if already else "batch")
+        super().__init__(
+            total=total - already,
+            unit="image",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            desc=f"batch ({already} already done)" if already else "batch",
+        )
 
     def count(self, force: bool = False) -> None:
         """Catches up with the manifest (at most every LOSS_DISPLAY_SECONDS unless `force`)."""
@@ -61,8 +70,9 @@ class ItemBar(tqdm):
 
     def show(self, progress) -> None:
         """One evaluation of the item in flight: its stage and step."""
-        self.set_postfix_str(f"stage {progress.stage + 1}/{progress.stages} step {progress.step}/{progress.steps}",
-                             refresh=False)
+        self.set_postfix_str(
+            f"stage {progress.stage + 1}/{progress.stages} step {progress.step}/{progress.steps}", refresh=False
+        )
         self.count()
 
 

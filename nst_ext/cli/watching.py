@@ -41,6 +41,6 @@ def web_module(name: str):
     except ImportError as error:
         if (error.name or "").startswith("nst_ext"):
             raise
-        raise CommandError(f"the browser views need the web extra ({error.name} is not installed): "
-                           "pip install 'nst_ext[web]'") from None
-
+        raise CommandError(
+            f"the browser views need the web extra ({error.name} is not installed): pip install 'nst_ext[web]'"
+        ) from None

@@ -57,10 +57,18 @@ def _cpu_model() -> str:
 def machine_key() -> dict:
     """What decides which algorithm wins a shape here (see the module's docstring)."""
     package = Path(nst_ext.__file__).parent  # the compiled library nst_ext._C lies at the package's root
-    built = sorted(str(path.stat().st_mtime_ns) + ":" + str(path.stat().st_size)
-                   for path in package.glob("_C*") if path.is_file())
-    key = {"nst_ext": nst_ext.__version__, "torch": torch.__version__, "extension": built,
-           "cpu": _cpu_model(), "threads": torch.get_num_threads(), "gpus": [], "driver": None}
+    built = sorted(
+        str(path.stat().st_mtime_ns) + ":" + str(path.stat().st_size) for path in package.glob("_C*") if path.is_file()
+    )
+    key = {
+        "nst_ext": nst_ext.__version__,
+        "torch": torch.__version__,
+        "extension": built,
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "gpus": [],
+        "driver": None,
+    }
     if torch.cuda.is_available():
         key["gpus"] = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
         key["driver"] = getattr(torch._C, "_cuda_getDriverVersion", lambda: None)()

@@ -76,15 +76,23 @@ def _tensor_to_image(tensor: torch.Tensor, name: str) -> torch.Tensor:
     if x.dim() == 2:
         x = x.unsqueeze(0)
     if x.dim() != 3 or x.shape[0] not in (1, 3, 4):
-        raise ImageError(f"{name}: an image tensor must be (3, H, W), (1, 3, H, W) or (1, H, W), got shape {tuple(tensor.shape)}")
+        raise ImageError(
+            f"{name}: an image tensor must be (3, H, W), (1, 3, H, W) or (1, H, W), got shape {tuple(tensor.shape)}"
+        )
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     elif not x.is_floating_point():
         raise ImageError(f"{name}: an image tensor must be uint8 or floating point in [0, 1], got {x.dtype}")
     x = x.float().cpu()
-    if x.numel() and torch.isfinite(x).all() and not -FLOAT_IMAGE_LIMIT < float(x.min()) <= float(x.max()) < FLOAT_IMAGE_LIMIT:
-        raise ImageError(f"{name}: a floating-point image tensor must hold values in [0, 1], this one spans "
-                         f"{float(x.min()):g} to {float(x.max()):g}; divide 0…255 values by 255 (or pass a uint8 tensor)")
+    if (
+        x.numel()
+        and torch.isfinite(x).all()
+        and not -FLOAT_IMAGE_LIMIT < float(x.min()) <= float(x.max()) < FLOAT_IMAGE_LIMIT
+    ):
+        raise ImageError(
+            f"{name}: a floating-point image tensor must hold values in [0, 1], this one spans "
+            f"{float(x.min()):g} to {float(x.max()):g}; divide 0…255 values by 255 (or pass a uint8 tensor)"
+        )
     if x.shape[0] == 4:
         x = x[:3] * x[3:] + (1 - x[3:])
     if x.shape[0] == 1:
@@ -135,8 +143,14 @@ def _without_pillows_bomb_limit() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def decoded_picture(source: Union[Path, io.BytesIO], what: str, max_pixels: int, error: Type[InputError] = ImageError,
-                    limit_advice: str = LIMIT_ADVICE, memory_advice: str = MEMORY_ADVICE) -> Iterator[Image.Image]:
+def decoded_picture(
+    source: Union[Path, io.BytesIO],
+    what: str,
+    max_pixels: int,
+    error: Type[InputError] = ImageError,
+    limit_advice: str = LIMIT_ADVICE,
+    memory_advice: str = MEMORY_ADVICE,
+) -> Iterator[Image.Image]:
     """`source` (a file, or a file's bytes) opened and decoded in full for the block, its pixels
     counted against `max_pixels` before decoding (in place of Pillow's own bomb limit, so that the
     line can name what raises it: `limit_advice`, and what lowers it: `memory_advice`; both empty
@@ -151,8 +165,9 @@ def decoded_picture(source: Union[Path, io.BytesIO], what: str, max_pixels: int,
     except UnidentifiedImageError:
         raise error(f"{what} is not a picture ({PICTURE_FORMATS})") from None
     except MemoryError:
-        raise error(f"{what} is too large to decode in this machine's memory; use a smaller image{memory_advice}") \
-            from None
+        raise error(
+            f"{what} is too large to decode in this machine's memory; use a smaller image{memory_advice}"
+        ) from None
     except (OSError, SyntaxError, ValueError) as problem:
         if isinstance(problem, InputError):
             raise
@@ -212,12 +227,21 @@ IMAGE_DESCRIPTION = 0x010E  # the TIFF and EXIF tag
 BIT_DEPTHS = {8: tuple(SAVE_FORMATS), 16: (".png", ".tif", ".tiff")}
 
 
-def _encoded(image: Union[torch.Tensor, Image.Image], path: Path, image_format: str, record: Optional[str],
-             icc_profile: Optional[bytes], bit_depth: int) -> bytes:
+def _encoded(
+    image: Union[torch.Tensor, Image.Image],
+    path: Path,
+    image_format: str,
+    record: Optional[str],
+    icc_profile: Optional[bytes],
+    bit_depth: int,
+) -> bytes:
     """The file's bytes: 8-bit by Pillow, 16-bit RGB by nst_ext.io.encoders."""
     if bit_depth == 16:
-        pixels = _tensor_to_image(image, f"image for {str(path)!r}") if isinstance(image, torch.Tensor) \
+        pixels = (
+            _tensor_to_image(image, f"image for {str(path)!r}")
+            if isinstance(image, torch.Tensor)
             else _pil_to_tensor(image)
+        )
         array = (pixels.double().permute(1, 2, 0).numpy() * 65535.0).round().astype(np.uint16)
         if image_format == "PNG":
             return encoders.png16(array, {RECORD_KEY: record} if record else None, icc_profile)
@@ -269,8 +293,14 @@ def icc_profile(source) -> Optional[bytes]:
         return None
 
 
-def save_image(image: Union[torch.Tensor, Image.Image], path: Union[str, os.PathLike], overwrite: bool = False,
-               record: Optional[str] = None, icc_profile: Optional[bytes] = None, bit_depth: int = 8) -> Path:
+def save_image(
+    image: Union[torch.Tensor, Image.Image],
+    path: Union[str, os.PathLike],
+    overwrite: bool = False,
+    record: Optional[str] = None,
+    icc_profile: Optional[bytes] = None,
+    bit_depth: int = 8,
+) -> Path:
     """Write an image atomically: to a temporary file beside `path`, then moved
     into place. An existing file is kept unless `overwrite`; the format follows
     the extension. A tensor may be ``(3, H, W)``, ``(1, 3, H, W)`` or ``(1, H, W)``

@@ -20,8 +20,15 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Set, Tuple,
 
 from nst_ext.errors import InputError, OutputError
 
-SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
-                ".tiff": "TIFF", ".bmp": "BMP"}
+SAVE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+}
 # The signals that stop a run: Ctrl-C, and what `kill`, `timeout`, schedulers and container stops send.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -33,7 +40,9 @@ class WriteError(OutputError):
     def __init__(self, path: os.PathLike, error: OSError, rescued: Optional[Path] = None, advice: str = ""):
         self.path, self.error, self.rescued = Path(path), error, rescued
         saved = f"; the picture was saved to {str(rescued)!r} instead" if rescued else ""
-        super().__init__(f"cannot write {str(path)!r}: {describe_os_error(error)}{saved}{'; ' + advice if advice else ''}")
+        super().__init__(
+            f"cannot write {str(path)!r}: {describe_os_error(error)}{saved}{'; ' + advice if advice else ''}"
+        )
 
     def with_advice(self, advice: str) -> "WriteError":
         """The same error, its line ending with what the user can do about it."""
@@ -61,8 +70,15 @@ def check_regular_file(path: Path, what: str, error: Type[InputError] = InputErr
     if stat.S_ISDIR(mode):
         raise error(f"{what} {str(path)!r} is a directory, not a file")
     if not stat.S_ISREG(mode):
-        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
-            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
         raise error(f"{what} {str(path)!r} is {kind}; only regular files are read")
 
 
@@ -180,8 +196,12 @@ def _umask() -> int:
     return umask
 
 
-def check_outputs(outputs: Sequence[Tuple[Optional[os.PathLike], str]], inputs: Iterable[os.PathLike],
-                  overwrite: bool, patterns: Sequence[Tuple[os.PathLike, str, str]] = ()) -> None:
+def check_outputs(
+    outputs: Sequence[Tuple[Optional[os.PathLike], str]],
+    inputs: Iterable[os.PathLike],
+    overwrite: bool,
+    patterns: Sequence[Tuple[os.PathLike, str, str]] = (),
+) -> None:
     """Checks every output of a run before any work: raises OutputError with one line for the first problem.
 
     outputs: (path or None, what it is, e.g. "-o") pairs; None entries are skipped.
@@ -198,14 +218,17 @@ def check_outputs(outputs: Sequence[Tuple[Optional[os.PathLike], str]], inputs: 
         path = Path(path)
         shown = str(path)
         if path.suffix.lower() not in SAVE_FORMATS:
-            raise OutputError(f"cannot write {shown!r} ({what}): unknown extension; use one of "
-                              f"{', '.join(sorted(SAVE_FORMATS))}")
+            raise OutputError(
+                f"cannot write {shown!r} ({what}): unknown extension; use one of {', '.join(sorted(SAVE_FORMATS))}"
+            )
         if path.is_dir():
             raise OutputError(f"cannot write {shown!r} ({what}): it is a folder; give a file name inside it")
         for source in inputs:
             if same_file(path, source):
-                raise OutputError(f"{what} {shown!r} is one of this run's inputs; it is never replaced, even with "
-                                  "--overwrite: choose another output name")
+                raise OutputError(
+                    f"{what} {shown!r} is one of this run's inputs; it is never replaced, even with "
+                    "--overwrite: choose another output name"
+                )
         for earlier, earlier_what in seen:
             if same_file(path, earlier):
                 raise OutputError(f"{what} and {earlier_what} are the same file {shown!r}; give them different names")
@@ -222,8 +245,9 @@ def check_outputs(outputs: Sequence[Tuple[Optional[os.PathLike], str]], inputs: 
             folder = Path(folder)
             clashes = sorted(name for name in os.listdir(folder) if matcher.fullmatch(name)) if folder.is_dir() else []
             if clashes:
-                raise OutputError(f"{what} like {str(folder / clashes[0])!r} already exist; remove them or pass "
-                                  "--overwrite")
+                raise OutputError(
+                    f"{what} like {str(folder / clashes[0])!r} already exist; remove them or pass --overwrite"
+                )
 
 
 @contextlib.contextmanager

@@ -62,8 +62,15 @@ def _input(role: str, source) -> Dict[str, str]:
     return {"role": role, "given": os.fspath(source), "path": os.path.abspath(source), "sha256": file_digest(source)}
 
 
-def make_record(options: StyleOptions, content, styles: Sequence, seed: Optional[int], weights: Optional[str],
-                device: str, command: str = "stylize") -> str:
+def make_record(
+    options: StyleOptions,
+    content,
+    styles: Sequence,
+    seed: Optional[int],
+    weights: Optional[str],
+    device: str,
+    command: str = "stylize",
+) -> str:
     """The record of one picture: JSON text. `content`, `styles`: as the run was given them
     (paths are hashed; in-memory images are marked as not recorded); `seed`: the seed the run
     used (a fresh one where ``options.seed`` is None); `weights`: the VGG19 weights' source (None:
@@ -82,12 +89,17 @@ def make_record(options: StyleOptions, content, styles: Sequence, seed: Optional
                 inputs.append(_input(f"{name} {i + 1}" if isinstance(value, (list, tuple)) else name, item))
     settings = {field.name: _setting(getattr(options, field.name)) for field in dataclasses.fields(StyleOptions)}
     record = {
-        "format": RECORD_FORMAT, "command": command,
+        "format": RECORD_FORMAT,
+        "command": command,
         "made": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"nst_ext": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "device": device, "seed": seed, "inputs": inputs, "settings": settings,
+        "device": device,
+        "seed": seed,
+        "inputs": inputs,
+        "settings": settings,
         "weights": weights or f"as chosen by weights={options.weights!r} (nst_ext.model.weights)",
-        "gram_algorithm": get_gram_algorithm(), "gram_algorithm_choices": gram_algorithm_choices(used_only=True),
+        "gram_algorithm": get_gram_algorithm(),
+        "gram_algorithm_choices": gram_algorithm_choices(used_only=True),
     }
     text = json.dumps(record, ensure_ascii=True, sort_keys=True)
     if len(text) > RECORD_LIMIT:
@@ -104,8 +116,10 @@ def read(picture: os.PathLike) -> dict:
 
     text = read_record(picture)
     if text is None:
-        raise InputError(f"{str(picture)!r} holds no nst-ext record (it was not made by nst-ext, or its format "
-                         "(BMP) or a later edit dropped it)")
+        raise InputError(
+            f"{str(picture)!r} holds no nst-ext record (it was not made by nst-ext, or its format "
+            "(BMP) or a later edit dropped it)"
+        )
     try:
         record = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, a number too long to convert, nesting too deep
@@ -165,9 +179,12 @@ def describe(record: dict) -> str:
     the settings that differ from the defaults; every value escaped (:func:`shown`)."""
     defaults = {field.name: _setting(getattr(StyleOptions(), field.name)) for field in dataclasses.fields(StyleOptions)}
     versions = record.get("versions", {})
-    lines = [f"made by nst_ext {shown(versions.get('nst_ext'))} (torch {shown(versions.get('torch'))}) on "
-             f"{shown(record.get('made'))}, `nst-ext {shown(record.get('command'))}` on {shown(record.get('device'))}",
-             f"seed {record.get('seed')}; VGG19 weights: {shown(record.get('weights'))}", "inputs:"]
+    lines = [
+        f"made by nst_ext {shown(versions.get('nst_ext'))} (torch {shown(versions.get('torch'))}) on "
+        f"{shown(record.get('made'))}, `nst-ext {shown(record.get('command'))}` on {shown(record.get('device'))}",
+        f"seed {record.get('seed')}; VGG19 weights: {shown(record.get('weights'))}",
+        "inputs:",
+    ]
     for item in record["inputs"]:
         where = item.get("path", f"(an in-memory {item.get('not recorded')}, not recorded)")
         digest = f"  sha256 {item['sha256']}" if "sha256" in item else ""
@@ -180,15 +197,20 @@ def describe(record: dict) -> str:
 
 def _checked_path(item: dict, picture) -> str:
     if "path" not in item:
-        raise InputError(f"{str(picture)!r} was made from an in-memory {shown(item.get('not recorded'))} as its "
-                         f"{shown(item['role'])}, which was not recorded; it cannot be re-run from the picture")
+        raise InputError(
+            f"{str(picture)!r} was made from an in-memory {shown(item.get('not recorded'))} as its "
+            f"{shown(item['role'])}, which was not recorded; it cannot be re-run from the picture"
+        )
     path = item["path"]
     if not os.path.isfile(path):
-        raise InputError(f"the {shown(item['role'])} of {str(picture)!r}, {shown(path)!r}, is missing; it cannot be "
-                         "re-run")
+        raise InputError(
+            f"the {shown(item['role'])} of {str(picture)!r}, {shown(path)!r}, is missing; it cannot be re-run"
+        )
     if file_digest(path) != item["sha256"]:
-        raise InputError(f"the {shown(item['role'])} of {str(picture)!r}, {shown(path)!r}, has changed since the "
-                         "picture was made (its SHA-256 differs); it cannot be re-run as it was")
+        raise InputError(
+            f"the {shown(item['role'])} of {str(picture)!r}, {shown(path)!r}, has changed since the "
+            "picture was made (its SHA-256 differs); it cannot be re-run as it was"
+        )
     return path
 
 
@@ -205,30 +227,44 @@ def rerun(picture: os.PathLike) -> Tuple[StyleOptions, str, List[str]]:
     if unknown:
         from nst_ext import __version__
 
-        raise InputError(f"{str(picture)!r} was made with setting(s) nst_ext {__version__} does not know "
-                         f"({shown(', '.join(unknown))}); it cannot be re-run as it was by this version")
+        raise InputError(
+            f"{str(picture)!r} was made with setting(s) nst_ext {__version__} does not know "
+            f"({shown(', '.join(unknown))}); it cannot be re-run as it was by this version"
+        )
     files = {item["role"]: _checked_path(item, picture) for item in record["inputs"]}
     for name in FILE_FIELDS:
         value = settings.get(name)
         if isinstance(value, list):
             missing = [f"{name} {i + 1}" for i in range(len(value)) if f"{name} {i + 1}" not in files]
             if missing:
-                raise InputError(f"{str(picture)!r}: its setting {name} names files its record does not hash "
-                                 f"({shown(', '.join(missing))}); it cannot be re-run")
+                raise InputError(
+                    f"{str(picture)!r}: its setting {name} names files its record does not hash "
+                    f"({shown(', '.join(missing))}); it cannot be re-run"
+                )
             settings[name] = [files[f"{name} {i + 1}"] for i in range(len(value))]
         elif name in files:
             settings[name] = files[name]
         elif isinstance(value, dict):  # an in-memory init image or mask
-            raise InputError(f"{str(picture)!r} was made with an in-memory {name}, which was not recorded; it cannot "
-                             "be re-run from the picture")
+            raise InputError(
+                f"{str(picture)!r} was made with an in-memory {name}, which was not recorded; it cannot "
+                "be re-run from the picture"
+            )
         elif _is_recorded_input(name, value):
-            raise InputError(f"{str(picture)!r}: its setting {name} names {shown(value)!r}, a file its record does "
-                             "not hash; it cannot be re-run")
-    settings = {name: tuple(value) if name in ("content_layers", "style_layers") and isinstance(value, list)
-                else value for name, value in settings.items()}
+            raise InputError(
+                f"{str(picture)!r}: its setting {name} names {shown(value)!r}, a file its record does "
+                "not hash; it cannot be re-run"
+            )
+    settings = {
+        name: tuple(value) if name in ("content_layers", "style_layers") and isinstance(value, list) else value
+        for name, value in settings.items()
+    }
     settings["seed"] = record["seed"]
-    styles = [files[role] for role in sorted((r for r in files if r.startswith("style ") and r[6:].isdigit()),
-                                             key=lambda role: int(role[6:]))]
+    styles = [
+        files[role]
+        for role in sorted(
+            (r for r in files if r.startswith("style ") and r[6:].isdigit()), key=lambda role: int(role[6:])
+        )
+    ]
     try:
         options = StyleOptions(**settings)
         options.validate()
@@ -247,6 +283,7 @@ def _restore_algorithms(record: dict, picture) -> None:
         set_gram_algorithm(record.get("gram_algorithm", "auto"))
         restore_gram_algorithm_choices(record.get("gram_algorithm_choices", []))
     except (ValueError, KeyError, RuntimeError) as error:
-        raise InputError(f"{str(picture)!r}: its kernels' algorithm choices cannot be restored "
-                         f"({shown(str(error).splitlines()[0] if str(error) else type(error).__name__)[:200]})") \
-            from None
+        raise InputError(
+            f"{str(picture)!r}: its kernels' algorithm choices cannot be restored "
+            f"({shown(str(error).splitlines()[0] if str(error) else type(error).__name__)[:200]})"
+        ) from None

@@ -23,8 +23,11 @@ from nst_ext.errors import InputError, OutputError
 from nst_ext.io.outputs import atomic_write, check_regular_file, deferred_signals
 
 # suffix: (container format, video codec, pixel format, audio codec when re-encoded)
-VIDEO_FORMATS = {".mp4": ("mp4", "libx264", "yuv420p", "aac"), ".webm": ("webm", "libvpx-vp9", "yuv420p", "libopus"),
-                 ".gif": ("gif", "gif", "rgb8", None)}
+VIDEO_FORMATS = {
+    ".mp4": ("mp4", "libx264", "yuv420p", "aac"),
+    ".webm": ("webm", "libvpx-vp9", "yuv420p", "libopus"),
+    ".gif": ("gif", "gif", "rgb8", None),
+}
 
 
 class VideoError(InputError):
@@ -125,11 +128,12 @@ def check_video_output(path: Path, overwrite: bool, inputs: Iterable[os.PathLike
 
     for source in inputs:
         if same_file(path, Path(source)):
-            raise OutputError(f"{str(path)!r} is one of this run's inputs; it is never replaced, even with "
-                              "--overwrite: choose another output name")
+            raise OutputError(
+                f"{str(path)!r} is one of this run's inputs; it is never replaced, even with "
+                "--overwrite: choose another output name"
+            )
     if path.suffix.lower() not in VIDEO_FORMATS:
-        raise OutputError(f"cannot write {str(path)!r}: unknown video extension; use one of "
-                          f"{', '.join(VIDEO_FORMATS)}")
+        raise OutputError(f"cannot write {str(path)!r}: unknown video extension; use one of {', '.join(VIDEO_FORMATS)}")
     if path.is_dir():
         raise OutputError(f"cannot write {str(path)!r}: it is a folder; give a file name inside it")
     if path.exists() and not overwrite:
@@ -137,8 +141,14 @@ def check_video_output(path: Path, overwrite: bool, inputs: Iterable[os.PathLike
     check_folder_writable(path.parent, str(path))
 
 
-def write_video(frames: Iterable[torch.Tensor], path: os.PathLike, fps: Fraction,
-                audio_from: Optional[os.PathLike] = None, overwrite: bool = False, comment: Optional[str] = None) -> Path:
+def write_video(
+    frames: Iterable[torch.Tensor],
+    path: os.PathLike,
+    fps: Fraction,
+    audio_from: Optional[os.PathLike] = None,
+    overwrite: bool = False,
+    comment: Optional[str] = None,
+) -> Path:
     """Encodes `frames` (``(3, H, W)`` in [0, 1], all one size) at `fps` into `path` by its suffix,
     with the audio of `audio_from` when it has some; atomically (module docstring). `comment`: text
     kept in the container's metadata (``comment``; nst_ext.io.provenance's record)."""
@@ -208,8 +218,9 @@ class _AudioCarrier:
         if self.copy:
             self.stream = output.add_stream_from_template(self.source)
         else:  # the encoder resamples each frame to the stream's rate
-            self.stream = output.add_stream(audio_codec, rate=encoder_rate(audio_codec,
-                                                                         self.source.codec_context.sample_rate))
+            self.stream = output.add_stream(
+                audio_codec, rate=encoder_rate(audio_codec, self.source.codec_context.sample_rate)
+            )
 
     def carry(self) -> None:
         try:

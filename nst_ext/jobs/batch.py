@@ -25,12 +25,21 @@ from nst_ext.errors import InputError, JobWarning, OptionError, OutputError
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
 from nst_ext.plan.memory import fitting_batch_size
 from nst_ext.plan.options import StyleOptions
-from nst_ext.io.outputs import (FileSet, WriteError, check_regular_file, deferred_signals, make_output_folder, same_file,
-                             write_or_rescue)
+from nst_ext.io.outputs import (
+    FileSet,
+    WriteError,
+    check_regular_file,
+    deferred_signals,
+    make_output_folder,
+    same_file,
+    write_or_rescue,
+)
 
 MANIFEST_NAME = "nst-ext-manifest.jsonl"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 OUTPUT_FORMATS = ("png", "jpg", "webp")
+
+
 @dataclass(frozen=True)
 class BatchItem:
     source: Path  # the input image
@@ -46,12 +55,15 @@ class BatchSummary:
     interrupted: bool = False
 
     def line(self) -> str:
-        failed = f"{len(self.failed)} failed" + (f" ({', '.join(self.failed[:5])}"
-                                                 f"{', …' if len(self.failed) > 5 else ''})" if self.failed else "")
+        failed = f"{len(self.failed)} failed" + (
+            f" ({', '.join(self.failed[:5])}{', …' if len(self.failed) > 5 else ''})" if self.failed else ""
+        )
         return f"{self.done} done, {self.skipped} skipped as already done, {failed}"
 
 
-def list_items(job_input: Path, out_dir: Path, output_format: str, inputs: Iterable[os.PathLike] = ()) -> List[BatchItem]:
+def list_items(
+    job_input: Path, out_dir: Path, output_format: str, inputs: Iterable[os.PathLike] = ()
+) -> List[BatchItem]:
     """The job's items, sorted by name, each with its output inside `out_dir`. Raises InputError
     for a missing input, an empty job, two inputs that would write the same output (``a.jpg`` and
     ``a.png``), and an output that would replace an input of the job (an item, or one of `inputs`:
@@ -60,8 +72,10 @@ def list_items(job_input: Path, out_dir: Path, output_format: str, inputs: Itera
         raise OptionError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if job_input.is_dir():
         if same_file(job_input, out_dir):
-            raise OutputError(f"the output folder {str(out_dir)!r} is the input folder; the results would lie among "
-                              "(and could replace) the pictures: give another -o folder")
+            raise OutputError(
+                f"the output folder {str(out_dir)!r} is the input folder; the results would lie among "
+                "(and could replace) the pictures: give another -o folder"
+            )
         sources = [(path, path.relative_to(job_input).as_posix()) for path in _images_in(job_input, out_dir)]
         what = f"folder {str(job_input)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
     elif job_input.exists():
@@ -78,24 +92,28 @@ def list_items(job_input: Path, out_dir: Path, output_format: str, inputs: Itera
                 sources.append((path, _name_inside(line)))
         what = f"list {str(job_input)!r} names no images"
     else:
-        raise InputError(f"batch input {str(job_input)!r} does not exist; give a folder of images or a text file "
-                         "listing image paths")
+        raise InputError(
+            f"batch input {str(job_input)!r} does not exist; give a folder of images or a text file listing image paths"
+        )
     if not sources:
         raise InputError(what)
     items, by_output = [], {}
     for source, name in sources:
         output = out_dir / Path(name).with_suffix("." + output_format)
         if output in by_output:
-            raise InputError(f"{by_output[output]!r} and {name!r} would both be written to {str(output)!r}; "
-                             "rename one of them")
+            raise InputError(
+                f"{by_output[output]!r} and {name!r} would both be written to {str(output)!r}; rename one of them"
+            )
         by_output[output] = name
         items.append(BatchItem(source, name, output))
     protected = FileSet([item.source for item in items] + [Path(path) for path in inputs])
     for item in items:
         if item.output in protected:
-            raise OutputError(f"{item.name!r} would be written to {str(item.output)!r}, which is one of this job's "
-                              "inputs; an input is never replaced, even with --overwrite: give another -o folder "
-                              "(or --format)")
+            raise OutputError(
+                f"{item.name!r} would be written to {str(item.output)!r}, which is one of this job's "
+                "inputs; an input is never replaced, even with --overwrite: give another -o folder "
+                "(or --format)"
+            )
     return items
 
 
@@ -143,10 +161,19 @@ def read_manifest(path: Path) -> List[dict]:
                 record = json.loads(line.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):
                 record = None
-            if not (isinstance(record, dict) and isinstance(record.get("item"), str)
-                    and record.get("status") in RECORD_STATUSES and isinstance(record.get("settings"), str)):
-                warnings.warn(JobWarning(f"{str(path)!r} line {number} is not a record of a job (torn by a crash or a "
-                                         "full disk, or written by something else); skipped"), stacklevel=2)
+            if not (
+                isinstance(record, dict)
+                and isinstance(record.get("item"), str)
+                and record.get("status") in RECORD_STATUSES
+                and isinstance(record.get("settings"), str)
+            ):
+                warnings.warn(
+                    JobWarning(
+                        f"{str(path)!r} line {number} is not a record of a job (torn by a crash or a "
+                        "full disk, or written by something else); skipped"
+                    ),
+                    stacklevel=2,
+                )
                 continue
             records.append(record)
     return records
@@ -173,22 +200,27 @@ def append_record(path: Path, record: dict) -> None:
         raise WriteError(path, error) from None
 
 
-def pending_items(items: Sequence[BatchItem], records: Sequence[dict], settings: str,
-                  overwrite: bool) -> List[BatchItem]:
+def pending_items(
+    items: Sequence[BatchItem], records: Sequence[dict], settings: str, overwrite: bool
+) -> List[BatchItem]:
     """The items still to do. Refuses (OutputError), unless `overwrite`, a job folder holding results
     of other settings, or an output file that the manifest does not account for."""
     done = {r["item"] for r in records if r.get("status") == "done" and r.get("settings") == settings}
     other = [r["item"] for r in records if r.get("status") == "done" and r.get("settings") != settings]
     if other and not overwrite:
-        raise OutputError(f"the output folder holds {len(other)} result(s) made with other settings (e.g. "
-                          f"{other[0]!r}); give --overwrite to redo them with these settings, or another -o folder")
+        raise OutputError(
+            f"the output folder holds {len(other)} result(s) made with other settings (e.g. "
+            f"{other[0]!r}); give --overwrite to redo them with these settings, or another -o folder"
+        )
     pending = []
     for item in items:
         if item.name in done and item.output.exists() and not overwrite:
             continue
         if item.output.exists() and item.name not in done and not overwrite:
-            raise OutputError(f"{str(item.output)!r} exists but this job did not make it; give --overwrite to "
-                              "replace it, or another -o folder")
+            raise OutputError(
+                f"{str(item.output)!r} exists but this job did not make it; give --overwrite to "
+                "replace it, or another -o folder"
+            )
         pending.append(item)
     return pending
 
@@ -197,11 +229,19 @@ def pending_items(items: Sequence[BatchItem], records: Sequence[dict], settings:
 AUTO_BATCH_LIMIT = 8
 
 
-def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os.PathLike,
-              options: Optional[StyleOptions] = None, output_format: str = "png", overwrite: bool = False,
-              on_item: Optional[Callable[[BatchItem, str, Optional[str]], None]] = None,
-              on_progress: Optional[Callable] = None, distributed: Optional[Distributed] = None,
-              on_start: Optional[Callable[[int, int], None]] = None, batch_size: Optional[int] = None) -> BatchSummary:
+def run_batch(
+    job_input: os.PathLike,
+    styles: Sequence[os.PathLike],
+    out_dir: os.PathLike,
+    options: Optional[StyleOptions] = None,
+    output_format: str = "png",
+    overwrite: bool = False,
+    on_item: Optional[Callable[[BatchItem, str, Optional[str]], None]] = None,
+    on_progress: Optional[Callable] = None,
+    distributed: Optional[Distributed] = None,
+    on_start: Optional[Callable[[int, int], None]] = None,
+    batch_size: Optional[int] = None,
+) -> BatchSummary:
     """Stylizes every image of `job_input` (a folder or a list file) with `styles` into `out_dir`,
     doing only what an earlier run of the same job left undone (module docstring).
 
@@ -223,8 +263,19 @@ def run_batch(job_input: os.PathLike, styles: Sequence[os.PathLike], out_dir: os
     items = list_items(job_input, out_dir, output_format, inputs=[*styles, *options.input_files()])
     lock = distributed.on_first(lambda: _take_output_folder(out_dir))
     try:
-        return _run_items(items, styles, out_dir, options, output_format, overwrite, on_item, on_progress,
-                          distributed, on_start, batch_size)
+        return _run_items(
+            items,
+            styles,
+            out_dir,
+            options,
+            output_format,
+            overwrite,
+            on_item,
+            on_progress,
+            distributed,
+            on_start,
+            batch_size,
+        )
     finally:
         if lock is not None:
             lock.release()
@@ -249,8 +300,9 @@ def _save_item(image, output: Path, record: str, icc_profile) -> None:
     save_image(image, output, overwrite=True, record=record, icc_profile=icc_profile)
 
 
-def _run_items(items, styles, out_dir, options, output_format, overwrite, on_item, on_progress, distributed, on_start,
-               batch_size) -> BatchSummary:
+def _run_items(
+    items, styles, out_dir, options, output_format, overwrite, on_item, on_progress, distributed, on_start, batch_size
+) -> BatchSummary:
     """run_batch's work once the output folder is this job's."""
     from nst_ext.io import provenance
     from nst_ext.io.images import icc_profile, load_image
@@ -261,7 +313,7 @@ def _run_items(items, styles, out_dir, options, output_format, overwrite, on_ite
     pending = pending_items(items, read_manifest(manifest), settings, overwrite)
     # Every rank has read the same manifest before any rank appends to it.
     distributed.barrier()
-    mine = pending[distributed.rank::distributed.world_size]
+    mine = pending[distributed.rank :: distributed.world_size]
     summary = BatchSummary(skipped=len(items) - len(pending))
     if on_start is not None:
         on_start(len(items), summary.skipped)
@@ -269,8 +321,7 @@ def _run_items(items, styles, out_dir, options, output_format, overwrite, on_ite
     def finish(item, started, error=None, pictures=1):
         """The item's manifest line and count: done, or failed with the one-line `error`."""
         status = "done" if error is None else "failed"
-        record = dict(item=item.name, output=str(item.output), status=status, settings=settings,
-                      rank=distributed.rank)
+        record = dict(item=item.name, output=str(item.output), status=status, settings=settings, rank=distributed.rank)
         if error is not None:
             record["error"] = error
             summary.failed.append(item.name)
@@ -304,8 +355,15 @@ def _run_items(items, styles, out_dir, options, output_format, overwrite, on_ite
             if any(result.interrupted for result in results):
                 raise KeyboardInterrupt
             for (item, _, _), result in zip(group, results):
-                record = provenance.make_record(stylizer.options, item.source, styles, result.seed,
-                                                stylizer.weights.source, str(stylizer.device), command="batch")
+                record = provenance.make_record(
+                    stylizer.options,
+                    item.source,
+                    styles,
+                    result.seed,
+                    stylizer.weights.source,
+                    str(stylizer.device),
+                    command="batch",
+                )
                 profile = icc_profile(item.source)
                 with deferred_signals():  # the picture and its manifest line land together
                     # A full disk stops the job: the picture goes to a fallback folder, said in the error.
@@ -325,9 +383,17 @@ def _run_items(items, styles, out_dir, options, output_format, overwrite, on_ite
                 continue
             shapes = stylizer.options.stage_shapes(tuple(content.shape[-2:]))
             if shapes not in limits:
-                limits[shapes] = 1 if most == 1 else fitting_batch_size(
-                    stylizer.options, stylizer.network, tuple(content.shape[-2:]),
-                    [tuple(style.shape[-2:]) for style in style_images], most)
+                limits[shapes] = (
+                    1
+                    if most == 1
+                    else fitting_batch_size(
+                        stylizer.options,
+                        stylizer.network,
+                        tuple(content.shape[-2:]),
+                        [tuple(style.shape[-2:]) for style in style_images],
+                        most,
+                    )
+                )
             group = waiting.setdefault(shapes, [])
             group.append((item, content, started))
             if len(group) >= limits[shapes]:

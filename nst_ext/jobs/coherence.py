@@ -49,10 +49,16 @@ def check_long_term(long_term) -> Tuple[int, ...]:
     """`long_term`, frames back (whole numbers ≥ 1 holding 1, e.g. (1, 2, 4): each frame follows
     the previous one), sorted; OptionError otherwise."""
     values = tuple(long_term) if isinstance(long_term, (list, tuple)) else ()
-    if (not values or 1 not in values or len(set(values)) != len(values)
-            or any(isinstance(value, bool) or not isinstance(value, int) or value < 1 for value in values)):
-        raise OptionError(f"long-term frames must be different whole numbers of frames back, one of them 1 "
-                          f"(e.g. 1,2,4); got {long_term!r}")
+    if (
+        not values
+        or 1 not in values
+        or len(set(values)) != len(values)
+        or any(isinstance(value, bool) or not isinstance(value, int) or value < 1 for value in values)
+    ):
+        raise OptionError(
+            f"long-term frames must be different whole numbers of frames back, one of them 1 "
+            f"(e.g. 1,2,4); got {long_term!r}"
+        )
     return tuple(sorted(values))
 
 
@@ -68,8 +74,15 @@ class FrameChain:
     style weight (:func:`temporal_strength` scales it to `following`'s). Use as a context manager
     (the worker stops on exit)."""
 
-    def __init__(self, opening, following, styles: Sequence[torch.Tensor], coherence: str = "flow",
-                 long_term: Sequence[int] = LONG_TERM, temporal_weight: float = 200.0):
+    def __init__(
+        self,
+        opening,
+        following,
+        styles: Sequence[torch.Tensor],
+        coherence: str = "flow",
+        long_term: Sequence[int] = LONG_TERM,
+        temporal_weight: float = 200.0,
+    ):
         self.check_coherence(coherence)
         self.opening, self.following, self.styles = opening, following, list(styles)
         self.coherence, self.long_term = coherence, check_long_term(long_term)
@@ -108,9 +121,14 @@ class FrameChain:
         if self._worker is not None:
             from nst_ext.jobs.flow import flow_between
 
-            self._flows[index] = {back: (self._worker.submit(flow_between, frame, self.inputs[index - back]),
-                                         self._worker.submit(flow_between, self.inputs[index - back], frame))
-                                  for back in self.long_term if index - back in self.inputs}
+            self._flows[index] = {
+                back: (
+                    self._worker.submit(flow_between, frame, self.inputs[index - back]),
+                    self._worker.submit(flow_between, self.inputs[index - back], frame),
+                )
+                for back in self.long_term
+                if index - back in self.inputs
+            }
         self._forget(index)
 
     def add_output(self, index: int, output: torch.Tensor) -> None:
@@ -125,8 +143,10 @@ class FrameChain:
 
         frame = self.inputs[index]
         previous = self.outputs.get(index - 1)
-        flows = {back: (backward.result(), forward.result())
-                 for back, (backward, forward) in self._flows.pop(index, {}).items()}
+        flows = {
+            back: (backward.result(), forward.result())
+            for back, (backward, forward) in self._flows.pop(index, {}).items()
+        }
         if self.coherence == "none" or previous is None:
             result = self.opening.run(frame, self.styles, callback=callback)
         elif self.coherence == "still":
@@ -136,8 +156,13 @@ class FrameChain:
             result = self.following.run(frame, self.styles, callback=callback, init=previous, temporal=temporal)
         else:
             init, target, mask = self.warped_past(index, flows)
-            result = self.following.run(frame, self.styles, callback=callback, init=init,
-                                        temporal=TemporalTarget(target, mask, self.temporal_weight))
+            result = self.following.run(
+                frame,
+                self.styles,
+                callback=callback,
+                init=init,
+                temporal=TemporalTarget(target, mask, self.temporal_weight),
+            )
         if not result.interrupted:
             self.add_output(index, result.tensor)
         return result
@@ -177,4 +202,3 @@ class FrameChain:
                 del kept[old]
         for old in [i for i in self._flows if i < index - 1]:  # frames kept, never stylized
             del self._flows[old]
-

@@ -49,8 +49,10 @@ class JobLock:
         except BlockingIOError:
             holder = os.pread(self.handle, 32, 0).decode(errors="replace").strip()
             os.close(self.handle)
-            raise OutputError(f"another nst-ext job{f' (process {holder})' if holder else ''} is writing {what}; "
-                              "wait for it to finish, or give another output") from None
+            raise OutputError(
+                f"another nst-ext job{f' (process {holder})' if holder else ''} is writing {what}; "
+                "wait for it to finish, or give another output"
+            ) from None
         try:  # who holds it, for the refusal's message; on a full disk the lock holds without it
             os.ftruncate(self.handle, 0)
             os.pwrite(self.handle, str(os.getpid()).encode(), 0)

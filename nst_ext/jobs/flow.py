@@ -49,8 +49,9 @@ def require_opencv():
     except ImportError:
         from nst_ext.errors import InputError
 
-        raise InputError("video with optical flow needs OpenCV: pip install opencv-python-headless "
-                         "(or use --coherence still)") from None
+        raise InputError(
+            "video with optical flow needs OpenCV: pip install opencv-python-headless (or use --coherence still)"
+        ) from None
     return cv2
 
 
@@ -74,7 +75,7 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         return torch.zeros(2, *frame.shape[1:])
     preset = getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{DIS_PRESET.upper()}")
     flow = cv2.DISOpticalFlow_create(preset).calc(_gray8(frame), _gray8(other), None).transpose(2, 0, 1)
-    still = (np.abs(frame - other).max(0) <= STILL_THRESHOLD) & ((flow ** 2).sum(0) < STILL_FLOW ** 2)
+    still = (np.abs(frame - other).max(0) <= STILL_THRESHOLD) & ((flow**2).sum(0) < STILL_FLOW**2)
     flow = np.where(still[None], np.float32(0), flow)
     return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
 
@@ -91,8 +92,11 @@ def still_mask(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
 def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
     """(1, H, W, 2) grid for grid_sample (align_corners=True) reading each pixel p at p + flow(p)."""
     _, height, width = flow.shape
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype, device=flow.device),
-                            torch.arange(width, dtype=flow.dtype, device=flow.device), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=flow.dtype, device=flow.device),
+        torch.arange(width, dtype=flow.dtype, device=flow.device),
+        indexing="ij",
+    )
     x = (xs + flow[0]) * (2.0 / max(1, width - 1)) - 1.0
     y = (ys + flow[1]) * (2.0 / max(1, height - 1)) - 1.0
     return torch.stack([x, y], dim=-1)[None]
@@ -101,8 +105,9 @@ def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
 def inside(flow: torch.Tensor) -> torch.Tensor:
     """(H, W) bool: whether p + flow(p) lies inside the frame (the warped value exists)."""
     _, height, width = flow.shape
-    ys, xs = torch.meshgrid(torch.arange(height, device=flow.device), torch.arange(width, device=flow.device),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=flow.device), torch.arange(width, device=flow.device), indexing="ij"
+    )
     x, y = xs + flow[0], ys + flow[1]
     return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
 
@@ -114,8 +119,9 @@ def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bicubic") -> torc
     image's own range, since bicubic overshoots. Outside the frame the border is repeated (see
     :func:`inside`). Where the flow is exactly 0 the pixel is copied as it is."""
     flow = flow.to(device=image.device, dtype=torch.float32)
-    warped = F.grid_sample(image[None].float(), _sampling_grid(flow), mode=mode, padding_mode="border",
-                           align_corners=True)[0]
+    warped = F.grid_sample(
+        image[None].float(), _sampling_grid(flow), mode=mode, padding_mode="border", align_corners=True
+    )[0]
     if mode == "bicubic":
         warped = warped.clamp(float(image.min()), float(image.max()))
     still = (flow == 0).all(0)
@@ -133,8 +139,12 @@ class Consistency:
     reliable: torch.Tensor
 
 
-def consistency(backward: torch.Tensor, forward: torch.Tensor, current: Optional[torch.Tensor] = None,
-                earlier: Optional[torch.Tensor] = None) -> Consistency:
+def consistency(
+    backward: torch.Tensor,
+    forward: torch.Tensor,
+    current: Optional[torch.Tensor] = None,
+    earlier: Optional[torch.Tensor] = None,
+) -> Consistency:
     """Ruder et al.'s check of the `backward` flow (current → earlier frame, as flow_between(current,
     earlier)) against the `forward` one (flow_between(earlier, current)), both ``(2, H, W)``: a pixel
     whose two flows do not cancel is disoccluded, one where the backward flow changes fast is a
@@ -142,8 +152,9 @@ def consistency(backward: torch.Tensor, forward: torch.Tensor, current: Optional
     warped earlier frame does not match (PHOTOMETRIC_THRESHOLD) counts as disoccluded too
     (thresholds: module constants)."""
     backward, forward = backward.float(), forward.float()
-    forward_there = F.grid_sample(forward[None], _sampling_grid(backward), mode="bilinear", padding_mode="border",
-                                  align_corners=True)[0]
+    forward_there = F.grid_sample(
+        forward[None], _sampling_grid(backward), mode="bilinear", padding_mode="border", align_corners=True
+    )[0]
     length = backward.square().sum(0) + forward_there.square().sum(0)
     mismatch = (backward + forward_there).square().sum(0)
     disoccluded = (mismatch > OCCLUSION_RELATIVE * length + OCCLUSION_ABSOLUTE) | ~inside(backward)

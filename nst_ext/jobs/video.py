@@ -40,12 +40,20 @@ def _frame_path(work: Path, index: int) -> Path:
     return work / f"frame{index:06d}.png"
 
 
-def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.PathLike,
-              options: Optional[StyleOptions] = None, temporal_weight: float = TEMPORAL_WEIGHT,
-              frame_steps: int = FRAME_STEPS, coherence: str = "flow", long_term: Sequence[int] = LONG_TERM,
-              overwrite: bool = False,
-              on_frame: Optional[Callable[[int, int], None]] = None, on_progress: Optional[Callable] = None,
-              distributed: Optional[Distributed] = None) -> VideoSummary:
+def run_video(
+    video: os.PathLike,
+    styles: Sequence[os.PathLike],
+    output: os.PathLike,
+    options: Optional[StyleOptions] = None,
+    temporal_weight: float = TEMPORAL_WEIGHT,
+    frame_steps: int = FRAME_STEPS,
+    coherence: str = "flow",
+    long_term: Sequence[int] = LONG_TERM,
+    overwrite: bool = False,
+    on_frame: Optional[Callable[[int, int], None]] = None,
+    on_progress: Optional[Callable] = None,
+    distributed: Optional[Distributed] = None,
+) -> VideoSummary:
     """Stylizes every frame of `video` with temporal coherence (Ruder et al. 2016; `coherence` and
     `long_term` as :class:`nst_ext.jobs.coherence.FrameChain` takes them) into `output`, with
     the input's frame count, frame rate and audio, at ``options.output_size`` (sides made even for
@@ -79,14 +87,16 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
         require_opencv()  # one line before any work, not at the second frame
     shape = even_shape(long_side_shape(info.height, info.width, options.output_size), output.suffix.lower())
     work = output.parent / f".{output.name}.frames"
-    settings = settings_hash(options, styles, json.dumps([temporal_weight, frame_steps, coherence, long_term, shape,
-                                                               str(video.resolve())]))
+    settings = settings_hash(
+        options, styles, json.dumps([temporal_weight, frame_steps, coherence, long_term, shape, str(video.resolve())])
+    )
     lock = distributed.on_first(lambda: _take_work_folder(work, settings, video, output, overwrite))
     try:
         try:
             chain = dict(coherence=coherence, long_term=long_term, temporal_weight=temporal_weight)
-            summary = _stylize_frames(video, info, shape, styles, work, options, chain, frame_steps, on_frame,
-                                      on_progress, distributed)
+            summary = _stylize_frames(
+                video, info, shape, styles, work, options, chain, frame_steps, on_frame, on_progress, distributed
+            )
         except InputError:  # refused (e.g. a style too small for the layers): no empty work folder left
             if distributed.rank == 0 and not any(_frame_path(work, index).exists() for index in range(info.frames)):
                 shutil.rmtree(work, ignore_errors=True)
@@ -97,8 +107,14 @@ def run_video(video: os.PathLike, styles: Sequence[os.PathLike], output: os.Path
         if distributed.rank == 0:
             frames = (load_image(_frame_path(work, index)) for index in range(info.frames))
             record = provenance.make_record(options, video, styles, options.seed, None, options.device, command="video")
-            write_video(frames, output, info.fps, audio_from=video if info.has_audio else None, overwrite=overwrite,
-                        comment=record)
+            write_video(
+                frames,
+                output,
+                info.fps,
+                audio_from=video if info.has_audio else None,
+                overwrite=overwrite,
+                comment=record,
+            )
             shutil.rmtree(work)
         distributed.barrier()
         return summary
@@ -131,10 +147,14 @@ def _take_work_folder(work: Path, settings: str, video: Path, output: Path, over
         if existed and made_with != settings:
             if not overwrite:
                 if made_with == "unreadable":
-                    raise OutputError(f"{str(work)!r} holds a stopped run whose settings.json cannot be read, so its "
-                                      "frames cannot be matched to these settings; give --overwrite to start over")
-                raise OutputError(f"{str(work)!r} holds the frames of a stopped run with other settings; give "
-                                  "--overwrite to start over, or the same settings to continue it")
+                    raise OutputError(
+                        f"{str(work)!r} holds a stopped run whose settings.json cannot be read, so its "
+                        "frames cannot be matched to these settings; give --overwrite to start over"
+                    )
+                raise OutputError(
+                    f"{str(work)!r} holds the frames of a stopped run with other settings; give "
+                    "--overwrite to start over, or the same settings to continue it"
+                )
             import shutil
 
             for path in work.iterdir():
@@ -152,8 +172,9 @@ def _take_work_folder(work: Path, settings: str, video: Path, output: Path, over
     return lock
 
 
-def _stylize_frames(video, info, shape, styles, work, options, chain_settings, frame_steps, on_frame, on_progress,
-                    distributed) -> VideoSummary:
+def _stylize_frames(
+    video, info, shape, styles, work, options, chain_settings, frame_steps, on_frame, on_progress, distributed
+) -> VideoSummary:
     """The frames of this process's chunk that the work folder lacks, each written there."""
     from nst_ext.io.images import load_image, save_image
     from nst_ext.stylizer import Stylizer
@@ -183,8 +204,9 @@ def _stylize_frames(video, info, shape, styles, work, options, chain_settings, f
 
     try:
         size = max(shape)
-        opening = Stylizer(dataclasses.replace(options, size=size, scales=None,
-                                               device=distributed.device(options.device)))
+        opening = Stylizer(
+            dataclasses.replace(options, size=size, scales=None, device=distributed.device(options.device))
+        )
         following = Stylizer(dataclasses.replace(opening.options, scales=[size], steps=frame_steps))
         style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
         with FrameChain(opening, following, style_images, **chain_settings) as chain:

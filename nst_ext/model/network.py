@@ -26,8 +26,9 @@ class Network:
         self.devices = [resolve_device(name) for name in (options.devices or [options.device])]
         self.device = self.devices[0]
         self.mixed_precision = uses_mixed_precision(options.mixed_precision, self.device)
-        self._mixed_precision_on = {device: uses_mixed_precision(options.mixed_precision, device)
-                                    for device in self.devices}
+        self._mixed_precision_on = {
+            device: uses_mixed_precision(options.mixed_precision, device) for device in self.devices
+        }
         self.weights = resolve_weights(options.weights, options.weights_normalization)
         layers = list(options.content_layers) + list(options.style_layers)
         deepest = max(layers, key=LAYER_INDEX.__getitem__)
@@ -46,8 +47,10 @@ class Network:
                 saved = saved_bytes_per_layer(size, size, deepest, layers, 2)
                 self.device_starts = split_layers(saved, [free_memory_bytes(d) for d in self.devices])
             if self.device_starts and self.device_starts[-1] > LAYER_INDEX[deepest]:
-                raise OptionError(f"device split at {LAYERS[self.device_starts[-1]].name} is past the deepest layer "
-                                  f"used, {deepest}; split at shallower layers")
+                raise OptionError(
+                    f"device split at {LAYERS[self.device_starts[-1]].name} is past the deepest layer "
+                    f"used, {deepest}; split at shallower layers"
+                )
             cuts = [0, *self.device_starts, len(self.vgg.layers)]
             self.vgg.place([self.devices[d] for d in range(len(self.devices)) for _ in range(cuts[d], cuts[d + 1])])
 
@@ -61,5 +64,9 @@ class Network:
         precision is on for it."""
         device = device or self.device
         # No cast cache: a CUDA graph must not capture casts cached outside it (and they are cheap).
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              enabled=self._mixed_precision_on.get(device, self.mixed_precision), cache_enabled=False)
+        return torch.autocast(
+            device_type=device.type,
+            dtype=torch.bfloat16,
+            enabled=self._mixed_precision_on.get(device, self.mixed_precision),
+            cache_enabled=False,
+        )

@@ -12,6 +12,7 @@ from torch.nn import functional
 from nst_ext.plan.layers import CONV_INDICES, LAYER_INDEX, LAYERS, check_layer_names
 from nst_ext.model.weights import VGGWeights
 
+
 class VGG19Features(nn.Module):
     """VGG19's convolutional stack up to ``last_layer``, frozen.
 
@@ -86,20 +87,27 @@ class VGG19Features(nn.Module):
         result is the same; a weight changed since its copy was made (in place, or moved by
         ``.to``, which swaps its storage) is copied again."""
         device_type = x.device.type
-        if not (torch.is_autocast_enabled(device_type)
-                and torch.get_autocast_dtype(device_type) == torch.bfloat16
-                and conv.weight.dtype == torch.float32):
+        if not (
+            torch.is_autocast_enabled(device_type)
+            and torch.get_autocast_dtype(device_type) == torch.bfloat16
+            and conv.weight.dtype == torch.float32
+        ):
             return conv(x)
         source = (conv.weight.data_ptr(), conv.weight._version, conv.bias.data_ptr(), conv.bias._version)
         cached = self._bfloat16_params.get(index)
         if cached is None or cached[0] != source:
             with torch.no_grad():
-                cached = (source, conv.weight.to(torch.bfloat16, memory_format=torch.preserve_format),
-                          conv.bias.to(torch.bfloat16))
+                cached = (
+                    source,
+                    conv.weight.to(torch.bfloat16, memory_format=torch.preserve_format),
+                    conv.bias.to(torch.bfloat16),
+                )
             self._bfloat16_params[index] = cached
         return functional.conv2d(x, cached[1], cached[2], conv.stride, conv.padding)
 
-    def run_layers(self, x: torch.Tensor, start: int, stop: int, wanted: Collection[str]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def run_layers(
+        self, x: torch.Tensor, start: int, stop: int, wanted: Collection[str]
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Layers ``start … stop - 1`` on `x` (the output of layer ``start - 1``, or the
         normalised image); returns the last output and those of the `wanted` layers. Each
         layer runs on its device (``place``). A ReLU overwrites its input when no one else reads

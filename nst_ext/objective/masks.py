@@ -41,8 +41,10 @@ def check_aspect(mask: torch.Tensor, picture_shape, mask_name: str, picture_name
     mask_height, mask_width = mask.shape[-2:]
     height, width = picture_shape
     if abs(mask_width / mask_height - width / height) > ASPECT_TOLERANCE * (width / height):
-        raise ImageError(f"{mask_name} is {mask_width}x{mask_height} pixels but {picture_name} is {width}x{height}: "
-                         "a mask must have its picture's shape (any size, the same aspect ratio)")
+        raise ImageError(
+            f"{mask_name} is {mask_width}x{mask_height} pixels but {picture_name} is {width}x{height}: "
+            "a mask must have its picture's shape (any size, the same aspect ratio)"
+        )
 
 
 def at_size(mask: torch.Tensor, shape) -> torch.Tensor:

@@ -63,10 +63,18 @@ class Objective:
     gradient); calling the objective then gives the values without a graph.
     """
 
-    def __init__(self, network: "Network", options: "StyleOptions", stage_content: torch.Tensor,
-                 stage_styles: Sequence[torch.Tensor], blend: Sequence[float], plan: Optional["MemoryPlan"] = None,
-                 style_grams: Optional[Dict[str, torch.Tensor]] = None, temporal: Optional[TemporalTarget] = None,
-                 masks: Optional[StageMasks] = None):
+    def __init__(
+        self,
+        network: "Network",
+        options: "StyleOptions",
+        stage_content: torch.Tensor,
+        stage_styles: Sequence[torch.Tensor],
+        blend: Sequence[float],
+        plan: Optional["MemoryPlan"] = None,
+        style_grams: Optional[Dict[str, torch.Tensor]] = None,
+        temporal: Optional[TemporalTarget] = None,
+        masks: Optional[StageMasks] = None,
+    ):
         self.network, self.options = network, options
         content_layers, style_layers = list(options.content_layers), list(options.style_layers)
         self.layers = frozenset(content_layers + style_layers)
@@ -79,8 +87,11 @@ class Objective:
         # With tiles (a picture too large for one pass), the targets are made tile by tile too.
         self.tiles = tiled.tiles_for(self, contents.shape[-2:])
         with torch.no_grad():  # the style images go through one at a time, each dropped once its Grams are added in
-            grams = style_grams if style_grams is not None else self._style_grams(
-                stage_styles, blend, style_layers, masks or StageMasks())
+            grams = (
+                style_grams
+                if style_grams is not None
+                else self._style_grams(stage_styles, blend, style_layers, masks or StageMasks())
+            )
         self.style_grams = grams
         content_weights = options.content_layer_weights or [1.0 / max(1, len(content_layers))] * len(content_layers)
         style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
@@ -89,18 +100,24 @@ class Objective:
         # the content image, which normalize_style divides by.
         target_dtype = torch.bfloat16 if plan and plan.content_bfloat16 else torch.float32
         content_features, starts = self._content_pass(contents, content_layers, style_layers, groups, target_dtype)
-        content_regions = (layer_masks(masks.content, content_layers, masks.dilation)
-                           if masks is not None and masks.content is not None else {})
-        self.content_terms = [(name, weight, ContentLoss(content_features[name], content_regions.get(name),
-                                                         target_dtype))
-                              for name, weight in zip(content_layers, content_weights)]
+        content_regions = (
+            layer_masks(masks.content, content_layers, masks.dilation)
+            if masks is not None and masks.content is not None
+            else {}
+        )
+        self.content_terms = [
+            (name, weight, ContentLoss(content_features[name], content_regions.get(name), target_dtype))
+            for name, weight in zip(content_layers, content_weights)
+        ]
         self.style_terms = self._normalized(groups, starts)
         self.tv_loss = TotalVariationLoss()
         self.temporal = None
         if temporal is not None:
-            self.temporal = (temporal.previous.to(network.device).reshape(1, 3, *temporal.previous.shape[-2:]),
-                             temporal.mask.to(network.device).reshape(1, 1, *temporal.mask.shape[-2:]),
-                             float(temporal.weight))
+            self.temporal = (
+                temporal.previous.to(network.device).reshape(1, 3, *temporal.previous.shape[-2:]),
+                temporal.mask.to(network.device).reshape(1, 1, *temporal.mask.shape[-2:]),
+                float(temporal.weight),
+            )
 
     def _style_groups(self, grams, blend, style_layers, style_weights, masks: Optional[StageMasks]):
         """The style terms ``(name, weight, loss)`` in the groups normalize_style scales together:
@@ -111,13 +128,18 @@ class Objective:
             groups = []
             for index, (mask, share) in enumerate(zip(masks.style, blend)):
                 regions = layer_masks(mask, style_layers, masks.dilation)
-                groups.append([(name, weight * share, StyleLoss(grams[name][index], regions[name]))
-                               for name, weight in zip(style_layers, style_weights)])
+                groups.append(
+                    [
+                        (name, weight * share, StyleLoss(grams[name][index], regions[name]))
+                        for name, weight in zip(style_layers, style_weights)
+                    ]
+                )
             return groups
         return [[(name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)]]
 
-    def _content_pass(self, contents: torch.Tensor, content_layers, style_layers, groups,
-                      target_dtype: torch.dtype = torch.float32):
+    def _content_pass(
+        self, contents: torch.Tensor, content_layers, style_layers, groups, target_dtype: torch.dtype = torch.float32
+    ):
         """The content images' features at the content layers (the content targets; in tiles, put
         together in `target_dtype`) and, with normalize_style, each style term's value at them
         (``(B,)`` per term, in `groups`' order), from one pass through VGG (in tiles: the features
@@ -130,10 +152,12 @@ class Objective:
                 values = iter([term.from_gram(gram) for (_, _, term), gram in zip(flat, grams)])
             else:
                 with self.network.autocast():
-                    features = self.network.vgg(contents.to(self.network.device),
-                                                content_layers + (style_layers if normalizing else []))
-                values = iter([term(features[name]) for group in groups for name, _, term in group]
-                              if normalizing else [])
+                    features = self.network.vgg(
+                        contents.to(self.network.device), content_layers + (style_layers if normalizing else [])
+                    )
+                values = iter(
+                    [term(features[name]) for group in groups for name, _, term in group] if normalizing else []
+                )
         return features, [[next(values) for _ in group] for group in groups] if normalizing else None
 
     def _normalized(self, groups, starts):
@@ -205,8 +229,9 @@ class Objective:
             if self.checkpointing and torch.is_grad_enabled():
                 # Non-reentrant: only the segment's input is kept, the rest recomputed in the
                 # backward pass. VGG has no randomness, so no RNG state to restore.
-                x, segment_content, segment_style = checkpoint(self._segment, start, stop, x, score,
-                                                               use_reentrant=False, preserve_rng_state=False)
+                x, segment_content, segment_style = checkpoint(
+                    self._segment, start, stop, x, score, use_reentrant=False, preserve_rng_state=False
+                )
             else:
                 x, segment_content, segment_style = self._segment(start, stop, x, score)
             content = content + segment_content.to(image.device)
@@ -216,8 +241,10 @@ class Objective:
     def local_terms(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The elementwise terms of `image` ``(B, 3, H, W)`` (as scored: clamped), weighted:
         ``tv`` and ``temporal``, ``(B,)`` float32 each."""
-        terms = {"tv": self.options.tv_weight * self.tv_loss(image).float(),
-                 "temporal": image.new_zeros(image.shape[0], dtype=torch.float32)}
+        terms = {
+            "tv": self.options.tv_weight * self.tv_loss(image).float(),
+            "temporal": image.new_zeros(image.shape[0], dtype=torch.float32),
+        }
         if self.temporal is not None:
             previous, mask, weight = self.temporal
             terms["temporal"] = weight * per_picture_mean(mask * (image - previous).square()).float()
@@ -237,13 +264,17 @@ class Objective:
         if options.clamp_in_loss:
             image = image.clamp(0, 1)
         content, style = self.through_network(image, self._score)
-        terms = {"content": options.content_weight * content, "style": options.style_weight * style,
-                 **self.local_terms(image)}
+        terms = {
+            "content": options.content_weight * content,
+            "style": options.style_weight * style,
+            **self.local_terms(image),
+        }
         terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
         return terms if self.batched else {name: value[0] for name, value in terms.items()}
 
-    def evaluator(self, image: Union[torch.Tensor, Sequence[torch.Tensor]],
-                  graph: bool = True) -> Callable[[], torch.Tensor]:
+    def evaluator(
+        self, image: Union[torch.Tensor, Sequence[torch.Tensor]], graph: bool = True
+    ) -> Callable[[], torch.Tensor]:
         """A function that computes the loss at `image`, fills its ``grad`` and returns the terms
         as a new float32 tensor in the order of :data:`TERMS`: (5,) for one image, a leaf
         ``(1, 3, H, W)`` with requires_grad; (B, 5) for a batch objective, given a list of B such
@@ -252,10 +283,12 @@ class Objective:
         (shapes are fixed within a stage); where capture fails, it warns and evaluates eagerly."""
         leaves = list(image) if isinstance(image, (list, tuple)) else [image]
         if self.tiles:
+
             def tile_by_tile() -> torch.Tensor:
                 terms = tiled.evaluate(self, leaves)
                 values = torch.stack([terms[name].float() for name in TERMS], dim=-1)
                 return values if self.batched else values[0]
+
             return tile_by_tile
 
         def eager() -> torch.Tensor:
@@ -270,8 +303,11 @@ class Objective:
         try:
             return _graphed(eager, leaves)
         except RuntimeError as error:  # e.g. an op that synchronises, from a user's custom weights
-            warnings.warn(f"nst_ext: CUDA graph capture failed ({error}); evaluating without a graph",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"nst_ext: CUDA graph capture failed ({error}); evaluating without a graph",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             torch.cuda.synchronize(leaves[0].device)
             return eager
 

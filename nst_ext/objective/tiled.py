@@ -66,9 +66,14 @@ def _cells(name: str, height: int, width: int) -> int:
     return rows * columns
 
 
-def run(objective: "Objective", images: torch.Tensor, tiles: Sequence[tiling.Tile],
-        score_for: Callable[[tiling.Tile], Score], gradients: Optional[Sequence[torch.Tensor]] = None,
-        clamp: bool = False) -> None:
+def run(
+    objective: "Objective",
+    images: torch.Tensor,
+    tiles: Sequence[tiling.Tile],
+    score_for: Callable[[tiling.Tile], Score],
+    gradients: Optional[Sequence[torch.Tensor]] = None,
+    clamp: bool = False,
+) -> None:
     """Each tile of `images` ``(B, 3, H, W)`` (`clamp`: clamped to [0, 1], as the loss scores them)
     through the objective's VGG segments, its features given to ``score_for(tile)``. With
     `gradients` (one ``(1, 3, H, W)`` per picture), the sum of the scores is differentiated and each
@@ -84,8 +89,9 @@ def run(objective: "Objective", images: torch.Tensor, tiles: Sequence[tiling.Til
         del crop, content, style
 
 
-def _through_network(objective: "Objective", images: torch.Tensor, tile: tiling.Tile, score: Score, clamp: bool,
-                     graph: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _through_network(
+    objective: "Objective", images: torch.Tensor, tile: tiling.Tile, score: Score, clamp: bool, graph: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The `tile` of `images` ``(B, 3, H, W)``, halo included (clamped to [0, 1] with `clamp`),
     through the objective's VGG segments with `score`: the tile's input ``(B, 3, h, w)`` (a leaf
     that requires grad with `graph`) and the sums of its (content, style), ``(B,)`` each."""
@@ -99,19 +105,26 @@ def _add_gradient(gradients: Sequence[torch.Tensor], tile: tiling.Tile, tile_gra
     """A tile's input gradient ``(B, 3, h, w)``, halo included, added into the pictures'."""
     top, bottom, left, right = tile.read
     for index, gradient in enumerate(gradients):
-        gradient[..., top:bottom, left:right] += tile_gradient[index:index + 1]
+        gradient[..., top:bottom, left:right] += tile_gradient[index : index + 1]
 
 
-def content_pass(objective: "Objective", images: torch.Tensor, names: Sequence[str],
-                 style_terms=(), dtype: torch.dtype = torch.float32) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
+def content_pass(
+    objective: "Objective",
+    images: torch.Tensor,
+    names: Sequence[str],
+    style_terms=(),
+    dtype: torch.dtype = torch.float32,
+) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
     """One pass without gradients over the tiles of `images` ``(B, 3, H, W)``: their features at the
     named layers, ``(B, C, H', W')`` of `dtype` on the first device, put together from the tiles' own
     cells (the content targets); and the Gram each of `style_terms` scores, ``(B, C, C)`` each (the
     style normalisation's), from the same pass."""
     height, width = images.shape[-2:]
     device = objective.network.device
-    assembled = {name: torch.empty((images.shape[0], *layer_shape(name, height, width)), device=device, dtype=dtype)
-                 for name in names}
+    assembled = {
+        name: torch.empty((images.shape[0], *layer_shape(name, height, width)), device=device, dtype=dtype)
+        for name in names
+    }
     layers = [(name, None, name) for name in names]
 
     def keep(tile):
@@ -119,6 +132,7 @@ def content_pass(objective: "Objective", images: torch.Tensor, names: Sequence[s
             for _, _, name, own, rows, columns in _owned(features, tile, layers):
                 assembled[name][..., rows, columns] = own.to(device, dtype)
             return zero, zero
+
         return score
 
     grams_of = _first_pass(objective, images, style_terms, also=keep)[0]
@@ -131,13 +145,19 @@ def objective_tiles(objective: "Objective", images: torch.Tensor) -> List[tiling
     if tiles and (tiles[0].height, tiles[0].width) == tuple(images.shape[-2:]):
         return tiles
     return tiles_for(objective, images.shape[-2:]) or tiling.split(
-        images.shape[-2], images.shape[-1], tiling.tile_edge(max(images.shape[-2:]), objective.layers),
-        objective.layers)
+        images.shape[-2], images.shape[-1], tiling.tile_edge(max(images.shape[-2:]), objective.layers), objective.layers
+    )
 
 
-def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, content_terms=(), clamp: bool = False,
-                also: Optional[Callable[[tiling.Tile], Score]] = None,
-                kept: Optional[tiling.Tile] = None) -> Tuple[List[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
+def _first_pass(
+    objective: "Objective",
+    images: torch.Tensor,
+    style_terms,
+    content_terms=(),
+    clamp: bool = False,
+    also: Optional[Callable[[tiling.Tile], Score]] = None,
+    kept: Optional[tiling.Tile] = None,
+) -> Tuple[List[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
     """One pass without gradients over the tiles of `images` ``(B, 3, H, W)`` (`clamp`: each tile
     clamped to [0, 1]): the Gram each of `style_terms` scores (``(B, C, C)`` each) and the weighted
     sum of `content_terms`, ``(B,)``; ``also(tile)``'s score is given each tile's features too.
@@ -163,6 +183,7 @@ def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, conte
                 if share is not None:
                     totals[index] = share if totals[index] is None else totals[index] + share
             return zero, zero
+
         return score
 
     tiles = objective_tiles(objective, images)
@@ -180,8 +201,9 @@ def _first_pass(objective: "Objective", images: torch.Tensor, style_terms, conte
     return result, content, kept_crop
 
 
-def image_grams(objective: "Objective", image: torch.Tensor, names: Sequence[str],
-                regions: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def image_grams(
+    objective: "Objective", image: torch.Tensor, names: Sequence[str], regions: Dict[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
     """A style image's Grams ``(C, C)`` float32 at the named layers, made tile by tile; at a layer
     with a region (its source, ``(H', W')`` weights), over the region. `image` ``(1, 3, H, W)``."""
     height, width = image.shape[-2:]
@@ -192,23 +214,34 @@ def image_grams(objective: "Objective", image: torch.Tensor, names: Sequence[str
         def score(features, zero):
             for _, _, name, own, rows, columns in _owned(features, tile, [(name, None, name) for name in names]):
                 region = regions.get(name)
-                share = gram_share(own.detach(), _cells(name, height, width),
-                                   None if region is None else region[rows, columns], masses.get(name))
+                share = gram_share(
+                    own.detach(),
+                    _cells(name, height, width),
+                    None if region is None else region[rows, columns],
+                    masses.get(name),
+                )
                 if share is not None:
                     totals[name] = share + totals[name] if name in totals else share
             return zero, zero
+
         return score
 
     run(objective, image, objective_tiles(objective, image), score_for)
     device = objective.network.device
-    return {name: totals[name][0].float() if name in totals else
-            torch.zeros((layer_shape(name, height, width)[0],) * 2, device=device) for name in names}
+    return {
+        name: totals[name][0].float()
+        if name in totals
+        else torch.zeros((layer_shape(name, height, width)[0],) * 2, device=device)
+        for name in names
+    }
 
 
 def _style_of(objective: "Objective", gram_totals: Sequence[torch.Tensor], device) -> torch.Tensor:
     """The weighted style term of pictures whose Grams (per style term) are `gram_totals`, ``(B,)``."""
-    style = sum((weight * term.from_gram(gram)).to(device)
-                for (_, weight, term), gram in zip(objective.style_terms, gram_totals))
+    style = sum(
+        (weight * term.from_gram(gram)).to(device)
+        for (_, weight, term), gram in zip(objective.style_terms, gram_totals)
+    )
     return objective.options.style_weight * style
 
 
@@ -216,8 +249,9 @@ def _style_of(objective: "Objective", gram_totals: Sequence[torch.Tensor], devic
 STRIP_ROWS = 256
 
 
-def _local_terms(objective: "Objective", images: torch.Tensor,
-                 gradients: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+def _local_terms(
+    objective: "Objective", images: torch.Tensor, gradients: Optional[Sequence[torch.Tensor]] = None
+) -> Dict[str, torch.Tensor]:
     """Total variation and the temporal term of `images` ``(B, 3, H, W)`` (clamped when the loss is),
     weighted, ``(B,)`` each: what :meth:`Objective.local_terms` gives, summed over strips of rows
     (each with the next row, its vertical neighbour), so that nothing picture-sized is made. With
@@ -228,7 +262,7 @@ def _local_terms(objective: "Objective", images: torch.Tensor,
     temporal = torch.zeros_like(tv)
     for top in range(0, height, STRIP_ROWS):
         bottom = min(height, top + STRIP_ROWS)
-        strip = images[..., top:min(height, bottom + 1), :].detach().requires_grad_(gradients is not None)
+        strip = images[..., top : min(height, bottom + 1), :].detach().requires_grad_(gradients is not None)
         with torch.set_grad_enabled(gradients is not None):
             seen = strip.clamp(0, 1) if options.clamp_in_loss else strip
             own = seen[..., : bottom - top, :]
@@ -241,7 +275,7 @@ def _local_terms(objective: "Objective", images: torch.Tensor,
         if gradients is not None:
             (strip_tv + strip_temporal).sum().backward()
             for index, gradient in enumerate(gradients):
-                gradient[..., top:top + strip.shape[-2], :] += strip.grad[index:index + 1]
+                gradient[..., top : top + strip.shape[-2], :] += strip.grad[index : index + 1]
         tv += strip_tv.detach().double()
         temporal += strip_temporal.detach().double()
     return {"tv": tv.float(), "temporal": temporal.float()}
@@ -250,10 +284,14 @@ def _local_terms(objective: "Objective", images: torch.Tensor,
 def values(objective: "Objective", images: torch.Tensor) -> Dict[str, torch.Tensor]:
     """The terms at `images` ``(B, 3, H, W)`` without gradients: ``(B,)`` float32 each, by name."""
     with torch.no_grad():
-        gram_totals, content, _ = _first_pass(objective, images, objective.style_terms, objective.content_terms,
-                                              objective.options.clamp_in_loss)
-        terms = {"content": objective.options.content_weight * content,
-                 "style": _style_of(objective, gram_totals, images.device), **_local_terms(objective, images)}
+        gram_totals, content, _ = _first_pass(
+            objective, images, objective.style_terms, objective.content_terms, objective.options.clamp_in_loss
+        )
+        terms = {
+            "content": objective.options.content_weight * content,
+            "style": _style_of(objective, gram_totals, images.device),
+            **_local_terms(objective, images),
+        }
     terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
     return terms
 
@@ -275,8 +313,9 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
     options = objective.options
     images = leaves[0].detach() if len(leaves) == 1 else torch.cat([leaf.detach() for leaf in leaves])
     kept = _kept_tile(objective)
-    gram_totals, content, kept_crop = _first_pass(objective, images, objective.style_terms, objective.content_terms,
-                                                  options.clamp_in_loss, kept=kept)
+    gram_totals, content, kept_crop = _first_pass(
+        objective, images, objective.style_terms, objective.content_terms, options.clamp_in_loss, kept=kept
+    )
     # The style term of the whole picture, differentiated in each Gram.
     gram_leaves = [total.detach().requires_grad_(True) for total in gram_totals]
     with torch.enable_grad():
@@ -302,6 +341,7 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
                 if share is not None:
                     style_shares = style_shares + style_share(index, share)
             return content_share, style_shares
+
         return score
 
     for leaf in leaves:
@@ -312,13 +352,20 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
         # picture's style term (linear in each Gram) and content term.
         kept_terms = options.content_weight * content + sum(
             (style_share(index, total).to(content.device) for index, total in enumerate(gram_totals)),
-            torch.zeros_like(content))
+            torch.zeros_like(content),
+        )
         if kept_terms.requires_grad:
             kept_terms.sum().backward()
             _add_gradient(gradients, kept, kept_crop.grad)
         del kept_crop, kept_terms
-    run(objective, images, [tile for tile in objective.tiles if tile is not kept], score_for, gradients,
-        options.clamp_in_loss)
+    run(
+        objective,
+        images,
+        [tile for tile in objective.tiles if tile is not kept],
+        score_for,
+        gradients,
+        options.clamp_in_loss,
+    )
     local = _local_terms(objective, images, gradients)
     terms = {"content": options.content_weight * content.detach(), "style": style.detach(), **local}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]

@@ -19,8 +19,11 @@ def is_channels_last(features: torch.Tensor) -> bool:
     """Whether 4-D features lie channels-last (what channels-last convolutions hand the losses)
     and not also NCHW-contiguous (C == 1 or H·W == 1 counts as NCHW): the layout the kernels
     (csrc/common.h) and the reference keep for the gradient."""
-    return features.dim() == 4 and not features.is_contiguous() \
+    return (
+        features.dim() == 4
+        and not features.is_contiguous()
         and features.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def _check_float_tensor(tensor, name: str) -> None:
@@ -55,11 +58,15 @@ def _check_per_picture(tensor, features, name: str, per_picture: tuple, verb: st
         allowed.append((batch, *per_picture))
     if tuple(tensor.shape) not in allowed:
         expected = " or ".join(str(shape) for shape in allowed)
-        raise ValueError(f"{name} must have shape {expected} to match features of shape "
-                         f"{tuple(features.shape)}, got {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must have shape {expected} to match features of shape "
+            f"{tuple(features.shape)}, got {tuple(tensor.shape)}"
+        )
     if tensor.device != features.device:
-        raise ValueError(f"{name} {verb} on {tensor.device} but features are on {features.device}; "
-                         f"move them to one device, e.g. {name}.to(features.device)")
+        raise ValueError(
+            f"{name} {verb} on {tensor.device} but features are on {features.device}; "
+            f"move them to one device, e.g. {name}.to(features.device)"
+        )
 
 
 def check_target_gram(target, features, name: str = "target_gram") -> None:

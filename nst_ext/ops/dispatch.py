@@ -49,7 +49,8 @@ def build_mismatch(built: Optional[dict], torch_version: str, torch_cuda: Option
     for_what = f"torch {built_torch}" + (f" with CUDA {built_cuda}" if built_cuda else "")
     running = f"torch {torch_version}" + (f" with CUDA {torch_cuda}" if torch_cuda else " without CUDA")
     differs = _minor(built_torch) != _minor(torch_version) or (
-        built_cuda is not None and (torch_cuda is None or str(built_cuda).split(".")[0] != torch_cuda.split(".")[0]))
+        built_cuda is not None and (torch_cuda is None or str(built_cuda).split(".")[0] != torch_cuda.split(".")[0])
+    )
     if differs:
         return f"nst_ext._C was built for {for_what}, and this is {running}; rebuild it: {REBUILD}"
     return None
@@ -178,8 +179,12 @@ def is_algorithm_choice(choice) -> bool:
     :func:`gram_algorithm_choices` gives it: every field there, a whole number or one line of text."""
     if not isinstance(choice, dict) or not set(CHOICE_FIELDS) <= set(choice):
         return False
-    return all(isinstance(choice[name], int) and not isinstance(choice[name], bool) if name in CHOICE_NUMBERS
-               else isinstance(choice[name], str) and choice[name].isprintable() for name in CHOICE_FIELDS)
+    return all(
+        isinstance(choice[name], int) and not isinstance(choice[name], bool)
+        if name in CHOICE_NUMBERS
+        else isinstance(choice[name], str) and choice[name].isprintable()
+        for name in CHOICE_FIELDS
+    )
 
 
 def gram_algorithm_choices(used_only: bool = False) -> list:
@@ -189,8 +194,9 @@ def gram_algorithm_choices(used_only: bool = False) -> list:
     if LOAD_ERROR is not None:
         return []
     choices = [dict(zip(CHOICE_FIELDS, row.split("\t"))) for row in torch.ops.nst_ext.gram_algorithm_choices(used_only)]
-    return [{name: int(value) if name in CHOICE_NUMBERS else value for name, value in choice.items()}
-            for choice in choices]
+    return [
+        {name: int(value) if name in CHOICE_NUMBERS else value for name, value in choice.items()} for choice in choices
+    ]
 
 
 def restore_gram_algorithm_choices(choices: list) -> None:
@@ -203,7 +209,8 @@ def restore_gram_algorithm_choices(choices: list) -> None:
         raise ValueError(f"not an algorithm choice: {str(wrong)[:120]}")
     if LOAD_ERROR is None:
         torch.ops.nst_ext.restore_gram_algorithm_choices(
-            ["\t".join(str(choice[name]) for name in CHOICE_FIELDS) for choice in choices])
+            ["\t".join(str(choice[name]) for name in CHOICE_FIELDS) for choice in choices]
+        )
 
 
 def clear_gram_algorithm_choices() -> None:
@@ -225,6 +232,7 @@ def backend_info() -> dict:
     (the torch, CUDA and GPU architectures the library was built for, as its
     build recorded them, or ``None``).
     """
+
     def describe(device_type, compiled_name):
         if _force_reference or not _has_kernel(device_type):
             return "reference"

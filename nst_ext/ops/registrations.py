@@ -97,9 +97,7 @@ def _style_loss_backward(ctx, grad_loss, grad_residual):
     return grad_features, grad_target
 
 
-torch.library.register_autograd(
-    "nst_ext::style_loss", _style_loss_backward, setup_context=_style_loss_setup_context
-)
+torch.library.register_autograd("nst_ext::style_loss", _style_loss_backward, setup_context=_style_loss_setup_context)
 
 
 # The masked ops (csrc/masked.h): the weights are an input the user draws, never differentiated.
@@ -136,8 +134,7 @@ def _masked_gram_backward(ctx, grad_gram):
     return grad_features, None
 
 
-torch.library.register_autograd("nst_ext::masked_gram", _masked_gram_backward,
-                                setup_context=_masked_gram_setup_context)
+torch.library.register_autograd("nst_ext::masked_gram", _masked_gram_backward, setup_context=_masked_gram_setup_context)
 
 
 def _masked_style_loss_setup_context(ctx, inputs, output):
@@ -162,8 +159,9 @@ def _masked_style_loss_backward(ctx, grad_loss, grad_residual):
     return grad_features, None, grad_target
 
 
-torch.library.register_autograd("nst_ext::masked_style_loss", _masked_style_loss_backward,
-                                setup_context=_masked_style_loss_setup_context)
+torch.library.register_autograd(
+    "nst_ext::masked_style_loss", _masked_style_loss_backward, setup_context=_masked_style_loss_setup_context
+)
 
 
 # ---- the backward ops' own derivatives (double backward) ---------------------------------------
@@ -205,8 +203,12 @@ def _register_second_order(op_name, names):
         inputs = ctx.saved_tensors
         given = dict(zip(names, inputs))
         needs = dict(zip(names, ctx.needs_input_grad))
-        matrix, features, weights, grad_loss = (given["matrix"], given["features"], given.get("weights"),
-                                                given.get("grad_loss"))
+        matrix, features, weights, grad_loss = (
+            given["matrix"],
+            given["features"],
+            given.get("weights"),
+            given.get("grad_loss"),
+        )
         dtype = matrix.dtype
         factor = _per_picture_factor(features, weights, dtype, loss_factor=grad_loss is not None)
         grads = {}  # weights are never differentiated

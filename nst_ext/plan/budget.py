@@ -15,8 +15,22 @@ from typing import Optional
 
 from nst_ext.errors import OptionError
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
-          "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kib": 2**10,
+    "kb": 10**3,
+    "m": 2**20,
+    "mib": 2**20,
+    "mb": 10**6,
+    "g": 2**30,
+    "gib": 2**30,
+    "gb": 10**9,
+    "t": 2**40,
+    "tib": 2**40,
+    "tb": 10**12,
+}
 
 
 def parse_size(text: str) -> int:
@@ -24,8 +38,9 @@ def parse_size(text: str) -> int:
     (K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB powers of 1000)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
     if not match or match.group(2) not in _UNITS:
-        raise OptionError(f"memory size must be a number with an optional unit such as 2.5GiB, 8G or 512MiB, "
-                          f"got {text!r}")
+        raise OptionError(
+            f"memory size must be a number with an optional unit such as 2.5GiB, 8G or 512MiB, got {text!r}"
+        )
     size = float(match.group(1)) * _UNITS[match.group(2)]
     if not math.isfinite(size) or size < 1:
         raise OptionError(f"memory size must be positive, got {text!r}")

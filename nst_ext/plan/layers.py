@@ -42,9 +42,7 @@ def check_layer_names(names: Iterable[str], what: str = "layer") -> None:
         if name not in LAYER_INDEX:
             close = [n for n in LAYER_INDEX if n.startswith(name.rstrip("0123456789_")[:4])][:6]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UnknownLayerError(
-                f"unknown {what} {name!r}{hint}; `nst-ext layers` lists the VGG19 layer names"
-            )
+            raise UnknownLayerError(f"unknown {what} {name!r}{hint}; `nst-ext layers` lists the VGG19 layer names")
 
 
 def layer_shape(name: str, height: int, width: int) -> Tuple[int, int, int]:

@@ -79,6 +79,7 @@ def budget_for(needed: int) -> int:
         budget += 1
     return budget
 
+
 def _layer_elements(index: int, height: int, width: int) -> int:
     layer = LAYERS[index]
     for _ in range(layer.pools_before):
@@ -86,8 +87,9 @@ def _layer_elements(index: int, height: int, width: int) -> int:
     return layer.channels * height * width
 
 
-def saved_bytes_per_layer(height: int, width: int, last_layer: str, tapped: Sequence[str],
-                          activation_bytes: int) -> List[int]:
+def saved_bytes_per_layer(
+    height: int, width: int, last_layer: str, tapped: Sequence[str], activation_bytes: int
+) -> List[int]:
     """Bytes each layer's output keeps alive for the backward pass, for layers 0 … `last_layer`,
     with in-place ReLU (nst_ext.model.vgg): a ReLU's output (its own backward and the next layer read
     it), a pooling's output (the next convolution reads it), a convolution's output only when a
@@ -102,8 +104,9 @@ def saved_bytes_per_layer(height: int, width: int, last_layer: str, tapped: Sequ
     return saved
 
 
-def choose_segments(saved: Sequence[int], output_bytes: Sequence[int],
-                    breaks: Sequence[int] = ()) -> Tuple[List[Tuple[int, int]], int]:
+def choose_segments(
+    saved: Sequence[int], output_bytes: Sequence[int], breaks: Sequence[int] = ()
+) -> Tuple[List[Tuple[int, int]], int]:
     """Splits layers ``0 … len(saved) - 1`` into contiguous segments ``(start, stop)`` for
     activation checkpointing: what stays is each segment's input (``output_bytes`` of the layer
     before it) plus, during the backward pass, the largest segment's saved activations. Returns
@@ -121,8 +124,7 @@ def choose_segments(saved: Sequence[int], output_bytes: Sequence[int],
                 start, interior = index, 0
             interior += saved[index]
         segments.append((start, count))
-        peak = (sum(output_bytes[stop - 1] for _, stop in segments[:-1])
-                + max(sum(saved[a:b]) for a, b in segments))
+        peak = sum(output_bytes[stop - 1] for _, stop in segments[:-1]) + max(sum(saved[a:b]) for a, b in segments)
         if best is None or peak < best[1]:
             best = (segments, peak)
     return best
@@ -188,12 +190,25 @@ def releases_promptly(checkpointing: bool, tile_edge: int) -> bool:
 TILE_EDGE_RATIO = 0.85
 
 
-def plan_stage(height: int, width: int, content_layers: Sequence[str], style_layers: Sequence[str], steps: int,
-               style_shapes: Sequence[Tuple[int, int]], budget: Optional[int], device_type: str,
-               activation_bytes: int, optimizer: str = "lbfgs", checkpointing: Optional[bool] = None,
-               history_size: Optional[int] = None, breaks: Sequence[int] = (), pictures: int = 1,
-               tile: Optional[int] = None, history_bfloat16: Optional[bool] = None,
-               content_bfloat16: Optional[bool] = None) -> MemoryPlan:
+def plan_stage(
+    height: int,
+    width: int,
+    content_layers: Sequence[str],
+    style_layers: Sequence[str],
+    steps: int,
+    style_shapes: Sequence[Tuple[int, int]],
+    budget: Optional[int],
+    device_type: str,
+    activation_bytes: int,
+    optimizer: str = "lbfgs",
+    checkpointing: Optional[bool] = None,
+    history_size: Optional[int] = None,
+    breaks: Sequence[int] = (),
+    pictures: int = 1,
+    tile: Optional[int] = None,
+    history_bfloat16: Optional[bool] = None,
+    content_bfloat16: Optional[bool] = None,
+) -> MemoryPlan:
     """The plan for one stage of a `height` x `width` picture with these loss layers, `steps`
     optimiser steps and style images of `style_shapes` ((height, width) at this stage). `budget`:
     bytes, or None for no limit. `activation_bytes`: 2 with bfloat16 convolutions, else 4.
@@ -216,11 +231,16 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
 
     def making_targets(shapes) -> int:
         """One pass without gradients over each (count, (h, w)): the tapped outputs and two layers in flight."""
-        return max(count * activation_bytes * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers)
-                                               + 2 * _layer_elements(0, h, w)) for count, (h, w) in shapes)
+        return max(
+            count
+            * activation_bytes
+            * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers) + 2 * _layer_elements(0, h, w))
+            for count, (h, w) in shapes
+        )
 
-    def plan(checkpoint: bool, pairs: int, edge: int = 0, bfloat16_history: bool = False,
-             bfloat16_content: bool = False) -> MemoryPlan:
+    def plan(
+        checkpoint: bool, pairs: int, edge: int = 0, bfloat16_history: bool = False, bfloat16_content: bool = False
+    ) -> MemoryPlan:
         # What VGG sees at once: the picture, or one tile with its halo.
         seen = (min(height, edge + 2 * margin), min(width, edge + 2 * margin)) if edge else (height, width)
         saved = [pictures * size for size in saved_bytes_per_layer(*seen, last, layers, activation_bytes)]
@@ -250,11 +270,26 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
             making = making_targets([(pictures, (height, width)), *((1, shape) for shape in style_shapes)])
         # The peak is that of a step or, when larger, that of making the targets (before the
         # history exists): counted as transient so that `total` is the larger of the two.
-        transient = max(int(TRANSIENT_PER_LARGEST_ACTIVATION[releases_promptly(checkpoint, edge)] * largest),
-                        making - activations - history)
-        return MemoryPlan(height, width, checkpoint, pairs, tuple(segments), activations, history, targets,
-                          transient, runtime, held_images=HELD_IMAGES * pixels * 4, tile_edge=edge,
-                          history_bfloat16=bfloat16_history and optimizer == "lbfgs", content_bfloat16=bfloat16_content)
+        transient = max(
+            int(TRANSIENT_PER_LARGEST_ACTIVATION[releases_promptly(checkpoint, edge)] * largest),
+            making - activations - history,
+        )
+        return MemoryPlan(
+            height,
+            width,
+            checkpoint,
+            pairs,
+            tuple(segments),
+            activations,
+            history,
+            targets,
+            transient,
+            runtime,
+            held_images=HELD_IMAGES * pixels * 4,
+            tile_edge=edge,
+            history_bfloat16=bfloat16_history and optimizer == "lbfgs",
+            content_bfloat16=bfloat16_content,
+        )
 
     grid, side = tiles.alignment(layers), max(height, width)
     if tile:  # forced: one edge, on the grid
@@ -279,13 +314,17 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     # BENCHMARKS.md, "L-BFGS pairs in bfloat16", "Content targets in bfloat16"), then fewer pairs
     # with the most compact state allowed. A forced choice keeps only the states it allows.
     # Untiled, bfloat16 content targets save nothing (a step widens them whole): only when forced.
-    states = [(h, c) for h, c in ((False, False), (True, False), (False, True), (True, True))
-              if history_bfloat16 in (None, h) and content_bfloat16 in (None, c)]
+    states = [
+        (h, c)
+        for h, c in ((False, False), (True, False), (False, True), (True, True))
+        if history_bfloat16 in (None, h) and content_bfloat16 in (None, c)
+    ]
     states_for = {edge: [(h, c) for h, c in states if edge or not c or content_bfloat16] for edge in [0, *edges]}
     candidates = [(c, most_pairs, e, *state) for state in states for c, e in levers if state in states_for[e]]
     if history_size is None:
-        shorter = ([(True, 0)] if untiled and checkpointing is not False else []) + \
-            [(tiled_checkpointing, edge) for edge in edges]
+        shorter = ([(True, 0)] if untiled and checkpointing is not False else []) + [
+            (tiled_checkpointing, edge) for edge in edges
+        ]
         for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1):
             candidates += [(c, pairs, e, *states_for[e][-1]) for c, e in shorter]
     plans = [plan(*candidate) for candidate in candidates]
@@ -297,13 +336,18 @@ def plan_stage(height: int, width: int, content_layers: Sequence[str], style_lay
     smallest = min(plans, key=lambda p: p.total)
     how = [f"tiles of {smallest.tile_edge} px"] if smallest.tile_edge else []
     how += ["checkpointing"] if smallest.checkpointing else []
-    how += [f"an L-BFGS history of {smallest.history_size}" + (" in bfloat16" if smallest.history_bfloat16 else "")
-            + (" and the content targets in bfloat16" if smallest.content_bfloat16 else "")]
-    raise OptionError(f"a {width}x{height} stage needs at least {format_size(budget_for(smallest.total))} "
-                      f"(with {', '.join(how[:-1]) + ' and ' if len(how) > 1 else ''}{how[-1]}, and "
-                      f"{ESTIMATE_UNDERSHOOT:.0%} for the estimate's error), more "
-                      f"than the {format_size(budget)} budget; use a smaller --size, "
-                      "a larger --max-memory, or --devices to spread VGG over several devices")
+    how += [
+        f"an L-BFGS history of {smallest.history_size}"
+        + (" in bfloat16" if smallest.history_bfloat16 else "")
+        + (" and the content targets in bfloat16" if smallest.content_bfloat16 else "")
+    ]
+    raise OptionError(
+        f"a {width}x{height} stage needs at least {format_size(budget_for(smallest.total))} "
+        f"(with {', '.join(how[:-1]) + ' and ' if len(how) > 1 else ''}{how[-1]}, and "
+        f"{ESTIMATE_UNDERSHOOT:.0%} for the estimate's error), more "
+        f"than the {format_size(budget)} budget; use a smaller --size, "
+        "a larger --max-memory, or --devices to spread VGG over several devices"
+    )
 
 
 def run_budget(options, network) -> int:
@@ -316,8 +360,14 @@ def run_budget(options, network) -> int:
     return int(DEFAULT_BUDGET_SHARE * sum(free_memory_bytes(device) for device in distinct))
 
 
-def plan_stages(options, network, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
-                pictures: int = 1, budget: Optional[int] = None) -> List[MemoryPlan]:
+def plan_stages(
+    options,
+    network,
+    content_shape: Tuple[int, int],
+    style_shapes: Sequence[Tuple[int, int]],
+    pictures: int = 1,
+    budget: Optional[int] = None,
+) -> List[MemoryPlan]:
     """Each stage's plan for `pictures` content images of `content_shape` (height, width) optimised
     together with style images of `style_shapes`, from their shapes alone, against `budget`
     (default :func:`run_budget`): a size that cannot fit is refused (OptionError) before any of the
@@ -328,18 +378,33 @@ def plan_stages(options, network, content_shape: Tuple[int, int], style_shapes: 
     for stage_size, steps in reversed(options.stages()):
         height, width = long_side_shape(*content_shape, stage_size)
         style_side = max(1, round(stage_size * options.style_scale))
-        plans.append(plan_stage(
-            height, width, options.content_layers, options.style_layers, steps,
-            [long_side_shape(*shape, style_side) for shape in style_shapes], budget, network.device.type,
-            activation_bytes=2 if network.mixed_precision else 4, optimizer=options.optimizer,
-            checkpointing=options.checkpointing, history_size=options.lbfgs_history,
-            breaks=network.device_starts, pictures=pictures, tile=options.tile,
-            history_bfloat16=options.lbfgs_history_bfloat16, content_bfloat16=options.content_target_bfloat16))
+        plans.append(
+            plan_stage(
+                height,
+                width,
+                options.content_layers,
+                options.style_layers,
+                steps,
+                [long_side_shape(*shape, style_side) for shape in style_shapes],
+                budget,
+                network.device.type,
+                activation_bytes=2 if network.mixed_precision else 4,
+                optimizer=options.optimizer,
+                checkpointing=options.checkpointing,
+                history_size=options.lbfgs_history,
+                breaks=network.device_starts,
+                pictures=pictures,
+                tile=options.tile,
+                history_bfloat16=options.lbfgs_history_bfloat16,
+                content_bfloat16=options.content_target_bfloat16,
+            )
+        )
     return plans[::-1]
 
 
-def fitting_batch_size(options, network, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
-                       most: int) -> int:
+def fitting_batch_size(
+    options, network, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]], most: int
+) -> int:
     """The largest number of pictures of `content_shape`, up to `most`, that a run can optimise
     together within its budget without checkpointing or a shorter L-BFGS history (their price per
     step would eat what the batch gains); at least 1. The budget is read once for all the counts."""
@@ -363,8 +428,11 @@ def split_layers(saved: Sequence[int], free: Sequence[int]) -> List[int]:
     for index, size in enumerate(saved):
         remaining_layers, remaining_devices = len(saved) - index, devices - 1 - device
         share = total * sum(free[: device + 1]) / capacity
-        if device < devices - 1 and index > (starts[-1] if starts else 0) and (
-                running + size / 2 > share or remaining_layers <= remaining_devices):
+        if (
+            device < devices - 1
+            and index > (starts[-1] if starts else 0)
+            and (running + size / 2 > share or remaining_layers <= remaining_devices)
+        ):
             starts.append(index)
             device += 1
         running += size

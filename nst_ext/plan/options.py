@@ -63,8 +63,9 @@ def _numbers_from_text(name: str, text: str, whole: bool) -> list:
         return [(int if whole else float)(part) for part in text.split(",") if part.strip()]
     except ValueError:
         kind = "whole numbers" if whole else "numbers"
-        raise OptionError(f"{name} must be a list of {kind} (or a comma-separated string of them), "
-                          f"got {text!r}") from None
+        raise OptionError(
+            f"{name} must be a list of {kind} (or a comma-separated string of them), got {text!r}"
+        ) from None
 
 
 @dataclass
@@ -237,8 +238,11 @@ class StyleOptions:
                 return [SINGLE_STAGE_STEPS]
             if stages == 2:
                 return [FIRST_STAGE_STEPS, FINEST_STAGE_STEPS]
-            return ([FIRST_STAGE_STEPS] + [MIDDLE_STAGE_STEPS] * (stages - 3)
-                    + [STAGE_BEFORE_FINEST_STEPS, FINEST_STAGE_STEPS])
+            return (
+                [FIRST_STAGE_STEPS]
+                + [MIDDLE_STAGE_STEPS] * (stages - 3)
+                + [STAGE_BEFORE_FINEST_STEPS, FINEST_STAGE_STEPS]
+            )
         if isinstance(self.steps, int):
             return [self.steps] * stages
         return list(self.steps)
@@ -255,17 +259,25 @@ class StyleOptions:
         for name in ("content_layers", "style_layers"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or not all(isinstance(layer, str) for layer in value):
-                raise OptionError(f"{name} must be a list of VGG19 layer names (or a comma-separated string), "
-                                  f"got {value!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
-            raise OptionError(f"seed must be None or a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} "
-                              f"(64 bits), got {self.seed!r}")
+                raise OptionError(
+                    f"{name} must be a list of VGG19 layer names (or a comma-separated string), got {value!r}"
+                )
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]
+        ):
+            raise OptionError(
+                f"seed must be None or a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} "
+                f"(64 bits), got {self.seed!r}"
+            )
         if self.size is not None:
             positive_int("size", self.size)
         if self.size is not None and self.scales and self.size != self.scales[-1]:
-            raise OptionError(f"size {self.size} and scales {list(self.scales)} disagree: the last of scales is the "
-                              "output size; give one of them")
+            raise OptionError(
+                f"size {self.size} and scales {list(self.scales)} disagree: the last of scales is the "
+                "output size; give one of them"
+            )
         positive_int("max_input_pixels", self.max_input_pixels)
         for stage_size in self.scales or ():
             positive_int("scales", stage_size)
@@ -284,12 +296,16 @@ class StyleOptions:
             raise OptionError("style_layers must name at least one layer")
         check_layer_names(self.content_layers, "content layer")
         check_layer_names(self.style_layers, "style layer")
-        for layers, weights, what in ((self.content_layers, self.content_layer_weights, "content"),
-                                      (self.style_layers, self.style_layer_weights, "style")):
+        for layers, weights, what in (
+            (self.content_layers, self.content_layer_weights, "content"),
+            (self.style_layers, self.style_layer_weights, "style"),
+        ):
             if weights is not None:
                 if len(weights) != len(layers):
-                    raise OptionError(f"{len(weights)} {what} layer weights given for {len(layers)} {what} layers "
-                                      f"({', '.join(layers)}); give one weight per layer")
+                    raise OptionError(
+                        f"{len(weights)} {what} layer weights given for {len(layers)} {what} layers "
+                        f"({', '.join(layers)}); give one weight per layer"
+                    )
                 for weight in weights:
                     non_negative(f"{what} layer weight", weight)
         if self.optimizer not in ("lbfgs", "adam"):
@@ -299,11 +315,14 @@ class StyleOptions:
         if self.color_space not in COLOR_SPACES:
             raise OptionError(f"color_space must be one of {', '.join(COLOR_SPACES)}, got {self.color_space!r}")
         if self.color_transfer not in (None, *COLOR_TRANSFERS):
-            raise OptionError(f"color_transfer must be one of {', '.join(COLOR_TRANSFERS)} or None, "
-                              f"got {self.color_transfer!r}")
+            raise OptionError(
+                f"color_transfer must be one of {', '.join(COLOR_TRANSFERS)} or None, got {self.color_transfer!r}"
+            )
         if self.preserve_color == "histogram" and self.color_transfer not in (None, "pca"):
-            raise OptionError(f"preserve_color 'histogram' is color_transfer 'pca'; it cannot be combined with "
-                              f"color_transfer {self.color_transfer!r}: give one")
+            raise OptionError(
+                f"preserve_color 'histogram' is color_transfer 'pca'; it cannot be combined with "
+                f"color_transfer {self.color_transfer!r}: give one"
+            )
         if isinstance(self.mask_dilation, bool) or not isinstance(self.mask_dilation, int) or self.mask_dilation < 0:
             raise OptionError(f"mask_dilation must be a whole number of cells, 0 or more, got {self.mask_dilation!r}")
         for name in ("style_masks", "style_image_masks"):
@@ -326,25 +345,33 @@ class StyleOptions:
             if getattr(self, name) not in (None, True, False):
                 raise OptionError(f"{name} must be True, False or None (automatic), got {getattr(self, name)!r}")
         if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 0):
-            raise OptionError(f"tile must be a tile edge in pixels, 0 (never tile) or None (when the budget needs "
-                              f"it), got {self.tile!r}")
+            raise OptionError(
+                f"tile must be a tile edge in pixels, 0 (never tile) or None (when the budget needs "
+                f"it), got {self.tile!r}"
+            )
         if self.devices is not None:
             if isinstance(self.devices, str) or not self.devices:
-                raise OptionError(f"devices must be a list of one or more devices such as ['cuda:0', 'cuda:1'], "
-                                  f"got {self.devices!r}")
+                raise OptionError(
+                    f"devices must be a list of one or more devices such as ['cuda:0', 'cuda:1'], got {self.devices!r}"
+                )
             if self.device not in ("auto", self.devices[0]):
-                raise OptionError(f"device {self.device!r} and devices {list(self.devices)} disagree; give one "
-                                  "(the first of devices holds the picture)")
+                raise OptionError(
+                    f"device {self.device!r} and devices {list(self.devices)} disagree; give one "
+                    "(the first of devices holds the picture)"
+                )
         if self.device_split is not None:
             check_layer_names(self.device_split, "device split layer")
             count = len(self.devices or [self.device])
             if len(self.device_split) != count - 1:
-                raise OptionError(f"device split names {len(self.device_split)} layer(s) for {count} device(s); "
-                                  f"give {count - 1}: the layer where each device after the first begins")
+                raise OptionError(
+                    f"device split names {len(self.device_split)} layer(s) for {count} device(s); "
+                    f"give {count - 1}: the layer where each device after the first begins"
+                )
             starts = [LAYER_INDEX[name] for name in self.device_split]
             if starts != sorted(set(starts)) or starts[0] == 0:
-                raise OptionError(f"device split layers must come after conv1_1 and in network order, "
-                                  f"got {list(self.device_split)}")
+                raise OptionError(
+                    f"device split layers must come after conv1_1 and in network order, got {list(self.device_split)}"
+                )
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -378,8 +405,10 @@ def uses_mixed_precision(requested: Optional[bool], device: torch.device) -> boo
             return torch.cuda.is_bf16_supported()
         return cpu_has_native_bfloat16()
     if requested and device.type == "cpu" and not cpu_has_native_bfloat16():
-        raise OptionError("mixed precision on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU has "
-                          "none, so it would be slower: drop --mixed-precision")
+        raise OptionError(
+            "mixed precision on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU has "
+            "none, so it would be slower: drop --mixed-precision"
+        )
     return requested
 
 

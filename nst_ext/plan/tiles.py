@@ -67,7 +67,7 @@ class Tile:
     def own_cells(self, pools: int) -> Tuple[slice, slice, slice, slice]:
         """At a layer after `pools` poolings: (rows, columns) of the tile's own cells in the
         tile's feature map, then (rows, columns) of the same cells in the picture's feature map."""
-        stride = 2 ** pools
+        stride = 2**pools
 
         def span(start: int, stop: int, read_start: int, picture_side: int) -> Tuple[slice, slice]:
             cells = picture_side // stride if stop == picture_side else stop // stride
@@ -91,6 +91,11 @@ def split(height: int, width: int, edge: int, names: Iterable[str]) -> List[Tile
         bottom = min(height, top + edge)
         for left in range(0, width, edge):
             right = min(width, left + edge)
-            read = (max(0, top - margin), min(height, bottom + margin), max(0, left - margin), min(width, right + margin))
+            read = (
+                max(0, top - margin),
+                min(height, bottom + margin),
+                max(0, left - margin),
+                min(width, right + margin),
+            )
             tiles.append(Tile(top, bottom, left, right, read, height, width))
     return tiles

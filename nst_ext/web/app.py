@@ -28,8 +28,10 @@ def web_app(queue: JobQueue, uploads: Uploads, access: Access) -> Guard:
 
     async def submit(request):
         if queue.waiting() >= MAX_WAITING_JOBS:
-            return JSONResponse({"error": f"{MAX_WAITING_JOBS} jobs are waiting already; start this one when "
-                                          "the queue is shorter"}, status_code=429)
+            return JSONResponse(
+                {"error": f"{MAX_WAITING_JOBS} jobs are waiting already; start this one when the queue is shorter"},
+                status_code=429,
+            )
         try:
             job = await uploads.job(request, queue.next_number)
         except UploadError as error:
@@ -61,13 +63,25 @@ def web_app(queue: JobQueue, uploads: Uploads, access: Access) -> Guard:
         return FileResponse(str(uploads.sample_path(name)), media_type="image/jpeg")
 
     def too_large(limit: int) -> str:
-        return (f"the upload is over {format_size(limit)} in all; each picture may be at most "
-                f"{format_size(uploads.max_upload)}")
+        return (
+            f"the upload is over {format_size(limit)} in all; each picture may be at most "
+            f"{format_size(uploads.max_upload)}"
+        )
 
-    return guarded_app([
-        Route("/", page("app.html")), Route("/jobs", jobs), Route("/jobs", submit, methods=["POST"]),
-        Route("/jobs/{number:int}/stop", stop, methods=["POST"]), Route("/results/{name}", result),
-        Route("/samples/{name}", sample), Route("/events", events)], access, uploads.max_request, too_large)
+    return guarded_app(
+        [
+            Route("/", page("app.html")),
+            Route("/jobs", jobs),
+            Route("/jobs", submit, methods=["POST"]),
+            Route("/jobs/{number:int}/stop", stop, methods=["POST"]),
+            Route("/results/{name}", result),
+            Route("/samples/{name}", sample),
+            Route("/events", events),
+        ],
+        access,
+        uploads.max_request,
+        too_large,
+    )
 
 
 def serve(out: str, host: str = LOCAL_HOST, port: int = 8765, device: str = "auto", max_upload: str = "25MiB") -> int:
@@ -79,11 +93,15 @@ def serve(out: str, host: str = LOCAL_HOST, port: int = 8765, device: str = "aut
     access = access_of(sock)
     queue = JobQueue()
     if not is_loopback(host):
-        print(f"nst-ext: warning: serving on {host}: anyone who can reach this machine there and has the address "
-              "with its token can upload pictures and run jobs on it", file=sys.stderr)
+        print(
+            f"nst-ext: warning: serving on {host}: anyone who can reach this machine there and has the address "
+            "with its token can upload pictures and run jobs on it",
+            file=sys.stderr,
+        )
     shown = None if access.allowed_hosts is not None else LOCAL_HOST  # a wildcard address: open it here by loopback
-    print(f"nst-ext: serving at {access.url(shown)} (results in {out_dir}); Ctrl-C to stop", file=sys.stderr,
-          flush=True)
+    print(
+        f"nst-ext: serving at {access.url(shown)} (results in {out_dir}); Ctrl-C to stop", file=sys.stderr, flush=True
+    )
     try:
         uvicorn_server(web_app(queue, uploads, access)).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn hands Ctrl-C on once it has shut down

@@ -33,8 +33,10 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 # code), and the previews are data: URLs.
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                                 b"form-action 'self'; frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-resource-policy", b"same-origin"),
@@ -70,6 +72,7 @@ class Access:
     """Who may use a server bound to `host`:`port`: the Host header values it answers (None:
     any, for a wildcard address, where the token is the check) and the token every request must
     carry (None on loopback)."""
+
     host: str
     port: int
     token: Optional[str] = None
@@ -153,8 +156,13 @@ class Guard:
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 names = {name.lower() for name, _ in message.get("headers", [])}
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  *(item for item in SECURITY_HEADERS if item[0] not in names)]}
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        *(item for item in SECURITY_HEADERS if item[0] not in names),
+                    ],
+                }
             await send(message)
 
         refusal = self._refusal(scope)
@@ -170,13 +178,19 @@ class Guard:
         headers = _headers(scope)
         host = headers.get("host", "")
         if not self.access.host_allowed(host):
-            return _json(403, f"this server answers only to {' or '.join(sorted(self.access.allowed_hosts))}; "
-                              f"the request named {host[:100]!r}")
+            return _json(
+                403,
+                f"this server answers only to {' or '.join(sorted(self.access.allowed_hosts))}; "
+                f"the request named {host[:100]!r}",
+            )
         if scope["method"] not in SAFE_METHODS:
             origin = headers.get("origin") or headers.get("referer")
             if not origin or not self.access.same_origin(origin, host):
-                return _json(403, "a request that changes something must come from this server's own page "
-                                  f"(it came from {(origin or 'no page it named')[:100]!r})")
+                return _json(
+                    403,
+                    "a request that changes something must come from this server's own page "
+                    f"(it came from {(origin or 'no page it named')[:100]!r})",
+                )
         if self.access.token is not None:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             if self.access.token_matches(query.get(TOKEN_PARAMETER)) and scope["method"] in SAFE_METHODS:
@@ -188,8 +202,9 @@ class Guard:
                 cookie = SimpleCookie()
             given = cookie[self.access.cookie_name].value if self.access.cookie_name in cookie else None
             if not self.access.token_matches(given):
-                return _json(403, "this server needs its token: open the address `nst-ext serve` printed, "
-                                  "with its ?token=...")
+                return _json(
+                    403, "this server needs its token: open the address `nst-ext serve` printed, with its ?token=..."
+                )
         length = headers.get("content-length", "")
         if length.strip().isdigit() and int(length) > self.max_body:
             return _json(413, self.too_large_message(self.max_body))
@@ -207,16 +222,26 @@ class Guard:
                 if received > self.max_body:
                     raise BodyTooLarge(self.max_body)
             return message
+
         return limited
 
 
 def _json(status: int, error: str):
     async def answer(scope, receive, send):
         body = json.dumps({"error": error}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"cache-control", b"no-store")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
+
     return answer
 
 
@@ -229,8 +254,18 @@ def _token_exchange(access: Access, scope, query: dict):
     cookie = f"{access.cookie_name}={access.token}; Path=/; HttpOnly; SameSite=Strict"
 
     async def answer(scope, receive, send):
-        await send({"type": "http.response.start", "status": 303,
-                    "headers": [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode()),
-                                (b"content-length", b"0"), (b"cache-control", b"no-store")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 303,
+                "headers": [
+                    (b"location", location.encode("latin-1")),
+                    (b"set-cookie", cookie.encode()),
+                    (b"content-length", b"0"),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b""})
+
     return answer

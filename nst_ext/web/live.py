@@ -27,6 +27,7 @@ def _interrupt_the_command():
 def live_app(preview: Preview, streams: PreviewStreams, access: Access, stop=_interrupt_the_command) -> Guard:
     """The live view's routes for the server `access` describes: the page, its event stream, and
     Stop (which calls `stop`), from this server's own page only."""
+
     async def events(request):
         return streams.response(request, lambda: preview, ends_with_run=True)
 
@@ -35,9 +36,12 @@ def live_app(preview: Preview, streams: PreviewStreams, access: Access, stop=_in
             stop()
         return JSONResponse({"stopping": not preview.finished}, status_code=202)
 
-    return guarded_app([Route("/", page("live.html")), Route("/events", events),
-                        Route("/stop", stop_run, methods=["POST"])], access, LIVE_MAX_BODY,
-                       lambda limit: f"the live view takes no request over {limit} bytes")
+    return guarded_app(
+        [Route("/", page("live.html")), Route("/events", events), Route("/stop", stop_run, methods=["POST"])],
+        access,
+        LIVE_MAX_BODY,
+        lambda limit: f"the live view takes no request over {limit} bytes",
+    )
 
 
 class LiveView:

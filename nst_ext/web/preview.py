@@ -39,8 +39,9 @@ def encode_jpeg(image, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
     picture = Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0))
     if max(picture.size) > max_side:
         scale = max_side / max(picture.size)
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                                 Image.BILINEAR)
+        picture = picture.resize(
+            (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.BILINEAR
+        )
     out = io.BytesIO()
     picture.save(out, "JPEG", quality=JPEG_QUALITY)
     return out.getvalue()
@@ -51,8 +52,7 @@ class Preview:
     writes it. ``version`` grows with every change a page should see; :meth:`state` gives it as
     a dict for the page (JSON-ready), :meth:`wait` blocks until it changes."""
 
-    def __init__(self, label: str = "", interval: float = PREVIEW_SECONDS,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, label: str = "", interval: float = PREVIEW_SECONDS, clock: Callable[[], float] = time.monotonic):
         self.label = label
         self.interval = interval
         self.clock = clock
@@ -91,8 +91,14 @@ class Preview:
                 self.seconds_per_step = (now - self._taken_at) / (self.steps_done - self._steps_at_take)
             self._taken_at, self._steps_at_take = now, self.steps_done
             self.status = "running"
-            self.position = {"stage": progress.stage + 1, "stages": progress.stages, "step": progress.step,
-                             "steps": progress.steps, "width": progress.size[1], "height": progress.size[0]}
+            self.position = {
+                "stage": progress.stage + 1,
+                "stages": progress.stages,
+                "step": progress.step,
+                "steps": progress.steps,
+                "width": progress.size[1],
+                "height": progress.size[0],
+            }
             self.losses.append(point)
             self._pending = image
             self._changed.notify_all()  # the encoder; pages hear of it with the picture
@@ -147,9 +153,18 @@ class Preview:
         with self._changed:
             same_run = shown is not None and shown["run"] == self.run
             losses_from = shown["losses_from"] + len(shown["losses"]) if same_run else 0
-            state = {"version": self.version, "run": self.run, "label": self.label, "status": self.status,
-                     "message": self.message, "frame": self.frame, **self.position,
-                     "seconds_per_step": self.seconds_per_step, "steps_done": self.steps_done,
-                     "losses_from": losses_from, "losses": [list(point) for point in self.losses[losses_from:]]}
+            state = {
+                "version": self.version,
+                "run": self.run,
+                "label": self.label,
+                "status": self.status,
+                "message": self.message,
+                "frame": self.frame,
+                **self.position,
+                "seconds_per_step": self.seconds_per_step,
+                "steps_done": self.steps_done,
+                "losses_from": losses_from,
+                "losses": [list(point) for point in self.losses[losses_from:]],
+            }
             newer = shown is None or self.frame > shown["frame"]
             return state, (self.jpeg if newer else None)

@@ -21,6 +21,7 @@ LOG = logging.getLogger(__name__)
 class Job:
     """One picture to make: its inputs (files in the output folder), its options, where the
     result goes, and how far it got."""
+
     number: int
     content: Path
     styles: List[Path]
@@ -34,8 +35,14 @@ class Job:
 
     def shown(self, place: Optional[int]) -> dict:
         finished = self.state in ("done", "stopped") and self.output.is_file()
-        return {"number": self.number, "state": self.state, "message": self.message, "place": place,
-                "settings": self.settings, "result": f"/results/{self.output.name}" if finished else None}
+        return {
+            "number": self.number,
+            "state": self.state,
+            "message": self.message,
+            "place": place,
+            "settings": self.settings,
+            "result": f"/results/{self.output.name}" if finished else None,
+        }
 
 
 def stylize_job(job: Job, on_progress: Callable) -> None:
@@ -51,11 +58,20 @@ def stylize_job(job: Job, on_progress: Callable) -> None:
         job.state, job.message = "stopped", "stopped before the first step finished; nothing written"
         job.preview.finish(None, "stopped", job.message)
         return
-    record = provenance.make_record(job.options, str(job.content), styles, result.seed,
-                                    stylizer.weights.source, str(stylizer.device), command="serve")
+    record = provenance.make_record(
+        job.options,
+        str(job.content),
+        styles,
+        result.seed,
+        stylizer.weights.source,
+        str(stylizer.device),
+        command="serve",
+    )
     # A full disk: the picture goes to a fallback folder, named in the error the page shows.
-    write_or_rescue(lambda path: save_image(result.tensor, path, record=record,
-                                            icc_profile=icc_profile(str(job.content))), job.output)
+    write_or_rescue(
+        lambda path: save_image(result.tensor, path, record=record, icc_profile=icc_profile(str(job.content))),
+        job.output,
+    )
     job.preview.finish(result.tensor, "stopped" if result.interrupted else "done")
     job.state = "stopped" if result.interrupted else "done"
 

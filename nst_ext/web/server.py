@@ -32,11 +32,13 @@ KEEP_ALIVE_SECONDS = 10.0
 LOG = logging.getLogger(__name__)
 
 
-def guarded_app(routes: List[BaseRoute], access: Access, max_body: int,
-                too_large_message: Callable[[int], str]) -> Guard:
+def guarded_app(
+    routes: List[BaseRoute], access: Access, max_body: int, too_large_message: Callable[[int], str]
+) -> Guard:
     """`routes` (and the shipped static files) as one app behind the guard: every answer that is
     not a page is JSON, an error too, as ``{"error": line}`` for the page to show; a bug is logged
     here and answered "internal error", never with its text (which may hold paths)."""
+
     async def http_error(request, error: HTTPException):
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
@@ -47,8 +49,10 @@ def guarded_app(routes: List[BaseRoute], access: Access, max_body: int,
         LOG.error("nst-ext: the server failed on %s %s", request.method, request.url.path, exc_info=error)
         return JSONResponse({"error": "internal error (the server's log has the details)"}, status_code=500)
 
-    app = Starlette(routes=[*routes, static_mount()],
-                    exception_handlers={HTTPException: http_error, BodyTooLarge: too_large, Exception: unexpected})
+    app = Starlette(
+        routes=[*routes, static_mount()],
+        exception_handlers={HTTPException: http_error, BodyTooLarge: too_large, Exception: unexpected},
+    )
     return Guard(app, access, max_body, too_large_message)
 
 
@@ -58,8 +62,10 @@ def static_mount() -> Mount:
 
 def page(name: str) -> Callable:
     """A route endpoint answering with the shipped page `name`."""
+
     async def endpoint(request):
         return FileResponse(str(STATIC / name), media_type="text/html")
+
     return endpoint
 
 
@@ -84,8 +90,11 @@ class PreviewStreams:
         PREVIEW_SECONDS and only when something changed; with `ends_with_run` it ends after the
         run's final state (the live view of one command), else it follows `preview()` to the next
         run (the app's queue)."""
-        return StreamingResponse(self._events(request, preview, ends_with_run), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            self._events(request, preview, ends_with_run),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     async def _events(self, request, preview, ends_with_run):
         with self._lock:
@@ -139,8 +148,9 @@ def access_of(sock: socket.socket) -> Access:
 
 
 def uvicorn_server(app) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                         timeout_graceful_shutdown=2))
+    return uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+    )
 
 
 class BackgroundServer:

@@ -39,10 +39,12 @@ def form_fields() -> dict:
     """The form's numbers, one home for the page (app.js fills its fields from them) and for the
     checks here: each field's default and bounds."""
     defaults = StyleOptions()
-    return {"size": {"value": defaults.output_size, "min": SMALLEST_SIZE, "max": LARGEST_SIZE},
-            "style_weight": {"value": defaults.style_weight, "min": 0},
-            "seed": {"value": FIRST_SEED},
-            "steps": {"min": 1, "max": LARGEST_STEPS}}
+    return {
+        "size": {"value": defaults.output_size, "min": SMALLEST_SIZE, "max": LARGEST_SIZE},
+        "style_weight": {"value": defaults.style_weight, "min": 0},
+        "seed": {"value": FIRST_SEED},
+        "steps": {"min": 1, "max": LARGEST_STEPS},
+    }
 
 
 class UploadError(InputError):
@@ -90,8 +92,10 @@ class Uploads:
             form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=FORM_OVERHEAD)
         except (MultiPartException, HTTPException) as error:  # Starlette raises the one as the other
             reason = getattr(error, "message", None) or getattr(error, "detail", "")
-            raise UploadError(f"the upload was refused: {reason} (at most {MAX_FILES} pictures and {MAX_FIELDS} "
-                              f"fields; each picture at most {format_size(self.max_upload)})") from None
+            raise UploadError(
+                f"the upload was refused: {reason} (at most {MAX_FILES} pictures and {MAX_FIELDS} "
+                f"fields; each picture at most {format_size(self.max_upload)})"
+            ) from None
         options = self._options(form)
         uploaded = [upload for upload in form.getlist("styles") if getattr(upload, "filename", "")]
         chosen = [name for name in form.getlist("style_samples") if name]
@@ -101,8 +105,10 @@ class Uploads:
             raise UploadError(f"at most {MAX_STYLES} style pictures, got {len(uploaded) + len(chosen)}")
         masks = [upload for upload in form.getlist("style_masks") if getattr(upload, "filename", "")]
         if masks and len(masks) != len(uploaded) + len(chosen):
-            raise UploadError(f"give one style mask per style picture, in the same order ({len(uploaded) + len(chosen)} "
-                              f"styles, {len(masks)} masks), or none")
+            raise UploadError(
+                f"give one style mask per style picture, in the same order ({len(uploaded) + len(chosen)} "
+                f"styles, {len(masks)} masks), or none"
+            )
         content, content_name = await self._content(form, saved)
         styles = [await self._upload(upload, "a style picture", saved) for upload in uploaded]
         styles += [self.sample_path(name) for name in chosen]
@@ -112,9 +118,14 @@ class Uploads:
         content_mask = form.get("content_mask")
         if getattr(content_mask, "filename", ""):
             options.content_mask = str(await self._upload(content_mask, "the content mask", saved))
-        settings = {"content": content_name, "styles": ", ".join(names), "size": str(options.size),
-                    "style weight": f"{options.style_weight:g}", "colour": options.preserve_color or "the style's",
-                    "seed": str(options.seed)}
+        settings = {
+            "content": content_name,
+            "styles": ", ".join(names),
+            "size": str(options.size),
+            "style weight": f"{options.style_weight:g}",
+            "colour": options.preserve_color or "the style's",
+            "seed": str(options.seed),
+        }
         settings["steps"] = ",".join(map(str, options.stage_steps()))
         if masks:
             settings["style masks"] = ", ".join(upload.filename for upload in masks)
@@ -138,16 +149,22 @@ class Uploads:
         fields = form_fields()
         size = number("size", int, fields["size"]["value"])
         if not SMALLEST_SIZE <= size <= LARGEST_SIZE:
-            raise UploadError(f"size: from {SMALLEST_SIZE} to {LARGEST_SIZE} px here (larger pictures: the command "
-                              f"line), got {size}")
+            raise UploadError(
+                f"size: from {SMALLEST_SIZE} to {LARGEST_SIZE} px here (larger pictures: the command line), got {size}"
+            )
         steps = number("steps", int, None)
         if steps is not None and not 1 <= steps <= LARGEST_STEPS:
             raise UploadError(f"steps: from 1 to {LARGEST_STEPS} per scale here, got {steps}")
         colour = str(form.get("preserve_color") or "") or None
-        options = StyleOptions(size=size, steps=[steps] if steps else None,
-                               style_weight=number("style_weight", float, fields["style_weight"]["value"]),
-                               preserve_color=colour, seed=number("seed", int, fields["seed"]["value"]),
-                               device=self.device, max_input_pixels=self.max_pixels)
+        options = StyleOptions(
+            size=size,
+            steps=[steps] if steps else None,
+            style_weight=number("style_weight", float, fields["style_weight"]["value"]),
+            preserve_color=colour,
+            seed=number("seed", int, fields["seed"]["value"]),
+            device=self.device,
+            max_input_pixels=self.max_pixels,
+        )
         try:
             options.validate()
         except InputError as error:
@@ -175,17 +192,22 @@ class Uploads:
         to `saved`)."""
         size = upload.size if upload.size is not None else self.max_upload + 1  # known once parsed; else refused
         if size > self.max_upload:
-            raise UploadError(f"{what} {upload.filename!r} is {format_size(size)}, over the limit of "
-                              f"{format_size(self.max_upload)}")
+            raise UploadError(
+                f"{what} {upload.filename!r} is {format_size(size)}, over the limit of {format_size(self.max_upload)}"
+            )
         data = await upload.read()
         self._check_picture(data, f"{what} {upload.filename!r}")
         self.folder.mkdir(parents=True, exist_ok=True)
         with self._names:
             held = sum(path.stat().st_size for path in self.folder.iterdir() if path.is_file())
             if held + len(data) > self.max_folder:
-                raise UploadError(f"the server's uploads folder holds {format_size(held)}, near its limit of "
-                                  f"{format_size(self.max_folder)}; old uploads must be removed from it first")
-            path = self._free(self.folder, _safe_stem(upload.filename), Path(upload.filename).suffix.lower()[:6] or ".img")
+                raise UploadError(
+                    f"the server's uploads folder holds {format_size(held)}, near its limit of "
+                    f"{format_size(self.max_folder)}; old uploads must be removed from it first"
+                )
+            path = self._free(
+                self.folder, _safe_stem(upload.filename), Path(upload.filename).suffix.lower()[:6] or ".img"
+            )
             with open(path, "xb") as file:  # "x": never replaces a file
                 saved.append(path)
                 file.write(data)
