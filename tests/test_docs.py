@@ -16,6 +16,10 @@ LINK = re.compile(r"\]\(([^)\s]+)")
 # A citation of a section by name: BENCHMARKS.md, "Large pictures" (a comma or not, straight quotes).
 CITATION = re.compile(r'BENCHMARKS\.md,?\s+"([^"]+)"')
 README_MOST_LINES = 150
+# BENCHMARKS.md holds today's figures only; the runs that led to them go to docs/notes/.
+BENCHMARKS_FEWER_LINES_THAN = 400
+# Words of a diary, which date as soon as they are written ("this session's machine": which one?).
+DIARY_WORDS = re.compile(r"\bthis session\b|\bthe latest run\b|\byesterday\b", re.IGNORECASE)
 
 
 def local_links(markdown: str):
@@ -94,3 +98,10 @@ def test_the_readme_is_a_front_door_to_every_guide():
     assert len(readme.splitlines()) <= README_MOST_LINES
     guides = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
     assert guides and all(f"]({guide})" in readme for guide in guides), guides
+
+
+def test_benchmarks_holds_todays_figures_only():
+    text = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < BENCHMARKS_FEWER_LINES_THAN, "move history to docs/notes/"
+    assert not DIARY_WORDS.findall(text), DIARY_WORDS.findall(text)
+    assert DIARY_WORDS.search("measured on this session's machine")  # the pattern still catches the diary
