@@ -30,7 +30,7 @@ from nst_ext.cli.watching import LiveViewOnDemand, web_module
 from nst_ext.errors import BackendWarning, InputError, JobWarning
 from nst_ext.plan.layers import LAYERS, min_image_side
 from nst_ext.plan.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleOptions
-from nst_ext.io.outputs import WriteError, check_outputs, deferred_signals, write_or_rescue
+from nst_ext.io.outputs import WriteError, check_outputs, deferred_signals
 
 EXIT_BAD_INPUT = 2
 # The work was done (or some of it) but a result could not be written, or memory ran out.
@@ -121,8 +121,8 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
     options = options or style_options(args)
     options.validate()
     _check_outputs(args, output, _input_files(options, content, styles))
-    from nst_ext.io import provenance
-    from nst_ext.io.images import icc_profile, save_image  # torch is imported from here on
+    from nst_ext.io.images import save_image  # torch is imported from here on
+    from nst_ext.jobs.finish import finish_picture
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(options)
@@ -171,26 +171,15 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
     try:
         with deferred_signals():  # a stop signal now waits until the files are in place
             # A full disk: the picture goes to a fallback folder, named in the error.
-            record = provenance.make_record(
-                options,
+            finish_picture(
+                stylizer,
+                result,
                 content,
                 styles,
-                result.seed,
-                stylizer.weights.source,
-                str(stylizer.device),
-                command=args.command,
-            )
-            profile = icc_profile(content)
-            write_or_rescue(
-                lambda path: save_image(
-                    result.tensor,
-                    path,
-                    overwrite=args.overwrite,
-                    record=record,
-                    icc_profile=profile,
-                    bit_depth=args.bit_depth,
-                ),
                 output,
+                args.command,
+                overwrite=args.overwrite,
+                bit_depth=args.bit_depth,
             )
             if args.plot:
                 from nst_ext.cli.plot import plot_losses

@@ -32,7 +32,6 @@ from nst_ext.io.outputs import (
     deferred_signals,
     make_output_folder,
     same_file,
-    write_or_rescue,
 )
 
 MANIFEST_NAME = "nst-ext-manifest.jsonl"
@@ -288,24 +287,12 @@ def _take_output_folder(out_dir: Path) -> JobLock:
     return JobLock(out_dir / LOCK_NAME, f"to {str(out_dir)!r}")
 
 
-def _save_item(image, output: Path, record: str, icc_profile) -> None:
-    """A batch item's picture, into its subfolder (made if missing), with its record and its
-    content's colour profile (nst_ext.io.provenance)."""
-    from nst_ext.io.images import save_image
-
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise WriteError(output, error) from None
-    save_image(image, output, overwrite=True, record=record, icc_profile=icc_profile)
-
-
 def _run_items(
     items, styles, out_dir, options, output_format, overwrite, on_item, on_progress, distributed, on_start, batch_size
 ) -> BatchSummary:
     """run_batch's work once the output folder is this job's."""
-    from nst_ext.io import provenance
-    from nst_ext.io.images import icc_profile, load_image
+    from nst_ext.io.images import load_image
+    from nst_ext.jobs.finish import finish_picture
     from nst_ext.stylizer import Stylizer
 
     manifest = out_dir / MANIFEST_NAME
@@ -355,19 +342,11 @@ def _run_items(
             if any(result.interrupted for result in results):
                 raise KeyboardInterrupt
             for (item, _, _), result in zip(group, results):
-                record = provenance.make_record(
-                    stylizer.options,
-                    item.source,
-                    styles,
-                    result.seed,
-                    stylizer.weights.source,
-                    str(stylizer.device),
-                    command="batch",
-                )
-                profile = icc_profile(item.source)
                 with deferred_signals():  # the picture and its manifest line land together
                     # A full disk stops the job: the picture goes to a fallback folder, said in the error.
-                    write_or_rescue(lambda path: _save_item(result.tensor, path, record, profile), item.output)
+                    finish_picture(
+                        stylizer, result, item.source, styles, item.output, "batch", overwrite=True, make_folder=True
+                    )
                     try:
                         finish(item, started, pictures=len(group))
                     except WriteError:  # no line, no picture: the next run redoes the item

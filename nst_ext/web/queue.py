@@ -11,7 +11,6 @@ from typing import Callable, Dict, List, Optional
 
 from nst_ext.errors import InputError
 from nst_ext.plan.options import StyleOptions
-from nst_ext.io.outputs import write_or_rescue
 from nst_ext.web.preview import Preview
 
 LOG = logging.getLogger(__name__)
@@ -47,8 +46,7 @@ class Job:
 
 def stylize_job(job: Job, on_progress: Callable) -> None:
     """Makes `job`'s picture and writes it (with its provenance record) to ``job.output``."""
-    from nst_ext.io import provenance
-    from nst_ext.io.images import icc_profile, save_image
+    from nst_ext.jobs.finish import finish_picture
     from nst_ext.stylizer import Stylizer
 
     stylizer = Stylizer(job.options)
@@ -58,20 +56,8 @@ def stylize_job(job: Job, on_progress: Callable) -> None:
         job.state, job.message = "stopped", "stopped before the first step finished; nothing written"
         job.preview.finish(None, "stopped", job.message)
         return
-    record = provenance.make_record(
-        job.options,
-        str(job.content),
-        styles,
-        result.seed,
-        stylizer.weights.source,
-        str(stylizer.device),
-        command="serve",
-    )
     # A full disk: the picture goes to a fallback folder, named in the error the page shows.
-    write_or_rescue(
-        lambda path: save_image(result.tensor, path, record=record, icc_profile=icc_profile(str(job.content))),
-        job.output,
-    )
+    finish_picture(stylizer, result, str(job.content), styles, job.output, "serve")
     job.preview.finish(result.tensor, "stopped" if result.interrupted else "done")
     job.state = "stopped" if result.interrupted else "done"
 
