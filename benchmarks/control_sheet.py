@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+import nst_ext
 from nst_ext.io.images import resize_to_long_side, to_pil
 from nst_ext.stylizer import Stylizer
 from quality import panel_image
@@ -53,6 +54,7 @@ def sheet(cells, title):
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--size", type=int, default=256)

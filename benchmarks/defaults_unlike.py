@@ -15,6 +15,7 @@ import time
 
 import torch
 
+import nst_ext
 from nst_ext.metrics import independent_style, subject_and_style
 from nst_ext.stylizer import Stylizer
 from quality import panel_image
@@ -29,6 +30,7 @@ def mirrored(texture: torch.Tensor) -> torch.Tensor:
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="2.9,20")
     parser.add_argument("--size", type=int, default=512)

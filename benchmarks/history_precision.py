@@ -22,6 +22,7 @@ import os
 import torch
 
 from _common import CONTENT, STYLE
+import nst_ext
 from nst_ext.io.images import load_image, save_image
 from nst_ext.metrics import independent_style, subject_and_style
 from nst_ext.stylizer import Stylizer
@@ -58,6 +59,7 @@ def run(content, style, size, forced, threads, seed):
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="256")
     parser.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,7 @@ import json
 
 import torch
 
+import nst_ext
 import nst_ext.stylizer as stylizer_module
 from nst_ext.lbfgs import LBFGS
 from nst_ext.plan.options import LBFGS_MAX_STEP_RMS
@@ -148,6 +149,7 @@ def panel(size: int):
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", default=None, metavar="A:B")
     parser.add_argument("--panel", type=int, default=None, metavar="SIZE")

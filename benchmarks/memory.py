@@ -242,6 +242,7 @@ def gpu_peak(size, steps):
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--steps", type=int, default=None, help="steps per stage (default: the stylizer's)")

@@ -67,6 +67,7 @@ def kind_of(name: str) -> str:
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="cpu")

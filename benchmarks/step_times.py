@@ -17,6 +17,7 @@ from _common import lbfgs_step
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="128,256,512")
     parser.add_argument("--device", default="cpu")

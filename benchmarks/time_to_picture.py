@@ -37,6 +37,7 @@ DEMO = (
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--pairs", default="demo,1,5", help="'demo' and/or indices into the quality panel")

@@ -108,6 +108,7 @@ def contact_sheet(path, rows, names):
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=160, help="long side; the clips are 4:3")

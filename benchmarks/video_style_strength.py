@@ -54,6 +54,7 @@ def with_flow(clip, opening, following, styles, temporal_weight):
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=96, help="long side; the clips are 3:2")
     parser.add_argument("--frames", type=int, default=8)

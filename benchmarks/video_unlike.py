@@ -20,6 +20,7 @@ from video_motion import stylize_clip
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     clip = motion_clip("diagonal pan", "coffee", 6, (192, 256), pan=(-3, 2))
     options = nst_ext.StyleOptions(size=256, seed=1)
     opening = Stylizer(options)

@@ -56,6 +56,7 @@ def one_run(size, watched):
 
 
 def main():
+    nst_ext.allow_process_effects()  # measured as the nst-ext command runs (nst_ext.plan.effects)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=lambda t: [int(s) for s in t.split(",")], default=[256, 512])
     parser.add_argument("--repeats", type=int, default=5)

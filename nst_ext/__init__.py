@@ -39,6 +39,8 @@ _EXPORTS = {
     "StylizeResult": "nst_ext.stylizer",
     "stylize": "nst_ext.stylizer",
     "resolve_weights": "nst_ext.model.weights",
+    "ProcessEffects": "nst_ext.plan.effects",
+    "allow_process_effects": "nst_ext.plan.effects",
 }
 __all__ = sorted(list(_EXPORTS) + ["reference"])
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ from nst_ext.io.images import ImageSource, load_image, resize, to_pil
 from nst_ext.objective.inputs import content_at_stage, masks_at_stage, prepare_inputs, prepare_masks, styles_at_stage
 from nst_ext.lbfgs import LBFGS, run_together
 from nst_ext.plan.budget import release_freed_memory_promptly
+from nst_ext.plan.effects import allowed_process_effects, warn_memory_release_not_allowed
 from nst_ext.plan.memory import MemoryPlan, plan_stages
 from nst_ext.model.network import Network
 from nst_ext.objective import TERMS, Objective, TemporalTarget
@@ -176,7 +177,9 @@ class Stylizer:
     def _run(self, contents, styles, callback, init=None, temporal=None) -> List[StylizeResult]:
         options = self.options
         started = time.perf_counter()
-        algorithm_cache.load_once()  # the shapes timed by earlier processes on this machine
+        effects = allowed_process_effects()
+        if effects.algorithm_cache:
+            algorithm_cache.load_once()  # the shapes timed by earlier processes on this machine
         content_images, style_images, blend = prepare_inputs(self.options, contents, styles)
         masks = prepare_masks(self.options, content_images[0], style_images)
         shapes = {options.stage_shapes(tuple(image.shape[-2:])) for image in content_images}
@@ -200,7 +203,11 @@ class Stylizer:
         if any(plan.releases_freed_memory_promptly for plan in plans) and any(
             device.type == "cpu" for device in self.devices
         ):
-            release_freed_memory_promptly()  # else the allocator's slack eats what checkpointing saves
+            # Else the allocator's slack eats what checkpointing saves.
+            if effects.prompt_memory_release:
+                release_freed_memory_promptly()
+            else:
+                warn_memory_release_not_allowed()
         # Every stage's images are made, and their sizes checked, before any work starts.
         stages = [
             (
@@ -257,7 +264,8 @@ class Stylizer:
             results[0].tensor = color.combine_luminance(results[0].tensor, final_content, options.color_space)
         for result in results:
             result.seconds = time.perf_counter() - started
-        algorithm_cache.save()  # the shapes this run timed, for the next process
+        if effects.algorithm_cache:
+            algorithm_cache.save()  # the shapes this run timed, for the next process
         return results
 
     def _remember_styles(self, styles) -> None:

@@ -234,3 +234,31 @@ def test_switches_reach_the_options():
     assert parsed().content_detail and not parsed("--no-content-detail").content_detail
     assert parsed().normalize_style and not parsed("--no-normalize-style").normalize_style
     assert parsed().clamp_in_loss and not parsed("--no-clamp-in-loss").clamp_in_loss
+
+
+def test_the_command_keeps_the_machines_algorithm_cache_and_a_library_call_does_not(tmp_path):
+    """nst_ext.plan.effects: the command allows the process-wide effects; a program that imports nst_ext
+    gets them only when it asks (here: no cache file from a library run in a fresh process)."""
+    import os
+
+    command_cache, library_cache = tmp_path / "command", tmp_path / "library"
+    env = dict(os.environ, NST_EXT_GRAM_ALGORITHM="auto")
+    result = subprocess.run(
+        [sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", str(tmp_path / "out.png"), *FAST],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(env, NST_EXT_CACHE_DIR=str(command_cache)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(command_cache.glob("gram-choices-*.json"))
+    library_run = f"import nst_ext; nst_ext.Stylizer(size=48, steps=3).run({CONTENT!r}, {STYLE!r})"
+    result = subprocess.run(
+        [sys.executable, "-c", library_run],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(env, NST_EXT_CACHE_DIR=str(library_cache)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert not library_cache.exists()

@@ -1,5 +1,6 @@
 """End-to-end style transfer on small images (CPU, a few steps)."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -162,15 +163,43 @@ def test_interrupt_keeps_the_best_image(content, style):
     assert torch.isfinite(result.tensor).all() and result.tensor.shape == (3, SIZE, SIZE)
 
 
+@pytest.fixture
+def effects_restored():
+    """The process-wide effects as they were after the test (nst_ext.plan.effects)."""
+    before = nst_ext.allow_process_effects()
+    yield
+    nst_ext.allow_process_effects(**dataclasses.asdict(before))
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_checkpointing_on_the_cpu_hands_freed_memory_back_at_once(content, style, checkpointing, monkeypatch):
+def test_checkpointing_on_the_cpu_hands_freed_memory_back_at_once(
+    content, style, checkpointing, monkeypatch, effects_restored
+):
     """The plan estimates a checkpointed step as one whose freed memory goes back to the system at
     once (nst_ext.plan.memory), whether the budget or the caller chose checkpointing: the run must then
-    make it so. Without checkpointing, and with room in the budget, the allocator keeps its default."""
+    make it so where allowed. Without checkpointing, and with room in the budget, the allocator keeps its default."""
     calls = []
     monkeypatch.setattr("nst_ext.stylizer.release_freed_memory_promptly", lambda: calls.append(True) or True)
+    nst_ext.allow_process_effects()
     Stylizer(size=SIZE, scales=[SIZE], steps=1, device="cpu", checkpointing=checkpointing).run(content, style)
     assert calls == ([True] if checkpointing else [])
+
+
+def test_a_library_caller_gets_no_process_wide_effect_unless_it_asks(content, style, monkeypatch, effects_restored):
+    """Imported, nst_ext leaves the allocator and the machine's cache file alone; a plan that counts on
+    prompt release says once that it was not allowed. Allowed, the run does both."""
+    calls = []
+    monkeypatch.setattr("nst_ext.stylizer.release_freed_memory_promptly", lambda: calls.append("release") or True)
+    monkeypatch.setattr("nst_ext.stylizer.algorithm_cache.load_once", lambda: calls.append("load"))
+    monkeypatch.setattr("nst_ext.stylizer.algorithm_cache.save", lambda: calls.append("save"))
+    monkeypatch.setattr("nst_ext.plan.effects._warned_about_memory", False)
+    nst_ext.allow_process_effects(algorithm_cache=False, prompt_memory_release=False, cudnn_autotune=False)
+    with pytest.warns(RuntimeWarning, match="allow_process_effects"):
+        Stylizer(size=SIZE, scales=[SIZE], steps=1, device="cpu", checkpointing=True).run(content, style)
+    assert calls == []
+    nst_ext.allow_process_effects()
+    Stylizer(size=SIZE, scales=[SIZE], steps=1, device="cpu", checkpointing=True).run(content, style)
+    assert calls == ["load", "release", "save"]
 
 
 @pytest.mark.parametrize("draw", [2, 22])

@@ -29,6 +29,7 @@ from nst_ext.cli.stopping import install_stop_handlers, nothing_made, restore_ha
 from nst_ext.cli.watching import LiveViewOnDemand, web_module
 from nst_ext.errors import BackendWarning, InputError, JobWarning
 from nst_ext.plan.layers import LAYERS, min_image_side
+from nst_ext.plan.effects import process_effects_allowed
 from nst_ext.plan.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleOptions
 from nst_ext.io.outputs import WriteError, check_outputs, deferred_signals
 
@@ -222,7 +223,8 @@ def _layers() -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     previous_handlers = install_stop_handlers()  # SIGTERM stops a run like Ctrl-C: the best image is saved
     try:
-        with _one_line_warnings():
+        # The command may change what the library leaves alone for other programs (nst_ext.plan.effects).
+        with _one_line_warnings(), process_effects_allowed():
             return _main(argv)
     finally:
         restore_handlers(previous_handlers)

@@ -9,6 +9,7 @@ import torch
 
 from nst_ext.plan.layers import LAYER_INDEX, LAYERS
 from nst_ext.plan.budget import free_memory_bytes
+from nst_ext.plan.effects import allowed_process_effects
 from nst_ext.plan.memory import saved_bytes_per_layer, split_layers
 from nst_ext.plan.options import OptionError, StyleOptions, resolve_device, uses_mixed_precision
 from nst_ext.model.vgg import VGG19Features
@@ -33,8 +34,8 @@ class Network:
         layers = list(options.content_layers) + list(options.style_layers)
         deepest = max(layers, key=LAYER_INDEX.__getitem__)
         self.vgg = VGG19Features(self.weights, deepest, options.pooling).to(self.device)
-        if any(device.type == "cuda" for device in self.devices):
-            torch.backends.cudnn.benchmark = True
+        if any(device.type == "cuda" for device in self.devices) and allowed_process_effects().cudnn_autotune:
+            torch.backends.cudnn.benchmark = True  # process-wide: only where allowed (nst_ext.plan.effects)
         # Channels-last on every device: cuDNN's tensor-core convolutions and oneDNN's native NHWC
         # ones (on the CPU no layout conversion around each convolution: BENCHMARKS.md, "Large pictures").
         self.vgg = self.vgg.to(memory_format=torch.channels_last)
