@@ -193,3 +193,23 @@ class TotalVariationLoss(nn.Module):
                 channels * (height - 1) * width
             )
         return total
+
+
+class TemporalLoss:
+    """The temporal term of a video frame (Ruder, Dosovitskiy & Brox 2016), unweighted: the mean over
+    pixels of mask · (image − previous)², ``(B,)``. `previous` ``(1, 3, H, W)``: the previous stylized
+    frame warped to this one; `mask` ``(1, 1, H, W)`` in [0, 1]: 1 where it is trusted."""
+
+    def __init__(self, previous: torch.Tensor, mask: torch.Tensor):
+        self.previous, self.mask = previous, mask
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return per_picture_mean(self.mask * (image - self.previous).square())
+
+    def part(self, own: torch.Tensor, top: int) -> torch.Tensor:
+        """This term's share from the rows of `own` ``(B, 3, r, W)``, the picture's from row `top` on.
+        The shares of strips that cover the picture add up to the whole's, ``(B,)``."""
+        channels, height, width = self.previous.shape[1:]
+        rows = slice(top, top + own.shape[-2])
+        change = (own - self.previous[..., rows, :]).square() * self.mask[..., rows, :]
+        return change.sum(dim=(1, 2, 3)) / (channels * height * width)

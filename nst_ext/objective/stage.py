@@ -1,8 +1,9 @@
 """The loss of one stage (:class:`Objective`): content, style and total-variation terms over VGG19,
-its targets computed once, evaluated segment by segment so that a large picture can keep only the
-segments' inputs (activation checkpointing) and VGG can be spread over several devices, or tile by
-tile when the picture is too large for one pass (nst_ext.objective.tiled); and the evaluator that
-replays it as a CUDA graph.
+its targets computed once, run through VGG segment by segment so that a large picture can keep only
+the segments' inputs (activation checkpointing) and VGG can be spread over several devices. Its one
+:class:`~nst_ext.objective.terms.Evaluation`, chosen at construction, evaluates it on the whole
+picture (nst_ext.objective.whole) or tile by tile when the picture is too large for one pass
+(nst_ext.objective.tiled); the CUDA graph wraps an evaluation that allows it.
 """
 
 import warnings
@@ -13,17 +14,18 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from nst_ext.plan.layers import LAYER_INDEX
-from nst_ext.objective.losses import ContentLoss, StyleLoss, TotalVariationLoss, blended_gram, per_picture_mean
+from nst_ext.objective.losses import ContentLoss, StyleLoss, TemporalLoss, TotalVariationLoss, blended_gram
 from nst_ext.objective.masks import StageMasks, layer_masks
 from nst_ext.objective import tiled
+from nst_ext.objective.terms import TERMS, Evaluation
+from nst_ext.objective.whole import WholePicture
 
 if TYPE_CHECKING:
     from nst_ext.plan.memory import MemoryPlan
     from nst_ext.model.network import Network
     from nst_ext.plan.options import StyleOptions
 
-# The loss terms of one evaluation, in the order of the (5,) tensors that hold them.
-TERMS = ("content", "style", "tv", "temporal", "total")
+__all__ = ["TERMS", "Objective", "TemporalTarget"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class Objective:
         contents = stage_content if self.batched else stage_content.unsqueeze(0)
         # With tiles (a picture too large for one pass), the targets are made tile by tile too.
         self.tiles = tiled.tiles_for(self, contents.shape[-2:])
+        self.evaluation: Evaluation = tiled.Tiles(self) if self.tiles else WholePicture(self)
         with torch.no_grad():  # the style images go through one at a time, each dropped once its Grams are added in
             grams = (
                 style_grams
@@ -111,13 +114,11 @@ class Objective:
         ]
         self.style_terms = self._normalized(groups, starts)
         self.tv_loss = TotalVariationLoss()
-        self.temporal = None
+        self.temporal: Optional[Tuple[TemporalLoss, float]] = None  # the term and its weight
         if temporal is not None:
-            self.temporal = (
-                temporal.previous.to(network.device).reshape(1, 3, *temporal.previous.shape[-2:]),
-                temporal.mask.to(network.device).reshape(1, 1, *temporal.mask.shape[-2:]),
-                float(temporal.weight),
-            )
+            previous = temporal.previous.to(network.device).reshape(1, 3, *temporal.previous.shape[-2:])
+            mask = temporal.mask.to(network.device).reshape(1, 1, *temporal.mask.shape[-2:])
+            self.temporal = (TemporalLoss(previous, mask), float(temporal.weight))
 
     def _style_groups(self, grams, blend, style_layers, style_weights, masks: Optional[StageMasks]):
         """The style terms ``(name, weight, loss)`` in the groups normalize_style scales together:
@@ -145,19 +146,10 @@ class Objective:
         (``(B,)`` per term, in `groups`' order), from one pass through VGG (in tiles: the features
         put together from the tiles, the style terms from their Grams made in the same pass)."""
         normalizing = self.options.normalize_style
+        flat = [term for group in groups for term in group] if normalizing else []
         with torch.no_grad():
-            if self.tiles:
-                flat = [term for group in groups for term in group] if normalizing else []
-                features, grams = tiled.content_pass(self, contents, content_layers, flat, target_dtype)
-                values = iter([term.from_gram(gram) for (_, _, term), gram in zip(flat, grams)])
-            else:
-                with self.network.autocast():
-                    features = self.network.vgg(
-                        contents.to(self.network.device), content_layers + (style_layers if normalizing else [])
-                    )
-                values = iter(
-                    [term(features[name]) for group in groups for name, _, term in group] if normalizing else []
-                )
+            features, flat_values = self.evaluation.content_pass(contents, content_layers, flat, target_dtype)
+        values = iter(flat_values)
         return features, [[next(values) for _ in group] for group in groups] if normalizing else None
 
     def _normalized(self, groups, starts):
@@ -212,7 +204,7 @@ class Objective:
             x, features = vgg.run_layers(x, start, stop, self.layers)
         return (x, *score(features, torch.zeros(x.shape[0], device=device)))
 
-    def _score(self, features: Dict[str, torch.Tensor], zero: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def score(self, features: Dict[str, torch.Tensor], zero: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The weighted content and style losses of the layers among `features` (whole pictures)."""
         content = sum((w * term(features[name]) for name, w, term in self.content_terms if name in features), zero)
         style = sum((w * term(features[name]) for name, w, term in self.style_terms if name in features), zero)
@@ -246,30 +238,12 @@ class Objective:
             "temporal": image.new_zeros(image.shape[0], dtype=torch.float32),
         }
         if self.temporal is not None:
-            previous, mask, weight = self.temporal
-            terms["temporal"] = weight * per_picture_mean(mask * (image - previous).square()).float()
+            temporal_loss, weight = self.temporal
+            terms["temporal"] = weight * temporal_loss(image).float()
         return terms
 
     def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
-        options = self.options
-        if self.tiles:
-            if torch.is_grad_enabled() and image.requires_grad:
-                raise RuntimeError("a tiled objective's values carry no graph; its evaluator() fills the gradient")
-            terms = tiled.values(self, image)
-            return terms if self.batched else {name: value[0] for name, value in terms.items()}
-        # The loss of the picture as it will be saved: L-BFGS moves pixels freely, and at 512 px about
-        # 7% of them end outside [0, 1] (by up to 0.5); clamped only at the end, the saved picture's
-        # style term was 38% above the one optimised (BENCHMARKS.md, "The picture scored as saved").
-        # A pixel outside gets no gradient and no longer counts; the clamp's gradient passes at 0 and 1.
-        if options.clamp_in_loss:
-            image = image.clamp(0, 1)
-        content, style = self.through_network(image, self._score)
-        terms = {
-            "content": options.content_weight * content,
-            "style": options.style_weight * style,
-            **self.local_terms(image),
-        }
-        terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
+        terms = self.evaluation.values(image)
         return terms if self.batched else {name: value[0] for name, value in terms.items()}
 
     def evaluator(
@@ -278,27 +252,18 @@ class Objective:
         """A function that computes the loss at `image`, fills its ``grad`` and returns the terms
         as a new float32 tensor in the order of :data:`TERMS`: (5,) for one image, a leaf
         ``(1, 3, H, W)`` with requires_grad; (B, 5) for a batch objective, given a list of B such
-        leaves (one per picture, so that each has its own optimiser). On CUDA with `graph` and VGG
-        on one device, the forward and backward are captured once as a CUDA graph and replayed
-        (shapes are fixed within a stage); where capture fails, it warns and evaluates eagerly."""
+        leaves (one per picture, so that each has its own optimiser). On CUDA with `graph`, VGG
+        on one device and a whole-picture evaluation, the forward and backward are captured once
+        as a CUDA graph and replayed (shapes are fixed within a stage); where capture fails, it
+        warns and evaluates eagerly."""
         leaves = list(image) if isinstance(image, (list, tuple)) else [image]
-        if self.tiles:
-
-            def tile_by_tile() -> torch.Tensor:
-                terms = tiled.evaluate(self, leaves)
-                values = torch.stack([terms[name].float() for name in TERMS], dim=-1)
-                return values if self.batched else values[0]
-
-            return tile_by_tile
 
         def eager() -> torch.Tensor:
-            for leaf in leaves:
-                leaf.grad = None
-            terms = self(leaves[0] if len(leaves) == 1 else torch.cat(leaves))
-            terms["total"].sum().backward()
-            return torch.stack([terms[name].detach().float() for name in TERMS], dim=-1)
+            terms = self.evaluation.evaluate(leaves)
+            values = torch.stack([terms[name].float() for name in TERMS], dim=-1)
+            return values if self.batched else values[0]
 
-        if not (graph and leaves[0].is_cuda and len(self.network.devices) == 1):
+        if not (graph and self.evaluation.graphable and leaves[0].is_cuda and len(self.network.devices) == 1):
             return eager
         try:
             return _graphed(eager, leaves)

@@ -23,6 +23,7 @@ import torch
 from nst_ext.plan import tiles as tiling
 from nst_ext.plan.layers import LAYER_INDEX, LAYERS, layer_shape
 from nst_ext.objective.losses import gram_share
+from nst_ext.objective.terms import with_total
 
 if TYPE_CHECKING:
     from nst_ext.objective.stage import Objective
@@ -257,7 +258,7 @@ def _local_terms(
     (each with the next row, its vertical neighbour), so that nothing picture-sized is made. With
     `gradients` (one ``(1, 3, H, W)`` per picture), their gradient is added into them."""
     options = objective.options
-    batch, channels, height, width = images.shape
+    batch, height = images.shape[0], images.shape[-2]
     tv = torch.zeros(batch, dtype=torch.float64, device=images.device)
     temporal = torch.zeros_like(tv)
     for top in range(0, height, STRIP_ROWS):
@@ -269,9 +270,8 @@ def _local_terms(
             strip_tv = options.tv_weight * objective.tv_loss.part(seen, bottom - top, height)
             strip_temporal = torch.zeros_like(strip_tv)
             if objective.temporal is not None:
-                previous, mask, weight = objective.temporal
-                change = (own - previous[..., top:bottom, :]).square() * mask[..., top:bottom, :]
-                strip_temporal = weight * change.sum(dim=(1, 2, 3)) / (channels * height * width)
+                temporal_loss, weight = objective.temporal
+                strip_temporal = weight * temporal_loss.part(own, top)
         if gradients is not None:
             (strip_tv + strip_temporal).sum().backward()
             for index, gradient in enumerate(gradients):
@@ -287,13 +287,13 @@ def values(objective: "Objective", images: torch.Tensor) -> Dict[str, torch.Tens
         gram_totals, content, _ = _first_pass(
             objective, images, objective.style_terms, objective.content_terms, objective.options.clamp_in_loss
         )
-        terms = {
-            "content": objective.options.content_weight * content,
-            "style": _style_of(objective, gram_totals, images.device),
-            **_local_terms(objective, images),
-        }
-    terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
-    return terms
+        return with_total(
+            {
+                "content": objective.options.content_weight * content,
+                "style": _style_of(objective, gram_totals, images.device),
+                **_local_terms(objective, images),
+            }
+        )
 
 
 def _kept_tile(objective: "Objective") -> Optional[tiling.Tile]:
@@ -367,6 +367,30 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
         options.clamp_in_loss,
     )
     local = _local_terms(objective, images, gradients)
-    terms = {"content": options.content_weight * content.detach(), "style": style.detach(), **local}
-    terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["temporal"]
-    return terms
+    return with_total({"content": options.content_weight * content.detach(), "style": style.detach(), **local})
+
+
+class Tiles:
+    """The :class:`~nst_ext.objective.terms.Evaluation` of `objective` tile by tile (its ``tiles``):
+    the values carry no graph; :meth:`evaluate` fills the gradient in two passes."""
+
+    graphable = False  # a pass per tile, each with its own graph, and host-side sums between them
+
+    def __init__(self, objective: "Objective"):
+        self.objective = objective
+
+    def content_pass(
+        self, contents: torch.Tensor, content_layers: Sequence[str], style_terms: Sequence, dtype: torch.dtype
+    ) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
+        """The content targets put together from the tiles in `dtype`; each style term's value from
+        its Gram, made in the same pass."""
+        features, grams = content_pass(self.objective, contents, content_layers, style_terms, dtype)
+        return features, [term.from_gram(gram) for (_, _, term), gram in zip(style_terms, grams)]
+
+    def values(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if torch.is_grad_enabled() and images.requires_grad:
+            raise RuntimeError("a tiled objective's values carry no graph; its evaluator() fills the gradient")
+        return values(self.objective, images)
+
+    def evaluate(self, leaves: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return evaluate(self.objective, leaves)

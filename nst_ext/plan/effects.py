@@ -65,5 +65,5 @@ def warn_memory_release_not_allowed() -> None:
         "system at once, which changes glibc's allocator for the whole process; it is not allowed, so the run "
         "may use more memory than planned: call nst_ext.allow_process_effects(prompt_memory_release=True)",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,  # the caller of Stylizer.run or run_many
     )
