@@ -16,13 +16,15 @@ test: setup lint
 	$(BIN)/python -m pytest -q tests
 
 # ruff's lint and format check (pinned in requirements.txt; its rules in pyproject.toml) over everything
-# with Python in it, and clang-format's check (.clang-format) over csrc/. `make format` applies both.
+# with Python in it, clang-format's check (.clang-format) over csrc/, and mypy over the core floors
+# (pyproject.toml). `make format` applies the two formatters.
 PYTHON_SOURCES := nst_ext tests benchmarks scripts setup.py
 CSRC_SOURCES = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 lint: $(VENV)/.requirements
 	$(BIN)/ruff check $(PYTHON_SOURCES)
 	$(BIN)/ruff format --check $(PYTHON_SOURCES)
 	$(BIN)/clang-format --dry-run --Werror $(CSRC_SOURCES)
+	$(BIN)/mypy
 
 format: $(VENV)/.requirements
 	$(BIN)/ruff format $(PYTHON_SOURCES)

@@ -28,7 +28,7 @@ a picture, most pixels past 0 or 1, where the clamped loss gives them no
 gradient, and the run never comes back: BENCHMARKS.md, "L-BFGS's longest step").
 """
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -74,14 +74,17 @@ class LBFGS:
                 raise ValueError(f"{name} must be positive, got {value}")
         self.param, self.lr, self.history_size = param, float(lr), int(history_size)
         self.first_step_rms, self.max_step_rms = first_step_rms, max_step_rms
-        size, like = param.numel(), dict(dtype=param.dtype, device=param.device)
-        stored = dict(like, dtype=history_dtype or param.dtype)
-        self.steps = torch.zeros(history_size, size, **stored)  # s = x_{k+1} - x_k
-        self.grad_changes = torch.zeros(history_size, size, **stored)  # y = g_{k+1} - g_k
-        self.rho = torch.zeros(history_size, **like)  # 1 / yᵀs, or 0 for a skipped pair
+        size, stored = param.numel(), history_dtype or param.dtype
+        self.steps = torch.zeros(history_size, size, dtype=stored, device=param.device)  # s = x_{k+1} - x_k
+        self.grad_changes = torch.zeros(history_size, size, dtype=stored, device=param.device)  # y = g_{k+1} - g_k
+        # 1 / yᵀs, or 0 for a skipped pair
+        self.rho = torch.zeros(history_size, dtype=param.dtype, device=param.device)
         self.pairs_pushed = 0  # a host count: the ring's order
         self.evaluations = 0
-        self.last_step = self.previous_grad = self.h_diag = None  # s of the newest update; g before it
+        # s of the newest update; g before it; the scale of the initial inverse Hessian
+        self.last_step: Optional[torch.Tensor] = None
+        self.previous_grad: Optional[torch.Tensor] = None
+        self.h_diag: Optional[torch.Tensor] = None
 
     def _gradient(self) -> torch.Tensor:
         if self.param.grad is None:
@@ -93,14 +96,16 @@ class LBFGS:
         self.steps[slot].copy_(step)
         self.grad_changes[slot].copy_(change)
 
-    def _direction(self, grad):
+    def _direction(self, grad: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The two-loop recursion over the stored pairs, newest first; also stores the newest pair.
         Works in the buffers it is handed, so a step holds four picture-sized vectors (the
         parameter, its gradient, the previous gradient, the last step) besides the history: y is
         made in the previous gradient's buffer (refilled with the gradient after), and the
         recursion's vector in the last step's (stored first)."""
-        change = self.previous_grad.neg_().add_(grad)  # y = g - g_prev, exactly as a subtraction rounds
-        step = self.last_step
+        previous_grad, step = self.previous_grad, self.last_step
+        if previous_grad is None or step is None or self.h_diag is None:
+            raise RuntimeError("the two-loop recursion runs only after a first step")
+        change = previous_grad.neg_().add_(grad)  # y = g - g_prev, exactly as a subtraction rounds
         curvature = change.dot(step)
         accepted = curvature > CURVATURE_THRESHOLD
         slot = self.pairs_pushed % self.history_size
@@ -151,12 +156,12 @@ class LBFGS:
             self.previous_grad.copy_(grad)
             step_size = torch.full((), self.lr, dtype=grad.dtype, device=grad.device)
         # s = d · t, in the direction's buffer: the step taken now and the next pair's s.
-        self.last_step = direction.mul_(step_size)
+        step = self.last_step = direction.mul_(step_size)
         if self.max_step_rms is not None:  # a zero step stays zero: inf clamped to 1
-            rms = (self.last_step.dot(self.last_step) / self.last_step.numel()).sqrt()
-            self.last_step.mul_((self.max_step_rms / rms).clamp(max=1.0))
+            rms = (step.dot(step) / step.numel()).sqrt()
+            step.mul_((self.max_step_rms / rms).clamp(max=1.0))
         with torch.no_grad():
-            self.param.view(-1).add_(self.last_step)
+            self.param.view(-1).add_(step)
 
 
 def step_together(optimizers: Sequence[LBFGS], closure: Callable[[], torch.Tensor]) -> None:

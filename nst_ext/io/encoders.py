@@ -7,7 +7,7 @@ Pixels are ``(H, W, 3)`` uint16 arrays; the result is the file's bytes.
 
 import struct
 import zlib
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -50,9 +50,9 @@ def tiff16(pixels: np.ndarray, description: Optional[str] = None, icc_profile: O
         raise ValueError(f"tiff16 takes (H, W, 3) uint16 pixels, got {pixels.shape} {pixels.dtype}")
     data = pixels.astype("<u2").tobytes()
     extra = bytearray()  # values longer than 4 bytes, after the directory
-    entries = []
+    entries: List[Tuple[int, int, int, Optional[bytes]]] = []  # the strip offset's value: None until known
 
-    def entry(tag, kind, count, value_bytes):
+    def entry(tag: int, kind: int, count: int, value_bytes: Optional[bytes]) -> None:
         entries.append((tag, kind, count, value_bytes))
 
     entry(256, _LONG, 1, struct.pack("<I", width))
@@ -71,7 +71,7 @@ def tiff16(pixels: np.ndarray, description: Optional[str] = None, icc_profile: O
         entry(34675, _UNDEFINED, len(icc_profile), icc_profile)
     directory_size = 2 + 12 * len(entries) + 4
     extra_start = 8 + directory_size
-    fields = []
+    fields: List[Tuple[int, int, int, Optional[bytes]]] = []
     for tag, kind, count, value in entries:
         if value is not None and len(value) > 4:
             if (extra_start + len(extra)) % 2:

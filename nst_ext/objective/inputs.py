@@ -96,7 +96,9 @@ def prepare_masks(
     limit, count = options.max_input_pixels, len(style_images)
     content_shape = tuple(content_image.shape[-2:])
 
-    def masks_for_styles(sources, what, shapes, pictures):
+    def masks_for_styles(
+        sources: Optional[Sequence], what: str, shapes: Sequence[Tuple[int, ...]], pictures: Sequence[str]
+    ) -> Optional[List[torch.Tensor]]:
         if sources is None:
             return None
         if len(sources) != count:
@@ -136,6 +138,6 @@ def masks_at_stage(masks: Optional[StageMasks], content_shape, style_shapes) -> 
         content=None if masks.content is None else at_size(masks.content, content_shape),
         sources=None
         if masks.sources is None
-        else [at_size(mask, shape) for mask, shape in zip(masks.sources, style_shapes)],
+        else [None if mask is None else at_size(mask, shape) for mask, shape in zip(masks.sources, style_shapes)],
         dilation=masks.dilation,
     )

@@ -59,6 +59,11 @@ class ContentLoss(nn.Module):
     the region they weight (0 where they are all 0).
     """
 
+    # Buffers (they move with the module).
+    target: torch.Tensor
+    scale: torch.Tensor
+    weights: Optional[torch.Tensor]
+
     def __init__(
         self, target: torch.Tensor, weights: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32
     ):
@@ -111,6 +116,8 @@ def gram_share(
     the region has no weight among them. ``(B, C, C)`` in the accumulation dtype."""
     if weights is None:
         return gram_matrix(features) * (features.shape[-2] * features.shape[-1] / cells)
+    if mass is None:
+        raise ValueError("gram_share needs the region's mass with its weights")
     part = float(weights.sum())
     if part == 0:
         return None
@@ -128,12 +135,17 @@ class StyleLoss(nn.Module):
     ≥ 0): each picture's Gram is taken over the region they weight (the masked kernels).
     """
 
+    # Buffers (they move with the module).
+    target_gram: torch.Tensor
+    weights: Optional[torch.Tensor]
+
     def __init__(self, target_gram: torch.Tensor, weights: Optional[torch.Tensor] = None):
         super().__init__()
         self.register_buffer("target_gram", target_gram.detach().float())
         self.scale = float(_relative_scale(target_gram[None]))
-        self.register_buffer("weights", None if weights is None else weights.detach().float().to(target_gram.device))
-        self.mass = None if weights is None else float(self.weights.sum())
+        region = None if weights is None else weights.detach().float().to(target_gram.device)
+        self.register_buffer("weights", region)
+        self.mass: Optional[float] = None if region is None else float(region.sum())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.weights is not None:

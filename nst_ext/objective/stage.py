@@ -8,7 +8,7 @@ picture (nst_ext.objective.whole) or tile by tile when the picture is too large 
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from nst_ext.plan.options import StyleOptions
 
 __all__ = ["TERMS", "Objective", "TemporalTarget"]
+
+# A style term: its layer, its weight (a number, or a (B,) tensor once normalised) and its loss.
+StyleTerm = Tuple[str, Union[float, torch.Tensor], StyleLoss]
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,9 @@ class Objective:
             mask = temporal.mask.to(network.device).reshape(1, 1, *temporal.mask.shape[-2:])
             self.temporal = (TemporalLoss(previous, mask), float(temporal.weight))
 
-    def _style_groups(self, grams, blend, style_layers, style_weights, masks: Optional[StageMasks]):
+    def _style_groups(
+        self, grams, blend, style_layers, style_weights, masks: Optional[StageMasks]
+    ) -> List[List[StyleTerm]]:
         """The style terms ``(name, weight, loss)`` in the groups normalize_style scales together:
         one group of a term per style layer, or with style masks a group per style image (that
         style's term over its region at each layer, weighted by the layer's weight times the style's
@@ -140,7 +145,7 @@ class Objective:
 
     def _content_pass(
         self, contents: torch.Tensor, content_layers, style_layers, groups, target_dtype: torch.dtype = torch.float32
-    ):
+    ) -> Tuple[Dict[str, torch.Tensor], Optional[List[List[torch.Tensor]]]]:
         """The content images' features at the content layers (the content targets; in tiles, put
         together in `target_dtype`) and, with normalize_style, each style term's value at them
         (``(B,)`` per term, in `groups`' order), from one pass through VGG (in tiles: the features
@@ -152,7 +157,7 @@ class Objective:
         values = iter(flat_values)
         return features, [[next(values) for _ in group] for group in groups] if normalizing else None
 
-    def _normalized(self, groups, starts):
+    def _normalized(self, groups, starts) -> List[StyleTerm]:
         """The style terms with their weights: with normalize_style each divided by its group's
         value at the content image, ``(B,)`` (`starts`: each term's): how far the style is from the
         content in Gram terms varies by two orders of magnitude between pairs (a photographic
@@ -176,7 +181,7 @@ class Objective:
         source region when it has one. The images go through VGG one at a time (in tiles, when the
         stage is tiled: a style image at a print size is as large as the picture)."""
         network, vgg = self.network, self.network.vgg
-        per_style = {name: [] for name in style_layers}
+        per_style: Dict[str, List[torch.Tensor]] = {name: [] for name in style_layers}
         for index, (style, weight) in enumerate(zip(stage_styles, blend)):
             source = masks.source(index)
             regions = layer_masks(source, style_layers, masks.dilation) if source is not None else {}
@@ -195,7 +200,9 @@ class Objective:
             return {name: torch.stack(grams) for name, grams in per_style.items()}
         return {name: sum(grams[1:], grams[0]) for name, grams in per_style.items()}
 
-    def _segment(self, start: int, stop: int, x: torch.Tensor, score: "tiled.Score"):
+    def _segment(
+        self, start: int, stop: int, x: torch.Tensor, score: "tiled.Score"
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """VGG layers ``start … stop - 1`` on `x` and `score` of the features the losses read among
         them: (last output, content, style), the values ``(B,)`` float32 on those layers' device."""
         vgg = self.network.vgg

@@ -16,7 +16,7 @@ one tile's activations at a time plus one more forward pass per step, less one t
 runs its largest tile last and with gradients, and the second pass only differentiates that graph.
 """
 
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import torch
 
@@ -47,7 +47,9 @@ def _pools(name: str) -> int:
     return LAYERS[LAYER_INDEX[name]].pools_before
 
 
-def _owned(features: Dict[str, torch.Tensor], tile: tiling.Tile, terms):
+def _owned(
+    features: Dict[str, torch.Tensor], tile: tiling.Tile, terms: Sequence[Tuple[str, Any, Any]]
+) -> Iterator[Tuple[int, Any, Any, torch.Tensor, slice, slice]]:
     """For each ``(name, weight, loss)`` of `terms` whose layer is among `features` and has cells
     the tile owns (a tile narrower than a deep layer's cell may own none there): its index in
     `terms`, weight and loss, the tile's own cells of the features, and their (rows, columns) in
@@ -86,7 +88,7 @@ def run(
             continue
         crop, content, style = _through_network(objective, images, tile, score_for(tile), clamp, graph=True)
         (content + style).sum().backward()
-        _add_gradient(gradients, tile, crop.grad)
+        _add_gradient(gradients, tile, _filled_grad(crop))
         del crop, content, style
 
 
@@ -100,6 +102,13 @@ def _through_network(
     crop = images[..., top:bottom, left:right].detach().requires_grad_(graph)
     content, style = objective.through_network(crop.clamp(0, 1) if clamp else crop, score)
     return crop, content, style
+
+
+def _filled_grad(leaf: torch.Tensor) -> torch.Tensor:
+    """`leaf`'s gradient, which the backward pass just run has filled."""
+    if leaf.grad is None:
+        raise RuntimeError("a tile's backward pass did not reach its input")
+    return leaf.grad
 
 
 def _add_gradient(gradients: Sequence[torch.Tensor], tile: tiling.Tile, tile_gradient: torch.Tensor) -> None:
@@ -128,8 +137,8 @@ def content_pass(
     }
     layers = [(name, None, name) for name in names]
 
-    def keep(tile):
-        def score(features, zero):
+    def keep(tile: tiling.Tile) -> Score:
+        def score(features: Dict[str, torch.Tensor], zero: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
             for _, _, name, own, rows, columns in _owned(features, tile, layers):
                 assembled[name][..., rows, columns] = own.to(device, dtype)
             return zero, zero
@@ -170,10 +179,10 @@ def _first_pass(
     content = torch.zeros(images.shape[0], device=images.device)
     cells = [_cells(name, height, width) for name, _, _ in style_terms]
 
-    def score_for(tile):
+    def score_for(tile: tiling.Tile) -> Score:
         extra = also(tile) if also is not None else None
 
-        def score(features, zero):
+        def score(features: Dict[str, torch.Tensor], zero: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
             nonlocal content
             if extra is not None:
                 extra(features, zero)
@@ -211,8 +220,8 @@ def image_grams(
     totals: Dict[str, torch.Tensor] = {}
     masses = {name: float(region.sum()) for name, region in regions.items()}
 
-    def score_for(tile):
-        def score(features, zero):
+    def score_for(tile: tiling.Tile) -> Score:
+        def score(features: Dict[str, torch.Tensor], zero: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
             for _, _, name, own, rows, columns in _owned(features, tile, [(name, None, name) for name in names]):
                 region = regions.get(name)
                 share = gram_share(
@@ -243,7 +252,7 @@ def _style_of(objective: "Objective", gram_totals: Sequence[torch.Tensor], devic
         (weight * term.from_gram(gram)).to(device)
         for (_, weight, term), gram in zip(objective.style_terms, gram_totals)
     )
-    return objective.options.style_weight * style
+    return objective.options.style_weight * cast(torch.Tensor, style)  # a stage has at least one style term
 
 
 # Rows of the picture per strip when the elementwise terms are summed strip by strip.
@@ -275,7 +284,7 @@ def _local_terms(
         if gradients is not None:
             (strip_tv + strip_temporal).sum().backward()
             for index, gradient in enumerate(gradients):
-                gradient[..., top : top + strip.shape[-2], :] += strip.grad[index : index + 1]
+                gradient[..., top : top + strip.shape[-2], :] += _filled_grad(strip)[index : index + 1]
         tv += strip_tv.detach().double()
         temporal += strip_temporal.detach().double()
     return {"tv": tv.float(), "temporal": temporal.float()}
@@ -330,8 +339,8 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
             return torch.zeros(share.shape[0], device=share.device)
         return (slopes[index].to(share.dtype) * share).sum(dim=(-2, -1)).float()
 
-    def score_for(tile):
-        def score(features, zero):
+    def score_for(tile: tiling.Tile) -> Score:
+        def score(features: Dict[str, torch.Tensor], zero: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
             content_share = zero
             style_shares = zero
             for _, weight, term, own, rows, columns in _owned(features, tile, objective.content_terms):
@@ -344,9 +353,9 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
 
         return score
 
-    for leaf in leaves:
-        leaf.grad = torch.zeros_like(leaf)
-    gradients = [leaf.grad for leaf in leaves]
+    gradients = [torch.zeros_like(leaf) for leaf in leaves]
+    for leaf, gradient in zip(leaves, gradients):
+        leaf.grad = gradient
     if kept is not None:  # first, so that only one tile's graph is held at a time
         # The Grams and the content sum carry the kept tile's graph alone: its shares of the
         # picture's style term (linear in each Gram) and content term.
@@ -354,9 +363,9 @@ def evaluate(objective: "Objective", leaves: Sequence[torch.Tensor]) -> Dict[str
             (style_share(index, total).to(content.device) for index, total in enumerate(gram_totals)),
             torch.zeros_like(content),
         )
-        if kept_terms.requires_grad:
+        if kept_terms.requires_grad and kept_crop is not None:
             kept_terms.sum().backward()
-            _add_gradient(gradients, kept, kept_crop.grad)
+            _add_gradient(gradients, kept, _filled_grad(kept_crop))
         del kept_crop, kept_terms
     run(
         objective,

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -118,7 +118,7 @@ def _uses_compiled(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def reference_backend(enabled: bool = True):
+def reference_backend(enabled: bool = True) -> Iterator[None]:
     """Within this block the public ops use the pure-PyTorch reference
     (``enabled=True``) or the compiled kernels where available (``False``).
     Setting the environment variable ``NST_EXT_FORCE_REFERENCE=1`` does the
@@ -158,7 +158,7 @@ def get_gram_algorithm() -> str:
 
 
 @contextlib.contextmanager
-def gram_algorithm(algorithm: str):
+def gram_algorithm(algorithm: str) -> Iterator[None]:
     """Within this block the compiled forward uses `algorithm` (see :func:`set_gram_algorithm`)."""
     previous = get_gram_algorithm()
     set_gram_algorithm(algorithm)
@@ -233,7 +233,7 @@ def backend_info() -> dict:
     build recorded them, or ``None``).
     """
 
-    def describe(device_type, compiled_name):
+    def describe(device_type: str, compiled_name: str) -> str:
         if _force_reference or not _has_kernel(device_type):
             return "reference"
         return compiled_name

