@@ -89,6 +89,7 @@ def test_checkpoint_segments_cover_the_layers_and_keep_less():
     assert len(segments) > 1 and peak < sum(saved) * 0.7
     forced, _ = choose_segments(saved, outputs, breaks=[LAYER_INDEX["relu3_1"]])
     assert LAYER_INDEX["relu3_1"] in [start for start, _ in forced]
+    assert choose_segments([0, 0, 0], [5, 5, 5]) == ([(0, 3)], 0)  # nothing kept: one segment, no peak
 
 
 def test_plan_chooses_the_cheapest_lever_that_fits():
