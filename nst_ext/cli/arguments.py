@@ -10,7 +10,7 @@ from nst_ext.errors import InputError
 from nst_ext.jobs.batch import AUTO_BATCH_LIMIT
 from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM
 from nst_ext.jobs.video import FRAME_STEPS, TEMPORAL_WEIGHT
-from nst_ext.plan.memory import DEFAULT_BUDGET_SHARE, LBFGS_HISTORY, MIN_LBFGS_HISTORY
+from nst_ext.plan.memory import DEFAULT_BUDGET_SHARE, LBFGS_HISTORY, LEVERS
 from nst_ext.plan.options import (
     COARSEST_AUTOMATIC_SCALE,
     COLOR_SPACES,
@@ -263,13 +263,8 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
         help="the most memory a run may use on each device, e.g. 2.5GiB, 8G, 500MiB (default: "
         f"{DEFAULT_BUDGET_SHARE * 100:.0f}%% "
         "of the memory free to this process at the start, which honours ulimit -v and a container's "
-        "memory limit). To fit, each stage keeps at most as many L-BFGS pairs as it has steps, "
-        "then checkpoints VGG's activations (the same picture, 1.8x the time per step at 1024 px "
-        "on the CPU of BENCHMARKS.md), then evaluates it in tiles (the same picture, about one "
-        "more forward pass per step), then stores the L-BFGS pairs in bfloat16 (an equally "
-        "low loss by another path), then keeps fewer L-BFGS pairs (down to "
-        f"{MIN_LBFGS_HISTORY}: slower "
-        "convergence); a size that cannot fit is refused before any work",
+        f"memory limit). To fit, each stage {', then '.join(LEVERS)}; a size that cannot fit is "
+        "refused before any work",
     )
     memory.add_argument(
         "--checkpointing",

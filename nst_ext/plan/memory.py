@@ -6,23 +6,17 @@ the L-BFGS history, the targets, the best and content images, the weights, trans
 backward pass and, on the CPU, the runtime itself (resident set size is what a user sees). Its
 coefficients were measured with ``benchmarks/memory.py --breakdown`` (BENCHMARKS.md, "Large pictures").
 
-The plan, cheapest lever first, for a budget (of which it fills at most the usable share,
-:func:`usable_share`: a whole run can peak above its finest stage's estimate):
-
-1. the L-BFGS history never holds more pairs than the stage has steps (free: the same picture);
-2. activation checkpointing over VGG segments (the same picture, more time per step: BENCHMARKS.md,
-   "Large pictures"):
-   only the segments' inputs are kept and each segment is recomputed in the backward pass;
-3. tiles (nst_ext.plan.tiles, nst_ext.objective.tiled): VGG sees one tile at a time, the largest tile
-   that fits (the same picture, up to float rounding; one more forward pass per step and the
-   halos); what stays is the picture-sized state (picture, gradient, L-BFGS vectors, content
-   targets);
-4. the L-BFGS pairs stored in bfloat16 (half their memory; an equally low loss by a different path,
-   so a different picture: BENCHMARKS.md, "L-BFGS pairs in bfloat16"), with the levers above again;
-5. a shorter L-BFGS history, down to :data:`MIN_LBFGS_HISTORY` pairs (slower convergence), untiled
-   with checkpointing first, then tiled.
-
-A stage that does not fit even then is refused before any work, in one line.
+For a budget (of which it fills at most the usable share, :func:`usable_share`: a whole run can peak
+above its finest stage's estimate) the plan pulls the levers of :data:`LEVERS` in their order. Why that
+order: the first three keep the float32 run's own picture (checkpointing keeps only the VGG segments'
+inputs and recomputes each segment in the backward pass: more time per step, BENCHMARKS.md, "Large
+pictures"; tiles, nst_ext.plan.tiles and nst_ext.objective.tiled, show VGG one tile at a time, the
+largest that fits, and leave the picture-sized state: picture, gradient, L-BFGS vectors, content
+targets); the two bfloat16 states reach an equally low loss by another path, so another picture
+(BENCHMARKS.md, "L-BFGS pairs in bfloat16"), each tried with the levers before it again (the content
+targets only in tiles: untiled a step widens them whole); fewer pairs slow convergence, so they come
+last, untiled with checkpointing first, then tiled. A stage that does not fit even then is refused
+before any work, in one line.
 """
 
 import dataclasses
@@ -37,6 +31,16 @@ from nst_ext.plan.layers import LAYER_INDEX, LAYERS, long_side_shape
 
 LBFGS_HISTORY = 50  # pairs, when memory allows
 MIN_LBFGS_HISTORY = 5
+# What a plan does to fit a budget, in the order it does it (the module docstring says why): the one
+# description that the --max-memory help and StyleOptions' docstring read.
+LEVERS = (
+    "keeps no more L-BFGS pairs than the stage has steps (free)",
+    "checkpoints VGG's activations (the same picture, 1.8x the time per step at 1024 px on the CPU of BENCHMARKS.md)",
+    "evaluates the picture in tiles (the same picture, about one more forward pass per step)",
+    "stores the L-BFGS pairs in bfloat16 (an equally low loss by another path)",
+    "stores the content targets in bfloat16 (in tiles; the same)",
+    f"keeps fewer L-BFGS pairs (down to {MIN_LBFGS_HISTORY}: slower convergence)",
+)
 # The share of the memory free at the start that a run plans to use when no --max-memory is given:
 # the rest is headroom for the allocator's fragmentation and for other programs.
 DEFAULT_BUDGET_SHARE = 0.8

@@ -103,16 +103,12 @@ class StyleOptions:
     stage's loss and gradient as one CUDA graph (no per-kernel launch cost);
     it falls back to ordinary execution, with a warning, where capture fails.
     ``max_memory`` bounds the memory a stage plans to use on each device
-    (bytes, or a size such as ``"2.5GiB"``; default: 80% of the memory free
-    at the start); to fit, a stage keeps no more L-BFGS pairs than it has
-    steps, then checkpoints VGG's activations (``checkpointing``: None
-    chooses, True/False forces; the same picture, more time per step:
-    BENCHMARKS.md, "Large pictures"), then evaluates the picture in tiles (``tile``: None chooses,
-    0 never, N tiles of N pixels; the same picture up to float rounding, about one more forward
-    pass per step: BENCHMARKS.md, "Any size, in tiles"), then stores the L-BFGS pairs in bfloat16
-    (``lbfgs_history_bfloat16``: None chooses, True/False forces; an equally low loss by another
-    path), then the content targets (``content_target_bfloat16``, likewise), then keeps fewer L-BFGS pairs
-    (``lbfgs_history``, down to 5: slower convergence), and a stage that cannot fit is refused
+    (bytes, or a size such as ``"2.5GiB"``; default: the share
+    ``nst_ext.plan.memory.DEFAULT_BUDGET_SHARE`` of the memory free at the start); to fit, a stage pulls
+    the levers of ``nst_ext.plan.memory.LEVERS`` in order, each forced by its option where given
+    (None chooses): ``checkpointing`` (True/False), ``tile`` (0 never, N: tiles of N pixels),
+    ``lbfgs_history_bfloat16``, ``content_target_bfloat16`` (True/False) and ``lbfgs_history`` (pairs);
+    a stage that cannot fit is refused
     before any work (nst_ext.plan.memory). ``devices`` spreads VGG's layers over several
     devices (``cpu``, ``cuda:N``), the picture and optimiser on the first;
     ``device_split`` names the layer where each further device begins
