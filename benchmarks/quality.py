@@ -12,6 +12,11 @@ OUT/quality.json (per pair: the figures and the run's seconds). The figures, per
     independent  the same question by a measure built apart from the optimiser and the figure
               above (nst_ext.metrics.independent_style: pictures 256 px wide, Frobenius norms of
               Gram differences summed over relu1_1 … relu5_1; 1: none taken on, 0: all)
+and beside them the judge with no VGG in it (nst_ext.judge):
+    texture   texture statistics' gap to the style, as a share of the content's (1: the content's
+              texture, 0: the style's)
+    colour    the same over the Lab colour moments
+    layout    correlation of blurred luminance with the content's (1: the content's layout)
 
     python benchmarks/quality.py --size 256 --out docs/panel [--set style_weight=1 --set steps=100]
 """
@@ -27,6 +32,7 @@ from PIL import Image, ImageDraw
 
 import nst_ext
 from nst_ext.io.images import load_image, resize_to_long_side, to_pil
+from nst_ext import judge
 from nst_ext.metrics import independent_style, subject_and_style
 from nst_ext.stylizer import Stylizer
 
@@ -63,6 +69,9 @@ def run_panel(options: dict, pairs=PAIRS, log=print):
         seconds = time.perf_counter() - started
         subject, style_left = subject_and_style(judge_vgg.vgg, result.tensor, content, style)
         independent = independent_style(judge_vgg.vgg, result.tensor, content, style)
+        texture = judge.texture_gap(result.tensor, content, style)
+        colour = judge.colour_gap(result.tensor, content, style)
+        layout = judge.layout(result.tensor, content)
         rows.append(
             dict(
                 content=content_name,
@@ -71,6 +80,9 @@ def run_panel(options: dict, pairs=PAIRS, log=print):
                 subject=subject,
                 style_left=style_left,
                 independent=independent,
+                texture=texture,
+                colour=colour,
+                layout=layout,
                 seconds=seconds,
                 steps=len(result.history),
                 image=result.tensor,
@@ -78,7 +90,8 @@ def run_panel(options: dict, pairs=PAIRS, log=print):
         )
         log(
             f"{content_name:>8} / {style_name:<7} subject {subject:.3f}  style {style_left:.3f}  "
-            f"independent {independent:.3f}  {seconds:6.1f} s  {len(result.history)} steps",
+            f"independent {independent:.3f}  texture {texture:.3f}  colour {colour:.3f}  layout {layout:.3f}  "
+            f"{seconds:6.1f} s  {len(result.history)} steps",
             flush=True,
         )
     return rows
@@ -111,6 +124,8 @@ def contact_sheet(rows, title, images_of=None):
         ]
         if "independent" in row:
             lines.append(f"independent style {row['independent']:.2f}")
+        if "texture" in row:
+            lines.append(f"no VGG: texture {row['texture']:.2f}, layout {row['layout']:.2f}")
         lines.append(f"{row['seconds']:.0f} s, {row['steps']} steps")
         for k, line in enumerate(lines):
             draw.text((6, top + 40 + 16 * k), line, fill=(0, 0, 0))
