@@ -200,6 +200,11 @@ class Stylizer:
             [tuple(s.shape[-2:]) for s in style_images],
             pictures=len(content_images),
         )
+        if options.style_loss != "gram" and any(plan.tile_edge for plan in plans):
+            raise OptionError(
+                f"this picture fits the memory budget only in tiles, and style_loss {options.style_loss!r} "
+                "needs each picture in one pass: use style_loss 'gram', a smaller size or a larger max_memory"
+            )
         if any(plan.releases_freed_memory_promptly for plan in plans) and any(
             device.type == "cpu" for device in self.devices
         ):

@@ -15,6 +15,7 @@ from nst_ext.plan.options import (
     COARSEST_AUTOMATIC_SCALE,
     COLOR_SPACES,
     COLOR_TRANSFERS,
+    STYLE_LOSSES,
     DEFAULT_CONTENT_LAYERS,
     DEFAULT_MAX_INPUT_PIXELS,
     DEFAULT_STYLE_LAYERS,
@@ -120,6 +121,13 @@ def _add_style_options(parser: argparse.ArgumentParser, defaults: StyleOptions) 
     )
     group.add_argument("--content-weight", type=float, default=defaults.content_weight, help="(default %(default)s)")
     group.add_argument("--style-weight", type=float, default=defaults.style_weight, help="(default %(default)s)")
+    group.add_argument(
+        "--style-loss",
+        choices=list(STYLE_LOSSES),
+        default=defaults.style_loss,
+        help="gram: Gatys' Gram matrices; sliced: the whole distribution of each layer's features, "
+        "matched along random directions (sliced Wasserstein; no tiles or style masks) (default %(default)s)",
+    )
     group.add_argument(
         "--tv-weight", type=float, default=defaults.tv_weight, help="total variation (default %(default)s)"
     )

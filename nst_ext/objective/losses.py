@@ -225,3 +225,67 @@ class TemporalLoss:
         rows = slice(top, top + own.shape[-2])
         change = (own - self.previous[..., rows, :]).square() * self.mask[..., rows, :]
         return change.sum(dim=(1, 2, 3)) / (channels * height * width)
+
+
+def _weighted_quantiles(values: torch.Tensor, weights: torch.Tensor, count: int) -> torch.Tensor:
+    """The quantile function of the weighted samples `values` ``(K, N)`` (each row one distribution;
+    `weights` ``(N,)`` ≥ 0, the same for every row) at the `count` mid-points ``(j + ½) / count``: the
+    first sample whose cumulative weight reaches each, ``(K, count)``. A step function, so a mixture's
+    quantiles are exact (a sample split into parts of any weights is the same sample)."""
+    order = values.argsort(dim=1)
+    ordered = values.gather(1, order)
+    cumulative = weights[order].cumsum(1)
+    cumulative = cumulative / cumulative[:, -1:]
+    wanted = (torch.arange(count, dtype=cumulative.dtype, device=values.device) + 0.5) / count
+    index = torch.searchsorted(cumulative, wanted.expand(values.shape[0], count).contiguous())
+    return ordered.gather(1, index.clamp(max=values.shape[1] - 1))
+
+
+def random_directions(channels: int, count: int, seed: int) -> torch.Tensor:
+    """`count` random unit vectors in `channels` dimensions, ``(channels, count)`` float32 on the CPU,
+    from `seed` (the same directions for the same seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.randn(channels, count, generator=generator, dtype=torch.float64)
+    return (directions / directions.norm(dim=0, keepdim=True)).float()
+
+
+class SlicedWassersteinLoss(nn.Module):
+    """The sliced Wasserstein style loss (Heitz et al. 2021): the whole distribution of a layer's
+    features matched to the style's along random directions, each a 1-D optimal transport solved by
+    sorting. For features ``(B, C, H, W)`` of any float dtype: per picture, the mean squared difference
+    between its sorted projections and the style's quantiles at the same ranks, relative to their
+    mean square: ``(B,)`` float32.
+
+    `styles`: each style image's features at the layer, ``(C, N_i)`` (any N_i); `blend`: their weights
+    (a style's share of the target distribution); `directions` ``(C, K)`` unit vectors, fixed for the
+    stage so that L-BFGS sees one deterministic objective; `cells`: H·W of the pictures scored (the
+    target is made at those ranks once). Needs the whole picture in one pass (the sort), so no tiles.
+    """
+
+    # Buffers (they move with the module).
+    directions: torch.Tensor
+    target: torch.Tensor
+
+    def __init__(self, styles, blend, directions: torch.Tensor, cells: int):
+        super().__init__()
+        device = styles[0].device
+        directions = directions.to(device)
+        projected = torch.cat([directions.double().t() @ style.double() for style in styles], dim=1)  # (K, ΣN)
+        weights = torch.cat(
+            [
+                torch.full((style.shape[1],), float(share) / style.shape[1], device=device)
+                for style, share in zip(styles, blend)
+            ]
+        )
+        self.register_buffer("directions", directions.float())
+        self.register_buffer("target", _weighted_quantiles(projected, weights.double(), cells).float())
+        self.scale = float(1.0 / self.target.square().mean().clamp(min=1e-12))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        flat = features.flatten(2).to(dtype)  # (B, C, n)
+        if flat.shape[-1] != self.target.shape[-1]:
+            raise ValueError(f"features of {flat.shape[-1]} cells for a target made at {self.target.shape[-1]}")
+        projected = torch.einsum("ck,bcn->bkn", self.directions.to(dtype), flat)
+        ordered = projected.sort(dim=-1).values
+        return (ordered - self.target.to(dtype)).square().mean(dim=(-2, -1)) * self.scale

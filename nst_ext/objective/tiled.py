@@ -22,7 +22,7 @@ import torch
 
 from nst_ext.plan import tiles as tiling
 from nst_ext.plan.layers import LAYER_INDEX, LAYERS, layer_shape
-from nst_ext.objective.losses import gram_share
+from nst_ext.objective.losses import StyleLoss, gram_share
 from nst_ext.objective.terms import with_total
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ def image_grams(
 def _style_of(objective: "Objective", gram_totals: Sequence[torch.Tensor], device) -> torch.Tensor:
     """The weighted style term of pictures whose Grams (per style term) are `gram_totals`, ``(B,)``."""
     style = sum(
-        (weight * term.from_gram(gram)).to(device)
+        (weight * cast(StyleLoss, term).from_gram(gram)).to(device)  # tiles are Gram terms' (StyleOptions.validate)
         for (_, weight, term), gram in zip(objective.style_terms, gram_totals)
     )
     return objective.options.style_weight * cast(torch.Tensor, style)  # a stage has at least one style term

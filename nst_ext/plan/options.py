@@ -52,6 +52,10 @@ LBFGS_MAX_STEP_RMS = 0.25
 # Colour control (nst_ext.objective.color): the spaces of luminance-only transfer, the ways to recolour the style.
 COLOR_SPACES = ("yuv", "lab")
 COLOR_TRANSFERS = ("pca", "cholesky", "histogram")
+# The style losses (nst_ext.objective.losses): Gatys' Gram matrices, or the sliced Wasserstein distance
+# between whole feature distributions (Heitz et al. 2021), which needs each picture in one pass (no tiles)
+# and no style masks yet.
+STYLE_LOSSES = ("gram", "sliced")
 
 # The seeds torch's generators take: a 64-bit value, signed or unsigned.
 SEED_RANGE = (-(2**63), 2**64 - 1)
@@ -126,6 +130,7 @@ class StyleOptions:
     # apart from the loss (BENCHMARKS.md, "Defaults that take the style"); 2.9 kept only part of it.
     style_weight: float = 20.0
     normalize_style: bool = True  # the style term relative to its value at the content image
+    style_loss: str = "gram"  # one of STYLE_LOSSES
     content_detail: bool = True  # a finer stage starts with the content's detail added back (init "content")
     clamp_in_loss: bool = True  # score the picture clamped to [0, 1], as saved; False: the pixels as they are
     tv_weight: float = 1.0
@@ -329,6 +334,15 @@ class StyleOptions:
             raise OptionError(f"mixed_precision must be True, False or None (automatic), got {self.mixed_precision!r}")
         if self.pooling not in ("avg", "max"):
             raise OptionError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
+        if self.style_loss not in STYLE_LOSSES:
+            raise OptionError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {self.style_loss!r}")
+        if self.style_loss != "gram" and (self.style_masks is not None or self.style_image_masks is not None):
+            raise OptionError(f"style masks work with style_loss 'gram' only, not {self.style_loss!r} (yet)")
+        if self.style_loss != "gram" and self.tile:
+            raise OptionError(
+                f"style_loss {self.style_loss!r} sorts each layer's features over the whole picture, so it "
+                "cannot be evaluated in tiles: drop tile"
+            )
         if isinstance(self.init, str) and self.init not in ("content", "noise") and not self.init.strip():
             raise OptionError("init must be 'content', 'noise' or an image")
         if self.max_memory is not None:

@@ -1,0 +1,103 @@
+"""The sliced Wasserstein style loss (nst_ext.objective.losses.SlicedWassersteinLoss, style_loss "sliced"):
+zero at any rearrangement of the style's own features, its gradient checked in float64, the target of
+a blend the weighted mixture's quantiles; in a run it moves the picture towards the style, with several
+styles and a batch; and what it cannot do yet is refused in one line before any work."""
+
+import pytest
+import torch
+
+import nst_ext
+from nst_ext.io.images import load_image
+from nst_ext.objective.losses import SlicedWassersteinLoss, _weighted_quantiles, random_directions
+from nst_ext.plan.options import OptionError
+from nst_ext.stylizer import Stylizer
+
+CONTENT = "nst_ext/data/astronaut.jpg"
+STYLE = "nst_ext/data/swirls.jpg"
+
+
+def test_any_rearrangement_of_the_styles_features_scores_zero_and_others_do_not(seed):
+    channels, height, width = 7, 5, 9
+    style = torch.randn(channels, height * width, dtype=torch.float64)
+    loss = SlicedWassersteinLoss([style], [1.0], random_directions(channels, 2 * channels, seed), height * width)
+    rearranged = style[:, torch.randperm(height * width)].reshape(1, channels, height, width)
+    assert float(loss(rearranged)) < 1e-10
+    other = torch.randn(2, channels, height, width, dtype=torch.float64) * 2 + 1
+    values = loss(other)
+    assert values.shape == (2,) and bool((values > 0.1).all())
+
+
+def test_the_gradient_is_checked_in_float64(seed):
+    channels, height, width = 4, 3, 5
+    style = torch.randn(channels, 23, dtype=torch.float64)  # another number of cells than the picture's
+    loss = SlicedWassersteinLoss([style], [1.0], random_directions(channels, channels, seed), height * width)
+    features = torch.randn(2, channels, height, width, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: loss(x), (features,))
+    # Non-contiguous (channels-last) features give the same values.
+    last = features.detach().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(loss(last), loss(features.detach()))
+
+
+def test_a_blends_target_is_the_weighted_mixtures_quantiles(seed):
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(3, 40, generator=generator, dtype=torch.float64)
+    # Equal weights at as many ranks as samples: the samples themselves, sorted.
+    torch.testing.assert_close(
+        _weighted_quantiles(values, torch.ones(40, dtype=torch.float64), 40), values.sort(1).values
+    )
+    # The same style twice, in any shares, is that style.
+    style = torch.randn(6, 30, generator=generator, dtype=torch.float64)
+    directions = random_directions(6, 6, seed)
+    alone = SlicedWassersteinLoss([style], [1.0], directions, 24)
+    twice = SlicedWassersteinLoss([style, style], [0.3, 0.7], directions, 24)
+    torch.testing.assert_close(twice.target, alone.target)
+    # A blend of a style and the style shifted lies between them along every direction, rank by rank
+    # (along each direction one of the two is the other moved one way).
+    shifted = style + 3
+    blend = SlicedWassersteinLoss([style, shifted], [0.5, 0.5], directions, 24).target
+    one = SlicedWassersteinLoss([style], [1.0], directions, 24).target
+    other = SlicedWassersteinLoss([shifted], [1.0], directions, 24).target
+    assert bool((blend >= torch.minimum(one, other) - 1e-6).all() and (blend <= torch.maximum(one, other) + 1e-6).all())
+    assert not torch.allclose(blend, one) and not torch.allclose(blend, other)
+
+
+def test_a_run_moves_towards_the_style_with_several_styles_and_a_batch():
+    content, style = load_image(CONTENT), load_image(STYLE)
+    stylizer = Stylizer(scales=[32, 48], steps=[8, 6], style_loss="sliced", device="cpu")
+    result = stylizer.run(content, [style, style.flip(-1)])
+    totals = [entry["total"] for entry in result.history]
+    assert torch.isfinite(result.tensor).all() and totals[-1] < 0.6 * totals[0]
+    pictures = stylizer.run_many([content, content.flip(-1)], style)
+    assert len(pictures) == 2 and all(torch.isfinite(picture.tensor).all() for picture in pictures)
+
+
+def test_what_it_cannot_do_yet_is_refused_in_one_line(tmp_path):
+    with pytest.raises(OptionError, match="style_loss must be one of gram, sliced"):
+        nst_ext.StyleOptions(style_loss="w3").validate()
+    with pytest.raises(OptionError, match="style masks work with style_loss 'gram' only"):
+        nst_ext.StyleOptions(style_loss="sliced", style_masks=["a.png"]).validate()
+    with pytest.raises(OptionError, match="cannot be evaluated in tiles"):
+        nst_ext.StyleOptions(style_loss="sliced", tile=64).validate()
+    # A budget that only tiles can meet is refused before any step.
+    steps = []
+    with pytest.raises(OptionError, match="fits the memory budget only in tiles"):
+        Stylizer(size=512, style_loss="sliced", max_memory="1.1GiB", device="cpu").run(
+            load_image(CONTENT), load_image(STYLE), callback=steps.append
+        )
+    assert steps == []
+
+
+def test_the_command_line_takes_it_and_records_it(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from nst_ext.io.images import read_record
+
+    out = tmp_path / "sliced.png"
+    run = [sys.executable, "-m", "nst_ext", "stylize", CONTENT, STYLE, "-o", str(out), "--size", "40", "--steps", "3"]
+    result = subprocess.run([*run, "--style-loss", "sliced"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(read_record(out))["settings"]["style_loss"] == "sliced"
+    refused = subprocess.run([*run, "--overwrite", "--style-loss", "w9"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr and "--style-loss" in refused.stderr
