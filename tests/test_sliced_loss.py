@@ -101,3 +101,18 @@ def test_the_command_line_takes_it_and_records_it(tmp_path):
     assert json.loads(read_record(out))["settings"]["style_loss"] == "sliced"
     refused = subprocess.run([*run, "--overwrite", "--style-loss", "w9"], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and "--style-loss" in refused.stderr
+
+
+def test_a_video_takes_it(tmp_path):
+    """A video job runs with the sliced loss: each frame is a whole picture, the temporal term beside it."""
+    import av
+    from clips import synthetic_clip
+
+    from nst_ext.cli import main
+
+    clip = synthetic_clip(tmp_path / "clip.mp4", frames=5, size=(54, 72), fps=10)
+    output = tmp_path / "out.mp4"
+    fast = ["--size", "48", "--steps", "6", "--frame-steps", "4", "--device", "cpu", "--quiet"]
+    assert main(["video", str(clip), STYLE, "-o", str(output), *fast, "--style-loss", "sliced"]) == 0
+    with av.open(str(output)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 5
