@@ -69,8 +69,7 @@ def run_panel(options: dict, pairs=PAIRS, log=print):
         seconds = time.perf_counter() - started
         subject, style_left = subject_and_style(judge_vgg.vgg, result.tensor, content, style)
         independent = independent_style(judge_vgg.vgg, result.tensor, content, style)
-        texture = judge.texture_gap(result.tensor, content, style)
-        colour = judge.colour_gap(result.tensor, content, style)
+        texture, colour = judge.gaps(result.tensor, content, style)
         layout = judge.layout(result.tensor, content)
         rows.append(
             dict(

@@ -18,12 +18,12 @@ the CPU: slow enough not to matter beside a run, exact enough to repeat.
 """
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from nst_ext.io.images import resize
+from nst_ext.io.images import resize, resize_to_width
 
 WIDTH = 256  # every picture judged at this width (as nst_ext.metrics.INDEPENDENT_WIDTH)
 SCALES = 4
@@ -49,8 +49,8 @@ class Statistics:
 
 
 def _at_width(image: torch.Tensor, width: int = WIDTH) -> torch.Tensor:
-    height = max(8, round(image.shape[-2] * width / image.shape[-1]))
-    return resize(image.detach().float().cpu().clamp(0, 1), (height, width)).double()
+    """`image` as judged: `width` columns (at least 8 rows), float64 on the CPU."""
+    return resize_to_width(image.detach().float().cpu().clamp(0, 1), width, shortest=8).double()
 
 
 def _luminance(rgb: torch.Tensor) -> torch.Tensor:
@@ -190,17 +190,21 @@ def _gap(picture: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> f
     return float(((picture - style).abs()[differ] / spread[differ]).median())
 
 
+def gaps(image: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> Tuple[float, float]:
+    """(:func:`texture_gap`, :func:`colour_gap`) from one pass of :func:`statistics` per picture."""
+    own, of_content, of_style = statistics(image), statistics(content), statistics(style)
+    return _gap(own.texture, of_content.texture, of_style.texture), _gap(own.colour, of_content.colour, of_style.colour)
+
+
 def texture_gap(image: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> float:
     """How far `image`'s texture is from the style's, as a share of the content's distance from it
     (1: the content's texture; 0: the style's). Each ``(3, H, W)`` in [0, 1]."""
-    own, of_content, of_style = statistics(image), statistics(content), statistics(style)
-    return _gap(own.texture, of_content.texture, of_style.texture)
+    return gaps(image, content, style)[0]
 
 
 def colour_gap(image: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> float:
     """:func:`texture_gap` over the colours' Lab moments alone."""
-    own, of_content, of_style = statistics(image), statistics(content), statistics(style)
-    return _gap(own.colour, of_content.colour, of_style.colour)
+    return gaps(image, content, style)[1]
 
 
 def layout(image: torch.Tensor, content: torch.Tensor) -> float:

@@ -11,7 +11,7 @@ from typing import Sequence, Tuple
 import torch
 
 from nst_ext.ops import reference
-from nst_ext.io.images import resize, resize_to_long_side
+from nst_ext.io.images import resize, resize_to_long_side, resize_to_width
 
 DEFAULT_JUDGE_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_JUDGE_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -65,11 +65,6 @@ def subject_and_style(vgg, image: torch.Tensor, content: torch.Tensor, style: to
     return content_distance / style_as_picture, style_distance / content_as_picture
 
 
-def _at_width(image: torch.Tensor, width: int) -> torch.Tensor:
-    height = max(1, round(image.shape[-2] * width / image.shape[-1]))
-    return resize(image, (height, width))
-
-
 @torch.no_grad()
 def independent_style(
     vgg,
@@ -87,7 +82,7 @@ def independent_style(
     device = next(vgg.parameters()).device
 
     def grams(picture):
-        features = vgg(_at_width(picture, width).to(device).unsqueeze(0), list(layers))
+        features = vgg(resize_to_width(picture, width).to(device).unsqueeze(0), list(layers))
         return [reference.gram_matrix(features[name].float())[0] for name in layers]
 
     targets = grams(style)

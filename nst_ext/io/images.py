@@ -203,6 +203,12 @@ def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
         return _pil_to_tensor(image, f"{name} {str(path)!r}")
 
 
+def resize_to_width(image: torch.Tensor, width: int, shortest: int = 1) -> torch.Tensor:
+    """Resize ``(3, H, W)`` to `width` columns, the aspect ratio kept, at least `shortest` rows (antialiased)."""
+    height = max(shortest, round(image.shape[-2] * width / image.shape[-1]))
+    return resize(image, (height, width))
+
+
 def resize_to_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     """Resize ``(3, H, W)`` so that max(H, W) == long_side, keeping the aspect ratio (antialiased)."""
     height, width = image.shape[-2:]

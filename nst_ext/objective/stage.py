@@ -205,29 +205,27 @@ class Objective:
         source region when it has one. The images go through VGG one at a time (in tiles, when the
         stage is tiled: a style image at a print size is as large as the picture)."""
         network, vgg = self.network, self.network.vgg
+        sliced = self.options.style_loss == "sliced"  # the whole distribution: each image's features
         per_style: Dict[str, List[torch.Tensor]] = {name: [] for name in style_layers}
         for index, (style, weight) in enumerate(zip(stage_styles, blend)):
             source = masks.source(index)
             regions = layer_masks(source, style_layers, masks.dilation) if source is not None else {}
             share = 1.0 if masks.style is not None else weight
             image = style.unsqueeze(0).to(network.device)
-            if self.options.style_loss == "sliced":  # the whole distribution: each image's features
-                with network.autocast():
-                    features = vgg(image, style_layers)
-                for name in style_layers:
-                    per_style[name].append(features[name][0].detach().flatten(1).float())
-                del features
-                continue
-            if self.tile_edge:
+            if self.tile_edge and not sliced:  # the sliced loss is never tiled (StyleOptions.validate)
                 for name, gram in tiled.image_grams(self, image, style_layers, regions).items():
                     per_style[name].append(share * gram)
                 continue
             with network.autocast():
                 features = vgg(image, style_layers)
             for name in style_layers:
-                per_style[name].append(blended_gram(features[name], share, regions.get(name)))
+                per_style[name].append(
+                    features[name][0].detach().flatten(1).float()
+                    if sliced
+                    else blended_gram(features[name], share, regions.get(name))
+                )
             del features
-        if self.options.style_loss == "sliced":
+        if sliced:
             return dict(per_style)
         if masks.style is not None:
             return {name: torch.stack(grams) for name, grams in per_style.items()}
