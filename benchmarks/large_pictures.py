@@ -102,7 +102,6 @@ def steps_at(sizes, tiles, repeats, every_tile_twice=False, float32=False):
 CHILD = r"""
 import json, statistics, sys, time
 import nst_ext
-from nst_ext.plan.memory import plan_stages
 content, style, width, height = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 stylizer = nst_ext.Stylizer(scales=[512, max(width, height)], steps=[20, 2], device="cpu", max_memory=sys.argv[5] or None)
 stamps, plans = [], []

@@ -57,7 +57,7 @@ def _reset_peak():
 def one_stage(size, technique):
     """Runs in a fresh process: the breakdown of one stage (module docstring), as a dict of MiB."""
     from nst_ext.lbfgs import LBFGS
-    from nst_ext.plan.memory import LBFGS_HISTORY, plan_stages
+    from nst_ext.plan.memory import LBFGS_HISTORY
     from nst_ext.stylizer import Stylizer
 
     from nst_ext.plan.budget import release_freed_memory_promptly
@@ -76,9 +76,7 @@ def one_stage(size, technique):
         lbfgs_history=LBFGS_HISTORY if technique == "before" else None,
     )
     images = [nst_ext.load_image(path) for path in (content, style)]
-    plan = plan_stages(stylizer.options, stylizer.network, tuple(images[0].shape[-2:]), [tuple(images[1].shape[-2:])])[
-        -1
-    ]
+    plan = stylizer.plan(tuple(images[0].shape[-2:]), [tuple(images[1].shape[-2:])]).stages[-1].memory
     runtime = _status_kib("VmRSS")
     image, objective = stylizer.objective(content, style, size=size, plan=plan)
     targets = _status_kib("VmRSS") - runtime

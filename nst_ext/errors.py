@@ -1,10 +1,35 @@
 """The errors nst_ext raises for a user's bad input: each is stated in one line that says what
 is wrong and how to fix it, and the CLI prints it as such (exit status 2), never as a traceback.
-Torch-free, so the CLI can name them before torch is imported."""
+Torch-free, so the CLI can name them before torch is imported.
+
+A message names an option as the library takes it, in backticks: ```max_memory``` or
+```device=cpu``` (a value to give). ``str(error)`` shows it as the API's name (``max_memory``,
+``device=cpu``); the command line shows the option's flag instead (:meth:`InputError.worded`:
+``--max-memory``, ``--device cpu``), so one message serves both.
+"""
+
+import re
+from typing import Callable, Optional
+
+# An option named in a message: `name` or `name=value`.
+OPTION_NAME = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
+
+
+def _as_keyword(name: str, value: Optional[str]) -> str:
+    return name if value is None else f"{name}={value}"
 
 
 class InputError(ValueError):
     """Base of every one-line error about a user's input, option or output."""
+
+    def __str__(self) -> str:
+        return self.worded(_as_keyword)
+
+    def worded(self, option: Callable[[str, Optional[str]], str]) -> str:
+        """The message with each option it names (`name` or `name=value`) written by
+        ``option(name, value)`` (value None where none is given)."""
+        message = super().__str__()
+        return OPTION_NAME.sub(lambda match: option(match.group(1), match.group(2)), message)
 
 
 class OptionError(InputError):

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 import nst_ext
-from nst_ext.plan import budget, memory
+from nst_ext.plan import budget
 from nst_ext.cli import main
 from nst_ext.errors import ImageError, JobWarning, OptionError
 from nst_ext.jobs import LOCK_NAME, MANIFEST_NAME, append_record, read_manifest
@@ -369,7 +369,7 @@ def test_the_budget_honours_the_address_space_limit(monkeypatch):
     assert budget.free_memory_bytes(torch.device("cpu")) <= 300 * 2**20
     with pytest.raises(OptionError, match=r"budget"):
         stylizer = Stylizer(size=1024, device="cpu")
-        memory.plan_stages(stylizer.options, stylizer.network, (1024, 1024), [(512, 512)])
+        stylizer.plan((1024, 1024), [(512, 512)])
 
 
 @pytest.mark.parametrize("version", [1, 2])

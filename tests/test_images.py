@@ -108,7 +108,7 @@ def test_truncated_file(tmp_path):
 def test_pixel_limit_names_the_flag(tmp_path):
     Image.new("RGB", (100, 50)).save(tmp_path / "big.png")
     with pytest.raises(
-        ImageError, match=r"100x50 = 5,000 pixels, over the limit of 4,999; raise it with --max-input-pixels"
+        ImageError, match=r"100x50 = 5,000 pixels, over the limit of 4,999; raise it with max_input_pixels"
     ):
         load_image(tmp_path / "big.png", max_pixels=4999)
 
@@ -116,7 +116,7 @@ def test_pixel_limit_names_the_flag(tmp_path):
 def test_save_never_overwrites_silently(tmp_path):
     path = tmp_path / "out.png"
     path.write_bytes(b"precious")
-    with pytest.raises(OutputError, match=r"already exists; choose another name or pass --overwrite"):
+    with pytest.raises(OutputError, match=r"already exists; choose another name or pass overwrite=True"):
         save_image(torch.rand(3, 4, 4), path)
     assert path.read_bytes() == b"precious"
     save_image(torch.zeros(3, 4, 4), path, overwrite=True)
@@ -134,7 +134,7 @@ def test_a_file_that_appears_after_the_check_is_not_replaced(tmp_path, monkeypat
         path.write_bytes(b"theirs")
 
     monkeypatch.setattr(nst_ext.io.images, "check_outputs", another_process_writes)
-    with pytest.raises(OutputError, match=r"already exists; choose another name or pass --overwrite"):
+    with pytest.raises(OutputError, match=r"already exists; choose another name or pass overwrite=True"):
         save_image(torch.rand(3, 4, 4), path)
     assert path.read_bytes() == b"theirs" and sorted(os.listdir(tmp_path)) == ["out.png"]
 

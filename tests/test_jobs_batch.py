@@ -19,6 +19,7 @@ import nst_ext
 from nst_ext.cli import main
 from nst_ext.io.images import read_record
 from nst_ext.objective.inputs import styles_at_stage
+from nst_ext.plan.layers import long_side_shape
 from nst_ext.jobs import MANIFEST_NAME, read_manifest, run_batch
 from nst_ext.stylizer import Stylizer
 
@@ -118,7 +119,7 @@ def test_batch_bad_input_is_one_line(tmp_path, capsys, setup, message):
 
 def test_style_targets_are_made_once_per_stage_size(tmp_path, monkeypatch):
     """The style images' Grams are made by the first item and reused by the others."""
-    from nst_ext.objective import stage as objective
+    from nst_ext.objective import style_targets as objective
 
     made = []
     original = objective.blended_gram
@@ -242,7 +243,8 @@ def test_each_picture_of_a_batch_gets_its_own_loss_and_gradient(device, seed):
     stylizer = Stylizer(size=52, scales=[52], steps=1, device=device, mixed_precision=False, cuda_graph=False)
     stylizer.vgg.double()
     contents = [content.double() for content in three_contents(seed)]
-    style = styles_at_stage(stylizer.options, [nst_ext.load_image(STYLE).double()], 52)
+    style_image = nst_ext.load_image(STYLE).double()
+    style = styles_at_stage(stylizer.options, [style_image], [long_side_shape(*style_image.shape[-2:], 52)])
     leaves = [content[None].to(device).flip(-1).contiguous().requires_grad_(True) for content in contents]
     batched = Objective(stylizer.network, stylizer.options, torch.stack(contents), style, [1.0]).evaluator(leaves)()
     assert batched.shape == (3, 5)
@@ -264,7 +266,8 @@ def test_a_batch_replayed_as_a_cuda_graph_gives_the_eager_losses_and_gradients(s
 
     stylizer = Stylizer(size=52, scales=[52], steps=1, device="cuda", mixed_precision=False)
     contents = three_contents(seed)
-    styles = styles_at_stage(stylizer.options, [nst_ext.load_image(STYLE)], 52)
+    style_image = nst_ext.load_image(STYLE)
+    styles = styles_at_stage(stylizer.options, [style_image], [long_side_shape(*style_image.shape[-2:], 52)])
     objective = Objective(stylizer.network, stylizer.options, torch.stack(contents), styles, [1.0])
     results = {}
     for graph in (False, True):

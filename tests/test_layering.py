@@ -17,7 +17,7 @@ FLOORS = [
     ("web", ["nst_ext.web"]),
     ("jobs", ["nst_ext.jobs"]),
     # The run itself, and what the command line reads beside it: the op report and the picture judges.
-    ("stylizer", ["nst_ext.stylizer", "nst_ext.info", "nst_ext.metrics", "nst_ext.judge"]),
+    ("stylizer", ["nst_ext.stylizer", "nst_ext.optimize", "nst_ext.info", "nst_ext.metrics", "nst_ext.judge"]),
     ("objective", ["nst_ext.objective"]),
     ("model", ["nst_ext.model"]),
     ("io", ["nst_ext.io"]),

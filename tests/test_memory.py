@@ -19,15 +19,14 @@ from nst_ext.plan.memory import (
     _layer_elements,
     budget_for,
     choose_segments,
-    fitting_batch_size,
     plan_stage,
-    plan_stages,
     run_budget,
     saved_bytes_per_layer,
     split_layers,
     usable_share,
 )
 from nst_ext.plan.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from nst_ext.plan.run import fitting_batch_size
 from nst_ext.stylizer import Stylizer
 
 DATA = os.path.join(os.path.dirname(nst_ext.__file__), "data")
@@ -186,7 +185,7 @@ def test_bfloat16_content_targets_take_half_their_memory_and_can_be_forced(tile)
 @pytest.mark.parametrize(
     "module, name, option, plan_field, stored_dtype",
     [
-        ("nst_ext.stylizer", "LBFGS", "lbfgs_history_bfloat16", "history_bfloat16", lambda made: made.steps.dtype),
+        ("nst_ext.optimize", "LBFGS", "lbfgs_history_bfloat16", "history_bfloat16", lambda made: made.steps.dtype),
         (
             "nst_ext.objective.stage",
             "ContentLoss",
@@ -302,7 +301,9 @@ def test_a_budget_that_needs_checkpointing_gives_the_same_picture():
 
 
 def test_a_size_that_cannot_fit_is_refused_before_work():
-    with pytest.raises(OptionError, match=r"needs at least .* more than the 1 MiB budget; use a smaller --size"):
+    with pytest.raises(
+        OptionError, match=r"needs at least .* more than the 1 MiB budget; use a smaller size, a larger max_memory"
+    ):
         Stylizer(size=64, device="cpu", max_memory="1MiB").run(
             CONTENT, STYLE, callback=lambda p: pytest.fail("work started")
         )
@@ -356,4 +357,4 @@ def test_the_batch_size_that_fits_a_budget():
 
 def stylizer_plans(stylizer, content_shape, style_shapes, pictures=1):
     """Each stage's memory plan for a run of `stylizer` (its options, on its network)."""
-    return plan_stages(stylizer.options, stylizer.network, content_shape, style_shapes, pictures)
+    return [stage.memory for stage in stylizer.plan(content_shape, style_shapes, pictures).stages]

@@ -5,6 +5,7 @@ import pytest
 from nst_ext.errors import OptionError
 from nst_ext.jobs import settings_hash
 from nst_ext.plan.options import DEFAULT_SIZE, StyleOptions
+from nst_ext.plan.run import stage_shapes
 
 
 def test_default_schedule():
@@ -36,7 +37,7 @@ def test_the_output_size_has_one_source():
 def test_stages_pair_each_size_with_its_steps():
     assert StyleOptions().stages() == [(128, 60), (320, 25), (512, 42)]
     assert StyleOptions(scales=[32, 48], steps=[3, 4]).stages() == [(32, 3), (48, 4)]
-    assert StyleOptions(size=512).stage_shapes((300, 400)) == ((96, 128), (240, 320), (384, 512))
+    assert stage_shapes(StyleOptions(size=512), (300, 400)) == ((96, 128), (240, 320), (384, 512))
 
 
 def test_the_command_line_defaults_are_the_options_defaults():

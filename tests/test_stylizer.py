@@ -8,9 +8,10 @@ import torch
 
 import nst_ext
 from nst_ext.io.images import ImageError, load_image, resize, resize_to_long_side
-from nst_ext.objective.inputs import styles_at_stage
+from nst_ext.objective.inputs import starting_image, styles_at_stage
 from nst_ext.metrics import distances, subject_and_style
-from nst_ext.plan.options import OptionError
+from nst_ext.plan.layers import long_side_shape
+from nst_ext.plan.options import OptionError, StyleOptions
 from nst_ext.stylizer import Stylizer
 from nst_ext.errors import UnknownLayerError
 
@@ -100,7 +101,7 @@ def test_a_run_leaves_its_input_tensors_alone(content, style, init):
         result.tensor, kept_picture if init == "content" else kept_start
     )
     assert torch.equal(picture, kept_picture) and torch.equal(start, kept_start)
-    initial = stylizer._initial_image(picture, None, None, torch.Generator(), stylizer.options.init)
+    initial = starting_image(stylizer.options, picture, None, None, torch.Generator(), None, stylizer.device)
     assert torch.equal(initial[0].cpu(), kept_picture if init == "content" else kept_start)
     assert initial.untyped_storage().data_ptr() not in (
         picture.untyped_storage().data_ptr(),
@@ -256,7 +257,7 @@ def test_style_blend_weights_must_match_the_styles(content, style):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_asked_for_without_a_gpu():
-    with pytest.raises(OptionError, match=r"no CUDA GPU is available here; use --device cpu"):
+    with pytest.raises(OptionError, match=r"no CUDA GPU is available here; use device=cpu"):
         Stylizer(device="cuda")
 
 
@@ -441,12 +442,14 @@ def test_a_finer_stage_starts_with_the_contents_detail():
     fine = torch.rand(3, 40, 56)
     coarse = resize_to_long_side(fine, 28)
     generator = torch.Generator().manual_seed(0)
-    start = Stylizer(size=56, device="cpu")._initial_image(fine, coarse[None], coarse, generator)
+    start = starting_image(StyleOptions(size=56), fine, coarse[None], coarse, generator, None, torch.device("cpu"))
     torch.testing.assert_close(start[0], fine, atol=1e-6, rtol=0)
     enlarged = resize(coarse, (40, 56))
     assert (enlarged - fine).abs().mean() > 0.05  # the enlargement alone is far from the content
     for options in (dict(content_detail=False), dict(init="noise")):
-        start = Stylizer(size=56, device="cpu", **options)._initial_image(fine, coarse[None], coarse, generator)
+        start = starting_image(
+            StyleOptions(size=56, **options), fine, coarse[None], coarse, generator, None, torch.device("cpu")
+        )
         torch.testing.assert_close(start[0], enlarged)
 
 
@@ -484,7 +487,7 @@ def test_every_gradient_in_vgg_stays_channels_last(pictures, mixed_precision, de
     stylizer = Stylizer(size=40, scales=[40], steps=1, device=device, mixed_precision=mixed_precision, cuda_graph=False)
     torch.manual_seed(pictures)
     contents = torch.rand(pictures, 3, 40, 36)
-    styles = styles_at_stage(stylizer.options, [torch.rand(3, 33, 45)], 40)
+    styles = styles_at_stage(stylizer.options, [torch.rand(3, 33, 45)], [long_side_shape(33, 45, 40)])
     objective = Objective(stylizer.network, stylizer.options, contents, styles, [1.0])
     layouts = {}
     run_layers = stylizer.vgg.run_layers

@@ -268,12 +268,13 @@ def test_the_plan_tiles_only_when_nothing_else_fits():
 def test_a_budget_that_forces_tiles_completes():
     """The plan itself chooses tiles under a budget just below the checkpointed plan's (the
     progress line says so) and the run completes. Shallow layers keep the run short."""
-    from nst_ext.plan.memory import plan_stages
+    from nst_ext.plan.run import plan_run
 
     settings = dict(size=320, scales=[320], steps=2, device="cpu", **SHALLOW)
     shapes, content_shape = [(100, 100)], (320, 240)
     forced = Stylizer(checkpointing=True, **settings)
-    (checkpointed,) = plan_stages(forced.options, forced.network, content_shape, shapes, budget=10**12)
+    (stage,) = plan_run(forced.options, forced.network, content_shape, shapes, budget=10**12).stages
+    checkpointed = stage.memory
     assert checkpointed.checkpointing and not checkpointed.tile_edge
     tight = Stylizer(max_memory=budget_for(checkpointed.total - 2**20), **settings)
     seen = []

@@ -277,7 +277,7 @@ def test_web_port_and_missing_extra_get_one_line(tmp_path, monkeypatch):
     refused = nst_ext_cli("stylize", CONTENT, STYLE, "-o", tmp_path / "out.png", "--web", "http")
     assert refused.returncode == 2 and "expected a port number" in refused.stderr
     assert "Traceback" not in refused.stderr
-    from nst_ext.cli.arguments import CommandError
+    from nst_ext.cli.style_flags import CommandError
     from nst_ext.cli.watching import web_module
 
     monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)  # as where the extra is not installed

@@ -1,4 +1,5 @@
-"""The ``nst-ext`` command line: the arguments (nst_ext.cli.arguments) and the commands
+"""The ``nst-ext`` command line: the arguments (nst_ext.cli.arguments, the style options' flags in
+nst_ext.cli.style_flags) and the commands
 (nst_ext.cli.commands); ``main`` is the console script's entry point.
 
 The commands' modules are imported when ``main`` runs, inside its handling of Ctrl-C: on a busy
@@ -12,9 +13,9 @@ from nst_ext.cli.stopping import nothing_made
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "CommandError": "nst_ext.cli.arguments",
+    "CommandError": "nst_ext.cli.style_flags",
     "build_parser": "nst_ext.cli.arguments",
-    "style_options": "nst_ext.cli.arguments",
+    "style_options": "nst_ext.cli.style_flags",
 }
 __all__ = sorted([*_EXPORTS, "main"])
 

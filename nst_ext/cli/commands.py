@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import List, Optional
 
 # Torch-free imports only: arguments are parsed, and outputs checked, before torch is imported.
-from nst_ext.cli.arguments import CommandError, build_parser, given_options, style_options
+from nst_ext.cli.arguments import build_parser, given_options, in_flags
+from nst_ext.cli.style_flags import CommandError, style_options
 from nst_ext.cli.job_commands import run_batch_command, run_video_command
 from nst_ext.cli.stopping import install_stop_handlers, nothing_made, restore_handlers, stop_exit_status, stop_verb
 from nst_ext.cli.watching import LiveViewOnDemand, web_module
@@ -118,43 +119,54 @@ def _rerun(args, argv: List[str]) -> int:
     return _run_stylize(args, content, styles, Path(args.output), options)
 
 
+class _StylizeProgress:
+    """The callback of a `stylize` run: the progress bar (made at the first step, once the inputs
+    were checked and loaded), the live view, and the images written every --save-every steps."""
+
+    def __init__(self, args, output: Path, steps: int, device, live):
+        self.args, self.output, self.steps, self.device, self.live = args, output, steps, device, live
+        self.bar = None
+        self.steps_done = 0
+        self.save_every = args.save_every
+
+    def __call__(self, progress) -> None:
+        from nst_ext.io.images import save_image
+
+        self.steps_done += 1
+        if self.bar is None and not self.args.quiet:
+            from nst_ext.cli.progress import StepBar
+
+            self.bar = StepBar(self.steps, self.device)
+        if self.bar is not None:
+            self.bar.show(progress)
+        self.live.observe(progress)
+        if self.save_every and progress.step % self.save_every == 0:
+            path = _intermediate_path(self.output, progress.stage, progress.step)
+            try:
+                save_image(progress.image(), path, overwrite=True)
+            except WriteError as error:  # a full disk must not cost the run: it goes on, its picture kept
+                print(f"nst-ext: warning: {in_flags(error)}; no more intermediate images are written", file=sys.stderr)
+                self.save_every = 0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOptions] = None) -> int:
     options = options or style_options(args)
     options.validate()
     _check_outputs(args, output, _input_files(options, content, styles))
-    from nst_ext.io.images import save_image  # torch is imported from here on
-    from nst_ext.jobs.finish import finish_picture
-    from nst_ext.stylizer import Stylizer
+    from nst_ext.stylizer import Stylizer  # torch is imported from here on
 
     stylizer = Stylizer(options)
-    bar = None
     live = LiveViewOnDemand(args, output.name)
-    steps_done = 0
-    save_every = args.save_every
-
-    def on_progress(progress):
-        nonlocal bar, steps_done, save_every
-        steps_done += 1
-        if bar is None and not args.quiet:  # made once the inputs have been checked and loaded
-            from nst_ext.cli.progress import StepBar
-
-            bar = StepBar(sum(options.stage_steps()), stylizer.device)
-        if bar is not None:
-            bar.show(progress)
-        live.observe(progress)
-        if save_every and progress.step % save_every == 0:
-            try:
-                save_image(progress.image(), _intermediate_path(output, progress.stage, progress.step), overwrite=True)
-            except WriteError as error:  # a full disk must not cost the run: it goes on, its picture kept
-                print(f"nst-ext: warning: {error}; no more intermediate images are written", file=sys.stderr)
-                save_every = 0
-
+    progress = _StylizeProgress(args, output, sum(options.stage_steps()), stylizer.device, live)
     result = None
     try:
-        result = stylizer.run(content, styles, callback=on_progress)
+        result = stylizer.run(content, styles, callback=progress)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
         if result is None:
             live.close(status="failed")
     if result.interrupted and not result.history:
@@ -167,6 +179,26 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
             "per stage, L-BFGS only evaluates the start); give more --steps",
             file=sys.stderr,
         )
+    stopped_while_saving = _save_result(args, stylizer, result, content, styles, output, live)
+    if result.interrupted or stopped_while_saving:
+        print(
+            f"nst-ext: {stop_verb()} after {progress.steps_done} steps; saved the best image so far to {output}",
+            file=sys.stderr,
+        )
+        return stop_exit_status()
+    print(
+        f"nst-ext: wrote {output} ({result.tensor.shape[2]}x{result.tensor.shape[1]}) in {result.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _save_result(args, stylizer, result, content, styles, output: Path, live) -> bool:
+    """Writes the picture (and --plot) with stop signals deferred until the files are in place, and
+    shows it on the live page; returns whether a stop arrived while saving."""
+    from nst_ext.io.images import save_image
+    from nst_ext.jobs.finish import finish_picture
+
     stopped_while_saving = False
     ending = "failed"
     try:
@@ -191,16 +223,7 @@ def _run_stylize(args, content, styles, output: Path, options: Optional[StyleOpt
         stopped_while_saving, ending = True, "stopped"
     finally:  # the page shows the final picture once it is written (or could not be)
         live.close(result.tensor, ending)
-    if result.interrupted or stopped_while_saving:
-        print(
-            f"nst-ext: {stop_verb()} after {steps_done} steps; saved the best image so far to {output}", file=sys.stderr
-        )
-        return stop_exit_status()
-    print(
-        f"nst-ext: wrote {output} ({result.tensor.shape[2]}x{result.tensor.shape[1]}) in {result.seconds:.1f} s",
-        file=sys.stderr,
-    )
-    return 0
+    return stopped_while_saving
 
 
 def _layers() -> int:
@@ -291,10 +314,10 @@ def _main(argv: Optional[List[str]]) -> int:
             raise CommandError("stylize needs a content image and at least one style image (or --from PICTURE)")
         return _run_stylize(args, args.content, args.styles, Path(args.output))
     except WriteError as error:  # found only while writing (a full disk): not the user's input
-        print(f"nst-ext: error: {error}", file=sys.stderr)
+        print(f"nst-ext: error: {in_flags(error)}", file=sys.stderr)
         return EXIT_FAILED
     except InputError as error:
-        print(f"nst-ext: error: {error}", file=sys.stderr)
+        print(f"nst-ext: error: {in_flags(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return nothing_made()

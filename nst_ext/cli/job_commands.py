@@ -4,7 +4,7 @@ status (the jobs themselves: nst_ext.jobs)."""
 import sys
 from pathlib import Path
 
-from nst_ext.cli.arguments import style_options
+from nst_ext.cli.style_flags import style_options
 from nst_ext.cli.stopping import job_stopped
 from nst_ext.cli.watching import LiveViewOnDemand
 from nst_ext.errors import OptionError

@@ -4,7 +4,7 @@ first step and closed with the run's final picture. The web extra is optional: w
 
 import sys
 
-from nst_ext.cli.arguments import CommandError
+from nst_ext.cli.style_flags import CommandError
 
 
 class LiveViewOnDemand:

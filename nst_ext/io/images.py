@@ -120,8 +120,8 @@ def load_image(source: ImageSource, name: str = "image", max_pixels: int = DEFAU
 
 # The formats named when a file is not a picture (Pillow reads more; these are the ones people bring).
 PICTURE_FORMATS = "PNG, JPEG, WebP, TIFF, BMP or GIF"
-LIMIT_ADVICE = "; raise it with --max-input-pixels (or max_input_pixels=) if you mean it"
-MEMORY_ADVICE = ", or keep --max-input-pixels at a value the memory can hold"
+LIMIT_ADVICE = "; raise it with `max_input_pixels` if you mean it"
+MEMORY_ADVICE = ", or keep `max_input_pixels` at a value the memory can hold"
 
 
 def _check_pixels(
@@ -201,6 +201,12 @@ def _read_file(path: Path, name: str, max_pixels: int) -> torch.Tensor:
         raise ImageError(f"{name} {str(path)!r} cannot be read (permission denied)")
     with decoded_picture(path, f"{name} {str(path)!r}", max_pixels) as image:
         return _pil_to_tensor(image, f"{name} {str(path)!r}")
+
+
+def image_shape(image: torch.Tensor) -> Tuple[int, int]:
+    """(height, width) of ``(..., H, W)``."""
+    height, width = image.shape[-2:]
+    return int(height), int(width)
 
 
 def resize_to_width(image: torch.Tensor, width: int, shortest: int = 1) -> torch.Tensor:

@@ -182,7 +182,9 @@ def atomic_write(path: Path, overwrite: bool) -> Iterator[str]:
             try:
                 os.link(temporary, path)
             except FileExistsError:
-                raise OutputError(f"{str(path)!r} already exists; choose another name or pass --overwrite") from None
+                raise OutputError(
+                    f"{str(path)!r} already exists; choose another name or pass `overwrite=True`"
+                ) from None
     except OSError as error:
         raise WriteError(path, error) from None
     finally:
@@ -227,13 +229,13 @@ def check_outputs(
             if same_file(path, source):
                 raise OutputError(
                     f"{what} {shown!r} is one of this run's inputs; it is never replaced, even with "
-                    "--overwrite: choose another output name"
+                    "`overwrite`: choose another output name"
                 )
         for earlier, earlier_what in seen:
             if same_file(path, earlier):
                 raise OutputError(f"{what} and {earlier_what} are the same file {shown!r}; give them different names")
         if path.exists() and not overwrite:
-            raise OutputError(f"{shown!r} ({what}) already exists; choose another name or pass --overwrite")
+            raise OutputError(f"{shown!r} ({what}) already exists; choose another name or pass `overwrite=True`")
         check_folder_writable(path.parent, shown)
         seen.append((path, what))
     for folder, pattern, what in patterns:
@@ -246,7 +248,7 @@ def check_outputs(
             clashes = sorted(name for name in os.listdir(folder) if matcher.fullmatch(name)) if folder.is_dir() else []
             if clashes:
                 raise OutputError(
-                    f"{what} like {str(folder / clashes[0])!r} already exist; remove them or pass --overwrite"
+                    f"{what} like {str(folder / clashes[0])!r} already exist; remove them or pass `overwrite=True`"
                 )
 
 

@@ -135,14 +135,14 @@ def check_video_output(path: Path, overwrite: bool, inputs: Iterable[os.PathLike
         if same_file(path, Path(source)):
             raise OutputError(
                 f"{str(path)!r} is one of this run's inputs; it is never replaced, even with "
-                "--overwrite: choose another output name"
+                "`overwrite`: choose another output name"
             )
     if path.suffix.lower() not in VIDEO_FORMATS:
         raise OutputError(f"cannot write {str(path)!r}: unknown video extension; use one of {', '.join(VIDEO_FORMATS)}")
     if path.is_dir():
         raise OutputError(f"cannot write {str(path)!r}: it is a folder; give a file name inside it")
     if path.exists() and not overwrite:
-        raise OutputError(f"{str(path)!r} already exists; choose another name or pass --overwrite")
+        raise OutputError(f"{str(path)!r} already exists; choose another name or pass `overwrite=True`")
     check_folder_writable(path.parent, str(path))
 
 

@@ -19,11 +19,11 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from nst_ext.errors import InputError, JobWarning, OptionError, OutputError
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
-from nst_ext.plan.memory import fitting_batch_size
+from nst_ext.plan.run import fitting_batch_size, stage_shapes
 from nst_ext.plan.options import StyleOptions
 from nst_ext.io.outputs import (
     FileSet,
@@ -68,7 +68,7 @@ def list_items(
     ``a.png``), and an output that would replace an input of the job (an item, or one of `inputs`:
     the styles, an init image, a weights file), with or without --overwrite."""
     if output_format not in OUTPUT_FORMATS:
-        raise OptionError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+        raise OptionError(f"`output_format` must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if job_input.is_dir():
         if same_file(job_input, out_dir):
             raise OutputError(
@@ -110,8 +110,8 @@ def list_items(
         if item.output in protected:
             raise OutputError(
                 f"{item.name!r} would be written to {str(item.output)!r}, which is one of this job's "
-                "inputs; an input is never replaced, even with --overwrite: give another -o folder "
-                "(or --format)"
+                "inputs; an input is never replaced, even with `overwrite`: give another `out_dir` folder "
+                "(or `output_format`)"
             )
     return items
 
@@ -209,7 +209,7 @@ def pending_items(
     if other and not overwrite:
         raise OutputError(
             f"the output folder holds {len(other)} result(s) made with other settings (e.g. "
-            f"{other[0]!r}); give --overwrite to redo them with these settings, or another -o folder"
+            f"{other[0]!r}); give `overwrite=True` to redo them with these settings, or another `out_dir` folder"
         )
     pending = []
     for item in items:
@@ -217,8 +217,8 @@ def pending_items(
             continue
         if item.output.exists() and item.name not in done and not overwrite:
             raise OutputError(
-                f"{str(item.output)!r} exists but this job did not make it; give --overwrite to "
-                "replace it, or another -o folder"
+                f"{str(item.output)!r} exists but this job did not make it; give `overwrite=True` to "
+                "replace it, or another `out_dir` folder"
             )
         pending.append(item)
     return pending
@@ -262,19 +262,8 @@ def run_batch(
     items = list_items(job_input, out_dir, output_format, inputs=[*styles, *options.input_files()])
     lock = distributed.on_first(lambda: _take_output_folder(out_dir))
     try:
-        return _run_items(
-            items,
-            styles,
-            out_dir,
-            options,
-            output_format,
-            overwrite,
-            on_item,
-            on_progress,
-            distributed,
-            on_start,
-            batch_size,
-        )
+        callbacks = _Callbacks(on_item, on_progress, on_start)
+        return _run_items(items, styles, out_dir, options, output_format, overwrite, callbacks, distributed, batch_size)
     finally:
         if lock is not None:
             lock.release()
@@ -287,105 +276,149 @@ def _take_output_folder(out_dir: Path) -> JobLock:
     return JobLock(out_dir / LOCK_NAME, f"to {str(out_dir)!r}")
 
 
+@dataclass
+class _Callbacks:
+    """run_batch's callbacks (any may be None)."""
+
+    on_item: Optional[Callable] = None
+    on_progress: Optional[Callable] = None
+    on_start: Optional[Callable] = None
+
+
 def _run_items(
-    items, styles, out_dir, options, output_format, overwrite, on_item, on_progress, distributed, on_start, batch_size
+    items, styles, out_dir, options, output_format, overwrite, callbacks: _Callbacks, distributed, batch_size
 ) -> BatchSummary:
     """run_batch's work once the output folder is this job's."""
-    from nst_ext.io.images import load_image
-    from nst_ext.jobs.finish import finish_picture
-    from nst_ext.stylizer import Stylizer
-
     manifest = out_dir / MANIFEST_NAME
     settings = settings_hash(options, styles, output_format)
     pending = pending_items(items, read_manifest(manifest), settings, overwrite)
     # Every rank has read the same manifest before any rank appends to it.
     distributed.barrier()
-    mine = pending[distributed.rank :: distributed.world_size]
-    summary = BatchSummary(skipped=len(items) - len(pending))
-    if on_start is not None:
-        on_start(len(items), summary.skipped)
-
-    def finish(item, started, error=None, pictures=1):
-        """The item's manifest line and count: done, or failed with the one-line `error`."""
-        status = "done" if error is None else "failed"
-        record = dict(item=item.name, output=str(item.output), status=status, settings=settings, rank=distributed.rank)
-        if error is not None:
-            record["error"] = error
-            summary.failed.append(item.name)
-        else:
-            record.update(seconds=round(time.perf_counter() - started, 3), batch=pictures)
-            summary.done += 1
-        append_record(manifest, record)
-        if on_item is not None:
-            on_item(item, status, error)
-
+    work = _BatchWork(
+        manifest, settings, styles, distributed, callbacks, BatchSummary(skipped=len(items) - len(pending))
+    )
+    if callbacks.on_start is not None:
+        callbacks.on_start(len(items), work.summary.skipped)
     try:
-        stylizer = Stylizer(dataclasses.replace(options, device=distributed.device(options.device)))
-        style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
-        most = batch_size or (AUTO_BATCH_LIMIT if stylizer.device.type == "cuda" else 1)
-        if not stylizer.shares_style_targets:  # nothing to batch: each picture's own targets
-            most = 1
-        limits = {}  # stage shapes -> how many pictures of them fit together
-        waiting = {}  # stage shapes -> [(item, content, loaded at)] not yet run
-
-        def run(group):
-            started = group[0][2]
-            try:
-                results = stylizer.run_many([content for _, content, _ in group], style_images, callback=on_progress)
-            except InputError as error:  # e.g. too small for the layers at a stage: each alone says which
-                if len(group) > 1:
-                    for member in group:
-                        run([member])
-                    return
-                finish(group[0][0], started, str(error))
-                return
-            if any(result.interrupted for result in results):
-                raise KeyboardInterrupt
-            for (item, _, _), result in zip(group, results):
-                with deferred_signals():  # the picture and its manifest line land together
-                    # A full disk stops the job: the picture goes to a fallback folder, said in the error.
-                    finish_picture(
-                        stylizer, result, item.source, styles, item.output, "batch", overwrite=True, make_folder=True
-                    )
-                    try:
-                        finish(item, started, pictures=len(group))
-                    except WriteError:  # no line, no picture: the next run redoes the item
-                        item.output.unlink(missing_ok=True)
-                        raise
-
-        for item in mine:
-            started = time.perf_counter()
-            try:
-                content = load_image(item.source, f"{item.name}", options.max_input_pixels)
-            except InputError as error:
-                finish(item, started, str(error))
-                continue
-            shapes = stylizer.options.stage_shapes(tuple(content.shape[-2:]))
-            if shapes not in limits:
-                limits[shapes] = (
-                    1
-                    if most == 1
-                    else fitting_batch_size(
-                        stylizer.options,
-                        stylizer.network,
-                        tuple(content.shape[-2:]),
-                        [tuple(style.shape[-2:]) for style in style_images],
-                        most,
-                    )
-                )
-            group = waiting.setdefault(shapes, [])
-            group.append((item, content, started))
-            if len(group) >= limits[shapes]:
-                run(waiting.pop(shapes))
-            elif sum(len(g) for g in waiting.values()) >= 2 * most:  # bound the pictures held in memory
-                run(waiting.pop(max(waiting, key=lambda key: len(waiting[key]))))
-        for shapes in list(waiting):  # the last, partial batches
-            run(waiting.pop(shapes))
+        work.run(pending[distributed.rank :: distributed.world_size], options, batch_size)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the items in flight are lost, every finished one stays
-        summary.interrupted = True
+        work.summary.interrupted = True
+    summary = work.summary
     if summary.interrupted:
         return summary
     everyone = distributed.gather((summary.done, summary.failed))
     summary.done = sum(done for done, _ in everyone)
     summary.failed = sorted(name for _, failed in everyone for name in failed)
     return summary
+
+
+class _BatchWork:
+    """This process's items of a batch job: loaded, grouped by their stage shapes into batches that
+    fit (nst_ext.plan.run.fitting_batch_size), run, written and recorded in the manifest."""
+
+    def __init__(
+        self, manifest: Path, settings: str, styles, distributed, callbacks: _Callbacks, summary: BatchSummary
+    ):
+        self.manifest, self.settings, self.styles = manifest, settings, styles
+        self.distributed, self.callbacks, self.summary = distributed, callbacks, summary
+        self.limits: Dict[Tuple, int] = {}  # stage shapes -> how many pictures of them fit together
+        self.waiting: Dict[Tuple, List] = {}  # stage shapes -> [(item, content, loaded at)] not yet run
+
+    def finish(self, item, started: float, error: Optional[str] = None, pictures: int = 1) -> None:
+        """The item's manifest line and count: done, or failed with the one-line `error`."""
+        status = "done" if error is None else "failed"
+        record = dict(
+            item=item.name, output=str(item.output), status=status, settings=self.settings, rank=self.distributed.rank
+        )
+        if error is not None:
+            record["error"] = error
+            self.summary.failed.append(item.name)
+        else:
+            record.update(seconds=round(time.perf_counter() - started, 3), batch=pictures)
+            self.summary.done += 1
+        append_record(self.manifest, record)
+        if self.callbacks.on_item is not None:
+            self.callbacks.on_item(item, status, error)
+
+    def run(self, mine, options, batch_size: Optional[int]) -> None:
+        """Runs the items `mine`, each batch as soon as it is full, the partial ones at the end."""
+        from nst_ext.io.images import load_image
+        from nst_ext.stylizer import Stylizer
+
+        self.stylizer = Stylizer(dataclasses.replace(options, device=self.distributed.device(options.device)))
+        self.style_images = [
+            load_image(style, f"style image {style}", options.max_input_pixels) for style in self.styles
+        ]
+        most = batch_size or (AUTO_BATCH_LIMIT if self.stylizer.device.type == "cuda" else 1)
+        if not self.stylizer.shares_style_targets:  # nothing to batch: each picture's own targets
+            most = 1
+        waiting = self.waiting
+        for item in mine:
+            started = time.perf_counter()
+            try:
+                content = load_image(item.source, f"{item.name}", options.max_input_pixels)
+            except InputError as error:
+                self.finish(item, started, str(error))
+                continue
+            shapes = stage_shapes(self.stylizer.options, tuple(content.shape[-2:]))
+            group = waiting.setdefault(shapes, [])
+            group.append((item, content, started))
+            if len(group) >= self._limit(shapes, content, most):
+                self.run_group(waiting.pop(shapes))
+            elif sum(len(g) for g in waiting.values()) >= 2 * most:  # bound the pictures held in memory
+                self.run_group(waiting.pop(max(waiting, key=lambda key: len(waiting[key]))))
+        for shapes in list(waiting):  # the last, partial batches
+            self.run_group(waiting.pop(shapes))
+
+    def _limit(self, shapes: Tuple, content, most: int) -> int:
+        """How many pictures of these stage shapes fit together (worked out once per shapes)."""
+        if shapes not in self.limits:
+            self.limits[shapes] = (
+                1
+                if most == 1
+                else fitting_batch_size(
+                    self.stylizer.options,
+                    self.stylizer.network,
+                    tuple(content.shape[-2:]),
+                    [tuple(style.shape[-2:]) for style in self.style_images],
+                    most,
+                )
+            )
+        return self.limits[shapes]
+
+    def run_group(self, group) -> None:
+        """Optimises `group`'s pictures together; an input error runs each alone, which says which."""
+        from nst_ext.jobs.finish import finish_picture
+
+        started = group[0][2]
+        try:
+            results = self.stylizer.run_many(
+                [content for _, content, _ in group], self.style_images, callback=self.callbacks.on_progress
+            )
+        except InputError as error:  # e.g. too small for the layers at a stage: each alone says which
+            if len(group) > 1:
+                for member in group:
+                    self.run_group([member])
+                return
+            self.finish(group[0][0], started, str(error))
+            return
+        if any(result.interrupted for result in results):
+            raise KeyboardInterrupt
+        for (item, _, _), result in zip(group, results):
+            with deferred_signals():  # the picture and its manifest line land together
+                # A full disk stops the job: the picture goes to a fallback folder, said in the error.
+                finish_picture(
+                    self.stylizer,
+                    result,
+                    item.source,
+                    self.styles,
+                    item.output,
+                    "batch",
+                    overwrite=True,
+                    make_folder=True,
+                )
+                try:
+                    self.finish(item, started, pictures=len(group))
+                except WriteError:  # no line, no picture: the next run redoes the item
+                    item.output.unlink(missing_ok=True)
+                    raise

@@ -50,7 +50,7 @@ def require_opencv():
         from nst_ext.errors import InputError
 
         raise InputError(
-            "video with optical flow needs OpenCV: pip install opencv-python-headless (or use --coherence still)"
+            "video with optical flow needs OpenCV: pip install opencv-python-headless (or use `coherence=still`)"
         ) from None
     return cv2
 

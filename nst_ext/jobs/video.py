@@ -40,6 +40,36 @@ def _frame_path(work: Path, index: int) -> Path:
     return work / f"frame{index:06d}.png"
 
 
+def _checked_frame_settings(
+    frame_steps: int, temporal_weight: float, coherence: str, long_term: Sequence[int]
+) -> Sequence[int]:
+    """Refuses (OptionError, one line) a video's own settings out of range; returns `long_term` checked."""
+    if not (isinstance(frame_steps, int) and frame_steps >= 1):
+        raise OptionError(f"frame steps must be a positive whole number, got {frame_steps!r}")
+    if not temporal_weight >= 0:
+        raise OptionError(f"temporal weight must be a non-negative number, got {temporal_weight!r}")
+    long_term = check_long_term(long_term)
+    FrameChain.check_coherence(coherence)
+    return long_term
+
+
+def _write_finished_video(video: Path, info, work: Path, output: Path, options, styles, overwrite: bool) -> None:
+    """The finished frames of `work` written as `output` with the input's frame rate and audio and
+    the run's record; the work folder removed."""
+    import shutil
+
+    from nst_ext.io import provenance
+    from nst_ext.io.images import load_image
+    from nst_ext.io.video import write_video
+
+    frames = (load_image(_frame_path(work, index)) for index in range(info.frames))
+    record = provenance.make_record(options, video, styles, options.seed, None, options.device, command="video")
+    write_video(
+        frames, output, info.fps, audio_from=video if info.has_audio else None, overwrite=overwrite, comment=record
+    )
+    shutil.rmtree(work)
+
+
 def run_video(
     video: os.PathLike,
     styles: Sequence[os.PathLike],
@@ -65,20 +95,13 @@ def run_video(
     this process writes."""
     import shutil
 
-    from nst_ext.io import provenance
-    from nst_ext.io.images import load_image
     from nst_ext.plan.layers import long_side_shape
-    from nst_ext.io.video import check_video_output, even_shape, probe, write_video
+    from nst_ext.io.video import check_video_output, even_shape, probe
 
     options = options or StyleOptions()
     distributed = distributed or Distributed()
     video, output, styles = Path(video), Path(output), existing_styles(styles)
-    if not (isinstance(frame_steps, int) and frame_steps >= 1):
-        raise OptionError(f"frame steps must be a positive whole number, got {frame_steps!r}")
-    if not temporal_weight >= 0:
-        raise OptionError(f"temporal weight must be a non-negative number, got {temporal_weight!r}")
-    long_term = check_long_term(long_term)
-    FrameChain.check_coherence(coherence)
+    long_term = _checked_frame_settings(frame_steps, temporal_weight, coherence, long_term)
     check_video_output(output, overwrite, inputs=[video, *styles, *options.input_files()])
     info = probe(video)
     if coherence == "flow":
@@ -105,17 +128,7 @@ def run_video(
             return summary
         summary.stylized = sum(distributed.gather(summary.stylized))
         if distributed.rank == 0:
-            frames = (load_image(_frame_path(work, index)) for index in range(info.frames))
-            record = provenance.make_record(options, video, styles, options.seed, None, options.device, command="video")
-            write_video(
-                frames,
-                output,
-                info.fps,
-                audio_from=video if info.has_audio else None,
-                overwrite=overwrite,
-                comment=record,
-            )
-            shutil.rmtree(work)
+            _write_finished_video(video, info, work, output, options, styles, overwrite)
         distributed.barrier()
         return summary
     finally:
@@ -149,11 +162,11 @@ def _take_work_folder(work: Path, settings: str, video: Path, output: Path, over
                 if made_with == "unreadable":
                     raise OutputError(
                         f"{str(work)!r} holds a stopped run whose settings.json cannot be read, so its "
-                        "frames cannot be matched to these settings; give --overwrite to start over"
+                        "frames cannot be matched to these settings; give `overwrite=True` to start over"
                     )
                 raise OutputError(
                     f"{str(work)!r} holds the frames of a stopped run with other settings; give "
-                    "--overwrite to start over, or the same settings to continue it"
+                    "`overwrite=True` to start over, or the same settings to continue it"
                 )
             import shutil
 

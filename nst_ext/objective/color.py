@@ -6,7 +6,7 @@ channel by channel by their histograms). Images are float ``(3, H, W)`` RGB in [
 
 import torch
 
-from nst_ext.plan.options import COLOR_TRANSFERS
+from nst_ext.plan.validation import COLOR_TRANSFERS
 
 # RGB -> YUV (BT.601). Y is the luminance; YIQ, the space of the paper, has the same Y and its
 # chroma axes only rotated, so a luminance transfer in either gives the same picture (tested).

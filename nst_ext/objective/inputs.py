@@ -4,20 +4,20 @@ stage's images at their size, checked against the layers. Images are float32 ``(
 [0, 1] on the CPU."""
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from nst_ext.objective import color
 from nst_ext.errors import ImageError, OptionError
-from nst_ext.io.images import ImageSource, load_image, resize_to_long_side
+from nst_ext.io.images import ImageSource, load_image, resize
 from nst_ext.plan.layers import LAYER_INDEX, LAYERS, min_image_side
 from nst_ext.objective.masks import StageMasks, at_size, check_aspect, load_mask
 from nst_ext.plan.options import StyleOptions
 
 
 def prepare_inputs(
-    options: StyleOptions, contents: Sequence[ImageSource], styles: Sequence[ImageSource]
+    options: StyleOptions, contents: Sequence[ImageSource], styles: Union[ImageSource, Sequence[ImageSource]]
 ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[float]]:
     """The content images (a list), the style images and the normalised blend weights. Style
     colours follow the content under colour control, so that needs one content image."""
@@ -60,26 +60,27 @@ def check_size(options: StyleOptions, image: torch.Tensor, what: str) -> None:
         deepest = max(layers, key=lambda name: LAYERS[LAYER_INDEX[name]].pools_before)
         raise ImageError(
             f"{what} is {width}x{height} pixels at this stage, too small for layer {deepest}, which "
-            f"needs at least {needed} pixels on the short side; use a larger --size/--style-scale "
+            f"needs at least {needed} pixels on the short side; use a larger `size`/`style_scale` "
             "or shallower layers"
         )
 
 
-def content_at_stage(options: StyleOptions, content_image: torch.Tensor, stage_size: int) -> torch.Tensor:
-    """The content image resized for a stage whose output's long side is stage_size (its luminance
-    only, under preserve_color="luminance"), its size checked against the layers."""
-    resized = resize_to_long_side(content_image, stage_size)
+def content_at_stage(options: StyleOptions, content_image: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+    """The content image resized to a stage's `shape` (height, width; nst_ext.plan.run.StagePlan),
+    its luminance only under preserve_color="luminance", its size checked against the layers."""
+    resized = resize(content_image, shape)
     if options.preserve_color == "luminance":
         resized = color.as_gray_rgb(color.luminance(resized, options.color_space), options.color_space)
     check_size(options, resized, "the content image")
     return resized
 
 
-def styles_at_stage(options: StyleOptions, style_images: Sequence[torch.Tensor], stage_size: int) -> List[torch.Tensor]:
-    """The style images resized for a stage whose output's long side is stage_size (by
-    style_scale), their sizes checked against the layers."""
-    style_side = max(1, round(stage_size * options.style_scale))
-    resized = [resize_to_long_side(style, style_side) for style in style_images]
+def styles_at_stage(
+    options: StyleOptions, style_images: Sequence[torch.Tensor], shapes: Sequence[Tuple[int, int]]
+) -> List[torch.Tensor]:
+    """The style images resized to a stage's style `shapes` (nst_ext.plan.run.StagePlan), their
+    sizes checked against the layers."""
+    resized = [resize(style, shape) for style, shape in zip(style_images, shapes)]
     for i, style in enumerate(resized):
         check_size(options, style, f"style image {i + 1}")
     return resized
@@ -141,3 +142,35 @@ def masks_at_stage(masks: Optional[StageMasks], content_shape, style_shapes) -> 
         else [None if mask is None else at_size(mask, shape) for mask, shape in zip(masks.sources, style_shapes)],
         dilation=masks.dilation,
     )
+
+
+def starting_image(
+    options: StyleOptions,
+    stage_content: torch.Tensor,
+    previous: Optional[torch.Tensor],
+    previous_content: Optional[torch.Tensor],
+    generator: torch.Generator,
+    init: Optional[ImageSource],
+    device: torch.device,
+) -> torch.Tensor:
+    """The image a stage starts from, ``(1, 3, H, W)`` float32 on `device`: the last stage's result
+    (`previous`, made at the size of `previous_content`) enlarged when there is one, with the
+    content's detail added back (``content_detail``), else the `init` (None: the option's). A
+    tensor of its own: the stage optimises it in place, never the content image or a caller's init."""
+    height, width = stage_content.shape[-2:]
+    init = options.init if init is None else init
+    starts_from_content = isinstance(init, str) and init == "content"
+    if previous is not None:  # coarse-to-fine: start from the last stage's result
+        start = resize(previous[0].detach().float().cpu().clamp(0, 1), (height, width))
+        if options.content_detail and starts_from_content and previous_content is not None:
+            # What the enlargement of the content itself loses: the picture's edges at this size.
+            start = (start + stage_content - resize(previous_content, (height, width))).clamp(0, 1)
+    elif starts_from_content:
+        start = stage_content
+    elif isinstance(init, str) and init == "noise":
+        start = torch.rand((3, height, width), generator=generator)
+    else:
+        start = resize(load_image(init, "init image", options.max_input_pixels), (height, width))
+    image = start.unsqueeze(0).to(device).contiguous()
+    may_be_theirs = previous is None and not (isinstance(init, str) and init == "noise")
+    return image.clone() if may_be_theirs and image.data_ptr() == start.data_ptr() else image

@@ -7,25 +7,22 @@ picture (nst_ext.objective.whole) or tile by tile when the picture is too large 
 """
 
 import warnings
-import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from nst_ext.plan.layers import LAYER_INDEX, layer_shape
+from nst_ext.io.images import resize
+from nst_ext.plan.layers import LAYER_INDEX
 from nst_ext.objective.losses import (
     ContentLoss,
-    SlicedWassersteinLoss,
-    StyleLoss,
     TemporalLoss,
     TotalVariationLoss,
-    blended_gram,
-    random_directions,
 )
 from nst_ext.objective.masks import StageMasks, layer_masks
 from nst_ext.objective import tiled
+from nst_ext.objective.style_targets import StyleTerm, style_groups, style_targets
 from nst_ext.objective.terms import TERMS, Evaluation
 from nst_ext.objective.whole import WholePicture
 
@@ -35,9 +32,6 @@ if TYPE_CHECKING:
     from nst_ext.plan.options import StyleOptions
 
 __all__ = ["TERMS", "Objective", "TemporalTarget"]
-
-# A style term: its layer, its weight (a number, or a (B,) tensor once normalised) and its loss.
-StyleTerm = Tuple[str, Union[float, torch.Tensor], Union[StyleLoss, SlicedWassersteinLoss]]
 
 
 @dataclass(frozen=True)
@@ -49,6 +43,10 @@ class TemporalTarget:
     previous: torch.Tensor
     mask: torch.Tensor
     weight: float
+
+    def at(self, shape: Tuple[int, int]) -> "TemporalTarget":
+        """This target resized to a stage's `shape` (height, width)."""
+        return TemporalTarget(resize(self.previous, shape), resize(self.mask[None], shape)[0], self.weight)
 
 
 class Objective:
@@ -105,13 +103,13 @@ class Objective:
             grams = (
                 style_grams
                 if style_grams is not None
-                else self._style_grams(stage_styles, blend, style_layers, masks or StageMasks())
+                else style_targets(self, stage_styles, blend, style_layers, masks or StageMasks())
             )
         self.style_grams = grams
         content_weights = options.content_layer_weights or [1.0 / max(1, len(content_layers))] * len(content_layers)
         style_weights = options.style_layer_weights or [1.0 / len(style_layers)] * len(style_layers)
-        groups = self._style_groups(
-            grams, blend, style_layers, style_weights, masks, (contents.shape[-2], contents.shape[-1])
+        groups = style_groups(
+            options, grams, blend, style_layers, style_weights, masks, (contents.shape[-2], contents.shape[-1])
         )
         # One pass over the content image gives the content targets and each style group's value at
         # the content image, which normalize_style divides by.
@@ -133,38 +131,6 @@ class Objective:
             previous = temporal.previous.to(network.device).reshape(1, 3, *temporal.previous.shape[-2:])
             mask = temporal.mask.to(network.device).reshape(1, 1, *temporal.mask.shape[-2:])
             self.temporal = (TemporalLoss(previous, mask), float(temporal.weight))
-
-    def _style_groups(
-        self, grams, blend, style_layers, style_weights, masks: Optional[StageMasks], shape: Tuple[int, int]
-    ) -> List[List[StyleTerm]]:
-        """The style terms ``(name, weight, loss)`` in the groups normalize_style scales together:
-        one group of a term per style layer, or with style masks a group per style image (that
-        style's term over its region at each layer, weighted by the layer's weight times the style's
-        blend weight). With the sliced loss, `grams` holds each style image's features per layer,
-        matched at the ranks of a picture of `shape` (H, W)."""
-        if self.options.style_loss == "sliced":
-            terms: List[StyleTerm] = []
-            for name, weight in zip(style_layers, style_weights):
-                channels, rows, columns = layer_shape(name, *shape)
-                # Fixed for the stage (one deterministic objective for L-BFGS), other at each stage size.
-                directions = random_directions(channels, channels, zlib.crc32(f"{name} {shape}".encode()))
-                terms.append((name, weight, SlicedWassersteinLoss(grams[name], blend, directions, rows * columns)))
-            return [terms]
-        if masks is not None and masks.style is not None:
-            groups: List[List[StyleTerm]] = []
-            for index, (mask, share) in enumerate(zip(masks.style, blend)):
-                regions = layer_masks(mask, style_layers, masks.dilation)
-                groups.append(
-                    [
-                        (name, weight * share, StyleLoss(grams[name][index], regions[name]))
-                        for name, weight in zip(style_layers, style_weights)
-                    ]
-                )
-            return groups
-        blended: List[StyleTerm] = [
-            (name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)
-        ]
-        return [blended]
 
     def _content_pass(
         self, contents: torch.Tensor, content_layers, style_layers, groups, target_dtype: torch.dtype = torch.float32
@@ -197,39 +163,6 @@ class Objective:
             # Each weight on its layer's device (several devices: the targets are where their layer is).
             terms += [(name, (weight * scale).to(next(term.buffers()).device), term) for name, weight, term in group]
         return terms
-
-    def _style_grams(self, stage_styles, blend, style_layers, masks: StageMasks) -> Dict[str, Any]:
-        """The style layers' targets: the blend of the style images' Grams, ``(C, C)`` per layer;
-        with style masks, one Gram per style image, ``(S, C, C)``; with the sliced loss, each style
-        image's features ``(C, N)``, a list per layer. Each Gram is over the image's
-        source region when it has one. The images go through VGG one at a time (in tiles, when the
-        stage is tiled: a style image at a print size is as large as the picture)."""
-        network, vgg = self.network, self.network.vgg
-        sliced = self.options.style_loss == "sliced"  # the whole distribution: each image's features
-        per_style: Dict[str, List[torch.Tensor]] = {name: [] for name in style_layers}
-        for index, (style, weight) in enumerate(zip(stage_styles, blend)):
-            source = masks.source(index)
-            regions = layer_masks(source, style_layers, masks.dilation) if source is not None else {}
-            share = 1.0 if masks.style is not None else weight
-            image = style.unsqueeze(0).to(network.device)
-            if self.tile_edge and not sliced:  # the sliced loss is never tiled (StyleOptions.validate)
-                for name, gram in tiled.image_grams(self, image, style_layers, regions).items():
-                    per_style[name].append(share * gram)
-                continue
-            with network.autocast():
-                features = vgg(image, style_layers)
-            for name in style_layers:
-                per_style[name].append(
-                    features[name][0].detach().flatten(1).float()
-                    if sliced
-                    else blended_gram(features[name], share, regions.get(name))
-                )
-            del features
-        if sliced:
-            return dict(per_style)
-        if masks.style is not None:
-            return {name: torch.stack(grams) for name, grams in per_style.items()}
-        return {name: sum(grams[1:], grams[0]) for name, grams in per_style.items()}
 
     def _segment(
         self, start: int, stop: int, x: torch.Tensor, score: "tiled.Score"

@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 from nst_ext.plan import tiles
 from nst_ext.plan.budget import format_size, free_memory_bytes, parse_size
 from nst_ext.errors import OptionError
-from nst_ext.plan.layers import LAYER_INDEX, LAYERS, long_side_shape
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS
 
 LBFGS_HISTORY = 50  # pairs, when memory allows
 MIN_LBFGS_HISTORY = 5
@@ -196,6 +196,199 @@ def releases_promptly(checkpointing: bool, tile_edge: int) -> bool:
 TILE_EDGE_RATIO = 0.85
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """What a stage's estimate depends on besides its levers (the arguments of :func:`plan_stage`)."""
+
+    height: int
+    width: int
+    content_layers: Tuple[str, ...]
+    style_layers: Tuple[str, ...]
+    style_shapes: Tuple[Tuple[int, int], ...]
+    device_type: str
+    activation_bytes: int
+    optimizer: str
+    breaks: Tuple[int, ...]
+    pictures: int
+
+    @property
+    def layers(self) -> List[str]:
+        return list(self.content_layers) + list(self.style_layers)
+
+    @property
+    def pixels(self) -> int:
+        return 3 * self.height * self.width * self.pictures
+
+    def making_targets(self, shapes: Sequence[Tuple[int, Tuple[int, int]]]) -> int:
+        """One pass without gradients over each (count, (h, w)): the tapped outputs and two layers in flight."""
+        indices = [LAYER_INDEX[name] for name in self.layers]
+        return max(
+            count
+            * self.activation_bytes
+            * (sum(_layer_elements(index, h, w) for index in indices) + 2 * _layer_elements(0, h, w))
+            for count, (h, w) in shapes
+        )
+
+
+def _history_bytes(stage: _Stage, pairs: int, bfloat16: bool) -> int:
+    """The optimiser's picture-sized state: Adam's moments, or the L-BFGS pairs and work vectors
+    (in bfloat16: the pairs in 2 bytes, and one pair vector widened at a time)."""
+    if stage.optimizer != "lbfgs":
+        return 4 * stage.pixels * 4
+    if bfloat16:
+        return 2 * pairs * stage.pixels * 2 + (LBFGS_WORK_VECTORS + 1) * stage.pixels * 4
+    return (2 * pairs + LBFGS_WORK_VECTORS) * stage.pixels * 4
+
+
+def _target_bytes(stage: _Stage, edge: int, bfloat16_content: bool, seen: Tuple[int, int]) -> Tuple[int, int]:
+    """The bytes of the targets a stage keeps, and the peak of making them (`seen`: what VGG sees
+    at once, the picture or a tile with its halo)."""
+    pictures, margin = stage.pictures, tiles.halo(stage.layers)
+    # Targets: each content layer's features, float32 or bfloat16 (untiled, also the loss's float32
+    # difference in a step, and a bfloat16 target's widened copy; tiled, those are a tile's) and
+    # one float32 Gram per style layer. Making them takes one pass without gradients over the
+    # content images together and over each style image (tiled: a tile of each at a time).
+    content_elements = pictures * sum(
+        _layer_elements(LAYER_INDEX[name], stage.height, stage.width) for name in stage.content_layers
+    )
+    style_grams = sum(4 * LAYERS[LAYER_INDEX[name]].channels ** 2 for name in stage.style_layers)
+    step_copies = 0 if edge else 8 if bfloat16_content else 4
+    targets = ((2 if bfloat16_content else 4) + step_copies) * content_elements + style_grams
+    if edge:  # tiles and total-variation strips are clamped one at a time: no picture-sized temporaries
+        tile_shape = lambda h, w: (min(h, edge + 2 * margin), min(w, edge + 2 * margin))  # noqa: E731
+        making = stage.making_targets([(pictures, seen), *((1, tile_shape(*shape)) for shape in stage.style_shapes)])
+    else:
+        making = stage.making_targets(
+            [(pictures, (stage.height, stage.width)), *((1, shape) for shape in stage.style_shapes)]
+        )
+    return targets, making
+
+
+def _estimate(
+    stage: _Stage,
+    checkpoint: bool,
+    pairs: int,
+    edge: int = 0,
+    bfloat16_history: bool = False,
+    bfloat16_content: bool = False,
+) -> MemoryPlan:
+    """The plan of `stage` with these levers pulled, and its estimated bytes."""
+    layers, pictures, margin = stage.layers, stage.pictures, tiles.halo(stage.layers)
+    last = max(layers, key=LAYER_INDEX.__getitem__)
+    # What VGG sees at once: the picture, or one tile with its halo.
+    seen = (
+        (min(stage.height, edge + 2 * margin), min(stage.width, edge + 2 * margin))
+        if edge
+        else (stage.height, stage.width)
+    )
+    saved = [pictures * size for size in saved_bytes_per_layer(*seen, last, layers, stage.activation_bytes)]
+    outputs = [pictures * _layer_elements(i, *seen) * stage.activation_bytes for i in range(len(saved))]
+    if checkpoint:
+        segments, activations = choose_segments(saved, outputs, stage.breaks)
+    else:
+        cuts = sorted({0, *stage.breaks, len(saved)})
+        segments, activations = list(zip(cuts[:-1], cuts[1:])), sum(saved)
+    largest = max(max(saved[a:b]) for a, b in segments)
+    history = _history_bytes(stage, pairs, bfloat16_history)
+    targets, making = _target_bytes(stage, edge, bfloat16_content, seen)
+    # The peak is that of a step or, when larger, that of making the targets (before the
+    # history exists): counted as transient so that `total` is the larger of the two.
+    transient = max(
+        int(TRANSIENT_PER_LARGEST_ACTIVATION[releases_promptly(checkpoint, edge)] * largest),
+        making - activations - history,
+    )
+    return MemoryPlan(
+        stage.height,
+        stage.width,
+        checkpoint,
+        pairs,
+        tuple(segments),
+        activations,
+        history,
+        targets,
+        transient,
+        CPU_RUNTIME_BYTES if stage.device_type == "cpu" else CUDA_RUNTIME_BYTES,
+        held_images=HELD_IMAGES * stage.pixels * 4,
+        tile_edge=edge,
+        history_bfloat16=bfloat16_history and stage.optimizer == "lbfgs",
+        content_bfloat16=bfloat16_content,
+    )
+
+
+def _tile_edges(tile: Optional[int], layers: Sequence[str], side: int) -> List[int]:
+    """The tile edges a plan may try, largest first: a forced one (on the grid; none when the picture
+    is no larger), or with None the largest tiles down to the halo's width; 0: none."""
+    if tile:
+        edge = tiles.tile_edge(tile, layers)
+        return [edge] if edge < side else []
+    if tile is not None:
+        return []
+    margin, grid = tiles.halo(layers), tiles.alignment(layers)
+    edges: List[int] = []
+    edge = tiles.tile_edge(side - 1, layers)
+    while edge >= margin and side > grid and (not edges or edge < edges[-1]):
+        edges.append(edge)
+        edge = tiles.tile_edge(int(edge * TILE_EDGE_RATIO), layers)
+    return edges
+
+
+def _candidates(
+    steps: int,
+    edges: List[int],
+    tile: Optional[int],
+    checkpointing: Optional[bool],
+    history_size: Optional[int],
+    history_bfloat16: Optional[bool],
+    content_bfloat16: Optional[bool],
+) -> List[Tuple[bool, int, int, bool, bool]]:
+    """The levers to try, (checkpointing, pairs, tile edge, pairs in bfloat16, content in bfloat16),
+    in the order of LEVERS (module docstring); a forced choice keeps only the states it allows."""
+    untiled = not (tile and edges)
+    tiled_checkpointing = bool(checkpointing)
+    most_pairs = history_size or min(LBFGS_HISTORY, max(1, steps))
+    levers = [(False, 0), (True, 0)] if untiled else []
+    if checkpointing is not None:
+        levers = [(c, e) for c, e in levers if c == checkpointing]
+    levers += [(tiled_checkpointing, edge) for edge in edges]
+    # The same picture first (every lever with float32 state), then the same levers with the
+    # L-BFGS pairs in bfloat16, the content targets, both (each an equal loss by another path:
+    # BENCHMARKS.md, "L-BFGS pairs in bfloat16", "Content targets in bfloat16"), then fewer pairs
+    # with the most compact state allowed.
+    # Untiled, bfloat16 content targets save nothing (a step widens them whole): only when forced.
+    states = [
+        (h, c)
+        for h, c in ((False, False), (True, False), (False, True), (True, True))
+        if history_bfloat16 in (None, h) and content_bfloat16 in (None, c)
+    ]
+    states_for = {edge: [(h, c) for h, c in states if edge or not c or content_bfloat16] for edge in [0, *edges]}
+    candidates = [(c, most_pairs, e, *state) for state in states for c, e in levers if state in states_for[e]]
+    if history_size is None:
+        shorter = ([(True, 0)] if untiled and checkpointing is not False else []) + [
+            (tiled_checkpointing, edge) for edge in edges
+        ]
+        for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1):
+            candidates += [(c, pairs, e, *states_for[e][-1]) for c, e in shorter]
+    return candidates
+
+
+def _refusal(smallest: MemoryPlan, budget: int) -> OptionError:
+    """The one line that refuses a stage whose `smallest` plan does not fit `budget`."""
+    how = [f"tiles of {smallest.tile_edge} px"] if smallest.tile_edge else []
+    how += ["checkpointing"] if smallest.checkpointing else []
+    how += [
+        f"an L-BFGS history of {smallest.history_size}"
+        + (" in bfloat16" if smallest.history_bfloat16 else "")
+        + (" and the content targets in bfloat16" if smallest.content_bfloat16 else "")
+    ]
+    return OptionError(
+        f"a {smallest.width}x{smallest.height} stage needs at least {format_size(budget_for(smallest.total))} "
+        f"(with {', '.join(how[:-1]) + ' and ' if len(how) > 1 else ''}{how[-1]}, and "
+        f"{ESTIMATE_UNDERSHOOT:.0%} for the estimate's error), more "
+        f"than the {format_size(budget)} budget; use a smaller `size`, "
+        "a larger `max_memory`, or `devices` to spread VGG over several devices"
+    )
+
+
 def plan_stage(
     height: int,
     width: int,
@@ -227,133 +420,27 @@ def plan_stage(
     False forces. `content_bfloat16`: likewise the content targets, tried after the pairs and, unless
     forced, only in tiles (untiled a step widens them whole).
     Raises OptionError when nothing fits the budget."""
-    layers = list(content_layers) + list(style_layers)
-    last = max(layers, key=LAYER_INDEX.__getitem__)
-    pixels = 3 * height * width * pictures
-    style_grams = sum(4 * LAYERS[LAYER_INDEX[name]].channels ** 2 for name in style_layers)
-    content_elements = pictures * sum(_layer_elements(LAYER_INDEX[name], height, width) for name in content_layers)
-    runtime = CPU_RUNTIME_BYTES if device_type == "cpu" else CUDA_RUNTIME_BYTES
-    margin = tiles.halo(layers)
-
-    def making_targets(shapes) -> int:
-        """One pass without gradients over each (count, (h, w)): the tapped outputs and two layers in flight."""
-        return max(
-            count
-            * activation_bytes
-            * (sum(_layer_elements(LAYER_INDEX[name], h, w) for name in layers) + 2 * _layer_elements(0, h, w))
-            for count, (h, w) in shapes
-        )
-
-    def plan(
-        checkpoint: bool, pairs: int, edge: int = 0, bfloat16_history: bool = False, bfloat16_content: bool = False
-    ) -> MemoryPlan:
-        # What VGG sees at once: the picture, or one tile with its halo.
-        seen = (min(height, edge + 2 * margin), min(width, edge + 2 * margin)) if edge else (height, width)
-        saved = [pictures * size for size in saved_bytes_per_layer(*seen, last, layers, activation_bytes)]
-        outputs = [pictures * _layer_elements(i, *seen) * activation_bytes for i in range(len(saved))]
-        if checkpoint:
-            segments, activations = choose_segments(saved, outputs, breaks)
-        else:
-            cuts = sorted({0, *breaks, len(saved)})
-            segments, activations = list(zip(cuts[:-1], cuts[1:])), sum(saved)
-        largest = max(max(saved[a:b]) for a, b in segments)
-        if optimizer != "lbfgs":
-            history = 4 * pixels * 4
-        elif bfloat16_history:  # the pairs in 2 bytes, and one pair vector widened at a time
-            history = 2 * pairs * pixels * 2 + (LBFGS_WORK_VECTORS + 1) * pixels * 4
-        else:
-            history = (2 * pairs + LBFGS_WORK_VECTORS) * pixels * 4
-        # Targets: each content layer's features, float32 or bfloat16 (untiled, also the loss's float32
-        # difference in a step, and a bfloat16 target's widened copy; tiled, those are a tile's) and
-        # one float32 Gram per style layer. Making them takes one pass without gradients over the
-        # content images together and over each style image (tiled: a tile of each at a time).
-        step_copies = 0 if edge else 8 if bfloat16_content else 4
-        targets = ((2 if bfloat16_content else 4) + step_copies) * content_elements + style_grams
-        if edge:  # tiles and total-variation strips are clamped one at a time: no picture-sized temporaries
-            tile_shape = lambda h, w: (min(h, edge + 2 * margin), min(w, edge + 2 * margin))  # noqa: E731
-            making = making_targets([(pictures, seen), *((1, tile_shape(*shape)) for shape in style_shapes)])
-        else:
-            making = making_targets([(pictures, (height, width)), *((1, shape) for shape in style_shapes)])
-        # The peak is that of a step or, when larger, that of making the targets (before the
-        # history exists): counted as transient so that `total` is the larger of the two.
-        transient = max(
-            int(TRANSIENT_PER_LARGEST_ACTIVATION[releases_promptly(checkpoint, edge)] * largest),
-            making - activations - history,
-        )
-        return MemoryPlan(
-            height,
-            width,
-            checkpoint,
-            pairs,
-            tuple(segments),
-            activations,
-            history,
-            targets,
-            transient,
-            runtime,
-            held_images=HELD_IMAGES * pixels * 4,
-            tile_edge=edge,
-            history_bfloat16=bfloat16_history and optimizer == "lbfgs",
-            content_bfloat16=bfloat16_content,
-        )
-
-    grid, side = tiles.alignment(layers), max(height, width)
-    if tile:  # forced: one edge, on the grid
-        edge = tiles.tile_edge(tile, layers)
-        edges = [edge] if edge < side else []
-    elif tile is None:  # the largest tiles first, down to the halo's width
-        edges, edge = [], tiles.tile_edge(side - 1, layers)
-        while edge >= margin and side > grid and (not edges or edge < edges[-1]):
-            edges.append(edge)
-            edge = tiles.tile_edge(int(edge * TILE_EDGE_RATIO), layers)
-    else:
-        edges = []
-    untiled = not (tile and edges)
-    tiled_checkpointing = bool(checkpointing)
-    most_pairs = history_size or min(LBFGS_HISTORY, max(1, steps))
-    levers = [(False, 0), (True, 0)] if untiled else []
-    if checkpointing is not None:
-        levers = [(c, e) for c, e in levers if c == checkpointing]
-    levers += [(tiled_checkpointing, edge) for edge in edges]
-    # The same picture first (every lever with float32 state), then the same levers with the
-    # L-BFGS pairs in bfloat16, the content targets, both (each an equal loss by another path:
-    # BENCHMARKS.md, "L-BFGS pairs in bfloat16", "Content targets in bfloat16"), then fewer pairs
-    # with the most compact state allowed. A forced choice keeps only the states it allows.
-    # Untiled, bfloat16 content targets save nothing (a step widens them whole): only when forced.
-    states = [
-        (h, c)
-        for h, c in ((False, False), (True, False), (False, True), (True, True))
-        if history_bfloat16 in (None, h) and content_bfloat16 in (None, c)
-    ]
-    states_for = {edge: [(h, c) for h, c in states if edge or not c or content_bfloat16] for edge in [0, *edges]}
-    candidates = [(c, most_pairs, e, *state) for state in states for c, e in levers if state in states_for[e]]
-    if history_size is None:
-        shorter = ([(True, 0)] if untiled and checkpointing is not False else []) + [
-            (tiled_checkpointing, edge) for edge in edges
-        ]
-        for pairs in range(most_pairs - 1, MIN_LBFGS_HISTORY - 1, -1):
-            candidates += [(c, pairs, e, *states_for[e][-1]) for c, e in shorter]
-    plans = [plan(*candidate) for candidate in candidates]
+    stage = _Stage(
+        height,
+        width,
+        tuple(content_layers),
+        tuple(style_layers),
+        tuple(tuple(shape) for shape in style_shapes),  # type: ignore[misc]
+        device_type,
+        activation_bytes,
+        optimizer,
+        tuple(breaks),
+        pictures,
+    )
+    edges = _tile_edges(tile, stage.layers, max(height, width))
+    candidates = _candidates(steps, edges, tile, checkpointing, history_size, history_bfloat16, content_bfloat16)
+    plans = [_estimate(stage, *candidate) for candidate in candidates]
     if budget is None:
         return plans[0]
     for index, candidate in enumerate(plans):
         if candidate.total <= usable_share(budget):
             return dataclasses.replace(candidate, budget_limited=index > 0 or bool(candidate.tile_edge))
-    smallest = min(plans, key=lambda p: p.total)
-    how = [f"tiles of {smallest.tile_edge} px"] if smallest.tile_edge else []
-    how += ["checkpointing"] if smallest.checkpointing else []
-    how += [
-        f"an L-BFGS history of {smallest.history_size}"
-        + (" in bfloat16" if smallest.history_bfloat16 else "")
-        + (" and the content targets in bfloat16" if smallest.content_bfloat16 else "")
-    ]
-    raise OptionError(
-        f"a {width}x{height} stage needs at least {format_size(budget_for(smallest.total))} "
-        f"(with {', '.join(how[:-1]) + ' and ' if len(how) > 1 else ''}{how[-1]}, and "
-        f"{ESTIMATE_UNDERSHOOT:.0%} for the estimate's error), more "
-        f"than the {format_size(budget)} budget; use a smaller --size, "
-        "a larger --max-memory, or --devices to spread VGG over several devices"
-    )
+    raise _refusal(min(plans, key=lambda p: p.total), budget)
 
 
 def run_budget(options, network) -> int:
@@ -364,65 +451,6 @@ def run_budget(options, network) -> int:
     if options.max_memory is not None:
         return parse_size(options.max_memory) * len(distinct)
     return int(DEFAULT_BUDGET_SHARE * sum(free_memory_bytes(device) for device in distinct))
-
-
-def plan_stages(
-    options,
-    network,
-    content_shape: Tuple[int, int],
-    style_shapes: Sequence[Tuple[int, int]],
-    pictures: int = 1,
-    budget: Optional[int] = None,
-) -> List[MemoryPlan]:
-    """Each stage's plan for `pictures` content images of `content_shape` (height, width) optimised
-    together with style images of `style_shapes`, from their shapes alone, against `budget`
-    (default :func:`run_budget`): a size that cannot fit is refused (OptionError) before any of the
-    stage's images are made."""
-    budget = run_budget(options, network) if budget is None else budget
-    plans = []
-    # The finest stage first: when nothing fits, the refusal names the picture asked for.
-    for stage_size, steps in reversed(options.stages()):
-        height, width = long_side_shape(*content_shape, stage_size)
-        style_side = max(1, round(stage_size * options.style_scale))
-        plans.append(
-            plan_stage(
-                height,
-                width,
-                options.content_layers,
-                options.style_layers,
-                steps,
-                [long_side_shape(*shape, style_side) for shape in style_shapes],
-                budget,
-                network.device.type,
-                activation_bytes=2 if network.mixed_precision else 4,
-                optimizer=options.optimizer,
-                checkpointing=options.checkpointing,
-                history_size=options.lbfgs_history,
-                breaks=network.device_starts,
-                pictures=pictures,
-                tile=options.tile,
-                history_bfloat16=options.lbfgs_history_bfloat16,
-                content_bfloat16=options.content_target_bfloat16,
-            )
-        )
-    return plans[::-1]
-
-
-def fitting_batch_size(
-    options, network, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]], most: int
-) -> int:
-    """The largest number of pictures of `content_shape`, up to `most`, that a run can optimise
-    together within its budget without checkpointing or a shorter L-BFGS history (their price per
-    step would eat what the batch gains); at least 1. The budget is read once for all the counts."""
-    budget = run_budget(options, network)
-    for pictures in range(most, 1, -1):
-        try:
-            plans = plan_stages(options, network, content_shape, style_shapes, pictures, budget)
-        except OptionError:  # does not fit at all
-            continue
-        if not any(plan.budget_limited for plan in plans):
-            return pictures
-    return 1
 
 
 def split_layers(saved: Sequence[int], free: Sequence[int]) -> List[int]:

@@ -4,15 +4,13 @@ lives here; the stylizer and the CLI only read the validated result."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from nst_ext.errors import OptionError
-from nst_ext.plan.layers import LAYER_INDEX, check_layer_names, long_side_shape
-from nst_ext.plan.budget import parse_size
+from nst_ext.plan.validation import validate
 
 if TYPE_CHECKING:  # torch is imported only when a device is resolved: `nst-ext --help` stays instant
     import torch
@@ -47,18 +45,6 @@ LBFGS_FIRST_STEP_RMS = 0.003
 # ordinary runs, which it leaves as they were, it stops the rare step that would throw most pixels
 # out of [0, 1] for good (nst_ext.lbfgs; BENCHMARKS.md, "L-BFGS's longest step").
 LBFGS_MAX_STEP_RMS = 0.25
-
-
-# Colour control (nst_ext.objective.color): the spaces of luminance-only transfer, the ways to recolour the style.
-COLOR_SPACES = ("yuv", "lab")
-COLOR_TRANSFERS = ("pca", "cholesky", "histogram")
-# The style losses (nst_ext.objective.losses): Gatys' Gram matrices, or the sliced Wasserstein distance
-# between whole feature distributions (Heitz et al. 2021), which needs each picture in one pass (no tiles)
-# and no style masks yet.
-STYLE_LOSSES = ("gram", "sliced")
-
-# The seeds torch's generators take: a 64-bit value, signed or unsigned.
-SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 def _numbers_from_text(name: str, text: str, whole: bool) -> list:
@@ -216,11 +202,6 @@ class StyleOptions:
         """The schedule: (long side, optimiser steps) of each stage, coarse to fine."""
         return list(zip(self.stage_sizes(), self.stage_steps()))
 
-    def stage_shapes(self, content_shape: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
-        """(height, width) of each stage for a content image of `content_shape`: pictures with the
-        same stage shapes can be optimised together."""
-        return tuple(long_side_shape(*content_shape, size) for size in self.stage_sizes())
-
     def stage_sizes(self) -> List[int]:
         if self.scales:
             return list(self.scales)
@@ -249,139 +230,9 @@ class StyleOptions:
         return list(self.steps)
 
     def validate(self) -> None:
-        def positive_int(name: str, value: object) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OptionError(f"{name} must be a positive whole number, got {value!r}")
-
-        def non_negative(name: str, value: object) -> None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise OptionError(f"{name} must be a non-negative number, got {value!r}")
-
-        for name in ("content_layers", "style_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or not all(isinstance(layer, str) for layer in value):
-                raise OptionError(
-                    f"{name} must be a list of VGG19 layer names (or a comma-separated string), got {value!r}"
-                )
-        if self.seed is not None and (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, int)
-            or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]
-        ):
-            raise OptionError(
-                f"seed must be None or a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} "
-                f"(64 bits), got {self.seed!r}"
-            )
-        if self.size is not None:
-            positive_int("size", self.size)
-        if self.size is not None and self.scales and self.size != self.scales[-1]:
-            raise OptionError(
-                f"size {self.size} and scales {list(self.scales)} disagree: the last of scales is the "
-                "output size; give one of them"
-            )
-        positive_int("max_input_pixels", self.max_input_pixels)
-        for stage_size in self.scales or ():
-            positive_int("scales", stage_size)
-        if self.scales and list(self.scales) != sorted(self.scales):
-            raise OptionError(f"scales must grow from coarse to fine, got {list(self.scales)}")
-        steps = self.stage_steps()
-        if len(steps) != len(self.stage_sizes()):
-            raise OptionError(f"steps lists {len(steps)} values but there are {len(self.stage_sizes())} scales")
-        for count in steps:
-            positive_int("steps", count)
-        for name in ("content_weight", "style_weight", "tv_weight", "style_scale", "learning_rate"):
-            non_negative(name, getattr(self, name))
-        if self.style_scale <= 0:
-            raise OptionError(f"style_scale must be above 0, got {self.style_scale}")
-        if not self.style_layers:
-            raise OptionError("style_layers must name at least one layer")
-        check_layer_names(self.content_layers, "content layer")
-        check_layer_names(self.style_layers, "style layer")
-        for layers, weights, what in (
-            (self.content_layers, self.content_layer_weights, "content"),
-            (self.style_layers, self.style_layer_weights, "style"),
-        ):
-            if weights is not None:
-                if len(weights) != len(layers):
-                    raise OptionError(
-                        f"{len(weights)} {what} layer weights given for {len(layers)} {what} layers "
-                        f"({', '.join(layers)}); give one weight per layer"
-                    )
-                for weight in weights:
-                    non_negative(f"{what} layer weight", weight)
-        if self.optimizer not in ("lbfgs", "adam"):
-            raise OptionError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
-        if self.preserve_color not in (None, "luminance", "histogram"):
-            raise OptionError(f"preserve_color must be 'luminance', 'histogram' or None, got {self.preserve_color!r}")
-        if self.color_space not in COLOR_SPACES:
-            raise OptionError(f"color_space must be one of {', '.join(COLOR_SPACES)}, got {self.color_space!r}")
-        if self.color_transfer not in (None, *COLOR_TRANSFERS):
-            raise OptionError(
-                f"color_transfer must be one of {', '.join(COLOR_TRANSFERS)} or None, got {self.color_transfer!r}"
-            )
-        if self.preserve_color == "histogram" and self.color_transfer not in (None, "pca"):
-            raise OptionError(
-                f"preserve_color 'histogram' is color_transfer 'pca'; it cannot be combined with "
-                f"color_transfer {self.color_transfer!r}: give one"
-            )
-        if isinstance(self.mask_dilation, bool) or not isinstance(self.mask_dilation, int) or self.mask_dilation < 0:
-            raise OptionError(f"mask_dilation must be a whole number of cells, 0 or more, got {self.mask_dilation!r}")
-        for name in ("style_masks", "style_image_masks"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, Sequence)):
-                raise OptionError(f"{name} must be a list of masks, one per style image, got {value!r}")
-        if self.mixed_precision not in (None, True, False):
-            raise OptionError(f"mixed_precision must be True, False or None (automatic), got {self.mixed_precision!r}")
-        if self.pooling not in ("avg", "max"):
-            raise OptionError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
-        if self.style_loss not in STYLE_LOSSES:
-            raise OptionError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {self.style_loss!r}")
-        if self.style_loss != "gram" and (self.style_masks is not None or self.style_image_masks is not None):
-            raise OptionError(f"style masks work with style_loss 'gram' only, not {self.style_loss!r} (yet)")
-        if self.style_loss != "gram" and self.tile:
-            raise OptionError(
-                f"style_loss {self.style_loss!r} sorts each layer's features over the whole picture, so it "
-                "cannot be evaluated in tiles: drop tile"
-            )
-        if isinstance(self.init, str) and self.init not in ("content", "noise") and not self.init.strip():
-            raise OptionError("init must be 'content', 'noise' or an image")
-        if self.max_memory is not None:
-            parse_size(self.max_memory)
-        if self.checkpointing not in (None, True, False):
-            raise OptionError(f"checkpointing must be True, False or None (automatic), got {self.checkpointing!r}")
-        if self.lbfgs_history is not None:
-            positive_int("lbfgs_history", self.lbfgs_history)
-        for name in ("lbfgs_history_bfloat16", "content_target_bfloat16"):
-            if getattr(self, name) not in (None, True, False):
-                raise OptionError(f"{name} must be True, False or None (automatic), got {getattr(self, name)!r}")
-        if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 0):
-            raise OptionError(
-                f"tile must be a tile edge in pixels, 0 (never tile) or None (when the budget needs "
-                f"it), got {self.tile!r}"
-            )
-        if self.devices is not None:
-            if isinstance(self.devices, str) or not self.devices:
-                raise OptionError(
-                    f"devices must be a list of one or more devices such as ['cuda:0', 'cuda:1'], got {self.devices!r}"
-                )
-            if self.device not in ("auto", self.devices[0]):
-                raise OptionError(
-                    f"device {self.device!r} and devices {list(self.devices)} disagree; give one "
-                    "(the first of devices holds the picture)"
-                )
-        if self.device_split is not None:
-            check_layer_names(self.device_split, "device split layer")
-            count = len(self.devices or [self.device])
-            if len(self.device_split) != count - 1:
-                raise OptionError(
-                    f"device split names {len(self.device_split)} layer(s) for {count} device(s); "
-                    f"give {count - 1}: the layer where each device after the first begins"
-                )
-            starts = [LAYER_INDEX[name] for name in self.device_split]
-            if starts != sorted(set(starts)) or starts[0] == 0:
-                raise OptionError(
-                    f"device split layers must come after conv1_1 and in network order, got {list(self.device_split)}"
-                )
+        """Raises OptionError, in one line naming the option, for any option out of its range or of
+        the wrong kind (nst_ext.plan.validation)."""
+        validate(self)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -395,7 +246,7 @@ def resolve_device(requested: str) -> torch.device:
         raise OptionError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError(f"device {requested!r} was asked for but no CUDA GPU is available here; use --device cpu")
+            raise OptionError(f"device {requested!r} was asked for but no CUDA GPU is available here; use `device=cpu`")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise OptionError(f"device {requested!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
     elif device.type != "cpu":
@@ -417,7 +268,7 @@ def uses_mixed_precision(requested: Optional[bool], device: torch.device) -> boo
     if requested and device.type == "cpu" and not cpu_has_native_bfloat16():
         raise OptionError(
             "mixed precision on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU has "
-            "none, so it would be slower: drop --mixed-precision"
+            "none, so it would be slower: drop `mixed_precision`"
         )
     return requested
 

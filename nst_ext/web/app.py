@@ -13,9 +13,10 @@ from starlette.routing import Route
 
 from nst_ext.plan.budget import format_size, parse_size
 from nst_ext.io.outputs import make_output_folder
+from nst_ext.web import DEFAULT_MAX_UPLOAD, DEFAULT_PORT, LOCAL_HOST
 from nst_ext.web.guard import Access, Guard, is_loopback
 from nst_ext.web.queue import JobQueue
-from nst_ext.web.server import LOCAL_HOST, PreviewStreams, access_of, bound_socket, guarded_app, page, uvicorn_server
+from nst_ext.web.server import PreviewStreams, access_of, bound_socket, guarded_app, page, uvicorn_server
 from nst_ext.web.uploads import SAMPLES, UploadError, Uploads, form_fields
 
 # Jobs that may wait in the queue at once: a page cannot hold the machine for days.
@@ -84,7 +85,13 @@ def web_app(queue: JobQueue, uploads: Uploads, access: Access) -> Guard:
     )
 
 
-def serve(out: str, host: str = LOCAL_HOST, port: int = 8765, device: str = "auto", max_upload: str = "25MiB") -> int:
+def serve(
+    out: str,
+    host: str = LOCAL_HOST,
+    port: int = DEFAULT_PORT,
+    device: str = "auto",
+    max_upload: str = DEFAULT_MAX_UPLOAD,
+) -> int:
     """Serves the app until Ctrl-C; then the running job keeps its best picture. Exit status 0."""
     out_dir = Path(out)
     make_output_folder(out_dir, "the app")

@@ -11,7 +11,8 @@ from starlette.routing import Route
 
 from nst_ext.web.guard import Access, Guard
 from nst_ext.web.preview import Preview
-from nst_ext.web.server import LOCAL_HOST, BackgroundServer, PreviewStreams, access_of, bound_socket, guarded_app, page
+from nst_ext.web import LOCAL_HOST
+from nst_ext.web.server import BackgroundServer, PreviewStreams, access_of, bound_socket, guarded_app, page
 
 # The live view takes no uploads: a request body (the Stop button's is empty) is at most this.
 LIVE_MAX_BODY = 64 * 1024

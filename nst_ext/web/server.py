@@ -24,7 +24,6 @@ from nst_ext.web.guard import Access, BodyTooLarge, Guard
 from nst_ext.web.preview import PREVIEW_SECONDS, Preview, lower_this_threads_priority
 
 STATIC = resources.files("nst_ext.web") / "static"
-LOCAL_HOST = "127.0.0.1"
 # An idle stream sends a comment this often, so that a page notices a server that went away.
 KEEP_ALIVE_SECONDS = 10.0
 

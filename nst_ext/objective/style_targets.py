@@ -1,0 +1,94 @@
+"""The style side of a stage's objective: the style targets made from the style images
+(:func:`style_targets`: blended Grams, one Gram per masked style, or whole feature distributions
+for the sliced loss) and the style terms that read them (:func:`style_groups`), grouped as
+normalize_style scales them."""
+
+import zlib
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from nst_ext.objective import tiled
+from nst_ext.objective.losses import SlicedWassersteinLoss, StyleLoss, blended_gram, random_directions
+from nst_ext.objective.masks import StageMasks, layer_masks
+from nst_ext.plan.layers import layer_shape
+
+if TYPE_CHECKING:
+    from nst_ext.objective.stage import Objective
+    from nst_ext.plan.options import StyleOptions
+
+# A style term: its layer, its weight (a number, or a (B,) tensor once normalised) and its loss.
+StyleTerm = Tuple[str, Union[float, torch.Tensor], Union[StyleLoss, SlicedWassersteinLoss]]
+
+
+def style_targets(objective: "Objective", stage_styles, blend, style_layers, masks: StageMasks) -> Dict[str, Any]:
+    """The style layers' targets: the blend of the style images' Grams, ``(C, C)`` per layer;
+    with style masks, one Gram per style image, ``(S, C, C)``; with the sliced loss, each style
+    image's features ``(C, N)``, a list per layer. Each Gram is over the image's
+    source region when it has one. The images go through VGG one at a time (in tiles, when the
+    stage is tiled: a style image at a print size is as large as the picture)."""
+    network, vgg = objective.network, objective.network.vgg
+    sliced = objective.options.style_loss == "sliced"  # the whole distribution: each image's features
+    per_style: Dict[str, List[torch.Tensor]] = {name: [] for name in style_layers}
+    for index, (style, weight) in enumerate(zip(stage_styles, blend)):
+        source = masks.source(index)
+        regions = layer_masks(source, style_layers, masks.dilation) if source is not None else {}
+        share = 1.0 if masks.style is not None else weight
+        image = style.unsqueeze(0).to(network.device)
+        if objective.tile_edge and not sliced:  # the sliced loss is never tiled (StyleOptions.validate)
+            for name, gram in tiled.image_grams(objective, image, style_layers, regions).items():
+                per_style[name].append(share * gram)
+            continue
+        with network.autocast():
+            features = vgg(image, style_layers)
+        for name in style_layers:
+            per_style[name].append(
+                features[name][0].detach().flatten(1).float()
+                if sliced
+                else blended_gram(features[name], share, regions.get(name))
+            )
+        del features
+    if sliced:
+        return dict(per_style)
+    if masks.style is not None:
+        return {name: torch.stack(grams) for name, grams in per_style.items()}
+    return {name: sum(grams[1:], grams[0]) for name, grams in per_style.items()}
+
+
+def style_groups(
+    options: "StyleOptions",
+    grams,
+    blend,
+    style_layers,
+    style_weights,
+    masks: Optional[StageMasks],
+    shape: Tuple[int, int],
+) -> List[List[StyleTerm]]:
+    """The style terms ``(name, weight, loss)`` in the groups normalize_style scales together:
+    one group of a term per style layer, or with style masks a group per style image (that
+    style's term over its region at each layer, weighted by the layer's weight times the style's
+    blend weight). With the sliced loss, `grams` holds each style image's features per layer,
+    matched at the ranks of a picture of `shape` (H, W)."""
+    if options.style_loss == "sliced":
+        terms: List[StyleTerm] = []
+        for name, weight in zip(style_layers, style_weights):
+            channels, rows, columns = layer_shape(name, *shape)
+            # Fixed for the stage (one deterministic objective for L-BFGS), other at each stage size.
+            directions = random_directions(channels, channels, zlib.crc32(f"{name} {shape}".encode()))
+            terms.append((name, weight, SlicedWassersteinLoss(grams[name], blend, directions, rows * columns)))
+        return [terms]
+    if masks is not None and masks.style is not None:
+        groups: List[List[StyleTerm]] = []
+        for index, (mask, share) in enumerate(zip(masks.style, blend)):
+            regions = layer_masks(mask, style_layers, masks.dilation)
+            groups.append(
+                [
+                    (name, weight * share, StyleLoss(grams[name][index], regions[name]))
+                    for name, weight in zip(style_layers, style_weights)
+                ]
+            )
+        return groups
+    blended: List[StyleTerm] = [
+        (name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)
+    ]
+    return [blended]
