@@ -157,9 +157,10 @@ def motion_clip(
     object_photo: Optional[str] = None,
     object_step: Tuple[int, int] = (0, 0),
     noise: float = 0.0,
+    object_scale: float = 1 / 3,
 ) -> MotionClip:
     """A clip of the panel photo `photo` seen by a camera panning `pan` pixels a frame and zooming by
-    `zoom` a frame, with optionally a square of the panel photo `object_photo` (a third of the
+    `zoom` a frame, with optionally a square of the panel photo `object_photo` (`object_scale` of the
     height) crossing the screen at `object_step` pixels a frame, vertically centred, and a camera's
     sensor `noise` (Gaussian, this standard deviation, new in every frame; seeded)."""
     import cv2
@@ -169,7 +170,7 @@ def motion_clip(
     height, width = size
     margin = int(max(abs(pan[0]), abs(pan[1])) * frames) + 2
     background = _background(photo, height, width, margin)
-    side = height // 3 if object_photo else 0
+    side = int(height * object_scale) if object_photo else 0
     start = ((width - side - object_step[0] * (frames - 1)) // 2, (height - side) // 2)
     clip = MotionClip(name, [], size, pan, zoom, side, start, object_step)
     # Sample k of pixel x lies at x − 0.5 + (k + 0.5) / SUPERSAMPLE.
@@ -195,7 +196,7 @@ def motion_clip(
 def motion_clips(frames: int = 12, size: Tuple[int, int] = (120, 160)) -> List[MotionClip]:
     """The benchmark's clips (panel photos): a still camera with sensor noise, a 2 px/frame pan, a pan
     over a large sky, a 1%/frame zoom, an object crossing a still background, an object crossing a
-    panned one."""
+    panned one, a small object crossing a still shot, and parallax (a near object past a slow pan)."""
     return [
         motion_clip("still", "chelsea", frames, size, noise=0.01),
         motion_clip("pan", "chelsea", frames, size, pan=(2, 0)),
@@ -203,6 +204,14 @@ def motion_clips(frames: int = 12, size: Tuple[int, int] = (120, 160)) -> List[M
         motion_clip("zoom", "coffee", frames, size, zoom=1.01),
         motion_clip("object", "hopper", frames, size, object_photo="ihc", object_step=(3, 0)),
         motion_clip("pan and object", "horse", frames, size, pan=(2, 0), object_photo="brick", object_step=(-3, 0)),
+        # A small thing moving across a still shot (a tenth of the height), and parallax: the camera
+        # translating past a near object, which slides four times as fast as the background.
+        motion_clip(
+            "small object", "camera", frames, size, object_photo="retina", object_step=(2, 1), object_scale=0.1
+        ),
+        motion_clip(
+            "parallax", "coffee", frames, size, pan=(1, 0), object_photo="brick", object_step=(-4, 0), object_scale=0.7
+        ),
     ]
 
 

@@ -26,7 +26,8 @@ and the input's own warping error (the metric's floor: its bilinear warp blurs a
 table to stdout, JSON with --json, and a contact sheet with --sheet (per clip: the last input frame,
 then each method's last frame, and under each its error map |O_t − W(O_t−1)|).
 
-    python benchmarks/video_motion.py [--frames 8] [--size 160] [--clips pan,zoom] [--json F] [--sheet F]
+    python benchmarks/video_motion.py [--frames 8] [--size 160] [--clips pan,zoom] [--style-weights 20,60]
+        [--methods "each frame on its own,still (before flow)"] [--json F] [--sheet F]
 """
 
 import argparse
@@ -45,6 +46,8 @@ from nst_ext.stylizer import Stylizer
 
 from _common import STYLE
 from clips import motion_clips, object_path_error, true_warp_difference, warping_error
+
+DEFAULT_STYLE_WEIGHT = nst_ext.StyleOptions().style_weight
 
 METHODS = [
     ("each frame on its own", None, None),
@@ -113,25 +116,33 @@ def main():
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=160, help="long side; the clips are 4:3")
     parser.add_argument("--clips", default=None, help="comma-separated clip names (default: all)")
+    parser.add_argument(
+        "--style-weights",
+        default=f"{DEFAULT_STYLE_WEIGHT:g},{3 * DEFAULT_STYLE_WEIGHT:g}",
+        help="each clip at each of these style weights (default: the default and three times it)",
+    )
+    parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--sheet", default=None)
     args = parser.parse_args()
     clips = motion_clips(args.frames, (args.size * 3 // 4, args.size))
     if args.clips:
         clips = [clip for clip in clips if clip.name in args.clips.split(",")]
-    options = nst_ext.StyleOptions(size=args.size, seed=0)
-    opening = Stylizer(options)
-    following = Stylizer(dataclasses.replace(options, scales=[args.size], steps=FRAME_STEPS))
+    methods = [m for m in METHODS if args.methods is None or m[0] in args.methods.split(",")]
     styles = [load_image(STYLE)]
     rows, sheet_rows = [], []
-    for clip in clips:
+    for clip, weight in [(clip, float(w)) for clip in clips for w in args.style_weights.split(",")]:
+        options = nst_ext.StyleOptions(size=args.size, seed=0, style_weight=weight)
+        opening = Stylizer(options)
+        following = Stylizer(dataclasses.replace(options, scales=[args.size], steps=FRAME_STEPS))
         first = opening.run(clip.frames[0], styles).tensor
         floor = warping_error(clip, clip.frames)
         results = []
-        for method, coherence, long_term in METHODS:
+        for method, coherence, long_term in methods:
             outputs, seconds = stylize_clip(clip, first, opening, following, styles, coherence, long_term)
             row = dict(
                 clip=clip.name,
+                style_weight=weight,
                 method=method,
                 input_floor=floor,
                 warp=warping_error(clip, outputs),
@@ -145,18 +156,19 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
             results.append((outputs[-1], true_warp_difference(clip, outputs, len(outputs) - 1, 1)[0]))
-        sheet_rows.append((clip.name, clip.frames[-1], results))
+        sheet_rows.append((f"{clip.name}, style weight {weight:g}", clip.frames[-1], results))
     print(
         f"\n{args.frames} frames at {args.size} px, {FRAME_STEPS} steps a later frame, temporal weight "
         f"{TEMPORAL_WEIGHT:g}; CPU {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    print("| clip | method | warp | warp Δ5 | path | trail | sharp | s/frame |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| clip | style weight | method | warp | warp Δ5 | path | trail | sharp | s/frame |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         warp5 = f"{row['warp5']:.4f}" if row["warp5"] is not None else "–"
         path, trail = (f"{row[key]:.2f}" if key in row else "–" for key in ("path", "trail"))
         print(
-            f"| {row['clip']} (input {row['input_floor']:.4f}) | {row['method']} | {row['warp']:.4f} | {warp5} | "
+            f"| {row['clip']} (input {row['input_floor']:.4f}) | {row['style_weight']:g} | {row['method']} | "
+            f"{row['warp']:.4f} | {warp5} | "
             f"{path} | {trail} | {row['sharp']:.2f} | {row['seconds_per_frame']:.2f} |"
         )
     if args.json:
@@ -165,7 +177,7 @@ def main():
                 {"frames": args.frames, "size": args.size, "torch": torch.__version__, "rows": rows}, out, indent=1
             )
     if args.sheet:
-        contact_sheet(args.sheet, sheet_rows, [method for method, _, _ in METHODS])
+        contact_sheet(args.sheet, sheet_rows, [method for method, _, _ in methods])
 
 
 if __name__ == "__main__":

@@ -125,7 +125,9 @@ def _add_weight_options(group, defaults: StyleOptions) -> None:
         choices=list(STYLE_LOSSES),
         default=defaults.style_loss,
         help="gram: Gatys' Gram matrices; sliced: the whole distribution of each layer's features, "
-        "matched along random directions (sliced Wasserstein; no tiles or style masks) (default %(default)s)",
+        "matched along random directions (sliced Wasserstein); w2: their mean and covariance (the "
+        "Wasserstein-2 distance between Gaussians); sliced and w2 without tiles or style masks "
+        "(default %(default)s)",
     )
     group.add_argument(
         "--tv-weight", type=float, default=defaults.tv_weight, help="total variation (default %(default)s)"

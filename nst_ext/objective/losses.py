@@ -12,7 +12,7 @@ the weights' input normalisation (raw VGG19 Gram losses span four orders of
 magnitude from relu1_1 to relu4_1). Layer and loss weights are then relative.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -282,6 +282,11 @@ class SlicedWassersteinLoss(nn.Module):
         self.scale = float(1.0 / self.target.square().mean().clamp(min=1e-12))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # Outside VGG's bfloat16 autocast, which would project (and so sort) in bfloat16.
+        with torch.autocast(features.device.type, enabled=False):
+            return self._distance(features)
+
+    def _distance(self, features: torch.Tensor) -> torch.Tensor:
         dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         flat = features.flatten(2).to(dtype)  # (B, C, n)
         if flat.shape[-1] != self.target.shape[-1]:
@@ -289,3 +294,111 @@ class SlicedWassersteinLoss(nn.Module):
         projected = torch.einsum("ck,bcn->bkn", self.directions.to(dtype), flat)
         ordered = projected.sort(dim=-1).values
         return (ordered - self.target.to(dtype)).square().mean(dim=(-2, -1)) * self.scale
+
+
+# Coupled Newton–Schulz iterations for a covariance's square root: enough for the eigenvalues that
+# carry the trace (each iteration about squares the error of the larger ones); where the residual
+# check fails, the trace comes from the eigenvalues in float64 instead.
+NEWTON_SCHULZ_ITERATIONS = 18
+SQRT_RESIDUAL_TOLERANCE = 1e-3
+
+
+def newton_schulz_sqrt(
+    matrix: torch.Tensor, iterations: int = NEWTON_SCHULZ_ITERATIONS
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The square root of the symmetric positive semi-definite `matrix` ``(..., C, C)`` (float32 or
+    float64) by coupled Newton–Schulz iterations (matrix products only, differentiable), and its
+    relative residual ‖X² − A‖_F / ‖A‖_F, ``(...)``."""
+    norm = matrix.square().sum(dim=(-2, -1), keepdim=True).sqrt().clamp(min=1e-30)
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
+    y, z = matrix / norm, eye
+    for _ in range(iterations):
+        step = 0.5 * (3 * eye - z @ y)
+        y, z = y @ step, step @ z
+    root = y * norm.sqrt()
+    residual = (root @ root - matrix).square().sum(dim=(-2, -1)).sqrt() / norm[..., 0, 0]
+    return root, residual
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """The square root of a symmetric PSD float64 matrix by its eigenvalues (targets only: no gradient)."""
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.transpose(-2, -1)
+
+
+def _trace_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """tr √A of symmetric PSD ``(B, C, C)``: Newton–Schulz in float32, or for float64 matrices (the
+    reference's precision) and where Newton–Schulz's residual is above SQRT_RESIDUAL_TOLERANCE, the
+    eigenvalues' square roots in float64 (their gradient is well defined for repeated eigenvalues too). The check reads the residual on the host,
+    so not while a CUDA graph is captured (the capture keeps Newton–Schulz)."""
+    if matrix.dtype != torch.float64:
+        root, residual = newton_schulz_sqrt(matrix)
+        capturing = matrix.is_cuda and torch.cuda.is_current_stream_capturing()
+        if capturing or not bool((residual > SQRT_RESIDUAL_TOLERANCE).any()):
+            return root.diagonal(dim1=-2, dim2=-1).sum(-1)
+    symmetric = 0.5 * (matrix + matrix.transpose(-2, -1))
+    values = torch.linalg.eigvalsh(symmetric.double()).clamp(min=1e-12)
+    return values.sqrt().sum(-1).to(matrix.dtype)
+
+
+class GaussianW2Loss(nn.Module):
+    """The Wasserstein-2 distance between Gaussians as a style loss (as crowsonkb's style-transfer-
+    pytorch uses it): each layer's features summarised by their mean μ and covariance Σ (the Gram of
+    the centred features, from the compiled Gram op), matched to the style's,
+    ``‖μ − μₛ‖² + tr Σ + tr Σₛ − 2 tr (Σₛ^½ Σ Σₛ^½)^½``, relative to the style's mean square
+    ``tr E[ffᵀ]``. For features ``(B, C, H, W)`` of any float dtype it returns ``(B,)`` float32 (float64
+    for float64 features).
+
+    `styles`: each style image's features at the layer, ``(C, N_i)``; `blend`: their weights. The
+    target is the mixture's mean and covariance (its moments, blended). Needs the whole picture in one
+    pass here (no tiles) and no style masks yet.
+    """
+
+    # Buffers (they move with the module).
+    mean: torch.Tensor
+    root: torch.Tensor
+
+    def __init__(self, styles, blend):
+        super().__init__()
+        total = sum(float(share) for share in blend)
+        mean = sum(float(share) / total * style.double().mean(dim=1) for style, share in zip(styles, blend))
+        second = sum(
+            float(share) / total * (style.double() @ style.double().t()) / style.shape[1]
+            for style, share in zip(styles, blend)
+        )
+        covariance = second - torch.outer(mean, mean)
+        covariance = 0.5 * (covariance + covariance.t())
+        # In float64 (C × C, small): float64 features are scored to their precision.
+        self.register_buffer("mean", mean)
+        self.register_buffer("root", _psd_sqrt(covariance))
+        self.trace = float(covariance.diagonal().sum().clamp(min=0))
+        self.scale = float(1.0 / max(float(second.diagonal().sum()), 1e-12))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # Outside VGG's bfloat16 autocast: the square root's products need float32.
+        with torch.autocast(features.device.type, enabled=False):
+            return self._distance(features)
+
+    def _distance(self, features: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        flat = features.flatten(2).to(dtype)  # (B, C, N)
+        mean = flat.mean(dim=-1)  # (B, C)
+        covariance = gram_matrix(features).to(dtype) - mean[:, :, None] * mean[:, None, :]
+        root = self.root.to(dtype)
+        cells = flat.shape[-1]
+        if cells < flat.shape[1]:
+            # Fewer cells than channels (a deep layer of a small stage): Σ has rank < N, and the
+            # nonzero eigenvalues of Σₛ^½ Σ Σₛ^½ = Y Yᵀ / N (Y = Σₛ^½ (F − μ)) are those of the
+            # N × N matrix Yᵀ Y / N, which has no zero ones to slow the iterations.
+            centred = root @ (flat - mean[:, :, None])
+            product = centred.transpose(-2, -1) @ centred / cells
+        else:
+            product = root @ covariance @ root
+        product = 0.5 * (product + product.transpose(-2, -1))
+        distance = (
+            (mean - self.mean.to(dtype)).square().sum(-1)
+            + covariance.diagonal(dim1=-2, dim2=-1).sum(-1)
+            + self.trace
+            - 2 * _trace_sqrt(product)
+        )
+        return distance.clamp(min=0) * self.scale

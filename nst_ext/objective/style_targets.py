@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 import torch
 
 from nst_ext.objective import tiled
-from nst_ext.objective.losses import SlicedWassersteinLoss, StyleLoss, blended_gram, random_directions
+from nst_ext.objective.losses import (
+    GaussianW2Loss,
+    SlicedWassersteinLoss,
+    StyleLoss,
+    blended_gram,
+    random_directions,
+)
 from nst_ext.objective.masks import StageMasks, layer_masks
 from nst_ext.plan.layers import layer_shape
 
@@ -18,24 +24,25 @@ if TYPE_CHECKING:
     from nst_ext.plan.options import StyleOptions
 
 # A style term: its layer, its weight (a number, or a (B,) tensor once normalised) and its loss.
-StyleTerm = Tuple[str, Union[float, torch.Tensor], Union[StyleLoss, SlicedWassersteinLoss]]
+StyleTerm = Tuple[str, Union[float, torch.Tensor], Union[StyleLoss, SlicedWassersteinLoss, GaussianW2Loss]]
 
 
 def style_targets(objective: "Objective", stage_styles, blend, style_layers, masks: StageMasks) -> Dict[str, Any]:
     """The style layers' targets: the blend of the style images' Grams, ``(C, C)`` per layer;
-    with style masks, one Gram per style image, ``(S, C, C)``; with the sliced loss, each style
-    image's features ``(C, N)``, a list per layer. Each Gram is over the image's
+    with style masks, one Gram per style image, ``(S, C, C)``; with the sliced or w2 loss, each
+    style image's features ``(C, N)``, a list per layer. Each Gram is over the image's
     source region when it has one. The images go through VGG one at a time (in tiles, when the
     stage is tiled: a style image at a print size is as large as the picture)."""
     network, vgg = objective.network, objective.network.vgg
-    sliced = objective.options.style_loss == "sliced"  # the whole distribution: each image's features
+    # The distribution losses (sliced, w2) take each image's features; Gram its blended Gram.
+    sliced = objective.options.style_loss != "gram"
     per_style: Dict[str, List[torch.Tensor]] = {name: [] for name in style_layers}
     for index, (style, weight) in enumerate(zip(stage_styles, blend)):
         source = masks.source(index)
         regions = layer_masks(source, style_layers, masks.dilation) if source is not None else {}
         share = 1.0 if masks.style is not None else weight
         image = style.unsqueeze(0).to(network.device)
-        if objective.tile_edge and not sliced:  # the sliced loss is never tiled (StyleOptions.validate)
+        if objective.tile_edge and not sliced:  # those losses are never tiled (nst_ext.plan.run)
             for name, gram in tiled.image_grams(objective, image, style_layers, regions).items():
                 per_style[name].append(share * gram)
             continue
@@ -68,7 +75,11 @@ def style_groups(
     one group of a term per style layer, or with style masks a group per style image (that
     style's term over its region at each layer, weighted by the layer's weight times the style's
     blend weight). With the sliced loss, `grams` holds each style image's features per layer,
-    matched at the ranks of a picture of `shape` (H, W)."""
+    matched at the ranks of a picture of `shape` (H, W); with w2, summarised by their moments."""
+    if options.style_loss == "w2":
+        return [
+            [(name, weight, GaussianW2Loss(grams[name], blend)) for name, weight in zip(style_layers, style_weights)]
+        ]
     if options.style_loss == "sliced":
         terms: List[StyleTerm] = []
         for name, weight in zip(style_layers, style_weights):

@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 # Colour control (nst_ext.objective.color): the spaces of luminance-only transfer, the ways to recolour the style.
 COLOR_SPACES = ("yuv", "lab")
 COLOR_TRANSFERS = ("pca", "cholesky", "histogram")
-# The style losses (nst_ext.objective.losses): Gatys' Gram matrices, or the sliced Wasserstein distance
-# between whole feature distributions (Heitz et al. 2021), which needs each picture in one pass (no tiles)
-# and no style masks yet.
-STYLE_LOSSES = ("gram", "sliced")
+# The style losses (nst_ext.objective.losses): Gatys' Gram matrices; the sliced Wasserstein distance
+# between whole feature distributions (Heitz et al. 2021); the Wasserstein-2 distance between the
+# features' Gaussians (mean and covariance). The two distribution losses need each picture in one pass
+# (no tiles) and no style masks yet.
+STYLE_LOSSES = ("gram", "sliced", "w2")
 
 # The seeds torch's generators take: a 64-bit value, signed or unsigned.
 SEED_RANGE = (-(2**63), 2**64 - 1)
@@ -141,8 +142,8 @@ def _check_choices(options: "StyleOptions") -> None:
         raise OptionError(f"style masks work with style_loss 'gram' only, not {options.style_loss!r} (yet)")
     if options.style_loss != "gram" and options.tile:
         raise OptionError(
-            f"style_loss {options.style_loss!r} sorts each layer's features over the whole picture, so it "
-            "cannot be evaluated in tiles: drop tile"
+            f"style_loss {options.style_loss!r} takes each layer's features over the whole picture at once, "
+            "so it cannot be evaluated in tiles: drop `tile`"
         )
     if isinstance(options.init, str) and options.init not in ("content", "noise") and not options.init.strip():
         raise OptionError("init must be 'content', 'noise' or an image")
