@@ -27,7 +27,7 @@ table to stdout, JSON with --json, and a contact sheet with --sheet (per clip: t
 then each method's last frame, and under each its error map |O_t − W(O_t−1)|).
 
     python benchmarks/video_motion.py [--frames 8] [--size 160] [--clips pan,zoom] [--style-weights 20,60]
-        [--methods "each frame on its own,still (before flow)"] [--json F] [--sheet F]
+        [--methods "each frame on its own;still (before flow)"] [--json F] [--sheet F]
 """
 
 import argparse
@@ -121,14 +121,16 @@ def main():
         default=f"{DEFAULT_STYLE_WEIGHT:g},{3 * DEFAULT_STYLE_WEIGHT:g}",
         help="each clip at each of these style weights (default: the default and three times it)",
     )
-    parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
+    parser.add_argument("--methods", default=None, help="method names separated by ';' (default: all)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--sheet", default=None)
     args = parser.parse_args()
     clips = motion_clips(args.frames, (args.size * 3 // 4, args.size))
     if args.clips:
         clips = [clip for clip in clips if clip.name in args.clips.split(",")]
-    methods = [m for m in METHODS if args.methods is None or m[0] in args.methods.split(",")]
+    methods = [m for m in METHODS if args.methods is None or m[0] in args.methods.split(";")]
+    if not methods:
+        parser.error(f"no method named in {args.methods!r}; the methods: {'; '.join(m[0] for m in METHODS)}")
     styles = [load_image(STYLE)]
     rows, sheet_rows = [], []
     for clip, weight in [(clip, float(w)) for clip in clips for w in args.style_weights.split(",")]:
