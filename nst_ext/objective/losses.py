@@ -249,7 +249,19 @@ def random_directions(channels: int, count: int, seed: int) -> torch.Tensor:
     return (directions / directions.norm(dim=0, keepdim=True)).float()
 
 
-class SlicedWassersteinLoss(nn.Module):
+class _DistributionLoss(nn.Module):
+    """A style loss computed in float32 (float64 for float64 features) outside VGG's bfloat16 autocast,
+    which would otherwise run its own products (projections, square roots) in bfloat16."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(features.device.type, enabled=False):
+            return self._distance(features, torch.float64 if features.dtype == torch.float64 else torch.float32)
+
+    def _distance(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SlicedWassersteinLoss(_DistributionLoss):
     """The sliced Wasserstein style loss (Heitz et al. 2021): the whole distribution of a layer's
     features matched to the style's along random directions, each a 1-D optimal transport solved by
     sorting. For features ``(B, C, H, W)`` of any float dtype: per picture, the mean squared difference
@@ -281,13 +293,7 @@ class SlicedWassersteinLoss(nn.Module):
         self.register_buffer("target", _weighted_quantiles(projected, weights.double(), cells).float())
         self.scale = float(1.0 / self.target.square().mean().clamp(min=1e-12))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        # Outside VGG's bfloat16 autocast, which would project (and so sort) in bfloat16.
-        with torch.autocast(features.device.type, enabled=False):
-            return self._distance(features)
-
-    def _distance(self, features: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    def _distance(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         flat = features.flatten(2).to(dtype)  # (B, C, n)
         if flat.shape[-1] != self.target.shape[-1]:
             raise ValueError(f"features of {flat.shape[-1]} cells for a target made at {self.target.shape[-1]}")
@@ -341,7 +347,7 @@ def _trace_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     return values.sqrt().sum(-1).to(matrix.dtype)
 
 
-class GaussianW2Loss(nn.Module):
+class GaussianW2Loss(_DistributionLoss):
     """The Wasserstein-2 distance between Gaussians as a style loss (as crowsonkb's style-transfer-
     pytorch uses it): each layer's features summarised by their mean μ and covariance Σ (the Gram of
     the centred features, from the compiled Gram op), matched to the style's,
@@ -374,13 +380,7 @@ class GaussianW2Loss(nn.Module):
         self.trace = float(covariance.diagonal().sum().clamp(min=0))
         self.scale = float(1.0 / max(float(second.diagonal().sum()), 1e-12))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        # Outside VGG's bfloat16 autocast: the square root's products need float32.
-        with torch.autocast(features.device.type, enabled=False):
-            return self._distance(features)
-
-    def _distance(self, features: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    def _distance(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         flat = features.flatten(2).to(dtype)  # (B, C, N)
         mean = flat.mean(dim=-1)  # (B, C)
         covariance = gram_matrix(features).to(dtype) - mean[:, :, None] * mean[:, None, :]
