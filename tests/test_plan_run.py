@@ -67,3 +67,13 @@ def test_batches_plan_for_all_their_pictures():
     stylizer = Stylizer(scales=[64], steps=2, device="cpu", **SHALLOW)
     one, three = (stylizer.plan((64, 48), [(64, 64)], pictures=n) for n in (1, 3))
     assert three.pictures == 3 and three.stages[0].memory.history == 3 * one.stages[0].memory.history
+
+
+@pytest.mark.parametrize(
+    "content_shape, style_shapes, pictures",
+    [((0, 5), [(5, 5)], 1), ((-3, 5), [(5, 5)], 1), ((5, 5), [(5, 2.5)], 1), ((5, 5, 5), [], 1), ((9, 9), [], 0)],
+)
+def test_absurd_shapes_are_refused_in_one_line(content_shape, style_shapes, pictures):
+    stylizer = Stylizer(scales=[64], steps=2, device="cpu", **SHALLOW)
+    with pytest.raises(OptionError, match="whole"):
+        stylizer.plan(content_shape, style_shapes, pictures)

@@ -87,6 +87,13 @@ def plan_run(
     A stage that cannot fit, or a style loss that cannot be tiled where only tiles fit, is refused
     (OptionError) before any image is made; the finest stage is planned first, so that the refusal
     names the picture asked for."""
+    for what, shape in [("content shape", content_shape), *(("style shape", shape) for shape in style_shapes)]:
+        if len(shape) != 2 or not all(
+            isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in shape
+        ):
+            raise OptionError(f"a {what} is (height, width) in whole pixels above 0, got {tuple(shape)!r}")
+    if isinstance(pictures, bool) or not isinstance(pictures, int) or pictures < 1:
+        raise OptionError(f"pictures must be a whole number of at least 1, got {pictures!r}")
     budget = run_budget(options, network) if budget is None else budget
     schedule = options.stages()
     stages = []
