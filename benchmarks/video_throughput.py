@@ -124,9 +124,8 @@ def measure(size: int, frames: int, frame_steps: int) -> dict:
         clip_path = write_clip(clip, work / "clip.mov")
         timers, total = instrumented_run(clip_path, size, frame_steps, work)
     calls = timers.calls
-    # frame 0 is the opening run; the later frames' phases line up with their frame calls.
-    later = {label: values[1:] for label, values in calls.items() if label in ("frame", "optimise", "warps")}
-    later["warps"] = calls["warps"]  # the opening frame has none
+    # Frame 0 is the opening run (no warps); the later frames' phases line up with their frame calls.
+    later = {"frame": calls["frame"][1:], "optimise": calls["optimise"][1:], "warps": calls["warps"]}
     waits = [f - o - w for f, o, w in zip(later["frame"], later["optimise"], later["warps"])]
     decode = calls["decode"][1:] or [0.0]
     written = calls["write frame"][1:] or [0.0]

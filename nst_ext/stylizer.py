@@ -225,7 +225,7 @@ class Stylizer:
         same = len(sources) == len(self._style_sources) and all(
             isinstance(a, torch.Tensor) and a is b for a, b in zip(sources, self._style_sources)
         )
-        if not same or not self.shares_style_targets:
+        if not same:  # (under colour control the cache keeps nothing: StyleTargetCache.shared)
             self._style_targets.forget()
         self._style_sources = sources  # referenced, so that `is` above cannot match a new object
 

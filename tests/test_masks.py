@@ -126,25 +126,12 @@ def test_two_regions_take_on_their_own_styles(seed):
     blotches, dots = texture("blotches", 64, 64, generator), texture("dots", 64, 64, generator)
     left = torch.zeros(height, width)
     left[:, : width // 2] = 1
-    stylizer = Stylizer(
-        scales=[64, 96],
-        steps=[30, 20],
-        style_weight=STRONG_STYLE_WEIGHT,
-        seed=0,
-        device="cpu",
-        style_masks=[left, 1 - left],
-    )
+    settings = dict(scales=[64, 96], steps=[30, 20], style_weight=STRONG_STYLE_WEIGHT, seed=0, device="cpu")
+    stylizer = Stylizer(style_masks=[left, 1 - left], **settings)
     picture = stylizer.run(content.clamp(0, 1), [blotches, dots]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_a < left_b and right_b < right_a, (left_a, left_b, right_a, right_b)
-    swapped = Stylizer(
-        scales=[64, 96],
-        steps=[30, 20],
-        style_weight=STRONG_STYLE_WEIGHT,
-        seed=0,
-        device="cpu",
-        style_masks=[1 - left, left],
-    )
+    swapped = Stylizer(style_masks=[1 - left, left], **settings)
     picture = swapped.run(content.clamp(0, 1), [blotches, dots]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_b < left_a and right_a < right_b, (left_a, left_b, right_a, right_b)
