@@ -10,11 +10,15 @@ stylized in one run by:
   the screen, static pixels held;
 - ``--coherence flow --long-term 1``: the previous frame warped by DIS optical flow, its
   consistency mask;
-- ``--coherence flow`` (the default, long-term frames 1, 2, 4).
+- ``--coherence flow`` (the default, long-term frames 1, 2, 4);
+- the same, then 1 or 2 more passes in alternating directions (``--passes 2``, ``3``: Ruder et al.'s
+  multi-pass mode, nst_ext.jobs.passes).
 
 The other methods start from the same first frame (the full run, seed 0). Figures:
     warp      warping error mean|O_t − W(O_t−1)| over pixels visible in both frames, W the TRUE
-              motion (clips.warping_error; on the still clip it is the flicker); values in [0, 1]
+              motion read bilinearly (clips.warping_error; on the still clip it is the flicker);
+              values in [0, 1]
+    lanczos   the same read with Lanczos-4 (clips.WARP_KERNELS: bilinear flatters a warp that blurs)
     warp Δ5   the same between frames 5 apart (long-term consistency)
     path      for clips with an object: the warping error on the background inside the object's
               path ÷ elsewhere (a trail or ghost left behind shows as ≫ 1)
@@ -22,7 +26,8 @@ The other methods start from the same first frame (the full run, seed 0). Figure
               (where an edge's style changes with what is beside it; a trail behind stays in)
     sharp     mean gradient magnitude of the last frame ÷ that of the first (warping blurs: < 1)
     s/frame   median seconds per later frame (the flow made on the worker thread, overlapped)
-and the input's own warping error (the metric's floor: its bilinear warp blurs a zoom). Writes the
+and the input's own warping error by each kernel (the metric's floor: reading between pixels
+blurs a zoom). Writes the
 table to stdout, JSON with --json, and a contact sheet with --sheet (per clip: the last input frame,
 then each method's last frame, and under each its error map |O_t − W(O_t−1)|).
 
@@ -42,18 +47,22 @@ import torch
 import nst_ext
 from nst_ext.io.images import load_image
 from nst_ext.jobs import FRAME_STEPS, LONG_TERM, TEMPORAL_WEIGHT, FrameChain
+from nst_ext.jobs.passes import refine_in_passes
 from nst_ext.stylizer import Stylizer
 
 from _common import STYLE
-from clips import motion_clips, object_path_error, true_warp_difference, warping_error
+from clips import WARP_KERNELS, motion_clips, object_path_error, true_warp_difference, warping_error
 
 DEFAULT_STYLE_WEIGHT = nst_ext.StyleOptions().style_weight
 
-METHODS = [
-    ("each frame on its own", None, None),
-    ("still (before flow)", "still", (1,)),
-    ("flow, previous frame only", "flow", (1,)),
-    (f"flow, long-term {','.join(map(str, LONG_TERM))} (default)", "flow", LONG_TERM),
+DEFAULT_METHOD = f"flow, long-term {','.join(map(str, LONG_TERM))} (default)"
+METHODS = [  # (name, coherence, long-term frames, passes)
+    ("each frame on its own", None, None, 1),
+    ("still (before flow)", "still", (1,), 1),
+    ("flow, previous frame only", "flow", (1,), 1),
+    (DEFAULT_METHOD, "flow", LONG_TERM, 1),
+    ("flow, 2 passes", "flow", LONG_TERM, 2),
+    ("flow, 3 passes", "flow", LONG_TERM, 3),
 ]
 
 
@@ -62,8 +71,9 @@ def sharpness(image: torch.Tensor) -> float:
     return float(dx.abs().mean() + dy.abs().mean())
 
 
-def stylize_clip(clip, first, opening, following, styles, coherence, long_term):
-    """The clip's frames stylized after `first` (frame 0's picture); (outputs, seconds per later frame)."""
+def stylize_clip(clip, first, opening, following, styles, coherence, long_term, passes=1):
+    """The clip's frames stylized after `first` (frame 0's picture); (outputs, seconds per later frame:
+    with passes, the whole run's time shared among the later frames)."""
     outputs, seconds = [first], []
     if coherence is None:  # every frame alike, the first too
         outputs = [following.run(clip.frames[0], styles, init=clip.frames[0]).tensor]
@@ -82,6 +92,11 @@ def stylize_clip(clip, first, opening, following, styles, coherence, long_term):
             started = time.perf_counter()
             outputs.append(chain.stylize(index).tensor)
             seconds.append(time.perf_counter() - started)
+    if passes > 1:
+        started = time.perf_counter()
+        refine_in_passes(following, styles, clip.frames, outputs, passes, TEMPORAL_WEIGHT)
+        shared = (time.perf_counter() - started) / len(seconds)
+        seconds = [second + shared for second in seconds]
     return outputs, seconds
 
 
@@ -138,16 +153,18 @@ def main():
         opening = Stylizer(options)
         following = Stylizer(dataclasses.replace(options, scales=[args.size], steps=FRAME_STEPS))
         first = opening.run(clip.frames[0], styles).tensor
-        floor = warping_error(clip, clip.frames)
+        floors = {kernel: warping_error(clip, clip.frames, kernel=kernel) for kernel in WARP_KERNELS}
         results = []
-        for method, coherence, long_term in methods:
-            outputs, seconds = stylize_clip(clip, first, opening, following, styles, coherence, long_term)
+        for method, coherence, long_term, passes in methods:
+            outputs, seconds = stylize_clip(clip, first, opening, following, styles, coherence, long_term, passes)
             row = dict(
                 clip=clip.name,
                 style_weight=weight,
                 method=method,
-                input_floor=floor,
+                input_floor=floors["bilinear"],
+                input_floor_lanczos=floors["lanczos"],
                 warp=warping_error(clip, outputs),
+                warp_lanczos=warping_error(clip, outputs, kernel="lanczos"),
                 warp5=warping_error(clip, outputs, back=5) if len(outputs) > 5 else None,
                 sharp=sharpness(outputs[-1]) / sharpness(outputs[0]),
                 seconds_per_frame=statistics.median(seconds),
@@ -163,14 +180,14 @@ def main():
         f"\n{args.frames} frames at {args.size} px, {FRAME_STEPS} steps a later frame, temporal weight "
         f"{TEMPORAL_WEIGHT:g}; CPU {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    print("| clip | style weight | method | warp | warp Δ5 | path | trail | sharp | s/frame |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| clip | style weight | method | warp | lanczos | warp Δ5 | path | trail | sharp | s/frame |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         warp5 = f"{row['warp5']:.4f}" if row["warp5"] is not None else "–"
         path, trail = (f"{row[key]:.2f}" if key in row else "–" for key in ("path", "trail"))
         print(
-            f"| {row['clip']} (input {row['input_floor']:.4f}) | {row['style_weight']:g} | {row['method']} | "
-            f"{row['warp']:.4f} | {warp5} | "
+            f"| {row['clip']} (input {row['input_floor']:.4f}, {row['input_floor_lanczos']:.4f}) | "
+            f"{row['style_weight']:g} | {row['method']} | {row['warp']:.4f} | {row['warp_lanczos']:.4f} | {warp5} | "
             f"{path} | {trail} | {row['sharp']:.2f} | {row['seconds_per_frame']:.2f} |"
         )
     if args.json:
@@ -179,7 +196,7 @@ def main():
                 {"frames": args.frames, "size": args.size, "torch": torch.__version__, "rows": rows}, out, indent=1
             )
     if args.sheet:
-        contact_sheet(args.sheet, sheet_rows, [method for method, _, _ in methods])
+        contact_sheet(args.sheet, sheet_rows, [method for method, *_ in methods])
 
 
 if __name__ == "__main__":

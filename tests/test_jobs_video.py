@@ -253,3 +253,37 @@ def test_still_things_stay_still_at_any_style_strength():
         ratios.append(chained / alone)
     assert max(ratios) <= 0.3, ratios
     assert max(ratios) <= 1.6 * min(ratios), ratios
+
+
+def test_more_passes_run_over_the_whole_clip_and_a_stop_continues_with_its_pass(tmp_path, monkeypatch):
+    """--passes 3: after the first pass, two more over every frame but each pass's first; stopped in
+    the third, a second run redoes only the third (the finished passes are recorded)."""
+    import nst_ext.stylizer
+
+    monkeypatch.setattr(nst_ext.stylizer, "Stylizer", StandIn)
+    clip = motion_clip("pan", "chelsea", 6, (30, 40), pan=(1, 0))
+    source = write_clip(clip, tmp_path / "pan.mov")
+    options = nst_ext.StyleOptions(size=40, device="cpu")
+    StandIn.runs, StandIn.stop_at = 0, None
+    summary = run_video(source, [STYLE], tmp_path / "whole.webm", options, passes=3)
+    assert not summary.interrupted and StandIn.runs == 6 + 2 * 5 and probe(tmp_path / "whole.webm").frames == 6
+    assert not list(tmp_path.glob(".whole*"))
+    StandIn.runs, StandIn.stop_at = 0, 6 + 5 + 2  # two frames into the third pass
+    output = tmp_path / "stopped.webm"
+    assert run_video(source, [STYLE], output, options, passes=3).interrupted
+    assert (tmp_path / ".stopped.webm.frames" / "passes.json").read_text() == '{"done": 2}'
+    StandIn.runs, StandIn.stop_at = 0, None
+    summary = run_video(source, [STYLE], output, options, passes=3)
+    assert not summary.interrupted and (summary.kept, summary.stylized) == (6, 0) and StandIn.runs == 5
+    assert probe(output).frames == 6
+
+
+def test_passes_out_of_range_or_without_flow_are_one_line(tmp_path, clip, capsys):
+    for extra, message in (
+        (["--passes", "0"], "passes must be"),
+        (["--passes", "2", "--coherence", "none"], "follow the optical flow"),
+    ):
+        assert main(["video", str(clip), str(STYLE), "-o", str(tmp_path / "a.mp4"), *FAST, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.iterdir())

@@ -193,6 +193,15 @@ def _add_video_command(commands, defaults: StyleOptions) -> None:
         f"(default {listed(LONG_TERM)}; must hold 1): a pixel keeps the look it had when last seen, so "
         "what a passing object uncovers comes back as it was",
     )
+    video.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --coherence flow, N - 1 more passes over the whole clip after the first, in alternating "
+        "directions, each frame then held to its neighbours on both sides (Ruder et al.'s multi-pass mode; "
+        "one process; each pass takes about as long as the first; default %(default)s)",
+    )
     add_style_options(video, defaults)
 
 

@@ -84,9 +84,11 @@ def run_video_command(args) -> int:
     def on_frame(done, total):
         nonlocal bar
         if distributed.rank == 0 and not args.quiet:
-            if bar is None:
+            if bar is None or done <= bar.n:  # the first frame, or of the next pass (--passes)
                 from nst_ext.cli.progress import FrameBar
 
+                if bar is not None:
+                    bar.close()
                 bar = FrameBar(total)
             bar.show(done)
 
@@ -101,6 +103,7 @@ def run_video_command(args) -> int:
             frame_steps=FRAME_STEPS if args.frame_steps is None else args.frame_steps,
             coherence=args.coherence,
             long_term=args.long_term,
+            passes=args.passes,
             overwrite=args.overwrite,
             on_frame=on_frame,
             on_progress=live.observe,

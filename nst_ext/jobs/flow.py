@@ -6,8 +6,9 @@ Frames are float32 tensors ``(3, H, W)`` in [0, 1]. A flow is a float32 tensor `
 (x, y) displacements in pixels, read backward: ``flow_between(frame, other)`` is the flow with
 ``frame(p) ≈ other(p + flow(p))`` for every pixel p of `frame`, so ``warp(other_stylized, flow)``
 is `other`'s stylized frame moved onto `frame`. The flow is OpenCV's DIS (dense inverse search,
-Kroeger et al. 2016), built into ``opencv-python-headless``: no model weights, milliseconds a flow at
-small sizes and tens of them at 512 px on one core (BENCHMARKS.md, "Video: optical flow").
+Kroeger et al. 2016), built into ``opencv-python-headless``: no model weights; where it agrees with
+the camera's motion (a similarity fitted to it, then aligned on the frames themselves) it takes that
+motion. About a tenth of a second a flow at 512 px (BENCHMARKS.md, "Video: optical flow").
 """
 
 from dataclasses import dataclass
@@ -26,9 +27,21 @@ DIS_MIN_SIDE = 12  # OpenCV's DIS refuses frames with both sides shorter
 # things are free. For a flow, a still pixel ...
 STILL_THRESHOLD = 0.03
 MOTION_MARGIN = 2
-# ... and its estimated flow is shorter than this (pixels): such a flow is DIS's sub-pixel noise,
-# and resampling by it every frame would make a still background shimmer. It is set to 0.
+# ... and its estimated flow lies within this many pixels of the camera's motion (0 for a still
+# camera): such a difference is DIS's sub-pixel noise, and resampling by it every frame would make
+# the stylized texture there shimmer. The pixel takes the camera's motion. (With a moving camera
+# "did not change" is after moving the other frame by the camera's motion.)
 STILL_FLOW = 0.5
+# The camera's motion: a similarity fitted (RANSAC, CAMERA_TOLERANCE pixels) to a sample of about
+# CAMERA_SAMPLES of DIS's vectors, trusted when at least CAMERA_INLIERS of them agree with it. A
+# vector within CAMERA_AGREEMENT pixels of it takes it whatever the frames did: DIS is off by a tenth
+# of a pixel on zooms, and the stylized texture, far finer than the input's, turns that into shimmer
+# (BENCHMARKS.md, "Video: optical flow"). A camera motion under CAMERA_STILL pixels everywhere is
+# sensor noise fitted to a still shot (tests/test_flow.py holds one with heavy noise): none.
+CAMERA_TOLERANCE, CAMERA_SAMPLES, CAMERA_INLIERS = 0.5, 4000, 0.5
+ECC_ITERATIONS, ECC_EPSILON = 50, 1e-5  # the alignment that refines it (camera_motion)
+CAMERA_AGREEMENT = 0.25
+CAMERA_STILL = 0.25
 # Ruder et al.'s consistency check: a pixel whose forward and backward flows do not cancel, to
 # within OCCLUSION_RELATIVE of their squared lengths plus OCCLUSION_ABSOLUTE (pixels²), was hidden
 # in the other frame (disoccluded); one where the flow's squared gradient exceeds
@@ -61,12 +74,84 @@ def _gray8(frame: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(luma, 0, 1) * 255).astype(np.uint8)
 
 
+def _luma(frame: np.ndarray) -> np.ndarray:
+    """(H, W) float32 luma (Rec. 601) of a ``(3, H, W)`` float frame."""
+    return np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), frame.astype(np.float32), axes=1)
+
+
+def _as_flow(transform: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The flow ``(2, H, W)`` float64 of a 2×3 affine `transform` taking each pixel p to transform(p)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    return np.tensordot(transform.astype(np.float64), np.stack([x, y, np.ones_like(x)]), axes=1) - np.stack([x, y])
+
+
+def _moved(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """`image` ``(3, H, W)`` float32 read at p + flow(p) (bilinear, the border repeated), in OpenCV;
+    `image` itself for a zero flow."""
+    if not flow.any():
+        return image
+    cv2 = require_opencv()
+    height, width = flow.shape[1:]
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels_last = np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float32)
+    moved = cv2.remap(channels_last, x + flow[0], y + flow[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return moved.transpose(2, 0, 1)
+
+
+def camera_motion(flow: np.ndarray, frame: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """The camera's part of `flow` ``(2, H, W)`` float32 from `frame` to `other` (``(3, H, W)``
+    float arrays in [0, 1]), as a flow of the same shape:
+
+    1. a similarity (pan, zoom, roll: few enough parameters that sensor noise does not fit one)
+       found by RANSAC in a sample of DIS's vectors; none when fewer than CAMERA_INLIERS of them
+       agree with any (a scene of independent motions), or when it moves no pixel CAMERA_STILL or
+       more (a still camera);
+    2. refined as an affine map by aligning the frames themselves (OpenCV's ECC) over the pixels
+       that agree with it: DIS is biased by a tenth of a pixel and more on zooms and flat
+       pictures, the alignment is not (BENCHMARKS.md, "Video: optical flow"). Kept when it
+       converges within CAMERA_TOLERANCE of the similarity's motion plus one pixel.
+
+    Zeros for none (module constants). OpenCV and NumPy only; deterministic (OpenCV seeds its
+    RANSAC)."""
+    cv2 = require_opencv()
+    _, height, width = flow.shape
+    stride = max(1, int(np.sqrt(height * width / CAMERA_SAMPLES)))
+    ys, xs = np.mgrid[0:height:stride, 0:width:stride].astype(np.float32)
+    source = np.stack([xs.ravel(), ys.ravel()], 1)
+    target = source + flow[:, ::stride, ::stride].reshape(2, -1).T
+    none = np.zeros_like(flow)
+    if len(source) < 8:
+        return none
+    similarity, inliers = cv2.estimateAffinePartial2D(
+        source, target, method=cv2.RANSAC, ransacReprojThreshold=CAMERA_TOLERANCE
+    )
+    if similarity is None or inliers.mean() < CAMERA_INLIERS or not np.isfinite(similarity).all():
+        return none
+    motion = _as_flow(similarity, height, width)
+    if np.sqrt((motion**2).sum(0)).max() < CAMERA_STILL:
+        return none
+    agreeing = (((motion - flow) ** 2).sum(0) < CAMERA_TOLERANCE**2).astype(np.uint8)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
+    try:
+        _, affine = cv2.findTransformECC(
+            _luma(frame), _luma(other), similarity.astype(np.float32), cv2.MOTION_AFFINE, criteria, agreeing, 1
+        )
+    except cv2.error:  # did not converge (a flat picture, too few pixels): the similarity stands
+        return motion.astype(np.float32)
+    aligned = _as_flow(affine, height, width)
+    if np.isfinite(aligned).all() and np.abs(aligned - motion).max() < CAMERA_TOLERANCE + 1:
+        motion = aligned
+    return motion.astype(np.float32)
+
+
 def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``(2, H, W)`` float32 (x, y) flow with ``frame(p) ≈ other(p + flow(p))``; both frames
-    ``(3, H, W)`` in [0, 1], the same size. Where `frame` did not change from `other` and the flow
-    is under STILL_FLOW pixels, the flow is 0 (module constants). Runs on the CPU in OpenCV and
-    NumPy, no torch operation: on a worker thread it overlaps the optimisation without contending
-    for torch's intra-op threads (OpenCV releases the GIL). The result is on the CPU."""
+    ``(3, H, W)`` in [0, 1], the same size. DIS's flow, where it agrees with the camera's motion
+    (:func:`camera_motion`) to within CAMERA_AGREEMENT pixels, or to within STILL_FLOW where
+    `frame` did not change from `other`, is replaced by the camera's motion (0 for a still camera;
+    module constants). Runs on the CPU in OpenCV and NumPy, no torch operation: on a worker thread
+    it overlaps the optimisation without contending for torch's intra-op threads (OpenCV releases
+    the GIL). The result is on the CPU."""
     cv2 = require_opencv()
     if frame.shape != other.shape or frame.dim() != 3 or frame.shape[0] != 3:
         raise ValueError(f"frames must both be (3, H, W), got {tuple(frame.shape)} and {tuple(other.shape)}")
@@ -75,8 +160,11 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         return torch.zeros(2, *frame.shape[1:])
     preset = getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{DIS_PRESET.upper()}")
     flow = cv2.DISOpticalFlow_create(preset).calc(_gray8(frame), _gray8(other), None).transpose(2, 0, 1)
-    still = (np.abs(frame - other).max(0) <= STILL_THRESHOLD) & ((flow**2).sum(0) < STILL_FLOW**2)
-    flow = np.where(still[None], np.float32(0), flow)
+    camera = camera_motion(flow, frame, other)
+    apart = ((flow - camera) ** 2).sum(0)
+    unchanged = np.abs(frame - _moved(other, camera)).max(0) <= STILL_THRESHOLD
+    follows_camera = (apart < CAMERA_AGREEMENT**2) | (unchanged & (apart < STILL_FLOW**2))
+    flow = np.where(follows_camera[None], camera, flow)
     return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
 
 

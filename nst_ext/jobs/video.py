@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 from nst_ext.errors import InputError, OptionError, OutputError
 from nst_ext.jobs.coherence import LONG_TERM, FrameChain, check_long_term
+from nst_ext.jobs.passes import check_passes, refine_in_passes
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
 from nst_ext.plan.options import StyleOptions
 from nst_ext.io.outputs import describe_os_error
@@ -26,6 +27,8 @@ TEMPORAL_WEIGHT = 500.0
 # Under torchrun each rank's chunk starts this many frames early (not written) so that its first
 # frame is coherent with the chunk before.
 CHUNK_OVERLAP = 3
+# In the work folder: how many passes over the whole clip are finished (`passes` > 1).
+PASSES_NAME = "passes.json"
 
 
 @dataclass
@@ -83,6 +86,7 @@ def run_video(
     on_frame: Optional[Callable[[int, int], None]] = None,
     on_progress: Optional[Callable] = None,
     distributed: Optional[Distributed] = None,
+    passes: int = 1,
 ) -> VideoSummary:
     """Stylizes every frame of `video` with temporal coherence (Ruder et al. 2016; `coherence` and
     `long_term` as :class:`nst_ext.jobs.coherence.FrameChain` takes them) into `output`, with
@@ -91,8 +95,10 @@ def run_video(
     so a stopped run continues where it stopped; the folder is removed once the video is written,
     and when the run is refused before its first frame. The folder is locked: a second job writing
     the same video is refused. Under torchrun each rank takes a contiguous chunk, started
-    CHUNK_OVERLAP frames early; rank 0 writes the video. on_frame(done, total) after each frame
-    this process writes."""
+    CHUNK_OVERLAP frames early; rank 0 writes the video. With `passes` > 1, further passes over the
+    whole clip follow in alternating directions (:mod:`nst_ext.jobs.passes`; one process only), the
+    finished passes recorded in the work folder. on_frame(done, total) after each frame this process
+    writes (the count starts again for each pass after the first)."""
     import shutil
 
     from nst_ext.plan.layers import long_side_shape
@@ -102,6 +108,11 @@ def run_video(
     distributed = distributed or Distributed()
     video, output, styles = Path(video), Path(output), existing_styles(styles)
     long_term = _checked_frame_settings(frame_steps, temporal_weight, coherence, long_term)
+    check_passes(passes)
+    if passes > 1 and distributed.world_size > 1:
+        raise OptionError("several passes run in one process: launch the video without torchrun, or use one pass")
+    if passes > 1 and coherence != "flow":
+        raise OptionError("several passes follow the optical flow: use `coherence=flow`, or one pass")
     check_video_output(output, overwrite, inputs=[video, *styles, *options.input_files()])
     info = probe(video)
     if coherence == "flow":
@@ -111,7 +122,11 @@ def run_video(
     shape = even_shape(long_side_shape(info.height, info.width, options.output_size), output.suffix.lower())
     work = output.parent / f".{output.name}.frames"
     settings = settings_hash(
-        options, styles, json.dumps([temporal_weight, frame_steps, coherence, long_term, shape, str(video.resolve())])
+        options,
+        styles,
+        json.dumps(
+            [temporal_weight, frame_steps, coherence, long_term, shape, str(video.resolve())] + [passes] * (passes > 1)
+        ),
     )
     lock = distributed.on_first(lambda: _take_work_folder(work, settings, video, output, overwrite))
     try:
@@ -126,6 +141,13 @@ def run_video(
             raise
         if summary.interrupted:
             return summary
+        if passes > 1:
+            device = distributed.device(options.device)
+            summary.interrupted = _refine_in_passes(
+                video, info, shape, styles, work, options, device, temporal_weight, frame_steps, passes, on_frame
+            )
+            if summary.interrupted:
+                return summary
         summary.stylized = sum(distributed.gather(summary.stylized))
         if distributed.rank == 0:
             _write_finished_video(video, info, work, output, options, styles, overwrite)
@@ -185,12 +207,103 @@ def _take_work_folder(work: Path, settings: str, video: Path, output: Path, over
     return lock
 
 
+def _frame_stylizers(options: StyleOptions, shape, frame_steps: int, device):
+    """(the first frame's Stylizer: the full coarse-to-fine run at the frame's long side; the later
+    frames': one stage of `frame_steps` at that size), on `device`."""
+    from nst_ext.stylizer import Stylizer
+
+    size = max(shape)
+    opening = Stylizer(dataclasses.replace(options, size=size, scales=None, device=device))
+    return opening, Stylizer(dataclasses.replace(opening.options, scales=[size], steps=frame_steps))
+
+
+class _WorkFrames:
+    """The finished frames in a work folder as a sequence: read when asked for, written (atomically)
+    when replaced; each ``(3, H, W)`` float32 in [0, 1]."""
+
+    def __init__(self, work: Path, frames: int):
+        self.work, self.frames = work, frames
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def __getitem__(self, index: int):
+        from nst_ext.io.images import load_image
+
+        return load_image(_frame_path(self.work, index))
+
+    def __setitem__(self, index: int, frame) -> None:
+        from nst_ext.io.images import save_image
+
+        save_image(frame, _frame_path(self.work, index), overwrite=True)
+
+
+class _EightBitFrames:
+    """A clip's frames held in memory as 8-bit (a quarter of float32's room), each given back as
+    ``(3, H, W)`` float32 in [0, 1]."""
+
+    def __init__(self, frames):
+        import torch
+
+        self.frames = [(frame * 255).round().to(torch.uint8) for frame in frames]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int):
+        return self.frames[index].float() / 255
+
+
+def _refine_in_passes(
+    video, info, shape, styles, work, options, device, temporal_weight, frame_steps, passes, on_frame
+) -> bool:
+    """Passes 2 … `passes` over the finished frames of `work` (nst_ext.jobs.passes), the input
+    frames held in memory as 8-bit. The passes finished are recorded in the work folder (PASSES_NAME),
+    so a stopped run continues with the pass it stopped in (from its start: the frames that pass had
+    redone are redone once more). Returns True when Ctrl-C stopped it."""
+    from nst_ext.io.images import load_image
+    from nst_ext.io.outputs import atomic_write
+    from nst_ext.io.video import read_frames
+
+    record = work / PASSES_NAME
+    try:
+        done = int(json.loads(record.read_text())["done"]) if record.exists() else 1
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        done = 1  # unreadable: the passes start over from the single pass's frames (none is lost)
+    if done >= passes:
+        return False
+
+    def on_pass(finished: int) -> None:
+        with atomic_write(record, True) as temporary:
+            Path(temporary).write_text(json.dumps({"done": finished}))
+
+    done_in_pass: dict = {}
+
+    def on_frame_of_pass(in_pass: int, index: int) -> None:
+        done_in_pass[in_pass] = done_in_pass.get(in_pass, 0) + 1
+        if on_frame is not None:
+            on_frame(done_in_pass[in_pass], info.frames - 1)
+
+    _, following = _frame_stylizers(options, shape, frame_steps, device)
+    style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
+    return refine_in_passes(
+        following,
+        style_images,
+        _EightBitFrames(read_frames(video, shape)),
+        _WorkFrames(work, info.frames),
+        passes,
+        temporal_weight,
+        callback=on_frame_of_pass,
+        done=done,
+        on_pass=on_pass,
+    )
+
+
 def _stylize_frames(
     video, info, shape, styles, work, options, chain_settings, frame_steps, on_frame, on_progress, distributed
 ) -> VideoSummary:
     """The frames of this process's chunk that the work folder lacks, each written there."""
     from nst_ext.io.images import load_image, save_image
-    from nst_ext.stylizer import Stylizer
     from nst_ext.io.video import read_frames
 
     chunk = -(-info.frames // distributed.world_size)
@@ -216,11 +329,7 @@ def _stylize_frames(
                 on_frame(index - first + 1, last - first)
 
     try:
-        size = max(shape)
-        opening = Stylizer(
-            dataclasses.replace(options, size=size, scales=None, device=distributed.device(options.device))
-        )
-        following = Stylizer(dataclasses.replace(opening.options, scales=[size], steps=frame_steps))
+        opening, following = _frame_stylizers(options, shape, frame_steps, distributed.device(options.device))
         style_images = [load_image(style, f"style image {style}", options.max_input_pixels) for style in styles]
         with FrameChain(opening, following, style_images, **chain_settings) as chain:
             start = missing[0]
