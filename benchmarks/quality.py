@@ -18,7 +18,7 @@ and beside them the judge with no VGG in it (nst_ext.judge):
     colour    the same over the Lab colour moments
     layout    correlation of blurred luminance with the content's (1: the content's layout)
 
-    python benchmarks/quality.py --size 256 --out docs/panel [--set style_weight=1 --set steps=100]
+    python benchmarks/quality.py --size 256 --out docs/panel [--set style_weight=1 --set steps=100] [--held-out]
 """
 
 import argparse
@@ -48,6 +48,14 @@ PAIRS = [
     ("hopper", "camera", "portrait / grayscale style"),
     ("coffee", "horse", "object / tiny flat graphic"),
     ("chelsea", "grass", "animal / texture"),
+]
+# Pairs apart from the panel (--held-out): no default, weight or loss was chosen looking at them.
+HELD_OUT = [
+    ("retina", "gravel", "colour photograph / fine texture"),
+    ("blocks", "hubble", "flat graphic / night photograph"),
+    ("camera", "grass", "grayscale portrait / texture"),
+    ("horse", "brick", "tiny flat graphic / texture"),
+    ("ihc", "coffee", "colour photograph / photograph"),
 ]
 CELL = 200  # pixels of a contact-sheet cell's long side
 
@@ -153,13 +161,15 @@ def main():
         help="a StyleOptions field (JSON value), e.g. style_weight=1 or steps=[100,30]",
     )
     parser.add_argument("--pairs", default=None, help="comma-separated indices into the panel (default: all)")
+    parser.add_argument("--held-out", action="store_true", help="the pairs apart from the panel (HELD_OUT) instead")
     parser.add_argument("--title", default=None)
     args = parser.parse_args()
     options = {"size": args.size, "device": "cpu"}
     for item in args.set:
         key, _, value = item.partition("=")
         options[key] = parse_value(value)
-    pairs = PAIRS if args.pairs is None else [PAIRS[int(i)] for i in args.pairs.split(",")]
+    panel = HELD_OUT if args.held_out else PAIRS
+    pairs = panel if args.pairs is None else [panel[int(i)] for i in args.pairs.split(",")]
     os.makedirs(args.out, exist_ok=True)
     rows = run_panel(options, pairs)
     title = args.title or (

@@ -82,6 +82,31 @@ class BestImage:
         torch.where(better, image.detach(), self.image, out=self.image)  # no second picture-sized buffer
 
 
+# The average's decay per evaluation: the last ten or so iterates weigh most, a fifth to a quarter
+# of a finest stage's steps.
+AVERAGE_DECAY = 0.9
+
+
+class AverageImage:
+    """The exponential moving average of the images offered (decay AVERAGE_DECAY, bias-corrected as
+    Adam's moments are, so that the first offers are not pulled towards zero), kept on their device
+    without reading the loss on the host; an image whose loss is not finite is left out."""
+
+    def __init__(self, image: torch.Tensor):
+        self.total = torch.zeros_like(image.detach(), dtype=torch.float32)
+        self.weight = torch.zeros((), device=image.device)
+
+    def offer(self, loss: torch.Tensor, image: torch.Tensor) -> None:
+        decay = torch.where(torch.isfinite(loss.detach()), AVERAGE_DECAY, 1.0).to(self.weight.device)
+        self.total.mul_(decay).add_((1 - decay) * image.detach().float())
+        self.weight = self.weight * decay + (1 - decay)
+
+    def image_or(self, fallback: torch.Tensor) -> torch.Tensor:
+        """The average (`fallback`'s dtype), or `fallback` when no finite offer came."""
+        average = (self.total / self.weight.clamp_min(torch.finfo(torch.float32).tiny)).to(fallback.dtype)
+        return torch.where(self.weight > 0, average, fallback)
+
+
 @dataclass
 class StageInputs:
     """What one stage optimises against: `contents`, one ``(3, H, W)`` per picture at the stage's
@@ -128,11 +153,13 @@ def optimize_stage(
 ) -> Tuple[List[torch.Tensor], bool]:
     """Runs `stage` (of `stages`) from `images`, a list of ``(1, 3, H, W)`` on the device, one per
     picture, each the stage's own tensor; appends each evaluation to the pictures' `histories`.
-    Returns each picture's best image and whether Ctrl-C stopped the run (a stop while the targets
-    are made keeps the stage's starting images)."""
+    Returns each picture's best image (with ``options.average``, the average of its iterates,
+    :class:`AverageImage`, unless Ctrl-C stopped it) and whether Ctrl-C stopped the run (a stop
+    while the targets are made keeps the stage's starting images)."""
     batched = len(images) > 1
     images = [image.requires_grad_(True) for image in images]
     bests = [BestImage(image) for image in images]
+    averages = [AverageImage(image) for image in images] if options.average else []
     records: List[torch.Tensor] = []
 
     def closure() -> torch.Tensor:
@@ -141,6 +168,8 @@ def optimize_stage(
         rows = terms if batched else terms[None]
         for best, row, image in zip(bests, rows, images):
             best.offer(row[-1], image)
+        for average, row, image in zip(averages, rows, images):
+            average.offer(row[-1], image)
         if callback is not None:
             callback(
                 Progress(
@@ -165,6 +194,8 @@ def optimize_stage(
         interrupted = True
     finally:
         _record(stage.index, records, histories, batched)
+    if averages and not interrupted:
+        return [average.image_or(best.image) for average, best in zip(averages, bests)], interrupted
     return [best.image for best in bests], interrupted
 
 

@@ -126,7 +126,7 @@ def _add_weight_options(group, defaults: StyleOptions) -> None:
         default=defaults.style_loss,
         help="gram: Gatys' Gram matrices; sliced: the whole distribution of each layer's features, "
         "matched along random directions (sliced Wasserstein); w2: their mean and covariance (the "
-        "Wasserstein-2 distance between Gaussians); sliced and w2 without tiles or style masks "
+        "Wasserstein-2 distance between Gaussians); sliced and w2 without tiles, sliced without style masks "
         "(default %(default)s)",
     )
     group.add_argument(
@@ -153,6 +153,13 @@ def _add_weight_options(group, defaults: StyleOptions) -> None:
     )
     group.add_argument(
         "--learning-rate", type=float, default=defaults.learning_rate, help="Adam only (default %(default)s)"
+    )
+    group.add_argument(
+        "--average",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.average,
+        help="each scale's picture is a moving average of the optimiser's iterates, not the last "
+        "(smoother; a stop still keeps the best one; default off)",
     )
     group.add_argument("--init", default="content", help="content, noise, or an image path (default %(default)s)")
 

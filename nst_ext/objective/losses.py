@@ -355,23 +355,34 @@ class GaussianW2Loss(_DistributionLoss):
     ``tr E[ffᵀ]``. For features ``(B, C, H, W)`` of any float dtype it returns ``(B,)`` float32 (float64
     for float64 features).
 
-    `styles`: each style image's features at the layer, ``(C, N_i)``; `blend`: their weights. The
-    target is the mixture's mean and covariance (its moments, blended). Needs the whole picture in one
-    pass here (no tiles) and no style masks yet.
+    `styles`: each style image's features at the layer, ``(C, N_i)``; `blend`: their weights; `sources`:
+    for each, None or weights ``(N_i,)`` ≥ 0 (a style-image mask at the layer, flattened), the part
+    whose moments count. The target is the mixture's mean and covariance (its moments, blended).
+    `weights` ``(H, W)`` ≥ 0 (a style mask at the layer): the picture's moments are taken over the
+    region they weight (the masked Gram op), and a region with no weight at this layer costs 0. Needs
+    the whole picture in one pass (no tiles).
     """
 
     # Buffers (they move with the module).
     mean: torch.Tensor
     root: torch.Tensor
+    weights: Optional[torch.Tensor]
 
-    def __init__(self, styles, blend):
+    def __init__(self, styles, blend, sources=None, weights: Optional[torch.Tensor] = None):
         super().__init__()
         total = sum(float(share) for share in blend)
-        mean = sum(float(share) / total * style.double().mean(dim=1) for style, share in zip(styles, blend))
-        second = sum(
-            float(share) / total * (style.double() @ style.double().t()) / style.shape[1]
-            for style, share in zip(styles, blend)
-        )
+        mean = torch.zeros(styles[0].shape[0], dtype=torch.float64, device=styles[0].device)
+        second = torch.zeros(mean.shape * 2, dtype=torch.float64, device=mean.device)
+        for style, share, source in zip(styles, blend, sources or [None] * len(styles)):
+            features = style.double()
+            if source is None:
+                share_of_cells = torch.full((features.shape[1],), 1.0 / features.shape[1], dtype=torch.float64)
+            else:
+                source = source.double().flatten()
+                share_of_cells = source / source.sum().clamp(min=torch.finfo(torch.float64).tiny)
+            share_of_cells = share_of_cells.to(features.device) * (float(share) / total)
+            mean = mean + features @ share_of_cells
+            second = second + (features * share_of_cells) @ features.t()
         covariance = second - torch.outer(mean, mean)
         covariance = 0.5 * (covariance + covariance.t())
         # In float64 (C × C, small): float64 features are scored to their precision.
@@ -379,19 +390,37 @@ class GaussianW2Loss(_DistributionLoss):
         self.register_buffer("root", _psd_sqrt(covariance))
         self.trace = float(covariance.diagonal().sum().clamp(min=0))
         self.scale = float(1.0 / max(float(second.diagonal().sum()), 1e-12))
+        region = None if weights is None else weights.detach().float().to(mean.device)
+        self.register_buffer("weights", region)
+        # Fixed with the region: read once here, not on the host at every evaluation.
+        self.mass = None if region is None else float(region.sum())
+        self.region_cells = None if region is None else int((region > 0).sum())
 
     def _distance(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         flat = features.flatten(2).to(dtype)  # (B, C, N)
-        mean = flat.mean(dim=-1)  # (B, C)
-        covariance = gram_matrix(features).to(dtype) - mean[:, :, None] * mean[:, None, :]
+        if self.weights is None:
+            share = torch.full(flat.shape[-1:], 1.0 / flat.shape[-1], dtype=dtype, device=flat.device)
+            second = gram_matrix(features).to(dtype)
+            cells = flat.shape[-1]
+        else:
+            if not self.mass:  # the region has no weight at this layer
+                return torch.zeros(flat.shape[0], dtype=dtype, device=flat.device)
+            share = self.weights.to(device=flat.device, dtype=dtype).flatten() / self.mass
+            second = masked_gram_matrix(features, self.weights.to(features.device)).to(dtype)
+            cells = int(self.region_cells or 0)
+        mean = flat @ share  # (B, C)
+        covariance = second - mean[:, :, None] * mean[:, None, :]
         root = self.root.to(dtype)
-        cells = flat.shape[-1]
         if cells < flat.shape[1]:
-            # Fewer cells than channels (a deep layer of a small stage): Σ has rank < N, and the
-            # nonzero eigenvalues of Σₛ^½ Σ Σₛ^½ = Y Yᵀ / N (Y = Σₛ^½ (F − μ)) are those of the
-            # N × N matrix Yᵀ Y / N, which has no zero ones to slow the iterations.
-            centred = root @ (flat - mean[:, :, None])
-            product = centred.transpose(-2, -1) @ centred / cells
+            # Fewer cells than channels (a deep layer of a small stage, a small region): Σ has rank
+            # < N, and the nonzero eigenvalues of Σₛ^½ Σ Σₛ^½ = Y Yᵀ (Y = Σₛ^½ (F − μ) diag(share)^½,
+            # the region's cells) are those of the N × N Yᵀ Y, which has no zero ones to slow the
+            # iterations.
+            if self.weights is not None:
+                kept = self.weights.flatten().to(flat.device) > 0
+                flat, share = flat[..., kept], share[kept]
+            centred = root @ ((flat - mean[:, :, None]) * share.sqrt())
+            product = centred.transpose(-2, -1) @ centred
         else:
             product = root @ covariance @ root
         product = 0.5 * (product + product.transpose(-2, -1))

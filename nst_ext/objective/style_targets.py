@@ -29,14 +29,14 @@ StyleTerm = Tuple[str, Union[float, torch.Tensor], Union[StyleLoss, SlicedWasser
 
 def style_targets(objective: "Objective", stage_styles, blend, style_layers, masks: StageMasks) -> Dict[str, Any]:
     """The style layers' targets: the blend of the style images' Grams, ``(C, C)`` per layer;
-    with style masks, one Gram per style image, ``(S, C, C)``; with the sliced or w2 loss, each
-    style image's features ``(C, N)``, a list per layer. Each Gram is over the image's
-    source region when it has one. The images go through VGG one at a time (in tiles, when the
+    with style masks, one Gram per style image, ``(S, C, C)``; with the sliced loss, each style
+    image's features ``(C, N)``, a list per layer; with w2, each image's ``(features (C, N), its
+    source region's weights (N,) or None)``. Each Gram is over the image's source region when it has one. The images go through VGG one at a time (in tiles, when the
     stage is tiled: a style image at a print size is as large as the picture)."""
     network, vgg = objective.network, objective.network.vgg
     # The distribution losses (sliced, w2) take each image's features; Gram its blended Gram.
     sliced = objective.options.style_loss != "gram"
-    per_style: Dict[str, List[torch.Tensor]] = {name: [] for name in style_layers}
+    per_style: Dict[str, List[Any]] = {name: [] for name in style_layers}
     for index, (style, weight) in enumerate(zip(stage_styles, blend)):
         source = masks.source(index)
         regions = layer_masks(source, style_layers, masks.dilation) if source is not None else {}
@@ -49,10 +49,13 @@ def style_targets(objective: "Objective", stage_styles, blend, style_layers, mas
         with network.autocast():
             features = vgg(image, style_layers)
         for name in style_layers:
+            if not sliced:
+                per_style[name].append(blended_gram(features[name], share, regions.get(name)))
+                continue
+            flat = features[name][0].detach().flatten(1).float()
+            region = regions.get(name)
             per_style[name].append(
-                features[name][0].detach().flatten(1).float()
-                if sliced
-                else blended_gram(features[name], share, regions.get(name))
+                (flat, None if region is None else region.flatten()) if objective.options.style_loss == "w2" else flat
             )
         del features
     if sliced:
@@ -77,9 +80,7 @@ def style_groups(
     blend weight). With the sliced loss, `grams` holds each style image's features per layer,
     matched at the ranks of a picture of `shape` (H, W); with w2, summarised by their moments."""
     if options.style_loss == "w2":
-        return [
-            [(name, weight, GaussianW2Loss(grams[name], blend)) for name, weight in zip(style_layers, style_weights)]
-        ]
+        return _w2_groups(grams, blend, style_layers, style_weights, masks)
     if options.style_loss == "sliced":
         terms: List[StyleTerm] = []
         for name, weight in zip(style_layers, style_weights):
@@ -103,3 +104,25 @@ def style_groups(
         (name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)
     ]
     return [blended]
+
+
+def _w2_groups(grams, blend, style_layers, style_weights, masks: Optional[StageMasks]) -> List[List[StyleTerm]]:
+    """style_groups for w2: `grams` holds each style image's (features, source weights) per layer.
+    One group of the blend's moments, or with style masks a group per style image over its region
+    (as Gram's)."""
+    if masks is None or masks.style is None:
+        return [
+            [
+                (name, weight, GaussianW2Loss([f for f, _ in grams[name]], blend, [r for _, r in grams[name]]))
+                for name, weight in zip(style_layers, style_weights)
+            ]
+        ]
+    groups: List[List[StyleTerm]] = []
+    for index, (mask, share) in enumerate(zip(masks.style, blend)):
+        regions = layer_masks(mask, style_layers, masks.dilation)
+        terms: List[StyleTerm] = []
+        for name, weight in zip(style_layers, style_weights):
+            features, source = grams[name][index]
+            terms.append((name, weight * share, GaussianW2Loss([features], [1.0], [source], regions[name])))
+        groups.append(terms)
+    return groups

@@ -210,6 +210,7 @@ class _Stage:
     optimizer: str
     breaks: Tuple[int, ...]
     pictures: int
+    held_images: int = HELD_IMAGES  # picture-sized float32 images held besides the picture itself
 
     @property
     def layers(self) -> List[str]:
@@ -308,7 +309,7 @@ def _estimate(
         targets,
         transient,
         CPU_RUNTIME_BYTES if stage.device_type == "cpu" else CUDA_RUNTIME_BYTES,
-        held_images=HELD_IMAGES * stage.pixels * 4,
+        held_images=stage.held_images * stage.pixels * 4,
         tile_edge=edge,
         history_bfloat16=bfloat16_history and stage.optimizer == "lbfgs",
         content_bfloat16=bfloat16_content,
@@ -407,6 +408,7 @@ def plan_stage(
     tile: Optional[int] = None,
     history_bfloat16: Optional[bool] = None,
     content_bfloat16: Optional[bool] = None,
+    averaged: bool = False,
 ) -> MemoryPlan:
     """The plan for one stage of a `height` x `width` picture with these loss layers, `steps`
     optimiser steps and style images of `style_shapes` ((height, width) at this stage). `budget`:
@@ -418,7 +420,8 @@ def plan_stage(
     tiles of N pixels (on the pooling grid; a picture no larger than one tile is not tiled).
     `history_bfloat16`: None stores the L-BFGS pairs in bfloat16 when float32 does not fit, True or
     False forces. `content_bfloat16`: likewise the content targets, tried after the pairs and, unless
-    forced, only in tiles (untiled a step widens them whole).
+    forced, only in tiles (untiled a step widens them whole). `averaged`: the stage keeps the average
+    of its iterates too (one more picture-sized image, nst_ext.optimize.AverageImage).
     Raises OptionError when nothing fits the budget."""
     stage = _Stage(
         height,
@@ -431,6 +434,7 @@ def plan_stage(
         optimizer,
         tuple(breaks),
         pictures,
+        HELD_IMAGES + int(averaged),
     )
     edges = _tile_edges(tile, stage.layers, max(height, width))
     candidates = _candidates(steps, edges, tile, checkpointing, history_size, history_bfloat16, content_bfloat16)

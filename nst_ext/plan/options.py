@@ -124,6 +124,7 @@ class StyleOptions:
     style_scale: float = 1.0
     optimizer: str = "lbfgs"
     learning_rate: float = 0.02
+    average: bool = False  # each stage's picture: a moving average of its iterates (nst_ext.optimize.AverageImage)
     init: Union[str, ImageSource] = "content"
     scales: Optional[Sequence[int]] = None
     preserve_color: Optional[str] = None

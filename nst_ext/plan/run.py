@@ -117,6 +117,7 @@ def plan_run(
             tile=options.tile,
             history_bfloat16=options.lbfgs_history_bfloat16,
             content_bfloat16=options.content_target_bfloat16,
+            averaged=options.average,
         )
         stages.append(StagePlan(index, long_side, shape, styles, steps, memory))
     plan = RunPlan(tuple(stages[::-1]), pictures, budget)

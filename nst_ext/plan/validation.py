@@ -18,7 +18,7 @@ COLOR_TRANSFERS = ("pca", "cholesky", "histogram")
 # The style losses (nst_ext.objective.losses): Gatys' Gram matrices; the sliced Wasserstein distance
 # between whole feature distributions (Heitz et al. 2021); the Wasserstein-2 distance between the
 # features' Gaussians (mean and covariance). The two distribution losses need each picture in one pass
-# (no tiles) and no style masks yet.
+# (no tiles); w2 takes style masks (each region's moments), sliced not yet.
 STYLE_LOSSES = ("gram", "sliced", "w2")
 
 # The seeds torch's generators take: a 64-bit value, signed or unsigned.
@@ -107,6 +107,8 @@ def _check_weights(options: "StyleOptions") -> None:
 
 def _check_choices(options: "StyleOptions") -> None:
     """The options that name one of a few choices: optimiser, colour, masks, precision, pooling, style loss, init."""
+    if not isinstance(options.average, bool):
+        raise OptionError(f"average must be True or False, got {options.average!r}")
     if options.optimizer not in ("lbfgs", "adam"):
         raise OptionError(f"optimizer must be 'lbfgs' or 'adam', got {options.optimizer!r}")
     if options.preserve_color not in (None, "luminance", "histogram"):
@@ -138,8 +140,8 @@ def _check_choices(options: "StyleOptions") -> None:
         raise OptionError(f"pooling must be 'avg' or 'max', got {options.pooling!r}")
     if options.style_loss not in STYLE_LOSSES:
         raise OptionError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {options.style_loss!r}")
-    if options.style_loss != "gram" and (options.style_masks is not None or options.style_image_masks is not None):
-        raise OptionError(f"style masks work with style_loss 'gram' only, not {options.style_loss!r} (yet)")
+    if options.style_loss == "sliced" and (options.style_masks is not None or options.style_image_masks is not None):
+        raise OptionError("style masks work with style_loss 'gram' and 'w2', not 'sliced' (yet)")
     if options.style_loss != "gram" and options.tile:
         raise OptionError(
             f"style_loss {options.style_loss!r} takes each layer's features over the whole picture at once, "
