@@ -272,6 +272,7 @@ def test_more_passes_run_over_the_whole_clip_and_a_stop_continues_with_its_pass(
     output = tmp_path / "stopped.webm"
     assert run_video(source, [STYLE], output, options, passes=3).interrupted
     assert (tmp_path / ".stopped.webm.frames" / "passes.json").read_text() == '{"done": 2}'
+    assert len(list((tmp_path / ".stopped.webm.frames").glob("input*.png"))) == 6  # decoded once, kept on disk
     StandIn.runs, StandIn.stop_at = 0, None
     summary = run_video(source, [STYLE], output, options, passes=3)
     assert not summary.interrupted and (summary.kept, summary.stylized) == (6, 0) and StandIn.runs == 5

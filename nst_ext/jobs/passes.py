@@ -84,9 +84,9 @@ def refine_in_passes(
     sequence that takes item assignment, e.g. frames kept on disk), replacing each as it is
     restylized with `following` (a Stylizer: one stage at the output size); `temporal_weight` is for
     the default style weight, as the frame chain's (coherence.temporal_strength scales it to
-    `following`'s). `callback(pass, frame)` is called after each
-    frame, `on_pass(pass)` after each pass. Returns True when Ctrl-C stopped it (`outputs` then holds the frames done so far, every
-    one a finished picture)."""
+    `following`'s). `callback(pass, frame)` is called after each frame, `on_pass(pass)` after each
+    pass. Returns True when Ctrl-C stopped it (`outputs` then holds the frames done so far, every one
+    a finished picture)."""
     import torch
 
     from nst_ext.jobs.coherence import temporal_strength

@@ -238,32 +238,42 @@ class _WorkFrames:
         save_image(frame, _frame_path(self.work, index), overwrite=True)
 
 
-class _EightBitFrames:
-    """A clip's frames held in memory as 8-bit (a quarter of float32's room), each given back as
-    ``(3, H, W)`` float32 in [0, 1]."""
+class _InputFrames:
+    """The clip's input frames at the run's size, decoded once into the work folder as 8-bit PNGs
+    (a pass runs backward, which a video cannot be read in; a long clip does not fit in memory), each
+    given back as ``(3, H, W)`` float32 in [0, 1]."""
 
-    def __init__(self, frames):
-        import torch
+    def __init__(self, video: Path, shape, work: Path, frames: int):
+        from nst_ext.io.images import save_image
+        from nst_ext.io.video import read_frames
 
-        self.frames = [(frame * 255).round().to(torch.uint8) for frame in frames]
+        self.work, self.frames = work, frames
+        if not all(self._path(index).exists() for index in range(frames)):
+            for index, frame in enumerate(read_frames(video, shape)):
+                if index < frames and not self._path(index).exists():
+                    save_image(frame, self._path(index), overwrite=True)
+
+    def _path(self, index: int) -> Path:
+        return self.work / f"input{index:06d}.png"
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return self.frames
 
     def __getitem__(self, index: int):
-        return self.frames[index].float() / 255
+        from nst_ext.io.images import load_image
+
+        return load_image(self._path(index))
 
 
 def _refine_in_passes(
     video, info, shape, styles, work, options, device, temporal_weight, frame_steps, passes, on_frame
 ) -> bool:
     """Passes 2 … `passes` over the finished frames of `work` (nst_ext.jobs.passes), the input
-    frames held in memory as 8-bit. The passes finished are recorded in the work folder (PASSES_NAME),
+    frames kept there too (:class:`_InputFrames`). The passes finished are recorded in the work folder (PASSES_NAME),
     so a stopped run continues with the pass it stopped in (from its start: the frames that pass had
     redone are redone once more). Returns True when Ctrl-C stopped it."""
     from nst_ext.io.images import load_image
     from nst_ext.io.outputs import atomic_write
-    from nst_ext.io.video import read_frames
 
     record = work / PASSES_NAME
     try:
@@ -289,7 +299,7 @@ def _refine_in_passes(
     return refine_in_passes(
         following,
         style_images,
-        _EightBitFrames(read_frames(video, shape)),
+        _InputFrames(video, shape, work, info.frames),
         _WorkFrames(work, info.frames),
         passes,
         temporal_weight,
