@@ -143,9 +143,12 @@ def run_video(
             return summary
         if passes > 1:
             device = distributed.device(options.device)
-            summary.interrupted = _refine_in_passes(
-                video, info, shape, styles, work, options, device, temporal_weight, frame_steps, passes, on_frame
-            )
+            try:
+                summary.interrupted = _refine_in_passes(
+                    video, info, shape, styles, work, options, device, temporal_weight, frame_steps, passes, on_frame
+                )
+            except KeyboardInterrupt:  # while the input frames were kept: the finished passes stand
+                summary.interrupted = True
             if summary.interrupted:
                 return summary
         summary.stylized = sum(distributed.gather(summary.stylized))
@@ -269,9 +272,9 @@ def _refine_in_passes(
     video, info, shape, styles, work, options, device, temporal_weight, frame_steps, passes, on_frame
 ) -> bool:
     """Passes 2 … `passes` over the finished frames of `work` (nst_ext.jobs.passes), the input
-    frames kept there too (:class:`_InputFrames`). The passes finished are recorded in the work folder (PASSES_NAME),
-    so a stopped run continues with the pass it stopped in (from its start: the frames that pass had
-    redone are redone once more). Returns True when Ctrl-C stopped it."""
+    frames kept there too (:class:`_InputFrames`). The passes finished are recorded in the work
+    folder (PASSES_NAME), so a stopped run continues with the pass it stopped in (from its start:
+    the frames that pass had redone are redone once more). Returns True when Ctrl-C stopped it."""
     from nst_ext.io.images import load_image
     from nst_ext.io.outputs import atomic_write
 
