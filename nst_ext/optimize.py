@@ -98,7 +98,8 @@ class AverageImage:
 
     def offer(self, loss: torch.Tensor, image: torch.Tensor) -> None:
         decay = torch.where(torch.isfinite(loss.detach()), AVERAGE_DECAY, 1.0).to(self.weight.device)
-        self.total.mul_(decay).add_((1 - decay) * image.detach().float())
+        # In place: no second picture-sized buffer (the memory plan counts one image for the average).
+        self.total.lerp_(image.detach().float(), 1 - decay)
         self.weight = self.weight * decay + (1 - decay)
 
     def image_or(self, fallback: torch.Tensor) -> torch.Tensor:

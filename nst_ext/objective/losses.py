@@ -367,6 +367,7 @@ class GaussianW2Loss(_DistributionLoss):
     mean: torch.Tensor
     root: torch.Tensor
     weights: Optional[torch.Tensor]
+    region_index: Optional[torch.Tensor]
 
     def __init__(self, styles, blend, sources=None, weights: Optional[torch.Tensor] = None):
         super().__init__()
@@ -395,6 +396,10 @@ class GaussianW2Loss(_DistributionLoss):
         # Fixed with the region: read once here, not on the host at every evaluation.
         self.mass = None if region is None else float(region.sum())
         self.region_cells = None if region is None else int((region > 0).sum())
+        # The region's cells by index, for the N × N form (a boolean mask would read its count on
+        # the host at every evaluation).
+        cells = None if region is None else torch.nonzero(region.flatten() > 0).flatten()
+        self.register_buffer("region_index", cells)
 
     def _distance(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         flat = features.flatten(2).to(dtype)  # (B, C, N)
@@ -416,9 +421,9 @@ class GaussianW2Loss(_DistributionLoss):
             # < N, and the nonzero eigenvalues of Σₛ^½ Σ Σₛ^½ = Y Yᵀ (Y = Σₛ^½ (F − μ) diag(share)^½,
             # the region's cells) are those of the N × N Yᵀ Y, which has no zero ones to slow the
             # iterations.
-            if self.weights is not None:
-                kept = self.weights.flatten().to(flat.device) > 0
-                flat, share = flat[..., kept], share[kept]
+            if self.region_index is not None:
+                index = self.region_index.to(flat.device)
+                flat, share = flat.index_select(-1, index), share.index_select(0, index)
             centred = root @ ((flat - mean[:, :, None]) * share.sqrt())
             product = centred.transpose(-2, -1) @ centred
         else:

@@ -90,16 +90,9 @@ def style_groups(
             terms.append((name, weight, SlicedWassersteinLoss(grams[name], blend, directions, rows * columns)))
         return [terms]
     if masks is not None and masks.style is not None:
-        groups: List[List[StyleTerm]] = []
-        for index, (mask, share) in enumerate(zip(masks.style, blend)):
-            regions = layer_masks(mask, style_layers, masks.dilation)
-            groups.append(
-                [
-                    (name, weight * share, StyleLoss(grams[name][index], regions[name]))
-                    for name, weight in zip(style_layers, style_weights)
-                ]
-            )
-        return groups
+        return _groups_per_region(
+            masks, blend, style_layers, style_weights, lambda name, index, region: StyleLoss(grams[name][index], region)
+        )
     blended: List[StyleTerm] = [
         (name, weight, StyleLoss(grams[name])) for name, weight in zip(style_layers, style_weights)
     ]
@@ -117,12 +110,25 @@ def _w2_groups(grams, blend, style_layers, style_weights, masks: Optional[StageM
                 for name, weight in zip(style_layers, style_weights)
             ]
         ]
+
+    def over_region(name: str, index: int, region: torch.Tensor) -> GaussianW2Loss:
+        features, source = grams[name][index]
+        return GaussianW2Loss([features], [1.0], [source], region)
+
+    return _groups_per_region(masks, blend, style_layers, style_weights, over_region)
+
+
+def _groups_per_region(masks: StageMasks, blend, style_layers, style_weights, loss_over) -> List[List[StyleTerm]]:
+    """With style masks: a group per style image, its term at each layer `loss_over(layer name,
+    style index, the mask at that layer)`, weighted by the layer's weight times the style's blend
+    weight."""
     groups: List[List[StyleTerm]] = []
-    for index, (mask, share) in enumerate(zip(masks.style, blend)):
+    for index, (mask, share) in enumerate(zip(masks.style or (), blend)):
         regions = layer_masks(mask, style_layers, masks.dilation)
-        terms: List[StyleTerm] = []
-        for name, weight in zip(style_layers, style_weights):
-            features, source = grams[name][index]
-            terms.append((name, weight * share, GaussianW2Loss([features], [1.0], [source], regions[name])))
-        groups.append(terms)
+        groups.append(
+            [
+                (name, weight * share, loss_over(name, index, regions[name]))
+                for name, weight in zip(style_layers, style_weights)
+            ]
+        )
     return groups
