@@ -273,6 +273,26 @@ def test_event_stream_ends_after_the_final_picture():
     assert "Stop" in client.get("/").text and client.get("/static/view.js").status_code == 200
 
 
+def test_a_finished_run_waits_for_a_page_served_whose_stream_has_not_connected_yet():
+    # On a busy machine a page may be loaded but not yet following the run when it ends: the
+    # command must not close the server before that page got the final picture.
+    import urllib.request
+
+    from nst_ext.web.live import LiveView
+
+    live = LiveView()
+    with urllib.request.urlopen(live.url, timeout=10) as answer:
+        assert b"Stop" in answer.read()
+    closing = threading.Thread(target=live.close, args=(torch.full((3, 8, 8), 0.5),))
+    closing.start()
+    time.sleep(0.5)
+    assert closing.is_alive(), "the server closed before the page served got the final picture"
+    with urllib.request.urlopen(live.url + "events", timeout=10) as stream:
+        states = [json.loads(line[6:]) for line in stream.read().decode().splitlines() if line.startswith("data: ")]
+    closing.join(10)
+    assert not closing.is_alive() and states[-1]["status"] == "done" and "picture" in states[-1]
+
+
 def test_web_port_and_missing_extra_get_one_line(tmp_path, monkeypatch):
     refused = nst_ext_cli("stylize", CONTENT, STYLE, "-o", tmp_path / "out.png", "--web", "http")
     assert refused.returncode == 2 and "expected a port number" in refused.stderr

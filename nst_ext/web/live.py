@@ -29,6 +29,12 @@ def live_app(preview: Preview, streams: PreviewStreams, access: Access, stop=_in
     """The live view's routes for the server `access` describes: the page, its event stream, and
     Stop (which calls `stop`), from this server's own page only."""
 
+    show_page = page("live.html")
+
+    async def the_page(request):
+        streams.page_served()
+        return await show_page(request)
+
     async def events(request):
         return streams.response(request, lambda: preview, ends_with_run=True)
 
@@ -38,7 +44,7 @@ def live_app(preview: Preview, streams: PreviewStreams, access: Access, stop=_in
         return JSONResponse({"stopping": not preview.finished}, status_code=202)
 
     return guarded_app(
-        [Route("/", page("live.html")), Route("/events", events), Route("/stop", stop_run, methods=["POST"])],
+        [Route("/", the_page), Route("/events", events), Route("/stop", stop_run, methods=["POST"])],
         access,
         LIVE_MAX_BODY,
         lambda limit: f"the live view takes no request over {limit} bytes",
@@ -63,12 +69,12 @@ class LiveView:
 
     def close(self, image=None, status: str = "done", message: str = "") -> None:
         """Shows the final `image` (``(3, H, W)`` in [0, 1], or None) and the run's end, waits up to
-        FINAL_PICTURE_SECONDS for open pages to get it (a Ctrl-C meanwhile ends the wait: the
+        FINAL_PICTURE_SECONDS for the pages served to get it (open or still connecting) (a Ctrl-C meanwhile ends the wait: the
         command calls this once its work is saved), and stops the server."""
         self.preview.finish(image, status, message)
         deadline = time.monotonic() + FINAL_PICTURE_SECONDS
         try:
-            while self.streams.open and time.monotonic() < deadline:
+            while self.streams.pages_waiting and time.monotonic() < deadline:
                 time.sleep(0.05)
         except KeyboardInterrupt:  # Ctrl-C (or Stop) again once the work is saved: no more waiting for pages
             pass

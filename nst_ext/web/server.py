@@ -26,6 +26,9 @@ from nst_ext.web.preview import PREVIEW_SECONDS, Preview, lower_this_threads_pri
 STATIC = resources.files("nst_ext.web") / "static"
 # An idle stream sends a comment this often, so that a page notices a server that went away.
 KEEP_ALIVE_SECONDS = 10.0
+# A page whose stream dropped reconnects after this many milliseconds (browsers wait 3 s unless
+# told), so that it is back within the time a finished run waits for its pages.
+RECONNECT_MS = 500
 
 
 LOG = logging.getLogger(__name__)
@@ -77,12 +80,26 @@ def event(state: dict, jpeg: Optional[bytes]) -> str:
 
 
 class PreviewStreams:
-    """The open event streams of previews; counts them, so that a run can wait until every page
-    got its final picture before the process ends."""
+    """The event streams of previews; counts the open ones, the pages served that will open one,
+    and the final states sent, so that a run can wait until every page got its final picture
+    before the process ends (a page served whose stream is not yet connected, or is reconnecting,
+    counts too)."""
 
     def __init__(self):
         self.open = 0
+        self.pages_served = 0
+        self.finals_sent = 0
         self._lock = threading.Lock()
+
+    def page_served(self) -> None:
+        with self._lock:
+            self.pages_served += 1
+
+    @property
+    def pages_waiting(self) -> bool:
+        """Whether a stream is open or a page served has not yet been sent its run's final state."""
+        with self._lock:
+            return self.open > 0 or self.finals_sent < self.pages_served
 
     def response(self, request, preview: Callable[[], Optional[Preview]], ends_with_run: bool) -> StreamingResponse:
         """A stream of `preview()`'s states (None: nothing to show yet), at most one event every
@@ -99,6 +116,7 @@ class PreviewStreams:
         with self._lock:
             self.open += 1
         try:
+            yield f"retry: {RECONNECT_MS}\n\n"
             shown, seen, current, quiet = None, -1, None, 0.0
             while not await request.is_disconnected():
                 watched = preview()
@@ -119,6 +137,8 @@ class PreviewStreams:
                 seen = shown["version"]
                 yield event(shown, jpeg)
                 if ends_with_run and current.finished:
+                    with self._lock:
+                        self.finals_sent += 1
                     return
                 await asyncio.sleep(PREVIEW_SECONDS)
         finally:
