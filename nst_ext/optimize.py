@@ -18,6 +18,7 @@ from nst_ext.lbfgs import LBFGS, run_together
 from nst_ext.model.network import Network
 from nst_ext.objective import TERMS, Objective, TemporalTarget
 from nst_ext.objective.masks import StageMasks
+from nst_ext.parametrization import PyramidVariable
 from nst_ext.plan.memory import MemoryPlan
 from nst_ext.plan.options import LBFGS_FIRST_STEP_RMS, LBFGS_MAX_STEP_RMS, StyleOptions
 from nst_ext.plan.run import StagePlan
@@ -161,10 +162,15 @@ def optimize_stage(
     images = [image.requires_grad_(True) for image in images]
     bests = [BestImage(image) for image in images]
     averages = [AverageImage(image) for image in images] if options.average else []
+    pyramids = [PyramidVariable(image) for image in images] if options.parametrization == "pyramid" else []
     records: List[torch.Tensor] = []
 
     def closure() -> torch.Tensor:
+        for pyramid in pyramids:
+            pyramid.write_image()
         terms = evaluate()
+        for pyramid in pyramids:
+            pyramid.take_gradient()
         records.append(terms)
         rows = terms if batched else terms[None]
         for best, row, image in zip(bests, rows, images):
@@ -190,7 +196,8 @@ def optimize_stage(
     try:
         objective = _stage_objective(network, options, stage, inputs, cache)
         evaluate = objective.evaluator(images if batched else images[0], graph=options.cuda_graph)
-        _run_optimizer(options, stage, images, closure)
+        moved = [pyramid.coefficients for pyramid in pyramids] if pyramids else images
+        _run_optimizer(options, stage, moved, closure, clamp=not pyramids)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -224,10 +231,16 @@ def _stage_objective(
 
 
 def _run_optimizer(
-    options: StyleOptions, stage: StagePlan, images: List[torch.Tensor], closure: Callable[[], torch.Tensor]
+    options: StyleOptions,
+    stage: StagePlan,
+    images: List[torch.Tensor],
+    closure: Callable[[], torch.Tensor],
+    clamp: bool = True,
 ) -> None:
     """The stage's steps of L-BFGS (one per picture, run together) or Adam (element by element:
-    one over all the pictures is one per picture, each clamped to [0, 1] after a step)."""
+    one over all the pictures is one per picture) over `images`, each picture's tensor the
+    optimiser moves (its pixels, clamped to [0, 1] after an Adam step with `clamp`, or its
+    pyramid's coefficients)."""
     if options.optimizer == "lbfgs":
         history_dtype = torch.bfloat16 if stage.memory.history_bfloat16 else None
         optimizers = [
@@ -246,9 +259,10 @@ def _run_optimizer(
     optimizer = torch.optim.Adam(images, lr=options.learning_rate)
     for _ in range(stage.steps):
         optimizer.step(closure)
-        with torch.no_grad():
-            for image in images:
-                image.clamp_(0, 1)
+        if clamp:
+            with torch.no_grad():
+                for image in images:
+                    image.clamp_(0, 1)
 
 
 def _record(stage: int, records: List[torch.Tensor], histories: List[History], batched: bool) -> None:

@@ -24,7 +24,7 @@ FLOORS = [
     ("plan", ["nst_ext.plan"]),
     ("ops", ["nst_ext.ops"]),
     # Modules that import nothing of nst_ext, and the package root (its names load lazily, by name).
-    ("base", ["nst_ext.errors", "nst_ext.lbfgs", "nst_ext"]),
+    ("base", ["nst_ext.errors", "nst_ext.lbfgs", "nst_ext.parametrization", "nst_ext"]),
 ]
 RANK = {name: rank for rank, (name, _) in enumerate(FLOORS)}
 

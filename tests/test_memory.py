@@ -8,13 +8,16 @@ import torch
 
 import nst_ext
 from nst_ext.errors import InputError, OptionError
-from nst_ext.plan.layers import LAYER_INDEX
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS
 from nst_ext.plan.budget import parse_size
 from nst_ext.plan import tiles
 from nst_ext.plan.memory import (
     HELD_IMAGES,
     LBFGS_HISTORY,
     MIN_LBFGS_HISTORY,
+    SLICED_STEP_BYTES,
+    W2_STEP_BYTES,
+    W2_STEP_MATRICES,
     TRANSIENT_PER_LARGEST_ACTIVATION,
     _layer_elements,
     budget_for,
@@ -358,3 +361,37 @@ def test_the_batch_size_that_fits_a_budget():
 def stylizer_plans(stylizer, content_shape, style_shapes, pictures=1):
     """Each stage's memory plan for a run of `stylizer` (its options, on its network)."""
     return [stage.memory for stage in stylizer.plan(content_shape, style_shapes, pictures).stages]
+
+
+def test_the_plan_counts_the_sliced_target_as_the_loss_keeps_it():
+    # The plan's share for the sliced targets is the bytes the objective's losses actually hold.
+    content, style = torch.rand(3, 40, 56), torch.rand(3, 48, 48)
+    stylizer = Stylizer(size=56, style_loss="sliced", device="cpu")
+    image, objective = stylizer.objective(content, style)
+    held = sum(loss.target.numel() * loss.target.element_size() for _, _, loss in objective.style_terms)
+    shape = tuple(image.shape[-2:])
+    plans = {
+        loss: Stylizer(size=56, style_loss=loss, device="cpu").plan(shape, [(48, 48)]).stages[-1].memory
+        for loss in ("gram", "sliced", "w2")
+    }
+    elements = held // 4
+    per_step = SLICED_STEP_BYTES * elements
+    assert plans["sliced"].targets - plans["gram"].targets == held + per_step
+    matrices = sum(8 * LAYERS[LAYER_INDEX[name]].channels ** 2 for name in DEFAULT_STYLE_LAYERS)  # float64 C × C
+    expected = 2 * matrices + W2_STEP_BYTES * elements + W2_STEP_MATRICES * matrices
+    assert plans["w2"].targets - plans["gram"].targets == expected
+
+
+def test_the_plan_counts_the_style_features_a_distribution_loss_keeps_while_its_targets_are_made():
+    # Two large style images: Gram's passes over them peak one at a time; a distribution loss keeps
+    # the first one's features through the second pass.
+    styles = [(1024, 1024), (768, 768)]
+
+    def planned(loss):
+        return plan_stage(
+            64, 64, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, 10, styles, None, "cpu", 4, style_loss=loss
+        )
+
+    second = sum(_layer_elements(LAYER_INDEX[name], 768, 768) for name in DEFAULT_STYLE_LAYERS)
+    assert planned("w2").total - planned("gram").total >= 4 * second
+    assert planned("sliced").total > planned("w2").total

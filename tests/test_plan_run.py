@@ -58,9 +58,14 @@ def test_a_loss_that_cannot_be_tiled_is_refused_where_only_tiles_fit():
     budget = budget_for(stage.memory.total - 2**20)
     gram = Stylizer(**settings)
     assert plan_run(gram.options, gram.network, (320, 240), [(100, 100)], budget=budget).stages[0].evaluator == "tiles"
+    # The sliced loss keeps more (its target and sort indices): just below its own checkpointed need.
+    forced_sliced = Stylizer(checkpointing=True, style_loss="sliced", **settings)
+    (stage,) = plan_run(forced_sliced.options, forced_sliced.network, (320, 240), [(100, 100)], budget=10**12).stages
     sliced = Stylizer(style_loss="sliced", **settings)
     with pytest.raises(OptionError, match="fits the memory budget only in tiles"):
-        plan_run(sliced.options, sliced.network, (320, 240), [(100, 100)], budget=budget)
+        plan_run(
+            sliced.options, sliced.network, (320, 240), [(100, 100)], budget=budget_for(stage.memory.total - 2**20)
+        )
 
 
 def test_batches_plan_for_all_their_pictures():

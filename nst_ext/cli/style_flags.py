@@ -161,6 +161,13 @@ def _add_weight_options(group, defaults: StyleOptions) -> None:
         help="each scale's picture is a moving average of the optimiser's iterates, not the last "
         "(smoother; a stop still keeps the best one; default off)",
     )
+    group.add_argument(
+        "--parametrization",
+        choices=["pixels", "pyramid"],
+        default=defaults.parametrization,
+        help="what the optimiser moves: the pixels, or the picture's Laplacian pyramid (coarse structures "
+        "change as readily as fine ones; default %(default)s)",
+    )
     group.add_argument("--init", default="content", help="content, noise, or an image path (default %(default)s)")
 
 

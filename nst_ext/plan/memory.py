@@ -28,6 +28,7 @@ from nst_ext.plan import tiles
 from nst_ext.plan.budget import format_size, free_memory_bytes, parse_size
 from nst_ext.errors import OptionError
 from nst_ext.plan.layers import LAYER_INDEX, LAYERS
+from nst_ext.parametrization import PYRAMID_COEFFICIENTS_PER_PIXEL
 
 LBFGS_HISTORY = 50  # pairs, when memory allows
 MIN_LBFGS_HISTORY = 5
@@ -211,6 +212,8 @@ class _Stage:
     breaks: Tuple[int, ...]
     pictures: int
     held_images: int = HELD_IMAGES  # picture-sized float32 images held besides the picture itself
+    optimised_per_pixel: float = 1.0  # values the optimiser moves per pixel (a pyramid's coefficients: more)
+    style_loss: str = "gram"  # nst_ext.plan.validation.STYLE_LOSSES
 
     @property
     def layers(self) -> List[str]:
@@ -234,11 +237,12 @@ class _Stage:
 def _history_bytes(stage: _Stage, pairs: int, bfloat16: bool) -> int:
     """The optimiser's picture-sized state: Adam's moments, or the L-BFGS pairs and work vectors
     (in bfloat16: the pairs in 2 bytes, and one pair vector widened at a time)."""
+    moved = math.ceil(stage.pixels * stage.optimised_per_pixel)
     if stage.optimizer != "lbfgs":
-        return 4 * stage.pixels * 4
+        return 4 * moved * 4
     if bfloat16:
-        return 2 * pairs * stage.pixels * 2 + (LBFGS_WORK_VECTORS + 1) * stage.pixels * 4
-    return (2 * pairs + LBFGS_WORK_VECTORS) * stage.pixels * 4
+        return 2 * pairs * moved * 2 + (LBFGS_WORK_VECTORS + 1) * moved * 4
+    return (2 * pairs + LBFGS_WORK_VECTORS) * moved * 4
 
 
 def _target_bytes(stage: _Stage, edge: int, bfloat16_content: bool, seen: Tuple[int, int]) -> Tuple[int, int]:
@@ -255,6 +259,8 @@ def _target_bytes(stage: _Stage, edge: int, bfloat16_content: bool, seen: Tuple[
     style_grams = sum(4 * LAYERS[LAYER_INDEX[name]].channels ** 2 for name in stage.style_layers)
     step_copies = 0 if edge else 8 if bfloat16_content else 4
     targets = ((2 if bfloat16_content else 4) + step_copies) * content_elements + style_grams
+    if stage.style_loss != "gram":
+        targets += _distribution_target_bytes(stage)
     if edge:  # tiles and total-variation strips are clamped one at a time: no picture-sized temporaries
         tile_shape = lambda h, w: (min(h, edge + 2 * margin), min(w, edge + 2 * margin))  # noqa: E731
         making = stage.making_targets([(pictures, seen), *((1, tile_shape(*shape)) for shape in stage.style_shapes)])
@@ -262,7 +268,49 @@ def _target_bytes(stage: _Stage, edge: int, bfloat16_content: bool, seen: Tuple[
         making = stage.making_targets(
             [(pictures, (stage.height, stage.width)), *((1, shape) for shape in stage.style_shapes)]
         )
+    if stage.style_loss != "gram":
+        making = max(making, _distribution_making_bytes(stage))
     return targets, making
+
+
+# Bytes per feature value of the sliced loss in a step besides the target (4): its sort's int64
+# indices, kept for the backward, and the float32 difference to the target.
+SLICED_STEP_BYTES = 12
+# The w2 loss in a step, fitted to its measured peaks above Gram's at 256 and 384 px (BENCHMARKS.md,
+# "The frontier"): bytes per feature value of a picture (the float32 copy of bfloat16 features and
+# the products kept for the backward), and float64 C × C matrices per layer (the Newton–Schulz
+# iterates kept for the backward).
+W2_STEP_BYTES = 8
+W2_STEP_MATRICES = 16
+# Bytes per style feature value while the sliced target of one layer is made (nst_ext.objective.
+# losses._weighted_quantiles, float64): the projections, the sort's int64 order, the sorted values,
+# the weights in that order, their cumulative sum and its normalised copy.
+SLICED_MAKING_BYTES = 48
+
+
+def _distribution_target_bytes(stage: _Stage) -> int:
+    """What a distribution loss keeps during the steps: sliced, a float32 target of the picture's
+    features' size per style layer (shared by a batch) and, per picture, SLICED_STEP_BYTES a value;
+    w2, two float64 C × C target matrices a layer and, per picture, W2_STEP_BYTES a value and
+    W2_STEP_MATRICES C × C matrices a layer."""
+    indices = [LAYER_INDEX[name] for name in stage.style_layers]
+    elements = sum(_layer_elements(index, stage.height, stage.width) for index in indices)
+    if stage.style_loss == "w2":
+        matrices = sum(8 * LAYERS[index].channels ** 2 for index in indices)
+        return 2 * matrices + stage.pictures * (W2_STEP_BYTES * elements + W2_STEP_MATRICES * matrices)
+    return (4 + SLICED_STEP_BYTES * stage.pictures) * elements
+
+
+def _distribution_making_bytes(stage: _Stage) -> int:
+    """The peak of making a distribution loss's targets: each style image's features at every style
+    layer are held until the losses are built, so the passes over the style images add up (where
+    Gram's keep only a Gram each); for sliced, plus the largest layer's projections being sorted."""
+    passes = sum(stage.making_targets([(1, shape)]) for shape in stage.style_shapes)
+    per_layer = [
+        sum(_layer_elements(LAYER_INDEX[name], h, w) for h, w in stage.style_shapes) for name in stage.style_layers
+    ]
+    sorting = SLICED_MAKING_BYTES * max(per_layer) if stage.style_loss == "sliced" else 0
+    return passes + sorting
 
 
 def _estimate(
@@ -409,6 +457,8 @@ def plan_stage(
     history_bfloat16: Optional[bool] = None,
     content_bfloat16: Optional[bool] = None,
     averaged: bool = False,
+    pyramid: bool = False,
+    style_loss: str = "gram",
 ) -> MemoryPlan:
     """The plan for one stage of a `height` x `width` picture with these loss layers, `steps`
     optimiser steps and style images of `style_shapes` ((height, width) at this stage). `budget`:
@@ -421,7 +471,11 @@ def plan_stage(
     `history_bfloat16`: None stores the L-BFGS pairs in bfloat16 when float32 does not fit, True or
     False forces. `content_bfloat16`: likewise the content targets, tried after the pairs and, unless
     forced, only in tiles (untiled a step widens them whole). `averaged`: the stage keeps the average
-    of its iterates too (one more picture-sized image, nst_ext.optimize.AverageImage).
+    of its iterates too (one more picture-sized image, nst_ext.optimize.AverageImage). `pyramid`: the
+    optimiser moves the picture's Laplacian pyramid (nst_ext.parametrization): its state is counted
+    in coefficients, and the picture and its gradient are held besides. `style_loss`: the distribution
+    losses keep the style images' features while their targets are made, and sliced keeps a target
+    as large as the picture's features and its sort's indices for the backward (:func:`_target_bytes`).
     Raises OptionError when nothing fits the budget."""
     stage = _Stage(
         height,
@@ -434,7 +488,9 @@ def plan_stage(
         optimizer,
         tuple(breaks),
         pictures,
-        HELD_IMAGES + int(averaged),
+        HELD_IMAGES + int(averaged) + 2 * int(pyramid),
+        PYRAMID_COEFFICIENTS_PER_PIXEL if pyramid else 1.0,
+        style_loss,
     )
     edges = _tile_edges(tile, stage.layers, max(height, width))
     candidates = _candidates(steps, edges, tile, checkpointing, history_size, history_bfloat16, content_bfloat16)

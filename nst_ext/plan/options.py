@@ -125,6 +125,7 @@ class StyleOptions:
     optimizer: str = "lbfgs"
     learning_rate: float = 0.02
     average: bool = False  # each stage's picture: a moving average of its iterates (nst_ext.optimize.AverageImage)
+    parametrization: str = "pixels"  # what the optimiser moves: "pixels" or "pyramid" (nst_ext.parametrization)
     init: Union[str, ImageSource] = "content"
     scales: Optional[Sequence[int]] = None
     preserve_color: Optional[str] = None

@@ -118,6 +118,8 @@ def plan_run(
             history_bfloat16=options.lbfgs_history_bfloat16,
             content_bfloat16=options.content_target_bfloat16,
             averaged=options.average,
+            pyramid=options.parametrization == "pyramid",
+            style_loss=options.style_loss,
         )
         stages.append(StagePlan(index, long_side, shape, styles, steps, memory))
     plan = RunPlan(tuple(stages[::-1]), pictures, budget)

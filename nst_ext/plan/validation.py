@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING, Sequence
 
 from nst_ext.errors import OptionError
+from nst_ext.parametrization import PARAMETRIZATIONS
 from nst_ext.plan.budget import parse_size
 from nst_ext.plan.layers import LAYER_INDEX, check_layer_names
 
@@ -109,6 +110,10 @@ def _check_choices(options: "StyleOptions") -> None:
     """The options that name one of a few choices: optimiser, colour, masks, precision, pooling, style loss, init."""
     if not isinstance(options.average, bool):
         raise OptionError(f"average must be True or False, got {options.average!r}")
+    if options.parametrization not in PARAMETRIZATIONS:
+        raise OptionError(
+            f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}, got {options.parametrization!r}"
+        )
     if options.optimizer not in ("lbfgs", "adam"):
         raise OptionError(f"optimizer must be 'lbfgs' or 'adam', got {options.optimizer!r}")
     if options.preserve_color not in (None, "luminance", "histogram"):
