@@ -116,17 +116,26 @@ def region_distances(vgg, picture: torch.Tensor, styles):
     return table
 
 
-def test_two_regions_take_on_their_own_styles(seed):
+@pytest.mark.parametrize("parametrization", ["pixels", "pyramid"])
+def test_two_regions_take_on_their_own_styles(seed, parametrization):
     """The issue's acceptance test: a picture from two different styles, one on each half (two
     stages, coarse to fine); each half's statistics are closer to its own style than to the
-    other's, and swapping the masks swaps the halves."""
+    other's, and swapping the masks swaps the halves. Through the pyramid too (whose coarse levels
+    span both halves)."""
     generator = torch.Generator().manual_seed(seed)
     height, width = 72, 96
     content = 0.5 + 0.05 * torch.randn(3, height, width, generator=generator)
     blotches, dots = texture("blotches", 64, 64, generator), texture("dots", 64, 64, generator)
     left = torch.zeros(height, width)
     left[:, : width // 2] = 1
-    settings = dict(scales=[64, 96], steps=[30, 20], style_weight=STRONG_STYLE_WEIGHT, seed=0, device="cpu")
+    settings = dict(
+        scales=[64, 96],
+        steps=[30, 20],
+        style_weight=STRONG_STYLE_WEIGHT,
+        seed=0,
+        device="cpu",
+        parametrization=parametrization,
+    )
     stylizer = Stylizer(style_masks=[left, 1 - left], **settings)
     picture = stylizer.run(content.clamp(0, 1), [blotches, dots]).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
