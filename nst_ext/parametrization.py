@@ -1,6 +1,9 @@
 """What a stage's optimiser moves (``StyleOptions.parametrization``): the pixels themselves, or the
 picture's Laplacian pyramid, the image STROTSS (Kolkin et al. 2019) and NNST optimise.
 
+The names of the choices (nst_ext.plan.validation.PARAMETRIZATIONS) and the coefficients' count per
+pixel (nst_ext.plan.memory.PYRAMID_COEFFICIENTS_PER_PIXEL) live with the plan, which needs no torch.
+
 A pyramid's coefficients are band-pass levels, finest first, each half the previous one's size
 (rounded up), and a coarse remainder. The picture is their sum, each level enlarged bilinearly to
 the next finer one's size, each coarser level weighed less (PYRAMID_LEVEL_GAIN). The map is
@@ -17,7 +20,6 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-PARAMETRIZATIONS = ("pixels", "pyramid")
 # The coarsest level keeps at least this many pixels on its shorter side, and a pyramid has at
 # most PYRAMID_MAX_LEVELS band-pass levels: a 512 px picture's coarsest level is 16 px.
 PYRAMID_MIN_SIDE = 16
@@ -29,9 +31,6 @@ PYRAMID_MAX_LEVELS = 5
 # alike. 0.5 lies below the Gram curve on the judge's frontier, 1 above it (BENCHMARKS.md, "The
 # frontier").
 PYRAMID_LEVEL_GAIN = 0.5
-# Coefficients per pixel (1 + 1/4 + 1/16 + ..., to within the rounding up of odd sides;
-# nst_ext.plan.memory counts the optimiser's state by it).
-PYRAMID_COEFFICIENTS_PER_PIXEL = 4 / 3
 
 
 def pyramid_shapes(height: int, width: int) -> List[Tuple[int, int]]:

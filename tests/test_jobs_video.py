@@ -98,11 +98,13 @@ def test_even_sides_for_420_video(tmp_path, clip):
     assert info.width % 2 == 0 and info.height % 2 == 0 and max(info.width, info.height) == 46
 
 
-@pytest.mark.parametrize("parametrization", ["pixels", "pyramid"])
-def test_the_style_moves_with_a_panning_camera(tmp_path, parametrization):
+@pytest.mark.parametrize(
+    "style_loss, parametrization", [("gram", "pixels"), ("gram", "pyramid"), ("w2", "pixels"), ("sliced", "pixels")]
+)
+def test_the_style_moves_with_a_panning_camera(tmp_path, style_loss, parametrization):
     """The whole job on a lossless clip with known motion: with the flow (the default) the picture
-    follows the scene by the true motion far better than the still-camera mask did (optimised in
-    pixels or through the pyramid, whose frames start from the warped previous one alike)."""
+    follows the scene by the true motion far better than the still-camera mask did: with each style
+    loss, and through the pyramid (whose frames start from the warped previous one alike)."""
     clip = motion_clip("pan", "chelsea", 8, (36, 48), pan=(2, 1))
     source = write_clip(clip, tmp_path / "pan.mov")
     errors = {}
@@ -112,7 +114,9 @@ def test_the_style_moves_with_a_panning_camera(tmp_path, parametrization):
             source,
             [STYLE],
             output,
-            nst_ext.StyleOptions(size=48, steps=20, device="cpu", seed=0, parametrization=parametrization),
+            nst_ext.StyleOptions(
+                size=48, steps=20, device="cpu", seed=0, style_loss=style_loss, parametrization=parametrization
+            ),
             frame_steps=10,
             coherence=coherence,
         )

@@ -116,12 +116,12 @@ def region_distances(vgg, picture: torch.Tensor, styles):
     return table
 
 
-@pytest.mark.parametrize("parametrization", ["pixels", "pyramid"])
-def test_two_regions_take_on_their_own_styles(seed, parametrization):
+@pytest.mark.parametrize("style_loss, parametrization", [("gram", "pixels"), ("gram", "pyramid"), ("sliced", "pixels")])
+def test_two_regions_take_on_their_own_styles(seed, style_loss, parametrization):
     """The issue's acceptance test: a picture from two different styles, one on each half (two
     stages, coarse to fine); each half's statistics are closer to its own style than to the
     other's, and swapping the masks swaps the halves. Through the pyramid too (whose coarse levels
-    span both halves)."""
+    span both halves), and with the sliced loss (each region's distribution its style's)."""
     generator = torch.Generator().manual_seed(seed)
     height, width = 72, 96
     content = 0.5 + 0.05 * torch.randn(3, height, width, generator=generator)
@@ -134,6 +134,7 @@ def test_two_regions_take_on_their_own_styles(seed, parametrization):
         style_weight=STRONG_STYLE_WEIGHT,
         seed=0,
         device="cpu",
+        style_loss=style_loss,
         parametrization=parametrization,
     )
     stylizer = Stylizer(style_masks=[left, 1 - left], **settings)
@@ -146,13 +147,14 @@ def test_two_regions_take_on_their_own_styles(seed, parametrization):
     assert left_b < left_a and right_a < right_b, (left_a, left_b, right_a, right_b)
 
 
-def test_style_image_masks_choose_the_source(seed):
+@pytest.mark.parametrize("style_loss", ["gram", "sliced"])
+def test_style_image_masks_choose_the_source(seed, style_loss):
     """One style image holding both textures side by side; its style-image masks pick the part
     that styles each region of the picture (the sky of a painting for the sky of the photo).
     A fresh draw of the textures each time: before L-BFGS's steps were bounded, some draws threw
     the picture out of [0, 1] in the 64 px stage (BENCHMARKS.md, "L-BFGS's longest step")."""
     content, styles, (blotches, dots), options = source_masked_setting(seed)
-    stylizer = Stylizer(**options)
+    stylizer = Stylizer(**options, style_loss=style_loss)
     picture = stylizer.run(content, styles).tensor
     (left_a, left_b), (right_a, right_b) = region_distances(stylizer.vgg, picture, [blotches, dots])
     assert left_b < left_a and right_a < right_b, (left_a, left_b, right_a, right_b)

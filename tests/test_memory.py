@@ -8,18 +8,21 @@ import torch
 
 import nst_ext
 from nst_ext.errors import InputError, OptionError
-from nst_ext.plan.layers import LAYER_INDEX, LAYERS
+from nst_ext.plan.distribution_memory import (
+    SLICED_REGION_STEP_BYTES,
+    SLICED_REGION_STYLE_BYTES,
+    SLICED_STEP_BYTES,
+    W2_STEP_BYTES,
+    W2_STEP_MATRICES,
+)
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS, layer_elements
 from nst_ext.plan.budget import parse_size
 from nst_ext.plan import tiles
 from nst_ext.plan.memory import (
     HELD_IMAGES,
     LBFGS_HISTORY,
     MIN_LBFGS_HISTORY,
-    SLICED_STEP_BYTES,
-    W2_STEP_BYTES,
-    W2_STEP_MATRICES,
     TRANSIENT_PER_LARGEST_ACTIVATION,
-    _layer_elements,
     budget_for,
     choose_segments,
     plan_stage,
@@ -155,7 +158,7 @@ def test_bfloat16_pairs_take_half_the_pairs_memory_and_can_be_forced():
 
 @pytest.mark.parametrize("tile", [0, 256])
 def test_bfloat16_content_targets_take_half_their_memory_and_can_be_forced(tile):
-    elements = sum(_layer_elements(LAYER_INDEX[name], 1024, 1024) for name in DEFAULT_CONTENT_LAYERS)
+    elements = sum(layer_elements(LAYER_INDEX[name], 1024, 1024) for name in DEFAULT_CONTENT_LAYERS)
     full = default_plan(1024, tile=tile)
     compact = default_plan(1024, tile=tile, content_bfloat16=True)
     assert not full.content_bfloat16 and compact.content_bfloat16 and not compact.history_bfloat16
@@ -392,6 +395,30 @@ def test_the_plan_counts_the_style_features_a_distribution_loss_keeps_while_its_
             64, 64, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, 10, styles, None, "cpu", 4, style_loss=loss
         )
 
-    second = sum(_layer_elements(LAYER_INDEX[name], 768, 768) for name in DEFAULT_STYLE_LAYERS)
+    second = sum(layer_elements(LAYER_INDEX[name], 768, 768) for name in DEFAULT_STYLE_LAYERS)
     assert planned("w2").total - planned("gram").total >= 4 * second
     assert planned("sliced").total > planned("w2").total
+
+
+def test_with_style_masks_the_plan_counts_a_sliced_loss_per_region_and_its_styles_quantiles():
+    styles = [(96, 96), (64, 80)]
+
+    def targets(regions):
+        return plan_stage(
+            80,
+            80,
+            DEFAULT_CONTENT_LAYERS,
+            DEFAULT_STYLE_LAYERS,
+            10,
+            styles,
+            None,
+            "cpu",
+            4,
+            style_loss="sliced",
+            style_regions=regions,
+        ).targets
+
+    picture = sum(layer_elements(LAYER_INDEX[name], 80, 80) for name in DEFAULT_STYLE_LAYERS)
+    style = sum(layer_elements(LAYER_INDEX[name], h, w) for name in DEFAULT_STYLE_LAYERS for h, w in styles)
+    extra = 4 * picture + SLICED_REGION_STYLE_BYTES * style + SLICED_REGION_STEP_BYTES * picture
+    assert targets(2) - targets(0) == extra

@@ -9,7 +9,6 @@ import torch
 
 from nst_ext.io.images import load_image
 from nst_ext.parametrization import (
-    PYRAMID_COEFFICIENTS_PER_PIXEL,
     PYRAMID_LEVEL_GAIN,
     PYRAMID_MAX_LEVELS,
     PYRAMID_MIN_SIDE,
@@ -17,6 +16,7 @@ from nst_ext.parametrization import (
     PyramidVariable,
     pyramid_shapes,
 )
+from nst_ext.plan.memory import PYRAMID_COEFFICIENTS_PER_PIXEL
 from nst_ext.plan.options import OptionError
 from nst_ext.stylizer import Stylizer
 

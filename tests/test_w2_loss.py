@@ -1,4 +1,4 @@
-"""The Wasserstein-2 style loss between Gaussians (nst_ext.objective.losses.GaussianW2Loss, style_loss
+"""The Wasserstein-2 style loss between Gaussians (nst_ext.objective.distribution_losses.GaussianW2Loss, style_loss
 "w2"): the closed form computed apart in float64 by eigenvalues, on fresh random features of odd
 shapes, batched, channels-last and non-contiguous; zero at any rearrangement of the style's own
 features; the diagonal case by hand; Newton–Schulz's square root and its fallback; the gradient in
@@ -13,7 +13,7 @@ import torch
 
 import nst_ext
 from nst_ext.io.images import load_image, read_record
-from nst_ext.objective.losses import GaussianW2Loss, _trace_sqrt, newton_schulz_sqrt
+from nst_ext.objective.distribution_losses import GaussianW2Loss, _trace_sqrt, newton_schulz_sqrt
 from nst_ext.plan.options import OptionError
 from nst_ext.stylizer import Stylizer
 
@@ -210,7 +210,7 @@ def test_the_command_line_takes_it_and_records_it(tmp_path):
 def test_the_distribution_losses_keep_float32_under_vggs_bfloat16_autocast(name, seed):
     """A run with bfloat16 convolutions scores its features inside autocast: the losses' own
     products (the square root's, the projections) stay float32, the values those of float32."""
-    from nst_ext.objective.losses import SlicedWassersteinLoss, random_directions
+    from nst_ext.objective.distribution_losses import SlicedWassersteinLoss, random_directions
 
     generator = torch.Generator().manual_seed(seed)
     style = torch.relu(torch.randn(16, 300, generator=generator))

@@ -14,7 +14,7 @@ from nst_ext.plan.options import (
     StyleOptions,
 )
 from nst_ext.plan.tiles import alignment
-from nst_ext.plan.validation import COLOR_SPACES, COLOR_TRANSFERS, STYLE_LOSSES
+from nst_ext.plan.validation import COLOR_SPACES, COLOR_TRANSFERS, PARAMETRIZATIONS, STYLE_LOSSES
 
 
 class CommandError(InputError):
@@ -126,7 +126,7 @@ def _add_weight_options(group, defaults: StyleOptions) -> None:
         default=defaults.style_loss,
         help="gram: Gatys' Gram matrices; sliced: the whole distribution of each layer's features, "
         "matched along random directions (sliced Wasserstein); w2: their mean and covariance (the "
-        "Wasserstein-2 distance between Gaussians); sliced and w2 without tiles, sliced without style masks "
+        "Wasserstein-2 distance between Gaussians); sliced and w2 take each picture whole (no tiles) "
         "(default %(default)s)",
     )
     group.add_argument(
@@ -163,7 +163,7 @@ def _add_weight_options(group, defaults: StyleOptions) -> None:
     )
     group.add_argument(
         "--parametrization",
-        choices=["pixels", "pyramid"],
+        choices=list(PARAMETRIZATIONS),
         default=defaults.parametrization,
         help="what the optimiser moves: the pixels, or the picture's Laplacian pyramid (coarse structures "
         "change as readily as fine ones; default %(default)s)",

@@ -9,13 +9,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 import torch
 
 from nst_ext.objective import tiled
-from nst_ext.objective.losses import (
-    GaussianW2Loss,
-    SlicedWassersteinLoss,
-    StyleLoss,
-    blended_gram,
-    random_directions,
-)
+from nst_ext.objective.distribution_losses import GaussianW2Loss, SlicedWassersteinLoss, random_directions
+from nst_ext.objective.losses import StyleLoss, blended_gram
 from nst_ext.objective.masks import StageMasks, layer_masks
 from nst_ext.plan.layers import layer_shape
 
@@ -29,9 +24,9 @@ StyleTerm = Tuple[str, Union[float, torch.Tensor], Union[StyleLoss, SlicedWasser
 
 def style_targets(objective: "Objective", stage_styles, blend, style_layers, masks: StageMasks) -> Dict[str, Any]:
     """The style layers' targets: the blend of the style images' Grams, ``(C, C)`` per layer;
-    with style masks, one Gram per style image, ``(S, C, C)``; with the sliced loss, each style
-    image's features ``(C, N)``, a list per layer; with w2, each image's ``(features (C, N), its
-    source region's weights (N,) or None)``. Each Gram is over the image's source region when it has one. The images go through VGG one at a time (in tiles, when the
+    with style masks, one Gram per style image, ``(S, C, C)``; with the distribution losses (sliced,
+    w2), each image's ``(features (C, N), its source region's weights (N,) or None)``, a list per
+    layer. Each Gram is over the image's source region when it has one. The images go through VGG one at a time (in tiles, when the
     stage is tiled: a style image at a print size is as large as the picture)."""
     network, vgg = objective.network, objective.network.vgg
     # The distribution losses (sliced, w2) take each image's features; Gram its blended Gram.
@@ -54,9 +49,7 @@ def style_targets(objective: "Objective", stage_styles, blend, style_layers, mas
                 continue
             flat = features[name][0].detach().flatten(1).float()
             region = regions.get(name)
-            per_style[name].append(
-                (flat, None if region is None else region.flatten()) if objective.options.style_loss == "w2" else flat
-            )
+            per_style[name].append((flat, None if region is None else region.flatten()))
         del features
     if sliced:
         return dict(per_style)
@@ -82,13 +75,7 @@ def style_groups(
     if options.style_loss == "w2":
         return _w2_groups(grams, blend, style_layers, style_weights, masks)
     if options.style_loss == "sliced":
-        terms: List[StyleTerm] = []
-        for name, weight in zip(style_layers, style_weights):
-            channels, rows, columns = layer_shape(name, *shape)
-            # Fixed for the stage (one deterministic objective for L-BFGS), other at each stage size.
-            directions = random_directions(channels, channels, zlib.crc32(f"{name} {shape}".encode()))
-            terms.append((name, weight, SlicedWassersteinLoss(grams[name], blend, directions, rows * columns)))
-        return [terms]
+        return _sliced_groups(grams, blend, style_layers, style_weights, masks, shape)
     if masks is not None and masks.style is not None:
         return _groups_per_region(
             masks, blend, style_layers, style_weights, lambda name, index, region: StyleLoss(grams[name][index], region)
@@ -116,6 +103,37 @@ def _w2_groups(grams, blend, style_layers, style_weights, masks: Optional[StageM
         return GaussianW2Loss([features], [1.0], [source], region)
 
     return _groups_per_region(masks, blend, style_layers, style_weights, over_region)
+
+
+def _sliced_groups(
+    grams, blend, style_layers, style_weights, masks: Optional[StageMasks], shape
+) -> List[List[StyleTerm]]:
+    """style_groups for sliced: `grams` holds each style image's (features, source weights) per
+    layer, matched at the ranks of a picture of `shape`; with style masks, a group per style image
+    over its region (as Gram's)."""
+
+    def directions(name: str) -> torch.Tensor:
+        # Fixed for the stage (one deterministic objective for L-BFGS), other at each stage size.
+        channels = layer_shape(name, *shape)[0]
+        return random_directions(channels, channels, zlib.crc32(f"{name} {shape}".encode()))
+
+    def cells(name: str) -> int:
+        _, rows, columns = layer_shape(name, *shape)
+        return rows * columns
+
+    def loss(name: str, images, shares, region=None) -> SlicedWassersteinLoss:
+        features, sources = [f for f, _ in images], [r for _, r in images]
+        return SlicedWassersteinLoss(features, shares, directions(name), cells(name), sources, region)
+
+    if masks is None or masks.style is None:
+        return [[(name, weight, loss(name, grams[name], blend)) for name, weight in zip(style_layers, style_weights)]]
+    return _groups_per_region(
+        masks,
+        blend,
+        style_layers,
+        style_weights,
+        lambda name, index, region: loss(name, [grams[name][index]], [1.0], region),
+    )
 
 
 def _groups_per_region(masks: StageMasks, blend, style_layers, style_weights, loss_over) -> List[List[StyleTerm]]:

@@ -63,3 +63,11 @@ def long_side_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
     """(H', W') of a height x width picture scaled so that max(H', W') == long_side, aspect kept."""
     scale = long_side / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def layer_elements(index: int, height: int, width: int) -> int:
+    """Values in the output of VGG19 layer `index` (LAYERS) for one ``height`` x ``width`` picture."""
+    layer = LAYERS[index]
+    for _ in range(layer.pools_before):
+        height, width = height // 2, width // 2
+    return layer.channels * height * width

@@ -27,8 +27,8 @@ from typing import List, Optional, Sequence, Tuple
 from nst_ext.plan import tiles
 from nst_ext.plan.budget import format_size, free_memory_bytes, parse_size
 from nst_ext.errors import OptionError
-from nst_ext.plan.layers import LAYER_INDEX, LAYERS
-from nst_ext.parametrization import PYRAMID_COEFFICIENTS_PER_PIXEL
+from nst_ext.plan.distribution_memory import distribution_making_bytes, distribution_target_bytes
+from nst_ext.plan.layers import LAYER_INDEX, LAYERS, layer_elements
 
 LBFGS_HISTORY = 50  # pairs, when memory allows
 MIN_LBFGS_HISTORY = 5
@@ -70,6 +70,9 @@ HELD_IMAGES = 2
 # leave in the allocator; the estimate itself is fitted to one stage alone: BENCHMARKS.md, "Large
 # pictures"): a plan sized to a budget fills only the rest of it, so that such a peak still fits.
 ESTIMATE_UNDERSHOOT = 0.11
+# A Laplacian pyramid's coefficients per pixel (nst_ext.parametrization: 1 + 1/4 + 1/16 + ..., to
+# within the rounding up of odd sides): the optimiser's state through the pyramid.
+PYRAMID_COEFFICIENTS_PER_PIXEL = 4 / 3
 
 
 def usable_share(budget: int) -> int:
@@ -85,13 +88,6 @@ def budget_for(needed: int) -> int:
     return budget
 
 
-def _layer_elements(index: int, height: int, width: int) -> int:
-    layer = LAYERS[index]
-    for _ in range(layer.pools_before):
-        height, width = height // 2, width // 2
-    return layer.channels * height * width
-
-
 def saved_bytes_per_layer(
     height: int, width: int, last_layer: str, tapped: Sequence[str], activation_bytes: int
 ) -> List[int]:
@@ -104,7 +100,7 @@ def saved_bytes_per_layer(
     for index in range(last + 1):
         layer = LAYERS[index]
         keeps = layer.kind == "relu" or (layer.kind == "pool" and index < last) or layer.name in read_by_losses
-        saved.append(_layer_elements(index, height, width) * activation_bytes if keeps else 0)
+        saved.append(layer_elements(index, height, width) * activation_bytes if keeps else 0)
     saved[0] += 3 * height * width * activation_bytes
     return saved
 
@@ -214,6 +210,7 @@ class _Stage:
     held_images: int = HELD_IMAGES  # picture-sized float32 images held besides the picture itself
     optimised_per_pixel: float = 1.0  # values the optimiser moves per pixel (a pyramid's coefficients: more)
     style_loss: str = "gram"  # nst_ext.plan.validation.STYLE_LOSSES
+    style_regions: int = 0  # style masks' regions, each with its own loss (0: no style masks)
 
     @property
     def layers(self) -> List[str]:
@@ -229,7 +226,7 @@ class _Stage:
         return max(
             count
             * self.activation_bytes
-            * (sum(_layer_elements(index, h, w) for index in indices) + 2 * _layer_elements(0, h, w))
+            * (sum(layer_elements(index, h, w) for index in indices) + 2 * layer_elements(0, h, w))
             for count, (h, w) in shapes
         )
 
@@ -254,13 +251,13 @@ def _target_bytes(stage: _Stage, edge: int, bfloat16_content: bool, seen: Tuple[
     # one float32 Gram per style layer. Making them takes one pass without gradients over the
     # content images together and over each style image (tiled: a tile of each at a time).
     content_elements = pictures * sum(
-        _layer_elements(LAYER_INDEX[name], stage.height, stage.width) for name in stage.content_layers
+        layer_elements(LAYER_INDEX[name], stage.height, stage.width) for name in stage.content_layers
     )
     style_grams = sum(4 * LAYERS[LAYER_INDEX[name]].channels ** 2 for name in stage.style_layers)
     step_copies = 0 if edge else 8 if bfloat16_content else 4
     targets = ((2 if bfloat16_content else 4) + step_copies) * content_elements + style_grams
     if stage.style_loss != "gram":
-        targets += _distribution_target_bytes(stage)
+        targets += distribution_target_bytes(stage)
     if edge:  # tiles and total-variation strips are clamped one at a time: no picture-sized temporaries
         tile_shape = lambda h, w: (min(h, edge + 2 * margin), min(w, edge + 2 * margin))  # noqa: E731
         making = stage.making_targets([(pictures, seen), *((1, tile_shape(*shape)) for shape in stage.style_shapes)])
@@ -269,48 +266,8 @@ def _target_bytes(stage: _Stage, edge: int, bfloat16_content: bool, seen: Tuple[
             [(pictures, (stage.height, stage.width)), *((1, shape) for shape in stage.style_shapes)]
         )
     if stage.style_loss != "gram":
-        making = max(making, _distribution_making_bytes(stage))
+        making = max(making, distribution_making_bytes(stage))
     return targets, making
-
-
-# Bytes per feature value of the sliced loss in a step besides the target (4): its sort's int64
-# indices, kept for the backward, and the float32 difference to the target.
-SLICED_STEP_BYTES = 12
-# The w2 loss in a step, fitted to its measured peaks above Gram's at 256 and 384 px (BENCHMARKS.md,
-# "The frontier"): bytes per feature value of a picture (the float32 copy of bfloat16 features and
-# the products kept for the backward), and float64 C × C matrices per layer (the Newton–Schulz
-# iterates kept for the backward).
-W2_STEP_BYTES = 8
-W2_STEP_MATRICES = 16
-# Bytes per style feature value while the sliced target of one layer is made (nst_ext.objective.
-# losses._weighted_quantiles, float64): the projections, the sort's int64 order, the sorted values,
-# the weights in that order, their cumulative sum and its normalised copy.
-SLICED_MAKING_BYTES = 48
-
-
-def _distribution_target_bytes(stage: _Stage) -> int:
-    """What a distribution loss keeps during the steps: sliced, a float32 target of the picture's
-    features' size per style layer (shared by a batch) and, per picture, SLICED_STEP_BYTES a value;
-    w2, two float64 C × C target matrices a layer and, per picture, W2_STEP_BYTES a value and
-    W2_STEP_MATRICES C × C matrices a layer."""
-    indices = [LAYER_INDEX[name] for name in stage.style_layers]
-    elements = sum(_layer_elements(index, stage.height, stage.width) for index in indices)
-    if stage.style_loss == "w2":
-        matrices = sum(8 * LAYERS[index].channels ** 2 for index in indices)
-        return 2 * matrices + stage.pictures * (W2_STEP_BYTES * elements + W2_STEP_MATRICES * matrices)
-    return (4 + SLICED_STEP_BYTES * stage.pictures) * elements
-
-
-def _distribution_making_bytes(stage: _Stage) -> int:
-    """The peak of making a distribution loss's targets: each style image's features at every style
-    layer are held until the losses are built, so the passes over the style images add up (where
-    Gram's keep only a Gram each); for sliced, plus the largest layer's projections being sorted."""
-    passes = sum(stage.making_targets([(1, shape)]) for shape in stage.style_shapes)
-    per_layer = [
-        sum(_layer_elements(LAYER_INDEX[name], h, w) for h, w in stage.style_shapes) for name in stage.style_layers
-    ]
-    sorting = SLICED_MAKING_BYTES * max(per_layer) if stage.style_loss == "sliced" else 0
-    return passes + sorting
 
 
 def _estimate(
@@ -331,7 +288,7 @@ def _estimate(
         else (stage.height, stage.width)
     )
     saved = [pictures * size for size in saved_bytes_per_layer(*seen, last, layers, stage.activation_bytes)]
-    outputs = [pictures * _layer_elements(i, *seen) * stage.activation_bytes for i in range(len(saved))]
+    outputs = [pictures * layer_elements(i, *seen) * stage.activation_bytes for i in range(len(saved))]
     if checkpoint:
         segments, activations = choose_segments(saved, outputs, stage.breaks)
     else:
@@ -459,6 +416,7 @@ def plan_stage(
     averaged: bool = False,
     pyramid: bool = False,
     style_loss: str = "gram",
+    style_regions: int = 0,
 ) -> MemoryPlan:
     """The plan for one stage of a `height` x `width` picture with these loss layers, `steps`
     optimiser steps and style images of `style_shapes` ((height, width) at this stage). `budget`:
@@ -475,7 +433,8 @@ def plan_stage(
     optimiser moves the picture's Laplacian pyramid (nst_ext.parametrization): its state is counted
     in coefficients, and the picture and its gradient are held besides. `style_loss`: the distribution
     losses keep the style images' features while their targets are made, and sliced keeps a target
-    as large as the picture's features and its sort's indices for the backward (:func:`_target_bytes`).
+    as large as the picture's features and its sort's indices for the backward (:func:`_target_bytes`);
+    `style_regions`: how many style masks' regions (0: none), each with a sliced loss of its own.
     Raises OptionError when nothing fits the budget."""
     stage = _Stage(
         height,
@@ -491,6 +450,7 @@ def plan_stage(
         HELD_IMAGES + int(averaged) + 2 * int(pyramid),
         PYRAMID_COEFFICIENTS_PER_PIXEL if pyramid else 1.0,
         style_loss,
+        style_regions,
     )
     edges = _tile_edges(tile, stage.layers, max(height, width))
     candidates = _candidates(steps, edges, tile, checkpointing, history_size, history_bfloat16, content_bfloat16)

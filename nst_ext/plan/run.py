@@ -84,7 +84,7 @@ def plan_run(
 ) -> RunPlan:
     """The plan for `pictures` content images of `content_shape` with style images of
     `style_shapes` (full size), against `budget` (default :func:`nst_ext.plan.memory.run_budget`).
-    A stage that cannot fit, or a style loss that cannot be tiled where only tiles fit, is refused
+    A stage that cannot fit (untiled, for a style loss that cannot be tiled) is refused
     (OptionError) before any image is made; the finest stage is planned first, so that the refusal
     names the picture asked for."""
     for what, shape in [("content shape", content_shape), *(("style shape", shape) for shape in style_shapes)]:
@@ -95,40 +95,44 @@ def plan_run(
     if isinstance(pictures, bool) or not isinstance(pictures, int) or pictures < 1:
         raise OptionError(f"pictures must be a whole number of at least 1, got {pictures!r}")
     budget = run_budget(options, network) if budget is None else budget
+    untileable = options.style_loss != "gram"  # the distribution losses take the whole picture at once
     schedule = options.stages()
     stages = []
     for index in reversed(range(len(schedule))):
         long_side, steps = schedule[index]
         shape, styles = stage_geometry(options, content_shape, style_shapes, long_side)
-        memory = plan_stage(
-            *shape,
-            options.content_layers,
-            options.style_layers,
-            steps,
-            styles,
-            budget,
-            network.device.type,
-            activation_bytes=2 if network.mixed_precision else 4,
-            optimizer=options.optimizer,
-            checkpointing=options.checkpointing,
-            history_size=options.lbfgs_history,
-            breaks=network.device_starts,
-            pictures=pictures,
-            tile=options.tile,
-            history_bfloat16=options.lbfgs_history_bfloat16,
-            content_bfloat16=options.content_target_bfloat16,
-            averaged=options.average,
-            pyramid=options.parametrization == "pyramid",
-            style_loss=options.style_loss,
-        )
+        try:
+            memory = plan_stage(
+                *shape,
+                options.content_layers,
+                options.style_layers,
+                steps,
+                styles,
+                budget,
+                network.device.type,
+                activation_bytes=2 if network.mixed_precision else 4,
+                optimizer=options.optimizer,
+                checkpointing=options.checkpointing,
+                history_size=options.lbfgs_history,
+                breaks=network.device_starts,
+                pictures=pictures,
+                tile=0 if untileable else options.tile,
+                history_bfloat16=options.lbfgs_history_bfloat16,
+                content_bfloat16=options.content_target_bfloat16,
+                averaged=options.average,
+                pyramid=options.parametrization == "pyramid",
+                style_loss=options.style_loss,
+                style_regions=len(style_shapes) if options.style_masks is not None else 0,
+            )
+        except OptionError as refusal:
+            if not untileable:
+                raise
+            raise OptionError(
+                f"style_loss {options.style_loss!r} needs each picture in one pass (no tiles), and {refusal}; "
+                "or style_loss 'gram', which can evaluate it in tiles"
+            ) from None
         stages.append(StagePlan(index, long_side, shape, styles, steps, memory))
-    plan = RunPlan(tuple(stages[::-1]), pictures, budget)
-    if options.style_loss != "gram" and any(stage.evaluator == "tiles" for stage in plan.stages):
-        raise OptionError(
-            f"this picture fits the memory budget only in tiles, and style_loss {options.style_loss!r} "
-            "needs each picture in one pass: use style_loss 'gram', a smaller size or a larger max_memory"
-        )
-    return plan
+    return RunPlan(tuple(stages[::-1]), pictures, budget)
 
 
 def fitting_batch_size(options, network, content_shape: Shape, style_shapes: Sequence[Shape], most: int) -> int:

@@ -6,7 +6,6 @@ import os
 from typing import TYPE_CHECKING, Sequence
 
 from nst_ext.errors import OptionError
-from nst_ext.parametrization import PARAMETRIZATIONS
 from nst_ext.plan.budget import parse_size
 from nst_ext.plan.layers import LAYER_INDEX, check_layer_names
 
@@ -16,11 +15,13 @@ if TYPE_CHECKING:
 # Colour control (nst_ext.objective.color): the spaces of luminance-only transfer, the ways to recolour the style.
 COLOR_SPACES = ("yuv", "lab")
 COLOR_TRANSFERS = ("pca", "cholesky", "histogram")
-# The style losses (nst_ext.objective.losses): Gatys' Gram matrices; the sliced Wasserstein distance
+# The style losses (nst_ext.objective.losses, .distribution_losses): Gatys' Gram matrices; the sliced Wasserstein distance
 # between whole feature distributions (Heitz et al. 2021); the Wasserstein-2 distance between the
 # features' Gaussians (mean and covariance). The two distribution losses need each picture in one pass
-# (no tiles); w2 takes style masks (each region's moments), sliced not yet.
+# (no tiles); with style masks each matches its region's distribution (moments, or projections) to its style's.
 STYLE_LOSSES = ("gram", "sliced", "w2")
+# What a stage's optimiser moves (nst_ext.parametrization): the pixels, or the picture's Laplacian pyramid.
+PARAMETRIZATIONS = ("pixels", "pyramid")
 
 # The seeds torch's generators take: a 64-bit value, signed or unsigned.
 SEED_RANGE = (-(2**63), 2**64 - 1)
@@ -145,8 +146,6 @@ def _check_choices(options: "StyleOptions") -> None:
         raise OptionError(f"pooling must be 'avg' or 'max', got {options.pooling!r}")
     if options.style_loss not in STYLE_LOSSES:
         raise OptionError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {options.style_loss!r}")
-    if options.style_loss == "sliced" and (options.style_masks is not None or options.style_image_masks is not None):
-        raise OptionError("style masks work with style_loss 'gram' and 'w2', not 'sliced' (yet)")
     if options.style_loss != "gram" and options.tile:
         raise OptionError(
             f"style_loss {options.style_loss!r} takes each layer's features over the whole picture at once, "
