@@ -9,10 +9,10 @@ A pyramid's coefficients are band-pass levels, finest first, each half the previ
 the next finer one's size, each coarser level weighed less (PYRAMID_LEVEL_GAIN). The map is
 linear, and a step along the coefficients' gradient moves a coarse level's one coefficient for the
 whole patch of pixels it covers: the picture's large structures move several times as far as a
-step in pixels would move them (once through each level), its fine detail as far. The
-objective still sees and differentiates the picture: an
-evaluation writes the picture from the coefficients, evaluates it (whole or in tiles), and
-takes its gradient back through the synthesis' adjoint.
+step in pixels would move them (once through each level), its fine detail as far. The objective
+still sees and differentiates the picture: an evaluation writes the picture from the
+coefficients, evaluates it (whole or in tiles), and takes its gradient back through the
+synthesis' adjoint.
 """
 
 from typing import List, Sequence, Tuple
@@ -28,8 +28,8 @@ PYRAMID_MAX_LEVELS = 5
 # level k by PYRAMID_LEVEL_GAIN ** k). A smooth gradient reaches the picture through level k
 # (4 · gain²)^k times as strongly as through the finest, a fine one about equally: 1 favours the
 # coarse levels the most (STROTSS's pyramid); 0.5 passes a smooth gradient through every level
-# alike. 0.5 lies below the Gram curve on the judge's frontier, 1 above it (BENCHMARKS.md, "The
-# frontier").
+# alike. With 1 the held-out pictures lay above Gram's curve; with 0.5 they lie on either side of
+# it, pair by pair (BENCHMARKS.md, "The frontier").
 PYRAMID_LEVEL_GAIN = 0.5
 
 
