@@ -99,12 +99,20 @@ def test_even_sides_for_420_video(tmp_path, clip):
 
 
 @pytest.mark.parametrize(
-    "style_loss, parametrization", [("gram", "pixels"), ("gram", "pyramid"), ("w2", "pixels"), ("sliced", "pixels")]
+    "style_loss, parametrization, average",
+    [
+        ("gram", "pixels", False),
+        ("gram", "pyramid", False),
+        ("w2", "pixels", False),
+        ("sliced", "pixels", False),
+        ("gram", "pixels", True),
+    ],
 )
-def test_the_style_moves_with_a_panning_camera(tmp_path, style_loss, parametrization):
+def test_the_style_moves_with_a_panning_camera(tmp_path, style_loss, parametrization, average):
     """The whole job on a lossless clip with known motion: with the flow (the default) the picture
     follows the scene by the true motion far better than the still-camera mask did: with each style
-    loss, and through the pyramid (whose frames start from the warped previous one alike)."""
+    loss, through the pyramid (whose frames start from the warped previous one alike) and with each
+    frame the average of its iterates."""
     clip = motion_clip("pan", "chelsea", 8, (36, 48), pan=(2, 1))
     source = write_clip(clip, tmp_path / "pan.mov")
     errors = {}
@@ -115,7 +123,13 @@ def test_the_style_moves_with_a_panning_camera(tmp_path, style_loss, parametriza
             [STYLE],
             output,
             nst_ext.StyleOptions(
-                size=48, steps=20, device="cpu", seed=0, style_loss=style_loss, parametrization=parametrization
+                size=48,
+                steps=20,
+                device="cpu",
+                seed=0,
+                style_loss=style_loss,
+                parametrization=parametrization,
+                average=average,
             ),
             frame_steps=10,
             coherence=coherence,

@@ -116,12 +116,16 @@ def region_distances(vgg, picture: torch.Tensor, styles):
     return table
 
 
-@pytest.mark.parametrize("style_loss, parametrization", [("gram", "pixels"), ("gram", "pyramid"), ("sliced", "pixels")])
-def test_two_regions_take_on_their_own_styles(seed, style_loss, parametrization):
+@pytest.mark.parametrize(
+    "style_loss, parametrization, average",
+    [("gram", "pixels", False), ("gram", "pyramid", False), ("sliced", "pixels", False), ("gram", "pixels", True)],
+)
+def test_two_regions_take_on_their_own_styles(seed, style_loss, parametrization, average):
     """The issue's acceptance test: a picture from two different styles, one on each half (two
     stages, coarse to fine); each half's statistics are closer to its own style than to the
     other's, and swapping the masks swaps the halves. Through the pyramid too (whose coarse levels
-    span both halves), and with the sliced loss (each region's distribution its style's)."""
+    span both halves), with the sliced loss (each region's distribution its style's) and with the
+    average of the iterates as each stage's picture."""
     generator = torch.Generator().manual_seed(seed)
     height, width = 72, 96
     content = 0.5 + 0.05 * torch.randn(3, height, width, generator=generator)
@@ -136,6 +140,7 @@ def test_two_regions_take_on_their_own_styles(seed, style_loss, parametrization)
         device="cpu",
         style_loss=style_loss,
         parametrization=parametrization,
+        average=average,
     )
     stylizer = Stylizer(style_masks=[left, 1 - left], **settings)
     picture = stylizer.run(content.clamp(0, 1), [blotches, dots]).tensor
