@@ -6,7 +6,7 @@ each returns one value per picture ``(B,)``, relative to the style's own scale; 
 whole picture in one pass (no tiles), and takes a style mask's region.
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -35,9 +35,29 @@ def _weighted_quantiles(values: torch.Tensor, weights: torch.Tensor, count: int)
     `weights` ``(N,)`` ≥ 0, the same for every row) at the `count` mid-points ``(j + ½) / count``: the
     first sample whose cumulative weight reaches each, ``(K, count)``. A step function, so a mixture's
     quantiles are exact (a sample split into parts of any weights is the same sample)."""
-    ordered, cumulative = _sorted_with_cumulative(values, weights)
-    wanted = (torch.arange(count, dtype=cumulative.dtype, device=values.device) + 0.5) / count
-    return _quantiles_at(ordered, cumulative, wanted.expand(values.shape[0], count))
+    return _at_mid_ranks(*_sorted_with_cumulative(values, weights), count)
+
+
+def _at_mid_ranks(ordered: torch.Tensor, cumulative: torch.Tensor, count: int) -> torch.Tensor:
+    """:func:`_quantiles_at` the `count` mid-points ``(j + ½) / count``, ``(K, count)``."""
+    wanted = (torch.arange(count, dtype=cumulative.dtype, device=ordered.device) + 0.5) / count
+    return _quantiles_at(ordered, cumulative, wanted.expand(ordered.shape[0], count))
+
+
+def _style_cell_shares(styles, blend, sources) -> List[torch.Tensor]:
+    """Each style image's cells' shares of the blended style distribution, ``(N_i,)`` float64 on its
+    device: a style's blend weight (of their total) spread evenly over its cells, or over its source
+    region (`sources[i]`, weights ``(N_i,)`` ≥ 0, or None for all of it) in proportion to the weights."""
+    total = sum(float(share) for share in blend)
+    shares = []
+    for style, share, source in zip(styles, blend, sources or [None] * len(styles)):
+        if source is None:
+            part = torch.full((style.shape[1],), 1.0 / style.shape[1], dtype=torch.float64, device=style.device)
+        else:
+            source = source.double().flatten().to(style.device)
+            part = source / source.sum().clamp(min=torch.finfo(torch.float64).tiny)
+        shares.append(part * (float(share) / total))
+    return shares
 
 
 def random_directions(channels: int, count: int, seed: int) -> torch.Tensor:
@@ -92,25 +112,15 @@ class SlicedWassersteinLoss(_DistributionLoss):
         device = styles[0].device
         directions = directions.to(device)
         projected = torch.cat([directions.double().t() @ style.double() for style in styles], dim=1)  # (K, ΣN)
-        total = sum(float(share) for share in blend)
-        shares = []
-        for style, share, source in zip(styles, blend, sources or [None] * len(styles)):
-            if source is None:
-                part = torch.full((style.shape[1],), 1.0 / style.shape[1], dtype=torch.float64, device=device)
-            else:
-                source = source.double().flatten().to(device)
-                part = source / source.sum().clamp(min=torch.finfo(torch.float64).tiny)
-            shares.append(part * (float(share) / total))
-        style_weights = torch.cat(shares)
+        ordered, cumulative = _sorted_with_cumulative(projected, torch.cat(_style_cell_shares(styles, blend, sources)))
         self.register_buffer("directions", directions.float())
-        self.register_buffer("target", _weighted_quantiles(projected, style_weights, cells).float())
+        self.register_buffer("target", _at_mid_ranks(ordered, cumulative, cells).float())
         self.scale = float(1.0 / self.target.square().mean().clamp(min=1e-12))
         region = None if weights is None else weights.detach().double().flatten().to(device)
         index = None if region is None else torch.nonzero(region > 0).flatten()
         # A masked loss reads the style's quantile function at its region's mid-ranks every step.
-        ordered, cumulative = _sorted_with_cumulative(projected, style_weights) if region is not None else (None, None)
-        self.register_buffer("ordered", None if ordered is None else ordered.float())
-        self.register_buffer("cumulative", cumulative)  # float64: exact ranks for any region size
+        self.register_buffer("ordered", None if region is None else ordered.float())
+        self.register_buffer("cumulative", None if region is None else cumulative)  # float64: exact ranks
         self.register_buffer("weights", None if region is None else region[index])
         self.register_buffer("region_index", index)
         self.mass = None if region is None else float(region.sum())
@@ -207,17 +217,10 @@ class GaussianW2Loss(_DistributionLoss):
 
     def __init__(self, styles, blend, sources=None, weights: Optional[torch.Tensor] = None):
         super().__init__()
-        total = sum(float(share) for share in blend)
         mean = torch.zeros(styles[0].shape[0], dtype=torch.float64, device=styles[0].device)
         second = torch.zeros(mean.shape * 2, dtype=torch.float64, device=mean.device)
-        for style, share, source in zip(styles, blend, sources or [None] * len(styles)):
+        for style, share_of_cells in zip(styles, _style_cell_shares(styles, blend, sources)):
             features = style.double()
-            if source is None:
-                share_of_cells = torch.full((features.shape[1],), 1.0 / features.shape[1], dtype=torch.float64)
-            else:
-                source = source.double().flatten()
-                share_of_cells = source / source.sum().clamp(min=torch.finfo(torch.float64).tiny)
-            share_of_cells = share_of_cells.to(features.device) * (float(share) / total)
             mean = mean + features @ share_of_cells
             second = second + (features * share_of_cells) @ features.t()
         covariance = second - torch.outer(mean, mean)
