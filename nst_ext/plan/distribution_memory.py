@@ -19,17 +19,18 @@ W2_STEP_MATRICES = 16
 # SLICED_STEP_BYTES, the float64 weights of the region's cells in sorted order, for the backward.
 SLICED_REGION_STYLE_BYTES = 12
 SLICED_REGION_STEP_BYTES = 8
-# Bytes per style feature value while the sliced target of one layer is made (nst_ext.objective.
-# distribution_losses._weighted_quantiles, float64): the projections, the sort's int64 order, the sorted values,
-# the weights in that order, their cumulative sum and its normalised copy.
+# Bytes per style feature value while the sliced target of one layer is made (float64, nst_ext.
+# objective.distribution_losses._sorted_with_cumulative): the projections, the sort's int64 order,
+# the sorted values, the weights in that order, their cumulative sum and its normalised copy.
 SLICED_MAKING_BYTES = 48
 
 
 def distribution_target_bytes(stage) -> int:
     """What a distribution loss keeps during the steps: sliced, a float32 target of the picture's
     features' size per style layer (shared by a batch; with style masks, one per region, and each
-    region's style quantile function) and, per picture, SLICED_STEP_BYTES a value; w2, two float64 C × C target matrices a layer and, per picture, W2_STEP_BYTES a value and
-    W2_STEP_MATRICES C × C matrices a layer."""
+    region's style quantile function) and, per picture, SLICED_STEP_BYTES a value; w2, two float64
+    C × C target matrices a layer and, per picture, W2_STEP_BYTES a value and W2_STEP_MATRICES
+    C × C matrices a layer."""
     indices = [LAYER_INDEX[name] for name in stage.style_layers]
     elements = sum(layer_elements(index, stage.height, stage.width) for index in indices)
     if stage.style_loss == "w2":
