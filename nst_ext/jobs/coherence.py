@@ -173,7 +173,8 @@ class FrameChain:
         {0, 1}. Each pixel's target is the most recent earlier stylized frame, warped, that the
         consistency check trusts there (Ruder et al.'s long-term masks); the start is the warped
         previous frame where it is not disoccluded, else the trusted long-term target, else the
-        frame's own content."""
+        frame's own content (filling it from the stylized neighbourhood instead made a video flicker
+        more where the neighbourhood's content differs: BENCHMARKS.md, "Video")."""
         import torch
 
         from nst_ext.jobs.flow import consistency, warp

@@ -28,10 +28,13 @@ DIS_MIN_SIDE = 12  # OpenCV's DIS refuses frames with both sides shorter
 STILL_THRESHOLD = 0.03
 MOTION_MARGIN = 2
 # ... and its estimated flow lies within this many pixels of the camera's motion (0 for a still
-# camera): such a difference is DIS's sub-pixel noise, and resampling by it every frame would make
-# the stylized texture there shimmer. The pixel takes the camera's motion. (With a moving camera
-# "did not change" is after moving the other frame by the camera's motion.)
-STILL_FLOW = 0.5
+# camera; STILL_FLOW_MOVING for a moving one): such a difference is DIS's noise, and resampling by
+# it every frame would make the stylized texture there shimmer. The pixel takes the camera's motion.
+# (With a moving camera "did not change" is after moving the other frame by the camera's motion.)
+# DIS strays further from a moving camera's motion over flat areas, where any motion fits the
+# frames (a zoom out over a sky); the tighter bound for a still camera keeps a small slow object
+# its own motion (both measured: BENCHMARKS.md, "Video").
+STILL_FLOW, STILL_FLOW_MOVING = 0.5, 1.0
 # The camera's motion: a similarity fitted (RANSAC, CAMERA_TOLERANCE pixels) to a sample of about
 # CAMERA_SAMPLES of DIS's vectors, trusted when at least CAMERA_INLIERS of them agree with it. A
 # vector within CAMERA_AGREEMENT pixels of it takes it whatever the frames did: DIS is off by a tenth
@@ -147,9 +150,9 @@ def camera_motion(flow: np.ndarray, frame: np.ndarray, other: np.ndarray) -> np.
 def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``(2, H, W)`` float32 (x, y) flow with ``frame(p) ≈ other(p + flow(p))``; both frames
     ``(3, H, W)`` in [0, 1], the same size. DIS's flow, where it agrees with the camera's motion
-    (:func:`camera_motion`) to within CAMERA_AGREEMENT pixels, or to within STILL_FLOW where
-    `frame` did not change from `other`, is replaced by the camera's motion (0 for a still camera;
-    module constants). Runs on the CPU in OpenCV and NumPy, no torch operation: on a worker thread
+    (:func:`camera_motion`) to within CAMERA_AGREEMENT pixels, or to within STILL_FLOW (a moving
+    camera: STILL_FLOW_MOVING) where `frame` did not change from `other`, is replaced by the
+    camera's motion (0 for a still camera; module constants). Runs on the CPU in OpenCV and NumPy, no torch operation: on a worker thread
     it overlaps the optimisation without contending for torch's intra-op threads (OpenCV releases
     the GIL). The result is on the CPU."""
     cv2 = require_opencv()
@@ -163,7 +166,8 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     camera = camera_motion(flow, frame, other)
     apart = ((flow - camera) ** 2).sum(0)
     unchanged = np.abs(frame - _moved(other, camera)).max(0) <= STILL_THRESHOLD
-    follows_camera = (apart < CAMERA_AGREEMENT**2) | (unchanged & (apart < STILL_FLOW**2))
+    still_flow = STILL_FLOW_MOVING if camera.any() else STILL_FLOW
+    follows_camera = (apart < CAMERA_AGREEMENT**2) | (unchanged & (apart < still_flow**2))
     flow = np.where(follows_camera[None], camera, flow)
     return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
 
@@ -177,40 +181,126 @@ def still_mask(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     return 1.0 - moved[0, 0]
 
 
-def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
-    """(1, H, W, 2) grid for grid_sample (align_corners=True) reading each pixel p at p + flow(p)."""
+def _read_at(flow: torch.Tensor):
+    """(x, y), each ``(H, W)`` in the flow's dtype: where each pixel p reads, p + flow(p) in pixels."""
     _, height, width = flow.shape
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=flow.dtype, device=flow.device),
         torch.arange(width, dtype=flow.dtype, device=flow.device),
         indexing="ij",
     )
-    x = (xs + flow[0]) * (2.0 / max(1, width - 1)) - 1.0
-    y = (ys + flow[1]) * (2.0 / max(1, height - 1)) - 1.0
-    return torch.stack([x, y], dim=-1)[None]
+    return xs + flow[0], ys + flow[1]
+
+
+def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+    """(1, H, W, 2) grid for grid_sample (align_corners=True) reading each pixel p at p + flow(p)."""
+    _, height, width = flow.shape
+    x, y = _read_at(flow)
+    return torch.stack([x * (2.0 / max(1, width - 1)) - 1.0, y * (2.0 / max(1, height - 1)) - 1.0], dim=-1)[None]
 
 
 def inside(flow: torch.Tensor) -> torch.Tensor:
     """(H, W) bool: whether p + flow(p) lies inside the frame (the warped value exists)."""
     _, height, width = flow.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=flow.device), torch.arange(width, device=flow.device), indexing="ij"
-    )
-    x, y = xs + flow[0], ys + flow[1]
+    x, y = _read_at(flow)
     return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
 
 
-def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bicubic") -> torch.Tensor:
+# The cubic B-spline's interpolating prefilter: the inverse of its sampled kernel (1, 4, 1) / 6,
+# SPLINE_SCALE · SPLINE_POLE^|k|, cut where its taps fall below 1e-7 of the centre: an integer
+# shift (a pan) then copies pixels to float32's precision.
+SPLINE_POLE = 3**0.5 - 2
+SPLINE_SCALE = 3**0.5
+SPLINE_TAPS = 12
+WARP_MODES = ("spline", "bicubic", "bilinear")
+
+
+def _spline_coefficients(image: torch.Tensor) -> torch.Tensor:
+    """The cubic B-spline coefficients ``(C, H, W)`` float32 of `image` ``(C, H, W)``: the spline
+    through them passes through every pixel (the border mirrored beyond the picture)."""
+    coefficients = image.float()
+    for axis in (2, 1):
+        side = coefficients.shape[axis]
+        if side == 1:  # one pixel across: its own coefficient
+            continue
+        padded = _mirror(coefficients, axis, SPLINE_TAPS)
+        filtered = SPLINE_SCALE * coefficients
+        for tap in range(1, SPLINE_TAPS + 1):  # the filter is symmetric: both sides of each tap at once
+            pair = padded.narrow(axis, SPLINE_TAPS - tap, side) + padded.narrow(axis, SPLINE_TAPS + tap, side)
+            filtered.add_(pair, alpha=SPLINE_SCALE * SPLINE_POLE**tap)
+        coefficients = filtered
+    return coefficients
+
+
+def _mirrored(index: torch.Tensor, side: int) -> torch.Tensor:
+    """Integer pixel `index` (any shape, int64) reflected into 0 … `side` − 1 about the end pixels,
+    repeatedly where it lies far outside: the spline's boundary."""
+    if side == 1:
+        return torch.zeros_like(index)
+    period = 2 * (side - 1)
+    index = index.remainder(period)
+    return torch.where(index >= side, period - index, index)
+
+
+def _mirror(image: torch.Tensor, axis: int, width: int) -> torch.Tensor:
+    """`image` extended by `width` pixels at both ends of `axis`, mirrored about its end pixels."""
+    side = image.shape[axis]
+    return image.index_select(axis, _mirrored(torch.arange(-width, side + width, device=image.device), side))
+
+
+def _spline_sample(coefficients: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The cubic B-spline of `coefficients` ``(C, H, W)`` at pixel positions `x`, `y` ``(H', W')``,
+    positions outside the picture clamped to its border: ``(C, H', W')`` float32.
+
+    The B-spline's four weights along an axis are all positive, so each pair of them is one
+    bilinear read between the pair's pixels (Sigg & Hadwiger, GPU Gems 2, ch. 20): four bilinear
+    reads in 2-D, mirrored at the border as the coefficients were."""
+    _, height, width = coefficients.shape
+
+    def pairs(position, side):  # per axis: the two pairs' weights and where each pair is read
+        position = position.clamp(0, side - 1)
+        start = position.floor()
+        t = position - start
+        w0, w1, w2, w3 = (
+            (1 - t) ** 3 / 6,
+            (3 * t**3 - 6 * t**2 + 4) / 6,
+            (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6,
+            t**3 / 6,
+        )
+        near, far = w0 + w1, w2 + w3
+        at_near, at_far = start - 1 + w1 / near, start + 1 + w3 / far
+        scale = 2.0 / max(1, side - 1)  # to grid_sample's [-1, 1] (align_corners=True)
+        return (near, at_near * scale - 1), (far, at_far * scale - 1)
+
+    result = torch.zeros(coefficients.shape[0], *x.shape, device=coefficients.device, dtype=torch.float32)
+    for row_weight, row_at in pairs(y, height):
+        for column_weight, column_at in pairs(x, width):
+            grid = torch.stack([column_at, row_at], dim=-1)[None]
+            read = F.grid_sample(
+                coefficients[None], grid, mode="bilinear", padding_mode="reflection", align_corners=True
+            )[0]
+            result += (row_weight * column_weight) * read
+    return result
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "spline") -> torch.Tensor:
     """`image` ``(C, H, W)`` read at p + flow(p) for every pixel p (flow ``(2, H, W)``, module
-    docstring), same dtype and device as `image`. Bicubic by default: warping frame after frame
-    bilinearly blurs a video's texture away (BENCHMARKS.md, "Video"); values are clamped to the
-    image's own range, since bicubic overshoots. Outside the frame the border is repeated (see
-    :func:`inside`). Where the flow is exactly 0 the pixel is copied as it is."""
+    docstring), same dtype and device as `image`. Interpolated by a cubic B-spline by default:
+    warping frame after frame softens a video's texture, bilinearly most, bicubically (Keys) still
+    enough that the style loss repaints it and zooms shimmer (BENCHMARKS.md, "Video"); the spline
+    passes through every pixel and keeps more of the finest texture. The spline and bicubic values
+    are clamped to the image's own range (both overshoot at edges). Outside the frame the border is
+    repeated (see :func:`inside`). Where the flow is exactly 0 the pixel is copied as it is."""
+    if mode not in WARP_MODES:
+        raise ValueError(f"warp mode must be one of {', '.join(WARP_MODES)}, got {mode!r}")
     flow = flow.to(device=image.device, dtype=torch.float32)
-    warped = F.grid_sample(
-        image[None].float(), _sampling_grid(flow), mode=mode, padding_mode="border", align_corners=True
-    )[0]
-    if mode == "bicubic":
+    if mode == "spline":
+        warped = _spline_sample(_spline_coefficients(image), *_read_at(flow))
+    else:
+        warped = F.grid_sample(
+            image[None].float(), _sampling_grid(flow), mode=mode, padding_mode="border", align_corners=True
+        )[0]
+    if mode != "bilinear":
         warped = warped.clamp(float(image.min()), float(image.max()))
     still = (flow == 0).all(0)
     return torch.where(still[None], image.float(), warped).to(image.dtype)
@@ -247,7 +337,7 @@ def consistency(
     mismatch = (backward + forward_there).square().sum(0)
     disoccluded = (mismatch > OCCLUSION_RELATIVE * length + OCCLUSION_ABSOLUTE) | ~inside(backward)
     if current is not None and earlier is not None:
-        mismatched = (warp(earlier.float().cpu(), backward) - current.float().cpu()).abs().amax(0)
+        mismatched = (warp(earlier.float().cpu(), backward, mode="bicubic") - current.float().cpu()).abs().amax(0)
         disoccluded |= mismatched > PHOTOMETRIC_THRESHOLD
     gradient = torch.zeros_like(length)
     for component in backward:
