@@ -1,5 +1,6 @@
-"""Large pictures: the memory plan (nst_ext.plan.memory), activation checkpointing, the L-BFGS history
-within a budget, and VGG spread over several devices (two CPU "devices" here)."""
+"""Large pictures: the memory plan (nst_ext.plan.memory), activation checkpointing
+(nst_ext.plan.activations), the L-BFGS history within a budget, and VGG spread over several devices
+(two CPU "devices" here)."""
 
 import os
 
@@ -18,17 +19,15 @@ from nst_ext.plan.distribution_memory import (
 from nst_ext.plan.layers import LAYER_INDEX, LAYERS, layer_elements
 from nst_ext.plan.budget import parse_size
 from nst_ext.plan import tiles
+from nst_ext.plan.activations import choose_segments, saved_bytes_per_layer, split_layers
 from nst_ext.plan.memory import (
     HELD_IMAGES,
     LBFGS_HISTORY,
     MIN_LBFGS_HISTORY,
     TRANSIENT_PER_LARGEST_ACTIVATION,
     budget_for,
-    choose_segments,
     plan_stage,
     run_budget,
-    saved_bytes_per_layer,
-    split_layers,
     usable_share,
 )
 from nst_ext.plan.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS

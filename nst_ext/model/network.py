@@ -10,7 +10,7 @@ import torch
 from nst_ext.plan.layers import LAYER_INDEX, LAYERS
 from nst_ext.plan.budget import free_memory_bytes
 from nst_ext.plan.effects import allowed_process_effects
-from nst_ext.plan.memory import saved_bytes_per_layer, split_layers
+from nst_ext.plan.activations import saved_bytes_per_layer, split_layers
 from nst_ext.plan.options import OptionError, StyleOptions, resolve_device, uses_mixed_precision
 from nst_ext.model.vgg import VGG19Features
 from nst_ext.model.weights import resolve_weights
