@@ -35,6 +35,11 @@ LAYOUT_BLUR = 1 / 16  # the layout's blur: this share of the picture's width (si
 # A statistic counts toward a gap only where content and style differ by more than this share of
 # their magnitudes (two crops of one texture differ by about that much).
 DIFFERENCE_FLOOR = 0.05
+# ... and, for the colour moments, by more than this much at least: a Lab mean or spread within a
+# unit (a just noticeable difference is about 2.3) or a correlation within 0.05 is the same colour.
+# Without it two greyish pictures, both near a = b = 0, made that statistic's tiny difference the
+# denominator, and a gap of 10^5.
+COLOUR_MOMENT_FLOOR, COLOUR_CORRELATION_FLOOR = 1.0, 0.05
 
 
 @dataclass(frozen=True)
@@ -180,11 +185,12 @@ def statistics(image: torch.Tensor) -> Statistics:
     )
 
 
-def _gap(picture: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> float:
-    """The median over the statistics where content and style differ of ``|picture − style| /
+def _gap(picture: torch.Tensor, content: torch.Tensor, style: torch.Tensor, floor=0.0) -> float:
+    """The median over the statistics where content and style differ (by DIFFERENCE_FLOOR of their
+    magnitudes, and by `floor`: a number or a tensor like them) of ``|picture − style| /
     |content − style|``: 1 at the content, 0 at the style."""
     spread = (content - style).abs()
-    differ = spread > DIFFERENCE_FLOOR * (content.abs() + style.abs()) / 2 + 1e-9
+    differ = (spread > DIFFERENCE_FLOOR * (content.abs() + style.abs()) / 2 + 1e-9) & (spread > floor)
     if not bool(differ.any()):
         return 0.0
     return float(((picture - style).abs()[differ] / spread[differ]).median())
@@ -193,7 +199,17 @@ def _gap(picture: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> f
 def gaps(image: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> Tuple[float, float]:
     """(:func:`texture_gap`, :func:`colour_gap`) from one pass of :func:`statistics` per picture."""
     own, of_content, of_style = statistics(image), statistics(content), statistics(style)
-    return _gap(own.texture, of_content.texture, of_style.texture), _gap(own.colour, of_content.colour, of_style.colour)
+    colour_floor = torch.tensor(
+        [
+            COLOUR_CORRELATION_FLOOR if name.endswith("correlation") else COLOUR_MOMENT_FLOOR
+            for name in own.colour_names
+        ],
+        dtype=torch.float64,
+    )
+    return (
+        _gap(own.texture, of_content.texture, of_style.texture),
+        _gap(own.colour, of_content.colour, of_style.colour, colour_floor),
+    )
 
 
 def texture_gap(image: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> float:

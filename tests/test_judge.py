@@ -78,3 +78,15 @@ def test_the_judge_loads_no_network():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_colour_gap_of_two_grey_pictures_stays_a_share_not_a_blow_up():
+    # Content and style both grey (Lab a = b = 0 up to rounding): their colour moments that differ by
+    # a hair were once the denominator, and a faint tint on the picture made a gap of 10^5.
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    content = torch.rand(1, 64, 80, generator=generator).expand(3, -1, -1)
+    style = (0.3 + 0.2 * torch.rand(1, 64, 80, generator=generator)).expand(3, -1, -1)
+    tinted = (style * torch.tensor([1.0, 0.97, 0.97]).view(3, 1, 1)).clamp(0, 1)
+    colour = judge.colour_gap(tinted, content, style)
+    assert 0 <= colour < 2, colour
+    assert judge.colour_gap(content, content, style) == 1.0 and judge.colour_gap(style, content, style) == 0.0
