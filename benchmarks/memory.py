@@ -12,6 +12,7 @@ twice and both are reported.
                                 [--options "--max-memory 2.5GiB"]
     python benchmarks/memory.py --breakdown [--sizes 512,1024,2048] [--json F]
     python benchmarks/memory.py --fits 8GiB,24GiB,80GiB [--device cpu|cuda]
+    python benchmarks/memory.py --masked 0,2,3 [--sizes 384,512] [--json F]
 
 --breakdown runs one stage at each size (the finest stage of a default run: 20 L-BFGS steps, so
 a history of 20 pairs) in a fresh process per technique, on the CPU: resident memory after
@@ -23,6 +24,10 @@ more pairs than steps: the default), "checkpointing" (VGG segments recomputed, a
 released promptly, as when a budget needs it); "transient" is the peak less all that
 (gradients in flight, convolution work space, the allocator's slack). Then nst_ext.plan.memory's
 estimate of the same stage, and the median seconds per step.
+
+--masked runs a 3-step stage at each size with that many style masks (0: one style, no masks;
+N: N upright strips of the picture, each with the style flipped its own way), in a fresh process
+each, on the CPU: its peak RSS against nst_ext.plan.memory's estimate of the stage.
 """
 
 import argparse
@@ -171,6 +176,48 @@ def largest_fitting(budgets, device_type):
         print(f"| {budget} | {sizes[0]} px | {sizes[1]} px | {sizes[2]} px |")
 
 
+def masked_stage(size, regions):
+    """Runs in a fresh process: one 3-step stage with `regions` style masks (module docstring);
+    (estimate MiB, peak RSS MiB)."""
+    from nst_ext.stylizer import Stylizer
+
+    content = nst_ext.load_image(os.path.join(DATA, "astronaut.jpg"))
+    style = nst_ext.load_image(os.path.join(DATA, "swirls.jpg"))
+    flips = [style, style.flip(-1), style.flip(-2), style.flip(-1, -2)]
+    if regions > len(flips):
+        raise SystemExit(f"--masked: at most {len(flips)} regions")
+    width = content.shape[-1]
+    strips = []
+    for region in range(regions):
+        strip = torch.zeros(1, *content.shape[-2:])
+        strip[..., region * width // regions : (region + 1) * width // regions] = 1
+        strips.append(strip)
+    styles = flips[: max(1, regions)]
+    stylizer = Stylizer(scales=[size], steps=3, device="cpu", style_masks=strips or None)
+    plan = stylizer.plan(tuple(content.shape[-2:]), [tuple(s.shape[-2:]) for s in styles]).stages[-1].memory
+    stylizer.run(content, styles)
+    return plan.total / 2**20, _status_kib("VmHWM") / 1024
+
+
+def masked(sizes, counts, json_path):
+    rows = []
+    print("| size | style masks | estimate (MiB) | peak RSS (MiB) | peak ÷ estimate |\n|---:|---:|---:|---:|---:|")
+    for size in sizes:
+        for regions in counts:
+            output = subprocess.run(
+                [sys.executable, __file__, "--one-masked-stage", str(size), str(regions)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            estimate, peak = json.loads(output.strip().splitlines()[-1])
+            rows.append(dict(size=size, regions=regions, estimate_mib=estimate, peak_mib=peak))
+            print(f"| {size} | {regions} | {estimate:.0f} | {peak:.0f} | {peak / estimate:.3f} |", flush=True)
+    if json_path:
+        with open(json_path, "w") as out:
+            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, out, indent=1)
+
+
 def breakdown(sizes, json_path):
     rows = []
     print(
@@ -256,10 +303,20 @@ def main():
         metavar="SIZES",
         help="e.g. 8GiB,24GiB,80GiB: the largest picture the memory plan fits in each",
     )
+    parser.add_argument(
+        "--masked", default=None, metavar="N,N", help="e.g. 0,2,3: a stage's peak against its plan with N style masks"
+    )
     parser.add_argument("--one-stage", nargs=2, metavar=("SIZE", "TECHNIQUE"), help=argparse.SUPPRESS)
+    parser.add_argument("--one-masked-stage", nargs=2, type=int, metavar=("SIZE", "REGIONS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_stage:
         print(json.dumps(one_stage(int(args.one_stage[0]), args.one_stage[1])))
+        return
+    if args.one_masked_stage:
+        print(json.dumps(masked_stage(*args.one_masked_stage)))
+        return
+    if args.masked:
+        masked(sorted(int(s) for s in args.sizes.split(",")), [int(n) for n in args.masked.split(",")], args.json)
         return
     if args.fits:
         largest_fitting(args.fits.split(","), "cuda" if args.device == "cuda" else "cpu")

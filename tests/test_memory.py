@@ -22,6 +22,7 @@ from nst_ext.plan import tiles
 from nst_ext.plan.activations import choose_segments, saved_bytes_per_layer, split_layers
 from nst_ext.plan.memory import (
     HELD_IMAGES,
+    MASKED_GRAM_COPIES_PER_REGION,
     LBFGS_HISTORY,
     MIN_LBFGS_HISTORY,
     TRANSIENT_PER_LARGEST_ACTIVATION,
@@ -421,3 +422,38 @@ def test_with_style_masks_the_plan_counts_a_sliced_loss_per_region_and_its_style
     style = sum(layer_elements(LAYER_INDEX[name], h, w) for name in DEFAULT_STYLE_LAYERS for h, w in styles)
     extra = 4 * picture + SLICED_REGION_STYLE_BYTES * style + SLICED_REGION_STEP_BYTES * picture
     assert targets(2) - targets(0) == extra
+
+
+@pytest.mark.parametrize("style_loss", ["gram", "w2"])
+@pytest.mark.parametrize("tile", [0, 96])
+def test_with_style_masks_a_masked_gram_s_transients_are_counted_per_region(style_loss, tile):
+    # Each region's masked Gram widens the style layers' features to float32 and weighs them, in the
+    # forward and the backward pass (csrc/masked.h): without this, a 3-step stage with three regions
+    # peaked 22-25% above its plan at 384 and 512 px (BENCHMARKS.md, "Large pictures").
+    def plan(regions):
+        return plan_stage(
+            320,
+            280,
+            DEFAULT_CONTENT_LAYERS,
+            DEFAULT_STYLE_LAYERS,
+            10,
+            [(96, 96)] * max(1, regions),
+            None,
+            "cpu",
+            2,
+            tile=tile,
+            pictures=2,
+            style_loss=style_loss,
+            style_regions=regions,
+        )
+
+    alone, masked = plan(0), plan(3)
+    edge = masked.tile_edge
+    assert edge == alone.tile_edge and bool(edge) == bool(tile)
+    reach = edge + 2 * tiles.halo(list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS))
+    seen = (min(320, reach), min(280, reach)) if edge else (320, 280)
+    largest = max(layer_elements(LAYER_INDEX[name], *seen) for name in DEFAULT_STYLE_LAYERS)
+    expected = int(MASKED_GRAM_COPIES_PER_REGION * 3 * 2 * largest * 4)
+    assert expected >= 3 * 2 * largest * 4  # at least each region's weighted float32 copy
+    assert masked.transient - alone.transient == expected
+    assert masked.total - alone.total >= expected

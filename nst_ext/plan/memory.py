@@ -71,6 +71,13 @@ HELD_IMAGES = 2
 # leave in the allocator; the estimate itself is fitted to one stage alone: BENCHMARKS.md, "Large
 # pictures"): a plan sized to a budget fills only the rest of it, so that such a peak still fits.
 ESTIMATE_UNDERSHOOT = 0.11
+# A masked Gram (each style mask's region has its own loss; w2's too) widens each style layer's
+# features to float32 and weighs them by the mask's root in its forward pass, and makes a gradient
+# per region in its backward (csrc/masked.h): transients the unmasked fused loss does not make. This
+# many float32 copies of the largest style layer's features (as seen: the picture or a tile) per
+# region, fitted to the peak RSS of a 3-step stage with 2 and 3 regions at 384 and 512 px
+# (BENCHMARKS.md, "Large pictures").
+MASKED_GRAM_COPIES_PER_REGION = 1.7
 # A Laplacian pyramid's coefficients per pixel (nst_ext.parametrization: 1 + 1/4 + 1/16 + ..., to
 # within the rounding up of odd sides): the optimiser's state through the pyramid.
 PYRAMID_COEFFICIENTS_PER_PIXEL = 4 / 3
@@ -226,6 +233,15 @@ def _target_bytes(stage: _Stage, edge: int, bfloat16_content: bool, seen: Tuple[
     return targets, making
 
 
+def _masked_gram_bytes(stage: _Stage, seen: Tuple[int, int]) -> int:
+    """A step's transients of the masked Gram losses (MASKED_GRAM_COPIES_PER_REGION), 0 without
+    style masks or where the loss is sliced (nst_ext.plan.distribution_memory counts its own)."""
+    if not stage.style_regions or stage.style_loss == "sliced":
+        return 0
+    largest = max(layer_elements(LAYER_INDEX[name], *seen) for name in stage.style_layers)
+    return int(MASKED_GRAM_COPIES_PER_REGION * stage.style_regions * stage.pictures * largest * 4)
+
+
 def _estimate(
     stage: _Stage,
     checkpoint: bool,
@@ -256,7 +272,8 @@ def _estimate(
     # The peak is that of a step or, when larger, that of making the targets (before the
     # history exists): counted as transient so that `total` is the larger of the two.
     transient = max(
-        int(TRANSIENT_PER_LARGEST_ACTIVATION[releases_promptly(checkpoint, edge)] * largest),
+        int(TRANSIENT_PER_LARGEST_ACTIVATION[releases_promptly(checkpoint, edge)] * largest)
+        + _masked_gram_bytes(stage, seen),
         making - activations - history,
     )
     return MemoryPlan(
@@ -390,7 +407,8 @@ def plan_stage(
     in coefficients, and the picture and its gradient are held besides. `style_loss`: the distribution
     losses keep the style images' features while their targets are made, and sliced keeps a target
     as large as the picture's features and its sort's indices for the backward (:func:`_target_bytes`);
-    `style_regions`: how many style masks' regions (0: none), each with a sliced loss of its own.
+    `style_regions`: how many style masks' regions (0: none), each with a loss of its own (a masked
+    Gram's transients: MASKED_GRAM_COPIES_PER_REGION; a sliced loss's targets).
     Raises OptionError when nothing fits the budget."""
     stage = _Stage(
         height,
