@@ -174,7 +174,7 @@ class FrameChain:
         consistency check trusts there (Ruder et al.'s long-term masks); the start is the warped
         previous frame where it is not disoccluded, else the trusted long-term target, else the
         frame's own content (filling it from the stylized neighbourhood instead made a video flicker
-        more where the neighbourhood's content differs: BENCHMARKS.md, "Video")."""
+        more where the neighbourhood's content differs: the notes BENCHMARKS.md, "Video" links)."""
         import torch
 
         from nst_ext.jobs.flow import consistency, warp

@@ -33,7 +33,7 @@ MOTION_MARGIN = 2
 # (With a moving camera "did not change" is after moving the other frame by the camera's motion.)
 # DIS strays further from a moving camera's motion over flat areas, where any motion fits the
 # frames (a zoom out over a sky); the tighter bound for a still camera keeps a small slow object
-# its own motion (both measured: BENCHMARKS.md, "Video").
+# its own motion (both measured: BENCHMARKS.md, "Video", and the notes it links).
 STILL_FLOW, STILL_FLOW_MOVING = 0.5, 1.0
 # The camera's motion: a similarity fitted (RANSAC, CAMERA_TOLERANCE pixels) to a sample of about
 # CAMERA_SAMPLES of DIS's vectors, trusted when at least CAMERA_INLIERS of them agree with it. A
@@ -152,9 +152,9 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     ``(3, H, W)`` in [0, 1], the same size. DIS's flow, where it agrees with the camera's motion
     (:func:`camera_motion`) to within CAMERA_AGREEMENT pixels, or to within STILL_FLOW (a moving
     camera: STILL_FLOW_MOVING) where `frame` did not change from `other`, is replaced by the
-    camera's motion (0 for a still camera; module constants). Runs on the CPU in OpenCV and NumPy, no torch operation: on a worker thread
-    it overlaps the optimisation without contending for torch's intra-op threads (OpenCV releases
-    the GIL). The result is on the CPU."""
+    camera's motion (0 for a still camera; module constants). Runs on the CPU in OpenCV and NumPy,
+    no torch operation: on a worker thread it overlaps the optimisation without contending for
+    torch's intra-op threads (OpenCV releases the GIL). The result is on the CPU."""
     cv2 = require_opencv()
     if frame.shape != other.shape or frame.dim() != 3 or frame.shape[0] != 3:
         raise ValueError(f"frames must both be (3, H, W), got {tuple(frame.shape)} and {tuple(other.shape)}")
