@@ -132,3 +132,29 @@ def test_still_and_none_are_the_older_ways():
     with FrameChain(opening, StandIn(), [], coherence="none") as chain:
         run_chain(chain, clip.frames)
     assert len(opening.calls) == 3 and all(call.temporal is None for call in opening.calls)
+
+
+@pytest.mark.parametrize("pan", [(0, 0), (1, 0)], ids=["still camera", "pan"])
+def test_a_carried_frame_takes_the_input_s_light_and_keeps_its_texture(pan):
+    # A fade to dark: each input frame 6% darker than the one before. The temporal term holds trusted
+    # pixels to the carried frame, so without the input's change the video kept its first light.
+    clip = motion_clip("fade", "chelsea", 6, (60, 80), pan=pan)
+    frames = [(frame * (1 - 0.06 * index)).clamp(0, 1) for index, frame in enumerate(clip.frames)]
+
+    class MidTones(StandIn):  # a first frame that darkening does not clip at 0
+        def run(self, content, styles, callback=None, init=None, temporal=None):
+            result = super().run(content, styles, callback, init, temporal)
+            return result if init is not None else SimpleNamespace(tensor=0.4 + 0.5 * result.tensor, interrupted=False)
+
+    with FrameChain(MidTones(), StandIn(), [], coherence="flow") as chain:
+        outputs = run_chain(chain, frames)
+    inner = (slice(None), slice(10, -10), slice(10, -10))
+
+    def darkened(images):
+        return float(images[0][inner].mean() - images[-1][inner].mean())
+
+    assert darkened(outputs) > 0.7 * darkened(frames) > 0.05, (darkened(outputs), darkened(frames))
+    if pan == (0, 0):  # the first frame's texture is all there, only darker: what changed is smooth
+        change = (outputs[-1] - outputs[0])[inner]
+        smooth = torch.nn.functional.avg_pool2d(change[None], 5, stride=1, padding=2)[0]
+        assert float((change - smooth).abs().mean()) < 0.01

@@ -171,13 +171,14 @@ class FrameChain:
         """For frame `index` and its `flows` (frames back → (backward, forward) flow): the initial
         image ``(3, H, W)``, the temporal target ``(3, H, W)`` and its mask ``(H, W)`` float32 in
         {0, 1}. Each pixel's target is the most recent earlier stylized frame, warped, that the
-        consistency check trusts there (Ruder et al.'s long-term masks); the start is the warped
+        consistency check trusts there (Ruder et al.'s long-term masks), in the current frame's light
+        (:func:`nst_ext.jobs.flow.relit`); the start is the warped
         previous frame where it is not disoccluded, else the trusted long-term target, else the
         frame's own content (filling it from the stylized neighbourhood instead made a video flicker
         more where the neighbourhood's content differs: the notes BENCHMARKS.md, "Video" links)."""
         import torch
 
-        from nst_ext.jobs.flow import consistency, warp
+        from nst_ext.jobs.flow import consistency, relit, warp
 
         frame = self.inputs[index]
         target, covered = torch.zeros_like(frame), torch.zeros(frame.shape[-2:], dtype=torch.bool)
@@ -186,8 +187,11 @@ class FrameChain:
             if index - back not in self.outputs or back not in flows:
                 continue
             backward, forward = flows[back]
-            check = consistency(backward, forward, frame, self.inputs.get(index - back))
+            earlier = self.inputs.get(index - back)
+            check = consistency(backward, forward, frame, earlier)
             warped = warp(self.outputs[index - back], backward)
+            if earlier is not None:
+                warped = relit(warped, frame, earlier, backward, check.reliable)
             if back == 1:
                 init = torch.where(check.disoccluded[None], frame, warped)
             newly = check.reliable & ~covered

@@ -306,6 +306,45 @@ def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "spline") -> torch
     return torch.where(still[None], image.float(), warped).to(image.dtype)
 
 
+# The input's own change between two frames, seen through the flow (a fade, a passing shadow, the
+# exposure), blurred by a Gaussian of this many pixels (sigma) so that it carries light and not
+# texture or the sensor's noise, is added to the warped stylized frame (:func:`relit`). Without it
+# the temporal term held every trusted pixel to the earlier frame's light, and a fade to dark kept
+# the first frame's brightness (BENCHMARKS.md, "Video").
+LIGHT_BLUR = 4.0
+
+
+def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """`image` ``(C, H, W)`` blurred by a Gaussian of `sigma` pixels, the border repeated."""
+    radius = max(1, int(3 * sigma))
+    axis = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    taps = torch.exp(-axis.square() / (2 * sigma**2))
+    taps = taps / taps.sum()
+    planes = image[:, None]
+    planes = F.conv2d(F.pad(planes, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
+    return planes[:, 0]
+
+
+def relit(
+    warped: torch.Tensor, current: torch.Tensor, earlier: torch.Tensor, flow: torch.Tensor, trusted: torch.Tensor
+) -> torch.Tensor:
+    """The stylized frame `warped` ``(3, H, W)`` (an earlier one, warped by `flow` onto the current
+    frame) given the light of the current input frame: plus the input's change from `earlier`
+    (warped alike) to `current`, averaged over the `trusted` pixels ``(H, W)`` bool (the consistency
+    check's: what a moving object uncovers is not a change of light) by a Gaussian of LIGHT_BLUR;
+    clamped to [0, 1]. Input frames ``(3, H, W)`` in [0, 1]; float32 on `warped`'s device. Where the
+    input did not change, `warped` itself."""
+    change = current.float().to(warped.device) - warp(earlier.float().to(warped.device), flow, mode="bicubic")
+    weight = trusted.to(device=warped.device, dtype=torch.float32)[None]
+    change = change * weight
+    if not bool(change.any()):
+        return warped
+    spread, reach = _blurred(change, LIGHT_BLUR), _blurred(weight, LIGHT_BLUR)
+    light = torch.where(reach > 1e-3, spread / reach.clamp_min(1e-3), torch.zeros_like(spread))
+    return (warped.float() + light).clamp(0, 1)
+
+
 @dataclass(frozen=True)
 class Consistency:
     """Which pixels of the current frame a warped earlier frame can stand for (each ``(H, W)`` bool):

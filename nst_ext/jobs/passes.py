@@ -90,7 +90,7 @@ def refine_in_passes(
     import torch
 
     from nst_ext.jobs.coherence import temporal_strength
-    from nst_ext.jobs.flow import consistency, warp
+    from nst_ext.jobs.flow import consistency, relit, warp
     from nst_ext.objective import TemporalTarget
 
     check_passes(passes)
@@ -109,7 +109,9 @@ def refine_in_passes(
                     flows.prefetch(order[position + 1], order[position + 1] + step)
                 backward, forward = flows.take(index, neighbour)
                 check = consistency(backward, forward, inputs[index], inputs[neighbour])
-                warped = warp(outputs[neighbour], backward)
+                warped = relit(
+                    warp(outputs[neighbour], backward), inputs[index], inputs[neighbour], backward, check.reliable
+                )
                 trusted = check.reliable[None]
                 start = torch.where(trusted, PASS_BLEND * warped + (1 - PASS_BLEND) * outputs[index], outputs[index])
                 result = following.run(
