@@ -2,6 +2,7 @@
 often, the app's uploads and queue through its HTTP interface, and the command line's --web and
 serve switches. The pages themselves, in Chromium: tests/test_web_browser.py."""
 
+import base64
 import io
 import json
 import threading
@@ -271,6 +272,29 @@ def test_event_stream_ends_after_the_final_picture():
     states = [json.loads(line[6:]) for line in lines]
     assert states[-1]["status"] == "done" and "picture" in states[-1]
     assert "Stop" in client.get("/").text and client.get("/static/view.js").status_code == 200
+
+
+def test_event_stream_sends_the_final_state_when_the_run_ends_while_an_earlier_one_is_sent():
+    # The run may end between the stream reading a state and sending it: the stream must not take
+    # the run's end for sent then (a clean-clone CI run's page never showed "done" that way).
+    class EndsWhileSending(Preview):
+        def state(self, shown=None):
+            answer = super().state(shown)
+            if not self.finished:
+                self.finish(torch.full((3, 8, 8), 0.25), "done")
+            return answer
+
+    preview = EndsWhileSending(interval=0.0)
+    preview.observe(FakeProgress(1))
+    from nst_ext.web.live import live_app
+
+    client = own_page_client(live_app(preview, PreviewStreams(), ADDRESS, stop=lambda: None))
+    with client.stream("GET", "/events") as stream:
+        lines = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    states = [json.loads(line[6:]) for line in lines]
+    assert [state["status"] for state in states] == ["running", "done"]
+    assert [state["finished"] for state in states] == [False, True]
+    assert np.abs(decoded(base64.b64decode(states[-1]["picture"].split(",", 1)[1])) - 0.25).max() < 0.02
 
 
 def test_a_finished_run_waits_for_a_page_served_whose_stream_has_not_connected_yet():

@@ -124,7 +124,9 @@ def pictures_seen(driver, until, process=None):
     seen = []
     deadline = time.monotonic() + HANG
     while not until():
-        assert time.monotonic() < deadline, "the page never showed the end awaited: hung"
+        assert time.monotonic() < deadline, (
+            f"the page never showed the end awaited: hung ({page_words(driver)}, {len(seen)} pictures)"
+        )
         if process is not None and process.poll() is not None:
             deadline = min(deadline, time.monotonic() + AFTER_EXIT)
             process = None
@@ -133,6 +135,12 @@ def pictures_seen(driver, until, process=None):
             seen.append(source)
         time.sleep(0.05)
     return seen
+
+
+def page_words(driver):
+    """What the page says it shows, for a failure's message."""
+    words = {name: driver.find_element(By.ID, name).text for name in ("where", "message")}
+    return f"status {page_status(driver)!r}, {words}"
 
 
 def decoded(data_url):

@@ -148,8 +148,9 @@ class Preview:
     def state(self, shown: Optional[dict] = None):
         """What a page should get next, given the last state it was sent (`shown`, or None for a
         new page): a JSON-ready dict with the loss points it lacks (all of them, with
-        ``losses_from`` 0, after a new picture began), and the JPEG bytes when a newer picture
-        than it has exists, else None."""
+        ``losses_from`` 0, after a new picture began; ``finished``: whether this is the run's
+        final state, read with the rest), and the JPEG bytes when a newer picture than it has
+        exists, else None."""
         with self._changed:
             same_run = shown is not None and shown["run"] == self.run
             losses_from = shown["losses_from"] + len(shown["losses"]) if same_run else 0
@@ -158,6 +159,7 @@ class Preview:
                 "run": self.run,
                 "label": self.label,
                 "status": self.status,
+                "finished": self._closed,
                 "message": self.message,
                 "frame": self.frame,
                 **self.position,

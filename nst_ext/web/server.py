@@ -136,7 +136,9 @@ class PreviewStreams:
                 shown, jpeg = current.state(shown)
                 seen = shown["version"]
                 yield event(shown, jpeg)
-                if ends_with_run and current.finished:
+                # The state sent says whether it was the last: the run may have ended while this
+                # one was on its way, and then its final state is still to send.
+                if ends_with_run and shown["finished"]:
                     with self._lock:
                         self.finals_sent += 1
                     return
