@@ -190,8 +190,8 @@ class FrameChain:
             earlier = self.inputs.get(index - back)
             check = consistency(backward, forward, frame, earlier)
             warped = warp(self.outputs[index - back], backward)
-            if earlier is not None:
-                warped = relit(warped, frame, earlier, backward, check.reliable)
+            if check.earlier_warped is not None:
+                warped = relit(warped, frame, check.earlier_warped, check.reliable)
             if back == 1:
                 init = torch.where(check.disoccluded[None], frame, warped)
             newly = check.reliable & ~covered

@@ -327,15 +327,16 @@ def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def relit(
-    warped: torch.Tensor, current: torch.Tensor, earlier: torch.Tensor, flow: torch.Tensor, trusted: torch.Tensor
+    warped: torch.Tensor, current: torch.Tensor, earlier_warped: torch.Tensor, trusted: torch.Tensor
 ) -> torch.Tensor:
-    """The stylized frame `warped` ``(3, H, W)`` (an earlier one, warped by `flow` onto the current
-    frame) given the light of the current input frame: plus the input's change from `earlier`
-    (warped alike) to `current`, averaged over the `trusted` pixels ``(H, W)`` bool (the consistency
-    check's: what a moving object uncovers is not a change of light) by a Gaussian of LIGHT_BLUR;
-    clamped to [0, 1]. Input frames ``(3, H, W)`` in [0, 1]; float32 on `warped`'s device. Where the
-    input did not change, `warped` itself."""
-    change = current.float().to(warped.device) - warp(earlier.float().to(warped.device), flow, mode="bicubic")
+    """The stylized frame `warped` ``(3, H, W)`` (an earlier one, warped onto the current frame)
+    given the light of the current input frame: plus the input's change from `earlier_warped` (the
+    earlier input frame warped alike: :attr:`Consistency.earlier_warped`) to `current`, averaged
+    over the `trusted` pixels ``(H, W)`` bool (the consistency check's: what a moving object
+    uncovers is not a change of light) by a Gaussian of LIGHT_BLUR; clamped to [0, 1]. Input frames
+    ``(3, H, W)`` in [0, 1]; float32 on `warped`'s device. Where the input did not change, `warped`
+    itself."""
+    change = current.float().to(warped.device) - earlier_warped.float().to(warped.device)
     weight = trusted.to(device=warped.device, dtype=torch.float32)[None]
     change = change * weight
     if not bool(change.any()):
@@ -350,10 +351,13 @@ class Consistency:
     """Which pixels of the current frame a warped earlier frame can stand for (each ``(H, W)`` bool):
     ``disoccluded``: hidden in the earlier frame or moved in from outside it (a warp has nothing
     true to give there); ``reliable``: neither disoccluded nor on a motion boundary, where the
-    temporal term holds the stylized frame to the warped one."""
+    temporal term holds the stylized frame to the warped one. ``earlier_warped``: the earlier input
+    frame ``(3, H, W)`` float32 (CPU) warped onto the current one, as the photometric check compared
+    them (None without the input frames); :func:`relit` reads the change of light from it."""
 
     disoccluded: torch.Tensor
     reliable: torch.Tensor
+    earlier_warped: Optional[torch.Tensor] = None
 
 
 def consistency(
@@ -375,12 +379,13 @@ def consistency(
     length = backward.square().sum(0) + forward_there.square().sum(0)
     mismatch = (backward + forward_there).square().sum(0)
     disoccluded = (mismatch > OCCLUSION_RELATIVE * length + OCCLUSION_ABSOLUTE) | ~inside(backward)
+    earlier_warped = None
     if current is not None and earlier is not None:
-        mismatched = (warp(earlier.float().cpu(), backward, mode="bicubic") - current.float().cpu()).abs().amax(0)
-        disoccluded |= mismatched > PHOTOMETRIC_THRESHOLD
+        earlier_warped = warp(earlier.float().cpu(), backward, mode="bicubic")
+        disoccluded |= (earlier_warped - current.float().cpu()).abs().amax(0) > PHOTOMETRIC_THRESHOLD
     gradient = torch.zeros_like(length)
     for component in backward:
         dy, dx = torch.gradient(component) if min(component.shape) > 1 else (torch.zeros_like(component),) * 2
         gradient += dx.square() + dy.square()
     boundary = gradient > BOUNDARY_RELATIVE * backward.square().sum(0) + BOUNDARY_ABSOLUTE
-    return Consistency(disoccluded=disoccluded, reliable=~(disoccluded | boundary))
+    return Consistency(disoccluded=disoccluded, reliable=~(disoccluded | boundary), earlier_warped=earlier_warped)

@@ -109,9 +109,7 @@ def refine_in_passes(
                     flows.prefetch(order[position + 1], order[position + 1] + step)
                 backward, forward = flows.take(index, neighbour)
                 check = consistency(backward, forward, inputs[index], inputs[neighbour])
-                warped = relit(
-                    warp(outputs[neighbour], backward), inputs[index], inputs[neighbour], backward, check.reliable
-                )
+                warped = relit(warp(outputs[neighbour], backward), inputs[index], check.earlier_warped, check.reliable)
                 trusted = check.reliable[None]
                 start = torch.where(trusted, PASS_BLEND * warped + (1 - PASS_BLEND) * outputs[index], outputs[index])
                 result = following.run(
