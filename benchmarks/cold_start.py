@@ -25,7 +25,9 @@ from _common import CONTENT, STYLE
 import nst_ext
 
 
-def one_run(cache, size, steps, folder):
+def one_run(cache, size, steps, folder, environment=None):
+    """One `nst-ext stylize` in a fresh process with the algorithm cache in `cache` (and the
+    variables `environment` too): (its seconds of optimisation, its wall time)."""
     out = os.path.join(folder, f"out-{time.monotonic_ns()}.png")
     started = time.perf_counter()
     result = subprocess.run(
@@ -48,7 +50,7 @@ def one_run(cache, size, steps, folder):
         ],
         capture_output=True,
         text=True,
-        env=dict(os.environ, NST_EXT_CACHE_DIR=cache, NST_EXT_GRAM_ALGORITHM="auto"),
+        env=dict(os.environ, NST_EXT_CACHE_DIR=cache, NST_EXT_GRAM_ALGORITHM="auto", **(environment or {})),
     )
     wall = time.perf_counter() - started
     if result.returncode:
