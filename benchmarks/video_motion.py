@@ -12,7 +12,10 @@ stylized in one run by:
   consistency mask;
 - ``--coherence flow`` (the default, long-term frames 1, 2, 4);
 - the same, then 1 or 2 more passes in alternating directions (``--passes 2``, ``3``: Ruder et al.'s
-  multi-pass mode, nst_ext.jobs.passes).
+  multi-pass mode, nst_ext.jobs.passes);
+- a reference, not a method: the first stylized frame carried frame after frame by the TRUE motion
+  with nst_ext's warp and nothing repainted (what the warp alone costs by these figures: no method
+  that warps with it and repaints nothing new does better on a zoom, where nothing is uncovered).
 
 The other methods start from the same first frame (the full run, seed 0). Figures:
     warp      warping error mean|O_t − W(O_t−1)| over pixels visible in both frames, W the TRUE
@@ -22,9 +25,11 @@ The other methods start from the same first frame (the full run, seed 0). Figure
     warp Δ5   the same between frames 5 apart (long-term consistency)
     path      for clips with an object: the warping error on the background inside the object's
               path ÷ elsewhere (a trail or ghost left behind shows as ≫ 1)
+    object    (JSON) the warping error on the object's own pixels (clips.object_error)
     trail     the same, leaving out 4 pixels around the object's edges in both frames of a pair
               (where an edge's style changes with what is beside it; a trail behind stays in)
-    sharp     mean gradient magnitude of the last frame ÷ that of the first (warping blurs: < 1)
+    sharp     mean gradient magnitude of the last frame ÷ that of the first (warping blurs: < 1; the
+              JSON's sharpness_last is the last frame's own)
     s/frame   median seconds per later frame (the flow made on the worker thread, overlapped)
 and the input's own warping error by each kernel (the metric's floor: reading between pixels
 blurs a zoom). Writes the
@@ -47,15 +52,17 @@ import torch
 import nst_ext
 from nst_ext.io.images import load_image
 from nst_ext.jobs import FRAME_STEPS, LONG_TERM, TEMPORAL_WEIGHT, FrameChain
+from nst_ext.jobs.flow import warp
 from nst_ext.jobs.passes import refine_in_passes
 from nst_ext.stylizer import Stylizer
 
 from _common import STYLE
-from clips import WARP_KERNELS, motion_clips, object_path_error, true_warp_difference, warping_error
+from clips import WARP_KERNELS, motion_clips, object_error, object_path_error, true_warp_difference, warping_error
 
 DEFAULT_STYLE_WEIGHT = nst_ext.StyleOptions().style_weight
 
 DEFAULT_METHOD = f"flow, long-term {','.join(map(str, LONG_TERM))} (default)"
+CARRIED = "carried by the true motion, no repaint"
 METHODS = [  # (name, coherence, long-term frames, passes)
     ("each frame on its own", None, None, 1),
     ("still (before flow)", "still", (1,), 1),
@@ -63,6 +70,7 @@ METHODS = [  # (name, coherence, long-term frames, passes)
     (DEFAULT_METHOD, "flow", LONG_TERM, 1),
     ("flow, 2 passes", "flow", LONG_TERM, 2),
     ("flow, 3 passes", "flow", LONG_TERM, 3),
+    (CARRIED, "carried", None, 1),
 ]
 
 
@@ -75,6 +83,13 @@ def stylize_clip(clip, first, opening, following, styles, coherence, long_term, 
     """The clip's frames stylized after `first` (frame 0's picture); (outputs, seconds per later frame:
     with passes, the whole run's time shared among the later frames)."""
     outputs, seconds = [first], []
+    if coherence == "carried":  # the reference: the warp alone, by the true motion
+        for index in range(1, len(clip.frames)):
+            started = time.perf_counter()
+            motion, _ = clip.true_flow(index, index - 1)
+            outputs.append(warp(outputs[-1], torch.from_numpy(motion.astype(np.float32))))
+            seconds.append(time.perf_counter() - started)
+        return outputs, seconds
     if coherence is None:  # every frame alike, the first too
         outputs = [following.run(clip.frames[0], styles, init=clip.frames[0]).tensor]
         for frame in clip.frames[1:]:
@@ -167,11 +182,16 @@ def main():
                 warp_lanczos=warping_error(clip, outputs, kernel="lanczos"),
                 warp5=warping_error(clip, outputs, back=5) if len(outputs) > 5 else None,
                 sharp=sharpness(outputs[-1]) / sharpness(outputs[0]),
+                sharpness_last=sharpness(outputs[-1]),
                 seconds_per_frame=statistics.median(seconds),
             )
             if clip.object_side:
                 inside, trail, elsewhere = object_path_error(clip, outputs)
-                row.update(path=inside / elsewhere, trail=trail / elsewhere, still_background=elsewhere)
+                row.update(object=object_error(clip, outputs), still_background=elsewhere)
+                # A still subject's path has no background in it; the carried reference's still
+                # background is exact (nothing to divide by).
+                if np.isfinite(inside) and elsewhere > 0:
+                    row.update(path=inside / elsewhere, trail=trail / elsewhere)
             rows.append(row)
             print(json.dumps(row), flush=True)
             results.append((outputs[-1], true_warp_difference(clip, outputs, len(outputs) - 1, 1)[0]))

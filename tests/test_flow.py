@@ -162,6 +162,35 @@ def test_still_pixels_keep_a_zero_flow():
     assert torch.equal(flow.flow_between(frame.clamp(0, 1), clip.frames[0]), torch.zeros(2, 60, 80))
 
 
+@pytest.mark.parametrize(
+    "photo, subject, pan", [("grass", "ihc", (-1.2, 0.8)), ("coffee", "brick", (1.5, 0))], ids=["grass", "coffee"]
+)
+def test_a_subject_the_camera_tracks_stays_put_and_the_background_follows_the_camera(photo, subject, pan):
+    # A tracking shot: a large subject still on the screen while the camera pans. The subject's
+    # pixels keep a motion of exactly 0 (no resampling every frame), and the camera's motion is
+    # not bent towards the subject's (an alignment that is no similarity is refused).
+    clip = motion_clip("t", photo, 3, (120, 160), pan=pan, object_photo=subject, object_scale=0.5)
+    true, visible = clip.true_flow(2, 1)
+    estimated = flow.flow_between(clip.frames[2], clip.frames[1]).numpy()
+    y, x = np.mgrid[0:120, 0:160]
+    subject_core = clip.object_at(2, x - 3, y - 3) & clip.object_at(2, x + 3, y + 3)
+    assert (estimated[:, subject_core] == 0).all(axis=0).mean() > 0.95
+    error = np.sqrt(((estimated - true) ** 2).sum(0))[visible & ~clip.object_at(2, x, y)]
+    assert np.percentile(error, 90) < 0.1, np.percentile(error, 90)
+
+
+def test_the_shape_departure_of_a_similarity_is_zero_and_of_a_shear_its_reach():
+    turn = np.deg2rad(3)
+    similarity = np.array(
+        [[1.01 * np.cos(turn), -1.01 * np.sin(turn), 4], [1.01 * np.sin(turn), 1.01 * np.cos(turn), -2]]
+    )
+    assert flow._shape_departure(similarity, 101, 201) < 1e-9
+    # A shear: its nearest similarity turns by half the shear, the rest moves the corner (±100, ±50)
+    # by 0.001 · (50, 100).
+    sheared = np.array([[1.0, 0.002, 0], [0.0, 1.0, 0]])
+    assert flow._shape_departure(sheared, 101, 201) == pytest.approx(np.hypot(0.05, 0.1), rel=1e-6)
+
+
 def test_frames_too_small_for_dis_get_no_motion():
     small = torch.rand(3, 9, flow.DIS_MIN_SIDE - 1)
     assert torch.equal(
@@ -176,6 +205,20 @@ def test_frames_of_other_shapes_are_refused():
 
 def occluder_clip():
     return motion_clip("t", "hopper", 3, (60, 80), object_photo="ihc", object_step=(4, 0))
+
+
+def test_a_long_clip_carries_its_object_out_of_the_frame():
+    # The yardstick's own clips: an object that leaves the frame is drawn where it is still inside
+    # (a long parallax clip used to fail to build), and exactly where object_at says it is.
+    clip = motion_clip("t", "coffee", 9, (30, 40), object_photo="brick", object_step=(-6, 0), object_scale=0.5)
+    still = motion_clip("t", "coffee", 9, (30, 40))
+    y, x = np.mgrid[0:30, 0:40]
+    for t in (0, 8):
+        on_object = clip.object_at(t, x, y)
+        changed = (clip.frames[t] - still.frames[t]).abs().amax(0).numpy() > 0
+        assert not changed[~on_object].any()
+        assert changed[on_object].mean() > 0.9
+    assert clip.object_at(8, x, y).sum() < clip.object_at(0, x, y).sum()  # partly out at the end
 
 
 def test_the_consistency_check_excludes_what_an_occluder_hid():

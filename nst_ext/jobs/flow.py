@@ -45,6 +45,10 @@ CAMERA_TOLERANCE, CAMERA_SAMPLES, CAMERA_INLIERS = 0.5, 4000, 0.5
 ECC_ITERATIONS, ECC_EPSILON = 50, 1e-5  # the alignment that refines it (camera_motion)
 CAMERA_AGREEMENT = 0.25
 CAMERA_STILL = 0.25
+# The alignment is an affine map, the camera's motion a similarity: an alignment whose departure from
+# its nearest similarity moves some corner of the frame more than this many pixels is fitting
+# something else (a large still thing on the screen the camera tracks), and the similarity stands.
+CAMERA_SHAPE_SLACK = 0.1
 # Ruder et al.'s consistency check: a pixel whose forward and backward flows do not cancel, to
 # within OCCLUSION_RELATIVE of their squared lengths plus OCCLUSION_ABSOLUTE (pixels²), was hidden
 # in the other frame (disoccluded); one where the flow's squared gradient exceeds
@@ -112,7 +116,8 @@ def camera_motion(flow: np.ndarray, frame: np.ndarray, other: np.ndarray) -> np.
     2. refined as an affine map by aligning the frames themselves (OpenCV's ECC) over the pixels
        that agree with it: DIS is biased by a tenth of a pixel and more on zooms and flat
        pictures, the alignment is not (BENCHMARKS.md, "Video: optical flow"). Kept when it
-       converges within CAMERA_TOLERANCE of the similarity's motion plus one pixel.
+       converges within CAMERA_TOLERANCE of the similarity's motion plus one pixel and stays a
+       similarity to within CAMERA_SHAPE_SLACK pixels (:func:`_shape_departure`).
 
     Zeros for none (module constants). OpenCV and NumPy only; deterministic (OpenCV seeds its
     RANSAC)."""
@@ -142,9 +147,23 @@ def camera_motion(flow: np.ndarray, frame: np.ndarray, other: np.ndarray) -> np.
     except cv2.error:  # did not converge (a flat picture, too few pixels): the similarity stands
         return motion.astype(np.float32)
     aligned = _as_flow(affine, height, width)
-    if np.isfinite(aligned).all() and np.abs(aligned - motion).max() < CAMERA_TOLERANCE + 1:
+    if (
+        np.isfinite(aligned).all()
+        and np.abs(aligned - motion).max() < CAMERA_TOLERANCE + 1
+        and _shape_departure(affine, height, width) <= CAMERA_SHAPE_SLACK
+    ):
         motion = aligned
     return motion.astype(np.float32)
+
+
+def _shape_departure(affine: np.ndarray, height: int, width: int) -> float:
+    """How far (pixels) the 2×3 `affine` map's departure from the nearest similarity (rotation and
+    one scale) moves the farthest corner of a `height` × `width` frame from its centre."""
+    linear = affine[:, :2].astype(np.float64)
+    scale, turn = (linear[0, 0] + linear[1, 1]) / 2, (linear[1, 0] - linear[0, 1]) / 2
+    residual = linear - np.array([[scale, -turn], [turn, scale]])
+    corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]]) * np.array([(width - 1) / 2, (height - 1) / 2])
+    return float(np.sqrt(((corners @ residual.T) ** 2).sum(1)).max())
 
 
 def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -152,7 +171,11 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     ``(3, H, W)`` in [0, 1], the same size. DIS's flow, where it agrees with the camera's motion
     (:func:`camera_motion`) to within CAMERA_AGREEMENT pixels, or to within STILL_FLOW (a moving
     camera: STILL_FLOW_MOVING) where `frame` did not change from `other`, is replaced by the
-    camera's motion (0 for a still camera; module constants). Runs on the CPU in OpenCV and NumPy,
+    camera's motion (0 for a still camera; module constants). Under a moving camera, what stays put
+    on the screen (a subject the camera tracks, a caption, a logo) takes a motion of exactly 0: where
+    DIS is within CAMERA_AGREEMENT of 0, or within STILL_FLOW where `frame` did not change from `other`
+    but did from `other` moved by the camera, and in both cases nearer 0 than the camera's motion,
+    which moves the pixel STILL_FLOW_MOVING or more (a slower camera's is too near 0 to tell apart). Runs on the CPU in OpenCV and NumPy,
     no torch operation: on a worker thread it overlaps the optimisation without contending for
     torch's intra-op threads (OpenCV releases the GIL). The result is on the CPU."""
     cv2 = require_opencv()
@@ -168,6 +191,15 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     unchanged = np.abs(frame - _moved(other, camera)).max(0) <= STILL_THRESHOLD
     still_flow = STILL_FLOW_MOVING if camera.any() else STILL_FLOW
     follows_camera = (apart < CAMERA_AGREEMENT**2) | (unchanged & (apart < still_flow**2))
+    if camera.any():  # the screen's own still things (docstring): 0 where that fits better
+        length = (flow**2).sum(0)
+        unchanged_on_screen = np.abs(frame - other).max(0) <= STILL_THRESHOLD
+        # Where both fit (a flat area), the frames cannot tell 0 from the camera's motion: there only
+        # DIS's own agreement with 0 counts (a flat sky stays with the camera).
+        stays = (length < CAMERA_AGREEMENT**2) | (unchanged_on_screen & ~unchanged & (length < STILL_FLOW**2))
+        stays &= (length < apart) & ((camera**2).sum(0) >= STILL_FLOW_MOVING**2)
+        follows_camera &= ~stays
+        flow = np.where(stays[None], 0.0, flow)
     flow = np.where(follows_camera[None], camera, flow)
     return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
 
