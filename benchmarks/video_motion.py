@@ -14,8 +14,8 @@ stylized in one run by:
 - the same, then 1 or 2 more passes in alternating directions (``--passes 2``, ``3``: Ruder et al.'s
   multi-pass mode, nst_ext.jobs.passes);
 - a reference, not a method: the first stylized frame carried frame after frame by the TRUE motion
-  with nst_ext's warp and nothing repainted (what the warp alone costs by these figures: no method
-  that warps with it and repaints nothing new does better on a zoom, where nothing is uncovered).
+  with nst_ext's warp and nothing repainted: what the warp alone costs by these figures (on a zoom,
+  where nothing is uncovered, the error of a method that repaints nothing and has the true motion).
 
 The other methods start from the same first frame (the full run, seed 0). Figures:
     warp      warping error mean|O_t − W(O_t−1)| over pixels visible in both frames, W the TRUE
@@ -25,9 +25,9 @@ The other methods start from the same first frame (the full run, seed 0). Figure
     warp Δ5   the same between frames 5 apart (long-term consistency)
     path      for clips with an object: the warping error on the background inside the object's
               path ÷ elsewhere (a trail or ghost left behind shows as ≫ 1)
-    object    (JSON) the warping error on the object's own pixels (clips.object_error)
     trail     the same, leaving out 4 pixels around the object's edges in both frames of a pair
               (where an edge's style changes with what is beside it; a trail behind stays in)
+    object    (JSON) the warping error on the object's own pixels (clips.object_error)
     sharp     mean gradient magnitude of the last frame ÷ that of the first (warping blurs: < 1; the
               JSON's sharpness_last is the last frame's own)
     s/frame   median seconds per later frame (the flow made on the worker thread, overlapped)

@@ -173,10 +173,10 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     camera: STILL_FLOW_MOVING) where `frame` did not change from `other`, is replaced by the
     camera's motion (0 for a still camera; module constants). Under a moving camera, what stays put
     on the screen (a subject the camera tracks, a caption, a logo) takes a motion of exactly 0: where
-    DIS is within CAMERA_AGREEMENT of 0, or within STILL_FLOW where `frame` did not change from `other`
-    but did from `other` moved by the camera, and in both cases nearer 0 than the camera's motion,
-    which moves the pixel STILL_FLOW_MOVING or more (a slower camera's is too near 0 to tell apart). Runs on the CPU in OpenCV and NumPy,
-    no torch operation: on a worker thread it overlaps the optimisation without contending for
+    DIS is within CAMERA_AGREEMENT of 0, or within STILL_FLOW where `frame` did not change from
+    `other` but did from `other` moved by the camera, in both cases nearer 0 than the camera's
+    motion, which moves the pixel STILL_FLOW_MOVING or more (a slower camera's is too near 0 to tell
+    apart). Runs on the CPU in OpenCV and NumPy, no torch operation: on a worker thread it overlaps the optimisation without contending for
     torch's intra-op threads (OpenCV releases the GIL). The result is on the CPU."""
     cv2 = require_opencv()
     if frame.shape != other.shape or frame.dim() != 3 or frame.shape[0] != 3:
