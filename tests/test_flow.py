@@ -244,6 +244,21 @@ def test_pixels_moved_in_from_outside_are_disoccluded():
     assert check.reliable[:, :-4].all()
 
 
+def test_the_temporal_mask_holds_motion_boundaries_loosely_and_disocclusions_not_at_all():
+    clip = occluder_clip()
+    backward, forward = (
+        torch.from_numpy(clip.true_flow(2, 1)[0]).float(),
+        torch.from_numpy(clip.true_flow(1, 2)[0]).float(),
+    )
+    check = flow.consistency(backward, forward)
+    boundary = ~(check.disoccluded | check.reliable)
+    assert boundary.sum() > 20 and check.disoccluded.sum() > 50 and check.reliable.sum() > 1000
+    trust = check.trust()
+    assert trust.dtype == torch.float32 and trust.shape == backward.shape[1:]
+    assert trust[check.reliable].eq(1).all() and trust[check.disoccluded].eq(0).all()
+    assert trust[boundary].eq(flow.BOUNDARY_HOLD).all() and 0 < flow.BOUNDARY_HOLD < 1
+
+
 def test_still_mask_frees_moved_pixels_and_their_margin():
     previous = torch.zeros(3, 20, 20)
     current = previous.clone()

@@ -55,6 +55,11 @@ CAMERA_SHAPE_SLACK = 0.1
 # BOUNDARY_RELATIVE of its squared length plus BOUNDARY_ABSOLUTE lies on a motion boundary.
 OCCLUSION_RELATIVE, OCCLUSION_ABSOLUTE = 0.01, 0.5
 BOUNDARY_RELATIVE, BOUNDARY_ABSOLUTE = 0.01, 0.002
+# A pixel on a motion boundary (not disoccluded) is held to the warped earlier frame at this fraction
+# of the temporal weight: a flow smoothed across an edge is only roughly right there, but left free
+# the band along a moving object's edges was repainted every frame; at half the weight a small
+# object's edges left a ring (BENCHMARKS.md, "Video": motion boundaries held loosely).
+BOUNDARY_HOLD = 0.25
 # Beyond Ruder et al.: where the earlier input frame, warped by the flow, differs from the current
 # one by more than this in some channel (values in [0, 1]), the flow is wrong there, though the
 # two directions may agree (DIS smears an object's motion onto the still background beside it,
@@ -390,6 +395,12 @@ class Consistency:
     disoccluded: torch.Tensor
     reliable: torch.Tensor
     earlier_warped: Optional[torch.Tensor] = None
+
+    def trust(self) -> torch.Tensor:
+        """``(H, W)`` float32, the temporal term's mask: 1 where reliable, BOUNDARY_HOLD on a motion
+        boundary, 0 where disoccluded."""
+        boundary = ~(self.disoccluded | self.reliable)
+        return self.reliable.float() + BOUNDARY_HOLD * boundary.float()
 
 
 def consistency(
