@@ -96,31 +96,6 @@ def test_the_temporal_target_is_each_pixels_most_recent_trusted_past():
     chain.close()
 
 
-def test_the_previous_frame_s_motion_boundaries_are_held_loosely_unless_an_older_frame_is_trusted():
-    from nst_ext.jobs.flow import BOUNDARY_HOLD
-
-    height, width = 6, 10
-    backward, forward = torch.zeros(2, height, width), torch.zeros(2, height, width)
-    backward[0, :, 4:] = 1.0  # the right part moved one pixel left: a motion edge at columns 3 and 4
-    forward[0, :, 5:] = -1.0  # and back: no disocclusion but the right edge (read from outside)
-    still = torch.zeros(2, height, width)
-    for long_term, boundary_mask in (((1,), BOUNDARY_HOLD), ((1, 2), 1.0)):
-        chain = FrameChain(StandIn(), StandIn(), [], coherence="flow", long_term=long_term)
-        chain.inputs[10] = chain.inputs[9] = chain.inputs[8] = torch.full((3, height, width), 0.1)
-        chain.outputs[9] = torch.arange(width).float().expand(3, height, width) / width
-        chain.outputs[8] = torch.full((3, height, width), 0.5)
-        flows = {1: (backward, forward), 2: (still, still)}
-        init, target, mask = chain.warped_past(10, flows)
-        expected = torch.tensor([1, 1, 1, boundary_mask, boundary_mask, 1, 1, 1, 1, 0 if long_term == (1,) else 1])
-        assert torch.equal(mask, expected.float().expand(height, width)), (long_term, mask[0])
-        previous_warped = chain.outputs[9][0, 0, [0, 1, 2, 3, 5]]
-        assert torch.allclose(
-            target[0, 0, [0, 1, 2, 3, 4]],
-            previous_warped if long_term == (1,) else torch.cat([previous_warped[:3], torch.full((2,), 0.5)]),
-        )
-        chain.close()
-
-
 def test_the_chain_keeps_only_the_frames_it_reaches():
     clip = motion_clip("pan", "chelsea", 9, (30, 40), pan=(1, 0))
     following = StandIn()

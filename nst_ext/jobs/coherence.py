@@ -170,21 +170,19 @@ class FrameChain:
     def warped_past(self, index: int, flows: Dict[int, Tuple[torch.Tensor, torch.Tensor]]):
         """For frame `index` and its `flows` (frames back → (backward, forward) flow): the initial
         image ``(3, H, W)``, the temporal target ``(3, H, W)`` and its mask ``(H, W)`` float32 in
-        [0, 1]. Each pixel's target is the most recent earlier stylized frame, warped, that the
-        consistency check trusts there (Ruder et al.'s long-term masks; mask 1), in the current
-        frame's light (:func:`nst_ext.jobs.flow.relit`), else on the previous frame's motion
-        boundaries that frame at a lower weight (:meth:`nst_ext.jobs.flow.Consistency.trust`); the
-        start is the warped previous frame where it is not disoccluded, else the trusted long-term
-        target, else the frame's own content (filling it from the stylized neighbourhood instead
-        made a video flicker more where the neighbourhood's content differs: the notes
-        BENCHMARKS.md, "Video" links)."""
+        {0, 1}. Each pixel's target is the most recent earlier stylized frame, warped, that the
+        consistency check trusts there (Ruder et al.'s long-term masks), in the current frame's light
+        (:func:`nst_ext.jobs.flow.relit`); the start is the warped
+        previous frame where it is not disoccluded, else the trusted long-term target, else the
+        frame's own content (filling it from the stylized neighbourhood instead made a video flicker
+        more where the neighbourhood's content differs: the notes BENCHMARKS.md, "Video" links)."""
         import torch
 
         from nst_ext.jobs.flow import consistency, relit, warp
 
         frame = self.inputs[index]
         target, covered = torch.zeros_like(frame), torch.zeros(frame.shape[-2:], dtype=torch.bool)
-        init, mask = frame.clone(), torch.zeros(frame.shape[-2:])
+        init = frame.clone()
         for back in self.long_term:
             if index - back not in self.outputs or back not in flows:
                 continue
@@ -194,15 +192,13 @@ class FrameChain:
             warped = warp(self.outputs[index - back], backward)
             if check.earlier_warped is not None:
                 warped = relit(warped, frame, check.earlier_warped, check.reliable)
-            if back == 1:  # the previous frame's motion boundaries held loosely (Consistency.trust)
+            if back == 1:
                 init = torch.where(check.disoccluded[None], frame, warped)
-                target, mask = torch.where(check.disoccluded[None], target, warped), check.trust()
             newly = check.reliable & ~covered
             target = torch.where(newly[None], warped, target)
-            mask = torch.where(newly, 1.0, mask)
             covered |= check.reliable
         init = torch.where(covered[None], target, init)
-        return init, target, mask
+        return init, target, covered.float()
 
     def _forget(self, index: int) -> None:
         # Inputs run one frame ahead of outputs (add_input(i + 1) comes before stylize(i)).

@@ -55,11 +55,12 @@ CAMERA_SHAPE_SLACK = 0.1
 # BOUNDARY_RELATIVE of its squared length plus BOUNDARY_ABSOLUTE lies on a motion boundary.
 OCCLUSION_RELATIVE, OCCLUSION_ABSOLUTE = 0.01, 0.5
 BOUNDARY_RELATIVE, BOUNDARY_ABSOLUTE = 0.01, 0.002
-# A pixel on a motion boundary (not disoccluded) is held to the warped earlier frame at this fraction
-# of the temporal weight: a flow smoothed across an edge is only roughly right there, but left free
-# the band along a moving object's edges was repainted every frame; at half the weight a small
-# object's edges left a ring (BENCHMARKS.md, "Video": motion boundaries held loosely).
-BOUNDARY_HOLD = 0.25
+# DIS's flow near a motion edge is chosen again among the motions around it (_sharpened_edges):
+# within EDGE_REACH pixels of the edge, from those pixels away, by the frames' match over EDGE_PATCH²
+# pixels; another motion must match better by EDGE_TIE (summed channel difference, per pixel).
+EDGE_REACH = (3, 6, 9)
+EDGE_PATCH = 5
+EDGE_TIE = 1e-3
 # Beyond Ruder et al.: where the earlier input frame, warped by the flow, differs from the current
 # one by more than this in some channel (values in [0, 1]), the flow is wrong there, though the
 # two directions may agree (DIS smears an object's motion onto the still background beside it,
@@ -181,8 +182,11 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     DIS is within CAMERA_AGREEMENT of 0, or within STILL_FLOW where `frame` did not change from
     `other` but did from `other` moved by the camera, in both cases nearer 0 than the camera's
     motion, which moves the pixel STILL_FLOW_MOVING or more (a slower camera's is too near 0 to tell
-    apart). Runs on the CPU in OpenCV and NumPy, no torch operation: on a worker thread it overlaps the optimisation without contending for
-    torch's intra-op threads (OpenCV releases the GIL). The result is on the CPU."""
+    apart). Near a moving thing's edges, where DIS blends its motion with what is behind it, the
+    rest take the motion around them that the frames match best (:func:`_sharpened_edges`). Runs
+    on the CPU in OpenCV and NumPy, no torch operation: on a worker thread it overlaps the
+    optimisation without contending for torch's intra-op threads (OpenCV releases the GIL). The
+    result is on the CPU."""
     cv2 = require_opencv()
     if frame.shape != other.shape or frame.dim() != 3 or frame.shape[0] != 3:
         raise ValueError(f"frames must both be (3, H, W), got {tuple(frame.shape)} and {tuple(other.shape)}")
@@ -196,6 +200,7 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     unchanged = np.abs(frame - _moved(other, camera)).max(0) <= STILL_THRESHOLD
     still_flow = STILL_FLOW_MOVING if camera.any() else STILL_FLOW
     follows_camera = (apart < CAMERA_AGREEMENT**2) | (unchanged & (apart < still_flow**2))
+    stays = np.zeros_like(follows_camera)
     if camera.any():  # the screen's own still things (docstring): 0 where that fits better
         length = (flow**2).sum(0)
         unchanged_on_screen = np.abs(frame - other).max(0) <= STILL_THRESHOLD
@@ -206,7 +211,46 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         follows_camera &= ~stays
         flow = np.where(stays[None], 0.0, flow)
     flow = np.where(follows_camera[None], camera, flow)
+    flow = _sharpened_edges(flow, frame, other, camera, settled=follows_camera | stays)
     return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
+
+
+def _sharpened_edges(
+    flow: np.ndarray, frame: np.ndarray, other: np.ndarray, camera: np.ndarray, settled: np.ndarray
+) -> np.ndarray:
+    """`flow` ``(2, H, W)`` with its motion edges made sharp: DIS smooths the flow across the edge
+    of a moving thing, so a band on both sides takes a blend of the two motions (and a flat object
+    the camera's behind it). Within EDGE_REACH pixels of where the flow changes fast, each pixel not
+    `settled` (``(H, W)`` bool: it follows the camera or stays put) takes whichever of its own
+    motion, the camera's and the motions EDGE_REACH pixels away on either side, across and along,
+    makes `other`, moved by it, match `frame` best over EDGE_PATCH² pixels: the motion of the
+    side the pixel belongs to. Ties keep the pixel's own."""
+    cv2 = require_opencv()
+    height, width = flow.shape[1:]
+    if not EDGE_REACH or min(height, width) < 2:
+        return flow
+    gradient = sum(np.square(axis) for component in flow for axis in np.gradient(component))
+    edges = gradient > BOUNDARY_RELATIVE * np.square(flow).sum(0) + BOUNDARY_ABSOLUTE
+    near = cv2.dilate(np.asarray(edges, np.uint8), np.ones((2 * max(EDGE_REACH) + 1,) * 2, np.uint8)) > 0
+    free = near & ~settled
+    if not free.any():
+        return flow
+    rows, columns = np.arange(height), np.arange(width)
+    neighbours = (
+        flow[:, np.clip(rows + dy, 0, height - 1)][:, :, np.clip(columns + dx, 0, width - 1)]
+        for reach in EDGE_REACH
+        for dx, dy in ((reach, 0), (-reach, 0), (0, reach), (0, -reach))
+    )
+    best, lowest = flow, None
+    for candidate in (flow, camera, *neighbours):  # one at a time: a 4K frame's candidates are large
+        candidate = np.ascontiguousarray(candidate, np.float32)
+        cost = cv2.blur(np.abs(frame - _moved(other, candidate)).sum(0), (EDGE_PATCH, EDGE_PATCH))
+        if lowest is None:
+            lowest = cost - EDGE_TIE
+            continue
+        better = cost < lowest
+        best, lowest = np.where(better[None], candidate, best), np.where(better, cost, lowest)
+    return np.where(free[None], best, flow)
 
 
 def still_mask(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -395,12 +439,6 @@ class Consistency:
     disoccluded: torch.Tensor
     reliable: torch.Tensor
     earlier_warped: Optional[torch.Tensor] = None
-
-    def trust(self) -> torch.Tensor:
-        """``(H, W)`` float32, the temporal term's mask: 1 where reliable, BOUNDARY_HOLD on a motion
-        boundary, 0 where disoccluded."""
-        boundary = ~(self.disoccluded | self.reliable)
-        return self.reliable.float() + BOUNDARY_HOLD * boundary.float()
 
 
 def consistency(
