@@ -258,7 +258,7 @@ def test_a_flow_smoothed_across_a_motion_edge_takes_each_side_s_own_motion():
     settled = np.zeros((height, width), bool)
     sharp = flow._sharpened_edges(ramp, frame, other, np.zeros_like(true), settled)
     inner = slice(2, -2)  # the rows whose patches stay inside the picture
-    away = np.abs(np.arange(width) - edge + 0.5) > 3  # the two pixels either side of the edge read both sides
+    away = np.abs(np.arange(width) - edge + 0.5) > 3  # three pixels either side of the edge read both sides
     assert np.abs(sharp - true)[:, inner][:, :, away].max() < 1e-6
     assert np.abs(sharp - true)[:, inner].mean() < np.abs(ramp - true)[:, inner].mean() / 3
     settled[:] = True  # what follows the camera or stays put is left alone
