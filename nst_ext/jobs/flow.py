@@ -235,22 +235,36 @@ def _sharpened_edges(
     free = near & ~settled
     if not free.any():
         return flow
-    rows, columns = np.arange(height), np.arange(width)
+    # Only the box round the free pixels is matched, with the patch's reach: their costs are the same.
+    free_rows, free_columns = np.flatnonzero(free.any(1)), np.flatnonzero(free.any(0))
+    margin = EDGE_PATCH // 2
+    top, bottom = max(free_rows[0] - margin, 0), min(free_rows[-1] + margin + 1, height)
+    left, right = max(free_columns[0] - margin, 0), min(free_columns[-1] + margin + 1, width)
+    rows, columns = np.arange(top, bottom), np.arange(left, right)
+    y, x = np.meshgrid(rows.astype(np.float32), columns.astype(np.float32), indexing="ij")
+    other_channels_last = np.ascontiguousarray(other.transpose(1, 2, 0), dtype=np.float32)
+    box = np.ascontiguousarray(frame[:, top:bottom, left:right].transpose(1, 2, 0), dtype=np.float32)
+    shifts = [(dx, dy) for reach in EDGE_REACH for dx, dy in ((reach, 0), (-reach, 0), (0, reach), (0, -reach))]
     neighbours = (
-        flow[:, np.clip(rows + dy, 0, height - 1)][:, :, np.clip(columns + dx, 0, width - 1)]
-        for reach in EDGE_REACH
-        for dx, dy in ((reach, 0), (-reach, 0), (0, reach), (0, -reach))
+        flow[:, np.clip(rows + dy, 0, height - 1)][:, :, np.clip(columns + dx, 0, width - 1)] for dx, dy in shifts
     )
-    best, lowest = flow, None
-    for candidate in (flow, camera, *neighbours):  # one at a time: a 4K frame's candidates are large
-        candidate = np.ascontiguousarray(candidate, np.float32)
-        cost = cv2.blur(np.abs(frame - _moved(other, candidate)).sum(0), (EDGE_PATCH, EDGE_PATCH))
-        if lowest is None:
-            lowest = cost - EDGE_TIE
+    best, lowest = None, None
+    own = flow[:, top:bottom, left:right]
+    for candidate in (own, camera[:, top:bottom, left:right], *neighbours):  # one at a time: a 4K frame's are large
+        candidate = candidate.astype(np.float32)
+        moved = cv2.remap(
+            other_channels_last, x + candidate[0], y + candidate[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        cost = cv2.blur(np.abs(box - moved).sum(2), (EDGE_PATCH, EDGE_PATCH))
+        if best is None:  # the pixel's own motion, which a tie keeps
+            best, lowest = candidate, cost - EDGE_TIE
             continue
         better = cost < lowest
         best, lowest = np.where(better[None], candidate, best), np.where(better, cost, lowest)
-    return np.where(free[None], best, flow)
+    sharpened = flow.copy()
+    inside_box = free[top:bottom, left:right]
+    sharpened[:, top:bottom, left:right] = np.where(inside_box[None], best, flow[:, top:bottom, left:right])
+    return sharpened
 
 
 def still_mask(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
