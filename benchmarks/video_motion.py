@@ -52,7 +52,7 @@ import torch
 import nst_ext
 from nst_ext.io.images import load_image
 from nst_ext.jobs import FRAME_STEPS, LONG_TERM, TEMPORAL_WEIGHT, FrameChain
-from nst_ext.jobs.flow import warp
+from nst_ext.jobs.warping import warp
 from nst_ext.jobs.passes import refine_in_passes
 from nst_ext.stylizer import Stylizer
 

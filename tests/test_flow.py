@@ -1,5 +1,5 @@
-"""nst_ext.jobs.flow: a known shift warps exactly, DIS finds known motion, the consistency check excludes
-what an occluder hid, still pixels keep a zero flow. The clips with known motion are
+"""nst_ext.jobs.flow: DIS finds known motion, the consistency check excludes what an occluder hid,
+still pixels keep a zero flow, a moving thing's edges are sharp. The clips with known motion are
 benchmarks/clips.py's (rendered from a scene model, nothing of nst_ext's flow in them)."""
 
 import numpy as np
@@ -15,67 +15,6 @@ from clips import motion_clip  # noqa: E402
 
 def constant_flow(dx, dy, height, width):
     return torch.tensor([dx, dy], dtype=torch.float32)[:, None, None].expand(2, height, width).clone()
-
-
-@pytest.mark.parametrize("mode", flow.WARP_MODES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_known_shift_warps_exactly(mode, dtype):
-    image = torch.rand(3, 13, 17, dtype=dtype)
-    warped = flow.warp(image, constant_flow(2, -1, 13, 17), mode=mode)
-    assert warped.dtype == dtype and warped.shape == image.shape
-    # warped(y, x) = image(y - 1, x + 2) wherever that pixel exists
-    torch.testing.assert_close(warped[:, 1:, :-2], image[:, :-1, 2:], atol=1e-5, rtol=0)
-    inside = flow.inside(constant_flow(2, -1, 13, 17))
-    assert inside[1:, :-2].all() and not inside[0].any() and not inside[:, -2:].any()
-
-
-def test_a_zero_flow_copies_the_image_and_a_half_pixel_shift_interpolates():
-    image = torch.rand(3, 9, 11)
-    assert torch.equal(flow.warp(image, torch.zeros(2, 9, 11)), image)
-    half = flow.warp(image, constant_flow(0.5, 0, 9, 11), mode="bilinear")
-    torch.testing.assert_close(half[:, :, :-1], (image[:, :, :-1] + image[:, :, 1:]) / 2)
-
-
-@pytest.mark.parametrize("mode", ["spline", "bicubic"])
-def test_sharp_kernels_stay_in_the_image_range(mode):
-    image = (torch.rand(3, 20, 20) > 0.5).float()  # hard edges: both kernels would overshoot
-    warped = flow.warp(image, constant_flow(0.3, 0.7, 20, 20), mode=mode)
-    assert warped.min() >= 0 and warped.max() <= 1
-
-
-def smooth_pattern(x, y):
-    return torch.stack([torch.sin(0.35 * x) * torch.cos(0.2 * y), torch.cos(0.25 * x + 0.3 * y), torch.sin(0.4 * y)])
-
-
-@pytest.mark.parametrize("height, width", [(31, 45), (40, 27)])
-def test_the_spline_warp_reads_a_smooth_picture_between_pixels_closer_than_bicubic(height, width):
-    # A picture sampled from a smooth function, read at fresh random sub-pixel positions (a zoom's
-    # flow): the spline's values lie within a few thousandths of the function, several times closer
-    # than bicubic's (which blurs; BENCHMARKS.md, "Video"). The border's 3 pixels are left out
-    # (the kernels' supports reach past it).
-    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
-    )
-    image = (smooth_pattern(xs, ys) + 1) / 2
-    moved = torch.rand(2, height, width, generator=generator, dtype=torch.float64) * 2 - 1
-    truth = (smooth_pattern(xs + moved[0], ys + moved[1]) + 1) / 2
-    inner = (slice(None), slice(3, -3), slice(3, -3))
-    error = {mode: float((flow.warp(image, moved, mode=mode) - truth)[inner].abs().max()) for mode in flow.WARP_MODES}
-    assert error["spline"] < 0.005 and error["spline"] < error["bicubic"] / 3, error
-
-
-def test_the_spline_passes_through_every_pixel_of_a_non_contiguous_picture_with_a_one_pixel_side():
-    image = torch.rand(5, 3, 9, dtype=torch.float64).permute(1, 0, 2)  # (3, 5, 9), not contiguous
-    tiny = 1e-7  # a flow that is not exactly 0, so the spline is read
-    torch.testing.assert_close(flow.warp(image, torch.full((2, 5, 9), tiny)), image, atol=1e-5, rtol=0)
-    row = torch.rand(3, 1, 7)
-    torch.testing.assert_close(flow.warp(row, constant_flow(1, 0, 1, 7))[:, :, :-1], row[:, :, 1:], atol=1e-5, rtol=0)
-
-
-def test_an_unknown_warp_mode_is_refused():
-    with pytest.raises(ValueError, match="warp mode"):
-        flow.warp(torch.rand(3, 4, 4), torch.zeros(2, 4, 4), mode="nearest")
 
 
 @pytest.mark.parametrize("pan, zoom", [((2, 0), 1.0), ((-1, 1), 1.0), ((0, 0), 1.02)])
@@ -242,6 +181,23 @@ def test_pixels_moved_in_from_outside_are_disoccluded():
     check = flow.consistency(backward, -backward)
     assert check.disoccluded[:, -3:].all() and not check.disoccluded[:, :-4].any()
     assert check.reliable[:, :-4].all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_motion_edges_lie_where_the_flow_steps_not_where_it_grows_smoothly(dtype):
+    # One criterion serves the consistency check (float32 flows) and the edge sharpening (float64).
+    height, width = 17, 23
+    y, x = np.mgrid[0:height, 0:width].astype(dtype)
+    zoom = 0.02 * np.stack([x - width / 2, y - height / 2])  # a 2% zoom: the flow grows, no edge
+    assert not flow._motion_edges(zoom).any()
+    step = zoom.copy()
+    step[0, :, 11:] += 3.0  # a thing moving 3 px right against it, its left edge between columns 10 and 11
+    edges = flow._motion_edges(step)
+    assert edges[:, 10:12].all() and not edges[:, :9].any() and not edges[:, 13:].any()
+    assert edges.shape == (height, width) and edges.dtype == bool
+    assert not flow._motion_edges(step[:, :1]).any()  # one pixel high: no gradient, no edge
+    check = flow.consistency(torch.from_numpy(step[:, :1].astype(np.float32)), -torch.from_numpy(step[:, :1]).float())
+    assert check.reliable.shape == (1, width)
 
 
 def test_a_flow_smoothed_across_a_motion_edge_takes_each_side_s_own_motion():

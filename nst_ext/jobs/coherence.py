@@ -172,13 +172,14 @@ class FrameChain:
         image ``(3, H, W)``, the temporal target ``(3, H, W)`` and its mask ``(H, W)`` float32 in
         {0, 1}. Each pixel's target is the most recent earlier stylized frame, warped, that the
         consistency check trusts there (Ruder et al.'s long-term masks), in the current frame's light
-        (:func:`nst_ext.jobs.flow.relit`); the start is the warped
+        (:func:`nst_ext.jobs.warping.relit`); the start is the warped
         previous frame where it is not disoccluded, else the trusted long-term target, else the
         frame's own content (filling it from the stylized neighbourhood instead made a video flicker
         more where the neighbourhood's content differs: the notes BENCHMARKS.md, "Video" links)."""
         import torch
 
-        from nst_ext.jobs.flow import consistency, relit, warp
+        from nst_ext.jobs.flow import consistency
+        from nst_ext.jobs.warping import relit, warp
 
         frame = self.inputs[index]
         target, covered = torch.zeros_like(frame), torch.zeros(frame.shape[-2:], dtype=torch.bool)

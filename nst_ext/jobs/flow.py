@@ -1,6 +1,6 @@
-"""Optical flow between video frames, warping by it, and which warped pixels to trust: what the video
-job needs to carry a stylized frame along with the scene (Ruder, Dosovitskiy & Brox, "Artistic style
-transfer for videos", 2016, and the 2018 IJCV version).
+"""Optical flow between video frames, and which pixels a warp by it can be trusted on: what the
+video job needs to carry a stylized frame along with the scene (Ruder, Dosovitskiy & Brox, "Artistic
+style transfer for videos", 2016, and the 2018 IJCV version); the warp itself is nst_ext.jobs.warping.
 
 Frames are float32 tensors ``(3, H, W)`` in [0, 1]. A flow is a float32 tensor ``(2, H, W)`` of
 (x, y) displacements in pixels, read backward: ``flow_between(frame, other)`` is the flow with
@@ -17,6 +17,8 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from nst_ext.jobs.warping import inside, sampling_grid, warp
 
 # DIS preset: "medium" follows known motion far better than "fast" and "ultrafast" at a cost that
 # stays small beside a frame's optimisation (BENCHMARKS.md, "Video: optical flow").
@@ -103,12 +105,30 @@ def _moved(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     `image` itself for a zero flow."""
     if not flow.any():
         return image
+    channels_last = np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float32)
+    return _read_box(channels_last, flow).transpose(2, 0, 1)
+
+
+def _read_box(channels_last: np.ndarray, flow: np.ndarray, top: int = 0, left: int = 0) -> np.ndarray:
+    """`channels_last` ``(H, W, C)`` float32 read at p + flow(p) (bilinear, the border repeated) for
+    the pixels p of the box ``flow.shape[1:]`` whose corner is (`top`, `left`); ``(h, w, C)``."""
     cv2 = require_opencv()
     height, width = flow.shape[1:]
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    channels_last = np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float32)
-    moved = cv2.remap(channels_last, x + flow[0], y + flow[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return moved.transpose(2, 0, 1)
+    y, x = np.mgrid[top : top + height, left : left + width].astype(np.float32)
+    return cv2.remap(channels_last, x + flow[0], y + flow[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _motion_edges(flow: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: where `flow` ``(2, H, W)`` changes fast for its length, a motion boundary
+    (Ruder et al.: its squared gradient over BOUNDARY_RELATIVE of its squared length plus
+    BOUNDARY_ABSOLUTE). Sums in `flow`'s own dtype; none on a frame one pixel high or wide."""
+    if min(flow.shape[1:]) < 2:
+        return np.zeros(flow.shape[1:], dtype=bool)
+    gradient = np.zeros(flow.shape[1:], dtype=flow.dtype)
+    for component in flow:
+        dy, dx = np.gradient(component)
+        gradient += np.square(dx) + np.square(dy)
+    return gradient > BOUNDARY_RELATIVE * np.square(flow).sum(0) + BOUNDARY_ABSOLUTE
 
 
 def camera_motion(flow: np.ndarray, frame: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -229,9 +249,7 @@ def _sharpened_edges(
     height, width = flow.shape[1:]
     if not EDGE_REACH or min(height, width) < 2:
         return flow
-    gradient = sum(np.square(axis) for component in flow for axis in np.gradient(component))
-    edges = gradient > BOUNDARY_RELATIVE * np.square(flow).sum(0) + BOUNDARY_ABSOLUTE
-    near = cv2.dilate(np.asarray(edges, np.uint8), np.ones((2 * max(EDGE_REACH) + 1,) * 2, np.uint8)) > 0
+    near = cv2.dilate(np.asarray(_motion_edges(flow), np.uint8), np.ones((2 * max(EDGE_REACH) + 1,) * 2, np.uint8)) > 0
     free = near & ~settled
     if not free.any():
         return flow
@@ -241,7 +259,6 @@ def _sharpened_edges(
     top, bottom = max(free_rows[0] - margin, 0), min(free_rows[-1] + margin + 1, height)
     left, right = max(free_columns[0] - margin, 0), min(free_columns[-1] + margin + 1, width)
     rows, columns = np.arange(top, bottom), np.arange(left, right)
-    y, x = np.meshgrid(rows.astype(np.float32), columns.astype(np.float32), indexing="ij")
     other_channels_last = np.ascontiguousarray(other.transpose(1, 2, 0), dtype=np.float32)
     box = np.ascontiguousarray(frame[:, top:bottom, left:right].transpose(1, 2, 0), dtype=np.float32)
     shifts = [(dx, dy) for reach in EDGE_REACH for dx, dy in ((reach, 0), (-reach, 0), (0, reach), (0, -reach))]
@@ -252,9 +269,7 @@ def _sharpened_edges(
     own = flow[:, top:bottom, left:right]
     for candidate in (own, camera[:, top:bottom, left:right], *neighbours):  # one at a time: a 4K frame's are large
         candidate = candidate.astype(np.float32)
-        moved = cv2.remap(
-            other_channels_last, x + candidate[0], y + candidate[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
+        moved = _read_box(other_channels_last, candidate, top, left)
         cost = cv2.blur(np.abs(box - moved).sum(2), (EDGE_PATCH, EDGE_PATCH))
         if best is None:  # the pixel's own motion, which a tie keeps
             best, lowest = candidate, cost - EDGE_TIE
@@ -274,171 +289,6 @@ def still_mask(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     moved = ((current.float() - previous.float()).abs().amax(0) > STILL_THRESHOLD).float()[None, None]
     moved = F.max_pool2d(moved, 2 * MOTION_MARGIN + 1, stride=1, padding=MOTION_MARGIN)
     return 1.0 - moved[0, 0]
-
-
-def _read_at(flow: torch.Tensor):
-    """(x, y), each ``(H, W)`` in the flow's dtype: where each pixel p reads, p + flow(p) in pixels."""
-    _, height, width = flow.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=flow.dtype, device=flow.device),
-        torch.arange(width, dtype=flow.dtype, device=flow.device),
-        indexing="ij",
-    )
-    return xs + flow[0], ys + flow[1]
-
-
-def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
-    """(1, H, W, 2) grid for grid_sample (align_corners=True) reading each pixel p at p + flow(p)."""
-    _, height, width = flow.shape
-    x, y = _read_at(flow)
-    return torch.stack([x * (2.0 / max(1, width - 1)) - 1.0, y * (2.0 / max(1, height - 1)) - 1.0], dim=-1)[None]
-
-
-def inside(flow: torch.Tensor) -> torch.Tensor:
-    """(H, W) bool: whether p + flow(p) lies inside the frame (the warped value exists)."""
-    _, height, width = flow.shape
-    x, y = _read_at(flow)
-    return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
-
-
-# The cubic B-spline's interpolating prefilter: the inverse of its sampled kernel (1, 4, 1) / 6,
-# SPLINE_SCALE · SPLINE_POLE^|k|, cut where its taps fall below 1e-7 of the centre: an integer
-# shift (a pan) then copies pixels to float32's precision.
-SPLINE_POLE = 3**0.5 - 2
-SPLINE_SCALE = 3**0.5
-SPLINE_TAPS = 12
-WARP_MODES = ("spline", "bicubic", "bilinear")
-
-
-def _spline_coefficients(image: torch.Tensor) -> torch.Tensor:
-    """The cubic B-spline coefficients ``(C, H, W)`` float32 of `image` ``(C, H, W)``: the spline
-    through them passes through every pixel (the border mirrored beyond the picture)."""
-    coefficients = image.float()
-    for axis in (2, 1):
-        side = coefficients.shape[axis]
-        if side == 1:  # one pixel across: its own coefficient
-            continue
-        padded = _mirror(coefficients, axis, SPLINE_TAPS)
-        filtered = SPLINE_SCALE * coefficients
-        for tap in range(1, SPLINE_TAPS + 1):  # the filter is symmetric: both sides of each tap at once
-            pair = padded.narrow(axis, SPLINE_TAPS - tap, side) + padded.narrow(axis, SPLINE_TAPS + tap, side)
-            filtered.add_(pair, alpha=SPLINE_SCALE * SPLINE_POLE**tap)
-        coefficients = filtered
-    return coefficients
-
-
-def _mirrored(index: torch.Tensor, side: int) -> torch.Tensor:
-    """Integer pixel `index` (any shape, int64) reflected into 0 … `side` − 1 about the end pixels,
-    repeatedly where it lies far outside: the spline's boundary."""
-    if side == 1:
-        return torch.zeros_like(index)
-    period = 2 * (side - 1)
-    index = index.remainder(period)
-    return torch.where(index >= side, period - index, index)
-
-
-def _mirror(image: torch.Tensor, axis: int, width: int) -> torch.Tensor:
-    """`image` extended by `width` pixels at both ends of `axis`, mirrored about its end pixels."""
-    side = image.shape[axis]
-    return image.index_select(axis, _mirrored(torch.arange(-width, side + width, device=image.device), side))
-
-
-def _spline_sample(coefficients: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The cubic B-spline of `coefficients` ``(C, H, W)`` at pixel positions `x`, `y` ``(H', W')``,
-    positions outside the picture clamped to its border: ``(C, H', W')`` float32.
-
-    The B-spline's four weights along an axis are all positive, so each pair of them is one
-    bilinear read between the pair's pixels (Sigg & Hadwiger, GPU Gems 2, ch. 20): four bilinear
-    reads in 2-D, mirrored at the border as the coefficients were."""
-    _, height, width = coefficients.shape
-
-    def pairs(position, side):  # per axis: the two pairs' weights and where each pair is read
-        position = position.clamp(0, side - 1)
-        start = position.floor()
-        t = position - start
-        w0, w1, w2, w3 = (
-            (1 - t) ** 3 / 6,
-            (3 * t**3 - 6 * t**2 + 4) / 6,
-            (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6,
-            t**3 / 6,
-        )
-        near, far = w0 + w1, w2 + w3
-        at_near, at_far = start - 1 + w1 / near, start + 1 + w3 / far
-        scale = 2.0 / max(1, side - 1)  # to grid_sample's [-1, 1] (align_corners=True)
-        return (near, at_near * scale - 1), (far, at_far * scale - 1)
-
-    result = torch.zeros(coefficients.shape[0], *x.shape, device=coefficients.device, dtype=torch.float32)
-    for row_weight, row_at in pairs(y, height):
-        for column_weight, column_at in pairs(x, width):
-            grid = torch.stack([column_at, row_at], dim=-1)[None]
-            read = F.grid_sample(
-                coefficients[None], grid, mode="bilinear", padding_mode="reflection", align_corners=True
-            )[0]
-            result += (row_weight * column_weight) * read
-    return result
-
-
-def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "spline") -> torch.Tensor:
-    """`image` ``(C, H, W)`` read at p + flow(p) for every pixel p (flow ``(2, H, W)``, module
-    docstring), same dtype and device as `image`. Interpolated by a cubic B-spline by default:
-    warping frame after frame softens a video's texture, bilinearly most, bicubically (Keys) still
-    enough that the style loss repaints it and zooms shimmer (BENCHMARKS.md, "Video"); the spline
-    passes through every pixel and keeps more of the finest texture. The spline and bicubic values
-    are clamped to the image's own range (both overshoot at edges). Outside the frame the border is
-    repeated (see :func:`inside`). Where the flow is exactly 0 the pixel is copied as it is."""
-    if mode not in WARP_MODES:
-        raise ValueError(f"warp mode must be one of {', '.join(WARP_MODES)}, got {mode!r}")
-    flow = flow.to(device=image.device, dtype=torch.float32)
-    if mode == "spline":
-        warped = _spline_sample(_spline_coefficients(image), *_read_at(flow))
-    else:
-        warped = F.grid_sample(
-            image[None].float(), _sampling_grid(flow), mode=mode, padding_mode="border", align_corners=True
-        )[0]
-    if mode != "bilinear":
-        warped = warped.clamp(float(image.min()), float(image.max()))
-    still = (flow == 0).all(0)
-    return torch.where(still[None], image.float(), warped).to(image.dtype)
-
-
-# The input's own change between two frames, seen through the flow (a fade, a passing shadow, the
-# exposure), blurred by a Gaussian of this many pixels (sigma) so that it carries light and not
-# texture or the sensor's noise, is added to the warped stylized frame (:func:`relit`). Without it
-# the temporal term held every trusted pixel to the earlier frame's light, and a fade to dark kept
-# the first frame's brightness (BENCHMARKS.md, "Video").
-LIGHT_BLUR = 4.0
-
-
-def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """`image` ``(C, H, W)`` blurred by a Gaussian of `sigma` pixels, the border repeated."""
-    radius = max(1, int(3 * sigma))
-    axis = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    taps = torch.exp(-axis.square() / (2 * sigma**2))
-    taps = taps / taps.sum()
-    planes = image[:, None]
-    planes = F.conv2d(F.pad(planes, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
-    planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
-    return planes[:, 0]
-
-
-def relit(
-    warped: torch.Tensor, current: torch.Tensor, earlier_warped: torch.Tensor, trusted: torch.Tensor
-) -> torch.Tensor:
-    """The stylized frame `warped` ``(3, H, W)`` (an earlier one, warped onto the current frame)
-    given the light of the current input frame: plus the input's change from `earlier_warped` (the
-    earlier input frame warped alike: :attr:`Consistency.earlier_warped`) to `current`, averaged
-    over the `trusted` pixels ``(H, W)`` bool (the consistency check's: what a moving object
-    uncovers is not a change of light) by a Gaussian of LIGHT_BLUR; clamped to [0, 1]. Input frames
-    ``(3, H, W)`` in [0, 1]; float32 on `warped`'s device. Where the input did not change, `warped`
-    itself."""
-    change = current.float().to(warped.device) - earlier_warped.float().to(warped.device)
-    weight = trusted.to(device=warped.device, dtype=torch.float32)[None]
-    change = change * weight
-    if not bool(change.any()):
-        return warped
-    spread, reach = _blurred(change, LIGHT_BLUR), _blurred(weight, LIGHT_BLUR)
-    light = torch.where(reach > 1e-3, spread / reach.clamp_min(1e-3), torch.zeros_like(spread))
-    return (warped.float() + light).clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -469,7 +319,7 @@ def consistency(
     (thresholds: module constants)."""
     backward, forward = backward.float(), forward.float()
     forward_there = F.grid_sample(
-        forward[None], _sampling_grid(backward), mode="bilinear", padding_mode="border", align_corners=True
+        forward[None], sampling_grid(backward), mode="bilinear", padding_mode="border", align_corners=True
     )[0]
     length = backward.square().sum(0) + forward_there.square().sum(0)
     mismatch = (backward + forward_there).square().sum(0)
@@ -478,9 +328,5 @@ def consistency(
     if current is not None and earlier is not None:
         earlier_warped = warp(earlier.float().cpu(), backward, mode="bicubic")
         disoccluded |= (earlier_warped - current.float().cpu()).abs().amax(0) > PHOTOMETRIC_THRESHOLD
-    gradient = torch.zeros_like(length)
-    for component in backward:
-        dy, dx = torch.gradient(component) if min(component.shape) > 1 else (torch.zeros_like(component),) * 2
-        gradient += dx.square() + dy.square()
-    boundary = gradient > BOUNDARY_RELATIVE * backward.square().sum(0) + BOUNDARY_ABSOLUTE
+    boundary = torch.from_numpy(_motion_edges(backward.cpu().numpy())).to(backward.device)
     return Consistency(disoccluded=disoccluded, reliable=~(disoccluded | boundary), earlier_warped=earlier_warped)

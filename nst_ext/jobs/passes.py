@@ -90,7 +90,8 @@ def refine_in_passes(
     import torch
 
     from nst_ext.jobs.coherence import temporal_strength
-    from nst_ext.jobs.flow import consistency, relit, warp
+    from nst_ext.jobs.flow import consistency
+    from nst_ext.jobs.warping import relit, warp
     from nst_ext.objective import TemporalTarget
 
     check_passes(passes)
