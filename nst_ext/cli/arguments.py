@@ -9,8 +9,8 @@ from nst_ext import __version__
 from nst_ext.cli.style_flags import add_style_options, comma_separated, listed
 from nst_ext.errors import InputError
 from nst_ext.jobs.batch import AUTO_BATCH_LIMIT
-from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM
-from nst_ext.jobs.video import FRAME_STEPS, TEMPORAL_WEIGHT
+from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM, TEMPORAL_WEIGHT
+from nst_ext.jobs.video import FRAME_STEPS
 from nst_ext.plan.options import (
     StyleOptions,
 )

@@ -13,8 +13,8 @@ from nst_ext.jobs.batch import (
     run_batch,
 )
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, settings_hash
-from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM, FrameChain
-from nst_ext.jobs.video import FRAME_STEPS, TEMPORAL_WEIGHT, VideoSummary, run_video
+from nst_ext.jobs.coherence import COHERENCE_MODES, LONG_TERM, TEMPORAL_WEIGHT, FrameChain
+from nst_ext.jobs.video import FRAME_STEPS, VideoSummary, run_video
 
 __all__ = [
     "BatchItem",

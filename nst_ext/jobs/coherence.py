@@ -34,6 +34,10 @@ COHERENCE_MODES = ("flow", "still", "none")
 # Frames back that the temporal term looks at (BENCHMARKS.md, "Video": the long-term frames keep
 # what a moving object uncovers the way it looked before it was covered).
 LONG_TERM = (1, 2, 4)
+# The temporal term's weight at the default style weight; it follows the style weight
+# (temporal_strength). Still background flicker 0.27-0.29x frame-by-frame's from style weight 2.9 to
+# 200 where it was chosen (BENCHMARKS.md, "Still things stay still at any style strength").
+TEMPORAL_WEIGHT = 500.0
 
 
 def temporal_strength(temporal_weight: float, style_weight: float) -> float:
@@ -81,7 +85,7 @@ class FrameChain:
         styles: Sequence[torch.Tensor],
         coherence: str = "flow",
         long_term: Sequence[int] = LONG_TERM,
-        temporal_weight: float = 200.0,
+        temporal_weight: float = TEMPORAL_WEIGHT,
     ):
         self.check_coherence(coherence)
         self.opening, self.following, self.styles = opening, following, list(styles)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from nst_ext.errors import InputError, OptionError, OutputError
-from nst_ext.jobs.coherence import LONG_TERM, FrameChain, check_long_term
+from nst_ext.jobs.coherence import LONG_TERM, TEMPORAL_WEIGHT, FrameChain, check_long_term
 from nst_ext.jobs.passes import check_passes, refine_in_passes
 from nst_ext.jobs.common import LOCK_NAME, Distributed, JobLock, existing_styles, settings_hash
 from nst_ext.plan.options import StyleOptions
@@ -20,10 +20,6 @@ from nst_ext.io.outputs import describe_os_error
 # Defaults of `nst-ext video` (BENCHMARKS.md, "Video"): each frame after the first runs one stage of
 # FRAME_STEPS at the output size, after the frames before it (nst_ext.jobs.coherence).
 FRAME_STEPS = 30
-# At the default style weight; it follows the style weight (coherence.temporal_strength). Still
-# background flicker 0.27-0.29x frame-by-frame's from style weight 2.9 to 200 where it was chosen
-# (BENCHMARKS.md, "Still things stay still at any style strength").
-TEMPORAL_WEIGHT = 500.0
 # Under torchrun each rank's chunk starts this many frames early (not written) so that its first
 # frame is coherent with the chunk before.
 CHUNK_OVERLAP = 3
