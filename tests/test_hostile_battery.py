@@ -613,7 +613,8 @@ def test_help_states_todays_defaults():
 def test_help_numbers_are_the_constants_they_state():
     """Each default a help text states is read from the constant that sets it (they had drifted)."""
     from nst_ext.jobs.batch import AUTO_BATCH_LIMIT
-    from nst_ext.jobs.video import FRAME_STEPS, TEMPORAL_WEIGHT
+    from nst_ext.jobs.coherence import TEMPORAL_WEIGHT
+    from nst_ext.jobs.video import FRAME_STEPS
     from nst_ext.plan.memory import DEFAULT_BUDGET_SHARE, LBFGS_HISTORY, MIN_LBFGS_HISTORY
 
     stylize = " ".join(nst_ext_cli("stylize", "--help").stdout.split())
