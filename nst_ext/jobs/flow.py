@@ -202,8 +202,10 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     DIS is within CAMERA_AGREEMENT of 0, or within STILL_FLOW where `frame` did not change from
     `other` but did from `other` moved by the camera, in both cases nearer 0 than the camera's
     motion, which moves the pixel STILL_FLOW_MOVING or more (a slower camera's is too near 0 to tell
-    apart). Near a moving thing's edges, where DIS blends its motion with what is behind it, the
-    rest take the motion around them that the frames match best (:func:`_sharpened_edges`). Runs
+    apart). Near a moving thing's edges, where DIS blends its motion with what is behind it, what
+    does not follow the camera takes the motion around it that the frames match best
+    (:func:`_sharpened_edges`), the pixels found still too: a blend of motions either side of 0
+    passes through 0 (a flat object crossing against a pan; BENCHMARKS.md, "Video"). Runs
     on the CPU in OpenCV and NumPy, no torch operation: on a worker thread it overlaps the
     optimisation without contending for torch's intra-op threads (OpenCV releases the GIL). The
     result is on the CPU."""
@@ -231,7 +233,7 @@ def flow_between(frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         follows_camera &= ~stays
         flow = np.where(stays[None], 0.0, flow)
     flow = np.where(follows_camera[None], camera, flow)
-    flow = _sharpened_edges(flow, frame, other, camera, settled=follows_camera | stays)
+    flow = _sharpened_edges(flow, frame, other, camera, settled=follows_camera)
     return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
 
 
@@ -241,7 +243,7 @@ def _sharpened_edges(
     """`flow` ``(2, H, W)`` with its motion edges made sharp: DIS smooths the flow across the edge
     of a moving thing, so a band on both sides takes a blend of the two motions (and a flat object
     the camera's behind it). Within EDGE_REACH pixels of where the flow changes fast, each pixel not
-    `settled` (``(H, W)`` bool: it follows the camera or stays put) takes whichever of its own
+    `settled` (``(H, W)`` bool: it follows the camera) takes whichever of its own
     motion, the camera's and the motions EDGE_REACH pixels away on either side, across and along,
     makes `other`, moved by it, match `frame` best over EDGE_PATCH² pixels: the motion of the
     side the pixel belongs to. Ties keep the pixel's own."""
