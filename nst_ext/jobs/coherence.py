@@ -35,9 +35,12 @@ COHERENCE_MODES = ("flow", "still", "none")
 # what a moving object uncovers the way it looked before it was covered).
 LONG_TERM = (1, 2, 4)
 # The temporal term's weight at the default style weight; it follows the style weight
-# (temporal_strength). Still background flicker 0.27-0.29x frame-by-frame's from style weight 2.9 to
-# 200 where it was chosen (BENCHMARKS.md, "Still things stay still at any style strength").
-TEMPORAL_WEIGHT = 500.0
+# (temporal_strength). Eight times the least that kept still backgrounds under 0.3x the flicker of
+# frames stylized one by one (500): under a zoom the style term repaints the whole texture every
+# frame as it grows or shrinks, and only a hold this strong keeps a zoom out within 1.5x the
+# input's own warping error; the later frames' texture stays the style's as much (BENCHMARKS.md,
+# "Video", and the notes it links).
+TEMPORAL_WEIGHT = 4000.0
 
 
 def temporal_strength(temporal_weight: float, style_weight: float) -> float:
